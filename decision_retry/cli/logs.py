@@ -1,0 +1,197 @@
+"""`decision-retry logs`: list recorded runs, show one run's tree, print the store's path."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import wraps
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.text import Text
+from rich.tree import Tree
+
+from decision_retry.errors import BadInput, DecisionRetryError
+from decision_retry.trace.compare import StrategyChange, compare_all
+from decision_retry.trace.models import Branch, RunTree, Turn
+from decision_retry.trace.store import HOME_ENV, TraceStore, db_path
+
+home_option = click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    default=None,
+    help=f"Trace store directory (default: ${HOME_ENV}, else $XDG_DATA_HOME/decision-retry, "
+    "else ~/.local/share/decision-retry).",
+)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a DecisionRetryError into one line on stderr and its exit code."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DecisionRetryError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
+
+    return wrapper
+
+
+@contextmanager
+def open_store(home: str | None) -> Iterator[TraceStore]:
+    """The trace store, or BadInput naming the path if it cannot be opened."""
+    path = db_path(home)
+    try:
+        store = TraceStore(path)
+    except (sqlite3.Error, OSError) as err:
+        raise BadInput(f"cannot open the trace store {path}: {err}") from err
+    with store:
+        yield store
+
+
+class _DefaultToList(click.Group):
+    """A group whose default subcommand is `list`: `logs -n 5` means `logs list -n 5`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ctx.help_option_names):
+            args = ["list", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultToList)
+def logs() -> None:
+    """Browse recorded runs. Without a subcommand: `logs list`."""
+
+
+@logs.command("list")
+@click.option("-n", "count", type=click.IntRange(min=0), default=10, show_default=True,
+              help="How many runs to show, newest first (0: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of runs, each with an `id`.")
+@home_option
+@user_errors
+def list_runs(count: int, as_json: bool, home: str | None) -> None:
+    """List recent runs, newest first."""
+    with open_store(home) as store:
+        runs = [(run, store.counts(run.id)) for run in store.list_runs(limit=count or None)]
+    if as_json:
+        click.echo(json.dumps([run.model_dump(mode="json") | n for run, n in runs], indent=2))
+        return
+    for run, n in runs:
+        created = run.created_at.strftime("%Y-%m-%d %H:%M:%S")
+        click.echo(
+            f"{run.id}  {created}  {run.outcome or 'unfinished':<10}  {run.strategy:<12}  "
+            f"{run.model}  ({n['branches']} branches, {n['turns']} turns, {n['tokens']} tokens, "
+            f"{n['mh_steps']} MH steps)"
+        )
+
+
+@logs.command("show")
+@click.argument("run_ref", metavar="RUN")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole run tree as JSON.")
+@home_option
+@user_errors
+def show(run_ref: str, as_json: bool, home: str | None) -> None:
+    """Show one run: branches, decision points, rewinds, MH steps, tests, change measures.
+
+    RUN is a run id, a unique prefix of one, or `latest`.
+    """
+    with open_store(home) as store:
+        tree = store.load(store.resolve(run_ref))
+    changes = compare_all(tree)
+    if as_json:
+        data = tree.model_dump(mode="json") | {"changes": [c.model_dump(mode="json") for c in changes]}
+        click.echo(json.dumps(data, indent=2))
+        return
+    Console(soft_wrap=True, highlight=False).print(render_tree(tree, changes))
+
+
+def _snippet(text: str, limit: int = 60) -> str:
+    flat = text.replace("\n", "\\n")
+    return json.dumps(flat if len(flat) <= limit else flat[: limit - 1] + "…", ensure_ascii=False)
+
+
+def _turn_node(parent: Tree, tree: RunTree, turn: Turn) -> None:
+    node = parent.add(Text(f"turn {turn.index} · {len(turn.tokens)} tokens · {_snippet(turn.text)}"))
+    for d in tree.decisions_of(turn.id):
+        alts = ", ".join(f"{a.text!r} {a.prob:.0%}" for a in d.alternatives[:4])
+        what = d.kind if d.label is None else f"{d.kind}:{d.label}"
+        line = f"decision {what} @{d.position} {d.choice!r} H={d.entropy:.2f}"
+        line += f" · alternatives {alts}" if alts else ""
+        line += f" · snapshot {d.snapshot[:12]}" if d.snapshot else ""
+        node.add(Text(line, style="magenta" if d.kind == "entropy" else "cyan"))
+    for call in tree.tool_calls_of(turn.id):
+        node.add(Text(f"tool {call.action} {json.dumps(call.arguments)} → {_snippet(call.observation)}"))
+
+
+def _change_line(change: StrategyChange) -> Text:
+    parts = [
+        f"edit distance {change.edit_distance} "
+        f"({change.parent_suffix_len} → {change.retry_suffix_len} tokens, {change.relative_distance:.0%})"
+    ]
+    if change.tool_changed:
+        before = ", ".join(f"{label} {text!r}" for label, text in change.choices_before) or "none"
+        after = ", ".join(f"{label} {text!r}" for label, text in change.choices_after) or "none"
+        parts.append(f"tool choice changed: {before} → {after}")
+    else:
+        parts.append("same tool choices")
+    parts.append({None: "diff unknown", True: "diff changed", False: "same diff"}[change.diff_changed])
+    return Text("change: " + "; ".join(parts), style="yellow")
+
+
+def _branch_node(parent: Tree, tree: RunTree, branch: Branch, changes: dict[str, StrategyChange]) -> None:
+    style = {True: "green", False: "red"}.get(branch.passed, "")  # type: ignore[arg-type]
+    label = Text(f"branch #{branch.index} {branch.id} {branch.strategy} · {branch.outcome or 'unfinished'}", style)
+    if branch.cut is not None and branch.parent_id is not None:
+        origin = tree.branch(branch.parent_id)
+        label.append(
+            f" · rewind from #{origin.index} turn {branch.cut.turn} token {branch.cut.position}"
+            f" (H={branch.cut.entropy:.2f}) → #{branch.index}"
+        )
+    node = parent.add(label)
+    if branch.id in changes:
+        node.add(_change_line(changes[branch.id]))
+    for turn in tree.own_turns(branch.id):
+        _turn_node(node, tree, turn)
+    for r in tree.test_runs_of(branch.id):
+        node.add(Text(
+            f"tests {r.command!r}: {r.passed} passed, {r.failed} failed, {r.errors} errors, "
+            f"exit {r.exit_code}, {r.duration_s:.1f}s", "green" if r.ok else "red",
+        ))
+    for child in tree.children(branch.id):
+        _branch_node(node, tree, child, changes)
+
+
+def render_tree(tree: RunTree, changes: list[StrategyChange]) -> Tree:
+    """The run as a rich Tree: branches nested under the branch they were cut from."""
+    run = tree.run
+    root = Tree(Text(
+        f"run {run.id} · {run.model} · {run.strategy} · seed {run.seed} · "
+        f"{run.outcome or 'unfinished'} · {run.created_at:%Y-%m-%d %H:%M:%S}", "bold",
+    ))
+    by_branch = {c.branch_id: c for c in changes}
+    for branch in tree.children(None):
+        _branch_node(root, tree, branch, by_branch)
+    if tree.mh_steps:
+        steps = root.add(Text("MH steps"))
+        for s in tree.mh_steps:
+            steps.add(Text(
+                f"#{s.index} cut turn {s.cut_turn} token {s.cut_position} H={s.cut_entropy:.2f} · "
+                f"proposal {s.proposal_length} tokens · log A={s.log_accept:.2f} (target {s.log_target:.2f}, "
+                f"proposal {s.log_proposal:.2f}, cut {s.log_cut_correction:.2f}, verifier {s.log_verifier:.2f})"
+                f" · {'accepted' if s.accepted else 'rejected'} · {s.decode_tokens} decode tokens",
+                "green" if s.accepted else "red",
+            ))
+    return root
+
+
+@logs.command("path")
+@home_option
+def path(home: str | None) -> None:
+    """Print the path of the trace database."""
+    click.echo(str(db_path(home)))

@@ -1,0 +1,33 @@
+"""`decision-retry report RUN -o report.html`: render one run as a self-contained HTML file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from decision_retry.cli.logs import home_option, open_store, user_errors
+from decision_retry.errors import BadInput
+from decision_retry.trace.report import render_report
+
+
+@click.command("report")
+@click.argument("run_ref", metavar="RUN")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("report.html"), show_default=True, help="Where to write the HTML file.")
+@home_option
+@user_errors
+def report(run_ref: str, output: Path, home: str | None) -> None:
+    """Write an HTML report of RUN (an id, a unique id prefix, or `latest`).
+
+    Tokens coloured by entropy with decision points marked, the branch tree with where each
+    retry cut and whether its tests passed, an entropy-over-position plot, and the change
+    measures of each retry. One file, no network loads.
+    """
+    with open_store(home) as store:
+        tree = store.load(store.resolve(run_ref))
+    try:
+        output.write_text(render_report(tree), encoding="utf-8")
+    except OSError as err:
+        raise BadInput(f"cannot write {output}: {err.strerror or err}") from err
+    click.echo(str(output))

@@ -1,0 +1,177 @@
+"""The decode engine: our own short decode loop with KV-cache forks and batched tries.
+
+A `DecodeState` is an immutable value: prompt ids, generated `Token`s, and a private KV cache
+that covers every position except the last one (that last id is fed on the next step). So
+
+* continuing a state costs one forward per new token (no re-prefill);
+* `fork(state, t)` keeps tokens[:t] by slicing a copy of the cache to P + t - 1 positions,
+  the original state stays usable (an MH rejection needs it);
+* `extend_many` replicates one prefix cache K times and decodes K tries in one batched forward
+  per step, each row with its own generator.
+
+The engine talks to a `Backend` (decision_retry.protocols): the transformers model in
+`decision_retry.backends`, or the toy and scripted models in `decision_retry.testing`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from decision_retry import sampling
+from decision_retry.protocols import Backend
+from decision_retry.tokens import Alternative, Token
+
+Finish = Literal["eos", "stop", "length"]
+
+
+class Sampling(BaseModel):
+    """How to draw tokens: temperature (0 = argmax), top-k, stop strings, and the length cap."""
+
+    model_config = ConfigDict(frozen=True)
+
+    temperature: float = Field(1.0, ge=0.0)
+    top_k: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    stop: tuple[str, ...] = ()
+    alternatives: int = Field(5, ge=0, description="top alternatives recorded per token")
+
+
+@dataclass(frozen=True)
+class DecodeState:
+    """Prompt + generated tokens + the KV cache over all positions but the last."""
+
+    prompt_ids: tuple[int, ...]
+    tokens: tuple[Token, ...] = ()
+    finish: Finish | None = None
+    cache: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def ids(self) -> list[int]:
+        return [*self.prompt_ids, *(t.id for t in self.tokens)]
+
+    @property
+    def text(self) -> str:
+        return "".join(t.text for t in self.tokens)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+
+class LM:
+    """Decode loop over a `Backend`: prefill once, extend, fork, and K batched tries."""
+
+    def __init__(self, backend: Backend, *, name: str = "model") -> None:
+        self.backend = backend
+        self.name = name
+
+    # -- prompts ---------------------------------------------------------------------------
+    def encode(self, prompt: str | Sequence[dict] | Sequence[int]) -> list[int]:
+        """Token ids of a prompt: a chat (list of messages), plain text, or ids as they are."""
+        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], dict)):
+            return self.backend.encode_prompt(prompt)
+        return list(prompt)
+
+    def prefill(self, prompt: str | Sequence[dict] | Sequence[int]) -> DecodeState:
+        """Run the prompt once; the returned state can be extended and forked freely."""
+        ids = self.encode(prompt)
+        if not ids:
+            raise ValueError("empty prompt: give at least one token")
+        return DecodeState(tuple(ids), cache=self.backend.prefill(ids[:-1]))
+
+    # -- forks -----------------------------------------------------------------------------
+    def fork(self, state: DecodeState, t: int) -> DecodeState:
+        """The state holding state.tokens[:t]; copies the cache prefix, `state` stays usable."""
+        if not 0 <= t <= len(state.tokens):
+            raise ValueError(f"fork position {t} outside 0..{len(state.tokens)}")
+        n = len(state.prompt_ids) + t - 1
+        return DecodeState(state.prompt_ids, state.tokens[:t], None, self.backend.slice(state.cache, n))
+
+    # -- decoding --------------------------------------------------------------------------
+    def extend(
+        self, state: DecodeState, sampling_: Sampling, generator: torch.Generator
+    ) -> DecodeState:
+        """Continue `state` by up to `max_new_tokens` tokens (stops at EOS / stop string)."""
+        return self.extend_many(state, sampling_, [generator])[0]
+
+    def extend_many(
+        self, state: DecodeState, sampling_: Sampling, generators: Sequence[torch.Generator]
+    ) -> list[DecodeState]:
+        """K continuations of one prefix, one batched forward per step, one generator per row."""
+        if state.finish in ("eos", "stop"):
+            return [state for _ in generators]  # "length" only paused: it may grow again
+        k = len(generators)
+        n = len(state.prompt_ids) + len(state.tokens) - 1
+        cache = self.backend.slice(state.cache, n)  # own copy; `state` is never mutated
+        if k > 1:
+            cache = self.backend.repeat(cache, k)
+        rows = [_Row(list(state.ids), []) for _ in range(k)]
+        live = list(range(k))  # rows still decoding, in cache batch order
+        pending = torch.tensor([state.ids[-1]] * k)  # (B,)
+        for _ in range(sampling_.max_new_tokens):
+            logits = self.backend.forward(cache, pending)  # (B, V)
+            ids, logp, logq, h = sampling.select(
+                logits, [generators[i] for i in live], sampling_.temperature, sampling_.top_k
+            )
+            alt_ids, alt_p = sampling.top_alternatives(logits, sampling_.alternatives)
+            keep = []
+            for b, r in enumerate(live):
+                row = rows[r]
+                tok = self._token(row.ids, int(ids[b]), logp[b], logq[b], h[b], alt_ids[b], alt_p[b])
+                row.ids.append(tok.id)
+                row.tokens.append(tok)
+                row.finish = self._finish(row, sampling_)
+                if row.finish is None:
+                    keep.append(b)
+                elif len(live) > 1:
+                    row.cache = self.backend.select(cache, [b])  # its own copy, all but the last id
+                else:
+                    row.cache = cache
+            if not keep:
+                break
+            if len(keep) < len(live):
+                cache = self.backend.select(cache, keep)
+                live = [live[b] for b in keep]
+            pending = ids[keep]  # (B,)
+        return [
+            DecodeState(state.prompt_ids, state.tokens + tuple(row.tokens), row.finish, row.cache)
+            for row in rows
+        ]
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _token(self, prefix, tid, logp, logq, h, alt_ids, alt_p) -> Token:
+        top = tuple(
+            Alternative(id=int(i), text=self.backend.piece([*prefix, int(i)]), prob=float(p))
+            for i, p in zip(alt_ids.tolist(), alt_p.tolist())
+        )
+        return Token(
+            id=tid,
+            text=self.backend.piece([*prefix, tid]),
+            logp=float(logp),
+            logq=float(logq),
+            entropy=float(h),
+            top=top,
+        )
+
+    def _finish(self, row: "_Row", sampling_: Sampling) -> Finish | None:
+        if row.tokens[-1].id in self.backend.eos_ids:
+            return "eos"
+        if sampling_.stop:
+            tail = "".join(t.text for t in row.tokens[-16:])
+            if any(s in tail for s in sampling_.stop):
+                return "stop"
+        if len(row.tokens) >= sampling_.max_new_tokens:
+            return "length"
+        return None
+
+
+@dataclass
+class _Row:
+    ids: list[int]
+    tokens: list[Token]
+    finish: Finish | None = None
+    cache: Any = None

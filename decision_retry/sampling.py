@@ -1,0 +1,86 @@
+"""Token selection as pure functions of (logits, generators, temperature, top_k).
+
+Everything here works on a batch of rows; shapes sit at the end of lines.
+Randomness is always an argument: one `torch.Generator` per row, so a row's draws do not
+depend on which other rows share the batch (K batched tries equal K single ones).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def base_logprobs(logits: torch.Tensor) -> torch.Tensor:
+    """log p at temperature 1 from raw logits, in fp32."""
+    return torch.log_softmax(logits.float(), dim=-1)  # (B, V)
+
+
+def entropy(logp: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of each row's distribution (zero-probability entries contribute 0)."""
+    p = logp.exp()
+    return -torch.special.xlogy(p, p).sum(dim=-1)  # (B,)
+
+
+def proposal_logprobs(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:
+    """log q: the distribution actually sampled, after temperature and top-k. Never edits `logits`."""
+    scores = logits.float() / temperature  # (B, V), a new tensor
+    if top_k is not None and top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]  # (B, 1)
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    return torch.log_softmax(scores, dim=-1)  # (B, V)
+
+
+def draw(logq: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Inverse-CDF sampling, one uniform per row from that row's own generator."""
+    if len(generators) != logq.shape[0]:
+        raise ValueError(f"need one generator per row: {len(generators)} for {logq.shape[0]} rows")
+    u = torch.stack([torch.rand((), generator=g) for g in generators])  # (B,)
+    cdf = logq.exp().cumsum(dim=-1)  # (B, V)
+    u = u.to(cdf.dtype) * cdf[:, -1]
+    ids = torch.searchsorted(cdf, u.unsqueeze(-1), right=True).squeeze(-1)  # (B,)
+    return ids.clamp_(max=logq.shape[-1] - 1)
+
+
+def select(
+    logits: torch.Tensor,
+    generators: Sequence[torch.Generator],
+    temperature: float,
+    top_k: int | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pick the next token of each row.
+
+    Returns (ids, logp of ids, logq of ids, entropy of p), each (B,).
+    Temperature 0 is argmax, and then q puts all its mass on the argmax (logq = 0).
+    """
+    logp = base_logprobs(logits)  # (B, V)
+    h = entropy(logp)  # (B,)
+    if temperature == 0:
+        ids = logp.argmax(dim=-1)  # (B,)
+        logq_ids = torch.zeros_like(h)
+    else:
+        logq = proposal_logprobs(logits, temperature, top_k)  # (B, V)
+        ids = draw(logq, generators)
+        logq_ids = logq.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    logp_ids = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    return ids, logp_ids, logq_ids, h
+
+
+def top_alternatives(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k most likely ids under p and their probabilities, each (B, k)."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    k = min(k, probs.shape[-1])
+    top = torch.topk(probs, k, dim=-1)
+    return top.indices, top.values
+
+
+def child_generators(generator: torch.Generator, k: int) -> list[torch.Generator]:
+    """K independent generators seeded from `generator` (for K batched tries)."""
+    seeds = torch.randint(0, 2**62, (k,), generator=generator).tolist()
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def uniform(generator: torch.Generator) -> float:
+    """One U(0, 1) draw from `generator`."""
+    return float(torch.rand((), generator=generator))

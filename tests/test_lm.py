@@ -1,0 +1,141 @@
+"""The decode engine against one full forward pass, forks, batching and seeds."""
+
+import pytest
+import torch
+
+from decision_retry.lm import Sampling
+from decision_retry.sampling import child_generators
+
+from .conftest import gen
+
+PROMPT = "def add(a, b):"
+
+
+def full_forward(lm, ids):
+    """log p and entropies of every position from one forward over the whole sequence."""
+    with torch.inference_mode():
+        logits = lm.backend.model(input_ids=torch.tensor([ids])).logits[0].float()  # (L, V)
+    logp = torch.log_softmax(logits, -1)
+    ent = -(logp.exp() * logp).sum(-1)
+    return logp, ent
+
+
+@pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.7, 5), (0.0, None)])
+def test_recorded_logprobs_and_entropy_match_one_full_forward(tiny, temperature, top_k):
+    state = tiny.prefill(PROMPT)
+    out = tiny.extend(state, Sampling(temperature=temperature, top_k=top_k, max_new_tokens=12), gen(3))
+    ids = out.ids
+    logp, ent = full_forward(tiny, ids)
+    p = len(out.prompt_ids)
+    for i, tok in enumerate(out.tokens):
+        row = p + i - 1  # logits at row predict position row + 1
+        assert tok.logp == pytest.approx(float(logp[row, tok.id]), abs=1e-4)
+        assert tok.entropy == pytest.approx(float(ent[row]), abs=1e-4)
+        if temperature == 0:
+            assert tok.logq == 0.0 and tok.id == int(logp[row].argmax())
+        else:
+            scores = torch.log_softmax(full_logits_at(tiny, ids, row) / temperature, -1)
+            if top_k:
+                kth = torch.topk(scores, top_k).values[-1]
+                scores = torch.log_softmax(torch.where(scores < kth, -torch.inf, scores), -1)
+            assert tok.logq == pytest.approx(float(scores[tok.id]), abs=1e-4)
+        assert tok.top[0].prob == pytest.approx(float(logp[row].exp().max()), abs=1e-5)
+
+
+def full_logits_at(lm, ids, row):
+    with torch.inference_mode():
+        return lm.backend.model(input_ids=torch.tensor([ids])).logits[0, row].float()
+
+
+def test_fork_and_continue_equals_generating_from_scratch(tiny):
+    s = Sampling(max_new_tokens=16)
+    state = tiny.prefill(PROMPT)
+    full = tiny.extend(state, s, gen(7))
+    for t in (0, 1, 5, 15):
+        forked = tiny.fork(full, t)
+        assert [x.id for x in forked.tokens] == [x.id for x in full.tokens[:t]]
+        # the same generator stream from position t: replay the first t draws, then continue
+        g = gen(7)
+        for _ in range(t):
+            torch.rand((), generator=g)
+        cont = tiny.extend(forked, s.model_copy(update={"max_new_tokens": 16 - t}), g)
+        assert [x.id for x in cont.tokens] == [x.id for x in full.tokens]
+        for a, b in zip(cont.tokens, full.tokens):
+            assert a.logp == pytest.approx(b.logp, abs=1e-5)
+    # the original stays usable after forks
+    again = tiny.fork(full, 8)
+    assert len(again.tokens) == 8
+
+
+def test_fork_does_not_rerun_prefix(table):
+    """Forks slice the cache: the toy backend's cache is the id tensor, so its length tells."""
+    state = table.prefill("abcab")
+    out = table.extend(state, Sampling(max_new_tokens=4), gen(1))
+    forked = table.fork(out, 2)
+    assert forked.cache.shape[1] == len(out.prompt_ids) + 2 - 1
+    assert out.cache.shape[1] == len(out.prompt_ids) + len(out.tokens) - 1
+
+
+def test_k_batched_continuations_equal_k_single_ones(tiny):
+    s = Sampling(max_new_tokens=10)
+    state = tiny.prefill(PROMPT)
+    gens = child_generators(gen(11), 4)
+    states = [g.get_state() for g in gens]
+    batched = tiny.extend_many(state, s, gens)
+    for g, st, b in zip(gens, states, batched):
+        g.set_state(st)
+        single = tiny.extend(state, s, g)
+        assert [x.id for x in single.tokens] == [x.id for x in b.tokens]
+        for x, y in zip(single.tokens, b.tokens):
+            assert x.logp == pytest.approx(y.logp, abs=1e-4)
+            assert x.entropy == pytest.approx(y.entropy, abs=1e-4)
+    # a batched row can itself be forked and continued (its cache was kept)
+    f = tiny.fork(batched[2], 3)
+    assert len(tiny.extend(f, s, gen(0)).tokens) > 3
+
+
+def test_batched_rows_stop_independently(table):
+    s = Sampling(max_new_tokens=6)
+    outs = table.extend_many(table.prefill("ab"), s, child_generators(gen(5), 8))
+    lengths = {len(o.tokens) for o in outs}
+    assert len(lengths) > 1  # some rows hit EOS earlier than others
+    for o in outs:
+        assert (o.finish == "eos") == (o.tokens[-1].id == 0)
+        assert o.cache.shape[1] == len(o.prompt_ids) + len(o.tokens) - 1
+
+
+def test_same_seed_same_tokens_and_greedy_is_deterministic(tiny):
+    state = tiny.prefill(PROMPT)
+    s = Sampling(max_new_tokens=12)
+    a = tiny.extend(state, s, gen(1))
+    b = tiny.extend(state, s, gen(1))
+    c = tiny.extend(state, s, gen(2))
+    assert [t.id for t in a.tokens] == [t.id for t in b.tokens]
+    assert [t.id for t in a.tokens] != [t.id for t in c.tokens]
+    g = Sampling(max_new_tokens=12, temperature=0)
+    assert tiny.extend(state, g, gen(1)).ids == tiny.extend(state, g, gen(99)).ids
+
+
+def test_stop_strings_and_eos(table):
+    s = Sampling(max_new_tokens=50, stop=("ab",))
+    for seed in range(20):
+        out = table.extend(table.prefill("c"), s, gen(seed))
+        if out.finish == "stop":
+            assert out.text.endswith("ab")
+        else:
+            assert out.finish == "eos" and "ab" not in out.text
+
+
+def test_length_finish_can_grow_again(table):
+    s = Sampling(max_new_tokens=2)
+    out = table.extend(table.prefill("b"), s, gen(4))
+    if out.finish == "length":
+        more = table.extend(out, s, gen(4))
+        assert more.tokens[:2] == out.tokens and len(more.tokens) > 2
+
+
+def test_bad_arguments_are_rejected(tiny):
+    with pytest.raises(ValueError, match="fork position"):
+        tiny.fork(tiny.prefill(PROMPT), 3)
+    with pytest.raises(ValueError):
+        Sampling(temperature=-1)
