@@ -23,15 +23,19 @@ class TableBackend:
     """Toy model: logits(context) drawn once per context from a seed hashed from the context.
 
     Token 0 is EOS; tokens are named "a", "b", "c", ... Every cache is a (B, n) id tensor.
-    `sharpness` scales the logits (larger = lower entropy, more varied entropies).
+    `sharpness` scales the logits (larger = lower entropy); `spread` varies that scale from
+    context to context (log-normally), so some contexts are hesitant and others near-certain.
     """
 
-    def __init__(self, vocab: int = 4, *, seed: int = 0, sharpness: float = 2.0) -> None:
+    def __init__(
+        self, vocab: int = 4, *, seed: int = 0, sharpness: float = 2.0, spread: float = 0.0
+    ) -> None:
         if vocab < 2:
             raise ValueError(f"vocab={vocab}: need at least EOS and one token")
         self.vocab = vocab
         self.seed = seed
         self.sharpness = sharpness
+        self.spread = spread
         self.eos_ids = frozenset({0})
         self.names = ["<eos>"] + [chr(ord("a") + i) for i in range(vocab - 1)]
         self._memo: dict[tuple[int, ...], torch.Tensor] = {}
@@ -42,7 +46,8 @@ class TableBackend:
         if key not in self._memo:
             h = zlib.crc32(bytes(str((self.seed, key)), "ascii"))
             g = torch.Generator().manual_seed(h)
-            self._memo[key] = torch.randn(self.vocab, generator=g) * self.sharpness
+            scale = self.sharpness * math.exp(self.spread * float(torch.randn((), generator=g)))
+            self._memo[key] = torch.randn(self.vocab, generator=g) * scale
         return self._memo[key]
 
     def encode_prompt(self, prompt) -> list[int]:
@@ -98,9 +103,9 @@ class TableBackend:
         return {x: v / z for x, v in w.items()}
 
 
-def table_lm(vocab: int = 4, *, seed: int = 0, sharpness: float = 2.0) -> LM:
+def table_lm(vocab: int = 4, *, seed: int = 0, sharpness: float = 2.0, spread: float = 0.0) -> LM:
     """A decode engine over a `TableBackend`."""
-    return LM(TableBackend(vocab, seed=seed, sharpness=sharpness), name="table")
+    return LM(TableBackend(vocab, seed=seed, sharpness=sharpness, spread=spread), name="table")
 
 
 def tiny_llama(*, vocab: int = 64, seed: int = 0, layers: int = 2, hidden: int = 32) -> LM:

@@ -70,9 +70,17 @@ def logs() -> None:
 
 
 @logs.command("list")
-@click.option("-n", "count", type=click.IntRange(min=0), default=10, show_default=True,
-              help="How many runs to show, newest first (0: all).")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of runs, each with an `id`.")
+@click.option(
+    "-n",
+    "count",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="How many runs to show, newest first (0: all).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print a JSON list of runs, each with an `id`."
+)
 @home_option
 @user_errors
 def list_runs(count: int, as_json: bool, home: str | None) -> None:
@@ -105,10 +113,14 @@ def show(run_ref: str, as_json: bool, home: str | None) -> None:
         tree = store.load(store.resolve(run_ref))
     changes = compare_all(tree)
     if as_json:
-        data = tree.model_dump(mode="json") | {"changes": [c.model_dump(mode="json") for c in changes]}
+        data = tree.model_dump(mode="json") | {
+            "changes": [c.model_dump(mode="json") for c in changes]
+        }
         click.echo(json.dumps(data, indent=2))
         return
-    Console(soft_wrap=True, highlight=False).print(render_tree(tree, changes))
+    # piped output: wide lines, wrapped only when very long; a terminal: its own width
+    width = None if sys.stdout.isatty() else 160
+    Console(highlight=False, width=width).print(render_tree(tree, changes))
 
 
 def _snippet(text: str, limit: int = 60) -> str:
@@ -117,7 +129,9 @@ def _snippet(text: str, limit: int = 60) -> str:
 
 
 def _turn_node(parent: Tree, tree: RunTree, turn: Turn) -> None:
-    node = parent.add(Text(f"turn {turn.index} · {len(turn.tokens)} tokens · {_snippet(turn.text)}"))
+    node = parent.add(
+        Text(f"turn {turn.index} · {len(turn.tokens)} tokens · {_snippet(turn.text)}")
+    )
     for d in tree.decisions_of(turn.id):
         alts = ", ".join(f"{a.text!r} {a.prob:.0%}" for a in d.alternatives[:4])
         what = d.kind if d.label is None else f"{d.kind}:{d.label}"
@@ -126,27 +140,34 @@ def _turn_node(parent: Tree, tree: RunTree, turn: Turn) -> None:
         line += f" · snapshot {d.snapshot[:12]}" if d.snapshot else ""
         node.add(Text(line, style="magenta" if d.kind == "entropy" else "cyan"))
     for call in tree.tool_calls_of(turn.id):
-        node.add(Text(f"tool {call.action} {json.dumps(call.arguments)} → {_snippet(call.observation)}"))
+        node.add(
+            Text(f"tool {call.action} {json.dumps(call.arguments)} → {_snippet(call.observation)}")
+        )
 
 
 def _change_line(change: StrategyChange) -> Text:
-    parts = [
-        f"edit distance {change.edit_distance} "
-        f"({change.parent_suffix_len} → {change.retry_suffix_len} tokens, {change.relative_distance:.0%})"
-    ]
+    sizes = f"{change.parent_suffix_len} → {change.retry_suffix_len} tokens"
+    parts = [f"edit distance {change.edit_distance} ({sizes}, {change.relative_distance:.0%})"]
     if change.tool_changed:
         before = ", ".join(f"{label} {text!r}" for label, text in change.choices_before) or "none"
         after = ", ".join(f"{label} {text!r}" for label, text in change.choices_after) or "none"
         parts.append(f"tool choice changed: {before} → {after}")
     else:
         parts.append("same tool choices")
-    parts.append({None: "diff unknown", True: "diff changed", False: "same diff"}[change.diff_changed])
+    parts.append(
+        {None: "diff unknown", True: "diff changed", False: "same diff"}[change.diff_changed]
+    )
     return Text("change: " + "; ".join(parts), style="yellow")
 
 
-def _branch_node(parent: Tree, tree: RunTree, branch: Branch, changes: dict[str, StrategyChange]) -> None:
+def _branch_node(
+    parent: Tree, tree: RunTree, branch: Branch, changes: dict[str, StrategyChange]
+) -> None:
     style = {True: "green", False: "red"}.get(branch.passed, "")  # type: ignore[arg-type]
-    label = Text(f"branch #{branch.index} {branch.id} {branch.strategy} · {branch.outcome or 'unfinished'}", style)
+    label = Text(
+        f"branch #{branch.index} {branch.id} {branch.strategy} · {branch.outcome or 'unfinished'}",
+        style,
+    )
     if branch.cut is not None and branch.parent_id is not None:
         origin = tree.branch(branch.parent_id)
         label.append(
@@ -159,10 +180,13 @@ def _branch_node(parent: Tree, tree: RunTree, branch: Branch, changes: dict[str,
     for turn in tree.own_turns(branch.id):
         _turn_node(node, tree, turn)
     for r in tree.test_runs_of(branch.id):
-        node.add(Text(
-            f"tests {r.command!r}: {r.passed} passed, {r.failed} failed, {r.errors} errors, "
-            f"exit {r.exit_code}, {r.duration_s:.1f}s", "green" if r.ok else "red",
-        ))
+        node.add(
+            Text(
+                f"tests {r.command!r}: {r.passed} passed, {r.failed} failed, {r.errors} errors, "
+                f"exit {r.exit_code}, {r.duration_s:.1f}s",
+                "green" if r.ok else "red",
+            )
+        )
     for child in tree.children(branch.id):
         _branch_node(node, tree, child, changes)
 
@@ -170,23 +194,30 @@ def _branch_node(parent: Tree, tree: RunTree, branch: Branch, changes: dict[str,
 def render_tree(tree: RunTree, changes: list[StrategyChange]) -> Tree:
     """The run as a rich Tree: branches nested under the branch they were cut from."""
     run = tree.run
-    root = Tree(Text(
-        f"run {run.id} · {run.model} · {run.strategy} · seed {run.seed} · "
-        f"{run.outcome or 'unfinished'} · {run.created_at:%Y-%m-%d %H:%M:%S}", "bold",
-    ))
+    root = Tree(
+        Text(
+            f"run {run.id} · {run.model} · {run.strategy} · seed {run.seed} · "
+            f"{run.outcome or 'unfinished'} · {run.created_at:%Y-%m-%d %H:%M:%S}",
+            "bold",
+        )
+    )
     by_branch = {c.branch_id: c for c in changes}
     for branch in tree.children(None):
         _branch_node(root, tree, branch, by_branch)
     if tree.mh_steps:
         steps = root.add(Text("MH steps"))
         for s in tree.mh_steps:
-            steps.add(Text(
-                f"#{s.index} cut turn {s.cut_turn} token {s.cut_position} H={s.cut_entropy:.2f} · "
-                f"proposal {s.proposal_length} tokens · log A={s.log_accept:.2f} (target {s.log_target:.2f}, "
-                f"proposal {s.log_proposal:.2f}, cut {s.log_cut_correction:.2f}, verifier {s.log_verifier:.2f})"
-                f" · {'accepted' if s.accepted else 'rejected'} · {s.decode_tokens} decode tokens",
-                "green" if s.accepted else "red",
-            ))
+            parts = (
+                f"target {s.log_target:.2f}, proposal {s.log_proposal:.2f}, "
+                f"cut {s.log_cut_correction:.2f}, verifier {s.log_verifier:.2f}"
+            )
+            verdict = "accepted" if s.accepted else "rejected"
+            line = (
+                f"#{s.index} cut turn {s.cut_turn} token {s.cut_position} H={s.cut_entropy:.2f}"
+                f" · proposal {s.proposal_length} tokens · log A={s.log_accept:.2f} ({parts})"
+                f" · {verdict} · {s.decode_tokens} decode tokens"
+            )
+            steps.add(Text(line, "green" if s.accepted else "red"))
     return root
 
 

@@ -13,8 +13,14 @@ from decision_retry.trace.report import render_report
 
 @click.command("report")
 @click.argument("run_ref", metavar="RUN")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("report.html"), show_default=True, help="Where to write the HTML file.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.html"),
+    show_default=True,
+    help="Where to write the HTML file.",
+)
 @home_option
 @user_errors
 def report(run_ref: str, output: Path, home: str | None) -> None:

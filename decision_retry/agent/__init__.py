@@ -1,0 +1,1 @@
+"""The agent: workspace, test runner and the loop that drives the model."""

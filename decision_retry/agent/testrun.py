@@ -1,0 +1,292 @@
+"""Run the user's test command in a subprocess with a time limit and, where possible, no network.
+
+The result is parsed from pytest's (or unittest's) summary into counts and failing test ids; the
+verifier reward r(x) of design.md §2 is `TestResult.fraction_passed`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from decision_retry.errors import BadInput
+
+TAIL_CHARS = 4000
+_PARSE_BYTES = 64_000  # the summary and short test summary sit at the end of the output
+
+# Runs inside `unshare --net`: bring the loopback interface up (tests often serve on 127.0.0.1),
+# then exec the real command. Failing to raise `lo` is not fatal.
+_NETNS_SHIM = """
+import fcntl, os, socket, struct, sys
+try:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH", b"lo", 0))[:18])[1]
+    fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 1))  # SIOCSIFFLAGS, IFF_UP
+except OSError:
+    pass
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+
+class TestResult(BaseModel):
+    """One run of the test command: exit status, pytest counts and the tail of the output."""
+
+    model_config = ConfigDict(frozen=True)
+    __test__ = False  # not a pytest test class
+
+    command: tuple[str, ...]
+    exit_code: int | None  # None when killed for the time limit
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    no_tests: bool = False  # nothing was collected (pytest exit code 5 / "no tests ran")
+    timed_out: bool = False
+    duration_s: float = 0.0
+    output_tail: str = ""
+    failing_tests: tuple[str, ...] = ()
+    network_isolated: bool = False  # ran under `unshare --net`
+
+    @property
+    def ok(self) -> bool:
+        """Every collected test passed."""
+        return (
+            self.exit_code == 0
+            and not self.timed_out
+            and not self.no_tests
+            and not (self.failed or self.errors)
+        )
+
+    @property
+    def fraction_passed(self) -> float:
+        """passed / (passed + failed + errors); 0 when no test ran."""
+        total = self.passed + self.failed + self.errors
+        return self.passed / total if total else 0.0
+
+
+def run_tests(
+    cmd: str | list[str],
+    cwd: str | Path,
+    timeout: float,
+    *,
+    env: Mapping[str, str] | None = None,
+    isolate_network: bool = True,
+) -> TestResult:
+    """Run `cmd` (a shell-like string, split with shlex, or an argv list) in `cwd`.
+
+    The whole process group is killed after `timeout` seconds. `env` adds to (or overrides) the
+    inherited environment. With `isolate_network` the command runs under `unshare --net` where
+    that works (loopback only), else silently with the network; `network_isolated` records which.
+    Raises BadInput when the command (or the `-m` module of `python -m`) cannot be found.
+    """
+    if timeout <= 0:
+        raise BadInput(f"test timeout must be positive, got {timeout}")
+    full_env = {**os.environ, **(env or {}), "PYTHONDONTWRITEBYTECODE": "1", "PY_COLORS": "0"}
+    try:
+        words = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+    except ValueError as err:  # unbalanced quotes
+        raise BadInput(f"cannot parse test command {cmd!r}: {err}") from None
+    argv = _resolve_argv(words, Path(cwd), full_env.get("PATH"))
+    isolated = isolate_network and _netns_available()
+    full = [*_netns_prefix(), *argv] if isolated else argv
+
+    # 1) run, output to a file (a pipe could hang on a grandchild that outlives the kill)
+    with tempfile.TemporaryFile() as out:
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            full,
+            cwd=cwd,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        timed_out = False
+        try:
+            exit_code: int | None = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out, exit_code = True, None
+            _kill_group(proc)
+        except BaseException:  # Ctrl-C: the tests run in their own session and would not see it
+            _kill_group(proc)
+            raise
+        duration = time.monotonic() - start
+        out.seek(0, os.SEEK_END)
+        out.seek(max(0, out.tell() - _PARSE_BYTES))
+        text = _strip_ansi(out.read().decode(errors="replace"))
+
+    # 2) a `python -m pytest` without pytest installed is a missing command, not a failing test
+    missing = len(argv) > 2 and argv[1] == "-m" and f"No module named {argv[2]}" in text
+    if exit_code == 1 and missing:
+        raise BadInput(f"test command not found: {shlex.join(argv)} (no module {argv[2]})")
+
+    # 3) parse
+    counts = parse_counts(text)
+    no_tests = exit_code == 5 or (
+        not any(counts.values())
+        and re.search(r"\bno tests ran\b|\bRan 0 tests\b", text) is not None
+    )
+    return TestResult(
+        command=tuple(argv),
+        exit_code=exit_code,
+        no_tests=no_tests,
+        timed_out=timed_out,
+        duration_s=round(duration, 3),
+        output_tail=text[-TAIL_CHARS:],
+        failing_tests=parse_failing(text),
+        network_isolated=isolated,
+        **counts,
+    )
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# `1 failed, 2 passed, 3 warnings in 0.12s` (optionally framed by `=====`, with `(0:01:05)`)
+_PYTEST_SUMMARY = re.compile(r"^[=\s]*((?:\d+ [a-z]+(?:, )?)+|no tests ran)(?: in [\d.]+ ?s\b.*)$")
+_PYTEST_COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)\b")
+_UNITTEST_RAN = re.compile(r"^Ran (\d+) tests? in ")
+_UNITTEST_TAIL = re.compile(r"^(OK|FAILED)\b(?: \((.*)\))?")
+_PYTEST_PROGRESS = re.compile(r"^(?:\S+\.py )?([.FEsxX]+)\s*\[\s*\d+%\]$")
+
+
+def _strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def parse_counts(text: str) -> dict[str, int]:
+    """passed/failed/errors/skipped from pytest's summary, unittest's footer, or progress marks."""
+    lines = text.splitlines()
+    for parse in (_pytest_summary, _unittest_footer, _pytest_progress):
+        counts = parse(lines)
+        if counts is not None:
+            return counts
+    return _counts()
+
+
+def _counts(passed: int = 0, failed: int = 0, errors: int = 0, skipped: int = 0) -> dict[str, int]:
+    return {"passed": passed, "failed": failed, "errors": errors, "skipped": skipped}
+
+
+def _pytest_summary(lines: list[str]) -> dict[str, int] | None:
+    """The last `1 failed, 2 passed in 0.1s` line (xfailed counts as skipped, xpassed as passed)."""
+    for line in reversed(lines):
+        m = _PYTEST_SUMMARY.match(line.strip())
+        if m:
+            counts = _counts()
+            for n, word in _PYTEST_COUNT.findall(m.group(1)):
+                key = {"error": "errors", "xfailed": "skipped", "xpassed": "passed"}.get(word, word)
+                counts[key] += int(n)
+            return counts
+    return None
+
+
+def _unittest_footer(lines: list[str]) -> dict[str, int] | None:
+    """unittest's `Ran 5 tests in 0.01s` then `OK` or `FAILED (failures=1, errors=1)`."""
+    for i in range(len(lines) - 1, -1, -1):
+        ran = _UNITTEST_RAN.match(lines[i])
+        if not ran:
+            continue
+        tail = next((t for t in map(_UNITTEST_TAIL.match, lines[i + 1 :]) if t), None)
+        pairs = re.findall(r"(\w+)=(\d+)", (tail.group(2) or "") if tail else "")
+        d = {k: int(v) for k, v in pairs}
+        counts = _counts(
+            failed=d.get("failures", 0) + d.get("unexpected_successes", 0),
+            errors=d.get("errors", 0),
+            skipped=d.get("skipped", 0) + d.get("expected_failures", 0),
+        )
+        counts["passed"] = max(0, int(ran.group(1)) - sum(counts.values()))
+        return counts
+    return None
+
+
+def _pytest_progress(lines: list[str]) -> dict[str, int] | None:
+    """Count progress marks (`..F.E  [100%]`): all that `-qq` leaves when there is no summary."""
+    chars = "".join(m.group(1) for m in map(_PYTEST_PROGRESS.match, lines) if m)
+    if not chars:
+        return None
+    return _counts(
+        passed=chars.count(".") + chars.count("X"),
+        failed=chars.count("F"),
+        errors=chars.count("E"),
+        skipped=chars.count("s") + chars.count("x"),
+    )
+
+
+def parse_failing(text: str) -> tuple[str, ...]:
+    """Failing test ids from pytest's short summary (`FAILED id - msg`) or `-v` (`id FAILED`)."""
+    found: dict[str, None] = {}
+    for line in text.splitlines():
+        m = re.match(r"^(?:FAILED|ERROR) (\S+)", line) or re.match(
+            r"^(\S+::\S+) (?:FAILED|ERROR)\b", line
+        )
+        if m:
+            found[m.group(1)] = None
+    return tuple(found)
+
+
+# -- process handling ---------------------------------------------------------------------------
+
+
+def _resolve_argv(argv: list[str], cwd: Path, search_path: str | None) -> list[str]:
+    """Check that the program exists; BadInput otherwise. A missing `python` means this Python."""
+    if not argv:
+        raise BadInput("empty test command")
+    if not cwd.is_dir():
+        raise BadInput(f"no such directory: {cwd}")
+    prog = argv[0]
+    if "/" in prog:
+        exe = cwd / prog
+        if not (exe.is_file() and os.access(exe, os.X_OK)):
+            raise BadInput(f"test command not found: {prog}")
+        return argv
+    if shutil.which(prog, path=search_path):
+        return argv
+    if prog in ("python", "python3"):  # Debian has no `python`; the venv we run in does
+        return [sys.executable, *argv[1:]]
+    raise BadInput(f"test command not found: {prog}")
+
+
+def _netns_prefix() -> list[str]:
+    unshare = shutil.which("unshare") or "unshare"  # absolute: the child's PATH may differ
+    return [unshare, "--net", "--map-root-user", "--", sys.executable, "-c", _NETNS_SHIM]
+
+
+@functools.cache
+def _netns_available() -> bool:
+    """Whether `unshare --net --map-root-user` works here (needs unprivileged user namespaces)."""
+    if shutil.which("unshare") is None:
+        return False
+    try:
+        probe = subprocess.run(
+            [*_netns_prefix(), "true"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return probe.returncode == 0
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group started for `proc`, then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()

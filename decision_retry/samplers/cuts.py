@@ -1,0 +1,82 @@
+"""Where to cut: the cut distribution c(t | x) over the generated positions of a sequence.
+
+c(t | x) = (1 - eps) * w_t / Z(x) + eps / L(x), where w_t is a function of the entropies:
+
+* "uniform":       w_t = 1 (then c is uniform, whatever eps);
+* "entropy-jump":  w_t = max(0, H_t - H_{t-1}) ** beta, with H_{-1} = 0;
+* "softmax":       w_t = exp(H_t / tau).
+
+H_t is the entropy of p(. | prefix_<t), so it depends on the prefix only: a proposal that keeps
+x_<t has the same w_0..w_t, but different later weights and a different Z. The reverse move
+therefore needs c(t | x') computed on the proposal's own entropies (see `mh.py`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+CutKind = Literal["uniform", "entropy-jump", "softmax"]
+
+
+class CutRule(BaseModel):
+    """The cut distribution's shape; eps > 0 keeps every position reachable."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: CutKind = "entropy-jump"
+    beta: float = Field(4.0, gt=0)
+    tau: float = Field(1.0, gt=0)
+    eps: float = Field(0.1, ge=0, le=1)
+
+
+def weights(entropies: Sequence[float], rule: CutRule) -> list[float]:
+    """Unnormalised w_t for t = 0..L-1."""
+    if rule.kind == "uniform":
+        return [1.0] * len(entropies)
+    if rule.kind == "softmax":
+        m = max(entropies)
+        return [math.exp((h - m) / rule.tau) for h in entropies]
+    prev, out = 0.0, []
+    for h in entropies:
+        out.append(max(0.0, h - prev) ** rule.beta)
+        prev = h
+    return out
+
+
+def log_probs(entropies: Sequence[float], rule: CutRule) -> list[float]:
+    """log c(t | x) for every position t of a sequence with these entropies."""
+    n = len(entropies)
+    if n == 0:
+        return []
+    w = weights(entropies, rule)
+    z = sum(w)
+    if z <= 0 or rule.kind == "uniform":
+        return [-math.log(n)] * n
+    eps = rule.eps
+    return [
+        math.log((1 - eps) * wt / z + eps / n) if (1 - eps) * wt + eps > 0 else -math.inf
+        for wt in w
+    ]
+
+
+def log_prob(entropies: Sequence[float], t: int, rule: CutRule) -> float:
+    """log c(t | x) for one position."""
+    return log_probs(entropies, rule)[t]
+
+
+def draw(entropies: Sequence[float], rule: CutRule, generator: torch.Generator) -> int:
+    """t ~ c(. | x)."""
+    lp = torch.tensor(log_probs(entropies, rule), dtype=torch.float64)
+    return int(torch.multinomial(lp.exp(), 1, generator=generator))
+
+
+def argmax(entropies: Sequence[float], rule: CutRule, exclude: set[int] = frozenset()) -> int:
+    """The highest-weight position not in `exclude` (a heuristic, not a sampler)."""
+    w = weights(entropies, rule if rule.kind != "uniform" else rule.model_copy(update={"kind": "entropy-jump"}))
+    candidates = [t for t in range(len(w)) if t not in exclude] or list(range(len(w)))
+    return max(candidates, key=lambda t: (w[t], -t))

@@ -1,0 +1,146 @@
+"""One Metropolis-Hastings move on a token sequence, and one multiple-try move.
+
+Target pi(x) ~ p(x)^alpha * exp(lam * r(x)). A move keeps x_<t, regenerates the suffix from
+the proposal q, and accepts with
+
+    log A = alpha * (S_p(x'_t:) - S_p(x_t:))        target (each suffix summed to its own end)
+          + (S_q(x_t:) - S_q(x'_t:))                 proposal
+          + log c(t | x') - log c(t | x)             cut correction (reverse move, x' entropies)
+          + lam * (r(x') - r(x))                     verifier tilt
+
+Without the cut correction an entropy-cut chain samples p^alpha * Z(x) instead of p^alpha.
+Note the uniform cut needs it too when lengths vary: c(t | x) = 1 / L(x).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from decision_retry.samplers import cuts
+from decision_retry.samplers.cuts import CutRule
+from decision_retry.tokens import Token
+
+
+class StepRecord(BaseModel):
+    """What one MH step did; field names match `trace.models.MHStep`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cut_position: int
+    cut_entropy: float
+    proposal_length: int
+    log_accept: float
+    log_target: float
+    log_proposal: float
+    log_cut_correction: float
+    log_verifier: float
+    accepted: bool
+    decode_tokens: int
+    tries: int = 1
+
+
+def suffix_sums(tokens: Sequence[Token], t: int) -> tuple[float, float]:
+    """(sum logp, sum logq) over tokens[t:], to the sequence's own end."""
+    tail = tokens[t:]
+    return sum(x.logp for x in tail), sum(x.logq for x in tail)
+
+
+def log_cut_correction(
+    x: Sequence[Token], y: Sequence[Token], t: int, rule: CutRule | None
+) -> float:
+    """log c(t | y) - log c(t | x); 0 when the correction is switched off (rule None)."""
+    if rule is None:
+        return 0.0
+    return cuts.log_prob([k.entropy for k in y], t, rule) - cuts.log_prob(
+        [k.entropy for k in x], t, rule
+    )
+
+
+def log_weight(x: Sequence[Token], y: Sequence[Token], t: int, alpha: float) -> tuple[float, float]:
+    """(target part, proposal part) of log A for replacing x_t: by y_t:."""
+    px, qx = suffix_sums(x, t)
+    py, qy = suffix_sums(y, t)
+    return alpha * (py - px), qx - qy
+
+
+def mh_step_record(
+    x: Sequence[Token],
+    y: Sequence[Token],
+    t: int,
+    *,
+    alpha: float,
+    rule: CutRule | None,
+    verifier_delta: float,
+    u: float,
+    decode_tokens: int,
+) -> StepRecord:
+    """Score the proposal y against x at cut t and decide with the uniform draw u."""
+    target, proposal = log_weight(x, y, t, alpha)
+    corr = log_cut_correction(x, y, t, rule)
+    log_a = target + proposal + corr + verifier_delta
+    return StepRecord(
+        cut_position=t,
+        cut_entropy=x[t].entropy,
+        proposal_length=len(y) - t,
+        log_accept=log_a,
+        log_target=target,
+        log_proposal=proposal,
+        log_cut_correction=corr,
+        log_verifier=verifier_delta,
+        accepted=math.log(u) < log_a if u > 0 else True,
+        decode_tokens=decode_tokens,
+    )
+
+
+def logsumexp(values: Sequence[float]) -> float:
+    m = max(values)
+    if m == -math.inf:
+        return m
+    return m + math.log(sum(math.exp(v - m) for v in values))
+
+
+def mtm_choose(
+    x: Sequence[Token],
+    tries: Sequence[Sequence[Token]],
+    t: int,
+    *,
+    alpha: float,
+    rule: CutRule | None,
+    verifier_deltas: Sequence[float],
+    generator: torch.Generator,
+    decode_tokens: int,
+) -> tuple[int, StepRecord]:
+    """Independent-proposal multiple-try Metropolis: pick J ~ softmax(lambda), then accept.
+
+    lambda_k = log [pi(y_k) / q(y_k)] - log [pi(x) / q(x)] over the suffixes (relative to x), and
+    log A = log c(t | y_J) - log c(t | x) + LSE(lambda_1..K) - LSE({lambda_k, k != J} U {0}).
+    """
+    lam = []
+    for y, dv in zip(tries, verifier_deltas):
+        target, proposal = log_weight(x, y, t, alpha)
+        lam.append(target + proposal + dv)
+    probs = torch.tensor(lam, dtype=torch.float64).softmax(0)
+    j = int(torch.multinomial(probs, 1, generator=generator))
+    y = tries[j]
+    corr = log_cut_correction(x, y, t, rule)
+    log_a = corr + logsumexp(lam) - logsumexp([v for k, v in enumerate(lam) if k != j] + [0.0])
+    u = float(torch.rand((), generator=generator))
+    target, proposal = log_weight(x, y, t, alpha)
+    return j, StepRecord(
+        cut_position=t,
+        cut_entropy=x[t].entropy,
+        proposal_length=len(y) - t,
+        log_accept=log_a,
+        log_target=target,
+        log_proposal=proposal,
+        log_cut_correction=corr,
+        log_verifier=verifier_deltas[j],
+        accepted=u == 0 or math.log(u) < log_a,
+        decode_tokens=decode_tokens,
+        tries=len(tries),
+    )
+

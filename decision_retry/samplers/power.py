@@ -1,0 +1,197 @@
+"""Block-wise power sampling: grow the answer B tokens at a time, N MH steps after each block.
+
+Samplers (`SamplerConfig.sampler`):
+  plain       draw from the model at `temperature`, no MH;
+  low-temp    draw from the proposal (temperature 1/alpha), no MH;
+  uniform-mh  Uniform-Cut MH targeting p^alpha;
+  ec-mh       Entropy-Cut MH: cut from entropy weights mixed with eps-uniform, reverse-cut corrected;
+  egps        entropy cuts + K tries in one batch (multiple-try Metropolis) + skipping blocks
+              whose entropy mass is below `skip_entropy`;
+  argmax-cut  HEURISTIC, not a sampler: cut deterministically at the highest-weight position not
+              yet tried on the current sequence; the acceptance test has no cut correction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from decision_retry import sampling
+from decision_retry.lm import LM, DecodeState, Sampling
+from decision_retry.samplers import cuts, mh
+from decision_retry.samplers.cuts import CutRule
+from decision_retry.samplers.mh import StepRecord
+
+SamplerName = Literal["plain", "low-temp", "uniform-mh", "ec-mh", "egps", "argmax-cut"]
+SAMPLERS: tuple[str, ...] = SamplerName.__args__  # type: ignore[attr-defined]
+
+
+class SamplerConfig(BaseModel):
+    """Every knob of a sampling run; recorded with the run. Defaults follow the papers."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sampler: SamplerName = "ec-mh"
+    alpha: float = Field(4.0, gt=0, description="target exponent: pi ~ p^alpha")
+    proposal_temperature: float | None = Field(None, gt=0, description="default 1/alpha")
+    temperature: float = Field(1.0, ge=0, description="for the plain sampler")
+    top_k: int | None = Field(None, ge=1)
+    max_tokens: int = Field(3072, ge=1, description="T")
+    block: int = Field(192, ge=1, description="B")
+    steps: int = Field(10, ge=0, description="MH steps after each block")
+    cut: CutRule = CutRule()
+    correct_cut: bool = Field(True, description="off only to demonstrate the bias it removes")
+    tries: int = Field(8, ge=1, description="K tries per multiple-try move (egps)")
+    skip_entropy: float = Field(0.0, ge=0, description="egps: skip blocks below this entropy mass")
+    verifier_weight: float = Field(0.0, ge=0, description="lambda of the verifier tilt")
+    stop_on_pass: bool = True
+    stop: tuple[str, ...] = ()
+    alternatives: int = Field(5, ge=0)
+
+    @model_validator(mode="after")
+    def _uniform_for_uniform(self) -> "SamplerConfig":
+        if self.sampler == "uniform-mh" and self.cut.kind != "uniform":
+            object.__setattr__(self, "cut", self.cut.model_copy(update={"kind": "uniform"}))
+        return self
+
+    @property
+    def q_temperature(self) -> float:
+        return self.proposal_temperature or 1.0 / self.alpha
+
+
+class SampleResult(BaseModel):
+    """The final sequence, every MH step, and the decode tokens spent (accepted or not)."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    config: SamplerConfig
+    state: DecodeState = Field(exclude=True)
+    steps: list[StepRecord] = []
+    decode_tokens: int = 0
+    passed: bool = False
+
+    @property
+    def text(self) -> str:
+        return self.state.text
+
+    @property
+    def acceptance_rate(self) -> float:
+        return sum(s.accepted for s in self.steps) / len(self.steps) if self.steps else 0.0
+
+    @property
+    def log_likelihood(self) -> float:
+        return sum(t.logp for t in self.state.tokens)
+
+
+Verifier = Callable[[str], float]
+
+
+class PowerSampler:
+    """Runs one chain. `run` is the whole algorithm; `_step` and `_mtm_step` are one move each."""
+
+    def __init__(self, lm: LM, config: SamplerConfig, *, verifier: Verifier | None = None):
+        self.lm, self.cfg, self.verifier = lm, config, verifier
+        self.rule = None if config.sampler == "argmax-cut" or not config.correct_cut else config.cut
+        self.spent = 0
+        self._r: dict[int, float] = {}
+
+    def _q(self, max_new: int) -> Sampling:
+        c = self.cfg
+        temp = c.temperature if c.sampler == "plain" else c.q_temperature
+        return Sampling(temperature=temp, top_k=c.top_k, max_new_tokens=max(1, max_new),
+                        stop=c.stop, alternatives=c.alternatives)
+
+    def _score(self, state: DecodeState) -> float:
+        if self.verifier is None:
+            return 0.0
+        return self.verifier(state.text)
+
+    def _grow(self, state: DecodeState, cap: int, g: torch.Generator) -> DecodeState:
+        out = self.lm.extend(state, self._q(cap - len(state)), g)
+        self.spent += len(out) - len(state)
+        return out
+
+    def run(self, prompt, generator: torch.Generator, on_step=None) -> SampleResult:
+        c = self.cfg
+        state, steps, cap = self.lm.prefill(prompt), [], 0
+        mh_on = c.sampler not in ("plain", "low-temp") and c.steps > 0
+        r = 0.0
+        # 1) grow a block; 2) N MH steps over the whole sequence so far; 3) stop at EOS / T / pass
+        while cap < c.max_tokens and state.finish not in ("eos", "stop"):
+            block_start, cap = len(state), min(cap + c.block, c.max_tokens)
+            state = self._grow(state, cap, generator)
+            r = self._score(state)
+            if self._passed(r) or not mh_on or self._skip(state, block_start):
+                if self._passed(r):
+                    break
+                continue
+            tried: set[int] = set()
+            for _ in range(c.steps):
+                state, r, rec, tried = self._move(state, r, cap, tried, generator)
+                steps.append(rec)
+                if on_step:
+                    on_step(rec, state)
+                if self._passed(r):
+                    break
+            if self._passed(r):
+                break
+        return SampleResult(config=c, state=state, steps=steps, decode_tokens=self.spent,
+                            passed=self._passed(r))
+
+    def _passed(self, r: float) -> bool:
+        return self.verifier is not None and self.cfg.stop_on_pass and r >= 1.0
+
+    def _skip(self, state: DecodeState, block_start: int) -> bool:
+        mass = sum(t.entropy for t in state.tokens[block_start:])
+        return self.cfg.sampler == "egps" and mass < self.cfg.skip_entropy
+
+    def _move(self, x: DecodeState, r: float, cap: int, tried: set[int], g: torch.Generator):
+        ent = [t.entropy for t in x.tokens]
+        if self.cfg.sampler == "argmax-cut":
+            t = cuts.argmax(ent, self.cfg.cut, tried)
+            tried = tried | {t}
+        else:
+            t = cuts.draw(ent, self.cfg.cut, g)
+        prefix = self.lm.fork(x, t)
+        if self.cfg.sampler == "egps" and self.cfg.tries > 1:
+            return (*self._mtm_step(x, prefix, t, r, cap, g), tried)
+        y = self.lm.extend(prefix, self._q(cap - t), g)
+        spent = len(y) - t
+        self.spent += spent
+        ry = self._score(y)
+        rec = mh.mh_step_record(
+            x.tokens, y.tokens, t, alpha=self.cfg.alpha, rule=self.rule,
+            verifier_delta=self.cfg.verifier_weight * (ry - r),
+            u=sampling.uniform(g), decode_tokens=spent,
+        )
+        if rec.accepted:
+            return y, ry, rec, set()
+        return x, r, rec, tried
+
+    def _mtm_step(self, x, prefix, t, r, cap, g):
+        gens = sampling.child_generators(g, self.cfg.tries)
+        ys = self.lm.extend_many(prefix, self._q(cap - t), gens)
+        spent = sum(len(y) - t for y in ys)
+        self.spent += spent
+        rs = [self._score(y) for y in ys]
+        j, rec = mh.mtm_choose(
+            x.tokens, [y.tokens for y in ys], t, alpha=self.cfg.alpha, rule=self.rule,
+            verifier_deltas=[self.cfg.verifier_weight * (ry - r) for ry in rs],
+            generator=g, decode_tokens=spent,
+        )
+        if rec.accepted:
+            return ys[j], rs[j], rec
+        return x, r, rec
+
+
+def sample(lm: LM, prompt, config: SamplerConfig | None = None, *, seed: int = 0,
+           verifier: Verifier | None = None, on_step=None) -> SampleResult:
+    """Run one chain of `config.sampler` on `prompt` with a seeded generator."""
+    g = torch.Generator().manual_seed(seed)
+    return PowerSampler(lm, config or SamplerConfig(), verifier=verifier).run(prompt, g, on_step)
+
+
+__all__ = ["SAMPLERS", "SampleResult", "SamplerConfig", "PowerSampler", "sample"]

@@ -1,0 +1,216 @@
+"""The test runner on real pytest subprocesses; its summary parser on real pytest output shapes."""
+
+import shlex
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from decision_retry.agent.testrun import TestResult, parse_counts, parse_failing, run_tests
+from decision_retry.errors import BadInput
+
+PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
+FAST = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # our venv's langsmith plugin costs ~2 s per start
+
+
+def project(root: Path, **tests: str) -> Path:
+    """A tiny project with one test file per keyword argument."""
+    (root / "tests").mkdir(parents=True)
+    for name, body in tests.items():
+        (root / "tests" / f"test_{name}.py").write_text(textwrap.dedent(body))
+    return root
+
+
+MIXED = """
+    import pytest
+
+    def test_one():
+        assert 1 + 1 == 2
+
+    def test_two():
+        assert "a".upper() == "A"
+
+    def test_broken():
+        assert sum([1, 2]) == 4, "sum is wrong"
+
+    @pytest.mark.skip(reason="not today")
+    def test_skipped():
+        pass
+"""
+
+
+def test_all_passing(tmp_path: Path) -> None:
+    proj = project(tmp_path, ok="def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    result = run_tests([*PYTEST, "-q"], proj, timeout=60, env=FAST)
+    assert result.ok and result.exit_code == 0
+    assert (result.passed, result.failed, result.errors) == (2, 0, 0)
+    assert result.fraction_passed == 1.0
+    assert "2 passed" in result.output_tail
+
+
+def test_failure_counts_and_ids(tmp_path: Path) -> None:
+    proj = project(tmp_path, mixed=MIXED)
+    command = shlex.join([*PYTEST, "-q"])  # a string is split with shlex
+    result = run_tests(command, proj, timeout=60, env=FAST)
+    assert not result.ok and result.exit_code == 1
+    assert (result.passed, result.failed, result.errors, result.skipped) == (2, 1, 0, 1)
+    assert result.failing_tests == ("tests/test_mixed.py::test_broken",)
+    assert result.fraction_passed == pytest.approx(2 / 3)
+    assert "sum is wrong" in result.output_tail
+
+
+def test_stop_at_first_failure(tmp_path: Path) -> None:
+    proj = project(tmp_path, mixed=MIXED)
+    result = run_tests([*PYTEST, "-x", "-q"], proj, timeout=60, env=FAST)
+    assert (result.passed, result.failed) == (2, 1)
+    assert result.failing_tests == ("tests/test_mixed.py::test_broken",)
+
+
+def test_collection_error_counts_as_error(tmp_path: Path) -> None:
+    proj = project(tmp_path, bad="import not_a_module_anywhere\n\ndef test_x():\n    pass\n")
+    result = run_tests([*PYTEST, "-q"], proj, timeout=60, env=FAST)
+    assert result.errors == 1 and not result.ok and not result.no_tests
+    assert result.failing_tests == ("tests/test_bad.py",)
+    assert result.fraction_passed == 0.0
+
+
+def test_no_tests_collected(tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    result = run_tests([*PYTEST, "-q"], tmp_path, timeout=60, env=FAST)
+    assert result.no_tests and result.exit_code == 5 and not result.ok
+    assert result.fraction_passed == 0.0
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    pidfile = tmp_path / "child.pid"
+    proj = project(
+        tmp_path,
+        slow=f"""
+        import subprocess, time
+
+        def test_hangs():
+            child = subprocess.Popen(["sleep", "300"])
+            open({str(pidfile)!r}, "w").write(str(child.pid))
+            time.sleep(300)
+    """,
+    )
+    start = time.monotonic()
+    result = run_tests([*PYTEST, "-q"], proj, timeout=3, env=FAST)
+    assert result.timed_out and result.exit_code is None and not result.ok
+    assert time.monotonic() - start < 60  # bounded by the limit, not by the 300 s sleep
+    status = Path(f"/proc/{int(pidfile.read_text())}/status")
+    deadline = time.monotonic() + 30  # SIGKILL is delivered asynchronously
+    while alive(status) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(status), "the grandchild survived the timeout"
+
+
+def alive(status: Path) -> bool:
+    """Whether the process of a /proc/<pid>/status file exists and is not a zombie."""
+    try:
+        return "State:\tZ" not in status.read_text()
+    except FileNotFoundError:
+        return False
+
+
+def test_command_not_found(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="test command not found: no-such-test-runner") as err:
+        run_tests("no-such-test-runner -q", tmp_path, timeout=10)
+    assert err.value.exit_code == 2
+    with pytest.raises(BadInput, match="test command not found"):
+        run_tests([sys.executable, "-m", "no_such_module_for_tests"], tmp_path, timeout=10)
+    with pytest.raises(BadInput, match="test command not found"):
+        run_tests("./missing.sh", tmp_path, timeout=10)
+    with pytest.raises(BadInput, match="cannot parse"):
+        run_tests("pytest -k 'unbalanced", tmp_path, timeout=10)
+    with pytest.raises(BadInput, match="timeout must be positive"):
+        run_tests("pytest", tmp_path, timeout=0)
+
+
+def test_missing_python_on_path_means_this_python(tmp_path: Path) -> None:
+    proj = project(tmp_path / "p", ok="def test_a():\n    pass\n")
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    result = run_tests("python -m pytest -q", proj, timeout=60, env={**FAST, "PATH": str(empty)})
+    assert result.ok and result.command[0] == sys.executable
+
+
+def test_no_bytecode_written(tmp_path: Path) -> None:
+    proj = project(tmp_path, ok="def test_a():\n    pass\n")
+    run_tests([*PYTEST, "-q"], proj, timeout=60, env=FAST)
+    assert not list(proj.rglob("__pycache__"))
+
+
+def test_network_is_cut_when_isolated(tmp_path: Path) -> None:
+    proj = project(
+        tmp_path,
+        net="""
+        import socket
+
+        def test_loopback_works():
+            server = socket.socket()
+            server.bind(("127.0.0.1", 0))
+            server.listen()
+            socket.create_connection(server.getsockname(), timeout=5).close()
+
+        def test_outside_is_unreachable():
+            try:
+                socket.create_connection(("192.0.2.1", 80), timeout=2).close()
+            except OSError:
+                return
+            raise AssertionError("connected to the outside")
+    """,
+    )
+    result = run_tests([*PYTEST, "-q"], proj, timeout=60, env=FAST)
+    if not result.network_isolated:
+        pytest.skip("unshare --net is not available on this machine")
+    assert result.ok, result.output_tail
+    opted_out = run_tests([*PYTEST, "-q"], proj, timeout=60, env=FAST, isolate_network=False)
+    assert not opted_out.network_isolated
+
+
+def test_result_is_frozen() -> None:
+    result = TestResult(command=("x",), exit_code=0, passed=1)
+    with pytest.raises(ValidationError):
+        result.passed = 2  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("=== 1 failed, 2 passed, 3 warnings in 0.12s ===", (2, 1, 0, 0)),
+        ("1 failed, 2 passed in 0.10s", (2, 1, 0, 0)),
+        (
+            "!!!!! stopping after 1 failures !!!!!\n1 failed, 4 passed, 2 skipped in 1.02s",
+            (4, 1, 0, 2),
+        ),
+        (
+            "!!! Interrupted: 1 error during collection !!!\n==== 1 error in 0.05s ====",
+            (0, 0, 1, 0),
+        ),
+        ("==== 3 passed, 2 errors in 65.00s (0:01:05) ====", (3, 0, 2, 0)),
+        ("1 xfailed, 1 xpassed, 1 passed, 4 deselected in 0.2s", (2, 0, 0, 1)),
+        ("no tests ran in 0.01s", (0, 0, 0, 0)),
+        ("....F\nRan 5 tests in 0.003s\n\nFAILED (failures=1, errors=1, skipped=1)", (2, 1, 1, 1)),
+        ("Ran 3 tests in 0.001s\n\nOK", (3, 0, 0, 0)),
+        ("F.sE.x   [ 75%]\n.X   [100%]\n=== FAILURES ===", (4, 1, 1, 2)),  # -qq: no summary
+        ("tests/test_a.py F.    [100%]", (1, 1, 0, 0)),
+        ("make: *** [test] Error 1", (0, 0, 0, 0)),
+    ],
+)
+def test_parse_counts(text: str, expected: tuple[int, int, int, int]) -> None:
+    c = parse_counts(text)
+    assert (c["passed"], c["failed"], c["errors"], c["skipped"]) == expected
+
+
+def test_parse_failing_from_summary_and_verbose_lines() -> None:
+    text = (
+        "tests/test_a.py::test_x PASSED\n"
+        "tests/test_a.py::test_y FAILED\n"
+        "FAILED tests/test_a.py::test_y - assert 1 == 2\n"
+        "ERROR tests/test_b.py::test_z - RuntimeError\n"
+    )
+    assert parse_failing(text) == ("tests/test_a.py::test_y", "tests/test_b.py::test_z")

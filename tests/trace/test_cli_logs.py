@@ -1,0 +1,133 @@
+"""`decision-retry logs` and `report` through a real subprocess against a real store."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import click
+import pytest
+from sample_run import record_sample
+
+from decision_retry.cli.main import main
+from decision_retry.trace import Recorder, TraceStore
+
+
+def cli(*args: str, home) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DECISION_RETRY_HOME": str(home)}
+    return subprocess.run(
+        [sys.executable, "-m", "decision_retry.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A store with an older unfinished run and the sample run."""
+    path = tmp_path_factory.mktemp("home")
+    with TraceStore.open(path) as store:
+        Recorder(store).start_run(model="older", strategy="restart", seed=1)
+        sample = record_sample(store)
+    return path, sample
+
+
+def test_logs_lists_runs_newest_first(home):
+    path, sample = home
+    out = cli("logs", home=path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(sample.run_id)
+    assert "solved" in lines[0] and "3 branches" in lines[0] and "unfinished" in lines[1]
+    assert cli("logs", "list", home=path).stdout == out.stdout  # `logs` = `logs list`
+
+
+def test_logs_n_and_json(home):
+    path, sample = home
+    out = cli("logs", "-n", "1", "--json", home=path)
+    assert out.returncode == 0, out.stderr
+    runs = json.loads(out.stdout)
+    assert [r["id"] for r in runs] == [sample.run_id]
+    assert runs[0]["outcome"] == "solved" and runs[0]["branches"] == 3 and runs[0]["seed"] == 7
+    assert len(json.loads(cli("logs", "--json", home=path).stdout)) == 2
+
+
+def test_logs_show_prints_the_tree(home):
+    path, sample = home
+    out = cli("logs", "show", sample.run_id[:8], home=path)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    for branch in sample.branches:
+        assert branch.id in text
+    assert "rewind from #0 turn 1 token 6 (H=3.10) → #1" in text
+    assert "rewind from #0 turn 0 token 2 (H=2.40) → #2" in text
+    assert "decision tool:file @2 'calc/ops.py'" in text
+    assert "decision entropy @6 ' -' H=3.10" in text
+    assert "tests 'pytest -q': 4 passed, 0 failed" in text
+    assert "change: edit distance 2" in text and "tool choice changed" in text
+    assert "MH steps" in text and "accepted" in text and "rejected" in text
+    assert "</script><b>x</b>" in text  # token text printed as is, not eaten as markup
+
+
+def test_logs_show_json(home):
+    path, sample = home
+    out = cli("logs", "show", "latest", "--json", home=path)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["run"]["id"] == sample.run_id
+    assert [b["id"] for b in data["branches"]] == [b.id for b in sample.branches]
+    assert len(data["turns"]) == 5 and len(data["mh_steps"]) == 2
+    assert [c["edit_distance"] for c in data["changes"]] == [2, data["changes"][1]["edit_distance"]]
+    assert data["changes"][1]["tool_changed"] is True
+
+
+@pytest.mark.parametrize("args", [["logs", "show", "nope"], ["report", "nope", "-o", "x.html"]])
+def test_unknown_run_is_one_line_and_exit_2(home, args):
+    path, _ = home
+    out = cli(*args, home=path)
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith(
+        "error: no run matches 'nope'"
+    )
+    assert "Traceback" not in out.stderr
+
+
+def test_logs_path_follows_env_and_flag(home, tmp_path):
+    path, _ = home
+    assert cli("logs", "path", home=path).stdout.strip() == str(path / "traces.db")
+    flagged = cli("logs", "path", "--home", str(tmp_path / "other"), home=path)
+    assert flagged.stdout.strip() == str(tmp_path / "other" / "traces.db")
+
+
+def test_home_flag_on_list(home, tmp_path):
+    path, _ = home
+    out = cli("logs", "--home", str(tmp_path / "empty"), "--json", home=path)
+    assert out.returncode == 0 and json.loads(out.stdout) == []
+
+
+def test_report_writes_a_file(home, tmp_path):
+    path, sample = home
+    target = tmp_path / "r.html"
+    out = cli("report", sample.run_id[:10], "-o", str(target), home=path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(target)
+    assert target.read_text().startswith("<!doctype html>")
+
+
+def test_every_option_is_documented():
+    def walk(command: click.Command):
+        yield command
+        for sub in getattr(command, "commands", {}).values():
+            yield from walk(sub)
+
+    for command in walk(main.commands["logs"]):
+        assert command.help, command.name
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"{command.name} {param.opts}"
+    assert all(p.help for p in main.commands["report"].params if isinstance(p, click.Option))
