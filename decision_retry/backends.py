@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.util
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -159,8 +161,11 @@ def load_lm(spec: str | None = None, *, threads: int | None = None) -> LM:
     else:
         where, kwargs["local_files_only"] = spec, True
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **{k: v for k, v in kwargs.items() if k != "dtype"})
-        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+        # The GGUF loader draws its own tqdm bar on stderr; errors still surface as exceptions.
+        with contextlib.redirect_stderr(io.StringIO()):
+            tok_kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
+            tokenizer = AutoTokenizer.from_pretrained(where, **tok_kwargs)
+            model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
     except Exception as err:  # transformers raises many kinds; the user needs one line
         hint = "is it cached locally?" if "local_files_only" in kwargs else "is the file complete?"
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

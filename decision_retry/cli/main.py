@@ -1,13 +1,45 @@
 """Root command group; each subcommand lives in its own module."""
 
+from __future__ import annotations
+
+import sys
+
 import click
 
-@click.group()
+from decision_retry import __version__
+from decision_retry.errors import DecisionRetryError
+
+
+class _Main(click.Group):
+    """Every `DecisionRetryError` reaches the user as one line and its exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except DecisionRetryError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(err.exit_code)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="decision-retry")
 def main() -> None:
-    """decision-retry: rewind to the uncertain token and resample."""
+    """decision-retry: when an agent's tests fail, rewind to the token where the model
+    hesitated and resample from there (Entropy-Cut Metropolis-Hastings).
+
+    \b
+    Start here:
+      decision-retry fix PATH          fix the failing tests of a git repository
+      decision-retry sample PROMPT     sample one answer, tokens coloured by entropy
+      decision-retry logs              list recorded runs; `logs show RUN` for one
+      decision-retry report RUN -o r.html   an entropy heat map of a run
+    """
+
 
 from decision_retry.cli.logs import logs  # noqa: E402
 from decision_retry.cli.report import report  # noqa: E402
+from decision_retry.cli.sample import sample  # noqa: E402
 
 main.add_command(logs)
 main.add_command(report)
+main.add_command(sample)

@@ -1,0 +1,135 @@
+"""The samplers are proven against exact enumeration of p^alpha on a toy model (design.md §2).
+
+The toy: vocabulary {EOS, a, b, c}, at most 4 generated tokens (so lengths vary), next-token
+distributions fixed per context with varied sharpness so some contexts are hesitant and others
+near-certain. p^alpha over its 121 finished sequences is computed exactly; many independent
+seeded chains of each sampler must land on it within a stated total-variation bound.
+
+The proposal runs at temperature 1 here: exactness holds for any proposal, and the broad one
+mixes within a few steps on this toy (at 1/alpha, the p^alpha mode is rarely proposed and short
+chains have not converged yet — a mixing question, not a correctness one).
+"""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+
+from decision_retry.samplers import CutRule, SamplerConfig, sample, cuts
+from decision_retry.testing import table_lm
+
+ALPHA, MAX_LEN, PROMPT, CHAINS = 4.0, 4, "ab", 1500
+BOUND = 0.05  # TV of a correct sampler; seeded, so the result is deterministic
+# Sampling noise alone: E[TV] ~ 0.5 * sum_x sqrt(2 p(x) / (pi N)) ~ 0.015 for this target.
+
+
+@pytest.fixture(scope="module")
+def toy():
+    lm = table_lm(vocab=4, seed=35, sharpness=1.5, spread=1.0)
+    return lm, lm.encode(PROMPT)
+
+
+def tv(a: dict, b: dict) -> float:
+    return 0.5 * sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b))
+
+
+def entropies(backend, prompt, x) -> list[float]:
+    out = []
+    for i in range(len(x)):
+        lp = torch.log_softmax(backend.logits([*prompt, *x[:i]]).double(), -1)
+        out.append(float(-(lp.exp() * lp).sum()))
+    return out
+
+
+def tilted(toy, factor) -> dict:
+    """p^alpha(x) * factor(x, entropies), normalised."""
+    lm, prompt = toy
+    target = lm.backend.power_distribution(prompt, MAX_LEN, ALPHA)
+    w = {x: p * factor(x, entropies(lm.backend, prompt, x)) for x, p in target.items()}
+    z = sum(w.values())
+    return {x: v / z for x, v in w.items()}
+
+
+def empirical(toy, config: SamplerConfig, chains: int = CHAINS) -> dict:
+    lm, _ = toy
+    counts = collections.Counter(
+        tuple(t.id for t in sample(lm, PROMPT, config, seed=s).state.tokens) for s in range(chains)
+    )
+    return {x: n / chains for x, n in counts.items()}
+
+
+def config(sampler: str, **kw) -> SamplerConfig:
+    base = dict(alpha=ALPHA, proposal_temperature=1.0, max_tokens=MAX_LEN, block=MAX_LEN,
+                steps=20, alternatives=0)
+    return SamplerConfig(sampler=sampler, **{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def target(toy):
+    lm, prompt = toy
+    return lm.backend.power_distribution(prompt, MAX_LEN, ALPHA)
+
+
+def test_toy_target_is_not_trivial(toy, target):
+    assert len(target) == 121
+    assert max(target.values()) < 0.6
+    assert sum(p > 0.02 for p in target.values()) >= 5
+    # low temperature alone is far from p^alpha: what MH has to correct
+    low = empirical(toy, config("low-temp", proposal_temperature=1 / ALPHA), chains=600)
+    assert tv(low, target) > 0.3
+
+
+def test_ec_mh_matches_p_alpha(toy, target):
+    emp = empirical(toy, config("ec-mh", cut=CutRule(kind="entropy-jump", beta=4, eps=0.1)))
+    assert tv(emp, target) < BOUND
+
+
+def test_ec_mh_softmax_cut_matches_p_alpha(toy, target):
+    emp = empirical(toy, config("ec-mh", cut=CutRule(kind="softmax", tau=0.5, eps=0.1)))
+    assert tv(emp, target) < BOUND
+
+
+def test_ec_mh_without_cut_correction_samples_p_alpha_times_z(toy, target):
+    """With eps = 0, c(t|x) = w_t / Z(x): the uncorrected chain's stationary law is p^alpha * Z."""
+    rule = CutRule(kind="entropy-jump", beta=4, eps=0.0)
+    biased = tilted(toy, lambda x, h: sum(cuts.weights(h, rule)))
+    assert tv(biased, target) > 0.1  # the toy separates the two laws
+    emp = empirical(toy, config("ec-mh", cut=rule, correct_cut=False))
+    assert tv(emp, biased) < BOUND
+    assert tv(emp, target) > 2 * BOUND
+
+
+def test_uniform_mh_matches_p_alpha(toy, target):
+    emp = empirical(toy, config("uniform-mh", steps=50))
+    assert tv(emp, target) < BOUND
+
+
+def test_uniform_mh_needs_the_length_correction_when_lengths_vary(toy, target):
+    """c(t|x) = 1/L(x): dropping log L(x) - log L(x') samples p^alpha * L(x) instead."""
+    by_length = tilted(toy, lambda x, h: len(x))
+    emp = empirical(toy, config("uniform-mh", steps=50, correct_cut=False), chains=800)
+    assert tv(emp, by_length) < 2 * BOUND
+    assert tv(emp, target) > 0.2
+
+
+def test_egps_multiple_try_matches_p_alpha(toy, target):
+    emp = empirical(toy, config("egps", tries=4, steps=8), chains=1000)
+    assert tv(emp, target) < BOUND
+
+
+def test_verifier_tilt_matches_tilted_target(toy):
+    """pi ~ p^alpha * exp(lam * r(x)) with r = 1 when the text contains 'c'."""
+    lam = 1.5
+    r = lambda text: 1.0 if "c" in text else 0.0  # noqa: E731
+    lm, _ = toy
+    names = lm.backend.names
+    want = tilted(toy, lambda x, h: float(torch.tensor(lam * r("".join(names[i] for i in x))).exp()))
+    cfg = config("ec-mh", verifier_weight=lam, stop_on_pass=False)
+    counts = collections.Counter(
+        tuple(t.id for t in sample(lm, PROMPT, cfg, seed=s, verifier=r).state.tokens)
+        for s in range(CHAINS)
+    )
+    emp = {x: n / CHAINS for x, n in counts.items()}
+    assert tv(emp, want) < BOUND
