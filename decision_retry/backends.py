@@ -51,6 +51,11 @@ class HFBackend:
             prompt = "\n\n".join(m["content"] for m in prompt)
         return tok.encode(prompt)
 
+    def encode_text(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            return [2 + b % (self.model.config.vocab_size - 2) for b in text.encode()]
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
     def piece(self, ids: Sequence[int]) -> str:
         if self.tokenizer is None:
             return f"<{ids[-1]}>"
@@ -135,10 +140,15 @@ def set_threads(threads: int | None) -> None:
 
 @functools.lru_cache(maxsize=2)
 def load_lm(spec: str | None = None, *, threads: int | None = None) -> LM:
-    """Load a model: None/'embedded', a `.gguf` file, a local directory, or a cached hub id."""
+    """Load a model: None/'embedded', a `.gguf` file, a local directory, a cached hub id, or
+    `scripted:PATH` (a scripted model from a JSON file, see decision_retry.scripted)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    if spec and spec.startswith("scripted:"):
+        from decision_retry.scripted import load_script
+
+        return load_script(spec.removeprefix("scripted:"))
     set_threads(threads)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

@@ -17,7 +17,13 @@ class Backend(Protocol):
 
     eos_ids: frozenset[int]
 
-    def encode_prompt(self, prompt: str | Sequence[dict]) -> list[int]: ...
+    def encode_prompt(self, prompt: str | Sequence[dict]) -> list[int]:
+        """Ids of a prompt, through the chat template where the model has one."""
+        ...
+
+    def encode_text(self, text: str) -> list[int]:
+        """Ids of plain text, no template and no special tokens (e.g. an assistant prefix)."""
+        ...
 
     def piece(self, ids: Sequence[int]) -> str:
         """Text that the last id adds after ids[:-1]."""

@@ -54,6 +54,9 @@ class TableBackend:
         text = prompt if isinstance(prompt, str) else "".join(m["content"] for m in prompt)
         return [1 + (ord(ch) % (self.vocab - 1)) for ch in text] or [1]
 
+    def encode_text(self, text: str) -> list[int]:
+        return self.encode_prompt(text)
+
     def piece(self, ids: Sequence[int]) -> str:
         return self.names[ids[-1]]
 
@@ -129,3 +132,106 @@ def tiny_llama(*, vocab: int = 64, seed: int = 0, layers: int = 2, hidden: int =
     )
     model = LlamaForCausalLM(config).eval()
     return LM(HFBackend(model, tokenizer=None), name="tiny-llama")
+
+
+class DecisionTreeBackend:
+    """Toy model with known truth: `length` tokens, `decisions` of them real choices.
+
+    The next-token distribution depends on the generated position only. At a decision point
+    `choices` letters are plausible (probabilities `probs`, best first; entropy ~ log choices);
+    everywhere else the filler "." is near-certain (logit margin `margin`; entropy ~ 0). The
+    right letter at each decision has rank `right_rank` (1 = the second most likely), and which
+    letter that is varies per decision (seeded). After `length` tokens comes EOS.
+
+    Token 0 is EOS ("$"), 1 is filler ("."), 2.. are the letters "A", "B", ...; every token is
+    one character, so `text[pos]` is the choice made at position `pos`. A cache is a `_Positions`
+    value (how many ids it covers, rows, prompt length): the model has no other state.
+    """
+
+    def __init__(
+        self,
+        length: int,
+        decisions: int,
+        *,
+        positions: Sequence[int] | None = None,
+        choices: int = 4,
+        probs: Sequence[float] = (0.32, 0.28, 0.22, 0.18),
+        right_rank: int = 1,
+        margin: float = 15.0,
+        seed: int = 0,
+    ) -> None:
+        if not 1 <= decisions <= length:
+            raise ValueError(f"decisions={decisions}: need 1 <= decisions <= length={length}")
+        if len(probs) != choices or not 0 <= right_rank < choices:
+            raise ValueError(f"probs={probs}, right_rank={right_rank}: need {choices} probabilities")
+        if positions is None:  # spread evenly: decision i in the middle of the i-th k-th of T
+            positions = [int((i + 0.5) * length / decisions) for i in range(decisions)]
+        if len(set(positions)) != decisions or not all(0 <= p < length for p in positions):
+            raise ValueError(f"positions={list(positions)}: need {decisions} distinct in 0..{length - 1}")
+        self.length, self.positions = length, tuple(sorted(positions))
+        self.eos_ids = frozenset({0})
+        self.names = ["$", "."] + [chr(ord("A") + i) for i in range(choices)]
+        g = torch.Generator().manual_seed(seed)
+        vocab = 2 + choices
+        filler = torch.full((vocab,), -math.inf)
+        filler[1], filler[2:] = margin, 0.0  # (V,)
+        end = torch.full((vocab,), -math.inf)
+        end[0] = 0.0
+        self.table = [filler.clone() for _ in range(length)] + [end]  # (T + 1) x (V,)
+        right = []
+        for pos in self.positions:
+            letters = (2 + torch.randperm(choices, generator=g)).tolist()  # best first
+            row = torch.full((vocab,), -math.inf)
+            row[letters] = torch.tensor(probs, dtype=torch.float32).log()
+            self.table[pos] = row
+            right.append(self.names[letters[right_rank]])
+        self.right = tuple(right)
+        self.table = torch.stack(self.table)  # (T + 1, V)
+
+    def verify(self, text: str) -> float:
+        """The fraction of decisions made right: r(x) in [0, 1]."""
+        hits = sum(p < len(text) and text[p] == want for p, want in zip(self.positions, self.right))
+        return hits / len(self.positions)
+
+    def encode_prompt(self, prompt) -> list[int]:
+        return [1]
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.encode_prompt(text)
+
+    def piece(self, ids: Sequence[int]) -> str:
+        return self.names[ids[-1]]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self.names[i] for i in ids)
+
+    def prefill(self, ids: Sequence[int]) -> "_Positions":
+        return _Positions(len(ids), 1, len(ids) + 1)
+
+    def forward(self, cache: "_Positions", ids: torch.Tensor) -> torch.Tensor:
+        cache.n += 1  # in place, like a KV cache
+        pos = min(max(cache.n - cache.prompt, 0), self.length)
+        return self.table[pos].expand(cache.rows, -1).clone()  # (B, V)
+
+    def slice(self, cache: "_Positions", n: int) -> "_Positions":
+        return _Positions(n, cache.rows, cache.prompt)
+
+    def repeat(self, cache: "_Positions", k: int) -> "_Positions":
+        return _Positions(cache.n, cache.rows * k, cache.prompt)
+
+    def select(self, cache: "_Positions", rows: Sequence[int]) -> "_Positions":
+        return _Positions(cache.n, len(rows), cache.prompt)
+
+
+class _Positions:
+    """The whole 'KV cache' of a position-only model: ids covered, rows, prompt length."""
+
+    __slots__ = ("n", "rows", "prompt")
+
+    def __init__(self, n: int, rows: int, prompt: int) -> None:
+        self.n, self.rows, self.prompt = n, rows, prompt
+
+
+def decision_tree_lm(length: int, decisions: int, **kwargs) -> LM:
+    """A decode engine over a `DecisionTreeBackend`; `lm.backend.verify` is its verifier."""
+    return LM(DecisionTreeBackend(length, decisions, **kwargs), name="decision-tree")

@@ -226,3 +226,36 @@ def render_tree(tree: RunTree, changes: list[StrategyChange]) -> Tree:
 def path(home: str | None) -> None:
     """Print the path of the trace database."""
     click.echo(str(db_path(home)))
+
+
+@logs.command("export")
+@click.argument("run_ref", metavar="RUN")
+@click.option(
+    "--otlp",
+    "endpoint",
+    metavar="URL",
+    default=None,
+    help="OTLP collector, e.g. http://localhost:4318 (default: $OTEL_EXPORTER_OTLP_ENDPOINT).",
+)
+@click.option(
+    "--protocol",
+    type=click.Choice(["grpc", "http/protobuf"]),
+    default=None,
+    help="OTLP protocol (default: $OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf).",
+)
+@home_option
+@user_errors
+def export(run_ref: str, endpoint: str | None, protocol: str | None, home: str | None) -> None:
+    """Replay a stored run as OpenTelemetry spans to an OTLP collector.
+
+    RUN is a run id, a unique prefix of one, or `latest`. The standard OTEL_EXPORTER_OTLP_*
+    variables (headers, timeout, certificates) and OTEL_SERVICE_NAME apply.
+    """
+    from decision_retry.otel import export_run  # OpenTelemetry loads only when asked for
+
+    with open_store(home) as store:
+        tree = store.load(store.resolve(run_ref))
+    spans, delivered = export_run(tree, endpoint, protocol=protocol)
+    if not delivered:
+        sys.exit(1)  # the exporter has printed its one warning line
+    click.echo(f"exported run {tree.run.id}: {spans} spans")

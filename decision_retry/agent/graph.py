@@ -1,0 +1,284 @@
+"""The fix agent as a LangGraph `StateGraph`: model -> act -> verify -> rewind -> model ...
+
+* model:  generates the next turn through the decode engine (fresh, from a cut, or from the end);
+* act:    runs the turn's action on the worktree (tools mode loops back to model);
+* verify: runs the tests;
+* rewind: the MH decision against the chain's current attempt, then the next cut: restores the
+          repository snapshot taken before the cut turn and routes back to model.
+Routers are pure functions of the state. One loop serves every strategy (retry.py).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, Literal, TypedDict
+
+import torch
+from langgraph.graph import END, START, StateGraph
+
+from decision_retry import retry, sampling
+from decision_retry.agent.testrun import TestResult, run_tests
+from decision_retry.agent.workspace import git
+from decision_retry.lm import DecodeState, Sampling
+from decision_retry.retry import CutPoint
+from decision_retry.samplers.mh import StepRecord
+from decision_retry.trace.models import Branch, Cut, Turn
+
+
+@dataclass(frozen=True)
+class AgentTurn:
+    """One model call of an attempt and what its action did."""
+
+    messages: tuple[dict, ...]  # the conversation it was prompted with
+    state: DecodeState  # prompt + generated tokens (with its KV cache, for forks)
+    snapshot: str  # repository before this turn's action
+    observation: str = ""
+    trace: Turn | None = None  # the recorded turn
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One trajectory: its turns, its test result, r = fraction passing, its trace branch."""
+
+    branch: Branch
+    turns: tuple[AgentTurn, ...] = ()
+    done: bool = False
+    test: TestResult | None = None
+    final_sha: str | None = None
+    cut: CutPoint | None = None
+
+    @property
+    def tokens(self) -> list[tuple]:
+        return [t.state.tokens for t in self.turns]
+
+    @property
+    def r(self) -> float:
+        if self.test is None:
+            return 0.0
+        return 1.0 if self.test.ok else self.test.fraction_passed
+
+
+class FixState(TypedDict, total=False):
+    current: Attempt | None  # the chain's accepted attempt
+    pending: list[Attempt]  # attempts in progress (K of them for a multiple-try move)
+    cut: CutPoint | None  # where the next proposal starts (None: fresh or from the end)
+    spent: int  # decode tokens, accepted or not
+    attempts: int
+    solved: Attempt | None
+    steps: Annotated[list[StepRecord], operator.add]
+    stop: str | None
+
+
+# -- routers (pure) ------------------------------------------------------------------------
+def after_act(state: FixState) -> Literal["model", "verify"]:
+    return "verify" if all(a.done for a in state["pending"]) else "model"
+
+
+def after_verify(state: FixState) -> Literal["rewind", "__end__"]:
+    return END if state.get("solved") is not None else "rewind"
+
+
+def after_rewind(state: FixState) -> Literal["model", "__end__"]:
+    return END if state.get("stop") else "model"
+
+
+def build_graph(agent: "FixAgent"):
+    """The compiled graph; `agent` supplies the nodes."""
+    g = StateGraph(FixState)
+    g.add_node("model", agent.model)
+    g.add_node("act", agent.act)
+    g.add_node("verify", agent.verify)
+    g.add_node("rewind", agent.rewind)
+    g.add_edge(START, "model")
+    g.add_edge("model", "act")
+    g.add_conditional_edges("act", after_act)
+    g.add_conditional_edges("verify", after_verify)
+    g.add_conditional_edges("rewind", after_rewind)
+    return g.compile()
+
+
+@dataclass
+class FixAgent:
+    """The nodes, over one model, one workspace, one recorder."""
+
+    lm: Any
+    ws: Any
+    recorder: Any
+    protocol: Any
+    config: Any  # FixConfig
+    base_sha: str
+    generator: torch.Generator
+    on_event: Any = None
+    rewinds: list = field(default_factory=list)  # runner.Rewind per cut, in order
+    _prompt_cache: dict = field(default_factory=dict)
+    _tried_cuts: dict = field(default_factory=dict)
+
+    # -- helpers -----------------------------------------------------------------------------
+    @property
+    def rc(self) -> retry.RetryConfig:
+        return self.config.retry
+
+    def _event(self, kind: str, **data) -> None:
+        if self.on_event:
+            self.on_event(kind, data)
+
+    def _prefill(self, messages: tuple[dict, ...]) -> DecodeState:
+        key = repr(messages)
+        if key not in self._prompt_cache:  # one prefill per distinct conversation
+            prefix = self.lm.backend.encode_text(self.protocol.defn.format["assistant_prefix"])
+            self._prompt_cache = {key: self.lm.prefill(self.lm.encode(list(messages)) + prefix)}
+        return self._prompt_cache[key]
+
+    def _sampling(self, spent: int) -> Sampling:
+        left = self.config.budget_tokens - spent
+        cap = min(self.protocol.defn.limits["max_new_tokens"], max(1, left))
+        return Sampling(temperature=self.rc.q_temperature, max_new_tokens=cap,
+                        stop=self.protocol.defn.stop)
+
+    def _branch(self, parent: Attempt | None, cut: Cut | None) -> Branch:
+        return self.recorder.start_branch(
+            parent=parent.branch if parent else None, cut=cut, strategy=self.rc.strategy)
+
+    # -- nodes ---------------------------------------------------------------------------------
+    def model(self, state: FixState) -> dict:
+        spent, pending = state.get("spent", 0), state.get("pending") or []
+        if pending:  # tools mode: next turn of the attempts in progress
+            new = []
+            for a in pending:
+                last = a.turns[-1]
+                msgs = (*last.messages, {"role": "assistant", "content": self._reply(last)},
+                        self.protocol.observation_message(last.observation))
+                out = self.lm.extend(self._prefill(msgs), self._sampling(spent), self.generator)
+                spent += len(out.tokens)
+                new.append(self._with_turn(a, AgentTurn(msgs, out, self.ws.snapshot("turn"))))
+            return {"pending": new, "spent": spent}
+        current, cut = state.get("current"), state.get("cut")
+        k = self.rc.tries if (cut is not None and self.rc.strategy == "egps") else 1
+        if cut is not None:  # rewind: keep turns before the cut turn, fork that turn at the token
+            base = current.turns[cut.turn]
+            prefix = self.lm.fork(base.state, cut.position)
+            kept = current.turns[: cut.turn]
+            messages, snap = base.messages, base.snapshot
+            c = Cut(turn=cut.turn, position=cut.position, entropy=cut.entropy)
+            parent = current
+        elif current is not None and self.rc.strategy == "from-end":
+            last = current.turns[-1]
+            messages = tuple(self.protocol.retry_messages(
+                [*last.messages, {"role": "assistant", "content": self._reply(last)}], current.test))
+            prefix, kept, snap = self._prefill(messages), current.turns, current.final_sha
+            c, parent = Cut(turn=len(current.turns), position=0, entropy=0.0), current
+        else:  # first attempt, or restart
+            messages = tuple(self.protocol.first_messages())
+            prefix, kept, snap, c, parent = self._prefill(messages), (), self.base_sha, None, None
+        gens = sampling.child_generators(self.generator, k) if k > 1 else [self.generator]
+        outs = self.lm.extend_many(prefix, self._sampling(spent), gens)
+        new = []
+        for out in outs:
+            spent += len(out.tokens) - len(prefix.tokens)
+            att = Attempt(branch=self._branch(parent, c), turns=kept, cut=cut)
+            new.append(self._with_turn(att, AgentTurn(messages, out, snap)))
+        self._event("model", attempt=state.get("attempts", 0) + 1, spent=spent, cut=cut)
+        return {"pending": new, "spent": spent, "attempts": state.get("attempts", 0) + 1}
+
+    def _reply(self, turn: AgentTurn) -> str:
+        return self.protocol.defn.format["assistant_prefix"] + turn.state.text
+
+    def _with_turn(self, att: Attempt, turn: AgentTurn) -> Attempt:
+        rec = self.recorder.record_turn(
+            att.branch, tokens=turn.state.tokens, prompt=turn.messages[-1]["content"],
+            params={"temperature": self.rc.q_temperature, "model": self.lm.name},
+            index=len(att.turns))
+        return replace(att, turns=(*att.turns, replace(turn, trace=rec)))
+
+    def act(self, state: FixState) -> dict:
+        done = []
+        for a in state["pending"]:
+            turn = a.turns[-1]
+            self.ws.restore(turn.snapshot)
+            out = self.protocol.act(self.ws, turn.state.text, len(a.turns) - 1)
+            self.recorder.record_decisions(turn.trace, self.config.spike, out.spans,
+                                           snapshot=turn.snapshot)
+            self.recorder.record_tool_call(turn.trace, action=out.action, arguments=out.arguments,
+                                           observation=out.observation)
+            turn = replace(turn, observation=out.observation)
+            sha = self.ws.snapshot("after-turn")
+            done.append(replace(a, turns=(*a.turns[:-1], turn), done=out.done, final_sha=sha))
+        return {"pending": done}
+
+    def verify(self, state: FixState) -> dict:
+        checked, solved = [], None
+        for a in state["pending"]:
+            self.ws.restore(a.final_sha)
+            r = run_tests(self.config.test_cmd, self.ws.root, self.config.test_timeout)
+            self.recorder.record_test_run(
+                a.branch, command=self.config.test_cmd, exit_code=-1 if r.exit_code is None else r.exit_code,
+                passed=r.passed, failed=r.failed, errors=r.errors, output_tail=r.output_tail,
+                duration_s=r.duration_s)
+            a = replace(a, test=r)
+            checked.append(a)
+            self._event("test", passed=r.passed, failed=r.failed + r.errors, ok=r.ok)
+            if r.ok and solved is None:
+                solved = a
+        if solved is not None:
+            self.ws.restore(solved.final_sha)
+            for a in checked:
+                self._finish(a, "passed" if a is solved else "failed")
+        return {"pending": checked, "solved": solved}
+
+    def _finish(self, a: Attempt, outcome: str) -> None:
+        diff = git(self.ws.root, "diff", self.base_sha, a.final_sha) if a.final_sha else ""
+        self.recorder.finish_branch(a.branch, outcome=outcome, passed=a.test.ok if a.test else None,
+                                    final_diff=diff)
+
+    def rewind(self, state: FixState) -> dict:
+        current, proposals, cut = state.get("current"), state["pending"], state.get("cut")
+        step: list[StepRecord] = []
+        if current is None or self.rc.strategy in ("from-end", "restart") or cut is None:
+            new_current = proposals[0]  # nothing to compare with, or no chain: move on
+            if current is not None:
+                self._finish(current, "superseded")
+        else:
+            rec, j = self._decide(current, proposals, cut, state)
+            step.append(rec)
+            self.recorder.record_mh_step(
+                current=current.branch, proposal=proposals[j].branch, cut_turn=cut.turn,
+                **rec.model_dump(exclude={"tries"}))
+            new_current = proposals[j] if rec.accepted else current
+            if self.rewinds:
+                self.rewinds[-1]["accepted"] = rec.accepted
+            for i, a in enumerate(proposals):
+                self._finish(a, "accepted" if (rec.accepted and i == j) else "rejected")
+            self._event("mh", accepted=rec.accepted, log_accept=rec.log_accept)
+        spent, attempts = state.get("spent", 0), state.get("attempts", 0)
+        if spent >= self.config.budget_tokens:
+            return {"current": new_current, "pending": [], "steps": step, "stop": "budget"}
+        if attempts >= self.config.max_attempts:
+            return {"current": new_current, "pending": [], "steps": step, "stop": "attempts"}
+        tried = frozenset(c.index for c in self._tried(new_current, state))
+        next_cut = retry.choose_cut(new_current.tokens, self.rc, self.generator, tried)
+        if next_cut is not None:
+            turn = new_current.turns[next_cut.turn]
+            self.ws.restore(turn.snapshot)
+            where = self.protocol.where(turn.state.text, next_cut.position, turn.state.tokens)
+            self.rewinds.append({"file": where[0], "line": where[1], "token": next_cut.token,
+                                 "entropy": next_cut.entropy})
+            self._event("rewind", cut=next_cut, file=where[0], line=where[1])
+        return {"current": new_current, "pending": [], "cut": next_cut, "steps": step}
+
+    def _tried(self, current: Attempt, state: FixState) -> list[CutPoint]:
+        return self._tried_cuts.setdefault(current.branch.id, [])
+
+    def _decide(self, current: Attempt, proposals: list[Attempt], cut: CutPoint, state) -> tuple[StepRecord, int]:
+        spent = sum(len(a.turns[cut.turn].state.tokens) - cut.position for a in proposals)
+        self._tried(current, state).append(cut)
+        if len(proposals) > 1:
+            j, rec = retry.multiple_try(
+                current.tokens, [a.tokens for a in proposals], cut, config=self.rc,
+                r_current=current.r, r_proposals=[a.r for a in proposals],
+                generator=self.generator, decode_tokens=spent)
+            return rec, j
+        rec = retry.accept(current.tokens, proposals[0].tokens, cut, config=self.rc,
+                           r_current=current.r, r_proposal=proposals[0].r,
+                           u=sampling.uniform(self.generator), decode_tokens=spent)
+        return rec, 0

@@ -1,0 +1,151 @@
+"""Agent protocols: what the model is shown and how its reply acts on the repository.
+
+`patch`: one turn; the reply is the corrected function, applied by name.
+`tools`: several turns of `ACTION: read|list|edit|test|submit`, one action per turn.
+Unparseable output becomes an observation (tools) or a failed attempt (patch), never a crash.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from decision_retry.agent import patch
+from decision_retry.agent.definitions import AgentDefinition
+from decision_retry.agent.locate import Suspect, functions
+from decision_retry.agent.testrun import TestResult, run_tests
+from decision_retry.agent.workspace import Workspace
+from decision_retry.errors import WorkspaceError
+from decision_retry.trace.decisions import ToolSpan
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one reply did: the observation, whether the attempt is over, what it chose."""
+
+    action: str
+    arguments: dict
+    observation: str
+    done: bool
+    spans: tuple[ToolSpan, ...] = ()
+
+
+@dataclass(frozen=True)
+class Task:
+    """What every attempt starts from."""
+
+    suspect: Suspect | None
+    test_src: str
+    result: TestResult
+    files: tuple[str, ...]
+    test_cmd: str
+    test_timeout: float
+
+
+class PatchProtocol:
+    """One turn: rewrite the suspect function."""
+
+    def __init__(self, defn: AgentDefinition, task: Task) -> None:
+        if task.suspect is None:
+            raise ValueError("the patch protocol needs a suspect function")
+        self.defn, self.task = defn, task
+
+    def first_messages(self) -> list[dict]:
+        return patch.messages(self.defn, self.task.suspect, self.task.test_src, self.task.result)
+
+    def retry_messages(self, history: list[dict], result: TestResult) -> list[dict]:
+        err = patch.error_lines(result, self.defn.limits["error_lines"])
+        return [*history, {"role": "user", "content": self.defn.prompt["retry"].format(error=err)}]
+
+    def where(self, reply: str, position: int, tokens) -> tuple[str | None, int | None]:
+        """File and line of the token at `position` of a reply (the function's lines)."""
+        before = "".join(t.text for t in tokens[:position])
+        return self.task.suspect.file, self.task.suspect.start + before.count("\n")
+
+    def act(self, ws: Workspace, reply: str, turn_index: int) -> Outcome:
+        s = self.task.suspect
+        code = patch.reply_code(reply)
+        span = patch.function_name_span(reply, s.name)
+        spans = (ToolSpan(span[0], span[1], "function"),) if span else ()
+        args = {"file": s.file, "function": s.name}
+        try:
+            current = functions(ws.root, s.file)
+            now = next((f for f in current if f.name == s.name), s)
+            ws.write_file(s.file, patch.apply(ws.read_file(s.file), now, code))
+        except ValueError as err:
+            return Outcome("apply_patch", args, f"not applied: {err}", True, spans)
+        return Outcome("apply_patch", args, f"replaced {s.name} in {s.file}", True, spans)
+
+
+_ACTION = re.compile(r"^\s*(read|list|edit|test|submit)\b[ \t]*([^\n`]*)", re.I)
+
+
+class ToolsProtocol:
+    """Several turns of read / list / edit / test / submit actions."""
+
+    def __init__(self, defn: AgentDefinition, task: Task) -> None:
+        self.defn, self.task = defn, task
+
+    def first_messages(self) -> list[dict]:
+        err = patch.error_lines(self.task.result, self.defn.limits["error_lines"])
+        files = ", ".join(self.task.files[:40])
+        return [
+            {"role": "system", "content": self.defn.prompt["system"]},
+            {"role": "user", "content": self.defn.prompt["user"].format(error=err, files=files)},
+        ]
+
+    def retry_messages(self, history: list[dict], result: TestResult) -> list[dict]:
+        err = patch.error_lines(result, self.defn.limits["error_lines"])
+        return [*history, {"role": "user", "content": f"The tests still fail:\n{err}"}]
+
+    def observation_message(self, observation: str) -> dict:
+        cut = observation[: self.defn.limits["observation_chars"]]
+        return {"role": "user", "content": self.defn.prompt["observation"].format(observation=cut)}
+
+    def where(self, reply: str, position: int, tokens) -> tuple[str | None, int | None]:
+        """The file the reply names, if any (a tools turn has no line)."""
+        m = _ACTION.match(reply)
+        return (m.group(2).strip() or None, None) if m else (None, None)
+
+    def act(self, ws: Workspace, reply: str, turn_index: int) -> Outcome:
+        m = _ACTION.match(reply)
+        last = turn_index + 1 >= self.defn.limits["max_turns"]
+        if m is None:
+            names = "|".join(self.defn.format["actions"])
+            return Outcome("invalid", {}, f"no action found; reply with ACTION: {names}", last)
+        verb, arg = m.group(1).lower(), m.group(2).strip()
+        spans = (ToolSpan(m.start(1), m.end(1), "action"),)
+        if arg:
+            spans += (ToolSpan(m.start(2), m.start(2) + len(arg), "file"),)
+        try:
+            obs, done = self._run(ws, verb, arg, reply)
+        except WorkspaceError as err:  # a path outside the repository, a missing file
+            obs, done = f"error: {err}", False
+        return Outcome(verb, {"path": arg} if arg else {}, obs, done or last, spans)
+
+    def _run(self, ws: Workspace, verb: str, arg: str, reply: str) -> tuple[str, bool]:
+        if verb == "submit":
+            return "submitted", True
+        if verb == "read":
+            return ws.read_file(arg), False
+        if verb == "list":
+            return "\n".join(ws.list_files(arg)), False
+        if verb == "test":
+            r = run_tests(self.task.test_cmd, ws.root, self.task.test_timeout)
+            return r.output_tail[-1500:], False
+        # edit PATH + a python block: replace each function it defines, by name
+        code = reply.split("```python", 1)[-1] if "```python" in reply else reply.split("\n", 1)[-1]
+        code = patch.reply_code(code)
+        text = ws.read_file(arg)
+        replaced = []
+        for fn in functions(ws.root, arg):
+            if re.search(rf"def\s+{re.escape(fn.name)}\s*\(", code):
+                try:
+                    text = patch.apply(text, fn, code)
+                    replaced.append(fn.name)
+                except ValueError as err:
+                    return f"not applied: {err}", False
+        if not replaced:
+            return "not applied: the block defines no function of that file", False
+        ws.write_file(arg, text)
+        return f"replaced {', '.join(replaced)} in {arg}", False

@@ -1,0 +1,125 @@
+"""`fix`: set up the workspace and the trace, check the input, run the graph, report."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from decision_retry.agent import definitions
+from decision_retry.agent.graph import Attempt, FixAgent, build_graph
+from decision_retry.agent.locate import locate, source_files
+from decision_retry.agent.protocols import PatchProtocol, Task, ToolsProtocol
+from decision_retry.agent.testrun import run_tests
+from decision_retry.agent.workspace import Workspace, repo_root
+from decision_retry.errors import BadInput
+from decision_retry.retry import RetryConfig
+from decision_retry.samplers.mh import StepRecord
+from decision_retry.trace.decisions import SpikeRule
+from decision_retry.trace.recorder import Recorder
+from decision_retry.trace.store import TraceStore
+
+
+class FixConfig(BaseModel):
+    """Everything a `fix` run depends on; stored with the run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    test_cmd: str = "python -m pytest -x -q"
+    test_timeout: float = Field(60.0, gt=0)
+    model: str | None = None
+    protocol: Literal["patch", "tools"] = "patch"
+    retry: RetryConfig = RetryConfig()
+    budget_tokens: int = Field(2000, ge=1)
+    max_attempts: int = Field(8, ge=1)
+    seed: int = 0
+    spike: SpikeRule = SpikeRule(threshold=1.0)
+
+
+class Rewind(BaseModel):
+    """Where one retry cut: file, line, the token and its entropy."""
+
+    file: str | None
+    line: int | None
+    token: str
+    entropy: float
+    accepted: bool | None = None
+
+
+class FixResult(BaseModel):
+    """What `fix` reports."""
+
+    run_id: str
+    fixed: bool
+    attempts: int
+    decode_tokens: int
+    stop: str | None
+    diff: str = ""
+    branch: str | None = None
+    rewinds: list[Rewind] = []
+    steps: list[StepRecord] = []
+
+
+def check_input(root: Path, cfg: FixConfig):
+    """The failing test run, or BadInput if there is nothing to fix."""
+    result = run_tests(cfg.test_cmd, root, cfg.test_timeout)
+    if result.timed_out:
+        raise BadInput(f"the tests did not finish within --test-timeout {cfg.test_timeout:g}s")
+    if result.no_tests:
+        raise BadInput(f"no tests collected by `{cfg.test_cmd}` in {root}")
+    if result.ok:
+        raise BadInput(f"the tests already pass (`{cfg.test_cmd}` in {root}): nothing to fix")
+    return result
+
+
+def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None = None,
+        listeners=(), on_event=None) -> FixResult:
+    """Fix the failing tests of `repo` in a private worktree; the user's checkout is untouched."""
+    root = repo_root(repo)
+    if lm is None:
+        from decision_retry.backends import load_lm
+
+        lm = load_lm(cfg.model)
+    defn = definitions.load(cfg.protocol)
+    run_id = secrets.token_hex(4)
+    ws = Workspace(root, run_id)
+    ws.open()
+    success_sha = None
+    try:
+        # 1) the input: failing tests, and the code under test
+        result = check_input(ws.root, cfg)
+        suspect, test_src = locate(ws.root, result)
+        task = Task(suspect, test_src, result, tuple(source_files(ws.root)), cfg.test_cmd,
+                    cfg.test_timeout)
+        if cfg.protocol == "patch":
+            if suspect is None:
+                raise BadInput("cannot find the function under test; try --protocol tools")
+            protocol = PatchProtocol(defn, task)
+        else:
+            protocol = ToolsProtocol(defn, task)
+        # 2) the trace
+        recorder = Recorder(store, listeners)
+        run = recorder.start_run(model=lm.name, strategy=cfg.retry.strategy,
+                                 config=cfg.model_dump(mode="json"), seed=cfg.seed, repo=str(root))
+        # 3) the graph
+        agent = FixAgent(lm=lm, ws=ws, recorder=recorder, protocol=protocol, config=cfg,
+                         base_sha=ws.base_sha, generator=torch.Generator().manual_seed(cfg.seed),
+                         on_event=on_event)
+        final = build_graph(agent).invoke({"spent": 0, "attempts": 0, "steps": []},
+                                          {"recursion_limit": 10_000})
+        solved: Attempt | None = final.get("solved")
+        diff = ws.diff() if solved else ""
+        if solved:
+            success_sha = solved.final_sha
+        recorder.finish_run("fixed" if solved else "not fixed")
+        return FixResult(
+            run_id=run.id, fixed=solved is not None, attempts=final.get("attempts", 0),
+            decode_tokens=final.get("spent", 0), stop="fixed" if solved else final.get("stop"),
+            diff=diff, branch=ws.branch if solved else None, steps=final.get("steps", []),
+            rewinds=[Rewind(**r) for r in agent.rewinds],
+        )
+    finally:
+        ws.finish(success_sha is not None, sha=success_sha)

@@ -1,0 +1,169 @@
+"""The rewind logic shared by `fix` and the LangGraph nodes: where to cut, and whether to accept.
+
+A trajectory's model tokens come from one or more turns; the cut distribution ranges over all of
+them (flattened in order). Observations between turns are deterministic results of actions and
+never enter the acceptance ratio. The target is p^alpha * exp(lam * r), r = fraction of tests
+passing, so log A gains lam * (r' - r) (design.md §2, §3).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from decision_retry.samplers import cuts, mh
+from decision_retry.samplers.cuts import CutRule
+from decision_retry.samplers.mh import StepRecord
+from decision_retry.tokens import Token
+
+Strategy = Literal["entropy-cut", "uniform-cut", "egps", "argmax-cut", "from-end", "restart"]
+STRATEGIES: tuple[str, ...] = Strategy.__args__  # type: ignore[attr-defined]
+CUT_STRATEGIES = ("entropy-cut", "uniform-cut", "egps", "argmax-cut")
+
+
+class RetryConfig(BaseModel):
+    """How to retry after a failed attempt; recorded with every run."""
+
+    model_config = ConfigDict(frozen=True)
+
+    strategy: Strategy = "entropy-cut"
+    alpha: float = Field(4.0, gt=0, description="target p^alpha")
+    proposal_temperature: float | None = Field(None, gt=0, description="default 1/alpha")
+    verifier_weight: float = Field(4.0, ge=0, description="lambda: tilt by fraction passing")
+    cut: CutRule = CutRule()
+    tries: int = Field(4, ge=1, description="egps: tries per multiple-try move")
+    skip_entropy: float = Field(0.5, ge=0, description="egps: turns below this entropy mass are not cut")
+
+    @property
+    def q_temperature(self) -> float:
+        return self.proposal_temperature or 1.0 / self.alpha
+
+    @property
+    def rule(self) -> CutRule:
+        if self.strategy == "uniform-cut":
+            return self.cut.model_copy(update={"kind": "uniform"})
+        return self.cut
+
+    @property
+    def corrected(self) -> bool:
+        """argmax-cut is a heuristic: its cut is deterministic, so there is no reverse move."""
+        return self.strategy != "argmax-cut"
+
+
+@dataclass(frozen=True)
+class CutPoint:
+    """A cut: regenerate turn `turn` from token `position` on (and every later turn)."""
+
+    turn: int
+    position: int
+    entropy: float
+    token: str
+    index: int  # position in the flattened model tokens of the trajectory
+
+
+def flatten(turns: Sequence[Sequence[Token]]) -> tuple[list[Token], list[tuple[int, int]]]:
+    """All model tokens in order, and (turn, position) of each."""
+    flat, where = [], []
+    for k, tokens in enumerate(turns):
+        for i, tok in enumerate(tokens):
+            flat.append(tok)
+            where.append((k, i))
+    return flat, where
+
+
+def cut_entropies(turns: Sequence[Sequence[Token]], config: RetryConfig) -> list[float]:
+    """Entropies seen by the cut rule; egps zeroes turns whose entropy mass is below the skip level."""
+    out = []
+    for tokens in turns:
+        h = [t.entropy for t in tokens]
+        if config.strategy == "egps" and sum(h) < config.skip_entropy:
+            h = [0.0] * len(h)
+        out.extend(h)
+    return out
+
+
+def choose_cut(
+    turns: Sequence[Sequence[Token]],
+    config: RetryConfig,
+    generator: torch.Generator,
+    tried: frozenset[int] = frozenset(),
+) -> CutPoint | None:
+    """Where to rewind, or None for strategies that do not cut (from-end, restart)."""
+    if config.strategy not in CUT_STRATEGIES:
+        return None
+    flat, where = flatten(turns)
+    if not flat:
+        return None
+    ent = cut_entropies(turns, config)
+    if config.strategy == "argmax-cut":
+        i = cuts.argmax(ent, config.rule, set(tried))
+    else:
+        i = cuts.draw(ent, config.rule, generator)
+    turn, pos = where[i]
+    return CutPoint(turn, pos, flat[i].entropy, flat[i].text, i)
+
+
+def _log_c(turns, config: RetryConfig, i: int) -> float:
+    return cuts.log_prob(cut_entropies(turns, config), i, config.rule)
+
+
+def accept(
+    current: Sequence[Sequence[Token]],
+    proposal: Sequence[Sequence[Token]],
+    cut: CutPoint,
+    *,
+    config: RetryConfig,
+    r_current: float,
+    r_proposal: float,
+    u: float,
+    decode_tokens: int,
+) -> StepRecord:
+    """The MH decision for replacing `current` by `proposal`, both cut at `cut`."""
+    x, _ = flatten(current)
+    y, _ = flatten(proposal)
+    rec = mh.mh_step_record(
+        x, y, cut.index, alpha=config.alpha, rule=None,
+        verifier_delta=config.verifier_weight * (r_proposal - r_current), u=u,
+        decode_tokens=decode_tokens,
+    )
+    if not config.corrected:
+        return rec
+    corr = _log_c(proposal, config, cut.index) - _log_c(current, config, cut.index)
+    log_a = rec.log_accept + corr
+    return rec.model_copy(update={
+        "log_cut_correction": corr, "log_accept": log_a,
+        "accepted": u == 0 or log_a > math.log(u),
+    })
+
+
+def multiple_try(
+    current: Sequence[Sequence[Token]],
+    proposals: Sequence[Sequence[Sequence[Token]]],
+    cut: CutPoint,
+    *,
+    config: RetryConfig,
+    r_current: float,
+    r_proposals: Sequence[float],
+    generator: torch.Generator,
+    decode_tokens: int,
+) -> tuple[int, StepRecord]:
+    """egps: pick one of K tries by importance weight and accept it by the MTM rule."""
+    x, _ = flatten(current)
+    ys = [flatten(p)[0] for p in proposals]
+    j, rec = mh.mtm_choose(
+        x, ys, cut.index, alpha=config.alpha, rule=None,
+        verifier_deltas=[config.verifier_weight * (r - r_current) for r in r_proposals],
+        generator=generator, decode_tokens=decode_tokens,
+    )
+    corr = _log_c(proposals[j], config, cut.index) - _log_c(current, config, cut.index)
+    # mtm_choose drew its uniform already; redo the decision with the correction included
+    log_a = rec.log_accept + corr
+    u = float(torch.rand((), generator=generator))
+    return j, rec.model_copy(update={
+        "log_cut_correction": corr, "log_accept": log_a, "accepted": u == 0 or log_a > math.log(u),
+    })
