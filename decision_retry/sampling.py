@@ -20,7 +20,8 @@ def base_logprobs(logits: torch.Tensor) -> torch.Tensor:
 def entropy(logp: torch.Tensor) -> torch.Tensor:
     """Entropy in nats of each row's distribution (zero-probability entries contribute 0)."""
     p = logp.exp()
-    return -torch.special.xlogy(p, p).sum(dim=-1)  # (B,)
+    h = -torch.special.xlogy(p, p).sum(dim=-1)  # (B,)
+    return h.clamp_min(0.0) + 0.0  # no -0.0 (it would not survive a round trip through SQLite)
 
 
 def proposal_logprobs(logits: torch.Tensor, temperature: float, top_k: int | None) -> torch.Tensor:

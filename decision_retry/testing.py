@@ -134,6 +134,15 @@ def tiny_llama(*, vocab: int = 64, seed: int = 0, layers: int = 2, hidden: int =
     return LM(HFBackend(model, tokenizer=None), name="tiny-llama")
 
 
+class _Positions:
+    """The whole 'KV cache' of a position-only model: ids covered, rows, prompt length."""
+
+    __slots__ = ("n", "prompt", "rows")
+
+    def __init__(self, n: int, rows: int, prompt: int) -> None:
+        self.n, self.rows, self.prompt = n, rows, prompt
+
+
 class DecisionTreeBackend:
     """Toy model with known truth: `length` tokens, `decisions` of them real choices.
 
@@ -205,31 +214,22 @@ class DecisionTreeBackend:
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.names[i] for i in ids)
 
-    def prefill(self, ids: Sequence[int]) -> "_Positions":
+    def prefill(self, ids: Sequence[int]) -> _Positions:
         return _Positions(len(ids), 1, len(ids) + 1)
 
-    def forward(self, cache: "_Positions", ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, cache: _Positions, ids: torch.Tensor) -> torch.Tensor:
         cache.n += 1  # in place, like a KV cache
         pos = min(max(cache.n - cache.prompt, 0), self.length)
         return self.table[pos].expand(cache.rows, -1).clone()  # (B, V)
 
-    def slice(self, cache: "_Positions", n: int) -> "_Positions":
+    def slice(self, cache: _Positions, n: int) -> _Positions:
         return _Positions(n, cache.rows, cache.prompt)
 
-    def repeat(self, cache: "_Positions", k: int) -> "_Positions":
+    def repeat(self, cache: _Positions, k: int) -> _Positions:
         return _Positions(cache.n, cache.rows * k, cache.prompt)
 
-    def select(self, cache: "_Positions", rows: Sequence[int]) -> "_Positions":
+    def select(self, cache: _Positions, rows: Sequence[int]) -> _Positions:
         return _Positions(cache.n, len(rows), cache.prompt)
-
-
-class _Positions:
-    """The whole 'KV cache' of a position-only model: ids covered, rows, prompt length."""
-
-    __slots__ = ("n", "rows", "prompt")
-
-    def __init__(self, n: int, rows: int, prompt: int) -> None:
-        self.n, self.rows, self.prompt = n, rows, prompt
 
 
 def decision_tree_lm(length: int, decisions: int, **kwargs) -> LM:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Literal
 
@@ -14,7 +13,7 @@ from decision_retry.agent.graph import Attempt, FixAgent, build_graph
 from decision_retry.agent.locate import locate, source_files
 from decision_retry.agent.protocols import PatchProtocol, Task, ToolsProtocol
 from decision_retry.agent.testrun import run_tests
-from decision_retry.agent.workspace import Workspace, repo_root
+from decision_retry.agent.workspace import Workspace, git, repo_root
 from decision_retry.errors import BadInput
 from decision_retry.retry import RetryConfig
 from decision_retry.samplers.mh import StepRecord
@@ -36,7 +35,7 @@ class FixConfig(BaseModel):
     budget_tokens: int = Field(2000, ge=1)
     max_attempts: int = Field(8, ge=1)
     seed: int = 0
-    spike: SpikeRule = SpikeRule(threshold=1.0)
+    spike: SpikeRule = SpikeRule(threshold=0.5)  # entropy spikes recorded as decision points
 
 
 class Rewind(BaseModel):
@@ -76,34 +75,35 @@ def check_input(root: Path, cfg: FixConfig):
 
 
 def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None = None,
-        listeners=(), on_event=None) -> FixResult:
-    """Fix the failing tests of `repo` in a private worktree; the user's checkout is untouched."""
+        listeners=(), on_event=None, apply: bool = False) -> FixResult:
+    """Fix the failing tests of `repo` in a private worktree; the user's checkout is untouched
+    unless `apply` (then only a clean working tree receives the fix)."""
     root = repo_root(repo)
+    if apply and git(root, "status", "--porcelain").strip():
+        raise BadInput(f"--apply needs a clean working tree: {root} has uncommitted changes")
     if lm is None:
         from decision_retry.backends import load_lm
 
         lm = load_lm(cfg.model)
     defn = definitions.load(cfg.protocol)
-    run_id = secrets.token_hex(4)
-    ws = Workspace(root, run_id)
-    ws.open()
+    recorder = Recorder(store, listeners)
+    run = recorder.start_run(model=lm.name, strategy=cfg.retry.strategy,
+                             config=cfg.model_dump(mode="json"), seed=cfg.seed, repo=str(root))
+    ws = Workspace(root, run.id[:12])
     success_sha = None
     try:
+        ws.open()
         # 1) the input: failing tests, and the code under test
         result = check_input(ws.root, cfg)
         suspect, test_src = locate(ws.root, result)
         task = Task(suspect, test_src, result, tuple(source_files(ws.root)), cfg.test_cmd,
                     cfg.test_timeout)
-        if cfg.protocol == "patch":
-            if suspect is None:
-                raise BadInput("cannot find the function under test; try --protocol tools")
-            protocol = PatchProtocol(defn, task)
-        else:
+        if cfg.protocol == "tools":
             protocol = ToolsProtocol(defn, task)
-        # 2) the trace
-        recorder = Recorder(store, listeners)
-        run = recorder.start_run(model=lm.name, strategy=cfg.retry.strategy,
-                                 config=cfg.model_dump(mode="json"), seed=cfg.seed, repo=str(root))
+        elif suspect is None:
+            raise BadInput("cannot find the function under test; try --protocol tools")
+        else:
+            protocol = PatchProtocol(defn, task)
         # 3) the graph
         agent = FixAgent(lm=lm, ws=ws, recorder=recorder, protocol=protocol, config=cfg,
                          base_sha=ws.base_sha, generator=torch.Generator().manual_seed(cfg.seed),
@@ -121,5 +121,10 @@ def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None =
             diff=diff, branch=ws.branch if solved else None, steps=final.get("steps", []),
             rewinds=[Rewind(**r) for r in agent.rewinds],
         )
+    except BadInput as err:
+        recorder.finish_run(f"bad input: {err}")
+        raise
     finally:
         ws.finish(success_sha is not None, sha=success_sha)
+        if apply and success_sha is not None:
+            ws.apply_to_user_tree()

@@ -36,10 +36,14 @@ def main() -> None:
     """
 
 
+from decision_retry.cli.bench import bench  # noqa: E402
+from decision_retry.cli.fix import fix  # noqa: E402
 from decision_retry.cli.logs import logs  # noqa: E402
 from decision_retry.cli.report import report  # noqa: E402
 from decision_retry.cli.sample import sample  # noqa: E402
 
+main.add_command(bench)
+main.add_command(fix)
 main.add_command(logs)
 main.add_command(report)
 main.add_command(sample)

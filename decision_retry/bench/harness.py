@@ -1,0 +1,226 @@
+"""The benchmark harness: cells = repo x strategy x seed, all at the same decode-token budget.
+
+Cells run in worker processes (each loads the model once) and are appended to `cells.jsonl` under
+the output directory as they finish, so an interrupted benchmark resumes where it stopped: a rerun
+skips every stored cell (cells that crashed are tried again). Every cell's trace goes to the trace
+store under `<out>/traces`, so `decision-retry logs --home <out>/traces` shows any of them.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from decision_retry.bench.suites import Case
+from decision_retry.errors import BadInput
+from decision_retry.retry import STRATEGIES
+
+CELLS_FILE = "cells.jsonl"
+CONFIG_FILE = "bench.json"
+_IGNORE = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.pyc")
+
+
+def default_workers() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+class BenchConfig(BaseModel):
+    """One benchmark: what runs (suite, strategies, seeds) and what every cell shares."""
+
+    model_config = ConfigDict(frozen=True)
+
+    suite: str
+    strategies: tuple[str, ...] = STRATEGIES
+    seeds: tuple[int, ...] = (0, 1, 2)
+    budget_tokens: int = Field(600, ge=1)
+    model: str | None = None
+    alpha: float = Field(4.0, gt=0)
+    proposal_temperature: float | None = Field(None, gt=0)
+    max_attempts: int = Field(100, ge=1)
+    test_timeout: float = Field(30.0, gt=0)
+    workers: int = Field(default_factory=default_workers, ge=1)
+    threads: int | None = Field(None, ge=1, description="torch threads per worker")
+
+    def shared(self) -> dict:
+        """The settings a stored cell depends on: a rerun must match them to reuse cells."""
+        return self.model_dump(include={"model", "budget_tokens", "alpha", "proposal_temperature",
+                                        "max_attempts", "test_timeout"})
+
+    def fix_config(self, strategy: str, seed: int):
+        from decision_retry.agent.runner import FixConfig
+        from decision_retry.retry import RetryConfig
+
+        retry = RetryConfig(strategy=strategy, alpha=self.alpha,
+                            proposal_temperature=self.proposal_temperature)
+        return FixConfig(model=self.model, retry=retry, budget_tokens=self.budget_tokens,
+                         max_attempts=self.max_attempts, test_timeout=self.test_timeout, seed=seed)
+
+
+class Cell(BaseModel):
+    """One finished cell: `fix` on one repo with one strategy and seed."""
+
+    repo: str
+    strategy: str
+    seed: int
+    fixed: bool = False
+    attempts: int = 0
+    decode_tokens: int = 0
+    stop: str | None = None
+    rewinds: int = 0  # cuts made (cut strategies only)
+    accepted: int = 0  # MH steps accepted
+    retries: int = 0  # branches after the first
+    changed_strategy: float | None = None  # share of retries that changed the diff or a tool choice
+    relative_distance: float | None = None  # mean edit distance of a retry's suffix to its parent's
+    distinct_patches: int = 0  # different non-empty diffs among all attempts
+    wall_s: float = 0.0
+    run_id: str | None = None
+    error: str | None = None
+    error_kind: str | None = None  # "bad-input" (the repo cannot be run) or "crash" (retried)
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.repo, self.strategy, self.seed)
+
+
+# -- one cell (in a worker) -------------------------------------------------------------------------
+_WORKER: dict = {}
+
+
+def _init_worker(model: str | None, threads: int | None, home: str) -> None:
+    """Load the model and open the trace store once per worker process."""
+    from decision_retry.backends import load_lm
+    from decision_retry.trace.store import TraceStore
+
+    _WORKER.update(lm=load_lm(model, threads=threads), store=TraceStore.open(home))
+
+
+def git_repo(src: Path, dst: Path) -> Path:
+    """A copy of `src` as a fresh git repository with one commit."""
+    shutil.copytree(src, dst, ignore=_IGNORE)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
+           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "--no-gpg-sign", "-m", "bench"]):
+        subprocess.run(["git", *args], cwd=dst, env=env, check=True, capture_output=True)
+    return dst
+
+
+def _change(store, run_id: str) -> dict:
+    """The strategy-change measures of a run (trace/compare.py) and its distinct patches."""
+    from decision_retry.trace.compare import compare_all
+
+    tree = store.load(run_id)
+    changes = compare_all(tree)
+    patches = {b.final_diff for b in tree.branches if b.final_diff}
+    out = {"retries": len(changes), "distinct_patches": len(patches)}
+    if changes:
+        out["changed_strategy"] = sum(c.changed_strategy for c in changes) / len(changes)
+        out["relative_distance"] = sum(c.relative_distance for c in changes) / len(changes)
+    return out
+
+
+def run_cell(job: tuple[Case, str, int, BenchConfig]) -> Cell:
+    """Run `fix` on a fresh git copy of the case; every failure becomes a cell with an error."""
+    from decision_retry.agent.runner import fix
+
+    case, strategy, seed, cfg = job
+    cell = Cell(repo=case.name, strategy=strategy, seed=seed)
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="decision-retry-bench-") as tmp:
+        try:
+            repo = git_repo(case.path, Path(tmp) / case.name)
+            res = fix(repo, cfg.fix_config(strategy, seed), lm=_WORKER["lm"], store=_WORKER["store"])
+            update = {"fixed": res.fixed, "attempts": res.attempts, "decode_tokens": res.decode_tokens,
+                      "stop": res.stop, "rewinds": len(res.rewinds), "run_id": res.run_id,
+                      "accepted": sum(1 for s in res.steps if s.accepted)}
+            update.update(_change(_WORKER["store"], res.run_id))
+        except BadInput as err:
+            update = {"error": str(err), "error_kind": "bad-input"}
+        except Exception as err:  # noqa: BLE001 - one broken cell must not end the benchmark
+            update = {"error": f"{type(err).__name__}: {err}"[:500], "error_kind": "crash"}
+    update["wall_s"] = round(time.monotonic() - start, 2)
+    return cell.model_copy(update=update)
+
+
+# -- the benchmark ----------------------------------------------------------------------------------
+def load_cells(out: Path) -> dict[tuple[str, str, int], Cell]:
+    """Stored cells by key (the last record of a key wins); a torn last line is ignored."""
+    cells = {}
+    path = Path(out) / CELLS_FILE
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                cell = Cell.model_validate_json(line)
+            except ValueError:
+                continue
+            cells[cell.key] = cell
+    return cells
+
+
+def check_out_dir(out: Path, cfg: BenchConfig) -> None:
+    """Record the shared settings in `out`, or refuse when stored cells used other ones."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / CONFIG_FILE
+    if path.is_file():
+        before = json.loads(path.read_text()).get("shared")
+        if before is not None and before != cfg.shared() and (out / CELLS_FILE).is_file():
+            diff = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in cfg.shared().items()
+                             if before.get(k) != v)
+            raise BadInput(f"{out} holds cells run with other settings ({diff}); use another --out")
+    path.write_text(json.dumps({"shared": cfg.shared(), "config": cfg.model_dump(mode="json")},
+                               indent=2) + "\n")
+
+
+def plan(cases: Sequence[Case], cfg: BenchConfig) -> list[tuple[Case, str, int]]:
+    """Every cell in run order: seed by seed, so that a partial run covers all strategies evenly."""
+    return [(c, s, seed) for seed in cfg.seeds for c in cases for s in cfg.strategies]
+
+
+def run_bench(cases: Sequence[Case], cfg: BenchConfig, out: str | Path, *,
+              on_cell: Callable[[Cell, int, int], None] | None = None) -> list[Cell]:
+    """Run every cell not stored yet; return all cells of this plan (stored and new), in plan order.
+
+    `on_cell(cell, done, total)` is called as each cell finishes (the progress bar hooks in here).
+    """
+    out = Path(out)
+    check_out_dir(out, cfg)
+    stored = {k: c for k, c in load_cells(out).items() if c.error_kind != "crash"}
+    cells = plan(cases, cfg)
+    todo = [(case, s, seed, cfg) for case, s, seed in cells if (case.name, s, seed) not in stored]
+    done, total = len(cells) - len(todo), len(cells)
+    if on_cell:
+        on_cell(None, done, total)
+    home = str(out / "traces")
+    with (out / CELLS_FILE).open("a") as sink:
+        for cell in _run(todo, cfg, home):
+            sink.write(cell.model_dump_json() + "\n")
+            sink.flush()
+            stored[cell.key] = cell
+            done += 1
+            if on_cell:
+                on_cell(cell, done, total)
+    return [stored[(case.name, s, seed)] for case, s, seed in cells]
+
+
+def _run(todo: list, cfg: BenchConfig, home: str):
+    """Finished cells, in completion order: in this process for one worker, else in a pool."""
+    if not todo:
+        return
+    workers = min(cfg.workers, len(todo))
+    threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
+    if workers == 1:
+        _init_worker(cfg.model, threads, home)
+        for job in todo:
+            yield run_cell(job)
+        return
+    ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch threads or SQLite handles
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg.model, threads, home)) as pool:
+        yield from pool.imap_unordered(run_cell, todo)

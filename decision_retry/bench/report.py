@@ -1,0 +1,205 @@
+"""The benchmark's outputs: `cells.json` (every cell), `results.md` (tables), `fix_rate.png` (plot)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from decision_retry.bench.harness import BenchConfig, Cell
+
+Z95 = 1.959964
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion k/n (0, 1 when n = 0)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+class StrategySummary(BaseModel):
+    """One row of the results table."""
+
+    strategy: str
+    cells: int  # cells that ran (errors excluded)
+    errors: int
+    fixed: int
+    fix_rate: float
+    ci_low: float
+    ci_high: float
+    tokens_mean: float
+    tokens_median: float
+    tokens_to_fix_median: float | None
+    attempts_mean: float
+    wall_mean_s: float
+    rewinds_mean: float
+    accepted_mean: float
+    changed_strategy: float | None  # pooled over all retries of the strategy's cells
+    relative_distance: float | None
+    distinct_patches_mean: float
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return statistics.fmean(xs) if xs else 0.0
+
+
+def _pooled(cells: Sequence[Cell], field: str) -> float | None:
+    pairs = [(getattr(c, field), c.retries) for c in cells if getattr(c, field) is not None]
+    n = sum(r for _, r in pairs)
+    return sum(v * r for v, r in pairs) / n if n else None
+
+
+def summarize(cells: Sequence[Cell], strategies: Sequence[str]) -> list[StrategySummary]:
+    """Per strategy: fix rate with its 95% Wilson interval, tokens, time, rewinds, change."""
+    rows = []
+    for s in strategies:
+        mine = [c for c in cells if c.strategy == s]
+        ok = [c for c in mine if c.error is None]
+        fixed = [c for c in ok if c.fixed]
+        lo, hi = wilson(len(fixed), len(ok))
+        tokens = [c.decode_tokens for c in ok]
+        rows.append(StrategySummary(
+            strategy=s, cells=len(ok), errors=len(mine) - len(ok), fixed=len(fixed),
+            fix_rate=len(fixed) / len(ok) if ok else 0.0, ci_low=lo, ci_high=hi,
+            tokens_mean=_mean(tokens), tokens_median=statistics.median(tokens) if tokens else 0.0,
+            tokens_to_fix_median=statistics.median([c.decode_tokens for c in fixed]) if fixed else None,
+            attempts_mean=_mean([c.attempts for c in ok]), wall_mean_s=_mean([c.wall_s for c in ok]),
+            rewinds_mean=_mean([c.rewinds for c in ok]), accepted_mean=_mean([c.accepted for c in ok]),
+            changed_strategy=_pooled(ok, "changed_strategy"),
+            relative_distance=_pooled(ok, "relative_distance"),
+            distinct_patches_mean=_mean([c.distinct_patches for c in ok]),
+        ))
+    return rows
+
+
+def _f(x: float | None, fmt: str = ".2f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def strategy_table(rows: Sequence[StrategySummary]) -> str:
+    head = ("| strategy | fixed | fix rate (95% CI) | decode tokens mean / median | tokens to fix "
+            "(median) | attempts | wall s / cell | rewinds (accepted) | changed strategy | "
+            "suffix edit dist | distinct patches |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in rows:
+        lines.append(
+            f"| {r.strategy} | {r.fixed}/{r.cells}{f' ({r.errors} err)' if r.errors else ''} | "
+            f"{r.fix_rate:.0%} ({r.ci_low:.0%}-{r.ci_high:.0%}) | {r.tokens_mean:.0f} / "
+            f"{r.tokens_median:.0f} | {_f(r.tokens_to_fix_median, '.0f')} | {r.attempts_mean:.1f} | "
+            f"{r.wall_mean_s:.0f} | {r.rewinds_mean:.1f} ({r.accepted_mean:.1f}) | "
+            f"{_f(r.changed_strategy)} | {_f(r.relative_distance)} | {r.distinct_patches_mean:.1f} |")
+    return "\n".join(lines)
+
+
+def repo_table(cells: Sequence[Cell], strategies: Sequence[str]) -> str:
+    """Seeds fixed per repo and strategy (`err` where the repo could not be run)."""
+    repos = list(dict.fromkeys(c.repo for c in cells))
+    lines = ["| repo | " + " | ".join(strategies) + " |", "|---|" + "---|" * len(strategies)]
+    for repo in repos:
+        row = []
+        for s in strategies:
+            mine = [c for c in cells if c.repo == repo and c.strategy == s]
+            ok = [c for c in mine if c.error is None]
+            row.append(f"{sum(c.fixed for c in ok)}/{len(ok)}" if ok else ("err" if mine else "-"))
+        lines.append(f"| {repo} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def paired(cells: Sequence[Cell], strategies: Sequence[str], baseline: str) -> list[str]:
+    """For each strategy, the (repo, seed) pairs it fixed and `baseline` did not, and the reverse."""
+    by = {c.key: c for c in cells if c.error is None}
+    out = []
+    for s in strategies:
+        if s == baseline:
+            continue
+        keys = [(r, sd) for (r, st, sd) in by if st == s and (r, baseline, sd) in by]
+        win = sum(by[(r, s, sd)].fixed and not by[(r, baseline, sd)].fixed for r, sd in keys)
+        loss = sum(by[(r, baseline, sd)].fixed and not by[(r, s, sd)].fixed for r, sd in keys)
+        out.append(f"- {s} vs {baseline}: fixed {win} that {baseline} did not, missed {loss} that "
+                   f"{baseline} fixed ({len(keys)} paired cells)")
+    return out
+
+
+def plot(cells: Sequence[Cell], strategies: Sequence[str], budget: int, path: Path) -> None:
+    """Fraction of cells fixed within x decode tokens, one line per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for s in strategies:
+        ok = [c for c in cells if c.strategy == s and c.error is None]
+        if not ok:
+            continue
+        spent = sorted(c.decode_tokens for c in ok if c.fixed)
+        xs, ys = [0], [0.0]
+        for i, x in enumerate(spent, 1):
+            xs.append(x)
+            ys.append(i / len(ok))
+        xs.append(budget)
+        ys.append(len(spent) / len(ok))
+        ax.step(xs, ys, where="post", label=f"{s} ({len(spent)}/{len(ok)})")
+    ax.set_xlabel("decode tokens spent")
+    ax.set_ylabel("fraction of cells fixed")
+    ax.set_xlim(0, budget)
+    ax.set_ylim(bottom=0)
+    ax.set_title("Fix rate against decode tokens (same budget for every strategy)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
+                 command: str = "") -> list[StrategySummary]:
+    """Write cells.json, results.md and fix_rate.png under `out`; return the summary rows."""
+    out = Path(out)
+    rows = summarize(cells, cfg.strategies)
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(),
+               "load_avg": [round(x, 2) for x in os.getloadavg()]}
+    (out / "cells.json").write_text(json.dumps({
+        "command": command, "written": when, "machine": machine,
+        "config": cfg.model_dump(mode="json"), "summary": [r.model_dump() for r in rows],
+        "cells": [c.model_dump() for c in cells],
+    }, indent=1) + "\n")
+    plot(cells, cfg.strategies, cfg.budget_tokens, out / "fix_rate.png")
+    baseline = next((b for b in ("restart", "from-end") if b in cfg.strategies), None)
+    q = cfg.proposal_temperature or 1 / cfg.alpha
+    md = [
+        f"# Strategy benchmark: {cfg.suite}", "",
+        f"`{command}`" if command else "", "",
+        f"{when}; model {cfg.model or 'embedded'}; budget {cfg.budget_tokens} decode tokens per "
+        f"cell; alpha {cfg.alpha:g}, proposal temperature {q:g}; seeds "
+        f"{', '.join(map(str, cfg.seeds))}; {machine['cpus']} CPUs, load average "
+        f"{machine['load_avg'][0]} at the end.", "",
+        strategy_table(rows), "",
+        "*fix rate*: cells whose tests all pass, with a 95% Wilson interval. *changed strategy*: "
+        "share of retry branches whose final diff or tool choice differs from their parent's "
+        "(trace/compare.py). *suffix edit dist*: token edit distance of a retry's suffix after the "
+        "cut to its parent's, over the longer one. *distinct patches*: different non-empty diffs "
+        "among a cell's attempts.", "",
+        "## Per repository (seeds fixed)", "", repo_table(cells, cfg.strategies), "",
+    ]
+    if baseline:
+        md += [f"## Paired with {baseline} (same repo and seed)", "",
+               *paired(cells, cfg.strategies, baseline), ""]
+    errors = [c for c in cells if c.error]
+    if errors:
+        md += ["## Errors", "", *[f"- {c.repo} / {c.strategy} / seed {c.seed}: {c.error}"
+                                  for c in errors[:30]], ""]
+    (out / "results.md").write_text("\n".join(md))
+    return rows

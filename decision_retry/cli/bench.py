@@ -1,0 +1,143 @@
+"""`decision-retry bench SUITE`: every retry strategy on a suite of buggy repos at one token budget."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+from decision_retry.errors import BadInput
+from decision_retry.retry import STRATEGIES
+
+
+def parse_strategies(text: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [s for s in names if s not in STRATEGIES]
+    if bad or not names:
+        raise BadInput(f"unknown strategy {bad[0] if bad else text!r} in --strategies: "
+                       f"choose from {','.join(STRATEGIES)}")
+    if len(set(names)) != len(names):
+        raise BadInput(f"--strategies names a strategy twice: {text}")
+    return names
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise BadInput(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise BadInput(f"--seeds must name at least one seed, each once, got {text!r}")
+    return seeds
+
+
+def _positive(name: str, value, *, zero: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not zero)):
+        raise BadInput(f"{name} must be {'>= 0' if zero else '> 0'}, got {value}")
+
+
+def canonical_command(suite, strategies, budget, seeds, limit, model, alpha, q, max_attempts,
+                      out) -> str:
+    """The command line that reproduces these cells (worker and thread counts do not matter)."""
+    words = ["decision-retry", "bench", suite, "--strategies", ",".join(strategies),
+             "--budget-tokens", str(budget), "--seeds", ",".join(map(str, seeds))]
+    for flag, value in (("--limit", limit), ("--model", model), ("--alpha", alpha if alpha != 4.0
+                        else None), ("--proposal-temperature", q),
+                        ("--max-attempts", max_attempts if max_attempts != 100 else None)):
+        if value is not None:
+            words += [flag, str(value)]
+    return shlex.join([*words, "--out", str(out)])
+
+
+@click.command()
+@click.argument("suite")
+@click.option("--strategies", default=",".join(STRATEGIES), show_default=True,
+              help="Comma-separated strategies to compare.")
+@click.option("--budget-tokens", type=int, default=600, show_default=True,
+              help="Decode tokens per cell (accepted or not), the same for every strategy.")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
+@click.option("--limit", type=int, default=None, help="Only the first K repositories of the suite.")
+@click.option("--model", default=None, help="'embedded' (default: SmolLM2-135M-Instruct), a .gguf "
+              "file, a model directory, a cached Hugging Face id, or scripted:SCRIPT.json.")
+@click.option("--workers", type=int, default=None,
+              help="Worker processes, each loading the model once [default: min(2, CPUs)].")
+@click.option("--threads", type=int, default=None,
+              help="Torch threads per worker [default: CPUs / workers].")
+@click.option("--alpha", type=float, default=4.0, show_default=True, help="Target p^alpha.")
+@click.option("--proposal-temperature", type=float, default=None,
+              help="Temperature of sampled tokens [default: 1/alpha].")
+@click.option("--max-attempts", type=int, default=100, show_default=True,
+              help="Attempts per cell; high, so that the token budget is what ends a cell.")
+@click.option("--test-timeout", type=float, default=30.0, show_default=True,
+              help="Seconds before a test run is killed.")
+@click.option("--out", "out", type=click.Path(file_okay=False), default="bench-out/strategies",
+              show_default=True, help="Output directory: cells (resumable), traces, report.")
+def bench(suite, strategies, budget_tokens, seeds, limit, model, workers, threads, alpha,
+          proposal_temperature, max_attempts, test_timeout, out) -> None:
+    """Run `fix` on every repository of SUITE with every strategy and seed at the same budget.
+
+    SUITE is `fixtures` (our repositories), `humaneval-bugs` (HumanEval canonical solutions with
+    one verified mutation each, built on first use and cached under --out) or a directory whose
+    subdirectories are repositories. Finished cells are stored under --out as they finish: a
+    rerun skips them. Writes cells.json, results.md and fix_rate.png under --out.
+
+    \b
+    Example:
+      decision-retry bench fixtures --strategies entropy-cut,from-end,restart \\
+          --budget-tokens 600 --seeds 0,1,2 --out bench-out/strategies
+    """
+    from decision_retry.bench.harness import BenchConfig, default_workers, run_bench
+    from decision_retry.bench.report import strategy_table, write_report
+    from decision_retry.bench.suites import load_suite
+
+    # 1) check every input before any work
+    names, seed_list = parse_strategies(strategies), parse_seeds(seeds)
+    for flag, value in (("--budget-tokens", budget_tokens), ("--limit", limit),
+                        ("--workers", workers), ("--threads", threads), ("--alpha", alpha),
+                        ("--proposal-temperature", proposal_temperature),
+                        ("--max-attempts", max_attempts), ("--test-timeout", test_timeout)):
+        _positive(flag, value)
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"--out {out} is a file, not a directory")
+    if model and model.startswith("scripted:") and not Path(model[9:]).is_file():
+        raise BadInput(f"script not found: {model[9:]}")
+    cfg = BenchConfig(suite=suite, strategies=names, seeds=seed_list, budget_tokens=budget_tokens,
+                      model=model, alpha=alpha, proposal_temperature=proposal_temperature,
+                      max_attempts=max_attempts, test_timeout=test_timeout,
+                      workers=workers or default_workers(), threads=threads)
+    err = Console(stderr=True, highlight=False)
+
+    # 2) the suite (humaneval-bugs builds and verifies its repositories on first use)
+    cases = load_suite(suite, out_dir, limit=limit, workers=cfg.workers,
+                       on_build=lambda msg: err.print(f"[dim]{msg}[/dim]"))
+    command = canonical_command(suite, names, budget_tokens, seed_list, limit, model, alpha,
+                                proposal_temperature, max_attempts, out)
+    err.print(f"{len(cases)} repos x {len(names)} strategies x {len(seed_list)} seeds, "
+              f"{cfg.workers} worker(s): {out_dir}")
+
+    # 3) the cells, with a progress bar
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err) as bar:
+        task = bar.add_task("loading model", total=None)
+        fixed = [0]
+
+        def on_cell(cell, done, total):
+            if cell is not None and cell.fixed:
+                fixed[0] += 1
+            last = (f"  last {cell.repo}/{cell.strategy}/{cell.seed}: "
+                    f"{'fixed' if cell.fixed else cell.error_kind or 'not fixed'}") if cell else ""
+            bar.update(task, completed=done, total=total, description=f"fixed {fixed[0]} this run{last}")
+
+        cells = run_bench(cases, cfg, out_dir, on_cell=on_cell)
+
+    # 4) the report
+    rows = write_report(out_dir, cells, cfg, command=command)
+    click.echo(strategy_table(rows))
+    err.print(f"wrote {out_dir / 'results.md'}, {out_dir / 'cells.json'}, "
+              f"{out_dir / 'fix_rate.png'}")

@@ -1,0 +1,147 @@
+"""`decision-retry fix PATH`: fix a repository's failing tests by rewinding to uncertain tokens."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from rich.console import Console
+from rich.live import Live
+from rich.syntax import Syntax
+from rich.text import Text
+
+from decision_retry.agent.runner import FixConfig, fix as run_fix
+from decision_retry.cli.logs import home_option
+from decision_retry.retry import STRATEGIES, RetryConfig
+from decision_retry.samplers.cuts import CutRule
+
+
+class Progress:
+    """One live status line: attempt, strategy step, tokens of budget, last test result."""
+
+    def __init__(self, console: Console, cfg: FixConfig) -> None:
+        self.console, self.cfg = console, cfg
+        self.attempt, self.spent, self.last, self.note = 0, 0, "-", "starting"
+        self.live = Live(self.render(), console=console, transient=True, refresh_per_second=8)
+
+    def render(self) -> Text:
+        c = self.cfg
+        return Text.assemble(
+            ("fix ", "bold"), f"attempt {self.attempt}/{c.max_attempts}  ",
+            (f"{c.retry.strategy}", "cyan"), f"  tokens {self.spent}/{c.budget_tokens}  ",
+            "tests: ", (self.last, "green" if self.last == "pass" else "red"), f"  {self.note}",
+        )
+
+    def __call__(self, kind: str, data: dict) -> None:
+        if kind == "model":
+            self.attempt, self.spent, self.note = data["attempt"], data["spent"], "tests running"
+        elif kind == "test":
+            self.last = "pass" if data["ok"] else f"{data['passed']} passed, {data['failed']} failed"
+        elif kind == "mh":
+            self.note = f"MH step: {'accepted' if data['accepted'] else 'rejected'}"
+        elif kind == "rewind":
+            cut = data["cut"]
+            self.note = f"rewind to {data['file']}:{data['line']} token {cut.token!r} (H={cut.entropy:.2f})"
+            self.console.print(Text(f"  rewind  {self.note[10:]}", style="dim"))
+        self.live.update(self.render())
+
+
+def listeners_for(otlp: str | None) -> list:
+    """The OpenTelemetry listener when an endpoint is configured (flag or OTEL_* variables)."""
+    try:
+        from decision_retry.otel import listener_from_config
+    except ImportError:  # pragma: no cover - the otel extra is a dependency
+        return []
+    listener = listener_from_config(otlp)
+    return [listener] if listener is not None else []
+
+
+@click.command()
+@click.argument("path", type=click.Path(file_okay=False))
+@click.option("--model", default=None, help="'embedded' (default: SmolLM2-135M-Instruct), a .gguf "
+              "file, a model directory, a cached Hugging Face id, or scripted:SCRIPT.json.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="entropy-cut", show_default=True,
+              help="How to retry: cut at an uncertain token (entropy-cut, uniform-cut, egps, "
+              "argmax-cut), append the failure and ask again (from-end), or start over (restart).")
+@click.option("--budget-tokens", type=click.IntRange(min=1), default=1500, show_default=True,
+              help="Decode tokens for the whole run, accepted or not.")
+@click.option("--max-attempts", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Model attempts (first try + retries).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")
+@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+              help="Target p^alpha: higher prefers likelier code.")
+@click.option("--proposal-temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Temperature of resampled tokens (default 1/alpha).")
+@click.option("--verifier-weight", type=click.FloatRange(min=0), default=4.0, show_default=True,
+              help="lambda: tilt the target by exp(lambda * fraction of tests passing).")
+@click.option("--eps", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+              help="Uniform share of the entropy-cut distribution.")
+@click.option("--tries", type=click.IntRange(min=1), default=4, show_default=True,
+              help="egps: tries drawn in one batch per rewind.")
+@click.option("--test-cmd", default="python -m pytest -x -q", show_default=True,
+              help="Command that runs the tests (in the repository root).")
+@click.option("--test-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="Seconds before a test run is killed.")
+@click.option("--protocol", type=click.Choice(["patch", "tools"]), default="patch", show_default=True,
+              help="patch: one turn rewriting the failing function (small models); tools: "
+              "read/edit/test/submit actions over several turns (larger models).")
+@click.option("--apply", "apply_fix", is_flag=True,
+              help="On success, apply the fix to your working tree (only if it is clean).")
+@click.option("--otlp", default=None, metavar="ENDPOINT",
+              help="Export the run as OpenTelemetry traces (else OTEL_EXPORTER_OTLP_* decide).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@home_option
+def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposal_temperature,
+        verifier_weight, eps, tries, test_cmd, test_timeout, protocol, apply_fix, otlp, threads,
+        as_json, home) -> None:
+    """Fix the failing tests of the git repository at PATH.
+
+    Works in a private git worktree: your checkout, index, stash and untracked files are never
+    touched (unless --apply). When an attempt still fails, the run rewinds the model's answer
+    and the repository to a high-entropy token and resamples from there (Entropy-Cut MH).
+
+    \b
+    Exit codes: 0 fixed, 1 ran but not fixed, 2 bad input.
+    Example:
+      decision-retry fix fixtures/units --budget-tokens 800 --seed 1
+    """
+    from decision_retry.agent.workspace import repo_root
+    from decision_retry.backends import load_lm
+    from decision_retry.cli.logs import open_store
+
+    cfg = FixConfig(
+        test_cmd=test_cmd, test_timeout=test_timeout, model=model, protocol=protocol,
+        budget_tokens=budget_tokens, max_attempts=max_attempts, seed=seed,
+        retry=RetryConfig(strategy=strategy, alpha=alpha, proposal_temperature=proposal_temperature,
+                          verifier_weight=verifier_weight, cut=CutRule(eps=eps), tries=tries),
+    )
+    console = Console(stderr=True, highlight=False)
+    root = repo_root(path)  # bad path / not a repository: one line, exit 2, before loading weights
+    lm = load_lm(model, threads=threads)
+    progress = Progress(console, cfg)
+    with open_store(home) as store, progress.live:
+        result = run_fix(root, cfg, lm=lm, store=store, listeners=listeners_for(otlp),
+                         on_event=progress, apply=apply_fix)
+    if as_json:
+        click.echo(json.dumps(result.model_dump(mode="json"), indent=1))
+    else:
+        summary(console, result)
+    if result.fixed and apply_fix:
+        console.print(f"applied the fix to your working tree in {root}")
+    raise SystemExit(0 if result.fixed else 1)
+
+
+def summary(console: Console, result) -> None:
+    """The final report: outcome, attempts, tokens, each rewind, the diff, the run id."""
+    head = ("fixed", "bold green") if result.fixed else ("not fixed", "bold red")
+    console.print(Text.assemble(head, f" after {result.attempts} attempt(s), "
+                                f"{result.decode_tokens} decode tokens ({result.stop})"))
+    for i, r in enumerate(result.rewinds, 1):
+        verdict = {True: "accepted", False: "rejected", None: "last"}[r.accepted]
+        console.print(f"  rewind {i}: {r.file}:{r.line} token {r.token!r} entropy {r.entropy:.2f} ({verdict})")
+    if result.fixed:
+        console.print(Syntax(result.diff, "diff", theme="ansi_dark", background_color="default"))
+        console.print(f"the fix is on branch {result.branch}")
+    console.print(f"run {result.run_id}: `decision-retry logs show {result.run_id}`, "
+                  f"`decision-retry report {result.run_id} -o report.html`")

@@ -1,0 +1,41 @@
+"""decision-retry inside your own LangGraph graph (docs/langgraph.md).
+
+    class State(MessagesState, DecisionRetryState): ...        # adds the "decision_retry" key
+    builder.add_node("model", model_node(lm, retry=cfg))       # records tokens and entropies
+    builder.add_node("rewind", rewind_node(verifier=my_check, retry=cfg))   # after your verifier
+    builder.add_conditional_edges("rewind", route_after_rewind, {"passed": ..., END: END})
+    graph = builder.compile(checkpointer=InMemorySaver())      # or SqliteSaver on disk
+    final = invoke(graph, inputs, {"configurable": {"thread_id": "t1"}})
+
+A failed attempt becomes a fork in the thread's history at the checkpoint before the model call
+holding the chosen cut; the model resamples from the cut token on, keeping the tokens before it.
+The cut and the acceptance rule are the ones `fix` uses (decision_retry.retry).
+"""
+
+from decision_retry.langgraph.model import ModelNode, RewindError, model_node
+from decision_retry.langgraph.rewind import (
+    RewindNode,
+    attempts,
+    fork_point,
+    invoke,
+    rewind_node,
+    route_after_rewind,
+)
+from decision_retry.langgraph.state import KEY, DecisionRetryState, merge, progress, tokens_of
+
+__all__ = [
+    "KEY",
+    "DecisionRetryState",
+    "ModelNode",
+    "RewindError",
+    "RewindNode",
+    "attempts",
+    "fork_point",
+    "invoke",
+    "merge",
+    "model_node",
+    "progress",
+    "rewind_node",
+    "route_after_rewind",
+    "tokens_of",
+]

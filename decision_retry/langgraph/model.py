@@ -1,0 +1,276 @@
+"""The model node: a local model through our decode engine, recording every token's entropy.
+
+A call writes one message (an `AIMessage`, or a dict when the state holds dict messages) and one
+turn record into `state["decision_retry"]`. After a rewind (a fork of the thread at the checkpoint
+before the cut turn), the state carries `resume`: the node then keeps the cut turn's tokens before
+the cut verbatim and resamples from the cut token on. The prefix's KV cache is reused with
+`LM.fork` while the turn's `DecodeState` is still in this process (a small registry keyed by
+message id); after a restore from disk it is rebuilt with one prefill of prompt + prefix.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+
+from decision_retry.errors import BadInput, DecisionRetryError
+from decision_retry.langgraph.state import KEY, progress, prompt_hash, tokens_of, turn_record
+from decision_retry.lm import LM, DecodeState, Sampling
+from decision_retry.retry import RetryConfig
+from decision_retry.trace.decisions import SpikeRule
+from decision_retry.trace.models import Cut
+
+UNSUPPORTED = {
+    "egps": "each of its K tries would need its own graph run",
+    "from-end": "it appends to the end instead of cutting; loop back in your own graph for that",
+}
+
+
+class RewindError(DecisionRetryError):
+    """A rewind cannot go on: the restored state does not match the turn it was cut from."""
+
+
+def check_strategy(retry: RetryConfig) -> None:
+    """The strategies the LangGraph nodes run: the cut strategies and restart."""
+    if retry.strategy in UNSUPPORTED:
+        raise BadInput(
+            f"strategy {retry.strategy!r} is not supported by the LangGraph nodes "
+            f"({UNSUPPORTED[retry.strategy]}); use entropy-cut, uniform-cut, argmax-cut or restart"
+        )
+
+
+def derived_generator(seed: int, *parts: object) -> torch.Generator:
+    """A generator seeded from (seed, parts): the same draws after a restore from disk."""
+    key = "/".join(map(str, (seed, *parts)))
+    return torch.Generator().manual_seed(zlib.crc32(key.encode()))
+
+
+def chat(messages: Sequence[Any], system: str | None = None) -> list[dict]:
+    """LangChain messages or dicts as [{"role", "content"}] for the model's chat template."""
+    roles = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
+    out = [{"role": "system", "content": system}] if system else []
+    for m in messages:
+        if isinstance(m, dict):
+            out.append({"role": m.get("role", "user"), "content": str(m.get("content", ""))})
+        else:  # a langchain_core BaseMessage
+            out.append({"role": roles.get(m.type, "user"), "content": m.text})
+    return out
+
+
+class ModelNode:
+    """A graph node that calls a local model and records its tokens (built by `model_node`)."""
+
+    def __init__(
+        self,
+        lm: LM,
+        *,
+        messages_key: str = "messages",
+        system: str | None = None,
+        prompt: Callable[[dict], str | list[dict]] | None = None,
+        sampling: Sampling | None = None,
+        retry: RetryConfig = RetryConfig(),
+        recorder: Any = None,
+        workspace: Any = None,
+        spike: SpikeRule | None = SpikeRule(threshold=1.0),
+        seed: int = 0,
+        message_format: Literal["auto", "langchain", "dict"] = "auto",
+        kv_states: int = 8,
+    ) -> None:
+        check_strategy(retry)
+        if kv_states < 0:
+            raise BadInput(f"kv_states={kv_states}: give 0 (no KV reuse) or more")
+        self.lm = lm
+        self.messages_key = messages_key
+        self.system = system
+        self.prompt = prompt
+        self.sampling = sampling or Sampling(temperature=retry.q_temperature)
+        self.retry = retry
+        self.recorder = recorder
+        self.workspace = workspace
+        self.spike = spike
+        self.seed = seed
+        self.message_format = message_format
+        self.kv_states = kv_states
+        self._states: OrderedDict[str, DecodeState] = OrderedDict()  # message id -> decode state
+        self.stats = {"calls": 0, "forks": 0, "prefills": 0}  # how each resample got its prefix
+
+    # -- the node --------------------------------------------------------------------------
+    def __call__(self, state: dict) -> dict:
+        dr = progress(state)
+        resume = dr.get("resume")
+        turns = dr.get("turns") or []
+        if resume is None and (not turns or dr.get("status") not in (None, "running")):
+            dr, turns = {}, []  # a new episode: first call of the thread, or a task after the last
+        k, new_attempt = len(turns), resume is not None or not turns
+        attempt = dr.get("attempts", 0) + (1 if new_attempt else 0)
+        messages = list(state.get(self.messages_key) or [])
+        prompt_ids = self.lm.encode(self.prompt(state) if self.prompt else chat(messages, self.system))
+        update: dict[str, Any] = {"resume": None}
+        if not dr:
+            update.update(chain=None, steps=[], spent=0, run=None, branch=None, config=self._config())
+        if new_attempt:
+            update.update(attempts=attempt, attempt_tokens=0, cut=resume, verdict=None,
+                          status="running", next_cut=None)
+
+        # 1) the prefix: a cut of the chain's turn k (after a rewind), or the prompt alone
+        sampling = self.sampling
+        if resume is not None:
+            base = self._cut_turn(dr, resume, k)
+            snapshot = self._restore(base)
+            start = self._prefix(base, resume["position"], prompt_ids)
+            cap = max(1, self.sampling.max_new_tokens - resume["position"])  # same total cap
+            sampling = self.sampling.model_copy(update={"max_new_tokens": cap})
+        else:
+            snapshot = self.workspace.snapshot(f"before turn {k}") if self.workspace else None
+            start = self.lm.prefill(prompt_ids)
+
+        # 2) decode from the prefix
+        out = self.lm.extend(start, sampling, derived_generator(self.seed, "model", attempt, k))
+        new_tokens = len(out.tokens) - len(start.tokens)
+        self.stats["calls"] += 1
+
+        # 3) record: the registry (for KV forks), the trace, the state and the message
+        message_id = str(uuid.uuid4())
+        self._remember(message_id, out)
+        trace_turn = self._trace(dr, update, resume, k, out, messages, snapshot)
+        rec = turn_record(out, message_id=message_id, index=k, kept=len(start.tokens),
+                          spike=self.spike, snapshot=snapshot, trace_turn=trace_turn)
+        update["turns"] = [*turns, rec]
+        update["spent"] = dr.get("spent", 0) + new_tokens
+        update["attempt_tokens"] = (0 if new_attempt else dr.get("attempt_tokens", 0)) + new_tokens
+        message = self._message(messages, out, message_id, rec, attempt)
+        return {self.messages_key: [message], KEY: update}
+
+    # -- rewinds ---------------------------------------------------------------------------
+    def _cut_turn(self, dr: dict, resume: dict, k: int) -> dict:
+        chain = dr.get("chain") or {}
+        turns = chain.get("turns") or []
+        if resume["turn"] != k or resume["turn"] >= len(turns):
+            raise RewindError(
+                f"rewound to a checkpoint after {k} model calls, but the cut is in call "
+                f"{resume['turn']}: fork at the checkpoint before that call (decision_retry.langgraph.fork_point)"
+            )
+        base = turns[resume["turn"]]
+        kept = [t["message_id"] for t in (dr.get("turns") or [])]
+        if base["message_id"] != resume["message_id"] or kept != [
+            t["message_id"] for t in turns[:k]
+        ]:
+            raise RewindError("the restored checkpoint is not on the chain's own history before the cut")
+        return base
+
+    def _restore(self, base: dict) -> str | None:
+        """Files as they were before the cut turn (when the graph edits a workspace)."""
+        if self.workspace is not None and base.get("snapshot"):
+            self.workspace.restore(base["snapshot"])
+        return base.get("snapshot")
+
+    def _prefix(self, base: dict, t: int, prompt_ids: list[int]) -> DecodeState:
+        """The cut turn's state holding tokens[:t]: a KV fork if still in memory, else a prefill."""
+        if prompt_hash(prompt_ids) != base["prompt_hash"]:
+            raise RewindError(
+                "the restored state prompts the model differently from the turn being cut "
+                "(is the prompt built only from the graph state?)"
+            )
+        live = self._states.get(base["message_id"])
+        if live is not None:
+            self.stats["forks"] += 1
+            return self.lm.fork(live, t)  # 1) reuse the prefix KV cache, no re-prefill
+        self.stats["prefills"] += 1  # 2) restored from disk: one prefill of prompt + prefix
+        prefix = tokens_of(base)[:t]
+        ids = [*prompt_ids, *(tok.id for tok in prefix)]
+        return DecodeState(tuple(prompt_ids), prefix, None, self.lm.backend.prefill(ids[:-1]))
+
+    def _remember(self, message_id: str, out: DecodeState) -> None:
+        if self.kv_states == 0:
+            return
+        self._states[message_id] = out
+        while len(self._states) > self.kv_states:
+            self._states.popitem(last=False)  # oldest first: its KV cache is the biggest cost
+
+    # -- output ----------------------------------------------------------------------------
+    def _message(self, messages: list, out: DecodeState, message_id: str, rec: dict, attempt: int):
+        meta = {"turn": rec["index"], "attempt": attempt, "kept_tokens": rec["kept"],
+                "decision_points": [d["position"] for d in rec["decisions"]]}
+        as_dict = self.message_format == "dict" or (
+            self.message_format == "auto" and messages and all(isinstance(m, dict) for m in messages)
+        )
+        if as_dict:
+            return {"role": "assistant", "content": out.text, "id": message_id,
+                    "decision_retry": meta}
+        from langchain_core.messages import AIMessage
+
+        return AIMessage(content=out.text, id=message_id, response_metadata={
+            "model_name": self.lm.name, "finish_reason": out.finish, "decision_retry": meta})
+
+    def _config(self) -> dict:
+        return {"model": self.lm.name, "retry": self.retry.model_dump(mode="json"),
+                "sampling": self.sampling.model_dump(mode="json"), "seed": self.seed}
+
+    def _trace(self, dr, update, resume, k, out, messages, snapshot) -> str | None:
+        """Record the turn (and a new run or branch when this call starts one); its trace id."""
+        rec = self.recorder
+        if rec is None:
+            return None
+        run_id = update.get("run", dr.get("run"))
+        if rec.run is None or rec.run.id != run_id:  # a new episode, or restored in a new process
+            run = rec.start_run(model=self.lm.name, strategy=self.retry.strategy,
+                                config={**self._config(), "continues": run_id}, seed=self.seed)
+            update["run"] = run.id
+        branch = dr.get("branch")
+        if "attempts" in update or branch not in rec.branches:
+            parent = (dr.get("chain") or {}).get("branch") if resume is not None else None
+            known = parent in rec.branches  # not after a restore with a fresh recorder
+            cut = Cut(turn=resume["turn"], position=resume["position"],
+                      entropy=resume["entropy"]) if resume is not None and known else None
+            branch = rec.start_branch(parent=parent if known else None, cut=cut,
+                                      strategy=self.retry.strategy if cut else "initial").id
+            update["branch"] = branch
+        last = messages[-1] if messages else None
+        prompt = "" if last is None else (
+            str(last.get("content", "")) if isinstance(last, dict) else last.text)
+        turn = rec.record_turn(branch, tokens=out.tokens, prompt=prompt, index=k, params={
+            "model": self.lm.name, "temperature": self.sampling.temperature,
+            "top_k": self.sampling.top_k, "seed": self.seed})
+        rec.record_decisions(turn, self.spike, snapshot=snapshot)
+        return turn.id
+
+
+def model_node(
+    lm: LM,
+    *,
+    messages_key: str = "messages",
+    system: str | None = None,
+    prompt: Callable[[dict], str | list[dict]] | None = None,
+    sampling: Sampling | None = None,
+    retry: RetryConfig = RetryConfig(),
+    recorder: Any = None,
+    workspace: Any = None,
+    spike: SpikeRule | None = SpikeRule(threshold=1.0),
+    seed: int = 0,
+    message_format: Literal["auto", "langchain", "dict"] = "auto",
+    kv_states: int = 8,
+) -> ModelNode:
+    """A LangGraph node calling the local model `lm` through our decode engine.
+
+    Each call appends the model's message to `state[messages_key]` (an `AIMessage`, or a dict
+    when the state holds dict messages; the key needs an appending reducer such as
+    `add_messages`) and records its tokens, entropies and decision points under
+    `state["decision_retry"]` and, with a `recorder`, in the trace.
+
+    system / prompt: a system prompt, or a callable state -> prompt replacing the messages.
+    sampling: how tokens are drawn (default: the proposal of `retry`, temperature 1/alpha).
+    retry: the same RetryConfig as the rewind node. workspace: an agent Workspace, snapshot
+    before each call and restored on a rewind. spike: which tokens count as decision points.
+    seed: draws derive from (seed, attempt, call), so a restored thread draws the same.
+    kv_states: decode states kept in memory for KV-cache forks (0: always re-prefill).
+    """
+    return ModelNode(
+        lm, messages_key=messages_key, system=system, prompt=prompt, sampling=sampling,
+        retry=retry, recorder=recorder, workspace=workspace, spike=spike, seed=seed,
+        message_format=message_format, kv_states=kv_states,
+    )

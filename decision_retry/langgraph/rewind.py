@@ -1,0 +1,245 @@
+"""The rewind node, its router, and the time travel that turns a failed attempt into a fork.
+
+The rewind node runs after the user's verifier. It scores the attempt, makes the MH decision
+against the chain's current attempt (`retry.accept`, the same rule as `fix`), and on failure picks
+the next cut (`retry.choose_cut`) and sets status "rewind". The graph run then ends; `invoke`
+(or `fork_point` for a hand-written loop) finds the checkpoint before the model call holding the
+cut and invokes the graph there with `Command(update=...)`: a new branch in the thread's history,
+so the whole graph state as it was before that call comes back, and the model node resamples
+from the cut token on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal
+
+from decision_retry import retry as retry_
+from decision_retry import sampling
+from decision_retry.errors import BadInput
+from decision_retry.langgraph.model import RewindError, check_strategy, derived_generator
+from decision_retry.langgraph.state import KEY, progress, turns_tokens
+from decision_retry.retry import CutPoint, RetryConfig
+
+CUT_FIELDS = tuple(f.name for f in dataclasses.fields(CutPoint))
+
+
+class RewindNode:
+    """Scores an attempt, decides MH acceptance and picks the next cut (built by `rewind_node`)."""
+
+    def __init__(
+        self,
+        *,
+        verifier: Callable[[dict], bool | float] | None = None,
+        verdict_key: str | None = None,
+        retry: RetryConfig = RetryConfig(),
+        recorder: Any = None,
+        max_attempts: int = 8,
+        budget_tokens: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if (verifier is None) == (verdict_key is None):
+            raise BadInput("rewind_node needs exactly one of verifier=callable or verdict_key='key'")
+        if max_attempts < 1:
+            raise BadInput(f"max_attempts={max_attempts}: give 1 or more")
+        check_strategy(retry)
+        self.verifier = verifier
+        self.verdict_key = verdict_key
+        self.retry = retry
+        self.recorder = recorder
+        self.max_attempts = max_attempts
+        self.budget_tokens = budget_tokens
+        self.seed = seed
+        self.name = getattr(verifier, "__name__", "verifier") if verifier else f"state[{verdict_key!r}]"
+
+    def __call__(self, state: dict) -> dict:
+        dr = progress(state)
+        turns = dr.get("turns") or []
+        if not turns:
+            raise RewindError("the rewind node ran before any model call: put it after the model node")
+        if dr.get("status") != "running":
+            return {}  # this attempt was decided already
+        r = self.score(state)
+        passed = r >= 1.0
+        chain, cut, n = dr.get("chain"), dr.get("cut"), dr.get("attempts", 1)
+        gen = derived_generator(self.seed, "rewind", n)
+        attempt = {"turns": turns, "r": r, "branch": dr.get("branch"), "tried": []}
+
+        # 1) the MH decision: does the chain move to this attempt? (a first attempt always does)
+        step, steps = None, list(dr.get("steps") or [])
+        if chain is not None and cut is not None and self.retry.strategy != "restart":
+            point = CutPoint(**{f: cut[f] for f in CUT_FIELDS})
+            step = retry_.accept(
+                turns_tokens(chain["turns"]), turns_tokens(turns), point, config=self.retry,
+                r_current=chain["r"], r_proposal=r, u=sampling.uniform(gen),
+                decode_tokens=dr.get("attempt_tokens", 0))
+            steps.append({**step.model_dump(), "cut_turn": point.turn, "attempt": n})
+        accepted = step is None or step.accepted
+        if accepted or passed:  # a passing attempt ends the loop whatever the chain would do
+            new_chain = attempt
+        else:
+            new_chain = {**chain, "tried": [*chain.get("tried", []), cut["index"]]}
+
+        # 2) what next: done, out of budget, or the next cut of the chain's current attempt
+        spent = dr.get("spent", 0)
+        next_cut = None
+        if passed:
+            status = "passed"
+        elif n >= self.max_attempts or (self.budget_tokens is not None and spent >= self.budget_tokens):
+            status = "exhausted"
+        else:
+            next_cut = self.next_cut(new_chain, gen)
+            status = "rewind" if next_cut is not None else "exhausted"
+        self._trace(dr, chain, cut, step, passed, status)
+        return {KEY: {"verdict": r, "status": status, "chain": new_chain, "steps": steps,
+                      "next_cut": next_cut}}
+
+    def score(self, state: dict) -> float:
+        """r in [0, 1] from the verifier (True/False count as 1/0); 1 passes."""
+        value = self.verifier(state) if self.verifier else state.get(self.verdict_key)
+        if value is None:
+            raise RewindError(f"no verdict from {self.name}: write True/False or a fraction in [0, 1]")
+        r = float(value)
+        if not 0.0 <= r <= 1.0:
+            raise RewindError(f"verdict {value!r} from {self.name} is outside [0, 1]")
+        return r
+
+    def next_cut(self, chain: dict, gen) -> dict | None:
+        """Where the next attempt starts (the shared `retry.choose_cut`; restart: the very start)."""
+        turns = turns_tokens(chain["turns"])
+        if self.retry.strategy == "restart":
+            first = turns[0][0]
+            point = CutPoint(turn=0, position=0, entropy=first.entropy, token=first.text, index=0)
+        else:
+            point = retry_.choose_cut(turns, self.retry, gen, frozenset(chain.get("tried", [])))
+        if point is None:
+            return None
+        return {**dataclasses.asdict(point), "message_id": chain["turns"][point.turn]["message_id"]}
+
+    def _trace(self, dr, chain, cut, step, passed, status) -> None:
+        rec, branch = self.recorder, dr.get("branch")
+        if rec is None or branch not in rec.branches:
+            return
+        rec.record_test_run(branch, command=self.name, exit_code=0 if passed else 1,
+                            passed=int(passed), failed=int(not passed))
+        if step is not None:
+            current = chain.get("branch")
+            rec.record_mh_step(current=current if current in rec.branches else None,
+                               proposal=branch, cut_turn=cut["turn"],
+                               **step.model_dump(exclude={"tries"}))
+        outcome = "passed" if passed else (
+            "failed" if step is None else ("accepted" if step.accepted else "rejected"))
+        rec.finish_branch(branch, outcome=outcome, passed=passed)
+        if status != "rewind":
+            rec.finish_run("solved" if passed else "exhausted")
+
+
+def rewind_node(
+    *,
+    verifier: Callable[[dict], bool | float] | None = None,
+    verdict_key: str | None = None,
+    retry: RetryConfig = RetryConfig(),
+    recorder: Any = None,
+    max_attempts: int = 8,
+    budget_tokens: int | None = None,
+    seed: int = 0,
+) -> RewindNode:
+    """A LangGraph node that decides what a failed attempt leads to; place it after the verifier.
+
+    verifier: a callable state -> bool or fraction in [0, 1] (1 passes), or verdict_key: the
+    state key where the user's own verifier node wrote it. retry: the same RetryConfig as the
+    model node (strategy, alpha, cut rule, verifier weight). max_attempts / budget_tokens: when
+    to give up (status "exhausted"). The node sets `state["decision_retry"]["status"]` to
+    "passed", "rewind" or "exhausted"; `route_after_rewind` routes on it and `invoke` forks.
+    """
+    return RewindNode(verifier=verifier, verdict_key=verdict_key, retry=retry, recorder=recorder,
+                      max_attempts=max_attempts, budget_tokens=budget_tokens, seed=seed)
+
+
+def route_after_rewind(state: dict) -> Literal["passed", "__end__"]:
+    """Pure router after the rewind node: "passed" when the attempt passed, else the end.
+
+    The run ends on "rewind" too: the next attempt is a fork started by `invoke`.
+    """
+    return "passed" if progress(state).get("status") == "passed" else "__end__"
+
+
+# -- time travel ------------------------------------------------------------------------------
+def _thread(config: dict) -> dict:
+    conf = {k: v for k, v in (config.get("configurable") or {}).items() if k != "checkpoint_id"}
+    if "thread_id" not in conf:
+        raise BadInput('decision-retry needs a thread: config={"configurable": {"thread_id": ...}}')
+    return {**config, "configurable": conf}
+
+
+def _id(config: dict | None) -> str | None:
+    return None if config is None else config["configurable"].get("checkpoint_id")
+
+
+def fork_point(graph, config: dict) -> tuple[dict, dict] | None:
+    """(checkpoint config, state update) for the next attempt, or None when none is due.
+
+    The checkpoint is the one before the model call that wrote the cut turn: the parent of the
+    first checkpoint whose turns hold that message. Invoke the graph there with
+    `Command(update={"decision_retry": update})` to fork the thread and resample from the cut.
+    """
+    thread = _thread(config)
+    dr = progress(graph.get_state(thread).values)
+    if dr.get("status") != "rewind":
+        return None
+    cut, chain = dr["next_cut"], dr["chain"]
+    having = {}
+    for snap in graph.get_state_history(thread):
+        if cut["message_id"] in {t["message_id"] for t in progress(snap.values).get("turns") or []}:
+            having[_id(snap.config)] = snap
+    firsts = [s for s in having.values() if _id(s.parent_config) not in having]
+    if len(firsts) != 1 or firsts[0].parent_config is None:
+        raise RewindError(f"no checkpoint before the model call {cut['message_id']} in this thread")
+    before = firsts[0].parent_config
+    where = {**thread, "configurable": {**thread["configurable"], **before["configurable"]}}
+    update = {
+        "resume": cut, "turns": chain["turns"][: cut["turn"]], "chain": chain,
+        "steps": dr.get("steps") or [], "attempts": dr.get("attempts", 0),
+        "spent": dr.get("spent", 0), "run": dr.get("run"), "config": dr.get("config"),
+        "branch": None, "cut": None, "status": "running", "verdict": None, "next_cut": None,
+    }
+    return where, update
+
+
+def invoke(graph, input: Any, config: dict, **kwargs: Any) -> dict:
+    """`graph.invoke` with decision-retry: fork at each rewind until passed or exhausted.
+
+    `input=None` continues a thread (e.g. one restored from an on-disk checkpointer). Extra
+    keyword arguments go to every `graph.invoke` call. Returns the final state of the last attempt.
+    """
+    from langgraph.types import Command
+
+    if getattr(graph, "checkpointer", None) is None:
+        raise BadInput("decision-retry rewinds through checkpoints: compile(checkpointer=...)")
+    thread = _thread(config)
+    snap = graph.get_state(thread)
+    if input is None and not snap.next and snap.values:
+        state = snap.values  # a finished run: only a pending rewind is left to do
+    else:
+        state = graph.invoke(input, thread, **kwargs)
+    while (fork := fork_point(graph, thread)) is not None:
+        where, update = fork
+        state = graph.invoke(Command(update={KEY: update}), where, **kwargs)
+    return state
+
+
+def attempts(graph, config: dict) -> list[dict]:
+    """The thread's decided attempts, in order: attempt number, texts, verdict, cut, status."""
+    found: dict[tuple, dict] = {}
+    for snap in graph.get_state_history(_thread(config)):
+        dr = progress(snap.values)
+        if dr.get("status") in ("passed", "rewind", "exhausted") and dr.get("turns"):
+            key = (dr.get("run"), *(t["message_id"] for t in dr["turns"]))
+            found[key] = {
+                "attempt": dr.get("attempts", 0), "texts": [t["text"] for t in dr["turns"]],
+                "verdict": dr.get("verdict"), "status": dr["status"], "cut": dr.get("cut"),
+                "next_cut": dr.get("next_cut"), "checkpoint_id": _id(snap.config),
+            }
+    return sorted(found.values(), key=lambda a: a["attempt"])
+
