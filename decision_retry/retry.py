@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,8 +19,8 @@ from decision_retry.samplers.cuts import CutRule
 from decision_retry.samplers.mh import StepRecord
 from decision_retry.tokens import Token
 
-Strategy = Literal["entropy-cut", "uniform-cut", "egps", "argmax-cut", "from-end", "restart"]
-STRATEGIES: tuple[str, ...] = Strategy.__args__  # type: ignore[attr-defined]
+from decision_retry.choices import STRATEGIES, Strategy  # noqa: F401 (re-exported)
+
 CUT_STRATEGIES = ("entropy-cut", "uniform-cut", "egps", "argmax-cut")
 
 

@@ -248,6 +248,8 @@ def _resolve_argv(argv: list[str], cwd: Path, search_path: str | None) -> list[s
     if not cwd.is_dir():
         raise BadInput(f"no such directory: {cwd}")
     prog = argv[0]
+    if prog in ("python", "python3"):  # the Python we run in (it has pytest), not whatever is on PATH
+        return [sys.executable, *argv[1:]]
     if "/" in prog:
         exe = cwd / prog
         if not (exe.is_file() and os.access(exe, os.X_OK)):
@@ -255,8 +257,6 @@ def _resolve_argv(argv: list[str], cwd: Path, search_path: str | None) -> list[s
         return argv
     if shutil.which(prog, path=search_path):
         return argv
-    if prog in ("python", "python3"):  # Debian has no `python`; the venv we run in does
-        return [sys.executable, *argv[1:]]
     raise BadInput(f"test command not found: {prog}")
 
 

@@ -11,7 +11,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 from decision_retry.errors import BadInput
-from decision_retry.retry import STRATEGIES
+from decision_retry.choices import STRATEGIES
 
 
 def parse_strategies(text: str) -> tuple[str, ...]:

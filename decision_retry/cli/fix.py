@@ -10,16 +10,14 @@ from rich.live import Live
 from rich.syntax import Syntax
 from rich.text import Text
 
-from decision_retry.agent.runner import FixConfig, fix as run_fix
+from decision_retry.choices import STRATEGIES
 from decision_retry.cli.logs import home_option
-from decision_retry.retry import STRATEGIES, RetryConfig
-from decision_retry.samplers.cuts import CutRule
 
 
 class Progress:
     """One live status line: attempt, strategy step, tokens of budget, last test result."""
 
-    def __init__(self, console: Console, cfg: FixConfig) -> None:
+    def __init__(self, console: Console, cfg) -> None:
         self.console, self.cfg = console, cfg
         self.attempt, self.spent, self.last, self.note = 0, 0, "-", "starting"
         self.live = Live(self.render(), console=console, transient=True, refresh_per_second=8)
@@ -79,7 +77,8 @@ def listeners_for(otlp: str | None) -> list:
 @click.option("--tries", type=click.IntRange(min=1), default=4, show_default=True,
               help="egps: tries drawn in one batch per rewind.")
 @click.option("--test-cmd", default="python -m pytest -x -q", show_default=True,
-              help="Command that runs the tests (in the repository root).")
+              help="Command that runs the tests in the repository root; a leading `python` is "
+              "the interpreter decision-retry runs in.")
 @click.option("--test-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
               show_default=True, help="Seconds before a test run is killed.")
 @click.option("--protocol", type=click.Choice(["patch", "tools"]), default="patch", show_default=True,
@@ -106,9 +105,12 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
     Example:
       decision-retry fix fixtures/units --budget-tokens 800 --seed 1
     """
+    from decision_retry.agent.runner import FixConfig, fix as run_fix
     from decision_retry.agent.workspace import repo_root
     from decision_retry.backends import load_lm
     from decision_retry.cli.logs import open_store
+    from decision_retry.retry import RetryConfig
+    from decision_retry.samplers.cuts import CutRule
 
     cfg = FixConfig(
         test_cmd=test_cmd, test_timeout=test_timeout, model=model, protocol=protocol,

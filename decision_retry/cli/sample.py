@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from decision_retry.samplers import SAMPLERS, CutRule, SamplerConfig, sample as run_sampler
+from decision_retry.choices import SAMPLERS
 from decision_retry.tokens import Token
 
 
@@ -69,6 +69,7 @@ def sample(prompt, model, sampler, max_tokens, temperature, alpha, proposal_temp
       decision-retry sample "def fib(n):" --sampler ec-mh --block 64 --steps 4 --json
     """
     from decision_retry.backends import load_lm
+    from decision_retry.samplers import CutRule, SamplerConfig, sample as run_sampler
 
     lm = load_lm(model, threads=threads)
     cfg = SamplerConfig(

@@ -14,7 +14,6 @@ Samplers (`SamplerConfig.sampler`):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -25,8 +24,7 @@ from decision_retry.samplers import cuts, mh
 from decision_retry.samplers.cuts import CutRule
 from decision_retry.samplers.mh import StepRecord
 
-SamplerName = Literal["plain", "low-temp", "uniform-mh", "ec-mh", "egps", "argmax-cut"]
-SAMPLERS: tuple[str, ...] = SamplerName.__args__  # type: ignore[attr-defined]
+from decision_retry.choices import SAMPLERS, SamplerName  # noqa: F401 (re-exported)
 
 
 class SamplerConfig(BaseModel):
