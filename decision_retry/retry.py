@@ -99,7 +99,7 @@ def choose_cut(
         return None
     ent = cut_entropies(turns, config)
     if config.strategy == "argmax-cut":
-        i = cuts.argmax(ent, config.rule, set(tried))
+        i = cuts.argmax(ent, set(tried))
     else:
         i = cuts.draw(ent, config.rule, generator)
     turn, pos = where[i]

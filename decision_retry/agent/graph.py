@@ -267,10 +267,13 @@ class FixAgent:
         return {"current": new_current, "pending": [], "cut": next_cut, "steps": step}
 
     def _tried(self, current: Attempt, state: FixState) -> list[CutPoint]:
-        return self._tried_cuts.setdefault(current.branch.id, [])
+        """Cuts already tried: per current attempt, or run-wide for the argmax heuristic (else
+        an accepted but failing proposal would send it back to the same token)."""
+        key = "run" if self.rc.strategy == "argmax-cut" else current.branch.id
+        return self._tried_cuts.setdefault(key, [])
 
     def _decide(self, current: Attempt, proposals: list[Attempt], cut: CutPoint, state) -> tuple[StepRecord, int]:
-        spent = sum(len(a.turns[cut.turn].state.tokens) - cut.position for a in proposals)
+        spent = sum(sum(len(t) for t in a.tokens) - cut.index for a in proposals)
         self._tried(current, state).append(cut)
         if len(proposals) > 1:
             j, rec = retry.multiple_try(

@@ -25,6 +25,8 @@ from decision_retry.retry import RetryConfig
 from decision_retry.trace.decisions import SpikeRule
 from decision_retry.trace.models import Cut
 
+DEFAULT_RETRY = RetryConfig()
+DEFAULT_SPIKE = SpikeRule(threshold=1.0)  # as `fix`: a token at 1 nat or more is a decision point
 UNSUPPORTED = {
     "egps": "each of its K tries would need its own graph run",
     "from-end": "it appends to the end instead of cutting; loop back in your own graph for that",
@@ -73,10 +75,10 @@ class ModelNode:
         system: str | None = None,
         prompt: Callable[[dict], str | list[dict]] | None = None,
         sampling: Sampling | None = None,
-        retry: RetryConfig = RetryConfig(),
+        retry: RetryConfig = DEFAULT_RETRY,
         recorder: Any = None,
         workspace: Any = None,
-        spike: SpikeRule | None = SpikeRule(threshold=1.0),
+        spike: SpikeRule | None = DEFAULT_SPIKE,
         seed: int = 0,
         message_format: Literal["auto", "langchain", "dict"] = "auto",
         kv_states: int = 8,
@@ -109,10 +111,12 @@ class ModelNode:
         k, new_attempt = len(turns), resume is not None or not turns
         attempt = dr.get("attempts", 0) + (1 if new_attempt else 0)
         messages = list(state.get(self.messages_key) or [])
-        prompt_ids = self.lm.encode(self.prompt(state) if self.prompt else chat(messages, self.system))
+        prompt = self.prompt(state) if self.prompt else chat(messages, self.system)
+        prompt_ids = self.lm.encode(prompt)
         update: dict[str, Any] = {"resume": None}
         if not dr:
-            update.update(chain=None, steps=[], spent=0, run=None, branch=None, config=self._config())
+            update.update(chain=None, steps=[], spent=0, run=None, branch=None,
+                          episode=str(uuid.uuid4()), config=self._config())
         if new_attempt:
             update.update(attempts=attempt, attempt_tokens=0, cut=resume, verdict=None,
                           status="running", next_cut=None)
@@ -153,14 +157,14 @@ class ModelNode:
         if resume["turn"] != k or resume["turn"] >= len(turns):
             raise RewindError(
                 f"rewound to a checkpoint after {k} model calls, but the cut is in call "
-                f"{resume['turn']}: fork at the checkpoint before that call (decision_retry.langgraph.fork_point)"
+                f"{resume['turn']}: fork at the checkpoint before that call (see fork_point)"
             )
         base = turns[resume["turn"]]
         kept = [t["message_id"] for t in (dr.get("turns") or [])]
         if base["message_id"] != resume["message_id"] or kept != [
             t["message_id"] for t in turns[:k]
         ]:
-            raise RewindError("the restored checkpoint is not on the chain's own history before the cut")
+            raise RewindError("the restored checkpoint is not in the chain's history before it")
         return base
 
     def _restore(self, base: dict) -> str | None:
@@ -178,6 +182,7 @@ class ModelNode:
             )
         live = self._states.get(base["message_id"])
         if live is not None:
+            self._states.move_to_end(base["message_id"])  # the chain may cut it again
             self.stats["forks"] += 1
             return self.lm.fork(live, t)  # 1) reuse the prefix KV cache, no re-prefill
         self.stats["prefills"] += 1  # 2) restored from disk: one prefill of prompt + prefix
@@ -190,15 +195,14 @@ class ModelNode:
             return
         self._states[message_id] = out
         while len(self._states) > self.kv_states:
-            self._states.popitem(last=False)  # oldest first: its KV cache is the biggest cost
+            self._states.popitem(last=False)  # the least recently used goes first
 
     # -- output ----------------------------------------------------------------------------
     def _message(self, messages: list, out: DecodeState, message_id: str, rec: dict, attempt: int):
         meta = {"turn": rec["index"], "attempt": attempt, "kept_tokens": rec["kept"],
                 "decision_points": [d["position"] for d in rec["decisions"]]}
-        as_dict = self.message_format == "dict" or (
-            self.message_format == "auto" and messages and all(isinstance(m, dict) for m in messages)
-        )
+        dicts = bool(messages) and all(isinstance(m, dict) for m in messages)
+        as_dict = self.message_format == "dict" or (self.message_format == "auto" and dicts)
         if as_dict:
             return {"role": "assistant", "content": out.text, "id": message_id,
                     "decision_retry": meta}
@@ -247,10 +251,10 @@ def model_node(
     system: str | None = None,
     prompt: Callable[[dict], str | list[dict]] | None = None,
     sampling: Sampling | None = None,
-    retry: RetryConfig = RetryConfig(),
+    retry: RetryConfig = DEFAULT_RETRY,
     recorder: Any = None,
     workspace: Any = None,
-    spike: SpikeRule | None = SpikeRule(threshold=1.0),
+    spike: SpikeRule | None = DEFAULT_SPIKE,
     seed: int = 0,
     message_format: Literal["auto", "langchain", "dict"] = "auto",
     kv_states: int = 8,

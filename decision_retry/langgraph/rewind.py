@@ -18,7 +18,12 @@ from typing import Any, Literal
 from decision_retry import retry as retry_
 from decision_retry import sampling
 from decision_retry.errors import BadInput
-from decision_retry.langgraph.model import RewindError, check_strategy, derived_generator
+from decision_retry.langgraph.model import (
+    DEFAULT_RETRY,
+    RewindError,
+    check_strategy,
+    derived_generator,
+)
 from decision_retry.langgraph.state import KEY, progress, turns_tokens
 from decision_retry.retry import CutPoint, RetryConfig
 
@@ -33,16 +38,18 @@ class RewindNode:
         *,
         verifier: Callable[[dict], bool | float] | None = None,
         verdict_key: str | None = None,
-        retry: RetryConfig = RetryConfig(),
+        retry: RetryConfig = DEFAULT_RETRY,
         recorder: Any = None,
         max_attempts: int = 8,
         budget_tokens: int | None = None,
         seed: int = 0,
     ) -> None:
         if (verifier is None) == (verdict_key is None):
-            raise BadInput("rewind_node needs exactly one of verifier=callable or verdict_key='key'")
+            raise BadInput("rewind_node needs one of verifier=callable or verdict_key='key'")
         if max_attempts < 1:
             raise BadInput(f"max_attempts={max_attempts}: give 1 or more")
+        if budget_tokens is not None and budget_tokens < 1:
+            raise BadInput(f"budget_tokens={budget_tokens}: give 1 or more, or None for no limit")
         check_strategy(retry)
         self.verifier = verifier
         self.verdict_key = verdict_key
@@ -51,13 +58,14 @@ class RewindNode:
         self.max_attempts = max_attempts
         self.budget_tokens = budget_tokens
         self.seed = seed
-        self.name = getattr(verifier, "__name__", "verifier") if verifier else f"state[{verdict_key!r}]"
+        self.name = (getattr(verifier, "__name__", "verifier") if verifier
+                     else f"state[{verdict_key!r}]")
 
     def __call__(self, state: dict) -> dict:
         dr = progress(state)
         turns = dr.get("turns") or []
         if not turns:
-            raise RewindError("the rewind node ran before any model call: put it after the model node")
+            raise RewindError("the rewind node ran before any model call: put it after the model")
         if dr.get("status") != "running":
             return {}  # this attempt was decided already
         r = self.score(state)
@@ -86,7 +94,7 @@ class RewindNode:
         next_cut = None
         if passed:
             status = "passed"
-        elif n >= self.max_attempts or (self.budget_tokens is not None and spent >= self.budget_tokens):
+        elif n >= self.max_attempts or (self.budget_tokens and spent >= self.budget_tokens):
             status = "exhausted"
         else:
             next_cut = self.next_cut(new_chain, gen)
@@ -99,14 +107,14 @@ class RewindNode:
         """r in [0, 1] from the verifier (True/False count as 1/0); 1 passes."""
         value = self.verifier(state) if self.verifier else state.get(self.verdict_key)
         if value is None:
-            raise RewindError(f"no verdict from {self.name}: write True/False or a fraction in [0, 1]")
+            raise RewindError(f"no verdict from {self.name}: give True/False or a fraction 0..1")
         r = float(value)
         if not 0.0 <= r <= 1.0:
             raise RewindError(f"verdict {value!r} from {self.name} is outside [0, 1]")
         return r
 
     def next_cut(self, chain: dict, gen) -> dict | None:
-        """Where the next attempt starts (the shared `retry.choose_cut`; restart: the very start)."""
+        """Where the next attempt starts (`retry.choose_cut`; restart: the very start)."""
         turns = turns_tokens(chain["turns"])
         if self.retry.strategy == "restart":
             first = turns[0][0]
@@ -131,7 +139,7 @@ class RewindNode:
         outcome = "passed" if passed else (
             "failed" if step is None else ("accepted" if step.accepted else "rejected"))
         rec.finish_branch(branch, outcome=outcome, passed=passed)
-        if status != "rewind":
+        if status != "rewind" and rec.run is not None and rec.run.id == dr.get("run"):
             rec.finish_run("solved" if passed else "exhausted")
 
 
@@ -139,7 +147,7 @@ def rewind_node(
     *,
     verifier: Callable[[dict], bool | float] | None = None,
     verdict_key: str | None = None,
-    retry: RetryConfig = RetryConfig(),
+    retry: RetryConfig = DEFAULT_RETRY,
     recorder: Any = None,
     max_attempts: int = 8,
     budget_tokens: int | None = None,
@@ -202,6 +210,7 @@ def fork_point(graph, config: dict) -> tuple[dict, dict] | None:
         "resume": cut, "turns": chain["turns"][: cut["turn"]], "chain": chain,
         "steps": dr.get("steps") or [], "attempts": dr.get("attempts", 0),
         "spent": dr.get("spent", 0), "run": dr.get("run"), "config": dr.get("config"),
+        "episode": dr.get("episode"),
         "branch": None, "cut": None, "status": "running", "verdict": None, "next_cut": None,
     }
     return where, update
@@ -230,16 +239,19 @@ def invoke(graph, input: Any, config: dict, **kwargs: Any) -> dict:
 
 
 def attempts(graph, config: dict) -> list[dict]:
-    """The thread's decided attempts, in order: attempt number, texts, verdict, cut, status."""
+    """The decided attempts of the thread's latest episode, in order: attempt number, texts,
+    verdict, the cut it started from, the next cut, status, and its checkpoint id."""
+    thread = _thread(config)
+    episode = progress(graph.get_state(thread).values).get("episode")
     found: dict[tuple, dict] = {}
-    for snap in graph.get_state_history(_thread(config)):
+    for snap in graph.get_state_history(thread):
         dr = progress(snap.values)
-        if dr.get("status") in ("passed", "rewind", "exhausted") and dr.get("turns"):
-            key = (dr.get("run"), *(t["message_id"] for t in dr["turns"]))
-            found[key] = {
+        if dr.get("episode") != episode or not dr.get("turns"):
+            continue
+        if dr.get("status") in ("passed", "rewind", "exhausted"):
+            found[tuple(t["message_id"] for t in dr["turns"])] = {
                 "attempt": dr.get("attempts", 0), "texts": [t["text"] for t in dr["turns"]],
                 "verdict": dr.get("verdict"), "status": dr["status"], "cut": dr.get("cut"),
                 "next_cut": dr.get("next_cut"), "checkpoint_id": _id(snap.config),
             }
     return sorted(found.values(), key=lambda a: a["attempt"])
-

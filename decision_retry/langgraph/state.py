@@ -12,6 +12,7 @@ Its value is a plain dict (JSON-able, so any checkpointer stores it):
     status         "running" | "passed" | "rewind" | "exhausted"
     next_cut       on "rewind": where the next attempt starts (a cut of `chain`)
     steps          every MH step of the thread (StepRecord dicts)
+    episode        an id per task on the thread (see below)
     run, branch    trace ids (when a Recorder is given)
     config         the model, retry and sampling settings and the seed, recorded with the state
 

@@ -75,8 +75,7 @@ def draw(entropies: Sequence[float], rule: CutRule, generator: torch.Generator) 
     return int(torch.multinomial(lp.exp(), 1, generator=generator))
 
 
-def argmax(entropies: Sequence[float], rule: CutRule, exclude: set[int] = frozenset()) -> int:
-    """The highest-weight position not in `exclude` (a heuristic, not a sampler)."""
-    w = weights(entropies, rule if rule.kind != "uniform" else rule.model_copy(update={"kind": "entropy-jump"}))
-    candidates = [t for t in range(len(w)) if t not in exclude] or list(range(len(w)))
-    return max(candidates, key=lambda t: (w[t], -t))
+def argmax(entropies: Sequence[float], exclude: set[int] = frozenset()) -> int:
+    """The highest-entropy position not in `exclude` (a heuristic, not a sampler)."""
+    candidates = [t for t in range(len(entropies)) if t not in exclude] or list(range(len(entropies)))
+    return max(candidates, key=lambda t: (entropies[t], -t))

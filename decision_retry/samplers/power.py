@@ -149,7 +149,7 @@ class PowerSampler:
     def _move(self, x: DecodeState, r: float, cap: int, tried: set[int], g: torch.Generator):
         ent = [t.entropy for t in x.tokens]
         if self.cfg.sampler == "argmax-cut":
-            t = cuts.argmax(ent, self.cfg.cut, tried)
+            t = cuts.argmax(ent, tried)
             tried = tried | {t}
         else:
             t = cuts.draw(ent, self.cfg.cut, g)
