@@ -15,6 +15,7 @@ The engine talks to a `Backend` (decision_retry.protocols): the transformers mod
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,6 +39,7 @@ class Sampling(BaseModel):
     top_k: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(256, ge=1)
     stop: tuple[str, ...] = ()
+    stop_regex: str | None = Field(None, description="stop when the recent text matches")
     alternatives: int = Field(5, ge=0, description="top alternatives recorded per token")
 
 
@@ -160,9 +162,11 @@ class LM:
     def _finish(self, row: "_Row", sampling_: Sampling) -> Finish | None:
         if row.tokens[-1].id in self.backend.eos_ids:
             return "eos"
-        if sampling_.stop:
+        if sampling_.stop or sampling_.stop_regex:
             tail = "".join(t.text for t in row.tokens[-16:])
             if any(s in tail for s in sampling_.stop):
+                return "stop"
+            if sampling_.stop_regex and re.search(sampling_.stop_regex, tail):
                 return "stop"
         if len(row.tokens) >= sampling_.max_new_tokens:
             return "length"

@@ -74,11 +74,20 @@ def flatten(turns: Sequence[Sequence[Token]]) -> tuple[list[Token], list[tuple[i
     return flat, where
 
 
-def cut_entropies(turns: Sequence[Sequence[Token]], config: RetryConfig) -> list[float]:
-    """Entropies seen by the cut rule; egps zeroes turns whose entropy mass is below the skip level."""
+def cut_entropies(
+    turns: Sequence[Sequence[Token]], config: RetryConfig, stops: Sequence[bool] | None = None
+) -> list[float]:
+    """Entropies seen by the cut rule.
+
+    A turn that ended at a stop string has its last token zeroed: that token only closes the
+    reply (what comes after the function), so resampling it alone changes nothing that matters.
+    egps zeroes whole turns whose entropy mass is below the skip level.
+    """
     out = []
-    for tokens in turns:
+    for k, tokens in enumerate(turns):
         h = [t.entropy for t in tokens]
+        if stops is not None and stops[k] and h:
+            h[-1] = 0.0
         if config.strategy == "egps" and sum(h) < config.skip_entropy:
             h = [0.0] * len(h)
         out.extend(h)
@@ -90,6 +99,7 @@ def choose_cut(
     config: RetryConfig,
     generator: torch.Generator,
     tried: frozenset[int] = frozenset(),
+    stops: Sequence[bool] | None = None,
 ) -> CutPoint | None:
     """Where to rewind, or None for strategies that do not cut (from-end, restart)."""
     if config.strategy not in CUT_STRATEGIES:
@@ -97,7 +107,7 @@ def choose_cut(
     flat, where = flatten(turns)
     if not flat:
         return None
-    ent = cut_entropies(turns, config)
+    ent = cut_entropies(turns, config, stops)
     if config.strategy == "argmax-cut":
         i = cuts.argmax(ent, set(tried))
     else:
@@ -106,8 +116,8 @@ def choose_cut(
     return CutPoint(turn, pos, flat[i].entropy, flat[i].text, i)
 
 
-def _log_c(turns, config: RetryConfig, i: int) -> float:
-    return cuts.log_prob(cut_entropies(turns, config), i, config.rule)
+def _log_c(turns, config: RetryConfig, i: int, stops=None) -> float:
+    return cuts.log_prob(cut_entropies(turns, config, stops), i, config.rule)
 
 
 def accept(
@@ -120,8 +130,11 @@ def accept(
     r_proposal: float,
     u: float,
     decode_tokens: int,
+    stops: tuple[Sequence[bool], Sequence[bool]] | None = None,
 ) -> StepRecord:
-    """The MH decision for replacing `current` by `proposal`, both cut at `cut`."""
+    """The MH decision for replacing `current` by `proposal`, both cut at `cut`.
+
+    `stops`: (current's, proposal's) per-turn stop flags, as given to `choose_cut`."""
     x, _ = flatten(current)
     y, _ = flatten(proposal)
     rec = mh.mh_step_record(
@@ -131,7 +144,8 @@ def accept(
     )
     if not config.corrected:
         return rec
-    corr = _log_c(proposal, config, cut.index) - _log_c(current, config, cut.index)
+    sx, sy = stops or (None, None)
+    corr = _log_c(proposal, config, cut.index, sy) - _log_c(current, config, cut.index, sx)
     log_a = rec.log_accept + corr
     return rec.model_copy(update={
         "log_cut_correction": corr, "log_accept": log_a,
@@ -149,6 +163,7 @@ def multiple_try(
     r_proposals: Sequence[float],
     generator: torch.Generator,
     decode_tokens: int,
+    stops: tuple[Sequence[bool], Sequence[Sequence[bool]]] | None = None,
 ) -> tuple[int, StepRecord]:
     """egps: pick one of K tries by importance weight and accept it by the MTM rule."""
     x, _ = flatten(current)
@@ -158,7 +173,8 @@ def multiple_try(
         verifier_deltas=[config.verifier_weight * (r - r_current) for r in r_proposals],
         generator=generator, decode_tokens=decode_tokens,
     )
-    corr = _log_c(proposals[j], config, cut.index) - _log_c(current, config, cut.index)
+    sx, sys_ = stops or (None, [None] * len(proposals))
+    corr = _log_c(proposals[j], config, cut.index, sys_[j]) - _log_c(current, config, cut.index, sx)
     # mtm_choose drew its uniform already; redo the decision with the correction included
     log_a = rec.log_accept + corr
     u = float(torch.rand((), generator=generator))

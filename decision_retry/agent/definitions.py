@@ -27,6 +27,10 @@ class AgentDefinition(BaseModel):
     def stop(self) -> tuple[str, ...]:
         return tuple(self.format.get("stop", ()))
 
+    @property
+    def stop_regex(self) -> str | None:
+        return self.format.get("stop_regex")
+
 
 def agents_dir() -> Path:
     """Installed wheels carry agents/ as `decision_retry.agents_data`; a checkout has it at the root."""

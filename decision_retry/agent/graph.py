@@ -53,6 +53,11 @@ class Attempt:
         return [t.state.tokens for t in self.turns]
 
     @property
+    def stops(self) -> list[bool]:
+        """Per turn: did it end at a stop string (its last token only closes the reply)?"""
+        return [t.state.finish == "stop" for t in self.turns]
+
+    @property
     def r(self) -> float:
         if self.test is None:
             return 0.0
@@ -130,11 +135,12 @@ class FixAgent:
             self._prompt_cache = {key: self.lm.prefill(self.lm.encode(list(messages)) + prefix)}
         return self._prompt_cache[key]
 
-    def _sampling(self, spent: int) -> Sampling:
-        left = self.config.budget_tokens - spent
+    def _sampling(self, spent: int, tries: int = 1) -> Sampling:
+        left = (self.config.budget_tokens - spent) // tries  # K tries share what is left
         cap = min(self.protocol.defn.limits["max_new_tokens"], max(1, left))
-        return Sampling(temperature=self.rc.q_temperature, max_new_tokens=cap,
-                        stop=self.protocol.defn.stop)
+        defn = self.protocol.defn
+        return Sampling(temperature=self.rc.q_temperature, max_new_tokens=cap, stop=defn.stop,
+                        stop_regex=defn.stop_regex)
 
     def _branch(self, parent: Attempt | None, cut: Cut | None) -> Branch:
         return self.recorder.start_branch(
@@ -172,7 +178,7 @@ class FixAgent:
             messages = tuple(self.protocol.first_messages())
             prefix, kept, snap, c, parent = self._prefill(messages), (), self.base_sha, None, None
         gens = sampling.child_generators(self.generator, k) if k > 1 else [self.generator]
-        outs = self.lm.extend_many(prefix, self._sampling(spent), gens)
+        outs = self.lm.extend_many(prefix, self._sampling(spent, k), gens)
         new = []
         for out in outs:
             spent += len(out.tokens) - len(prefix.tokens)
@@ -256,7 +262,8 @@ class FixAgent:
         if attempts >= self.config.max_attempts:
             return {"current": new_current, "pending": [], "steps": step, "stop": "attempts"}
         tried = frozenset(c.index for c in self._tried(new_current, state))
-        next_cut = retry.choose_cut(new_current.tokens, self.rc, self.generator, tried)
+        next_cut = retry.choose_cut(new_current.tokens, self.rc, self.generator, tried,
+                                    stops=new_current.stops)
         if next_cut is not None:
             turn = new_current.turns[next_cut.turn]
             self.ws.restore(turn.snapshot)
@@ -278,10 +285,12 @@ class FixAgent:
         if len(proposals) > 1:
             j, rec = retry.multiple_try(
                 current.tokens, [a.tokens for a in proposals], cut, config=self.rc,
+                stops=(current.stops, [a.stops for a in proposals]),
                 r_current=current.r, r_proposals=[a.r for a in proposals],
                 generator=self.generator, decode_tokens=spent)
             return rec, j
         rec = retry.accept(current.tokens, proposals[0].tokens, cut, config=self.rc,
+                           stops=(current.stops, proposals[0].stops),
                            r_current=current.r, r_proposal=proposals[0].r,
                            u=sampling.uniform(self.generator), decode_tokens=spent)
         return rec, 0

@@ -31,7 +31,11 @@ def is_test_file(rel: str) -> bool:
 
 def functions(root: Path, rel: str) -> list[Suspect]:
     """Every function and method defined in a file."""
-    text = (root / rel).read_text()
+    return functions_in((root / rel).read_text(), rel)
+
+
+def functions_in(text: str, rel: str) -> list[Suspect]:
+    """Every function and method defined in `text` (the contents of file `rel`)."""
     try:
         tree = ast.parse(text)
     except SyntaxError:

@@ -27,9 +27,12 @@ def messages(defn: AgentDefinition, suspect: Suspect, test_src: str, result: Tes
     return [{"role": "user", "content": user}]
 
 
-def reply_code(text: str) -> str:
-    """The code the model wrote: everything before a closing fence (the opening one is prefilled)."""
+def reply_code(text: str, stop_regex: str | None = None) -> str:
+    """The code the model wrote: everything before a closing fence (the opening one is prefilled)
+    or before the line at which `stop_regex` ended the reply."""
     text = text.split("```")[0]
+    if stop_regex and (m := re.search(stop_regex, text)):
+        text = text[: m.start()]
     return re.sub(r"<\|[^|>]*\|>|</?s>|<eos>", "", text).rstrip() + "\n"
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from decision_retry.agent import patch
 from decision_retry.agent.definitions import AgentDefinition
-from decision_retry.agent.locate import Suspect, functions
+from decision_retry.agent.locate import Suspect, functions, functions_in
 from decision_retry.agent.testrun import TestResult, run_tests
 from decision_retry.agent.workspace import Workspace
 from decision_retry.errors import WorkspaceError
@@ -64,7 +64,7 @@ class PatchProtocol:
 
     def act(self, ws: Workspace, reply: str, turn_index: int) -> Outcome:
         s = self.task.suspect
-        code = patch.reply_code(reply)
+        code = patch.reply_code(reply, self.defn.stop_regex)
         span = patch.function_name_span(reply, s.name)
         spans = (ToolSpan(span[0], span[1], "function"),) if span else ()
         args = {"file": s.file, "function": s.name}
@@ -137,15 +137,15 @@ class ToolsProtocol:
         code = reply.split("```python", 1)[-1] if "```python" in reply else reply.split("\n", 1)[-1]
         code = patch.reply_code(code)
         text = ws.read_file(arg)
-        replaced = []
-        for fn in functions(ws.root, arg):
-            if re.search(rf"def\s+{re.escape(fn.name)}\s*\(", code):
-                try:
-                    text = patch.apply(text, fn, code)
-                    replaced.append(fn.name)
-                except ValueError as err:
-                    return f"not applied: {err}", False
-        if not replaced:
+        names = list(dict.fromkeys(f.name for f in functions_in(text, arg)
+                                   if re.search(rf"def\s+{re.escape(f.name)}\s*\(", code)))
+        if not names:
             return "not applied: the block defines no function of that file", False
+        for name in names:  # re-locate after each replacement: lines shift
+            target = next(f for f in functions_in(text, arg) if f.name == name)
+            try:
+                text = patch.apply(text, target, code)
+            except ValueError as err:
+                return f"not applied: {err}", False
         ws.write_file(arg, text)
-        return f"replaced {', '.join(replaced)} in {arg}", False
+        return f"replaced {', '.join(names)} in {arg}", False

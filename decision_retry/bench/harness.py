@@ -222,5 +222,12 @@ def _run(todo: list, cfg: BenchConfig, home: str):
             yield run_cell(job)
         return
     ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch threads or SQLite handles
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(cfg.model, threads, home)) as pool:
+    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(cfg.model, threads, home))
+    try:
         yield from pool.imap_unordered(run_cell, todo)
+        pool.close()  # all done: let the workers exit
+    except BaseException:  # Ctrl-C or the caller stopped early: stop the workers now
+        pool.terminate()
+        raise
+    finally:
+        pool.join()

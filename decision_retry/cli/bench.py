@@ -133,6 +133,9 @@ def bench(suite, strategies, budget_tokens, seeds, limit, model, workers, thread
             last = (f"  last {cell.repo}/{cell.strategy}/{cell.seed}: "
                     f"{'fixed' if cell.fixed else cell.error_kind or 'not fixed'}") if cell else ""
             bar.update(task, completed=done, total=total, description=f"fixed {fixed[0]} this run{last}")
+            if cell is not None and not err.is_terminal:  # a log file gets one line per cell
+                err.print(f"[{done}/{total}]{last} ({cell.decode_tokens} tokens, "
+                          f"{cell.wall_s:.0f}s)")
 
         cells = run_bench(cases, cfg, out_dir, on_cell=on_cell)
 

@@ -44,14 +44,11 @@ class Progress:
         self.live.update(self.render())
 
 
-def listeners_for(otlp: str | None) -> list:
+def span_listener(otlp: str | None):
     """The OpenTelemetry listener when an endpoint is configured (flag or OTEL_* variables)."""
-    try:
-        from decision_retry.otel import listener_from_config
-    except ImportError:  # pragma: no cover - the otel extra is a dependency
-        return []
-    listener = listener_from_config(otlp)
-    return [listener] if listener is not None else []
+    from decision_retry.otel import listener_from_config
+
+    return listener_from_config(otlp)
 
 
 @click.command()
@@ -122,9 +119,14 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
     root = repo_root(path)  # bad path / not a repository: one line, exit 2, before loading weights
     lm = load_lm(model, threads=threads)
     progress = Progress(console, cfg)
-    with open_store(home) as store, progress.live:
-        result = run_fix(root, cfg, lm=lm, store=store, listeners=listeners_for(otlp),
-                         on_event=progress, apply=apply_fix)
+    listener = span_listener(otlp)
+    try:
+        with open_store(home) as store, progress.live:
+            result = run_fix(root, cfg, lm=lm, store=store, listeners=[listener] if listener else [],
+                             on_event=progress, apply=apply_fix)
+    finally:
+        if listener is not None:
+            listener.shutdown()  # bounded; a collector that is down costs one warning line
     if as_json:
         click.echo(json.dumps(result.model_dump(mode="json"), indent=1))
     else:

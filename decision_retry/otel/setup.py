@@ -12,7 +12,9 @@ and one warning line on stderr (`guard.py`); the final flush is bounded.
 
 from __future__ import annotations
 
+import atexit
 import os
+import weakref
 from urllib.parse import urlparse
 
 from opentelemetry.sdk.resources import Resource
@@ -133,7 +135,8 @@ def listener_from_config(
     protocol: str | None = None,
 ) -> SpanListener | None:
     """The run's span listener: on `tracer_provider` if given, else exporting to the `otlp`
-    endpoint or the environment's; None when nothing is configured. Call `.shutdown()` at the end."""
+    endpoint or the environment's; None when nothing is configured. Call `.shutdown()` at the end
+    (an OTLP listener also shuts down at process exit if it was not)."""
     if tracer_provider is not None:
         if otlp:
             raise ValueError("pass either otlp or tracer_provider, not both")
@@ -150,7 +153,20 @@ def listener_from_config(
     def shutdown(timeout_s: float | None) -> bool:
         return G.shutdown(provider, guard, _shutdown_limit(timeout_s))
 
-    return SpanListener(provider, on_shutdown=shutdown)
+    listener = SpanListener(provider, on_shutdown=shutdown)
+    _shutdown_at_exit(weakref.ref(listener))
+    return listener
+
+
+def _shutdown_at_exit(ref: weakref.ref[SpanListener]) -> None:
+    """A process that never called `shutdown()` still flushes at exit, within the same bound."""
+
+    def at_exit() -> None:
+        listener = ref()
+        if listener is not None:
+            listener.shutdown()  # a second call is cheap: ends nothing, flushes nothing
+
+    atexit.register(at_exit)
 
 
 def export_run(
