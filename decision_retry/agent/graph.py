@@ -191,10 +191,12 @@ class FixAgent:
         return self.protocol.defn.format["assistant_prefix"] + turn.state.text
 
     def _with_turn(self, att: Attempt, turn: AgentTurn) -> Attempt:
-        rec = self.recorder.record_turn(
-            att.branch, tokens=turn.state.tokens, prompt=turn.messages[-1]["content"],
-            params={"temperature": self.rc.q_temperature, "model": self.lm.name},
-            index=len(att.turns))
+        params = {"model": self.lm.name, "temperature": self.rc.q_temperature,
+                  "input_tokens": len(turn.state.prompt_ids), "finish_reason": turn.state.finish,
+                  "max_new_tokens": self.protocol.defn.limits["max_new_tokens"]}
+        rec = self.recorder.record_turn(att.branch, tokens=turn.state.tokens,
+                                        prompt=turn.messages[-1]["content"], params=params,
+                                        index=len(att.turns))
         return replace(att, turns=(*att.turns, replace(turn, trace=rec)))
 
     def act(self, state: FixState) -> dict:
@@ -224,12 +226,11 @@ class FixAgent:
             a = replace(a, test=r)
             checked.append(a)
             self._event("test", passed=r.passed, failed=r.failed + r.errors, ok=r.ok)
+            self._finish(a, "passed" if r.ok else "failed")  # MH verdicts live in the MH steps
             if r.ok and solved is None:
                 solved = a
         if solved is not None:
             self.ws.restore(solved.final_sha)
-            for a in checked:
-                self._finish(a, "passed" if a is solved else "failed")
         return {"pending": checked, "solved": solved}
 
     def _finish(self, a: Attempt, outcome: str) -> None:
@@ -242,8 +243,6 @@ class FixAgent:
         step: list[StepRecord] = []
         if current is None or self.rc.strategy in ("from-end", "restart") or cut is None:
             new_current = proposals[0]  # nothing to compare with, or no chain: move on
-            if current is not None:
-                self._finish(current, "superseded")
         else:
             rec, j = self._decide(current, proposals, cut, state)
             step.append(rec)
@@ -253,8 +252,6 @@ class FixAgent:
             new_current = proposals[j] if rec.accepted else current
             if self.rewinds:
                 self.rewinds[-1]["accepted"] = rec.accepted
-            for i, a in enumerate(proposals):
-                self._finish(a, "accepted" if (rec.accepted and i == j) else "rejected")
             self._event("mh", accepted=rec.accepted, log_accept=rec.log_accept)
         spent, attempts = state.get("spent", 0), state.get("attempts", 0)
         if spent >= self.config.budget_tokens:
