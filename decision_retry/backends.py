@@ -130,12 +130,17 @@ def embedded_model_path() -> Path:
     return files[0]
 
 
+def default_threads() -> int:
+    """Half the cores: decoding a small model is memory-bound, and on 2 busy cores two threads
+    can collapse to a few tokens/s while one keeps going (docs/benchmarks.md)."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
 def set_threads(threads: int | None) -> None:
-    """Torch intra-op threads (on 2 busy cores, 1 can beat 2)."""
+    """Torch intra-op threads: the argument, else $DECISION_RETRY_THREADS, else half the cores."""
     if threads is None:
-        threads = int(os.environ.get("DECISION_RETRY_THREADS", "0")) or None
-    if threads:
-        torch.set_num_threads(threads)
+        threads = int(os.environ.get("DECISION_RETRY_THREADS", "0")) or default_threads()
+    torch.set_num_threads(threads)
 
 
 @functools.lru_cache(maxsize=2)

@@ -21,8 +21,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from decision_retry.bench.suites import Case
+from decision_retry.choices import STRATEGIES
 from decision_retry.errors import BadInput
-from decision_retry.retry import STRATEGIES
 
 CELLS_FILE = "cells.jsonl"
 CONFIG_FILE = "bench.json"

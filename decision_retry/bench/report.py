@@ -38,6 +38,8 @@ class StrategySummary(BaseModel):
     fix_rate: float
     ci_low: float
     ci_high: float
+    retry_fixed: int  # fixed after the first attempt failed (the first attempt is the same for
+    retry_cells: int  # every strategy at a given seed: only retries tell strategies apart)
     tokens_mean: float
     tokens_median: float
     tokens_to_fix_median: float | None
@@ -68,10 +70,12 @@ def summarize(cells: Sequence[Cell], strategies: Sequence[str]) -> list[Strategy
         ok = [c for c in mine if c.error is None]
         fixed = [c for c in ok if c.fixed]
         lo, hi = wilson(len(fixed), len(ok))
+        retried = [c for c in ok if not (c.fixed and c.attempts == 1)]
         tokens = [c.decode_tokens for c in ok]
         rows.append(StrategySummary(
             strategy=s, cells=len(ok), errors=len(mine) - len(ok), fixed=len(fixed),
             fix_rate=len(fixed) / len(ok) if ok else 0.0, ci_low=lo, ci_high=hi,
+            retry_fixed=sum(c.fixed for c in retried), retry_cells=len(retried),
             tokens_mean=_mean(tokens), tokens_median=statistics.median(tokens) if tokens else 0.0,
             tokens_to_fix_median=statistics.median([c.decode_tokens for c in fixed]) if fixed else None,
             attempts_mean=_mean([c.attempts for c in ok]), wall_mean_s=_mean([c.wall_s for c in ok]),
@@ -88,14 +92,16 @@ def _f(x: float | None, fmt: str = ".2f") -> str:
 
 
 def strategy_table(rows: Sequence[StrategySummary]) -> str:
-    head = ("| strategy | fixed | fix rate (95% CI) | decode tokens mean / median | tokens to fix "
+    head = ("| strategy | fixed | fix rate (95% CI) | fixed by a retry | decode tokens mean / median"
+            " | tokens to fix "
             "(median) | attempts | wall s / cell | rewinds (accepted) | changed strategy | "
             "suffix edit dist | distinct patches |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
         lines.append(
             f"| {r.strategy} | {r.fixed}/{r.cells}{f' ({r.errors} err)' if r.errors else ''} | "
-            f"{r.fix_rate:.0%} ({r.ci_low:.0%}-{r.ci_high:.0%}) | {r.tokens_mean:.0f} / "
+            f"{r.fix_rate:.0%} ({r.ci_low:.0%}-{r.ci_high:.0%}) | {r.retry_fixed}/{r.retry_cells} | "
+            f"{r.tokens_mean:.0f} / "
             f"{r.tokens_median:.0f} | {_f(r.tokens_to_fix_median, '.0f')} | {r.attempts_mean:.1f} | "
             f"{r.wall_mean_s:.0f} | {r.rewinds_mean:.1f} ({r.accepted_mean:.1f}) | "
             f"{_f(r.changed_strategy)} | {_f(r.relative_distance)} | {r.distinct_patches_mean:.1f} |")
@@ -179,19 +185,20 @@ def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
     plot(cells, cfg.strategies, cfg.budget_tokens, out / "fix_rate.png")
     baseline = next((b for b in ("restart", "from-end") if b in cfg.strategies), None)
     q = cfg.proposal_temperature or 1 / cfg.alpha
+    setup = (f"{when}; model {cfg.model or 'embedded'}; budget {cfg.budget_tokens} decode tokens "
+             f"per cell; alpha {cfg.alpha:g}, proposal temperature {q:g}; seeds "
+             f"{', '.join(map(str, cfg.seeds))}; {machine['cpus']} CPUs, load average "
+             f"{machine['load_avg'][0]} at the end.")
+    legend = ("*fix rate*: cells whose tests all pass, with a 95% Wilson interval. *fixed by a "
+              "retry*: of the cells whose first attempt failed (that attempt is the same for every "
+              "strategy at one seed), those a retry fixed. *changed "
+              "strategy*: share of retry branches whose final diff or tool choice differs from "
+              "their parent's (trace/compare.py). *suffix edit dist*: token edit distance of a "
+              "retry's suffix after the cut to its parent's, over the longer one. *distinct "
+              "patches*: different non-empty diffs among a cell's attempts.")
     md = [
-        f"# Strategy benchmark: {cfg.suite}", "",
-        f"`{command}`" if command else "", "",
-        f"{when}; model {cfg.model or 'embedded'}; budget {cfg.budget_tokens} decode tokens per "
-        f"cell; alpha {cfg.alpha:g}, proposal temperature {q:g}; seeds "
-        f"{', '.join(map(str, cfg.seeds))}; {machine['cpus']} CPUs, load average "
-        f"{machine['load_avg'][0]} at the end.", "",
-        strategy_table(rows), "",
-        "*fix rate*: cells whose tests all pass, with a 95% Wilson interval. *changed strategy*: "
-        "share of retry branches whose final diff or tool choice differs from their parent's "
-        "(trace/compare.py). *suffix edit dist*: token edit distance of a retry's suffix after the "
-        "cut to its parent's, over the longer one. *distinct patches*: different non-empty diffs "
-        "among a cell's attempts.", "",
+        f"# Strategy benchmark: {cfg.suite}", "", f"`{command}`" if command else "", "",
+        setup, "", strategy_table(rows), "", legend, "",
         "## Per repository (seeds fixed)", "", repo_table(cells, cfg.strategies), "",
     ]
     if baseline:

@@ -196,7 +196,8 @@ def _screen(jobs: list[dict], timeout_s: int = 3) -> list[str | None]:
     """For each job {module, source, test, mutants: [src...]}: the index of the first mutant whose
     tests fail while the canonical `source` passes (None when none), checked in one subprocess."""
     proc = subprocess.run([sys.executable, "-m", "decision_retry.bench.suites", str(timeout_s)],
-                          input=json.dumps(jobs), capture_output=True, text=True, timeout=600)
+                          input=json.dumps(jobs), capture_output=True, text=True, timeout=600,
+                          check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"mutant screening crashed: {proc.stderr.strip()[-300:]}")
     return json.loads(proc.stdout)
@@ -219,10 +220,10 @@ def _screen_main(timeout_s: int) -> None:
         mod = types.ModuleType(job["module"])
         signal.alarm(timeout_s)
         try:
-            exec(compile(src, job["module"], "exec"), mod.__dict__)
+            exec(compile(src, job["module"], "exec"), mod.__dict__)  # noqa: S102 - the point
             sys.modules[job["module"]] = mod
             ns: dict = {}
-            exec(compile(job["test"], "test", "exec"), ns)
+            exec(compile(job["test"], "test", "exec"), ns)  # noqa: S102
             for name in [n for n in ns if n.startswith("test_")]:
                 ns[name]()
             return False

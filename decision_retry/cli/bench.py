@@ -7,11 +7,17 @@ from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from decision_retry.errors import BadInput
 from decision_retry.choices import STRATEGIES
+from decision_retry.errors import BadInput
 
 
 def parse_strategies(text: str) -> tuple[str, ...]:

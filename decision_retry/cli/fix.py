@@ -85,7 +85,8 @@ def span_listener(otlp: str | None):
               help="On success, apply the fix to your working tree (only if it is clean).")
 @click.option("--otlp", default=None, metavar="ENDPOINT",
               help="Export the run as OpenTelemetry traces (else OTEL_EXPORTER_OTLP_* decide).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch threads.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch threads (default: $DECISION_RETRY_THREADS, else half the cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @home_option
 def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposal_temperature,

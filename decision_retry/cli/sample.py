@@ -57,7 +57,7 @@ def render_tokens(tokens: list[Token]) -> Text:
               help="K tries per multiple-try move (egps).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Torch threads (default: torch's; 1 can beat 2 on busy cores).")
+              help="Torch threads (default: $DECISION_RETRY_THREADS, else half the cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print per-token records and MH steps.")
 def sample(prompt, model, sampler, max_tokens, temperature, alpha, proposal_temperature, block,
            steps, cut_kind, eps, tries, seed, threads, as_json) -> None:
