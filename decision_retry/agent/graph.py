@@ -157,7 +157,7 @@ class FixAgent:
                         self.protocol.observation_message(last.observation))
                 out = self.lm.extend(self._prefill(msgs), self._sampling(spent), self.generator)
                 spent += len(out.tokens)
-                new.append(self._with_turn(a, AgentTurn(msgs, out, self.ws.snapshot("turn"))))
+                new.append(self._with_turn(a, AgentTurn(msgs, out, a.final_sha)))
             return {"pending": new, "spent": spent}
         current, cut = state.get("current"), state.get("cut")
         k = self.rc.tries if (cut is not None and self.rc.strategy == "egps") else 1
@@ -244,7 +244,7 @@ class FixAgent:
         if current is None or self.rc.strategy in ("from-end", "restart") or cut is None:
             new_current = proposals[0]  # nothing to compare with, or no chain: move on
         else:
-            rec, j = self._decide(current, proposals, cut, state)
+            rec, j = self._decide(current, proposals, cut)
             step.append(rec)
             self.recorder.record_mh_step(
                 current=current.branch, proposal=proposals[j].branch, cut_turn=cut.turn,
@@ -258,7 +258,7 @@ class FixAgent:
             return {"current": new_current, "pending": [], "steps": step, "stop": "budget"}
         if attempts >= self.config.max_attempts:
             return {"current": new_current, "pending": [], "steps": step, "stop": "attempts"}
-        tried = frozenset(c.index for c in self._tried(new_current, state))
+        tried = frozenset(c.index for c in self._tried(new_current))
         next_cut = retry.choose_cut(new_current.tokens, self.rc, self.generator, tried,
                                     stops=new_current.stops)
         if next_cut is not None:
@@ -270,15 +270,15 @@ class FixAgent:
             self._event("rewind", cut=next_cut, file=where[0], line=where[1])
         return {"current": new_current, "pending": [], "cut": next_cut, "steps": step}
 
-    def _tried(self, current: Attempt, state: FixState) -> list[CutPoint]:
+    def _tried(self, current: Attempt) -> list[CutPoint]:
         """Cuts already tried: per current attempt, or run-wide for the argmax heuristic (else
         an accepted but failing proposal would send it back to the same token)."""
         key = "run" if self.rc.strategy == "argmax-cut" else current.branch.id
         return self._tried_cuts.setdefault(key, [])
 
-    def _decide(self, current: Attempt, proposals: list[Attempt], cut: CutPoint, state) -> tuple[StepRecord, int]:
+    def _decide(self, current: Attempt, proposals: list[Attempt], cut: CutPoint) -> tuple[StepRecord, int]:
         spent = sum(sum(len(t) for t in a.tokens) - cut.index for a in proposals)
-        self._tried(current, state).append(cut)
+        self._tried(current).append(cut)
         if len(proposals) > 1:
             j, rec = retry.multiple_try(
                 current.tokens, [a.tokens for a in proposals], cut, config=self.rc,

@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -169,6 +170,19 @@ def plot(cells: Sequence[Cell], strategies: Sequence[str], budget: int, path: Pa
     plt.close(fig)
 
 
+def git_commit() -> str | None:
+    """The checkout's commit (with `+dirty` for local changes), when run from a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               text=True, capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
 def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
                  command: str = "") -> list[StrategySummary]:
     """Write cells.json, results.md and fix_rate.png under `out`; return the summary rows."""
@@ -176,7 +190,7 @@ def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
     rows = summarize(cells, cfg.strategies)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(),
-               "load_avg": [round(x, 2) for x in os.getloadavg()]}
+               "load_avg": [round(x, 2) for x in os.getloadavg()], "commit": git_commit()}
     (out / "cells.json").write_text(json.dumps({
         "command": command, "written": when, "machine": machine,
         "config": cfg.model_dump(mode="json"), "summary": [r.model_dump() for r in rows],
@@ -188,7 +202,7 @@ def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
     setup = (f"{when}; model {cfg.model or 'embedded'}; budget {cfg.budget_tokens} decode tokens "
              f"per cell; alpha {cfg.alpha:g}, proposal temperature {q:g}; seeds "
              f"{', '.join(map(str, cfg.seeds))}; {machine['cpus']} CPUs, load average "
-             f"{machine['load_avg'][0]} at the end.")
+             f"{machine['load_avg'][0]} at the end; commit {machine['commit'] or 'unknown'}.")
     legend = ("*fix rate*: cells whose tests all pass, with a 95% Wilson interval. *fixed by a "
               "retry*: of the cells whose first attempt failed (that attempt is the same for every "
               "strategy at one seed), those a retry fixed. *changed "

@@ -10,6 +10,7 @@ from rich.live import Live
 from rich.syntax import Syntax
 from rich.text import Text
 
+from decision_retry.cli.options import model_option, threads_option
 from decision_retry.choices import STRATEGIES
 from decision_retry.cli.logs import home_option
 
@@ -53,8 +54,7 @@ def span_listener(otlp: str | None):
 
 @click.command()
 @click.argument("path", type=click.Path(file_okay=False))
-@click.option("--model", default=None, help="'embedded' (default: SmolLM2-135M-Instruct), a .gguf "
-              "file, a model directory, a cached Hugging Face id, or scripted:SCRIPT.json.")
+@model_option
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="entropy-cut", show_default=True,
               help="How to retry: cut at an uncertain token (entropy-cut, uniform-cut, egps, "
               "argmax-cut), append the failure and ask again (from-end), or start over (restart).")
@@ -85,8 +85,7 @@ def span_listener(otlp: str | None):
               help="On success, apply the fix to your working tree (only if it is clean).")
 @click.option("--otlp", default=None, metavar="ENDPOINT",
               help="Export the run as OpenTelemetry traces (else OTEL_EXPORTER_OTLP_* decide).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Torch threads (default: $DECISION_RETRY_THREADS, else half the cores).")
+@threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @home_option
 def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposal_temperature,

@@ -8,6 +8,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
+from decision_retry.cli.options import model_option, threads_option
 from decision_retry.choices import SAMPLERS
 from decision_retry.tokens import Token
 
@@ -32,8 +33,7 @@ def render_tokens(tokens: list[Token]) -> Text:
 
 @click.command()
 @click.argument("prompt")
-@click.option("--model", default=None, help="Model: 'embedded' (default, SmolLM2-135M-Instruct), "
-              "a .gguf file, a local model directory, or a cached Hugging Face id.")
+@model_option
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="plain", show_default=True,
               help="plain/low-temp draw once; uniform-mh, ec-mh, egps target p^alpha; "
               "argmax-cut is a heuristic.")
@@ -56,8 +56,7 @@ def render_tokens(tokens: list[Token]) -> Text:
 @click.option("--tries", type=click.IntRange(min=1), default=8, show_default=True,
               help="K tries per multiple-try move (egps).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Torch threads (default: $DECISION_RETRY_THREADS, else half the cores).")
+@threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print per-token records and MH steps.")
 def sample(prompt, model, sampler, max_tokens, temperature, alpha, proposal_temperature, block,
            steps, cut_kind, eps, tries, seed, threads, as_json) -> None:
