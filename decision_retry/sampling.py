@@ -20,7 +20,7 @@ def base_logprobs(logits: torch.Tensor) -> torch.Tensor:
 def entropy(logp: torch.Tensor) -> torch.Tensor:
     """Entropy in nats of each row's distribution (zero-probability entries contribute 0)."""
     p = logp.exp()
-    h = -torch.special.xlogy(p, p).sum(dim=-1)  # (B,)
+    h = -(p * logp.clamp_min(-1e30)).sum(dim=-1)  # (B,); clamp: 0 * -inf would be nan
     return h.clamp_min(0.0) + 0.0  # no -0.0 (it would not survive a round trip through SQLite)
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
-import click
+# Before torch starts OpenMP: with the default (active) wait policy two threads on two busy cores
+# decode at 0.05-0.13x of one thread; PASSIVE keeps them at parity (docs/benchmarks.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from decision_retry import __version__
-from decision_retry.errors import DecisionRetryError
+import click  # noqa: E402
+
+from decision_retry import __version__  # noqa: E402
+from decision_retry.errors import DecisionRetryError  # noqa: E402
 
 
 class _Main(click.Group):
