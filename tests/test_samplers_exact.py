@@ -133,3 +133,22 @@ def test_verifier_tilt_matches_tilted_target(toy):
     )
     emp = {x: n / CHAINS for x, n in counts.items()}
     assert tv(emp, want) < BOUND
+
+
+def test_a_passing_proposal_ends_the_run(toy):
+    """stop_on_pass: the first proposal that passes is returned, even if MH would reject it."""
+    lm, _ = toy
+    names = lm.backend.names
+    r = lambda text: 1.0 if text.startswith("b") else 0.0  # noqa: E731  (p^alpha mass: 0.11%)
+    for sampler in ("ec-mh", "egps"):
+        cfg = config(sampler, tries=4, steps=30, verifier_weight=0.0)
+        ended = [sample(lm, PROMPT, cfg, seed=s, verifier=r) for s in range(40)]
+        for res in ended:
+            text = "".join(names[t.id] for t in res.state.tokens)
+            assert res.passed == text.startswith("b")
+        passed = [res for res in ended if res.passed]
+        assert len(passed) >= 10  # without lambda, MH alone would almost never keep "b..."
+        assert all(len(res.steps) < 30 for res in passed)  # it stopped at the pass
+        kept = [sample(lm, PROMPT, cfg.model_copy(update={"stop_on_pass": False}), seed=s,
+                       verifier=r) for s in range(40)]
+        assert sum("".join(names[t.id] for t in k.state.tokens).startswith("b") for k in kept) <= 2

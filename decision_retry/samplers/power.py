@@ -165,7 +165,7 @@ class PowerSampler:
             verifier_delta=self.cfg.verifier_weight * (ry - r),
             u=sampling.uniform(g), decode_tokens=spent,
         )
-        if rec.accepted:
+        if rec.accepted or self._passed(ry):  # a proposal that passes ends the run
             return y, ry, rec, set()
         return x, r, rec, tried
 
@@ -175,11 +175,14 @@ class PowerSampler:
         spent = sum(len(y) - t for y in ys)
         self.spent += spent
         rs = [self._score(y) for y in ys]
+        winners = [k for k, ry in enumerate(rs) if self._passed(ry)]
         j, rec = mh.mtm_choose(
             x.tokens, [y.tokens for y in ys], t, alpha=self.cfg.alpha, rule=self.rule,
             verifier_deltas=[self.cfg.verifier_weight * (ry - r) for ry in rs],
             generator=g, decode_tokens=spent,
         )
+        if winners:  # a try that passes ends the run, whatever the draw
+            return ys[winners[0]], rs[winners[0]], rec
         if rec.accepted:
             return ys[j], rs[j], rec
         return x, r, rec
