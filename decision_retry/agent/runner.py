@@ -33,7 +33,7 @@ class FixConfig(BaseModel):
     protocol: Literal["patch", "tools"] = "patch"
     retry: RetryConfig = RetryConfig()
     budget_tokens: int = Field(2000, ge=1)
-    max_attempts: int = Field(8, ge=1)
+    max_attempts: int = Field(10, ge=1)
     seed: int = 0
     spike: SpikeRule = SpikeRule(threshold=0.5)  # entropy spikes recorded as decision points
 

@@ -3,7 +3,7 @@
 Cells run in worker processes (each loads the model once) and are appended to `cells.jsonl` under
 the output directory as they finish, so an interrupted benchmark resumes where it stopped: a rerun
 skips every stored cell (cells that crashed are tried again). Every cell's trace goes to the trace
-store under `<out>/traces`, so `decision-retry logs --home <out>/traces` shows any of them.
+store under `<out>/traces`, so `decision-retry logs list --home <out>/traces` lists them.
 """
 
 from __future__ import annotations
