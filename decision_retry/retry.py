@@ -8,7 +8,6 @@ passing, so log A gains lam * (r' - r) (design.md §2, §3).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 import torch
@@ -137,20 +136,15 @@ def accept(
     `stops`: (current's, proposal's) per-turn stop flags, as given to `choose_cut`."""
     x, _ = flatten(current)
     y, _ = flatten(proposal)
-    rec = mh.mh_step_record(
-        x, y, cut.index, alpha=config.alpha, rule=None,
+    sx, sy = stops or (None, None)
+    corr = None
+    if config.corrected:
+        corr = _log_c(proposal, config, cut.index, sy) - _log_c(current, config, cut.index, sx)
+    return mh.mh_step_record(
+        x, y, cut.index, alpha=config.alpha, rule=None, correction=corr,
         verifier_delta=config.verifier_weight * (r_proposal - r_current), u=u,
         decode_tokens=decode_tokens,
     )
-    if not config.corrected:
-        return rec
-    sx, sy = stops or (None, None)
-    corr = _log_c(proposal, config, cut.index, sy) - _log_c(current, config, cut.index, sx)
-    log_a = rec.log_accept + corr
-    return rec.model_copy(update={
-        "log_cut_correction": corr, "log_accept": log_a,
-        "accepted": u == 0 or log_a > math.log(u),
-    })
 
 
 def multiple_try(
@@ -168,16 +162,11 @@ def multiple_try(
     """egps: pick one of K tries by importance weight and accept it by the MTM rule."""
     x, _ = flatten(current)
     ys = [flatten(p)[0] for p in proposals]
-    j, rec = mh.mtm_choose(
+    sx, sy = stops or (None, [None] * len(proposals))
+    base = _log_c(current, config, cut.index, sx)
+    return mh.mtm_choose(
         x, ys, cut.index, alpha=config.alpha, rule=None,
         verifier_deltas=[config.verifier_weight * (r - r_current) for r in r_proposals],
         generator=generator, decode_tokens=decode_tokens,
+        correction=lambda j: _log_c(proposals[j], config, cut.index, sy[j]) - base,
     )
-    sx, sys_ = stops or (None, [None] * len(proposals))
-    corr = _log_c(proposals[j], config, cut.index, sys_[j]) - _log_c(current, config, cut.index, sx)
-    # mtm_choose drew its uniform already; redo the decision with the correction included
-    log_a = rec.log_accept + corr
-    u = float(torch.rand((), generator=generator))
-    return j, rec.model_copy(update={
-        "log_cut_correction": corr, "log_accept": log_a, "accepted": u == 0 or log_a > math.log(u),
-    })

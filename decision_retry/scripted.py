@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from decision_retry.errors import ModelLoadError
 from decision_retry.lm import LM
+from decision_retry.testing import IdRowsCache
 
 EOS, PROMPT = 0, 1
 
@@ -35,7 +36,7 @@ class Script(BaseModel):
     segments: list[str | Choice] = Field(min_length=1)
 
 
-class ScriptedBackend:
+class ScriptedBackend(IdRowsCache):
     """A `Backend` whose next-token distribution is the script's at the current position."""
 
     def __init__(self, script: Script | dict | list) -> None:
@@ -82,26 +83,12 @@ class ScriptedBackend:
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.piece([i]) for i in ids)
 
-    def prefill(self, ids: Sequence[int]) -> torch.Tensor:
-        return torch.tensor([list(ids)], dtype=torch.long).reshape(1, len(ids))
-
     def forward(self, cache: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        rows = torch.cat([cache, ids.reshape(-1, 1)], dim=1)
-        cache.set_(rows)
         out = []
-        for r in rows.tolist():
+        for r in self.append(cache, ids):
             last = max(i for i, t in enumerate(r) if t == PROMPT) if PROMPT in r else -1
             out.append(self.logits_at(len(r) - 1 - last))
         return torch.stack(out)  # (B, V)
-
-    def slice(self, cache: torch.Tensor, n: int) -> torch.Tensor:
-        return cache[:, :n].clone()
-
-    def repeat(self, cache: torch.Tensor, k: int) -> torch.Tensor:
-        return cache.repeat_interleave(k, dim=0)
-
-    def select(self, cache: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-        return cache[list(rows)].clone()
 
 
 def scripted_lm(script: Script | dict | list, name: str = "scripted") -> LM:

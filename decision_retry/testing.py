@@ -19,7 +19,28 @@ import torch
 from decision_retry.lm import LM
 
 
-class TableBackend:
+class IdRowsCache:
+    """The cache of toy backends: the ids themselves, a (B, n) tensor, grown in place."""
+
+    def prefill(self, ids: Sequence[int]) -> torch.Tensor:
+        return torch.tensor([list(ids)], dtype=torch.long).reshape(1, len(ids))
+
+    def append(self, cache: torch.Tensor, ids: torch.Tensor) -> list[list[int]]:
+        """Append one id per row in place (like a KV cache); the rows as lists."""
+        cache.set_(torch.cat([cache, ids.reshape(-1, 1)], dim=1))
+        return cache.tolist()
+
+    def slice(self, cache: torch.Tensor, n: int) -> torch.Tensor:
+        return cache[:, :n].clone()
+
+    def repeat(self, cache: torch.Tensor, k: int) -> torch.Tensor:
+        return cache.repeat_interleave(k, dim=0)
+
+    def select(self, cache: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
+        return cache[list(rows)].clone()
+
+
+class TableBackend(IdRowsCache):
     """Toy model: logits(context) drawn once per context from a seed hashed from the context.
 
     Token 0 is EOS; tokens are named "a", "b", "c", ... Every cache is a (B, n) id tensor.
@@ -63,22 +84,9 @@ class TableBackend:
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.names[i] for i in ids)
 
-    def prefill(self, ids: Sequence[int]) -> torch.Tensor:
-        return torch.tensor([list(ids)], dtype=torch.long).reshape(1, len(ids))
-
     def forward(self, cache: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        rows = torch.cat([cache, ids.reshape(-1, 1)], dim=1)
-        cache.set_(rows)  # in place, like a KV cache
-        return torch.stack([self.logits(r.tolist()) for r in rows])  # (B, V)
-
-    def slice(self, cache: torch.Tensor, n: int) -> torch.Tensor:
-        return cache[:, :n].clone()
-
-    def repeat(self, cache: torch.Tensor, k: int) -> torch.Tensor:
-        return cache.repeat_interleave(k, dim=0)
-
-    def select(self, cache: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
-        return cache[list(rows)].clone()
+        rows = self.append(cache, ids)
+        return torch.stack([self.logits(r) for r in rows])  # (B, V)
 
     # -- exact enumeration -----------------------------------------------------------------
     def sequences(self, prompt: Sequence[int], max_len: int) -> Iterator[tuple[tuple[int, ...], float]]:

@@ -15,7 +15,7 @@ Note the uniform cut needs it too when lengths vary: c(t | x) = 1 / L(x).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -77,10 +77,14 @@ def mh_step_record(
     verifier_delta: float,
     u: float,
     decode_tokens: int,
+    correction: float | None = None,
 ) -> StepRecord:
-    """Score the proposal y against x at cut t and decide with the uniform draw u."""
+    """Score the proposal y against x at cut t and decide with the uniform draw u.
+
+    `correction` overrides the cut correction computed from `rule` (for callers whose cut
+    distribution sees more than the token entropies, e.g. multi-turn trajectories)."""
     target, proposal = log_weight(x, y, t, alpha)
-    corr = log_cut_correction(x, y, t, rule)
+    corr = log_cut_correction(x, y, t, rule) if correction is None else correction
     log_a = target + proposal + corr + verifier_delta
     return StepRecord(
         cut_position=t,
@@ -113,11 +117,13 @@ def mtm_choose(
     verifier_deltas: Sequence[float],
     generator: torch.Generator,
     decode_tokens: int,
+    correction: Callable[[int], float] | None = None,
 ) -> tuple[int, StepRecord]:
     """Independent-proposal multiple-try Metropolis: pick J ~ softmax(lambda), then accept.
 
     lambda_k = log [pi(y_k) / q(y_k)] - log [pi(x) / q(x)] over the suffixes (relative to x), and
     log A = log c(t | y_J) - log c(t | x) + LSE(lambda_1..K) - LSE({lambda_k, k != J} U {0}).
+    `correction(j)`, when given, replaces the cut correction computed from `rule`.
     """
     lam = []
     for y, dv in zip(tries, verifier_deltas):
@@ -126,7 +132,7 @@ def mtm_choose(
     probs = torch.tensor(lam, dtype=torch.float64).softmax(0)
     j = int(torch.multinomial(probs, 1, generator=generator))
     y = tries[j]
-    corr = log_cut_correction(x, y, t, rule)
+    corr = log_cut_correction(x, y, t, rule) if correction is None else correction(j)
     log_a = corr + logsumexp(lam) - logsumexp([v for k, v in enumerate(lam) if k != j] + [0.0])
     u = float(torch.rand((), generator=generator))
     target, proposal = log_weight(x, y, t, alpha)
