@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,11 +83,23 @@ class TraceStore:
         )
         self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
+        self._set_wal()
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against a crash
         migrate(self._db)
         self._json_columns = {table: self._json_columns_of(table) for table in TABLES.values()}
+
+    def _set_wal(self) -> None:
+        """Switch to WAL. SQLite does not run the busy handler for this pragma, so a first open
+        racing another process's first open can see 'database is locked': retry briefly."""
+        for attempt in range(50):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or attempt == 49:
+                    raise
+                time.sleep(0.05 * (1 + attempt % 5))
 
     @classmethod
     def open(cls, home: str | os.PathLike[str] | None = None) -> TraceStore:
