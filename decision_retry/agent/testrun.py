@@ -1,11 +1,14 @@
 """Run the user's test command in a subprocess with a time limit and, where possible, no network.
 
-The result is parsed from pytest's (or unittest's) summary into counts and failing test ids; the
-verifier reward r(x) of design.md §2 is `TestResult.fraction_passed`.
+Counts and failing tests come from pytest's JUnit XML report when pytest wrote one (asked for via
+PYTEST_ADDOPTS, see junit.py), else from pytest's (or unittest's) summary; the verifier reward r(x)
+of design.md §2 is `TestResult.fraction_passed`. PYTHONHASHSEED is fixed (0 unless the caller sets
+it) so that hash-order-dependent failures reproduce from run to run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from decision_retry.agent.junit import FailedTest, JUnitReport, junit_addopts, read_report
 from decision_retry.errors import BadInput
 
 TAIL_CHARS = 4000
@@ -51,12 +55,18 @@ class TestResult(BaseModel):
     passed: int = 0
     failed: int = 0
     errors: int = 0
-    skipped: int = 0
+    skipped: int = 0  # xfailed included
+    xfailed: int = 0
+    xpassed: int = 0  # included in passed (a strict xpass is a failure)
+    subtests_passed: int = 0
+    subtests_failed: int = 0
     no_tests: bool = False  # nothing was collected (pytest exit code 5 / "no tests ran")
     timed_out: bool = False
     duration_s: float = 0.0
     output_tail: str = ""
-    failing_tests: tuple[str, ...] = ()
+    failing_tests: tuple[str, ...] = ()  # node ids, in run order
+    failures: tuple[FailedTest, ...] = ()  # the same tests with file, line, message (JUnit only)
+    source: str = "text"  # where the counts come from: "junit" or "text" (the summary)
     network_isolated: bool = False  # ran under `unshare --net`
 
     @property
@@ -93,7 +103,8 @@ def run_tests(
     """
     if timeout <= 0:
         raise BadInput(f"test timeout must be positive, got {timeout}")
-    full_env = {**os.environ, **(env or {}), "PYTHONDONTWRITEBYTECODE": "1", "PY_COLORS": "0"}
+    full_env = {"PYTHONHASHSEED": "0", **os.environ, **(env or {}),
+                "PYTHONDONTWRITEBYTECODE": "1", "PY_COLORS": "0"}
     try:
         words = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
     except ValueError as err:  # unbalanced quotes
@@ -102,8 +113,13 @@ def run_tests(
     isolated = isolate_network and _netns_available()
     full = [*_netns_prefix(), *argv] if isolated else argv
 
+    # the JUnit report goes to a private directory (the sandbox must keep `report_dir` writable)
+    report_dir = Path(tempfile.mkdtemp(prefix="decision-retry-report-"))
+    full_env["PYTEST_ADDOPTS"] = " ".join(
+        filter(None, [full_env.get("PYTEST_ADDOPTS", ""), junit_addopts(report_dir / "junit.xml")]))
+
     # 1) run, output to a file (a pipe could hang on a grandchild that outlives the kill)
-    with tempfile.TemporaryFile() as out:
+    with tempfile.TemporaryFile() as out, _removed(report_dir):
         start = time.monotonic()
         proc = subprocess.Popen(
             full,
@@ -127,16 +143,17 @@ def run_tests(
         out.seek(0, os.SEEK_END)
         out.seek(max(0, out.tell() - _PARSE_BYTES))
         text = _strip_ansi(out.read().decode(errors="replace"))
+        junit = read_report(report_dir / "junit.xml")
 
     # 2) a `python -m pytest` without pytest installed is a missing command, not a failing test
     missing = len(argv) > 2 and argv[1] == "-m" and f"No module named {argv[2]}" in text
     if exit_code == 1 and missing:
         raise BadInput(f"test command not found: {shlex.join(argv)} (no module {argv[2]})")
 
-    # 3) parse
-    counts = parse_counts(text)
+    # 3) parse: the JUnit report if pytest wrote one, else the summary
+    fields = parse_result(text, junit)
     no_tests = exit_code == 5 or (
-        not any(counts.values())
+        not any(fields[k] for k in ("passed", "failed", "errors", "skipped"))
         and re.search(r"\bno tests ran\b|\bRan 0 tests\b", text) is not None
     )
     return TestResult(
@@ -146,9 +163,8 @@ def run_tests(
         timed_out=timed_out,
         duration_s=round(duration, 3),
         output_tail=text[-TAIL_CHARS:],
-        failing_tests=parse_failing(text),
         network_isolated=isolated,
-        **counts,
+        **fields,
     )
 
 
@@ -156,15 +172,60 @@ def run_tests(
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 # `1 failed, 2 passed, 3 warnings in 0.12s` (optionally framed by `=====`, with `(0:01:05)`)
-_PYTEST_SUMMARY = re.compile(r"^[=\s]*((?:\d+ [a-z]+(?:, )?)+|no tests ran)(?: in [\d.]+ ?s\b.*)$")
+_PYTEST_SUMMARY = re.compile(
+    r"^[=\s]*((?:\d+ (?:subtests? )?[a-z]+(?:, )?)+|no tests ran)(?: in [\d.]+ ?s\b.*)$")
 _PYTEST_COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|xfailed|xpassed)\b")
+_SUBTEST_COUNT = re.compile(r"(\d+) subtests? (passed|failed)\b")
 _UNITTEST_RAN = re.compile(r"^Ran (\d+) tests? in ")
 _UNITTEST_TAIL = re.compile(r"^(OK|FAILED)\b(?: \((.*)\))?")
 _PYTEST_PROGRESS = re.compile(r"^(?:\S+\.py )?([.FEsxX]+)\s*\[\s*\d+%\]$")
 
 
+@contextlib.contextmanager
+def _removed(path: Path):
+    """Remove the directory `path` on leaving the block."""
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
+
+
+def parse_result(text: str, junit: JUnitReport | None = None) -> dict:
+    """The TestResult fields read from the output `text` and pytest's JUnit report (if any).
+
+    JUnit gives per-test counts and the failing tests with their lines; the summary line adds
+    what JUnit lacks (passed subtests, xpassed). Without JUnit everything comes from the text.
+    """
+    extra = _summary_extras(text.splitlines())
+    if junit is None or not (junit.passed + junit.failed + junit.errors + junit.skipped
+                             + junit.xfailed):
+        return {**parse_counts(text), **extra, "failing_tests": parse_failing(text),
+                "source": "text"}
+    failing = tuple(f.nodeid for f in junit.failures)
+    extra["subtests_failed"] = max(extra["subtests_failed"], sum(f.subfailures for f in junit.failures))
+    return {"passed": junit.passed, "failed": junit.failed, "errors": junit.errors,
+            "skipped": junit.skipped + junit.xfailed, **extra, "xfailed": junit.xfailed,
+            "failing_tests": failing, "failures": junit.failures, "source": "junit"}
+
+
+def _summary_extras(lines: list[str]) -> dict[str, int]:
+    """xfailed, xpassed and subtest counts from the last pytest summary line."""
+    out = {"xfailed": 0, "xpassed": 0, "subtests_passed": 0, "subtests_failed": 0}
+    for line in reversed(lines):
+        m = _PYTEST_SUMMARY.match(line.strip())
+        if m:
+            for n, word in _SUBTEST_COUNT.findall(m.group(1)):
+                out[f"subtests_{word}"] += int(n)
+            rest = _SUBTEST_COUNT.sub("", m.group(1))
+            for n, word in _PYTEST_COUNT.findall(rest):
+                if word in ("xfailed", "xpassed"):
+                    out[word] += int(n)
+            break
+    return out
 
 
 def parse_counts(text: str) -> dict[str, int]:
@@ -187,7 +248,7 @@ def _pytest_summary(lines: list[str]) -> dict[str, int] | None:
         m = _PYTEST_SUMMARY.match(line.strip())
         if m:
             counts = _counts()
-            for n, word in _PYTEST_COUNT.findall(m.group(1)):
+            for n, word in _PYTEST_COUNT.findall(_SUBTEST_COUNT.sub("", m.group(1))):
                 key = {"error": "errors", "xfailed": "skipped", "xpassed": "passed"}.get(word, word)
                 counts[key] += int(n)
             return counts
@@ -227,10 +288,12 @@ def _pytest_progress(lines: list[str]) -> dict[str, int] | None:
 
 
 def parse_failing(text: str) -> tuple[str, ...]:
-    """Failing test ids from pytest's short summary (`FAILED id - msg`) or `-v` (`id FAILED`)."""
+    """Failing test ids from pytest's short summary (`FAILED id - msg`, `SUBFAILED(i=1) id - msg`)
+    or `-v` (`id FAILED`)."""
     found: dict[str, None] = {}
     for line in text.splitlines():
-        m = re.match(r"^(?:FAILED|ERROR) (\S+)", line) or re.match(
+        m = re.match(r"^(?:FAILED|ERROR|SUBFAILED(?:\(.*?\)|\[.*?\])?) (\S+::\S+|\S+\.py\b)", line)
+        m = m or re.match(r"^(?:FAILED|ERROR) (\S+)", line) or re.match(
             r"^(\S+::\S+) (?:FAILED|ERROR)\b", line
         )
         if m:

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from decision_retry.agent.testrun import TestResult, parse_counts, parse_failing, run_tests
+from decision_retry.agent.junit import nodeid, parse_junit
+from decision_retry.agent.testrun import (
+    TestResult,
+    parse_counts,
+    parse_failing,
+    parse_result,
+    run_tests,
+)
 from decision_retry.errors import BadInput
 
 PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
@@ -214,3 +221,152 @@ def test_parse_failing_from_summary_and_verbose_lines() -> None:
         "ERROR tests/test_b.py::test_z - RuntimeError\n"
     )
     assert parse_failing(text) == ("tests/test_a.py::test_y", "tests/test_b.py::test_z")
+
+
+# -- JUnit report, subtests, duplicate names, xfail/xpass, setup/teardown errors ------------------
+
+SUBTESTS = """
+    import unittest
+
+    class TestSub(unittest.TestCase):
+        def test_many(self):
+            for i in range(5):
+                with self.subTest(i=i):
+                    self.assertLess(i, 3)
+
+        def test_fine(self):
+            for i in range(4):
+                with self.subTest(i=i):
+                    self.assertGreaterEqual(i, 0)
+
+    def test_plain():
+        assert True
+"""
+
+
+def test_unittest_subtests_are_counted(tmp_path: Path) -> None:
+    proj = project(tmp_path, sub=SUBTESTS)
+    result = run_tests([*PYTEST, "-q"], proj, timeout=60, env=FAST)
+    assert result.source == "junit"
+    assert (result.passed, result.failed, result.errors) == (2, 1, 0)
+    assert result.subtests_failed == 2 and result.subtests_passed >= 4
+    assert result.failing_tests == ("tests/test_sub.py::TestSub::test_many",)
+    (failure,) = result.failures
+    assert failure.line == 5 and failure.subfailures == 2  # the `def test_many` line
+    assert "3 not less than 3" in failure.message
+    assert ("tests/test_sub.py", 8) in failure.frames
+    assert result.fraction_passed == pytest.approx(2 / 3)
+
+
+def test_duplicate_test_names_are_told_apart_by_class_and_line(tmp_path: Path) -> None:
+    classes = "".join(
+        f"class TestCase{k}:\n    def test_basic(self):\n        assert {k} != 3\n\n" for k in range(6))
+    proj = project(tmp_path, dup=classes)
+    result = run_tests([*PYTEST, "-q"], proj, timeout=60, env=FAST)
+    assert (result.passed, result.failed) == (5, 1)
+    (failure,) = result.failures
+    assert failure.nodeid == "tests/test_dup.py::TestCase3::test_basic"
+    assert failure.line == 14  # 1-based line of the fourth `def test_basic`
+    text = (proj / "tests" / "test_dup.py").read_text().splitlines()
+    assert text[failure.line - 1].strip() == "def test_basic(self):"
+
+
+def test_xfail_xpass_and_fixture_errors(tmp_path: Path) -> None:
+    proj = project(tmp_path, marks="""
+        import pytest
+
+        @pytest.fixture
+        def broken_setup():
+            raise RuntimeError("setup broke")
+
+        @pytest.fixture
+        def broken_teardown():
+            yield 1
+            raise RuntimeError("teardown broke")
+
+        def test_setup(broken_setup):
+            pass
+
+        def test_teardown(broken_teardown):
+            pass
+
+        @pytest.mark.xfail
+        def test_expected_failure():
+            assert False
+
+        @pytest.mark.xfail
+        def test_unexpected_pass():
+            pass
+
+        @pytest.mark.xfail(strict=True)
+        def test_strict_pass():
+            pass
+    """)
+    result = run_tests([*PYTEST, "-q"], proj, timeout=60, env=FAST)
+    assert result.source == "junit"
+    assert (result.passed, result.failed, result.errors) == (1, 1, 2)
+    assert (result.xfailed, result.xpassed) == (1, 1)
+    kinds = {f.nodeid.split("::")[-1]: f.kind for f in result.failures}
+    assert kinds == {"test_setup": "error", "test_teardown": "error", "test_strict_pass": "failed"}
+    assert "teardown broke" in next(f.message for f in result.failures if "teardown" in f.nodeid)
+
+
+def test_collection_error_from_junit(tmp_path: Path) -> None:
+    proj = project(tmp_path, bad="import not_a_module_anywhere\n", good="def test_a():\n    pass\n")
+    result = run_tests([*PYTEST, "-q"], proj, timeout=60, env=FAST)
+    assert result.source == "junit" and result.errors == 1 and not result.ok
+    (failure,) = result.failures
+    assert failure.kind == "collection" and failure.nodeid == "tests/test_bad.py"
+    assert failure.line is None
+
+
+def test_hash_seed_is_fixed_unless_given(tmp_path: Path) -> None:
+    proj = project(tmp_path, seed="import os\n\ndef test_seed():\n"
+                   "    assert os.environ['PYTHONHASHSEED'] == os.environ['EXPECTED']\n")
+    assert run_tests([*PYTEST, "-q"], proj, timeout=60, env={**FAST, "EXPECTED": "0"}).ok
+    given = {**FAST, "EXPECTED": "7", "PYTHONHASHSEED": "7"}
+    assert run_tests([*PYTEST, "-q"], proj, timeout=60, env=given).ok
+
+
+def test_users_pytest_addopts_are_kept(tmp_path: Path) -> None:
+    proj = project(tmp_path, mixed=MIXED)
+    result = run_tests([*PYTEST, "-q"], proj, timeout=60, env={**FAST, "PYTEST_ADDOPTS": "-x"})
+    assert result.source == "junit" and "stopping after 1 failures" in result.output_tail
+
+
+def test_a_command_that_is_not_pytest_falls_back_to_the_text(tmp_path: Path) -> None:
+    script = tmp_path / "t.py"
+    script.write_text("import unittest\n\nclass T(unittest.TestCase):\n"
+                      "    def test_a(self):\n        self.assertEqual(1, 2)\n\n"
+                      "unittest.main()\n")
+    result = run_tests([sys.executable, str(script)], tmp_path, timeout=60, env=FAST)
+    assert result.source == "text" and (result.passed, result.failed) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    "text, counts, extras",
+    [
+        ("== 1 failed, 604 passed, 11252 subtests passed in 30.1s ==", (604, 1, 0, 0), (11252, 0)),
+        ("2 failed, 3 passed, 4 subtests failed, 9 subtests passed in 1.0s", (3, 2, 0, 0), (9, 4)),
+        ("1 passed, 1 subtest passed in 0.1s", (1, 0, 0, 0), (1, 0)),
+    ],
+)
+def test_parse_summary_with_subtests(text, counts, extras) -> None:
+    c = parse_counts(text)
+    assert (c["passed"], c["failed"], c["errors"], c["skipped"]) == counts
+    fields = parse_result(text)
+    assert (fields["subtests_passed"], fields["subtests_failed"]) == extras
+
+
+def test_parse_failing_subfailed_lines() -> None:
+    text = ("SUBFAILED(i=1, msg='a b') tests/test_a.py::TestX::test_y - AssertionError\n"
+            "SUBFAILED(i=2) tests/test_a.py::TestX::test_y - AssertionError\n"
+            "FAILED tests/test_a.py::TestX::test_y - contains 2 failed subtests\n")
+    assert parse_failing(text) == ("tests/test_a.py::TestX::test_y",)
+
+
+def test_parse_junit_rejects_other_documents() -> None:
+    assert parse_junit("not xml") is None
+    assert parse_junit("<html/>") is None
+    assert nodeid("tests/test_a.py", "tests.test_a.TestX.Inner", "test_b[1.5]") == \
+        "tests/test_a.py::TestX::Inner::test_b[1.5]"
