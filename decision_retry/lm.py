@@ -1,67 +1,33 @@
-"""The decode engine: our own short decode loop with KV-cache forks and batched tries.
+"""The decode loop: turns any `Backend` into an `Engine` (decision_retry.protocols).
 
-A `DecodeState` is an immutable value: prompt ids, generated `Token`s, and a private KV cache
-that covers every position except the last one (that last id is fed on the next step). So
+A `DecodeState` is an immutable value: prompt ids, generated `Token`s, and a private cache that
+covers every position except the last one (that last id is fed on the next step). So
 
 * continuing a state costs one forward per new token (no re-prefill);
 * `fork(state, t)` keeps tokens[:t] by slicing a copy of the cache to P + t - 1 positions,
   the original state stays usable (an MH rejection needs it);
 * `extend_many` replicates one prefix cache K times and decodes K tries in one batched forward
-  per step, each row with its own generator.
+  per step, each row with its own generator;
+* `score` teacher-forces given ids in one pass (prefill cost) and records them like sampled ones.
 
-The engine talks to a `Backend` (decision_retry.protocols): the transformers model in
-`decision_retry.backends`, or the toy and scripted models in `decision_retry.testing`.
+Sampling happens here, on the full-vocabulary logits the backend returns, so logp, logq and the
+entropy are exact whichever backend runs (decision_retry.engines: transformers, llama.cpp, toys).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from decision_retry import sampling
-from decision_retry.protocols import Backend
-from decision_retry.tokens import Alternative, Token
+from decision_retry.protocols import Backend, Prompt
+from decision_retry.tokens import Alternative, DecodeState, Finish, Sampling, Token
 
-Finish = Literal["eos", "stop", "length"]
-
-
-class Sampling(BaseModel):
-    """How to draw tokens: temperature (0 = argmax), top-k, stop strings, and the length cap."""
-
-    model_config = ConfigDict(frozen=True)
-
-    temperature: float = Field(1.0, ge=0.0)
-    top_k: int | None = Field(None, ge=1)
-    max_new_tokens: int = Field(256, ge=1)
-    stop: tuple[str, ...] = ()
-    stop_regex: str | None = Field(None, description="stop when the recent text matches")
-    alternatives: int = Field(5, ge=0, description="top alternatives recorded per token")
-
-
-@dataclass(frozen=True)
-class DecodeState:
-    """Prompt + generated tokens + the KV cache over all positions but the last."""
-
-    prompt_ids: tuple[int, ...]
-    tokens: tuple[Token, ...] = ()
-    finish: Finish | None = None
-    cache: Any = field(default=None, repr=False, compare=False)
-
-    @property
-    def ids(self) -> list[int]:
-        return [*self.prompt_ids, *(t.id for t in self.tokens)]
-
-    @property
-    def text(self) -> str:
-        return "".join(t.text for t in self.tokens)
-
-    def __len__(self) -> int:
-        return len(self.tokens)
+__all__ = ["LM", "DecodeState", "Sampling", "Finish"]
 
 
 class LM:
@@ -71,14 +37,24 @@ class LM:
         self.backend = backend
         self.name = name
 
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        return self.backend.eos_ids
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.backend.encode_text(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.backend.decode(ids)
+
     # -- prompts ---------------------------------------------------------------------------
-    def encode(self, prompt: str | Sequence[dict] | Sequence[int]) -> list[int]:
+    def encode(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt: a chat (list of messages), plain text, or ids as they are."""
         if isinstance(prompt, str) or (prompt and isinstance(prompt[0], dict)):
             return self.backend.encode_prompt(prompt)
         return list(prompt)
 
-    def prefill(self, prompt: str | Sequence[dict] | Sequence[int]) -> DecodeState:
+    def prefill(self, prompt: Prompt) -> DecodeState:
         """Run the prompt once; the returned state can be extended and forked freely."""
         ids = self.encode(prompt)
         if not ids:
@@ -143,6 +119,32 @@ class LM:
             DecodeState(state.prompt_ids, state.tokens + tuple(row.tokens), row.finish, row.cache)
             for row in rows
         ]
+
+    def score(self, state: DecodeState, ids: Sequence[int], sampling_: Sampling) -> DecodeState:
+        """`state` extended by `ids`, teacher-forced in one pass; tokens recorded as if drawn
+        with `sampling_` (logq is the log-probability of each given id under that proposal)."""
+        if not ids:
+            return state
+        n = len(state.prompt_ids) + len(state.tokens) - 1
+        cache = self.backend.slice(state.cache, n)  # own copy; `state` is never mutated
+        fed = [state.ids[-1], *ids[:-1]]
+        logits = self.backend.score(cache, fed)  # (T, V): row i predicts ids[i]
+        want = torch.tensor(list(ids)).unsqueeze(-1)  # (T, 1)
+        logp = sampling.base_logprobs(logits)  # (T, V)
+        h = sampling.entropy(logp)  # (T,)
+        if sampling_.temperature == 0:
+            logq = torch.where(logp.argmax(-1, keepdim=True) == want, 0.0, -torch.inf).squeeze(-1)
+        else:
+            logq = sampling.proposal_logprobs(logits, sampling_.temperature, sampling_.top_k)
+            logq = logq.gather(-1, want).squeeze(-1)  # (T,)
+        logp_ids = logp.gather(-1, want).squeeze(-1)  # (T,)
+        alt_ids, alt_p = sampling.top_alternatives(logits, sampling_.alternatives)
+        prefix, tokens = state.ids, []
+        for i, tid in enumerate(ids):
+            tokens.append(self._token(prefix, int(tid), logp_ids[i], logq[i], h[i], alt_ids[i], alt_p[i]))
+            prefix = [*prefix, int(tid)]
+        # the cache now covers every fed id, i.e. all positions but the last: a usable state
+        return DecodeState(state.prompt_ids, state.tokens + tuple(tokens), None, cache)
 
     # -- helpers ---------------------------------------------------------------------------
     def _token(self, prefix, tid, logp, logq, h, alt_ids, alt_p) -> Token:

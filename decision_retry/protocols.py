@@ -1,4 +1,17 @@
-"""The interfaces, declared together. Implementations never inherit from them."""
+"""The interfaces, declared together. Implementations never inherit from them.
+
+The layout reads as a line: these protocols, then one module per engine under
+`decision_retry.engines` (each imports only this module and `decision_retry.tokens`), then the
+decode loop `decision_retry.lm.LM`, which turns any `Backend` into an `Engine`. Samplers, the agent
+and the LangGraph nodes talk to an `Engine` and never know which one runs.
+
+* A **Backend** is a model that can take one step: feed one id per row into a cache it owns and
+  return the next-token logits. torch/transformers, llama.cpp in process, and the toy and
+  scripted models are Backends; `LM` adds sampling, forks, batching and per-token records.
+* An **Engine** is the whole contract (design.md §7). `LM` over a Backend is one; an engine
+  that cannot hand out logits (a remote server returning top-k log-probs) implements `Engine`
+  directly.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +20,18 @@ from typing import Any, Protocol
 
 import torch
 
+from decision_retry.tokens import DecodeState, Sampling
+
+Prompt = str | Sequence[dict] | Sequence[int]
+
 
 class Backend(Protocol):
-    """What the decode engine needs from a model: a forward step over a KV cache it owns.
+    """A forward step over a cache the backend owns.
 
-    A cache covers n positions of one or more rows. `forward` appends one id per row in place
-    and returns the next-token logits; `slice`, `repeat` and `select` return fresh copies.
+    A cache covers n positions of one or more rows (all rows the same n). `forward` and `score`
+    append in place; `slice` and `repeat` return fresh copies and leave the source usable;
+    `select` returns the chosen rows as a new cache, after which the source is not fed again
+    (a backend may share those rows' storage). Dropping a cache releases what it holds.
     """
 
     eos_ids: frozenset[int]
@@ -31,10 +50,16 @@ class Backend(Protocol):
 
     def decode(self, ids: Sequence[int]) -> str: ...
 
-    def prefill(self, ids: Sequence[int]) -> Any: ...
+    def prefill(self, ids: Sequence[int]) -> Any:
+        """A one-row cache over `ids` (possibly empty)."""
+        ...
 
     def forward(self, cache: Any, ids: torch.Tensor) -> torch.Tensor:
         """Feed ids (B,) at the next position; returns fp32 logits (B, V)."""
+        ...
+
+    def score(self, cache: Any, ids: Sequence[int]) -> torch.Tensor:
+        """Feed T ids to a one-row cache in one pass (teacher forcing); fp32 logits (T, V)."""
         ...
 
     def slice(self, cache: Any, n: int) -> Any: ...
@@ -42,6 +67,43 @@ class Backend(Protocol):
     def repeat(self, cache: Any, k: int) -> Any: ...
 
     def select(self, cache: Any, rows: Sequence[int]) -> Any: ...
+
+
+class Engine(Protocol):
+    """The decode contract every engine meets (design.md §7).
+
+    Every generated token carries logp (base model, temperature 1), logq (the distribution it was
+    actually drawn from), the entropy of p, and the top alternatives. States are immutable values:
+    `fork` keeps a prefix without recomputing it and the original stays usable.
+    """
+
+    name: str
+    eos_ids: frozenset[int]
+
+    def encode(self, prompt: Prompt) -> list[int]: ...
+
+    def encode_text(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+    def prefill(self, prompt: Prompt) -> DecodeState: ...
+
+    def fork(self, state: DecodeState, t: int) -> DecodeState: ...
+
+    def extend(
+        self, state: DecodeState, sampling: Sampling, generator: torch.Generator
+    ) -> DecodeState: ...
+
+    def extend_many(
+        self, state: DecodeState, sampling: Sampling, generators: Sequence[torch.Generator]
+    ) -> list[DecodeState]:
+        """K continuations of one prefix, decoded together, one generator per row."""
+        ...
+
+    def score(self, state: DecodeState, ids: Sequence[int], sampling: Sampling) -> DecodeState:
+        """`state` extended by the given ids (teacher forcing, prefill cost): each token's logp,
+        entropy and alternatives exact, logq as if drawn with `sampling`."""
+        ...
 
 
 class Verifier(Protocol):

@@ -1,8 +1,11 @@
-"""Per-token records: what the decode engine writes for every generated token."""
+"""Values the engines and the decode loop exchange: tokens, sampling settings, decode states."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Alternative(BaseModel):
@@ -32,3 +35,44 @@ class Token(BaseModel):
     logq: float
     entropy: float
     top: tuple[Alternative, ...] = ()
+
+
+Finish = Literal["eos", "stop", "length"]
+
+
+class Sampling(BaseModel):
+    """How to draw tokens: temperature (0 = argmax), top-k, stop strings, and the length cap."""
+
+    model_config = ConfigDict(frozen=True)
+
+    temperature: float = Field(1.0, ge=0.0)
+    top_k: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    stop: tuple[str, ...] = ()
+    stop_regex: str | None = Field(None, description="stop when the recent text matches")
+    alternatives: int = Field(5, ge=0, description="top alternatives recorded per token")
+
+
+@dataclass(frozen=True)
+class DecodeState:
+    """Prompt + generated tokens + the engine's cache over all positions but the last.
+
+    `cache` belongs to the engine that made the state (a KV cache, a set of llama.cpp sequence
+    ids, or the ids a remote server should see again); callers never look inside it.
+    """
+
+    prompt_ids: tuple[int, ...]
+    tokens: tuple[Token, ...] = ()
+    finish: Finish | None = None
+    cache: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def ids(self) -> list[int]:
+        return [*self.prompt_ids, *(t.id for t in self.tokens)]
+
+    @property
+    def text(self) -> str:
+        return "".join(t.text for t in self.tokens)
+
+    def __len__(self) -> int:
+        return len(self.tokens)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from decision_retry.backends import embedded_model_path, load_lm
+from decision_retry.loading import embedded_model_path, load_lm
 from decision_retry.errors import ModelLoadError
 from decision_retry.lm import Sampling
 

@@ -2,7 +2,7 @@
 
 It runs in seconds on the scripted model that ships with decision-retry: a stand-in that writes
 a small function and hesitates at two tokens, exactly like a real model's entropy spikes.
-For the embedded SmolLM2-135M use `lm = load_lm()` (from decision_retry.backends) instead.
+For the embedded SmolLM2-135M use `lm = load_lm()` (from decision_retry.loading) instead.
 """
 
 from collections import Counter
@@ -22,7 +22,7 @@ from decision_retry.langgraph import (
     route_after_rewind,
 )
 from decision_retry.retry import RetryConfig
-from decision_retry.scripted import scripted_lm
+from decision_retry.testing import scripted_lm
 
 
 # 1) The user's graph: their own state, their own tool, their own verifier.

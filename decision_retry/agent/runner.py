@@ -82,7 +82,7 @@ def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None =
     if apply and git(root, "status", "--porcelain").strip():
         raise BadInput(f"--apply needs a clean working tree: {root} has uncommitted changes")
     if lm is None:
-        from decision_retry.backends import load_lm
+        from decision_retry.loading import load_lm
 
         lm = load_lm(cfg.model)
     defn = definitions.load(cfg.protocol)

@@ -97,7 +97,7 @@ _WORKER: dict = {}
 
 def _init_worker(model: str | None, threads: int | None, home: str) -> None:
     """Load the model and open the trace store once per worker process."""
-    from decision_retry.backends import load_lm
+    from decision_retry.loading import load_lm
     from decision_retry.trace.store import TraceStore
 
     _WORKER.update(lm=load_lm(model, threads=threads), store=TraceStore.open(home))

@@ -104,7 +104,7 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
     """
     from decision_retry.agent.runner import FixConfig, fix as run_fix
     from decision_retry.agent.workspace import repo_root
-    from decision_retry.backends import load_lm
+    from decision_retry.loading import load_lm
     from decision_retry.cli.logs import open_store
     from decision_retry.retry import RetryConfig
     from decision_retry.samplers.cuts import CutRule

@@ -67,7 +67,7 @@ def sample(prompt, model, sampler, max_tokens, temperature, alpha, proposal_temp
       decision-retry sample "Write is_even(n) in Python." --max-tokens 60
       decision-retry sample "def fib(n):" --sampler ec-mh --block 64 --steps 4 --json
     """
-    from decision_retry.backends import load_lm
+    from decision_retry.loading import load_lm
     from decision_retry.samplers import CutRule, SamplerConfig, sample as run_sampler
 
     lm = load_lm(model, threads=threads)

@@ -15,7 +15,7 @@ from test_workspace import repo_state, sh_git, write
 from decision_retry.agent.runner import FixConfig, fix
 from decision_retry.errors import BadInput
 from decision_retry.retry import STRATEGIES, RetryConfig
-from decision_retry.scripted import scripted_lm
+from decision_retry.testing import scripted_lm
 from decision_retry.trace.store import TraceStore
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -191,7 +191,7 @@ def test_cli_fix_then_logs_and_apply(tmp_path, script_file):
 @pytest.mark.slow
 def test_embedded_model_end_to_end(tmp_path, store):
     """The real SmolLM2-135M drives one fix run: real tokens, entropies, tests, a rewind."""
-    from decision_retry.backends import load_lm
+    from decision_retry.loading import load_lm
 
     repo = fixture_repo(tmp_path, "units")
     before = repo_state(repo)

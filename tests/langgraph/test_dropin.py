@@ -16,7 +16,7 @@ from lg_user_graph import OPERATOR, SCRIPT, build, fork_points, question
 from decision_retry.errors import BadInput
 from decision_retry.langgraph import KEY, attempts, fork_point, invoke, progress, rewind_node
 from decision_retry.retry import RetryConfig
-from decision_retry.scripted import scripted_lm
+from decision_retry.testing import scripted_lm
 from decision_retry.trace import Recorder, TraceStore
 
 ROOT = Path(__file__).resolve().parents[2]

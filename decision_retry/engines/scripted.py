@@ -1,6 +1,7 @@
 """A scripted model: writes given text, with choice points where it hesitates.
 
-For tests and for users without weights (`--model scripted:script.json`). A script is a list of
+For tests and for users without weights (`--model scripted:script.json`; build one in code with
+`decision_retry.testing.scripted_lm`). A script is a list of
 segments; a string is written with certainty (entropy 0), a choice `{"choice": {"<": 0.5, "<=": 0.5}}`
 is one token drawn from those probabilities (a real entropy spike the sampler can cut at).
 Every segment is one token of its vocabulary. The model ignores what the prompt says: after the
@@ -11,17 +12,13 @@ last prompt token it walks the script from the start, so every turn writes the s
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 from pydantic import BaseModel, Field
 
-from decision_retry.errors import ModelLoadError
-from decision_retry.lm import LM
-from decision_retry.testing import IdRowsCache
+from decision_retry.engines.toy import IdRowsCache
 
 EOS, PROMPT = 0, 1
 
@@ -89,21 +86,3 @@ class ScriptedBackend(IdRowsCache):
             last = max(i for i, t in enumerate(r) if t == PROMPT) if PROMPT in r else -1
             out.append(self.logits_at(len(r) - 1 - last))
         return torch.stack(out)  # (B, V)
-
-
-def scripted_lm(script: Script | dict | list, name: str = "scripted") -> LM:
-    """A decode engine over a `ScriptedBackend`."""
-    return LM(ScriptedBackend(script), name=name)
-
-
-def load_script(path: str | Path) -> LM:
-    """`--model scripted:PATH`: a script from a JSON file."""
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-        return scripted_lm(data, name=f"scripted:{p.name}")
-    except FileNotFoundError:
-        raise ModelLoadError(f"script not found: {p}") from None
-    except (ValueError, TypeError) as err:
-        first = str(err).splitlines()[0]
-        raise ModelLoadError(f"invalid script {p}: {first}") from None
