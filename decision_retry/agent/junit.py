@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-_FRAME = re.compile(r"^([^\s:][^:\n]*\.py):(\d+):", re.M)  # `tests/test_a.py:12: AssertionError`
+_FRAME = re.compile(r"^([^\s:][^:\n]*\.py):(\d+):", re.MULTILINE)  # `tests/test_a.py:12: AssertionError`
 TEXT_CHARS = 3000  # traceback text kept per failure
 
 
@@ -51,6 +51,7 @@ class JUnitReport(BaseModel):
     skipped: int = 0
     xfailed: int = 0
     failures: tuple[FailedTest, ...] = ()
+    passing: tuple[tuple[str, float], ...] = ()  # (node id, seconds) of each passing test
 
 
 def junit_addopts(path: Path) -> str:
@@ -82,6 +83,7 @@ def parse_junit(xml: str) -> JUnitReport | None:
         return None
     counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0, "xfailed": 0}
     failures: list[FailedTest] = []
+    passing: list[tuple[str, float]] = []
     for case in root.iter("testcase"):
         file, line = case.get("file"), case.get("line")
         errors, fails = case.findall("error"), case.findall("failure")
@@ -104,8 +106,10 @@ def parse_junit(xml: str) -> JUnitReport | None:
             counts["xfailed" if skipped.get("type") == "pytest.xfail" else "skipped"] += 1
         else:
             counts["passed"] += 1
+            seconds = float(case.get("time") or 0.0)
+            passing.append((nodeid(file, case.get("classname", ""), case.get("name", "")), seconds))
     unique = {f.nodeid: f for f in reversed(failures)}  # one entry per test, the first one kept
-    return JUnitReport(**counts, failures=tuple(unique[k] for k in dict.fromkeys(
+    return JUnitReport(**counts, passing=tuple(passing), failures=tuple(unique[k] for k in dict.fromkeys(
         f.nodeid for f in failures)))
 
 

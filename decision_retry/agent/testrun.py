@@ -66,6 +66,7 @@ class TestResult(BaseModel):
     output_tail: str = ""
     failing_tests: tuple[str, ...] = ()  # node ids, in run order
     failures: tuple[FailedTest, ...] = ()  # the same tests with file, line, message (JUnit only)
+    passed_tests: tuple[tuple[str, float], ...] = ()  # (node id, seconds) per passing test (JUnit)
     source: str = "text"  # where the counts come from: "junit" or "text" (the summary)
     network_isolated: bool = False  # ran under `unshare --net`
 
@@ -209,7 +210,8 @@ def parse_result(text: str, junit: JUnitReport | None = None) -> dict:
     extra["subtests_failed"] = max(extra["subtests_failed"], sum(f.subfailures for f in junit.failures))
     return {"passed": junit.passed, "failed": junit.failed, "errors": junit.errors,
             "skipped": junit.skipped + junit.xfailed, **extra, "xfailed": junit.xfailed,
-            "failing_tests": failing, "failures": junit.failures, "source": "junit"}
+            "failing_tests": failing, "failures": junit.failures, "passed_tests": junit.passing,
+            "source": "junit"}
 
 
 def _summary_extras(lines: list[str]) -> dict[str, int]:

@@ -1,0 +1,127 @@
+"""Spectrum-based fault localisation: which lines the failing tests run that passing tests do not.
+
+1) choose the tests: the failing ones and a sample of passing ones, nearest first (same file, same
+   folder, then the rest) within a time budget measured on the plain run;
+2) run them under coverage with one context per test (covrun.py), in the test sandbox;
+3) score every executed line by Ochiai, ef / sqrt(F * (ef + ep)) (F failing tests, ef/ep failing/
+   passing tests that ran the line), and every function by its best line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from decision_retry.agent.localise.code import Suspect, functions, innermost, is_test_file
+from decision_retry.agent.testrun import TestResult, run_tests
+
+MAX_FAILING = 10
+MAX_PASSING = 300
+
+
+@dataclass(frozen=True)
+class FunctionScore:
+    """A function's spectrum: its best line's Ochiai score and that line's ef / ep counts."""
+
+    suspect: Suspect
+    ochiai: float
+    ef: int
+    ep: int
+    line: int  # the best-scoring line
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """What one coverage run measured."""
+
+    failing: tuple[str, ...]
+    passing: tuple[str, ...]
+    scores: tuple[FunctionScore, ...]  # best first
+    note: str = ""  # why the spectrum is empty, when it is
+
+
+def ochiai(ef: int, ep: int, total_failed: int) -> float:
+    """Ochiai similarity of a line's coverage with the failing tests."""
+    if ef == 0 or total_failed == 0:
+        return 0.0
+    return ef / math.sqrt(total_failed * (ef + ep))
+
+
+def _test_file(nodeid: str) -> str:
+    return nodeid.split("::")[0]
+
+
+def select_tests(result: TestResult, budget_s: float) -> tuple[list[str], list[str]]:
+    """(failing node ids, passing node ids): the passing ones nearest the failing ones first,
+    as many as fit in `budget_s` seconds of their plain run time."""
+    failing = [f.nodeid for f in result.failures if "::" in f.nodeid][:MAX_FAILING]
+    if not failing:
+        failing = [t for t in result.failing_tests if "::" in t][:MAX_FAILING]
+    files = {_test_file(t) for t in failing}
+    dirs = {str(PurePosixPath(f).parent) for f in files}
+
+    def distance(item: tuple[str, float]) -> tuple[int, float]:
+        f = _test_file(item[0])
+        return (0 if f in files else 1 if str(PurePosixPath(f).parent) in dirs else 2, item[1])
+
+    passing, spent = [], 0.0
+    for nodeid, seconds in sorted(result.passed_tests, key=distance):
+        if len(passing) >= MAX_PASSING or spent + seconds > budget_s:
+            break
+        passing.append(nodeid)
+        spent += seconds
+    return failing, passing
+
+
+def run_spectrum(root: Path, result: TestResult, *, timeout: float, budget_s: float = 20.0,
+                 env: dict | None = None) -> Spectrum:
+    """Measure and score; an empty spectrum (with a note) when it cannot be measured."""
+    failing, passing = select_tests(result, budget_s)
+    if not failing:
+        return Spectrum((), (), (), "no failing test node id to run")
+    tests = failing + passing
+    files = sorted({_test_file(t) for t in tests if (root / _test_file(t)).is_file()})
+    with tempfile.TemporaryDirectory(prefix="decision-retry-spectrum-") as tmp:
+        sel, out = Path(tmp) / "selection.json", Path(tmp) / "spectrum.json"
+        sel.write_text(json.dumps({"root": str(root), "tests": tests, "args": files}))
+        cmd = [sys.executable, "-m", "decision_retry.agent.localise.covrun", str(out), str(sel)]
+        run = run_tests(cmd, root, timeout, env=env)
+        if run.timed_out or not out.is_file():
+            why = "timed out" if run.timed_out else f"failed: {run.output_tail[-300:]}"
+            return Spectrum(tuple(failing), tuple(passing), (), f"coverage run {why}")
+        data = json.loads(out.read_text())
+    return score(root, data)
+
+
+def score(root: Path, data: dict) -> Spectrum:
+    """Ochiai per line, best line per function; functions of test files are left out."""
+    outcomes = data["outcomes"]
+    tests = data["tests"]
+    failed = {i for i, t in enumerate(tests) if outcomes.get(t) == "failed"}
+    passed = {i for i, t in enumerate(tests) if outcomes.get(t) == "passed"}
+    if not failed:
+        return Spectrum((), tuple(tests[i] for i in sorted(passed)), (),
+                        "no test failed under coverage")
+    best: dict[str, FunctionScore] = {}
+    for rel, lines in data["files"].items():
+        if is_test_file(rel):
+            continue
+        defs = functions(root, rel)
+        for line_s, ids in lines.items():
+            line = int(line_s)
+            fn = innermost(defs, line)
+            if fn is None or line == fn.start:  # module level, or the `def` line itself
+                continue
+            ef = sum(1 for i in ids if i in failed)
+            ep = sum(1 for i in ids if i in passed)
+            s = ochiai(ef, ep, len(failed))
+            cur = best.get(fn.key)
+            if s > 0 and (cur is None or (s, -ep) > (cur.ochiai, -cur.ep)):
+                best[fn.key] = FunctionScore(fn, s, ef, ep, line)
+    ranked = sorted(best.values(), key=lambda f: (-f.ochiai, f.ep, f.suspect.key))
+    return Spectrum(tuple(tests[i] for i in sorted(failed)),
+                    tuple(tests[i] for i in sorted(passed)), tuple(ranked))
