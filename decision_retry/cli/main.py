@@ -38,17 +38,20 @@ def main() -> None:
       decision-retry sample PROMPT     sample one answer, tokens coloured by entropy
       decision-retry logs              list recorded runs; `logs show RUN` for one
       decision-retry report RUN -o r.html   an entropy heat map of a run
+      decision-retry models            the model catalogue; `models install NAME`
     """
 
 
 from decision_retry.cli.bench import bench  # noqa: E402
 from decision_retry.cli.fix import fix  # noqa: E402
 from decision_retry.cli.logs import logs  # noqa: E402
+from decision_retry.cli.models import models  # noqa: E402
 from decision_retry.cli.report import report  # noqa: E402
 from decision_retry.cli.sample import sample  # noqa: E402
 
 main.add_command(bench)
 main.add_command(fix)
 main.add_command(logs)
+main.add_command(models)
 main.add_command(report)
 main.add_command(sample)

