@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 
 class Alternative(BaseModel):
@@ -25,6 +25,8 @@ class Token(BaseModel):
     logq: log q(token | prefix) under the proposal it was actually drawn from.
     entropy: entropy (nats) of the base next-token distribution p(. | prefix).
     top: the most likely candidates under p at this position, best first.
+    logq_bounds, entropy_bounds: where logq / entropy are estimates (a remote engine that sees
+    only the top-k), intervals that contain the exact values; None when they are exact.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -35,6 +37,18 @@ class Token(BaseModel):
     logq: float
     entropy: float
     top: tuple[Alternative, ...] = ()
+    logq_bounds: tuple[float, float] | None = None
+    entropy_bounds: tuple[float, float] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_exact(self, handler):
+        # exact tokens serialise as before the bounds existed: trace ids stay what they were
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in ("logq_bounds", "entropy_bounds"):
+                if key in data and data[key] is None:
+                    del data[key]
+        return data
 
 
 Finish = Literal["eos", "stop", "length"]

@@ -131,7 +131,7 @@ class FixAgent:
     def _prefill(self, messages: tuple[dict, ...]) -> DecodeState:
         key = repr(messages)
         if key not in self._prompt_cache:  # one prefill per distinct conversation
-            prefix = self.lm.backend.encode_text(self.protocol.defn.format["assistant_prefix"])
+            prefix = self.lm.encode_text(self.protocol.defn.format["assistant_prefix"])
             self._prompt_cache = {key: self.lm.prefill(self.lm.encode(list(messages)) + prefix)}
         return self._prompt_cache[key]
 

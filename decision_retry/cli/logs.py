@@ -217,6 +217,9 @@ def render_tree(tree: RunTree, changes: list[StrategyChange]) -> Tree:
                 f" · proposal {s.proposal_length} tokens · log A={s.log_accept:.2f} ({parts})"
                 f" · {verdict} · {s.decode_tokens} decode tokens"
             )
+            if s.approximate is not None:  # a remote engine's top-k: log A is an interval
+                kind = "approximate" if s.approximate else "certain"
+                line += f" · {kind}: log A in [{s.log_accept_lo:.2f}, {s.log_accept_hi:.2f}]"
             steps.add(Text(line, "green" if s.accepted else "red"))
     return root
 

@@ -188,7 +188,7 @@ class ModelNode:
         self.stats["prefills"] += 1  # 2) restored from disk: one prefill of prompt + prefix
         prefix = tokens_of(base)[:t]
         ids = [*prompt_ids, *(tok.id for tok in prefix)]
-        return DecodeState(tuple(prompt_ids), prefix, None, self.lm.backend.prefill(ids[:-1]))
+        return DecodeState(tuple(prompt_ids), prefix, None, self.lm.prefill(ids).cache)
 
     def _remember(self, message_id: str, out: DecodeState) -> None:
         if self.kv_states == 0:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from decision_retry.samplers import cuts
+from decision_retry.samplers import cuts, intervals
 from decision_retry.samplers.cuts import CutRule
 from decision_retry.tokens import Token
 
@@ -41,6 +41,11 @@ class StepRecord(BaseModel):
     accepted: bool
     decode_tokens: int
     tries: int = 1
+    # where some log q are estimates (remote engines, samplers/intervals.py): log A's interval,
+    # and whether log u fell inside it (the decision could have gone the other way)
+    log_accept_lo: float | None = None
+    log_accept_hi: float | None = None
+    approximate: bool | None = None
 
 
 def suffix_sums(tokens: Sequence[Token], t: int) -> tuple[float, float]:
@@ -97,6 +102,7 @@ def mh_step_record(
         log_verifier=verifier_delta,
         accepted=math.log(u) < log_a if u > 0 else True,
         decode_tokens=decode_tokens,
+        **intervals.step_fields(log_a, proposal, intervals.proposal_bounds(x, y, t), u),
     )
 
 
@@ -125,10 +131,12 @@ def mtm_choose(
     log A = log c(t | y_J) - log c(t | x) + LSE(lambda_1..K) - LSE({lambda_k, k != J} U {0}).
     `correction(j)`, when given, replaces the cut correction computed from `rule`.
     """
-    lam = []
+    lam, lam_bounds = [], []
     for y, dv in zip(tries, verifier_deltas):
         target, proposal = log_weight(x, y, t, alpha)
         lam.append(target + proposal + dv)
+        b = intervals.proposal_bounds(x, y, t)
+        lam_bounds.append(None if b is None else (target + dv + b[0], target + dv + b[1]))
     probs = torch.tensor(lam, dtype=torch.float64).softmax(0)
     j = int(torch.multinomial(probs, 1, generator=generator))
     y = tries[j]
@@ -148,5 +156,6 @@ def mtm_choose(
         accepted=u == 0 or math.log(u) < log_a,
         decode_tokens=decode_tokens,
         tries=len(tries),
+        **intervals.mtm_fields(lam, lam_bounds, j, corr, u),
     )
 

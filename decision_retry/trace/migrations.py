@@ -75,6 +75,17 @@ def m001_initial(db: sqlite3.Connection) -> None:
         db.execute(sql)
 
 
+@migration
+def m002_mh_step_bounds(db: sqlite3.Connection) -> None:
+    """MH steps of remote engines: the interval of log A and whether the decision was approximate."""
+    for sql in (
+        "ALTER TABLE mh_steps ADD COLUMN log_accept_lo REAL",
+        "ALTER TABLE mh_steps ADD COLUMN log_accept_hi REAL",
+        "ALTER TABLE mh_steps ADD COLUMN approximate INTEGER",
+    ):
+        db.execute(sql)
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply the migrations not yet recorded, each in its own transaction; return their names.
 

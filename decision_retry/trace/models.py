@@ -18,7 +18,14 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    computed_field,
+    model_serializer,
+    model_validator,
+)
 
 from decision_retry.tokens import Alternative, Token
 
@@ -196,6 +203,20 @@ class MHStep(Node):
     log_verifier: float = 0.0  # lambda * (r(x') - r(x))
     accepted: bool
     decode_tokens: int = Field(ge=0)
+    # remote engines (top-k only): the interval of log A, and whether log u fell inside it
+    log_accept_lo: float | None = None
+    log_accept_hi: float | None = None
+    approximate: bool | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_exact(self, handler):
+        # steps of exact engines serialise as before these fields existed: ids are unchanged
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in ("log_accept_lo", "log_accept_hi", "approximate"):
+                if key in data and data[key] is None:
+                    del data[key]
+        return data
 
 
 class RunTree(BaseModel):

@@ -1,0 +1,242 @@
+"""The remote engine: the `Engine` contract (decision_retry.protocols) over a server's HTTP API.
+
+A state's cache is only the text pieces of its tokens: the server holds the real cache, keyed
+by the prompt it sees. So
+
+* `prefill` tokenizes and sends nothing; `fork(state, t)` keeps tokens[:t] and sends nothing;
+* `extend_many` is one request whose prompt is the kept prefix as token ids (the server's
+  prefix cache makes it cheap) with K completions (`n_cmpl` / `n`) seeded from the first
+  generator; stop strings are checked here and the stream is closed once every row is done;
+* each token's logp is the server's (temperature 1); logq and the entropy come from the top-k
+  with the missing mass bounded (bounds.py): the estimates are the middles of intervals kept
+  on the token (`logq_bounds`, `entropy_bounds`), exact when the whole vocabulary is listed
+  (`exact=True`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from decision_retry.engines.remote import bounds
+from decision_retry.engines.remote.http import Http
+from decision_retry.engines.remote.wire import Dialect, End, ModelInfo, Request, Step, Usage
+from decision_retry.tokens import Alternative, DecodeState, Finish, Sampling, Token
+
+DEFAULT_TOP = 20  # listed candidates per position: vLLM's default --max-logprobs
+
+
+@dataclass
+class RemoteStats:
+    """What the engine sent and what the server reported, over its lifetime."""
+
+    requests: int = 0
+    prompt_tokens_sent: int = 0  # token ids sent as prompts (prefix + kept tokens)
+    reported_prompt_tokens: int = 0  # prompt tokens the server reported on (per row)
+    cached_tokens: int = 0  # of those, served from its prefix cache
+    generated_tokens: int = 0  # tokens kept (a row's tokens after its stop are dropped)
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        if not self.reported_prompt_tokens:
+            return None
+        return self.cached_tokens / self.reported_prompt_tokens
+
+
+@dataclass
+class _Row:
+    pieces: list  # bytes or str per generated token, prefix included
+    tokens: list[Token] = field(default_factory=list)
+    finish: Finish | None = None
+
+
+class RemoteEngine:
+    """A model served by llama.cpp or vLLM, behind the `Engine` protocol."""
+
+    def __init__(self, dialect: Dialect, http: Http, info: ModelInfo, *, exact: bool = False,
+                 top: int = DEFAULT_TOP) -> None:
+        self.dialect, self.http, self.info = dialect, http, info
+        self.name = f"{dialect.kind}:{info.name}"
+        self.eos_ids = info.eos_ids
+        self.exact, self.top = exact, top
+        self.stats = RemoteStats()
+
+    def __repr__(self) -> str:
+        return f"RemoteEngine({self.name!r}, {self.http!r}, exact={self.exact})"
+
+    # -- text ------------------------------------------------------------------------------
+    def encode(self, prompt) -> list[int]:
+        """Token ids of a prompt: a chat (list of messages), plain text, or ids as they are."""
+        if isinstance(prompt, str):
+            return self.http.call(lambda: self.dialect.tokenize_chat(
+                [{"role": "user", "content": prompt}]))
+        if prompt and isinstance(prompt[0], dict):
+            return self.http.call(lambda: self.dialect.tokenize_chat(list(prompt)))
+        return list(prompt)
+
+    def encode_text(self, text: str) -> list[int]:
+        return self.http.call(lambda: self.dialect.tokenize(text)) if text else []
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.http.call(lambda: self.dialect.detokenize(list(ids))) if ids else ""
+
+    # -- states ----------------------------------------------------------------------------
+    def prefill(self, prompt) -> DecodeState:
+        ids = self.encode(prompt)
+        if not ids:
+            raise ValueError("empty prompt: give at least one token")
+        return DecodeState(tuple(ids), cache=())
+
+    def fork(self, state: DecodeState, t: int) -> DecodeState:
+        if not 0 <= t <= len(state.tokens):
+            raise ValueError(f"fork position {t} outside 0..{len(state.tokens)}")
+        return DecodeState(state.prompt_ids, state.tokens[:t], None, _pieces(state)[:t])
+
+    def score(self, state: DecodeState, ids: Sequence[int], sampling: Sampling) -> DecodeState:
+        raise NotImplementedError(
+            f"{self.dialect.kind} servers cannot score a given text through this engine"
+        )
+
+    # -- decoding --------------------------------------------------------------------------
+    def extend(self, state: DecodeState, sampling: Sampling, generator: torch.Generator) -> DecodeState:
+        return self.extend_many(state, sampling, [generator])[0]
+
+    def extend_many(
+        self, state: DecodeState, sampling: Sampling, generators: Sequence[torch.Generator]
+    ) -> list[DecodeState]:
+        """K continuations of one prefix: one request, `n` rows, seeded from the generators."""
+        if state.finish in ("eos", "stop"):
+            return [state for _ in generators]  # "length" only paused: it may grow again
+        seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=g)) for g in generators]
+        k, per = len(generators), self.info.max_rows or len(generators)
+        rows: list[_Row] = []
+        for first in range(0, k, per):  # a server takes at most `per` completions per request
+            req = Request(
+                ids=tuple(state.ids), n=min(per, k - first), seed=seeds[first],
+                max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                top_k=sampling.top_k, logprobs=self._listed(sampling),
+            )
+            rows += self.http.call(lambda: self._decode(req, state, sampling))
+            self.stats.requests += 1
+            self.stats.prompt_tokens_sent += len(req.ids)
+        self.stats.generated_tokens += sum(len(r.tokens) for r in rows)
+        return [
+            DecodeState(state.prompt_ids, state.tokens + tuple(r.tokens), r.finish, tuple(r.pieces))
+            for r in rows
+        ]
+
+    def _listed(self, sampling: Sampling) -> int:
+        """Candidates to ask for per position: the whole vocabulary in exact mode."""
+        if self.exact:
+            return self.info.vocab
+        want = max(self.top, sampling.alternatives, sampling.top_k or 0)
+        cap = self.info.max_logprobs
+        if cap is not None and (sampling.top_k or 0) > cap:
+            raise ValueError(f"top_k {sampling.top_k} needs {sampling.top_k} log-probs per "
+                             f"token; the server allows {cap} (--max-logprobs)")
+        return min(want, cap) if cap is not None else want
+
+    def _decode(self, req: Request, state: DecodeState, sampling: Sampling) -> list[_Row]:
+        """One exchange (restarted from scratch by `http.call` on a transient failure)."""
+        base = list(_pieces(state))
+        rows = [_Row(list(base)) for _ in range(req.n)]
+        usage: list[Usage] = []
+        with self.dialect.generate(req) as events:
+            for ev in events:
+                if isinstance(ev, Usage):
+                    usage.append(ev)
+                    continue
+                row = rows[ev.row]
+                if row.finish is not None:
+                    continue  # this row stopped here; the server may still send its tail
+                if isinstance(ev, End):
+                    row.finish = ev.reason if ev.reason == "eos" else "length"
+                elif isinstance(ev, Step):
+                    self._append(row, ev, sampling, len(state.tokens))
+                if all(r.finish is not None for r in rows):
+                    break  # leaving the block closes the stream: the server stops generating
+        for row in rows:
+            row.finish = row.finish or "length"
+        self.stats.reported_prompt_tokens += sum(u.prompt_tokens for u in usage)
+        self.stats.cached_tokens += sum(u.cached_tokens for u in usage)
+        return rows
+
+    def _append(self, row: _Row, step: Step, sampling: Sampling, start: int) -> None:
+        text = _text(row.pieces, step.piece)
+        row.pieces.append(step.piece)
+        row.tokens.append(self._token(step, text, sampling))
+        row.finish = self._finish(row, sampling, start)
+
+    def _token(self, step: Step, text: str, sampling: Sampling) -> Token:
+        top = sorted(step.top, key=lambda c: -c.logprob)
+        listed = bounds.Listed(tuple(c.logprob for c in top), self.info.vocab)
+        rank = next((i for i, c in enumerate(top) if c.id == step.id), None)
+        h = bounds.entropy_bounds(listed)
+        q = bounds.logq_bounds(step.logprob, listed, sampling.temperature, sampling.top_k, rank)
+        alts = tuple(
+            Alternative(id=c.id, text=_loose(c.piece), prob=math.exp(c.logprob))
+            for c in top[: sampling.alternatives]
+        )
+        return Token(
+            id=step.id, text=text, logp=step.logprob, logq=bounds.middle(q),
+            entropy=bounds.middle(h), top=alts,
+            logq_bounds=None if q[0] == q[1] else q,
+            entropy_bounds=None if h[0] == h[1] else h,
+        )
+
+    def _finish(self, row: _Row, sampling: Sampling, start: int) -> Finish | None:
+        new = row.tokens
+        if new[-1].id in self.eos_ids:
+            return "eos"
+        if sampling.stop or sampling.stop_regex:
+            tail = "".join(t.text for t in new[-16:])
+            if any(s in tail for s in sampling.stop):
+                return "stop"
+            if sampling.stop_regex and re.search(sampling.stop_regex, tail):
+                return "stop"
+        if len(new) >= sampling.max_new_tokens:
+            return "length"
+        return None
+
+
+# -- text of byte pieces (UTF-8 characters may span tokens) ---------------------------------
+def _pieces(state: DecodeState) -> tuple:
+    """The per-token pieces a state of this engine keeps (empty for a foreign state)."""
+    cache = state.cache
+    if isinstance(cache, tuple) and len(cache) == len(state.tokens):
+        return cache
+    return tuple(t.text for t in state.tokens)
+
+
+def _complete(b: bytes) -> int:
+    """Length of the longest prefix of `b` that does not end inside a UTF-8 character."""
+    for back in range(1, min(4, len(b)) + 1):
+        c = b[-back]
+        if c & 0xC0 == 0x80:
+            continue  # a continuation byte: look further back for the lead
+        need = 2 if c & 0xE0 == 0xC0 else 3 if c & 0xF0 == 0xE0 else 4 if c & 0xF8 == 0xF0 else 1
+        return len(b) - back if need > back else len(b)
+    return len(b)
+
+
+def _text(prev: Sequence, piece: bytes | str) -> str:
+    """The text `piece` completes after `prev`: bytes left over from an unfinished character
+    before it come first; its own unfinished tail waits for the next token."""
+    if isinstance(piece, str):
+        return piece
+    carry = b""
+    for p in reversed(prev[-3:]):  # at most 3 bytes of a character can be pending
+        if not isinstance(p, bytes):
+            break
+        carry = p + carry
+    carry = carry[_complete(carry):]
+    data = carry + piece
+    return data[: _complete(data)].decode("utf-8", errors="replace")
+
+
+def _loose(piece: bytes | str) -> str:
+    return piece.decode("utf-8", errors="replace") if isinstance(piece, bytes) else piece
