@@ -144,7 +144,8 @@ class LM:
             tokens.append(self._token(prefix, int(tid), logp_ids[i], logq[i], h[i], alt_ids[i], alt_p[i]))
             prefix = [*prefix, int(tid)]
         # the cache now covers every fed id, i.e. all positions but the last: a usable state
-        return DecodeState(state.prompt_ids, state.tokens + tuple(tokens), None, cache)
+        finish = "eos" if tokens[-1].id in self.backend.eos_ids else None
+        return DecodeState(state.prompt_ids, state.tokens + tuple(tokens), finish, cache)
 
     # -- helpers ---------------------------------------------------------------------------
     def _token(self, prefix, tid, logp, logq, h, alt_ids, alt_p) -> Token:
