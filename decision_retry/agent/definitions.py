@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -33,11 +32,10 @@ class AgentDefinition(BaseModel):
 
 
 def agents_dir() -> Path:
-    """Installed wheels carry agents/ as `decision_retry.agents_data`; a checkout has it at the root."""
-    try:
-        return Path(str(importlib.resources.files("decision_retry.agents_data")))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[2] / "agents"
+    """A wheel carries agents/ as decision_retry/agents_data/ (setup.py copies it); a checkout
+    or an editable install reads the top-level agents/ in place."""
+    packaged = Path(__file__).resolve().parents[1] / "agents_data"
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "agents"
 
 
 def load(name: str) -> AgentDefinition:
