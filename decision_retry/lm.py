@@ -27,7 +27,7 @@ from decision_retry import sampling
 from decision_retry.protocols import Backend, Prompt
 from decision_retry.tokens import Alternative, DecodeState, Finish, Sampling, Token
 
-__all__ = ["LM", "DecodeState", "Sampling", "Finish"]
+__all__ = ["LM", "DecodeState", "Finish", "Sampling"]
 
 
 class LM:
@@ -162,7 +162,7 @@ class LM:
             top=top,
         )
 
-    def _finish(self, row: "_Row", sampling_: Sampling) -> Finish | None:
+    def _finish(self, row: _Row, sampling_: Sampling) -> Finish | None:
         if row.tokens[-1].id in self.backend.eos_ids:
             return "eos"
         if sampling_.stop or sampling_.stop_regex:
