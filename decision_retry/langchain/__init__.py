@@ -1,0 +1,23 @@
+"""decision-retry in LangChain (docs/langchain.md); needs the extra: pip install 'decision-retry[langchain]'.
+
+    model = ChatDecisionRetry(engine=load_lm("smollm2-135m"))        # any LangChain app
+    agent = create_agent(model, tools, middleware=[
+        DecisionRetryMiddleware(test_command="python -m pytest -q", repository=workspace)])
+
+`ChatDecisionRetry` is a chat model over our engines with exact per-token logp, logq, entropy
+and top alternatives in `response_metadata`, Hermes-style tool calls and streaming.
+`DecisionRetryMiddleware` records every model call, runs the verifier when the agent finishes,
+and on failure rewinds conversation and repository to a high-entropy token and resamples there,
+with the cut and acceptance rule of `decision-retry fix`.
+"""
+
+from decision_retry.langchain.chat_model import ChatDecisionRetry
+from decision_retry.langchain.middleware import DecisionRetryAgentState, DecisionRetryMiddleware
+from decision_retry.langchain.scripted import scripted_turns_lm
+
+__all__ = [
+    "ChatDecisionRetry",
+    "DecisionRetryAgentState",
+    "DecisionRetryMiddleware",
+    "scripted_turns_lm",
+]

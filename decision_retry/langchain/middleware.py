@@ -1,0 +1,338 @@
+"""`DecisionRetryMiddleware`: decision-retry inside `langchain.agents.create_agent`.
+
+    agent = create_agent(ChatDecisionRetry(engine=lm), tools, middleware=[
+        DecisionRetryMiddleware(test_command="python -m pytest -q", repository=ws)])
+
+The hooks (langchain >= 1.0):
+
+1) `wrap_model_call`: snapshot the repository, call the model (after a rewind: continue the cut
+   call from the cut token), read the reply's tokens (exact from ChatDecisionRetry, top-k bounds
+   from any model returning log-probabilities) and record the call in the agent state and the
+   trace; the record travels as `ExtendedModelResponse(..., command=Command(update=...))`.
+2) `wrap_tool_call`: record each tool call and its result in the trace.
+3) `after_agent` (`can_jump_to=["model"]`): run the verifier (the tests in the repository, or
+   a callable on the state); make the MH decision against the chain's current attempt; on
+   failure pick a cut with `fix`'s rule, restore the repository snapshot taken before the cut
+   call, replace the conversation by the one before that call (`RemoveMessage(REMOVE_ALL)`) and
+   jump back to the model.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from collections.abc import Callable
+from typing import Annotated, Any, NotRequired
+
+from langchain.agents.middleware import AgentMiddleware, AgentState, hook_config
+from langchain.agents.middleware.types import ExtendedModelResponse, ModelResponse, OmitFromInput
+from langchain_core.messages import AIMessage, RemoveMessage, messages_from_dict, messages_to_dict
+from langgraph.graph.message import REMOVE_ALL_MESSAGES
+from langgraph.types import Command
+
+from decision_retry import sampling
+from decision_retry.errors import BadInput
+from decision_retry.langchain import rewind
+from decision_retry.langchain.chat_model import PREFIX_KEY, ChatDecisionRetry
+from decision_retry.langchain.logprobs import DEFAULT_VOCAB, reply_tokens
+from decision_retry.langgraph.model import (
+    DEFAULT_RETRY,
+    DEFAULT_SPIKE,
+    RewindError,
+    check_strategy,
+    derived_generator,
+)
+from decision_retry.langgraph.state import KEY, merge, progress
+from decision_retry.retry import RetryConfig
+from decision_retry.trace.decisions import SpikeRule
+from decision_retry.trace.models import Cut
+
+
+class DecisionRetryAgentState(AgentState):
+    """The agent state plus one key, "decision_retry" (see docs/langchain.md for its fields)."""
+
+    decision_retry: NotRequired[Annotated[dict, OmitFromInput, merge]]  # reducer last
+
+
+def _seed(seed: int, *parts: object) -> int:
+    return zlib.crc32("/".join(map(str, (seed, *parts))).encode())
+
+
+def _last_ai(result: list) -> AIMessage | None:
+    return next((m for m in reversed(result) if isinstance(m, AIMessage)), None)
+
+
+class DecisionRetryMiddleware(AgentMiddleware):
+    """Rewind a failed `create_agent` run to a high-entropy token and resample from there.
+
+    verifier: a callable state -> bool or fraction in [0, 1] (1 passes), or test_command: run in
+    the repository (its `run_tests`), r = the fraction of tests passing. repository: where the
+    tools work, with `snapshot(label) -> id` and `restore(id)` (an agent `Workspace`); None when
+    the tools change nothing outside the conversation. retry: strategy, alpha, cut rule and
+    verifier weight, as for `fix`. recorder: a trace `Recorder` (run, branches, calls, decision
+    points, tool calls, tests, MH steps; its listeners export OTLP). max_attempts / budget_tokens:
+    when to give up. temperature / vocab: what a chat model other than ours samples at and its
+    vocabulary size (for the top-k bounds); ours reports exact numbers.
+    """
+
+    state_schema = DecisionRetryAgentState
+
+    def __init__(
+        self,
+        *,
+        verifier: Callable[[dict], bool | float] | None = None,
+        test_command: str | None = None,
+        repository: Any = None,
+        retry: RetryConfig = DEFAULT_RETRY,
+        recorder: Any = None,
+        max_attempts: int = 8,
+        budget_tokens: int | None = None,
+        spike: SpikeRule | None = DEFAULT_SPIKE,
+        seed: int = 0,
+        temperature: float | None = None,
+        vocab: int = DEFAULT_VOCAB,
+        test_timeout: float = 300.0,
+    ) -> None:
+        super().__init__()
+        if (verifier is None) == (test_command is None):
+            raise BadInput("DecisionRetryMiddleware needs one of verifier=callable or "
+                           "test_command='...'")
+        if test_command is not None and not hasattr(repository, "run_tests"):
+            raise BadInput("test_command needs repository= a Workspace (where the tests run)")
+        if repository is not None and not (hasattr(repository, "snapshot")
+                                           and hasattr(repository, "restore")):
+            raise BadInput("repository needs snapshot(label) and restore(id): pass a Workspace")
+        if max_attempts < 1:
+            raise BadInput(f"max_attempts={max_attempts}: give 1 or more")
+        if budget_tokens is not None and budget_tokens < 1:
+            raise BadInput(f"budget_tokens={budget_tokens}: give 1 or more, or None for no limit")
+        check_strategy(retry)
+        self.verifier, self.test_command, self.repository = verifier, test_command, repository
+        self.retry, self.recorder, self.spike, self.seed = retry, recorder, spike, seed
+        self.max_attempts, self.budget_tokens = max_attempts, budget_tokens
+        self.temperature, self.vocab, self.test_timeout = temperature, vocab, test_timeout
+        self.last_test = None  # the latest TestResult, when test_command runs
+
+    # -- 1) every model call -----------------------------------------------------------------
+    def before_agent(self, state: dict, runtime: Any) -> dict | None:
+        """A new episode unless one is still running (a thread resumed mid-run)."""
+        dr = progress(state)
+        if dr.get("status") == "running":
+            return None
+        return {KEY: {"episode": str(uuid.uuid4()), "turns": [], "attempts": 1, "spent": 0,
+                      "attempt_tokens": 0, "status": "running", "chain": None, "steps": [],
+                      "cut": None, "resume": None, "verdict": None, "run": None, "branch": None,
+                      "config": self._config()}}
+
+    def wrap_model_call(self, request, handler):
+        dr = progress(request.state)
+        turns, resume = list(dr.get("turns") or []), dr.get("resume")
+        k, attempt = len(turns), dr.get("attempts", 1)
+        ours = isinstance(request.model, ChatDecisionRetry)
+        settings = dict(request.model_settings)
+        if ours:
+            settings["seed"] = _seed(self.seed, "model", attempt, k)
+
+        # 1) the repository before this call, and the kept tokens of a cut call
+        base = None
+        if resume is not None:
+            base = self._cut_call(dr, resume, k)
+            snapshot = base.get("snapshot")  # restored by after_agent
+            if ours and not resume["whole_call"] and resume["position"] > 0:
+                settings[PREFIX_KEY] = {"message_id": base["message_id"],
+                                        "position": resume["position"],
+                                        "ids": base["ids"][: resume["position"]]}
+        else:
+            snapshot = self.repository.snapshot(f"before model call {k}") if self.repository else None
+
+        # 2) the call
+        response = handler(request.override(model_settings=settings))
+        if isinstance(response, AIMessage):
+            response = ModelResponse(result=[response])
+        ai = _last_ai(response.result)
+        if ai is None:
+            raise RewindError("the model call returned no AI message")
+        if not ai.id:
+            ai.id = f"dr-{uuid.uuid4()}"
+        reply = reply_tokens(ai, temperature=self._temperature(request.model), vocab=self.vocab)
+        if PREFIX_KEY in settings:
+            self._check_continuation(base, resume, reply)
+
+        # 3) record: the trace, then the state (through the response's command)
+        new_tokens = len(reply.tokens) - reply.kept
+        update: dict[str, Any] = {"resume": None}
+        trace_turn = self._trace_call(dr, update, request, k, reply, ai, snapshot, settings)
+        rec = rewind.call_record(reply, message_id=ai.id, index=k, continuable=ours,
+                                 spike=self.spike, snapshot=snapshot, trace_turn=trace_turn)
+        update.update(turns=[*turns, rec], spent=dr.get("spent", 0) + new_tokens,
+                      attempt_tokens=dr.get("attempt_tokens", 0) + new_tokens)
+        return ExtendedModelResponse(model_response=response, command=Command(update={KEY: update}))
+
+    def _cut_call(self, dr: dict, resume: dict, k: int) -> dict:
+        chain_turns = (dr.get("chain") or {}).get("turns") or []
+        if resume["turn"] != k or k >= len(chain_turns):
+            raise RewindError(f"the rewound conversation has {k} model calls but the cut is in "
+                              f"call {resume['turn']}")
+        return chain_turns[k]
+
+    def _check_continuation(self, base: dict, resume: dict, reply) -> None:
+        t = resume["position"]
+        if reply.kept != t or [tok.id for tok in reply.tokens[:t]] != base["ids"][:t]:
+            raise RewindError("the chat model did not keep the cut call's tokens before the cut")
+        if reply.prompt_hash != base["prompt_hash"]:
+            raise RewindError("the rewound conversation prompts the model differently from the "
+                              "call being cut (is the prompt built only from the agent state?)")
+
+    def _temperature(self, model: Any) -> float:
+        if self.temperature is not None:
+            return self.temperature
+        value = getattr(model, "temperature", None)
+        return float(value) if isinstance(value, (int, float)) else 1.0
+
+    # -- 2) every tool call ------------------------------------------------------------------
+    def wrap_tool_call(self, request, handler):
+        result = handler(request)
+        rec, turns = self.recorder, progress(request.state).get("turns") or []
+        turn_id = turns[-1].get("trace_turn") if turns else None
+        if rec is not None and turn_id and rec.run is not None:
+            call = request.tool_call
+            text = getattr(result, "text", None)
+            observation = text if isinstance(text, str) else str(getattr(result, "content", ""))
+            rec.record_tool_call(turn_id, action=call["name"], arguments=dict(call.get("args")
+                                 or {}), observation=observation)
+        return result
+
+    # -- 3) after the agent finished ---------------------------------------------------------
+    @hook_config(can_jump_to=["model"])
+    def after_agent(self, state: dict, runtime: Any) -> dict | None:
+        dr = progress(state)
+        turns = dr.get("turns") or []
+        if dr.get("status") != "running" or not turns:
+            return None
+        r = self.score(state, dr.get("branch"))
+        passed, n = r >= 1.0, dr.get("attempts", 1)
+        chain, cut = dr.get("chain"), dr.get("cut")
+        gen = derived_generator(self.seed, "rewind", n)
+        attempt = {"turns": turns, "r": r, "branch": dr.get("branch"), "tried": [],
+                   "messages": messages_to_dict(state["messages"])}
+
+        # 1) the MH decision: does the chain move to this attempt? (a first attempt always does)
+        step, steps = None, list(dr.get("steps") or [])
+        if chain is not None and cut is not None and self.retry.strategy != "restart":
+            step = rewind.decide(chain, attempt, cut, config=self.retry,
+                                 u=sampling.uniform(gen), decode_tokens=dr.get("attempt_tokens", 0))
+            steps.append({**step.model_dump(), "cut_turn": cut["turn"], "attempt": n})
+        if step is None or step.accepted or passed:
+            new_chain = attempt
+        else:
+            new_chain = {**chain, "tried": [*chain.get("tried", []), cut["index"]]}
+
+        # 2) done, out of budget, or the next cut of the chain's current attempt
+        point = None
+        if passed:
+            status = "passed"
+        elif n >= self.max_attempts or (self.budget_tokens and dr.get("spent", 0) >= self.budget_tokens):
+            status = "exhausted"
+        else:
+            point = rewind.next_cut(new_chain, self.retry, gen)
+            status = "rewind" if point is not None else "exhausted"
+        self._trace_verdict(dr, chain, cut, step, passed, r, status)
+        update = {"verdict": r, "status": status, "chain": new_chain, "steps": steps}
+        if point is None:
+            return {KEY: update}
+
+        # 3) rewind: repository and conversation as they were before the cut call
+        base = new_chain["turns"][point["turn"]]
+        if self.repository is not None and base.get("snapshot"):
+            self.repository.restore(base["snapshot"])
+        messages = messages_from_dict(new_chain["messages"])
+        before = next(i for i, m in enumerate(messages) if m.id == base["message_id"])
+        branch = self._trace_branch(new_chain, point)
+        update.update(turns=new_chain["turns"][: point["turn"]], resume=point, cut=point,
+                      attempts=n + 1, attempt_tokens=0, status="running", verdict=None,
+                      branch=branch)
+        return {"messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), *messages[:before]],
+                KEY: update, "jump_to": "model"}
+
+    def score(self, state: dict, branch: str | None = None) -> float:
+        """r in [0, 1]: the verifier's verdict, or the fraction of tests passing (1 when all do)."""
+        if self.verifier is not None:
+            value = self.verifier(state)
+            if value is None or not 0.0 <= float(value) <= 1.0:
+                raise RewindError(f"verdict {value!r} from the verifier: give True/False or 0..1")
+            return float(value)
+        result = self.last_test = self.repository.run_tests(self.test_command, self.test_timeout)
+        rec = self.recorder
+        if rec is not None and branch in rec.branches:
+            rec.record_test_run(branch, command=self.test_command, exit_code=(
+                -1 if result.exit_code is None else result.exit_code), passed=result.passed,
+                failed=result.failed, errors=result.errors, output_tail=result.output_tail,
+                duration_s=result.duration_s)
+        return 1.0 if result.ok else min(result.fraction_passed, 0.999)
+
+    # -- the trace ---------------------------------------------------------------------------
+    def _config(self) -> dict:
+        return {"retry": self.retry.model_dump(mode="json"), "seed": self.seed,
+                "max_attempts": self.max_attempts, "budget_tokens": self.budget_tokens,
+                "verifier": self.test_command or getattr(self.verifier, "__name__", "verifier")}
+
+    def _trace_call(self, dr, update, request, k, reply, ai, snapshot, settings) -> str | None:
+        """Record the call (starting the run and first branch on the episode's first call)."""
+        rec = self.recorder
+        if rec is None:
+            return None
+        model = request.model
+        name = getattr(model, "name_of_model", None) or getattr(model, "model_name", None) or \
+            getattr(model, "model", None) or type(model).__name__
+        branch = dr.get("branch")
+        if rec.run is None or rec.run.id != dr.get("run"):
+            provider = None if isinstance(model, ChatDecisionRetry) else (
+                model._get_ls_params().get("ls_provider") if hasattr(model, "_get_ls_params")
+                else None)
+            config = {**self._config(), **({"provider": provider} if provider else {})}
+            update["run"] = rec.start_run(model=str(name), strategy=self.retry.strategy,
+                                          config=config, seed=self.seed).id
+            branch = None
+        if branch not in rec.branches:
+            branch = rec.start_branch(strategy="initial").id
+            update["branch"] = branch
+        human = next((m.text for m in reversed(request.messages) if m.type == "human"), "")
+        params = {"model": str(name), "temperature": self._temperature(model),
+                  "seed": settings.get("seed"), "input_tokens": (ai.usage_metadata or {}).get(
+                      "input_tokens"), "finish_reason": ai.response_metadata.get("finish_reason"),
+                  "kept_tokens": reply.kept, "exact": reply.exact}
+        turn = rec.record_turn(branch, tokens=reply.tokens, prompt=human, index=k, params=params)
+        rec.record_decisions(turn, self.spike, snapshot=snapshot)
+        return turn.id
+
+    def _trace_branch(self, chain: dict, point: dict) -> str | None:
+        rec = self.recorder
+        if rec is None or rec.run is None:
+            return None
+        parent = chain.get("branch") if chain.get("branch") in rec.branches else None
+        cut = Cut(turn=point["turn"], position=point["position"], entropy=point["entropy"])
+        return rec.start_branch(parent=parent, cut=cut if parent else None,
+                                strategy=self.retry.strategy).id
+
+    def _trace_verdict(self, dr, chain, cut, step, passed, r, status) -> None:
+        rec, branch = self.recorder, dr.get("branch")
+        if rec is None or branch not in rec.branches:
+            return
+        if self.verifier is not None:
+            rec.record_test_run(branch, command=self._config()["verifier"],
+                                exit_code=0 if passed else 1, passed=int(passed),
+                                failed=int(not passed))
+        if step is not None:
+            current = (chain or {}).get("branch")
+            fields = {k: v for k, v in step.model_dump(exclude={"tries"}).items() if v is not None}
+            rec.record_mh_step(current=current if current in rec.branches else None,
+                               proposal=branch, cut_turn=cut["turn"], **fields)
+        outcome = "passed" if passed else (
+            "failed" if step is None else ("accepted" if step.accepted else "rejected"))
+        diff = self.repository.diff() if self.repository is not None and hasattr(
+            self.repository, "diff") else None
+        rec.finish_branch(branch, outcome=outcome, passed=passed, final_diff=diff)
+        if status != "rewind" and rec.run is not None and rec.run.id == dr.get("run"):
+            rec.finish_run("solved" if passed else "exhausted")
+
+
