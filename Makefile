@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-DEBS   := chromium git
+DEBS   := chromium git bubblewrap
 
 # The default model (`decision-retry models`): `make install` installs it and smollm2-135m (the
 # fast one the tests use); the others install on demand (`decision-retry models install NAME`).
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml setup.py Makefile
 	    echo "installing Debian package $$pkg"; \
 	    (apt-get update -qq && apt-get install -y -qq $$pkg) >/dev/null 2>&1 \
 	      || sudo sh -c "apt-get update -qq && apt-get install -y -qq $$pkg" >/dev/null 2>&1 \
-	      || echo "warning: could not install $$pkg (the browser test will be skipped)"; \
+	      || echo "warning: could not install $$pkg (tests that need it will be skipped)"; \
 	  fi; \
 	done
 	@test -x $(PY) || { echo "== creating $(VENV)"; python3 -m venv $(VENV); }

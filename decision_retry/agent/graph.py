@@ -18,8 +18,7 @@ import torch
 from langgraph.graph import END, START, StateGraph
 
 from decision_retry import retry, sampling
-from decision_retry.agent.testrun import TestResult, run_tests
-from decision_retry.agent.workspace import git
+from decision_retry.agent.testrun import TestResult
 from decision_retry.lm import DecodeState, Sampling
 from decision_retry.retry import CutPoint
 from decision_retry.samplers.mh import StepRecord
@@ -218,7 +217,7 @@ class FixAgent:
         checked, solved = [], None
         for a in state["pending"]:
             self.ws.restore(a.final_sha)
-            r = run_tests(self.config.test_cmd, self.ws.root, self.config.test_timeout)
+            r = self.ws.run_tests(self.config.test_cmd, self.config.test_timeout)
             self.recorder.record_test_run(
                 a.branch, command=self.config.test_cmd, exit_code=-1 if r.exit_code is None else r.exit_code,
                 passed=r.passed, failed=r.failed, errors=r.errors, output_tail=r.output_tail,
@@ -234,7 +233,7 @@ class FixAgent:
         return {"pending": checked, "solved": solved}
 
     def _finish(self, a: Attempt, outcome: str) -> None:
-        diff = git(self.ws.root, "diff", self.base_sha, a.final_sha) if a.final_sha else ""
+        diff = self.ws.diff(self.base_sha, a.final_sha) if a.final_sha else ""
         self.recorder.finish_branch(a.branch, outcome=outcome, passed=a.test.ok if a.test else None,
                                     final_diff=diff)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decision_retry.agent import patch
 from decision_retry.agent.definitions import AgentDefinition
 from decision_retry.agent.locate import Suspect, functions, functions_in
-from decision_retry.agent.testrun import TestResult, run_tests
+from decision_retry.agent.testrun import TestResult
 from decision_retry.agent.workspace import Workspace
 from decision_retry.errors import WorkspaceError
 from decision_retry.trace.decisions import ToolSpan
@@ -131,7 +131,7 @@ class ToolsProtocol:
         if verb == "list":
             return "\n".join(ws.list_files(arg)), False
         if verb == "test":
-            r = run_tests(self.task.test_cmd, ws.root, self.task.test_timeout)
+            r = ws.run_tests(self.task.test_cmd, self.task.test_timeout)
             return r.output_tail[-1500:], False
         # edit PATH + a python block: replace each function it defines, by name
         code = reply.split("```python", 1)[-1] if "```python" in reply else reply.split("\n", 1)[-1]

@@ -9,11 +9,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from decision_retry.agent import definitions
+from decision_retry.agent import sandbox as sandboxes
 from decision_retry.agent.graph import Attempt, FixAgent, build_graph
 from decision_retry.agent.locate import locate, source_files
 from decision_retry.agent.protocols import PatchProtocol, Task, ToolsProtocol
-from decision_retry.agent.testrun import run_tests
-from decision_retry.agent.workspace import Workspace, git, repo_root
+from decision_retry.agent.userrepo import UserRepo
+from decision_retry.agent.workspace import Workspace, repo_root
 from decision_retry.errors import BadInput
 from decision_retry.retry import RetryConfig
 from decision_retry.samplers.mh import StepRecord
@@ -36,6 +37,8 @@ class FixConfig(BaseModel):
     max_attempts: int = Field(10, ge=1)
     seed: int = 0
     spike: SpikeRule = SpikeRule(threshold=0.5)  # entropy spikes recorded as decision points
+    sandbox: Literal["auto", "bwrap", "none"] = "auto"  # where tests and model code run
+    pass_env: tuple[str, ...] = ()  # variables let through the sandbox's allow-list
 
 
 class Rewind(BaseModel):
@@ -58,13 +61,16 @@ class FixResult(BaseModel):
     stop: str | None
     diff: str = ""
     branch: str | None = None
+    left_out: list[str] = []  # fixed files untracked in the user's repository: not on the branch
+    sandbox: str = ""  # the one line saying how the tests ran
     rewinds: list[Rewind] = []
     steps: list[StepRecord] = []
 
 
-def check_input(root: Path, cfg: FixConfig):
+def check_input(ws: Workspace, cfg: FixConfig):
     """The failing test run, or BadInput if there is nothing to fix."""
-    result = run_tests(cfg.test_cmd, root, cfg.test_timeout)
+    root = ws.repo
+    result = ws.run_tests(cfg.test_cmd, cfg.test_timeout)
     if result.timed_out:
         raise BadInput(f"the tests did not finish within --test-timeout {cfg.test_timeout:g}s")
     if result.no_tests:
@@ -75,12 +81,15 @@ def check_input(root: Path, cfg: FixConfig):
 
 
 def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None = None,
-        listeners=(), on_event=None, apply: bool = False) -> FixResult:
-    """Fix the failing tests of `repo` in a private worktree; the user's checkout is untouched
-    unless `apply` (then only a clean working tree receives the fix)."""
+        listeners=(), on_event=None, apply: bool = False,
+        sandbox: sandboxes.Sandbox | None = None) -> FixResult:
+    """Fix the failing tests of `repo` in a private clone, tests in `sandbox` (default: the one
+    `cfg.sandbox` names); the user's checkout is untouched unless `apply` (then only a clean
+    working tree receives the fix)."""
     root = repo_root(repo)
-    if apply and git(root, "status", "--porcelain").strip():
-        raise BadInput(f"--apply needs a clean working tree: {root} has uncommitted changes")
+    if apply and (reason := UserRepo(root).dirty_reason()):
+        raise BadInput(f"--apply needs a clean working tree: {root} is not ({reason})")
+    sandbox = sandbox or sandboxes.resolve(cfg.sandbox, pass_env=cfg.pass_env)
     if lm is None:
         from decision_retry.loading import load_lm
 
@@ -89,12 +98,11 @@ def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None =
     recorder = Recorder(store, listeners)
     run = recorder.start_run(model=lm.name, strategy=cfg.retry.strategy,
                              config=cfg.model_dump(mode="json"), seed=cfg.seed, repo=str(root))
-    ws = Workspace(root, run.id[:12])
-    success_sha = None
+    ws = Workspace(root, run.id[:12], sandbox=sandbox)
     try:
         ws.open()
         # 1) the input: failing tests, and the code under test
-        result = check_input(ws.root, cfg)
+        result = check_input(ws, cfg)
         suspect, test_src = locate(ws.root, result)
         task = Task(suspect, test_src, result, tuple(source_files(ws.root)), cfg.test_cmd,
                     cfg.test_timeout)
@@ -111,20 +119,24 @@ def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None =
         final = build_graph(agent).invoke({"spent": 0, "attempts": 0, "steps": []},
                                           {"recursion_limit": 10_000})
         solved: Attempt | None = final.get("solved")
-        diff = ws.diff() if solved else ""
-        if solved:
-            success_sha = solved.final_sha
+        diff = ws.diff(sha=solved.final_sha) if solved else ""
+        if solved:  # 4) the one write to the user's repository: the fix branch
+            ws.finish(True, sha=solved.final_sha)
+            if apply and ws.fix_sha:
+                ws.apply_to_user_tree()
         recorder.finish_run("fixed" if solved else "not fixed")
         return FixResult(
             run_id=run.id, fixed=solved is not None, attempts=final.get("attempts", 0),
             decode_tokens=final.get("spent", 0), stop="fixed" if solved else final.get("stop"),
-            diff=diff, branch=ws.branch if solved else None, steps=final.get("steps", []),
+            diff=diff, branch=ws.branch if ws.fix_sha else None, left_out=ws.left_out,
+            sandbox=sandbox.note, steps=final.get("steps", []),
             rewinds=[Rewind(**r) for r in agent.rewinds],
         )
     except BadInput as err:
         recorder.finish_run(f"bad input: {err}")
         raise
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP turned into it by the CLI
+        recorder.finish_run("interrupted")
+        raise
     finally:
-        ws.finish(success_sha is not None, sha=success_sha)
-        if apply and success_sha is not None:
-            ws.apply_to_user_tree()
+        ws.finish(False)  # removes the clone (a no-op once finished)

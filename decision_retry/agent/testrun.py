@@ -9,7 +9,6 @@ it) so that hash-order-dependent failures reproduce from run to run.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import re
 import shlex
@@ -25,24 +24,11 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from decision_retry.agent.junit import FailedTest, JUnitReport, junit_addopts, read_report
+from decision_retry.agent.sandbox import Sandbox, unshare_works
 from decision_retry.errors import BadInput
 
 TAIL_CHARS = 4000
 _PARSE_BYTES = 64_000  # the summary and short test summary sit at the end of the output
-
-# Runs inside `unshare --net`: bring the loopback interface up (tests often serve on 127.0.0.1),
-# then exec the real command. Failing to raise `lo` is not fatal.
-_NETNS_SHIM = """
-import fcntl, os, socket, struct, sys
-try:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH", b"lo", 0))[:18])[1]
-    fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 1))  # SIOCSIFFLAGS, IFF_UP
-except OSError:
-    pass
-os.execvp(sys.argv[1], sys.argv[1:])
-"""
-
 
 class TestResult(BaseModel):
     """One run of the test command: exit status, pytest counts and the tail of the output."""
@@ -94,30 +80,41 @@ def run_tests(
     *,
     env: Mapping[str, str] | None = None,
     isolate_network: bool = True,
+    sandbox: Sandbox | None = None,
+    writable: tuple[Path, ...] = (),
 ) -> TestResult:
     """Run `cmd` (a shell-like string, split with shlex, or an argv list) in `cwd`.
 
     The whole process group is killed after `timeout` seconds. `env` adds to (or overrides) the
-    inherited environment. With `isolate_network` the command runs under `unshare --net` where
-    that works (loopback only), else silently with the network; `network_isolated` records which.
-    Raises BadInput when the command (or the `-m` module of `python -m`) cannot be found.
+    environment. With a `sandbox` (sandbox.py) the command runs in it and sees only the
+    allow-listed part of our environment plus `env`. Without one it inherits our environment and,
+    with `isolate_network`, runs under `unshare` where that works (no network but loopback, own
+    PID namespace), else as it is; `network_isolated` records which.
+    `writable`: more directories the command may write to in the sandbox (the coverage data of
+    agent/localise). Raises BadInput when the command (or the `-m` module of `python -m`) cannot
+    be found.
     """
     if timeout <= 0:
         raise BadInput(f"test timeout must be positive, got {timeout}")
-    full_env = {"PYTHONHASHSEED": "0", **os.environ, **(env or {}),
-                "PYTHONDONTWRITEBYTECODE": "1", "PY_COLORS": "0"}
+    ours = {**(env or {}), "PYTHONDONTWRITEBYTECODE": "1", "PY_COLORS": "0"}
+    inherited = {"PYTHONHASHSEED": "0", **os.environ}
+    full_env = sandbox.environment(inherited, ours) if sandbox else {**inherited, **ours}
     try:
         words = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
     except ValueError as err:  # unbalanced quotes
         raise BadInput(f"cannot parse test command {cmd!r}: {err}") from None
     argv = _resolve_argv(words, Path(cwd), full_env.get("PATH"))
-    isolated = isolate_network and _netns_available()
-    full = [*_netns_prefix(), *argv] if isolated else argv
+    if sandbox is None:
+        sandbox = Sandbox("none", "", unshare=isolate_network and unshare_works())
 
     # the JUnit report goes to a private directory (the sandbox must keep `report_dir` writable)
     report_dir = Path(tempfile.mkdtemp(prefix="decision-retry-report-"))
     full_env["PYTEST_ADDOPTS"] = " ".join(
         filter(None, [full_env.get("PYTEST_ADDOPTS", ""), junit_addopts(report_dir / "junit.xml")]))
+
+    full = sandbox.wrap(argv, cwd=Path(cwd), writable=[report_dir, *writable],
+                        env=full_env)
+    isolated = sandbox.network_isolated
 
     # 1) run, output to a file (a pipe could hang on a grandchild that outlives the kill)
     with tempfile.TemporaryFile() as out, _removed(report_dir):
@@ -323,29 +320,6 @@ def _resolve_argv(argv: list[str], cwd: Path, search_path: str | None) -> list[s
     if shutil.which(prog, path=search_path):
         return argv
     raise BadInput(f"test command not found: {prog}")
-
-
-def _netns_prefix() -> list[str]:
-    unshare = shutil.which("unshare") or "unshare"  # absolute: the child's PATH may differ
-    return [unshare, "--net", "--map-root-user", "--", sys.executable, "-c", _NETNS_SHIM]
-
-
-@functools.cache
-def _netns_available() -> bool:
-    """Whether `unshare --net --map-root-user` works here (needs unprivileged user namespaces)."""
-    if shutil.which("unshare") is None:
-        return False
-    try:
-        probe = subprocess.run(
-            [*_netns_prefix(), "true"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return probe.returncode == 0
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

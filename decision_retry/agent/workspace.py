@@ -1,103 +1,70 @@
-"""A private git worktree where the agent edits, snapshots and rewinds, away from the user's tree.
+"""A private clone where the agent edits, snapshots, rewinds and runs the tests.
 
-The user's repository is only ever read (working tree, HEAD) or extended (objects, the private refs
-`refs/decision-retry/<run-id>/<n>`, the worktree registration, and on success the branch
-`decision-retry/<run-id>`). Its HEAD, index, stash and files change only in `apply_to_user_tree`.
+Layout of one run, in a fresh temporary directory `decision-retry-<run-id>-*`:
+    owner.json    who made it (pid, run id, repository): `logs gc` removes it once that pid is gone
+    git/          the clone's repository: its own refs and index, the user's objects borrowed
+                  read-only (objects/info/alternates); never inside the sandbox
+    <name>/       the working tree: a copy of the user's tree as they see it (tracked changes and
+                  untracked non-ignored files); the only directory the sandboxed tests can write
+
+Nothing of the user's repository is written until `finish(success=True)` adds the fix branch,
+which is the user's HEAD plus the fix only (userrepo.py): a fix to a file that is untracked in the
+user's repository stays out of the branch and is listed in `left_out`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Self
 
+from decision_retry.agent import sandbox as sandboxes
+from decision_retry.agent.gitexec import PATCH_FLAGS, git, git_bytes
+from decision_retry.agent.userrepo import UserRepo, UserTree, repo_root
 from decision_retry.errors import BadInput, WorkspaceError
 
-# Every git call: an identity that works without git config, no hooks of the user's, no signing,
-# no background gc while we run.
-_GIT_SETTINGS = {
-    "user.name": "decision-retry",
-    "user.email": "decision-retry@localhost",
-    "core.hooksPath": "/dev/null",
-    "commit.gpgsign": "false",
-    "gc.auto": "0",
-    "core.fsmonitor": "false",
-}
-_GIT_CONFIG = tuple(arg for k, v in _GIT_SETTINGS.items() for arg in ("-c", f"{k}={v}"))
-# Variables that would point our git calls at another repository or index.
-_GIT_ENV_DROP = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY", "GIT_PREFIX")
+__all__ = ["TMP_PREFIX", "PathError", "Workspace", "git", "repo_root"]
+
+TMP_PREFIX = "decision-retry-"
+NAME_MAX = 255  # bytes of one path component (Linux, macOS)
+PATH_MAX = 4096
 
 
 class PathError(WorkspaceError):
-    """A path the agent asked for is unsafe (outside the worktree) or does not exist."""
-
-
-def git(
-    cwd: Path, *args: str, env: dict[str, str] | None = None, input: bytes | None = None
-) -> str:
-    """Run one git command in `cwd` and return its stdout; a failure raises WorkspaceError."""
-    full_env = {k: v for k, v in os.environ.items() if k not in _GIT_ENV_DROP}
-    full_env.update(GIT_TERMINAL_PROMPT="0", GIT_OPTIONAL_LOCKS="0")  # status never rewrites index
-    full_env.update(env or {})
-    try:
-        proc = subprocess.run(
-            ["git", *_GIT_CONFIG, *args],
-            cwd=cwd,
-            env=full_env,
-            input=input,
-            capture_output=True,
-            check=False,
-        )
-    except FileNotFoundError:
-        raise BadInput("git not found: install git to use decision-retry") from None
-    if proc.returncode != 0:
-        msg = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise WorkspaceError(f"git {args[0]} failed: {msg[-1] if msg else proc.returncode}")
-    return proc.stdout.decode(errors="replace")
-
-
-def repo_root(path: str | Path) -> Path:
-    """The top level of the git working tree containing `path`; BadInput if there is none."""
-    p = Path(path).expanduser()
-    if not p.is_dir():
-        raise BadInput(f"no such directory: {path}")
-    try:
-        top = git(p, "rev-parse", "--show-toplevel").strip()
-    except WorkspaceError:
-        raise BadInput(f"not a git repository: {path}") from None
-    if not top:
-        raise BadInput(f"not a git working tree (bare repository?): {path}")
-    return Path(top).resolve()
+    """A path the agent asked for is unsafe (outside the clone) or does not exist."""
 
 
 class Workspace:
-    """A detached worktree of the user's repository, started from their current working tree.
+    """A private clone of the user's repository, started from their current working tree.
 
-    `Workspace(repo, run_id)` validates; `open()` (or `with`) captures the user's working tree
-    (tracked changes and untracked, non-ignored files included) as the starting commit without
-    touching their index, and checks it out in a temporary directory. `snapshot`/`restore` commit
-    and rewind that directory; `finish(success=True)` keeps the result as branch
-    `decision-retry/<run-id>`.
-    Ignored files of the user's tree (virtualenvs, caches, secrets) are not copied.
+    `Workspace(repo, run_id)` validates; `open()` (or `with`) copies the user's tree into a fresh
+    clone; `snapshot`/`restore` commit and rewind its working tree; `run_tests` runs the test
+    command there in the sandbox; `finish(success=True)` adds branch `decision-retry/<run-id>` to
+    the user's repository (HEAD plus the fix); `apply_to_user_tree` writes the fix into a clean
+    working tree. Ignored files of the user's tree (virtualenvs, caches, secrets) are not copied.
     """
 
-    def __init__(self, repo: str | Path, run_id: str, *, keep_snapshots: bool = True) -> None:
+    def __init__(self, repo: str | Path, run_id: str, *,
+                 sandbox: sandboxes.Sandbox | None = None) -> None:
         self.repo = repo_root(repo)
+        self.user = UserRepo(self.repo)
         self.run_id = run_id
         self.branch = f"decision-retry/{run_id}"
-        self.ref_prefix = f"refs/decision-retry/{run_id}/"
-        self.keep_snapshots = keep_snapshots
+        self.sandbox = sandbox
         try:
-            git(self.repo, "check-ref-format", f"refs/heads/{self.branch}")
+            self.user.git("check-ref-format", f"refs/heads/{self.branch}")
         except WorkspaceError:
             raise BadInput(f"invalid run id for a branch name: {run_id!r}") from None
-        if git(self.repo, "for-each-ref", f"refs/heads/{self.branch}", self.ref_prefix).strip():
+        if self.user.branch_exists(f"refs/heads/{self.branch}"):
             raise BadInput(f"run id already used in this repository: {run_id}")
-        self.base_sha: str | None = None  # the starting snapshot
-        self.fix_sha: str | None = None  # set by finish(success=True)
+        self.base_sha: str | None = None  # the starting snapshot (in the clone)
+        self.fix_sha: str | None = None  # the branch commit in the user's repository
+        self.result_sha: str | None = None  # the fix as a snapshot of the clone
+        self.left_out: list[str] = []  # fixed files that are untracked in the user's repository
+        self._user_tree: UserTree | None = None
         self._tmp: Path | None = None
         self._root: Path | None = None
         self._n = 0
@@ -105,22 +72,24 @@ class Workspace:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def open(self) -> Self:
-        """Capture the user's working tree and check it out in a fresh temporary worktree."""
+        """Copy the user's working tree into a fresh private clone."""
         if self._root is not None:
             return self
         if self.base_sha is not None:
             raise WorkspaceError("workspace already finished; start a new run id")
-        self.base_sha = self._capture_user_tree()
-        self._tmp = Path(tempfile.mkdtemp(prefix=f"decision-retry-{self.run_id}-"))
-        root = self._tmp / self.repo.name
+        tree = self._user_tree = self.user.capture()
+        self._tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{self.run_id}-")).resolve()
         try:
-            git(self.repo, "worktree", "add", "--detach", "--quiet", str(root), self.base_sha)
-        except WorkspaceError:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            self._tmp = None
+            (self._tmp / "owner.json").write_text(json.dumps(
+                {"pid": os.getpid(), "run_id": self.run_id, "repo": str(self.repo)}))
+            self._root = self._tmp / self.repo.name
+            self._init_clone(tree)
+            self._copy_files(tree)
+            self.base_sha = self._capture(tree.head)
+            self._save_ref(self.base_sha)
+        except BaseException:
+            self._remove()
             raise
-        self._root = root.resolve()
-        self._save_ref(self.base_sha)
         return self
 
     def __enter__(self) -> Self:
@@ -132,77 +101,86 @@ class Workspace:
 
     @property
     def root(self) -> Path:
-        """The worktree directory (exists between open() and finish())."""
+        """The clone's working tree (exists between open() and finish())."""
         if self._root is None:
             raise WorkspaceError("workspace is not open")
         return self._root
 
-    def finish(self, success: bool, sha: str | None = None) -> str | None:
-        """Keep the fix as branch `decision-retry/<run-id>` on success; always remove the worktree.
+    @property
+    def git_dir(self) -> Path:
+        if self._tmp is None:
+            raise WorkspaceError("workspace is not open")
+        return self._tmp / "git"
 
-        The fix is the worktree as it is now, or snapshot `sha` when given. Returns the fix commit
-        (its parent: the starting snapshot) on success, else None.
-        """
+    def finish(self, success: bool, sha: str | None = None) -> str | None:
+        """On success add branch `decision-retry/<run-id>` (HEAD plus the fix) to the user's
+        repository; always remove the clone. The fix is the working tree now, or snapshot `sha`.
+        Returns the branch commit, or None (failure, or nothing of the fix fits on HEAD)."""
         if self._tmp is None:
             return self.fix_sha
         try:
             if success:
-                tree = self._write_tree() if sha is None else f"{self._commit(sha)}^{{tree}}"
-                message = f"decision-retry {self.run_id}: fix"
-                self.fix_sha = git(
-                    self.repo, "commit-tree", tree, "-p", str(self.base_sha), "-m", message
-                ).strip()
-                git(self.repo, "branch", self.branch, self.fix_sha)
+                self.result_sha = self._commit(sha) if sha else self.snapshot("fix")
+                self._add_branch(self.result_sha)
         finally:
-            if self._root is not None:
-                try:
-                    git(self.repo, "worktree", "remove", "--force", str(self._root))
-                except WorkspaceError:
-                    pass  # already gone; prune below forgets it
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            git(self.repo, "worktree", "prune")
-            self._tmp = self._root = None
-            if not self.keep_snapshots:
-                for ref in git(
-                    self.repo, "for-each-ref", "--format=%(refname)", self.ref_prefix
-                ).split():
-                    git(self.repo, "update-ref", "-d", ref)
+            self._remove()
         return self.fix_sha
+
+    def _remove(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp = self._root = None
 
     # -- snapshots ------------------------------------------------------------------------------
 
     def snapshot(self, label: str) -> str:
-        """Commit the worktree as it is now and keep it on `refs/decision-retry/<run-id>/<n>`."""
+        """Commit the working tree as it is now (a commit of the clone, child of the start)."""
         tree = self._write_tree()
-        sha = git(self.root, "commit-tree", tree, "-p", str(self.base_sha), "-m", label).strip()
+        sha = self._git("commit-tree", tree, "-p", str(self.base_sha), "-m", label or "-").strip()
         self._save_ref(sha)
         return sha
 
     def restore(self, sha: str) -> None:
-        """Make the worktree exactly snapshot `sha`: later files removed, changed ones reverted."""
+        """Make the working tree exactly snapshot `sha`: later files removed, changed ones reverted."""
         commit = self._commit(sha)
-        git(self.root, "read-tree", "--reset", "-u", commit)
-        git(self.root, "clean", "-ffdxq")  # only ever inside our own worktree
+        self._git("read-tree", "--reset", "-u", commit)
+        self._git("clean", "-ffdxq")  # only ever inside the clone
 
-    def diff(self, base_sha: str | None = None) -> str:
-        """Unified diff from `base_sha` (default: the starting snapshot) to the worktree now."""
+    def diff(self, base_sha: str | None = None, sha: str | None = None) -> str:
+        """Unified diff from `base_sha` (default: the start) to snapshot `sha` (default: now)."""
         base = self._commit(base_sha or self.base_sha or "")
-        return git(self.root, "diff", "--binary", base, self._write_tree())
+        target = self._commit(sha) if sha else self._write_tree()
+        return self._git("diff-tree", *PATCH_FLAGS, base, target)
+
+    def run_tests(self, cmd: str, timeout: float, **kw):
+        """The test command run in the working tree, in this workspace's sandbox."""
+        from decision_retry.agent.testrun import run_tests
+
+        return run_tests(cmd, self.root, timeout, sandbox=self.sandbox, **kw)
 
     # -- files ----------------------------------------------------------------------------------
 
     def resolve(self, rel: str) -> Path:
-        """The absolute path of `rel` inside the worktree; PathError if it could escape."""
-        if not rel or not rel.strip() or "\0" in rel:
+        """The absolute path of `rel` inside the working tree; PathError if it could escape."""
+        if not isinstance(rel, str) or not rel.strip() or "\0" in rel:
             raise PathError(f"not a valid path: {rel!r}")
+        try:
+            raw = rel.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PathError(f"not a valid path (not UTF-8): {rel!r}") from None
         pure = PurePosixPath(rel.replace("\\", "/"))
+        if len(raw) > PATH_MAX or any(len(p.encode()) > NAME_MAX for p in pure.parts):
+            raise PathError(f"path too long: {rel[:80]!r}...")
         if pure.is_absolute() or Path(rel).is_absolute():
             raise PathError(f"absolute paths are not allowed: {rel}")
         if ".." in pure.parts:
             raise PathError(f"'..' is not allowed in paths: {rel}")
         if ".git" in pure.parts:
             raise PathError(f"paths inside .git are not allowed: {rel}")
-        target = (self.root / pure).resolve()
+        try:
+            target = (self.root / pure).resolve()
+        except (OSError, RuntimeError) as err:  # a loop of links
+            raise PathError(f"cannot resolve {rel}: {err}") from None
         if target != self.root and self.root not in target.parents:
             raise PathError(f"path escapes the repository (symlink?): {rel}")
         if ".git" in target.relative_to(self.root).parts:
@@ -210,19 +188,26 @@ class Workspace:
         return target
 
     def read_file(self, rel: str) -> str:
-        """The text of a file in the worktree."""
+        """The text of a file in the working tree (undecodable bytes replaced)."""
         path = self.resolve(rel)
-        if not path.is_file():
-            raise PathError(f"no such file: {rel}")
-        return path.read_text(encoding="utf-8", errors="replace")
+        try:
+            if not path.is_file():
+                raise PathError(f"no such file: {rel}")
+            return path.read_bytes().decode("utf-8", errors="replace")
+        except OSError as err:
+            raise PathError(f"cannot read {rel}: {err.strerror}") from None
 
     def write_file(self, rel: str, text: str) -> None:
-        """Create or overwrite a file in the worktree (parent directories are created)."""
+        """Create or overwrite a file in the working tree (parent directories are created)."""
         path = self.resolve(rel)
-        if path.is_dir():
-            raise PathError(f"is a directory: {rel}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        data = text.encode("utf-8", errors="replace")  # a lone surrogate of the model's: "?"
+        try:
+            if path.is_dir():
+                raise PathError(f"is a directory: {rel}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        except OSError as err:
+            raise PathError(f"cannot write {rel}: {err.strerror}") from None
 
     def list_files(self, under: str = "") -> list[str]:
         """Tracked and untracked non-ignored files (posix, sorted), optionally below a folder."""
@@ -230,69 +215,130 @@ class Workspace:
         if under:
             rel = self.resolve(under).relative_to(self.root).as_posix()
             prefix = "" if rel == "." else rel + "/"
-        out = git(self.root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+        out = self._git("ls-files", "-z", "--cached", "--others", "--exclude-standard")
         names = {n for n in out.split("\0") if n and n.startswith(prefix)}
         return sorted(n for n in names if (self.root / n).is_file() or (self.root / n).is_symlink())
 
     # -- the user's tree ------------------------------------------------------------------------
 
-    def apply_to_user_tree(self) -> None:
-        """Apply the fix (starting snapshot -> fix commit) to the user's working tree.
-
-        Only when `git status --porcelain` there is empty; touches files, not the index or HEAD.
-        """
-        if self.fix_sha is None or self.base_sha is None:
+    def apply_to_user_tree(self) -> list[str]:
+        """Write the fix into the user's working tree (only when it is exactly HEAD); touches
+        files, never the index or HEAD. Returns the paths written."""
+        if self.fix_sha is None or self._user_tree is None or self._user_tree.head is None:
             raise WorkspaceError("no fix to apply: finish(success=True) first")
-        if git(self.repo, "status", "--porcelain").strip():
-            raise BadInput(f"not applying the fix: {self.repo} has uncommitted changes")
-        patch = git(self.repo, "diff", "--binary", self.base_sha, self.fix_sha)
-        if not patch:
-            return
-        try:
-            git(self.repo, "apply", "--whitespace=nowarn", "-", input=patch.encode())
-        except WorkspaceError:
-            raise BadInput(
-                f"the fix no longer applies to {self.repo}; it is on branch {self.branch}"
-            ) from None
+        reason = self.user.dirty_reason()
+        if reason:
+            raise BadInput(f"not applying the fix: {self.repo} is not clean ({reason}); "
+                           f"the fix is on branch {self.branch}")
+        return self.user.apply(self._user_tree.head, self.fix_sha)
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _capture_user_tree(self) -> str:
-        """Commit the user's working tree through a throw-away index; HEAD itself when clean."""
-        head = self._head()
-        with tempfile.TemporaryDirectory(prefix="decision-retry-index-") as d:
-            env = {"GIT_INDEX_FILE": str(Path(d) / "index")}
-            if head:
-                git(self.repo, "read-tree", head, env=env)
-            git(self.repo, "add", "-A", "--", ".", env=env)
-            tree = git(self.repo, "write-tree", env=env).strip()
-        if head and tree == git(self.repo, "rev-parse", f"{head}^{{tree}}").strip():
+    def _git(self, *args: str, **kw) -> str:
+        return git(self._tmp, *args, git_dir=self.git_dir, work_tree=self.root, **kw)
+
+    def _init_clone(self, tree: UserTree) -> None:
+        """An empty repository borrowing the user's objects; our config only."""
+        git(self._tmp, "init", "-q", "--bare", str(self.git_dir))
+        self.root.mkdir()
+        info = self.git_dir / "objects" / "info"
+        info.mkdir(parents=True, exist_ok=True)
+        (info / "alternates").write_text(f"{tree.objects}\n")
+        if tree.shallow:
+            shutil.copyfile(tree.shallow, self.git_dir / "shallow")
+        if tree.exclude:
+            (self.git_dir / "info").mkdir(exist_ok=True)
+            shutil.copyfile(tree.exclude, self.git_dir / "info" / "exclude")
+        settings = {"core.bare": "false", "core.logAllRefUpdates": "false"}
+        if tree.excludes_file:
+            settings["core.excludesFile"] = tree.excludes_file
+        for key, value in settings.items():
+            git(self._tmp, "config", key, value, git_dir=self.git_dir)
+
+    def _copy_files(self, tree: UserTree) -> None:
+        """The user's files as they are on disk (links as links, modes kept; submodules skipped)."""
+        for rel in tree.files:
+            src, dst = self.repo / rel, self.root / rel
+            try:
+                if src.is_symlink():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    os.symlink(os.readlink(src), dst)
+                elif src.is_file():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(src, dst)
+            except OSError as err:
+                raise BadInput(f"cannot copy {rel} of {self.repo}: {err.strerror}") from None
+
+    def _capture(self, head: str | None) -> str:
+        """The starting snapshot: HEAD itself when the copy equals it, else a commit on top."""
+        if head:
+            self._git("read-tree", head)
+        tree = self._write_tree()
+        if head and tree == self._git("rev-parse", f"{head}^{{tree}}").strip():
             return head
         parents = ["-p", head] if head else []
         msg = f"decision-retry {self.run_id}: starting point (working tree)"
-        return git(self.repo, "commit-tree", tree, *parents, "-m", msg).strip()
-
-    def _head(self) -> str | None:
-        """The user's HEAD commit, or None in a repository without commits."""
-        try:
-            return (
-                git(self.repo, "rev-parse", "--verify", "--quiet", "HEAD^{commit}").strip() or None
-            )
-        except WorkspaceError:
-            return None
+        return self._git("commit-tree", tree, *parents, "-m", msg).strip()
 
     def _write_tree(self) -> str:
-        """Stage everything in the worktree (its own index) and return the tree id."""
-        git(self.root, "add", "-A", "--", ".")
-        return git(self.root, "write-tree").strip()
+        """Stage everything in the working tree (the clone's own index) and return the tree id."""
+        self._git("add", "-A", "--", ".")
+        return self._git("write-tree").strip()
 
     def _commit(self, rev: str) -> str:
-        """The full commit id of `rev`; WorkspaceError if it is not a commit."""
+        """The full commit id of `rev`; WorkspaceError if it is not a commit of the clone."""
         try:
-            return git(self.repo, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").strip()
+            return self._git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").strip()
         except WorkspaceError:
             raise WorkspaceError(f"unknown snapshot: {rev}") from None
 
     def _save_ref(self, sha: str) -> None:
-        git(self.repo, "update-ref", f"{self.ref_prefix}{self._n}", sha)
+        self._git("update-ref", f"refs/decision-retry/{self._n}", sha)
         self._n += 1
+
+    def _add_branch(self, result: str) -> None:
+        """HEAD plus the fix (base -> result), as a commit in the user's repository.
+
+        Files untracked in the user's repository stay out (`left_out`). Each tracked file's change
+        is applied to HEAD's version; where it does not apply (it overlaps uncommitted edits of
+        the user's), the file is taken whole from the fix.
+        """
+        tree = self._user_tree
+        assert tree is not None and self.base_sha is not None
+        raw = self._git("diff-tree", "-r", "-z", "--raw", "--no-renames", self.base_sha, result)
+        fields = raw.split("\0")
+        changes = [(meta[1:].split(" "), path) for meta, path in zip(fields[0::2], fields[1::2])
+                   if meta.startswith(":")]
+        copied_untracked = set(tree.files) - tree.tracked
+        self.left_out = [p for _, p in changes if p in copied_untracked]
+        index = str(self._tmp / "branch-index")
+        env = {"GIT_INDEX_FILE": index}
+        if tree.head:
+            self._git("read-tree", tree.head, env=env)
+        else:
+            self._git("read-tree", "--empty", env=env)
+        for (_, mode, _, sha, status), path in changes:
+            if path in copied_untracked:
+                continue
+            patch = self._git("diff-tree", *PATCH_FLAGS, self.base_sha, result, "--", path)
+            try:
+                git_bytes(self._tmp, "apply", "--cached", "--whitespace=nowarn", "-",
+                          git_dir=self.git_dir, env=env, input=patch.encode())
+            except WorkspaceError:  # take the fix's whole file
+                if status == "D":
+                    self._git("update-index", "--force-remove", "--", path, env=env)
+                else:
+                    self._git("update-index", "--add", "--cacheinfo", f"{mode},{sha},{path}",
+                              env=env)
+        new_tree = self._git("write-tree", env=env).strip()
+        head_tree = self._git("rev-parse", f"{tree.head}^{{tree}}").strip() if tree.head else None
+        if new_tree == head_tree:
+            return  # nothing of the fix lands on HEAD (it only touched untracked files)
+        parents = ["-p", tree.head] if tree.head else []
+        fix = self._git("commit-tree", new_tree, *parents,
+                        "-m", f"decision-retry {self.run_id}: fix").strip()
+        revs = f"{fix}\n" + (f"^{tree.head}\n" if tree.head else "")
+        pack = git_bytes(self._tmp, "pack-objects", "--stdout", "--revs", "-q",
+                         git_dir=self.git_dir, input=revs.encode())
+        self.user.add_branch(self.branch, fix, pack)
+        self.fix_sha = fix

@@ -1,5 +1,6 @@
 """The test runner on real pytest subprocesses; its summary parser on real pytest output shapes."""
 
+import os
 import shlex
 import sys
 import textwrap
@@ -92,15 +93,14 @@ def test_no_tests_collected(tmp_path: Path) -> None:
 
 
 def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
-    pidfile = tmp_path / "child.pid"
-    proj = project(
+    token = f"grandchild-{os.getpid()}-{time.monotonic_ns()}"  # found by command line: a PID
+    proj = project(                                            # namespace renumbers the child
         tmp_path,
         slow=f"""
-        import subprocess, time
+        import subprocess, sys, time
 
         def test_hangs():
-            child = subprocess.Popen(["sleep", "300"])
-            open({str(pidfile)!r}, "w").write(str(child.pid))
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", {token!r}])
             time.sleep(300)
     """,
     )
@@ -108,11 +108,23 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     result = run_tests([*PYTEST, "-q"], proj, timeout=3, env=FAST)
     assert result.timed_out and result.exit_code is None and not result.ok
     assert time.monotonic() - start < 60  # bounded by the limit, not by the 300 s sleep
-    status = Path(f"/proc/{int(pidfile.read_text())}/status")
     deadline = time.monotonic() + 30  # SIGKILL is delivered asynchronously
-    while alive(status) and time.monotonic() < deadline:
+    while with_token(token) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not alive(status), "the grandchild survived the timeout"
+    assert not with_token(token), "the grandchild survived the timeout"
+
+
+def with_token(token: str) -> list[int]:
+    """Live (not zombie) processes whose command line contains `token`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if token.encode() in cmd and alive(Path(f"/proc/{pid}/status")):
+            found.append(int(pid))
+    return found
 
 
 def alive(status: Path) -> bool:
