@@ -3,7 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
-DEBS   := chromium git bubblewrap
+DEBS   := chromium git bubblewrap libgomp1
 
 # The default model (`decision-retry models`): `make install` installs it and smollm2-135m (the
 # fast one the tests use); the others install on demand (`decision-retry models install NAME`).

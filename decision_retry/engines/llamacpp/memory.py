@@ -1,0 +1,197 @@
+"""The KV memory of one llama.cpp context: rows (sequences), batched decodes, forks, eviction.
+
+A `Row` is one sequence of a cache: the token ids its KV covers and the sequence id holding
+them, or no id when it was evicted. Sequence ids (`SeqIds`) and KV cells (n_ctx, shared between
+rows by `kv_unified`) are finite, so when either runs out the least recently used rows that the
+current call does not touch are evicted: their ids go back, their cells are removed, and their
+token ids stay, so the next use re-prefills them (from the longest prefix another live row still
+holds, so a fork of a prompt costs only its own tail). A run never sees "out of sequence ids" or
+"no KV slot"; only a single request larger than the whole context fails, with one clear line.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import weakref
+from collections.abc import Sequence
+
+from decision_retry.engines.llamacpp import lib as L
+from decision_retry.engines.llamacpp.seqs import SeqIds
+
+# llama.cpp's CPU kernels switch to a different matrix path for large batches (measured on
+# b11549: batches of up to 62 tokens give logits bitwise equal to one-token decodes, 64 do not,
+# off by up to ~1 nat on SmolLM2 Q4_1). Everything but a prompt's first prefill goes in chunks
+# of SMALL, so a scoring pass or a re-prefilled row reproduces what decoding computed, exactly.
+SMALL = 32
+
+
+class Row:
+    """One sequence: `ids` covered by its KV, `seq` its llama.cpp id (None once evicted), and
+    `bulk`: how many leading ids were prefilled in large chunks (the rest went in small ones)."""
+
+    __slots__ = ("ids", "seq", "bulk", "used", "_memory", "__weakref__")
+
+    def __init__(self, memory: "Memory", ids: list[int], bulk: int = 0) -> None:
+        self.ids, self.seq, self.bulk, self.used, self._memory = ids, None, bulk, 0, memory
+
+    def __del__(self) -> None:  # the one place a row gives its sequence back
+        if self.seq is not None:
+            self._memory.release(self)
+
+
+class Model:
+    """Owns a loaded `llama_model *` and frees it when the last context using it is gone."""
+
+    def __init__(self, path: str) -> None:
+        self.lib = L.load()
+        params = self.lib.llama_model_default_params()
+        params.n_gpu_layers = 0  # CPU only: the pinned wheel is a CPU build
+        self.ptr = self.lib.llama_model_load_from_file(path.encode(), params)
+        if not self.ptr:
+            raise ValueError(f"llama.cpp could not load {path} (not a GGUF model it supports?)")
+
+    def __del__(self) -> None:
+        if getattr(self, "ptr", None):
+            self.lib.llama_model_free(self.ptr)
+
+
+class ContextFull(RuntimeError):
+    """One request needs more KV cells than the context has, even with every other row evicted."""
+
+
+class Memory:
+    """Sequence ids, KV cells and the decode batch of one context."""
+
+    def __init__(self, model: "Model", ctx: int, n_seq: int, n_batch: int) -> None:
+        self.lib = L.load()
+        self.model = model  # freed after this context: every row holds the memory, it the model
+        self.ctx, self.mem = ctx, self.lib.llama_get_memory(ctx)
+        self.seqs = SeqIds(n_seq)
+        self.n_batch = n_batch
+        self.live: dict[int, weakref.ref[Row]] = {}  # seq id -> the row holding it
+        self.clock = 0
+        self.evictions = 0
+        # one batch, allocated once: n_batch slots, one sequence id per token
+        self._token = (L.llama_token * n_batch)()
+        self._pos = (L.llama_pos * n_batch)()
+        self._nseq = (ctypes.c_int32 * n_batch)(*([1] * n_batch))
+        self._seq = (L.llama_seq_id * n_batch)()
+        base = ctypes.addressof(self._seq)
+        size = ctypes.sizeof(L.llama_seq_id)
+        self._seqp = (ctypes.POINTER(L.llama_seq_id) * n_batch)(
+            *(ctypes.cast(base + i * size, ctypes.POINTER(L.llama_seq_id)) for i in range(n_batch))
+        )
+        self._logits = (ctypes.c_int8 * n_batch)()
+        self._batch = L.Batch(0, self._token, None, self._pos, self._nseq, self._seqp, self._logits)
+
+    def __del__(self) -> None:
+        self.lib.llama_free(self.ctx)
+
+    # -- rows ------------------------------------------------------------------------------
+    def row(self, ids: Sequence[int], bulk: int = 0) -> Row:
+        """A row over `ids` with no sequence yet (`ready` gives it one)."""
+        return Row(self, list(ids), bulk)
+
+    def fork(self, src: Row, n: int) -> Row:
+        """A new row over src.ids[:n], sharing src's KV cells (no recompute); src stays usable."""
+        if not 0 <= n <= len(src.ids):
+            raise ValueError(f"slice to {n} positions of a cache over {len(src.ids)}")
+        dst = Row(self, src.ids[:n], min(src.bulk, n))
+        if src.seq is not None and n > 0:
+            self._touch(src)
+            self._give_seq(dst, pinned=(src,))
+            self.lib.llama_memory_seq_cp(self.mem, src.seq, dst.seq, 0, n)  # positions [0, n)
+        return dst  # from an evicted source, the fork is evicted too: re-prefilled when used
+
+    def release(self, row: Row) -> None:
+        """Remove the row's cells and return its id (the row keeps its token ids)."""
+        seq, row.seq = row.seq, None
+        self.lib.llama_memory_seq_rm(self.mem, seq, -1, -1)
+        self.live.pop(seq, None)
+        self.seqs.give(seq)
+
+    def ready(self, rows: Sequence[Row]) -> None:
+        """Give every row a sequence holding its ids, (re-)prefilling those without one: the
+        longest prefix a live row holds is copied, the rest decoded in the chunks it first was."""
+        for row in rows:
+            self._touch(row)
+        for row in rows:
+            if row.seq is None:
+                self._give_seq(row, pinned=rows)
+                donor, n = self._longest_prefix(row)
+                if n:
+                    self.lib.llama_memory_seq_cp(self.mem, donor.seq, row.seq, 0, n)
+                for start, stop, chunk in ((n, row.bulk, self.n_batch), (max(n, row.bulk), len(row.ids), SMALL)):
+                    if stop > start:
+                        todo = row.ids[start:stop]
+                        self.feed([row] * len(todo), todo, range(start, stop), chunk=chunk, pinned=rows)
+
+    # -- decoding --------------------------------------------------------------------------
+    def feed(self, rows: Sequence[Row], tokens: Sequence[int], pos: Sequence[int], *,
+             chunk: int | None = None, outputs: bool = False, pinned: Sequence[Row] = ()) -> None:
+        """Decode tokens[i] at pos[i] into rows[i].seq, `chunk` tokens per llama_decode (all in
+        one by default); logits of every token when `outputs` (read them before the next call)."""
+        n = len(tokens)
+        chunk = min(chunk or n, self.n_batch) or 1
+        if outputs and n > chunk:
+            raise ValueError(f"{n} outputs in one decode: at most {chunk}")
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            for j, i in enumerate(range(start, stop)):
+                self._token[j], self._pos[j], self._seq[j] = tokens[i], pos[i], rows[i].seq
+                self._logits[j] = outputs
+            self._batch.n_tokens = stop - start
+            self._decode(pinned or rows)
+
+    def _decode(self, pinned: Sequence[Row]) -> None:
+        while True:
+            rc = self.lib.llama_decode(self.ctx, self._batch)
+            if rc == 0:
+                return
+            if rc != 1 or not self._evict_one(pinned):  # 1: no KV slot; the call was undone
+                if rc == 1:
+                    raise ContextFull(
+                        f"llama.cpp context full: {self._batch.n_tokens} new tokens do not fit in "
+                        f"n_ctx={self.lib.llama_n_ctx(self.ctx)} cells (raise n_ctx)"
+                    )
+                raise RuntimeError(f"llama_decode failed with code {rc}")
+
+    # -- ids, cells and eviction -----------------------------------------------------------
+    def _touch(self, row: Row) -> None:
+        self.clock += 1
+        row.used = self.clock
+
+    def _give_seq(self, row: Row, pinned: Sequence[Row]) -> None:
+        seq = self.seqs.take()
+        while seq is None:
+            if not self._evict_one(pinned):
+                raise ContextFull(f"all {self.seqs.n} sequence ids are held by this one request")
+            seq = self.seqs.take()
+        row.seq = seq
+        self.live[seq] = weakref.ref(row)
+
+    def _evict_one(self, pinned: Sequence[Row]) -> bool:
+        """Evict the least recently used row not in `pinned`; False when there is none."""
+        keep = {id(r) for r in pinned}
+        rows = [r for r in (ref() for ref in list(self.live.values())) if r is not None]
+        idle = [r for r in rows if id(r) not in keep and r.seq is not None]
+        if not idle:
+            return False
+        self.release(min(idle, key=lambda r: r.used))
+        self.evictions += 1
+        return True
+
+    def _longest_prefix(self, row: Row) -> tuple[Row | None, int]:
+        """The live row sharing the longest prefix of row.ids (at most len - 0), and its length."""
+        best, best_n = None, 0
+        for ref in list(self.live.values()):
+            other = ref()
+            if other is None or other is row or other.seq is None:
+                continue
+            n, limit = 0, min(len(other.ids), len(row.ids))
+            a, b = other.ids, row.ids
+            while n < limit and a[n] == b[n]:
+                n += 1
+            if n > best_n:
+                best, best_n = other, n
+        return best, best_n
