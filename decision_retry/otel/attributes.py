@@ -1,13 +1,21 @@
 """What each span says: names and attributes of trace nodes, per the GenAI semantic conventions.
 
 Pure functions from a node to a span name or an attribute dict; where the span sits in the tree
-and in time is `spans.py`'s business. `gen_ai.*` keys follow the conventions; everything specific
-to decision-retry is under `decision_retry.*`; `openinference.span.kind` lets Phoenix classify spans.
+and in time is `spans.py`'s business. `gen_ai.*` keys follow the conventions (`gen_ai.provider.name`,
+never the deprecated `gen_ai.system`); everything specific to decision-retry (entropy, decision
+points, cuts, MH steps) is under `decision_retry.*`; `openinference.span.kind` lets Phoenix
+classify spans.
+
+Content (prompts, replies, tool arguments and results, test output, token texts) is opt-in, as the
+conventions say: only when $OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT is `true`,
+`SPAN_ONLY` or `SPAN_AND_EVENT` (we emit no events). Numbers (entropies, positions, token ids,
+probabilities, counts) are always there.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from decision_retry import __version__
@@ -18,6 +26,18 @@ DEFAULT_PROVIDER = "transformers"  # local models; a run's config key `provider`
 TEST_TOOL = "run_tests"  # gen_ai.tool.name of test runs
 TEXT_LIMIT = 512  # characters of tool arguments, observations and test output kept on a span
 SCALARS = (bool, int, float, str)
+CAPTURE_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+CAPTURE_ON_SPANS = {"true", "span_only", "span_and_event"}
+
+
+def capture_content() -> bool:
+    """True when the environment asks for message content on spans."""
+    return os.environ.get(CAPTURE_ENV, "").strip().lower() in CAPTURE_ON_SPANS
+
+
+def content(attrs: dict[str, Any]) -> dict[str, Any]:
+    """`attrs` when content capture is on, else nothing."""
+    return attrs if capture_content() else {}
 
 
 def clean(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -118,6 +138,7 @@ def turn_attributes(turn: Turn, run: Run | None) -> dict[str, Any]:
     }
     if isinstance(params.get("finish_reason"), str):
         attrs["gen_ai.response.finish_reasons"] = [params["finish_reason"]]
+    attrs.update(content(turn_messages(turn)))
     entropies = [t.entropy for t in turn.tokens]
     if entropies:
         top = max(range(len(entropies)), key=entropies.__getitem__)
@@ -128,26 +149,44 @@ def turn_attributes(turn: Turn, run: Run | None) -> dict[str, Any]:
     return attrs
 
 
+def turn_messages(turn: Turn) -> dict[str, str]:
+    """`gen_ai.input.messages` / `gen_ai.output.messages` (JSON, the conventions' message parts):
+    the turn's prompt as one user message, its text as the assistant's reply."""
+    finish = turn.params.get("finish_reason")
+    output = {"role": "assistant", "parts": [{"type": "text", "content": turn.text}]}
+    if isinstance(finish, str):
+        output["finish_reason"] = finish
+    attrs = {"gen_ai.output.messages": json.dumps([output], ensure_ascii=False)}
+    if turn.prompt:
+        attrs["gen_ai.input.messages"] = json.dumps(
+            [{"role": "user", "parts": [{"type": "text", "content": turn.prompt}]}],
+            ensure_ascii=False)
+    return attrs
+
+
 def decision_name(decision: DecisionPoint) -> str:
     """`decision <label>`: the tool label (action, file, ...) or `entropy`."""
     return f"decision {decision.label or decision.kind}"
 
 
 def decision_attributes(decision: DecisionPoint) -> dict[str, Any]:
-    """A decision span: entropy, position, chosen token, alternatives, repository snapshot."""
+    """A decision span: entropy, position, chosen token, alternatives, repository snapshot
+    (the texts of the token, the choice and the alternatives only when capturing content)."""
     return {
         "decision_retry.decision.id": decision.id,
         "decision_retry.decision.kind": decision.kind,
         "decision_retry.decision.label": decision.label,
         "decision_retry.decision.entropy": decision.entropy,
         "decision_retry.decision.position": decision.position,
-        "decision_retry.decision.token": decision.token,
         "decision_retry.decision.token_id": decision.token_id,
-        "decision_retry.decision.choice": decision.choice,
-        "decision_retry.decision.alternatives": [a.text for a in decision.alternatives],
         "decision_retry.decision.alternative_probs": [a.prob for a in decision.alternatives],
         "decision_retry.decision.snapshot": decision.snapshot,
         "decision_retry.turn.id": decision.turn_id,
+        **content({
+            "decision_retry.decision.token": decision.token,
+            "decision_retry.decision.choice": decision.choice,
+            "decision_retry.decision.alternatives": [a.text for a in decision.alternatives],
+        }),
     }
 
 
@@ -163,20 +202,23 @@ def tool_attributes(name: str, branch_id: str) -> dict[str, Any]:
 
 
 def tool_call_attributes(call: ToolCall) -> dict[str, Any]:
-    """An action's call id, arguments and observation, each clipped."""
+    """An action's call id; its arguments and observation (clipped) when capturing content."""
     return {
         "gen_ai.tool.call.id": call.id,
-        "gen_ai.tool.call.arguments": clip(json.dumps(call.arguments, default=str)),
-        "gen_ai.tool.call.result": clip(call.observation),
         "decision_retry.turn.id": call.turn_id,
+        **content({
+            "gen_ai.tool.call.arguments": clip(json.dumps(call.arguments, default=str)),
+            "gen_ai.tool.call.result": clip(call.observation),
+        }),
     }
 
 
 def testrun_attributes(test_run: TestRun) -> dict[str, Any]:
-    """A test run: command, counts, exit code, duration, output tail (clipped)."""
+    """A test run: command, counts, exit code, duration; the output tail (clipped) when
+    capturing content."""
     attrs = {
         "gen_ai.tool.call.id": test_run.id,
-        "gen_ai.tool.call.result": clip(test_run.output_tail),
+        **content({"gen_ai.tool.call.result": clip(test_run.output_tail)}),
         "decision_retry.test.command": test_run.command,
         "decision_retry.test.passed": test_run.passed,
         "decision_retry.test.failed": test_run.failed,

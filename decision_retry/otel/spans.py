@@ -88,6 +88,7 @@ class SpanListener:
         self._branches: dict[str, _BranchState] = {}
         self._turns: dict[str, _TurnState] = {}
         self._decisions: dict[tuple[str, int], SpanContext] = {}  # (turn id, position)
+        self._decision_ids: dict[tuple[str, int], str] = {}  # the same key -> decision node id
         self._latest = 0  # latest end of any span: the root never ends before it
 
     # -- placing spans ---------------------------------------------------------------------
@@ -113,16 +114,20 @@ class SpanListener:
         state = self._branches.get(branch_id) if branch_id else None
         return state, state.span.get_span_context() if state else self._root_context()
 
-    def _cut_target(self, branch_id: str | None, cut: Cut) -> tuple[SpanContext, str] | None:
-        """The decision span (else the turn span) at `cut` in the trajectory of `branch_id`."""
+    def _cut_target(
+        self, branch_id: str | None, cut: Cut
+    ) -> tuple[SpanContext, str, str] | None:
+        """The decision span (else the turn span) at `cut` in the trajectory of `branch_id`:
+        its context, its kind and the id of its trace node."""
         state = self._branches.get(branch_id) if branch_id else None
         while state is not None:
             turn_id = state.turns.get(cut.turn)
             if turn_id is not None:
                 if (turn_id, cut.position) in self._decisions:
-                    return self._decisions[(turn_id, cut.position)], "decision"
+                    key = (turn_id, cut.position)
+                    return self._decisions[key], "decision", self._decision_ids[key]
                 turn = self._turns.get(turn_id)
-                return (turn.context, "turn") if turn is not None else None
+                return (turn.context, "turn", turn_id) if turn is not None else None
             if state.cut is None or cut.turn >= state.cut.turn or state.parent_id is None:
                 return None  # the turn is neither the branch's own nor inherited
             state = self._branches.get(state.parent_id)
@@ -149,13 +154,15 @@ class SpanListener:
 
     def start_branch(self, branch: Branch) -> None:
         with self._lock:
-            links = []
+            links, attrs = [], A.branch_attributes(branch)
             if branch.cut is not None:
                 target = self._cut_target(branch.parent_id, branch.cut)
                 if target is not None:
                     links.append(Link(target[0], {"decision_retry.link": f"cut_from_{target[1]}"}))
+                    # the link again as an attribute (some backends, Phoenix, drop span links):
+                    # the decision's (or turn's) node id, which its span carries too
+                    attrs[f"decision_retry.cut.{target[1]}_id"] = target[2]
             start = self.clock()
-            attrs = A.branch_attributes(branch)
             span = self._span(
                 f"branch {branch.strategy}", self._root_context(), start, attrs, links
             )
@@ -188,6 +195,7 @@ class SpanListener:
             self._end(span, end)
             key = (decision.turn_id, decision.position)
             self._decisions.setdefault(key, span.get_span_context())  # entropy sorts before tool
+            self._decision_ids.setdefault(key, decision.id)
 
     def record_tool_call(self, call: ToolCall) -> None:
         with self._lock:

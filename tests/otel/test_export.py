@@ -48,8 +48,10 @@ def no_otel_env(monkeypatch) -> None:
 
 
 def export(home: Path, run_id: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    """`decision-retry logs export RUN` in a subprocess whose only OTEL_* variables are `env`."""
+    """`decision-retry logs export RUN` in a subprocess whose only OTEL_* variables are `env`
+    (and the opt-in to message content, which these checks read)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    base["OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"] = "true"
     cmd = [sys.executable, "-m", "decision_retry.cli", "logs", "export", run_id]
     return subprocess.run(
         [*cmd, "--home", str(home), *args],
