@@ -173,12 +173,14 @@ class RemoteEngine:
 
     def _token(self, step: Step, text: str, sampling: Sampling) -> Token:
         top = sorted(step.top, key=lambda c: -c.logprob)
-        listed = bounds.Listed(tuple(c.logprob for c in top), self.info.vocab)
+        listed_ids = {c.id for c in top}
+        extra = () if step.id in listed_ids else (step.logprob,)  # known, outside the top-k
+        listed = bounds.listed([c.logprob for c in top], self.info.vocab, extra)
         rank = next((i for i, c in enumerate(top) if c.id == step.id), None)
         h = bounds.entropy_bounds(listed)
         q = bounds.logq_bounds(step.logprob, listed, sampling.temperature, sampling.top_k, rank)
         alts = tuple(
-            Alternative(id=c.id, text=_loose(c.piece), prob=math.exp(c.logprob))
+            Alternative(id=c.id, text=_loose(c.piece) or self._piece(c.id), prob=math.exp(c.logprob))
             for c in top[: sampling.alternatives]
         )
         return Token(
@@ -187,6 +189,11 @@ class RemoteEngine:
             logq_bounds=None if q[0] == q[1] else q,
             entropy_bounds=None if h[0] == h[1] else h,
         )
+
+    def _piece(self, tid: int) -> str:
+        """An alternative's text where the server lists ids only (vLLM)."""
+        piece = getattr(self.dialect, "piece", None)
+        return piece(tid) if piece is not None else ""
 
     def _finish(self, row: _Row, sampling: Sampling, start: int) -> Finish | None:
         new = row.tokens

@@ -36,7 +36,7 @@ def build_params(model: str, *, host: str, port: int, parallel: int, ctx: int, t
     if api_key:
         p.api_keys = [api_key]
     if alias:
-        p.model_alias = alias
+        p.model_alias = {alias}  # a set of names in this binding (a str would be its letters)
     return p
 
 
@@ -89,3 +89,81 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+class LocalServer:
+    """A llama.cpp server in a child process on 127.0.0.1 (tests, benchmarks): start, then
+    stop (SIGTERM), kill (SIGKILL), pause (SIGSTOP: a hung server) or resume it."""
+
+    def __init__(self, model: str = "smollm2-135m", *, port: int | None = None, parallel: int = 4,
+                 ctx: int = 4096, threads: int = 1, alias: str | None = None,
+                 api_key_env: str | None = None, env: dict | None = None) -> None:
+        self.model, self.port = model, port or free_port()
+        self.args = ["--port", str(self.port), "--parallel", str(parallel), "--ctx", str(ctx),
+                     "--threads", str(threads)]
+        if alias:
+            self.args += ["--alias", alias]
+        if api_key_env:
+            self.args += ["--api-key-env", api_key_env]
+        self.env, self.proc = env, None
+
+    @property
+    def url(self) -> str:
+        """The `--model` spec of this server."""
+        return f"llamacpp+http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 180.0) -> LocalServer:
+        """Start and wait for `listening on` (RuntimeError with its stderr if it exits first)."""
+        import select
+        import subprocess
+        import tempfile
+
+        self._log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "decision_retry.engines.remote.serve", self.model, *self.args],
+            stdout=subprocess.PIPE, stderr=self._log, text=True,
+            env={**os.environ, **(self.env or {})})
+        ready = select.select([self.proc.stdout], [], [], timeout)[0]  # a line, or EOF at exit
+        line = self.proc.stdout.readline() if ready else ""
+        if not line.startswith("listening on"):
+            self.kill()
+            self._log.seek(0)
+            tail = self._log.read().decode(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"llama.cpp server did not start: {' | '.join(tail)}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.resume()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except Exception:  # noqa: BLE001 - stuck in teardown: end it
+                self.kill()
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def __enter__(self) -> LocalServer:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,126 @@
+"""vLLM's OpenAI-compatible server (`vllm serve` / `python -m vllm.entrypoints.openai.api_server`).
+
+What the engine needs from the deployment (docs/scaling.md):
+* `--logprobs-mode raw_logprobs`: log-probs of the raw logits (temperature 1), whatever the
+  request's sampling settings; the default mode reports the *processed* distribution;
+* `--max-logprobs N` (default 20) bounds the candidates per token; `-1` allows the whole
+  vocabulary (our exact mode, `?exact=1`);
+* automatic prefix caching (on by default) makes a fork cheap; `--enable-prompt-tokens-details`
+  lets the server report the cached prompt tokens.
+
+Requests: `/v1/completions` with the prompt as token ids, `n` rows, `seed`, `logprobs`,
+streamed, ids as `token_id:N` (`return_tokens_as_token_ids`). Tokenizer: `/tokenize` (chat
+messages through the model's template) and `/detokenize`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from decision_retry.engines.remote.http import Http, HttpStatusError
+from decision_retry.engines.remote.wire import Candidate, End, ModelInfo, Request, Step, Usage
+
+NEUTRAL = {"top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+           "frequency_penalty": 0.0}
+
+
+class VllmServer:
+    """`Dialect` for a vLLM server at `http.base` serving `model` (default: the first listed)."""
+
+    kind = "vllm"
+
+    def __init__(self, http: Http, model: str | None = None, *, vocab: int | None = None) -> None:
+        self.http, self.model, self.vocab = http, model, vocab
+        self._pieces: dict[int, str] = {}
+
+    def info(self) -> ModelInfo:
+        data = self.http.get("/v1/models").get("data", [])
+        ids = [str(d.get("id")) for d in data]
+        if not ids:
+            raise ValueError("the server lists no model")
+        if self.model is None:
+            self.model = ids[0]
+        elif self.model not in ids:
+            raise LookupError(f"unknown model {self.model!r}; the server has: {', '.join(ids)}")
+        vocab = self.vocab or self._probe_vocab()
+        eos = self._eos()
+        return ModelInfo(name=self.model, vocab=vocab, eos_ids=eos)
+
+    def _probe_vocab(self) -> int:
+        """The vocabulary size: the length of one whole-vocabulary log-prob list (needs
+        --max-logprobs -1); else ask for `?vocab=N`."""
+        body = {**self._sampling(1, 1.0, None, 0, -1), "prompt": [0], "stream": False}
+        try:
+            out = self.http.post("/v1/completions", body)
+        except HttpStatusError as err:
+            raise ValueError(f"cannot learn the vocabulary size ({err}); start vLLM with "
+                             "--max-logprobs -1 or add ?vocab=N to --model") from None
+        return len(out["choices"][0]["logprobs"]["top_logprobs"][0])
+
+    def _eos(self) -> frozenset[int]:
+        """End-of-generation ids: what the tokenizer's template appends after a reply."""
+        return frozenset()
+
+    # -- tokenizer -------------------------------------------------------------------------
+    def tokenize_chat(self, messages: Sequence[dict]) -> list[int]:
+        body = {"model": self.model, "messages": list(messages), "add_generation_prompt": True}
+        return list(self.http.post("/tokenize", body)["tokens"])
+
+    def tokenize(self, text: str) -> list[int]:
+        body = {"model": self.model, "prompt": text, "add_special_tokens": False}
+        return list(self.http.post("/tokenize", body)["tokens"])
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.http.post("/detokenize", {"model": self.model, "tokens": list(ids)})["prompt"]
+
+    def piece(self, tid: int) -> str:
+        """One token's text, asked once per id (vLLM lists alternatives by id only)."""
+        if tid not in self._pieces:
+            self._pieces[tid] = self.detokenize([tid])
+        return self._pieces[tid]
+
+    # -- decoding --------------------------------------------------------------------------
+    def _sampling(self, n: int, temperature: float, top_k: int | None, seed: int,
+                  logprobs: int) -> dict:
+        return {
+            **NEUTRAL, "model": self.model, "max_tokens": 1, "n": n, "temperature": temperature,
+            "top_k": top_k or -1, "seed": seed, "logprobs": logprobs,
+            "return_tokens_as_token_ids": True, "skip_special_tokens": False,
+        }
+
+    def body(self, req: Request) -> dict:
+        body = self._sampling(req.n, req.temperature, req.top_k, req.seed, req.logprobs)
+        body.update(prompt=list(req.ids), max_tokens=req.max_new_tokens, stream=True,
+                    stream_options={"include_usage": True, "continuous_usage_stats": True})
+        return body
+
+    @contextmanager
+    def generate(self, req: Request) -> Iterator[Iterator[Step | Usage | End]]:
+        with self.http.events("/v1/completions", self.body(req)) as events:
+            yield self._steps(events, req.logprobs)
+
+    def _steps(self, events: Iterator[dict], k: int) -> Iterator[Step | Usage | End]:
+        reported = False
+        for ev in events:
+            usage = ev.get("usage")
+            if usage and not reported:
+                reported = True
+                cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+                if cached is not None:
+                    yield Usage(0, int(usage["prompt_tokens"]), int(cached))
+            for choice in ev.get("choices") or ():
+                row, lp = int(choice.get("index", 0)), choice.get("logprobs") or {}
+                tokens = lp.get("tokens") or []
+                for i, name in enumerate(tokens):
+                    ranked = sorted((lp.get("top_logprobs") or [{}])[i].items(), key=lambda kv: -kv[1])
+                    top = tuple(Candidate(_id(t), float(v), "") for t, v in ranked[:k])
+                    text = choice.get("text", "") if i == len(tokens) - 1 else ""
+                    yield Step(row, _id(name), float(lp["token_logprobs"][i]), top, text)
+                if choice.get("finish_reason"):
+                    yield End(row, "eos" if choice["finish_reason"] == "stop" else "length")
+
+
+def _id(name: str) -> int:
+    """`token_id:123` -> 123."""
+    return int(str(name).rsplit(":", 1)[-1])
