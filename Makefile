@@ -12,7 +12,7 @@ MODEL  ?= qwen2.5-coder-0.5b
 # ignored") once per package. Real failures are still printed and stop make.
 PIPI   := $(PIP) install -qq
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-phoenix clean
 
 # Every run: models already installed are checked against their stamps and print nothing.
 install: $(STAMP)
@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml setup.py Makefile
 	@echo "== installing Python packages into $(VENV) with pip (minutes the first time)"
 	@$(PIPI) --upgrade pip
 	@$(PIPI) torch==2.13.0
-	@$(PIPI) -e '.[dev]'
+	@$(PIPI) -e '.[dev,langchain]'
 	@touch $(STAMP)
 
 # The demo: a copy of fixtures/units (a sign error in celsius_to_fahrenheit) as a git repository,
@@ -50,5 +50,15 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+# Arize Phoenix, a real trace viewer, in its own virtual environment (about 850 MB, two minutes to
+# install; never part of `make test`): tests/phoenix runs a `fix` against it and reads the spans
+# back through Phoenix's API; the screenshot in docs/observability.md comes from this target.
+PHOENIX := .venv-phoenix
+test-phoenix: install
+	@test -x $(PHOENIX)/bin/phoenix || { echo "== installing Arize Phoenix into $(PHOENIX)"; \
+	  python3 -m venv $(PHOENIX) && $(PHOENIX)/bin/python -m pip install -qq arize-phoenix==20.26.1; }
+	DECISION_RETRY_PHOENIX=$(PHOENIX)/bin/phoenix DECISION_RETRY_PHOENIX_SCREENSHOT=docs/img/phoenix_trace.png \
+	  $(PY) -m pytest -q -s -p no:cacheprovider tests/phoenix
+
 clean:
-	rm -rf $(VENV) .demo build *.egg-info
+	rm -rf $(VENV) $(PHOENIX) .demo build *.egg-info
