@@ -58,10 +58,12 @@ def _bounded(content: list[dict], temperature: float, vocab: int) -> Reply:
     for j, item in enumerate(content):
         logp = float(item["logprob"])
         top = item.get("top_logprobs") or []
-        pairs = {a["token"]: float(a["logprob"]) for a in top}
-        pairs.setdefault(item["token"], logp)  # the drawn token is in the known mass too
-        listed = bounds.listed(list(pairs.values()), vocab)
-        rank = sorted(pairs, key=pairs.get, reverse=True).index(item["token"])
+        top_lp = sorted((float(a["logprob"]) for a in top), reverse=True)
+        in_top = any(a.get("token") == item["token"] for a in top)
+        # the drawn token is known mass too, listed or not (vLLM adds it outside the top-k)
+        listed = bounds.listed(top_lp, vocab, () if in_top else (logp,))
+        rank = min(range(len(top_lp)), key=lambda i: abs(top_lp[i] - logp)) if in_top else None
+        pairs = {a["token"]: float(a["logprob"]) for a in top} | {item["token"]: logp}
         h = bounds.entropy_bounds(listed)
         q = bounds.logq_bounds(logp, listed, temperature, token_rank=rank)
         gap = max(gap, h[1] - h[0])
