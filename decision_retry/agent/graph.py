@@ -217,7 +217,8 @@ class FixAgent:
         checked, solved = [], None
         for a in state["pending"]:
             self.ws.restore(a.final_sha)
-            r = self.ws.run_tests(self.config.test_cmd, self.config.test_timeout)
+            r = self.ws.run_tests(self.config.test_cmd, self.config.test_timeout,
+                                  branch=a.branch.id)  # --resume replays a recorded result
             self.recorder.record_test_run(
                 a.branch, command=self.config.test_cmd, exit_code=-1 if r.exit_code is None else r.exit_code,
                 passed=r.passed, failed=r.failed, errors=r.errors, output_tail=r.output_tail,

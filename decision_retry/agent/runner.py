@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from decision_retry.agent import definitions
+from decision_retry.agent import definitions, leftovers
 from decision_retry.agent import sandbox as sandboxes
 from decision_retry.agent.graph import Attempt, FixAgent, build_graph
 from decision_retry.agent.locate import locate, source_files
@@ -63,8 +67,33 @@ class FixResult(BaseModel):
     branch: str | None = None
     left_out: list[str] = []  # fixed files untracked in the user's repository: not on the branch
     sandbox: str = ""  # the one line saying how the tests ran
+    resumed: int = 0  # --resume: recorded turns replayed exactly
+    diverged: bool = False  # --resume: a recorded turn was not reproduced (other model/engine)
     rewinds: list[Rewind] = []
     steps: list[StepRecord] = []
+
+
+@contextmanager
+def signals_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, as Ctrl-C does: the test group is killed, the
+    clone removed, the run marked interrupted. Further signals are ignored while that cleanup
+    runs (SIGKILL still ends it; the next run or `logs gc` removes what is left)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = (signal.SIGTERM, signal.SIGHUP)
+
+    def interrupt(signum, frame):
+        for s in caught:
+            signal.signal(s, signal.SIG_IGN)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, interrupt) for s in caught}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def check_input(ws: Workspace, cfg: FixConfig):
@@ -94,11 +123,24 @@ def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None =
         from decision_retry.loading import load_lm
 
         lm = load_lm(cfg.model)
-    defn = definitions.load(cfg.protocol)
+    leftovers.sweep(store)  # what runs killed with SIGKILL left: their clones; mark them
     recorder = Recorder(store, listeners)
-    run = recorder.start_run(model=lm.name, strategy=cfg.retry.strategy,
-                             config=cfg.model_dump(mode="json"), seed=cfg.seed, repo=str(root))
+    recorder.start_run(model=lm.name, strategy=cfg.retry.strategy,
+                       config=cfg.model_dump(mode="json"), seed=cfg.seed, repo=str(root))
+    return drive(root, cfg, lm=lm, recorder=recorder, sandbox=sandbox, on_event=on_event,
+                 apply=apply)
+
+
+def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandboxes.Sandbox,
+          on_event=None, apply: bool = False, replay: dict | None = None) -> FixResult:
+    """Run the agent for `recorder.run` in a fresh clone of `root`: from the start, or (resume)
+    replaying the test results `replay` recorded per branch. The same seed and config give the
+    same trace: node ids derive from content, so a replayed node is the recorded one."""
+    run = recorder.run
+    assert run is not None
+    defn = definitions.load(cfg.protocol)
     ws = Workspace(root, run.id[:12], sandbox=sandbox)
+    ws.replay = replay or {}
     try:
         ws.open()
         # 1) the input: failing tests, and the code under test

@@ -14,7 +14,6 @@ user's repository stays out of the branch and is listed in `left_out`.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -23,12 +22,12 @@ from typing import Self
 
 from decision_retry.agent import sandbox as sandboxes
 from decision_retry.agent.gitexec import PATCH_FLAGS, git, git_bytes
+from decision_retry.agent.leftovers import TMP_PREFIX, owner_stamp
 from decision_retry.agent.userrepo import UserRepo, UserTree, repo_root
 from decision_retry.errors import BadInput, WorkspaceError
 
 __all__ = ["TMP_PREFIX", "PathError", "Workspace", "git", "repo_root"]
 
-TMP_PREFIX = "decision-retry-"
 NAME_MAX = 255  # bytes of one path component (Linux, macOS)
 PATH_MAX = 4096
 
@@ -54,6 +53,7 @@ class Workspace:
         self.run_id = run_id
         self.branch = f"decision-retry/{run_id}"
         self.sandbox = sandbox
+        self.replay: dict[str, list] = {}  # branch id -> recorded TestRuns, oldest first
         try:
             self.user.git("check-ref-format", f"refs/heads/{self.branch}")
         except WorkspaceError:
@@ -80,8 +80,7 @@ class Workspace:
         tree = self._user_tree = self.user.capture()
         self._tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{self.run_id}-")).resolve()
         try:
-            (self._tmp / "owner.json").write_text(json.dumps(
-                {"pid": os.getpid(), "run_id": self.run_id, "repo": str(self.repo)}))
+            (self._tmp / "owner.json").write_text(owner_stamp(self.run_id, self.repo))
             self._root = self._tmp / self.repo.name
             self._init_clone(tree)
             self._copy_files(tree)
@@ -152,10 +151,19 @@ class Workspace:
         target = self._commit(sha) if sha else self._write_tree()
         return self._git("diff-tree", *PATCH_FLAGS, base, target)
 
-    def run_tests(self, cmd: str, timeout: float, **kw):
-        """The test command run in the working tree, in this workspace's sandbox."""
-        from decision_retry.agent.testrun import run_tests
+    def run_tests(self, cmd: str, timeout: float, *, branch: str | None = None, **kw):
+        """The test command run in the working tree, in this workspace's sandbox; for a
+        `branch` whose result `replay` holds (a resumed run), that recorded result."""
+        from decision_retry.agent.testrun import TestResult, run_tests
 
+        recorded = self.replay.get(branch) if branch else None
+        if recorded:
+            t = recorded.pop(0)
+            return TestResult(command=tuple(cmd.split()), exit_code=None if t.exit_code == -1
+                              else t.exit_code, timed_out=t.exit_code == -1, passed=t.passed,
+                              failed=t.failed, errors=t.errors, output_tail=t.output_tail,
+                              duration_s=t.duration_s,
+                              no_tests=t.exit_code == 5 and not (t.passed or t.failed))
         return run_tests(cmd, self.root, timeout, sandbox=self.sandbox, **kw)
 
     # -- files ----------------------------------------------------------------------------------

@@ -10,9 +10,10 @@ from rich.live import Live
 from rich.syntax import Syntax
 from rich.text import Text
 
-from decision_retry.cli.options import model_option, threads_option
+from decision_retry.agent.sandbox import SANDBOXES
 from decision_retry.choices import STRATEGIES
 from decision_retry.cli.logs import home_option
+from decision_retry.cli.options import finite, model_option, threads_option
 
 
 class Progress:
@@ -53,7 +54,7 @@ def span_listener(otlp: str | None):
 
 
 @click.command()
-@click.argument("path", type=click.Path(file_okay=False))
+@click.argument("path", type=click.Path(file_okay=False), required=False)
 @model_option
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="entropy-cut", show_default=True,
               help="How to retry: cut at an uncertain token (entropy-cut, uniform-cut, egps, "
@@ -63,20 +64,20 @@ def span_listener(otlp: str | None):
 @click.option("--max-attempts", type=click.IntRange(min=1), default=10, show_default=True,
               help="Model attempts (first try + retries).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")
-@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+@click.option("--alpha", type=finite(min=0, min_open=True), default=4.0, show_default=True,
               help="Target p^alpha: higher prefers likelier code.")
-@click.option("--proposal-temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--proposal-temperature", type=finite(min=0, min_open=True), default=None,
               help="Temperature of resampled tokens (default 1/alpha).")
-@click.option("--verifier-weight", type=click.FloatRange(min=0), default=4.0, show_default=True,
+@click.option("--verifier-weight", type=finite(min=0), default=4.0, show_default=True,
               help="lambda: tilt the target by exp(lambda * fraction of tests passing).")
-@click.option("--eps", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+@click.option("--eps", type=finite(0, 1), default=0.1, show_default=True,
               help="Uniform share of the entropy-cut distribution.")
 @click.option("--tries", type=click.IntRange(min=1), default=4, show_default=True,
               help="egps: tries drawn in one batch per rewind.")
 @click.option("--test-cmd", default="python -m pytest -x -q", show_default=True,
               help="Command that runs the tests in the repository root; a leading `python` is "
               "the interpreter decision-retry runs in.")
-@click.option("--test-timeout", type=click.FloatRange(min=0, min_open=True), default=60.0,
+@click.option("--test-timeout", type=finite(min=0, min_open=True), default=60.0,
               show_default=True, help="Seconds before a test run is killed.")
 @click.option("--protocol", type=click.Choice(["patch", "tools"]), default="patch", show_default=True,
               help="patch: one turn rewriting the failing function (small models); tools: "
@@ -85,45 +86,91 @@ def span_listener(otlp: str | None):
               help="On success, apply the fix to your working tree (only if it is clean).")
 @click.option("--otlp", default=None, metavar="ENDPOINT",
               help="Export the run as OpenTelemetry traces (else OTEL_EXPORTER_OTLP_* decide).")
+@click.option("--sandbox", type=click.Choice(SANDBOXES), default="auto", show_default=True,
+              help="Where the tests and the model's code run: bwrap (bubblewrap: only the clone "
+              "writable, no network, no leftover processes, no secrets), none, or auto (bwrap "
+              "when it can run here).")
+@click.option("--pass-env", multiple=True, metavar="NAME",
+              help="Let this environment variable through to the tests (repeatable); others "
+              "outside a short allow-list (PATH, HOME, LANG, ...) are withheld.")
+@click.option("--resume", "resume_ref", default=None, metavar="RUN",
+              help="Continue an interrupted run (id, prefix or `latest`) from the trace store, "
+              "with its own config and seed; takes no PATH.")
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @home_option
 def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposal_temperature,
-        verifier_weight, eps, tries, test_cmd, test_timeout, protocol, apply_fix, otlp, threads,
-        as_json, home) -> None:
+        verifier_weight, eps, tries, test_cmd, test_timeout, protocol, apply_fix, otlp, sandbox,
+        pass_env, resume_ref, threads, as_json, home) -> None:
     """Fix the failing tests of the git repository at PATH.
 
-    Works in a private git worktree: your checkout, index, stash and untracked files are never
-    touched (unless --apply). When an attempt still fails, the run rewinds the model's answer
-    and the repository to a high-entropy token and resamples from there (Entropy-Cut MH).
+    Works in a private clone: your checkout, index, stash, refs and untracked files are never
+    touched; the fix lands as branch decision-retry/<run> (your HEAD plus the fix), and in
+    your working tree only with --apply. Tests run sandboxed (--sandbox). When an attempt still
+    fails, the run rewinds the model's answer and the repository to a high-entropy token and
+    resamples from there (Entropy-Cut MH). Ctrl-C, SIGTERM and SIGHUP stop it cleanly;
+    --resume RUN continues it.
 
     \b
-    Exit codes: 0 fixed, 1 ran but not fixed, 2 bad input.
+    Exit codes: 0 fixed, 1 ran but not fixed, 2 bad input, 130 interrupted.
     Example:
       decision-retry fix fixtures/units --budget-tokens 800 --seed 1
     """
-    from decision_retry.agent.runner import FixConfig, fix as run_fix
+    from pydantic import ValidationError
+
+    from decision_retry.agent import sandbox as sandboxes
+    from decision_retry.agent.resume import resume
+    from decision_retry.agent.runner import FixConfig, signals_as_interrupt
+    from decision_retry.agent.runner import fix as run_fix
     from decision_retry.agent.workspace import repo_root
-    from decision_retry.loading import load_lm
     from decision_retry.cli.logs import open_store
+    from decision_retry.errors import BadInput
+    from decision_retry.loading import load_lm
     from decision_retry.retry import RetryConfig
     from decision_retry.samplers.cuts import CutRule
 
-    cfg = FixConfig(
-        test_cmd=test_cmd, test_timeout=test_timeout, model=model, protocol=protocol,
-        budget_tokens=budget_tokens, max_attempts=max_attempts, seed=seed,
-        retry=RetryConfig(strategy=strategy, alpha=alpha, proposal_temperature=proposal_temperature,
-                          verifier_weight=verifier_weight, cut=CutRule(eps=eps), tries=tries),
-    )
+    if (path is None) == (resume_ref is None):
+        raise BadInput("give a repository PATH, or --resume RUN (and no PATH)")
+    try:
+        cfg = FixConfig(
+            test_cmd=test_cmd, test_timeout=test_timeout, model=model, protocol=protocol,
+            budget_tokens=budget_tokens, max_attempts=max_attempts, seed=seed, sandbox=sandbox,
+            pass_env=pass_env,
+            retry=RetryConfig(strategy=strategy, alpha=alpha,
+                              proposal_temperature=proposal_temperature,
+                              verifier_weight=verifier_weight, cut=CutRule(eps=eps), tries=tries),
+        )
+    except ValidationError as err:  # a combination the option types alone do not catch
+        first = err.errors()[0]
+        raise BadInput(f"bad option {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
     console = Console(stderr=True, highlight=False)
-    root = repo_root(path)  # bad path / not a repository: one line, exit 2, before loading weights
-    lm = load_lm(model, threads=threads)
+    root = repo_root(path) if path is not None else None  # before loading weights
+    box = sandboxes.resolve(sandbox, pass_env=pass_env) if resume_ref is None else None
+    if box is not None and box.kind != "bwrap":
+        console.print(box.note)  # the one line saying what protection remains
+    lm = load_lm(model, threads=threads) if (model or resume_ref is None) else None
     progress = Progress(console, cfg)
     listener = span_listener(otlp)
+    started = _RunId(resume_ref)
+    listeners = [started, *([listener] if listener else [])]
     try:
-        with open_store(home) as store, progress.live:
-            result = run_fix(root, cfg, lm=lm, store=store, listeners=[listener] if listener else [],
-                             on_event=progress, apply=apply_fix)
+        with open_store(home) as store, signals_as_interrupt(), progress.live:
+            if resume_ref is not None:
+                started.id = store.resolve(resume_ref)
+                if lm is None:  # the run's own model, with this --threads
+                    stored = FixConfig.model_validate(store.load(started.id).run.config)
+                    lm = load_lm(stored.model, threads=threads)
+                result = resume(resume_ref, store=store, lm=lm, listeners=listeners,
+                                on_event=progress, apply=apply_fix)
+            else:
+                result = run_fix(root, cfg, lm=lm, store=store, listeners=listeners,
+                                 on_event=progress, apply=apply_fix, sandbox=box)
+    except KeyboardInterrupt as stop:
+        why = f" by {stop.args[0]}" if stop.args else ""
+        run = started.id[:12] if started.id else "the run"
+        console.print(f"interrupted{why}: {run} is marked interrupted; continue it with "
+                      f"`decision-retry fix --resume {run}`")
+        raise SystemExit(130) from None
     finally:
         if listener is not None:
             listener.shutdown()  # bounded; a collector that is down costs one warning line
@@ -132,8 +179,21 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
     else:
         summary(console, result)
     if result.fixed and apply_fix:
-        console.print(f"applied the fix to your working tree in {root}")
+        console.print("applied the fix to your working tree" + (f" in {root}" if root else ""))
     raise SystemExit(0 if result.fixed else 1)
+
+
+class _RunId:
+    """A trace listener that remembers the id of the run (for the interrupted message)."""
+
+    def __init__(self, ref: str | None) -> None:
+        self.id = ""
+
+    def start_run(self, run) -> None:
+        self.id = run.id
+
+    def __getattr__(self, name: str):
+        return lambda *a, **k: None
 
 
 def summary(console: Console, result) -> None:
@@ -146,6 +206,13 @@ def summary(console: Console, result) -> None:
         console.print(f"  rewind {i}: {r.file}:{r.line} token {r.token!r} entropy {r.entropy:.2f} ({verdict})")
     if result.fixed:
         console.print(Syntax(result.diff, "diff", theme="ansi_dark", background_color="default"))
-        console.print(f"the fix is on branch {result.branch}")
+        if result.branch:
+            console.print(f"the fix is on branch {result.branch} (your HEAD plus the fix)")
+        if result.left_out:
+            console.print(f"not on the branch (untracked in your repository): "
+                          f"{', '.join(result.left_out)}; they are in the diff above")
+    if result.diverged:
+        console.print("warning: the resumed run did not reproduce every recorded turn "
+                      "(another model or engine?); it continued from where they differ")
     console.print(f"run {result.run_id}: `decision-retry logs show {result.run_id}`, "
                   f"`decision-retry report {result.run_id} -o report.html`")

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -88,6 +89,7 @@ class TraceStore:
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable against a crash
         migrate(self._db)
         self._json_columns = {table: self._json_columns_of(table) for table in TABLES.values()}
+        self.skipped: list[str] = []  # rows left out by the readers, with the reason
 
     def _set_wal(self) -> None:
         """Switch to WAL. SQLite does not run the busy handler for this pragma, so a first open
@@ -186,13 +188,20 @@ class TraceStore:
         return data
 
     def _load(self, model: type[N], sql: str, args: tuple[Any, ...]) -> tuple[N, ...]:
+        """The rows as nodes; a row that does not decode, validate or match its id is left out
+        (and named in `skipped`): one bad row hides that row, not the run or the store."""
         table = TABLES[model]
         nodes = []
         for row in self._db.execute(sql, args).fetchall():
-            data = self._decode(table, row)
-            node = model.model_validate(data)
-            if node.id != data["id"]:
-                raise ValueError(f"{table} row {data['id']} does not match its content")
+            try:
+                data = self._decode(table, row)
+                node = model.model_validate(data)
+                if node.id != data["id"]:
+                    raise ValueError("does not match its content")
+            except (ValueError, TypeError, KeyError) as err:  # JSON, pydantic, id mismatch
+                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                self.skipped.append(f"{table} row {row['id']!r}: {reason}")
+                continue
             nodes.append(node)
         return tuple(nodes)
 
@@ -213,7 +222,8 @@ class TraceStore:
     def counts(self, run_id: str) -> dict[str, int]:
         """How many branches, turns, generated tokens and MH steps a run has."""
         turns, tokens = self._db.execute(
-            "SELECT count(*), coalesce(sum(json_array_length(t.tokens)), 0) FROM turns t"
+            "SELECT count(*), coalesce(sum(CASE WHEN json_valid(t.tokens)"
+            " THEN json_array_length(t.tokens) ELSE 0 END), 0) FROM turns t"
             " JOIN branches b ON t.branch_id = b.id WHERE b.run_id = ?",
             (run_id,),
         ).fetchone()
@@ -278,6 +288,54 @@ class TraceStore:
                 MHStep, "SELECT x.* FROM mh_steps x WHERE x.run_id = ? ORDER BY x.rowid", (run_id,)
             ),
         )
+
+    # -- resume and gc ----------------------------------------------------------------------
+
+    def end_run(self, run_id: str, outcome: str, finished_at: datetime) -> None:
+        """Record the end of a run known only by id (gc: `interrupted`); the first end wins."""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO run_ends (run_id, outcome, finished_at) VALUES (?, ?, ?)",
+                (run_id, outcome, finished_at.isoformat()),
+            )
+
+    def reopen_run(self, run_id: str) -> None:
+        """Forget a run's end record (`interrupted`) so that a resumed run can record its own."""
+        with self._write() as db:
+            db.execute("DELETE FROM run_ends WHERE run_id = ?", (run_id,))
+
+    def outcome(self, run_id: str) -> str | None:
+        """The recorded outcome of a run (None while unfinished), read without decoding nodes."""
+        row = self._db.execute("SELECT outcome FROM run_ends WHERE run_id = ?", (run_id,)).fetchone()
+        return row[0] if row else None
+
+    def run_rows(self) -> list[tuple[str, str, str | None, str | None]]:
+        """(id, created_at, repo, outcome) of every run, oldest first, without decoding."""
+        return [tuple(r) for r in self._db.execute(
+            "SELECT runs.id, runs.created_at, runs.repo, e.outcome FROM runs"
+            " LEFT JOIN run_ends e ON e.run_id = runs.id ORDER BY runs.rowid")]
+
+    def delete_run(self, run_id: str) -> int:
+        """Delete a run and every node of it (children first); the number of rows deleted."""
+        branches = "SELECT id FROM branches WHERE run_id = ?"
+        turns = f"SELECT id FROM turns WHERE branch_id IN ({branches})"
+        statements = [
+            f"DELETE FROM decisions WHERE turn_id IN ({turns})",
+            f"DELETE FROM tool_calls WHERE turn_id IN ({turns})",
+            "DELETE FROM mh_steps WHERE run_id = ?",
+            f"DELETE FROM test_runs WHERE branch_id IN ({branches})",
+            f"DELETE FROM turns WHERE branch_id IN ({branches})",
+            f"DELETE FROM branch_ends WHERE branch_id IN ({branches})",
+            "UPDATE branches SET parent_id = NULL WHERE run_id = ?",
+            "DELETE FROM branches WHERE run_id = ?",
+            "DELETE FROM run_ends WHERE run_id = ?",
+            "DELETE FROM runs WHERE id = ?",
+        ]
+        n = 0
+        with self._write() as db:
+            for sql in statements:
+                n += db.execute(sql, (run_id,)).rowcount
+        return n
 
     def migrations(self) -> list[str]:
         """Names of the migrations applied to this database, in order."""

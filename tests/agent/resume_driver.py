@@ -1,0 +1,35 @@
+"""Run one scripted `fix` and kill it after N trace nodes (SIGKILL or SIGTERM): test_resume."""
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_fix import UNITS_SCRIPT, config  # noqa: E402
+
+from decision_retry.agent.runner import fix, signals_as_interrupt  # noqa: E402
+from decision_retry.testing import scripted_lm  # noqa: E402
+from decision_retry.trace.store import TraceStore  # noqa: E402
+
+
+class KillAfter:
+    """A trace listener that sends this process `sig` once `n` nodes are stored."""
+
+    def __init__(self, n: int, sig: int) -> None:
+        self.n, self.sig = n, sig
+
+    def __getattr__(self, name):
+        def count(node):
+            self.n -= 1
+            if self.n == 0:
+                os.kill(os.getpid(), self.sig)
+        return count
+
+
+if __name__ == "__main__":
+    repo, db, seed, n, sig = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    with TraceStore(db) as store, signals_as_interrupt():
+        fix(repo, config(seed=seed), lm=scripted_lm(UNITS_SCRIPT), store=store,
+            listeners=[KillAfter(n, getattr(signal, sig))])
+    print("finished without being killed")

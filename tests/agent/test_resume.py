@@ -1,0 +1,109 @@
+"""`fix --resume`: a run killed at any point and resumed ends with the trace of an uninterrupted
+run with the same seed; SIGTERM behaves like Ctrl-C; what SIGKILL leaves is cleaned up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from test_fix import UNITS_SCRIPT, config, first_failing_seed, fixture_repo, run_cli, script_file  # noqa: F401
+from test_workspace import repo_state, sh_git
+
+from decision_retry.agent.resume import resume
+from decision_retry.agent.runner import fix
+from decision_retry.errors import BadInput
+from decision_retry.testing import scripted_lm
+from decision_retry.trace.store import TraceStore
+
+DRIVER = Path(__file__).with_name("resume_driver.py")
+
+
+def summary(tree) -> dict:
+    """A run's trace without its ids and times: what two equal runs must share."""
+    index = {b.id: b.index for b in tree.branches}
+    return {
+        "outcome": tree.run.outcome,
+        "branches": [(b.index, index.get(b.parent_id), b.cut, b.outcome, b.passed, b.final_diff)
+                     for b in tree.branches],
+        "turns": [(index[t.branch_id], t.index, t.text, [tok.id for tok in t.tokens],
+                   [round(tok.logp, 6) for tok in t.tokens]) for t in tree.turns],
+        "decisions": [(d.position, d.kind, d.token, round(d.entropy, 6)) for d in tree.decisions],
+        "tools": [(c.action, c.arguments, c.observation) for c in tree.tool_calls],
+        "tests": [(index[t.branch_id], t.index, t.passed, t.failed, t.errors, t.exit_code)
+                  for t in tree.test_runs],
+        "mh": [(s.index, s.cut_turn, s.cut_position, round(s.log_accept, 6), s.accepted,
+                s.decode_tokens) for s in tree.mh_steps],
+    }
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """One uninterrupted run: its seed, trace summary and result."""
+    tmp = tmp_path_factory.mktemp("baseline")
+    repo = fixture_repo(tmp, "units")
+    lm = scripted_lm(UNITS_SCRIPT)
+    seed = first_failing_seed(lm)
+    with TraceStore(tmp / "traces.db") as store:
+        result = fix(repo, config(seed=seed), lm=lm, store=store)
+        tree = store.load(result.run_id)
+    assert result.fixed and result.attempts >= 2 and len(tree.test_runs) >= 2
+    return seed, summary(tree), result
+
+
+def _clones_of(run_id: str) -> list[Path]:
+    return sorted(Path(tempfile.gettempdir()).glob(f"decision-retry-{run_id[:12]}-*"))
+
+
+@pytest.mark.parametrize(("nodes", "sig"), [(3, "SIGKILL"), (9, "SIGTERM"), (13, "SIGKILL")])
+def test_killed_then_resumed_equals_uninterrupted(tmp_path, baseline, nodes, sig):
+    seed, expected, expected_result = baseline
+    repo = fixture_repo(tmp_path, "units")
+    before = repo_state(repo)
+    db = tmp_path / "traces.db"
+    proc = subprocess.run([sys.executable, str(DRIVER), str(repo), str(db), str(seed), str(nodes),
+                           sig], capture_output=True, text=True, timeout=600)
+    assert "finished without being killed" not in proc.stdout
+    assert "Traceback" not in proc.stderr or sig == "SIGTERM", proc.stderr
+    with TraceStore(db) as store:
+        (run,) = store.list_runs()
+        assert run.outcome == ("interrupted" if sig == "SIGTERM" else None)
+        if sig == "SIGKILL":
+            assert _clones_of(run.id)  # SIGKILL leaves the clone; resume's sweep removes it
+        else:
+            assert not _clones_of(run.id)  # SIGTERM cleaned up like Ctrl-C
+        assert repo_state(repo) == before  # nothing of the user's was touched
+
+        result = resume(run.id[:8], store=store, lm=scripted_lm(UNITS_SCRIPT))
+        tree = store.load(run.id)
+    assert not _clones_of(run.id)
+    assert not result.diverged and result.resumed >= (1 if nodes > 3 else 0)
+    assert summary(tree) == expected
+    assert (result.fixed, result.attempts, result.decode_tokens, result.diff) == (
+        expected_result.fixed, expected_result.attempts, expected_result.decode_tokens,
+        expected_result.diff)
+    assert sh_git(repo, "show", f"{result.branch}:units.py").count("+ 32") == 1
+
+
+def test_resume_refuses_what_cannot_be_resumed(tmp_path, baseline):
+    seed, _, _ = baseline
+    repo = fixture_repo(tmp_path, "units")
+    with TraceStore(tmp_path / "traces.db") as store:
+        with pytest.raises(BadInput, match="no run"):
+            resume("nonexistent", store=store, lm=scripted_lm(UNITS_SCRIPT))
+        done = fix(repo, config(seed=seed), lm=scripted_lm(UNITS_SCRIPT), store=store)
+        with pytest.raises(BadInput, match="already ended"):
+            resume(done.run_id, store=store, lm=scripted_lm(UNITS_SCRIPT))
+
+
+def test_cli_resume_and_bad_combinations(tmp_path, script_file, baseline):  # noqa: F811
+    seed, _, _ = baseline
+    home = tmp_path / "home"
+    proc = run_cli("fix", home=home)
+    assert proc.returncode == 2 and "--resume" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("fix", tmp_path, "--resume", "latest", home=home)
+    assert proc.returncode == 2 and "no PATH" in proc.stderr
+    proc = run_cli("fix", "--resume", "latest", home=home)
+    assert proc.returncode == 2 and "no runs" in proc.stderr and "Traceback" not in proc.stderr
