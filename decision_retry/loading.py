@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import io
 import json
 import os
@@ -84,15 +83,11 @@ def load_lm(
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
-        if engine == "llamacpp" or (engine == "auto" and _has_llamacpp()):
+        if engine in ("auto", "llamacpp"):
             return load_llamacpp(path, name=name, threads=threads)
     elif engine == "llamacpp":
         raise ModelLoadError(f"--engine llamacpp needs a .gguf model, not {spec!r}")
     return load_transformers(path, spec, name=name, threads=threads)
-
-
-def _has_llamacpp() -> bool:  # TODO(engine): remove once the llama.cpp engine has landed
-    return importlib.util.find_spec("decision_retry.engines.llamacpp") is not None
 
 
 def load_llamacpp(path: Path, *, name: str, threads: int | None = None) -> LM:
