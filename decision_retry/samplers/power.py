@@ -9,19 +9,28 @@ Samplers (`SamplerConfig.sampler`):
               whose entropy mass is below `skip_entropy`;
   argmax-cut  HEURISTIC, not a sampler: cut deterministically at the highest-weight position not
               yet tried on the current sequence; the acceptance test has no cut correction.
+
+Moves (`SamplerConfig.move`), for the single-try samplers: `suffix` regenerates from the cut to the
+end; `local` resamples only to the next span boundary and rescores the kept tail (local.py);
+`mixed` draws local with probability `local_share`, else suffix. With `restart_share` > 0 a move
+is, with that probability, an independent proposal from the prompt (a cut at 0 with no cut
+correction). The kernel is drawn with fixed probabilities, so the chain is a mixture of
+pi-reversible kernels and targets the same pi.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from decision_retry import sampling
 from decision_retry.lm import LM, DecodeState, Sampling
-from decision_retry.samplers import cuts, mh
+from decision_retry.samplers import cuts, local, mh
 from decision_retry.samplers.cuts import CutRule
+from decision_retry.samplers.local import SpanRule
 from decision_retry.samplers.mh import StepRecord
 
 from decision_retry.choices import SAMPLERS, SamplerName  # noqa: F401 (re-exported)
@@ -48,11 +57,20 @@ class SamplerConfig(BaseModel):
     stop_on_pass: bool = True
     stop: tuple[str, ...] = ()
     alternatives: int = Field(5, ge=0)
+    move: Literal["suffix", "local", "mixed"] = "suffix"
+    span: SpanRule = SpanRule()
+    local_share: float = Field(0.5, ge=0, le=1, description="mixed: probability of a local move")
+    restart_share: float = Field(0.0, ge=0, le=1, description="probability of a restart move")
+    local_accounting: Literal["exact", "stale-tail", "tail-as-proposal"] = Field(
+        "exact", description="anything but exact only to demonstrate the bias it causes")
 
     @model_validator(mode="after")
     def _uniform_for_uniform(self) -> "SamplerConfig":
         if self.sampler == "uniform-mh" and self.cut.kind != "uniform":
             object.__setattr__(self, "cut", self.cut.model_copy(update={"kind": "uniform"}))
+        if self.move != "suffix" and self.sampler == "egps":
+            raise ValueError(f"move={self.move!r}: local moves are single-try; use ec-mh, "
+                             "uniform-mh or argmax-cut, or move='suffix' for egps")
         return self
 
     @property
@@ -69,6 +87,7 @@ class SampleResult(BaseModel):
     state: DecodeState = Field(exclude=True)
     steps: list[StepRecord] = []
     decode_tokens: int = 0
+    prefill_positions: int = 0  # teacher-forced positions of kept tails (local moves)
     passed: bool = False
 
     @property
@@ -94,7 +113,7 @@ class PowerSampler:
         self.lm, self.cfg, self.verifier = lm, config, verifier
         self.rule = None if config.sampler == "argmax-cut" or not config.correct_cut else config.cut
         self.spent = 0
-        self._r: dict[int, float] = {}
+        self.prefilled = 0
 
     def _q(self, max_new: int) -> Sampling:
         c = self.cfg
@@ -126,18 +145,29 @@ class PowerSampler:
                 if self._passed(r):
                     break
                 continue
-            tried: set[int] = set()
-            for _ in range(c.steps):
-                state, r, rec, tried = self._move(state, r, cap, tried, generator)
-                steps.append(rec)
-                if on_step:
-                    on_step(rec, state)
-                if self._passed(r):
-                    break
+            state, r, recs = self.chain(state, c.steps, generator, cap=cap, r=r, on_step=on_step)
+            steps += recs
             if self._passed(r):
                 break
         return SampleResult(config=c, state=state, steps=steps, decode_tokens=self.spent,
-                            passed=self._passed(r))
+                            prefill_positions=self.prefilled, passed=self._passed(r))
+
+    def chain(self, state: DecodeState, steps: int, generator: torch.Generator, *,
+              cap: int | None = None, r: float | None = None, on_step=None):
+        """`steps` MH moves from `state` (lengths capped at `cap`, default max_tokens); stops
+        early at a passing state. Returns (state, r, step records)."""
+        cap = cap or self.cfg.max_tokens
+        r = self._score(state) if r is None else r
+        tried: set[int] = set()
+        recs: list[StepRecord] = []
+        for _ in range(steps):
+            state, r, rec, tried = self._move(state, r, cap, tried, generator)
+            recs.append(rec)
+            if on_step:
+                on_step(rec, state)
+            if self._passed(r):
+                break
+        return state, r, recs
 
     def _passed(self, r: float) -> bool:
         return self.verifier is not None and self.cfg.stop_on_pass and r >= 1.0
@@ -146,28 +176,66 @@ class PowerSampler:
         mass = sum(t.entropy for t in state.tokens[block_start:])
         return self.cfg.sampler == "egps" and mass < self.cfg.skip_entropy
 
+    def _kernel(self, g: torch.Generator) -> str:
+        """Which kernel this move uses; fixed probabilities (no draw when there is no choice)."""
+        c = self.cfg
+        if c.restart_share == 0 and c.move != "mixed":
+            return c.move
+        u = sampling.uniform(g)
+        if u < c.restart_share:
+            return "restart"
+        if c.move != "mixed":
+            return c.move
+        return "local" if (u - c.restart_share) < (1 - c.restart_share) * c.local_share else "suffix"
+
     def _move(self, x: DecodeState, r: float, cap: int, tried: set[int], g: torch.Generator):
+        kind = self._kernel(g)
+        if kind == "restart":  # an independent proposal: cut at 0, c = 1 both ways
+            return (*self._suffix(x, 0, r, cap, g, correction=0.0), tried)
         ent = [t.entropy for t in x.tokens]
         if self.cfg.sampler == "argmax-cut":
             t = cuts.argmax(ent, tried)
             tried = tried | {t}
         else:
             t = cuts.draw(ent, self.cfg.cut, g)
-        prefix = self.lm.fork(x, t)
-        if self.cfg.sampler == "egps" and self.cfg.tries > 1:
-            return (*self._mtm_step(x, prefix, t, r, cap, g), tried)
-        y = self.lm.extend(prefix, self._q(cap - t), g)
+        if kind == "local":
+            y, ry, rec = self._local(x, t, r, cap, g)
+        elif self.cfg.sampler == "egps" and self.cfg.tries > 1:
+            y, ry, rec = self._mtm_step(x, self.lm.fork(x, t), t, r, cap, g)
+        else:
+            y, ry, rec = self._suffix(x, t, r, cap, g)
+        return y, ry, rec, (set() if y is not x else tried)
+
+    def _suffix(self, x, t, r, cap, g, correction=None):
+        y = self.lm.extend(self.lm.fork(x, t), self._q(cap - t), g)
         spent = len(y) - t
         self.spent += spent
         ry = self._score(y)
         rec = mh.mh_step_record(
             x.tokens, y.tokens, t, alpha=self.cfg.alpha, rule=self.rule,
             verifier_delta=self.cfg.verifier_weight * (ry - r),
-            u=sampling.uniform(g), decode_tokens=spent,
+            u=sampling.uniform(g), decode_tokens=spent, correction=correction,
         )
         if rec.accepted or self._passed(ry):  # a proposal that passes ends the run
-            return y, ry, rec, set()
-        return x, r, rec, tried
+            return y, ry, rec
+        return x, r, rec
+
+    def _local(self, x, t, r, cap, g):
+        c = self.cfg
+        p = local.propose(self.lm, x, t, c.span, self._q(cap), g, cap=cap,
+                          rescore=c.local_accounting != "stale-tail")
+        self.spent += p.decode_tokens
+        self.prefilled += p.prefill_positions
+        ry, corr = r, 0.0
+        if p.y is not None:
+            ry = self._score(p.y)
+            corr = mh.log_cut_correction(x.tokens, p.y.tokens, t, self.rule)
+        rec = local.step_record(
+            x.tokens, p, alpha=c.alpha, correction=corr, verifier_delta=c.verifier_weight * (ry - r),
+            u=sampling.uniform(g), tail_as_proposal=c.local_accounting == "tail-as-proposal")
+        if p.y is not None and (rec.accepted or self._passed(ry)):
+            return p.y, ry, rec
+        return x, r, rec
 
     def _mtm_step(self, x, prefix, t, r, cap, g):
         gens = sampling.child_generators(g, self.cfg.tries)
