@@ -221,7 +221,8 @@ class DecisionRetryMiddleware(AgentMiddleware):
         if chain is not None and cut is not None and self.retry.strategy != "restart":
             step = rewind.decide(chain, attempt, cut, config=self.retry,
                                  u=sampling.uniform(gen), decode_tokens=dr.get("attempt_tokens", 0))
-            steps.append({**step.model_dump(), "cut_turn": cut["turn"], "attempt": n})
+            steps.append({**step.model_dump(), "attempt": n, "cut_turn": cut["turn"],
+                          "cut_token": cut["position"], "token": cut["token"]})
         if step is None or step.accepted or passed:
             new_chain = attempt
         else:
