@@ -94,7 +94,11 @@ def load_llamacpp(path: Path, *, name: str, threads: int | None = None) -> LM:
     """A GGUF file on llama.cpp in this process."""
     from decision_retry.engines.llamacpp import LlamaCppBackend
 
-    return LM(LlamaCppBackend(path, threads=resolve_threads(threads)), name=name)
+    try:
+        backend = LlamaCppBackend(path, threads=resolve_threads(threads))
+    except (ValueError, OSError) as err:  # a file llama.cpp cannot read, or a missing library
+        raise ModelLoadError(f"cannot load model {str(path)!r} (is the file complete?): {err}") from None
+    return LM(backend, name=name)
 
 
 def load_transformers(path: Path, spec: str, *, name: str, threads: int | None = None) -> LM:
