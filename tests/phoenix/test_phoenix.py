@@ -189,19 +189,19 @@ def test_phoenix_shows_the_fix_run(phoenix, fix_run):
             "decision_retry.branch.parent_id"]
         assert target["attributes"]["decision_retry.decision.token"] in ("-", "+")
 
-    if SCREENSHOT:
-        shoot(phoenix, root["context"]["trace_id"], Path(SCREENSHOT))
+    if SCREENSHOT:  # the trace, with the last retry branch selected (its cut attributes shown)
+        shoot(phoenix, linked[-1]["context"]["span_id"], Path(SCREENSHOT))
 
 
-def shoot(phoenix: str, trace_id: str, out: Path) -> None:
-    """The trace in Phoenix's UI, by headless chromium with a fresh profile."""
+def shoot(phoenix: str, span_id: str, out: Path) -> None:
+    """The span's trace in Phoenix's UI, by headless chromium with a fresh profile."""
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
         subprocess.run(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1600,1000",
+            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1600,1100",
              "--virtual-time-budget=30000", f"--screenshot={out.resolve()}",
-             f"{phoenix}/redirects/traces/{trace_id}"],
+             f"{phoenix}/redirects/spans/{span_id}"],
             check=True, capture_output=True, timeout=180)
     assert out.stat().st_size > 10_000
     print(f"screenshot: {out}")
