@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGUFWriter
+from gguf import GGUFReader, GGUFWriter
 
 from decision_retry import catalogue
 from decision_retry.errors import ModelLoadError
-from decision_retry.model_install import InstallError, chunk_files, install
+from decision_retry.model_install import InstallError, chunk_files, gguf_metadata, install
 
 CHUNKS = 11  # more than 9, so that part10 sorting before part2 would be caught
 
@@ -128,6 +128,21 @@ def test_install_sweeps_what_a_killed_install_left(env):
     os.utime(old, (0, 0))
     install("tiny", find_links=env["wheels"])
     assert leftovers(env["cache"]) == [busy.name]
+
+
+def test_gguf_metadata_reads_what_the_gguf_package_reads(tmp_path):
+    path = tmp_path / "m.gguf"
+    write_gguf(path, "qwen2", "Some Name")
+    keys = ("general.architecture", "general.name")
+    fields = GGUFReader(str(path)).fields
+    assert gguf_metadata(path, keys) == {k: fields[k].contents() for k in keys}
+    assert gguf_metadata(path, ("general.architecture", "absent.key")) == {
+        "general.architecture": "qwen2"}
+    (tmp_path / "junk.gguf").write_bytes(b"GGUF" + bytes(3) + b"\xff" * 40)
+    (tmp_path / "short.gguf").write_bytes(path.read_bytes()[:30])
+    for bad in ("junk.gguf", "short.gguf"):
+        with pytest.raises(ModelLoadError, match="not a readable GGUF file"):
+            gguf_metadata(tmp_path / bad, keys)
 
 
 def test_chunk_order_is_numeric(tmp_path):
