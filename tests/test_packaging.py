@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -15,6 +15,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _setuptools_major() -> int:
+    try:
+        return int(importlib.metadata.version("setuptools").split(".")[0])
+    except importlib.metadata.PackageNotFoundError:
+        return 0
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> tuple[Path, str]:
     """A wheel of a copy of this checkout (the working tree stays untouched), and pip's stderr."""
@@ -23,8 +30,9 @@ def wheel(tmp_path_factory) -> tuple[Path, str]:
     keep = {"decision_retry", "agents", "setup.py", "pyproject.toml", "README.md", "MANIFEST.in"}
     shutil.copytree(ROOT, src, ignore=lambda d, names: [
         n for n in names if (d == str(ROOT) and n not in keep) or n == "__pycache__"])
-    # this environment's setuptools when it has one (faster, offline), else pip's isolated build
-    isolation = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    # this environment's setuptools when it is new enough (faster, offline; torch depends on it),
+    # else pip's isolated build with pyproject's build requirements
+    isolation = ["--no-build-isolation"] if _setuptools_major() >= 77 else []
     r = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *isolation,
          "-w", str(tmp / "dist"), str(src)],
