@@ -5,9 +5,10 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 DEBS   := chromium git bubblewrap libgomp1
 
-# The default model (`decision-retry models`): `make install` installs it and smollm2-135m (the
-# fast one the tests use); the others install on demand (`decision-retry models install NAME`).
-MODEL  ?= qwen2.5-coder-0.5b
+# The default model: `make install` installs it and smollm2-135m (the fast one the tests use); the
+# others install on demand (`decision-retry models install NAME`). One source of truth: DEFAULT in
+# decision_retry/catalogue.py, which `--model` also defaults to; `make install MODEL=...` for another.
+MODEL  ?= $(shell sed -n 's/^DEFAULT = "\(.*\)"$$/\1/p' decision_retry/catalogue.py)
 # pip -qq prints errors only: -q also printed this machine's pip-config warning ("Location ... is
 # ignored") once per package. Real failures are still printed and stop make.
 PIPI   := $(PIP) install -qq
