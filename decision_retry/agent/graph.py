@@ -210,7 +210,9 @@ class FixAgent:
                                            observation=out.observation)
             turn = replace(turn, observation=out.observation)
             sha = self.ws.snapshot("after-turn")
-            done.append(replace(a, turns=(*a.turns[:-1], turn), done=out.done, final_sha=sha))
+            spent_all = state.get("spent", 0) >= self.config.budget_tokens  # no token left for
+            done.append(replace(a, turns=(*a.turns[:-1], turn), done=out.done or spent_all,
+                                final_sha=sha))  # another turn: test what there is
         return {"pending": done}
 
     def verify(self, state: FixState) -> dict:

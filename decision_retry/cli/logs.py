@@ -262,3 +262,38 @@ def export(run_ref: str, endpoint: str | None, protocol: str | None, home: str |
     if not delivered:
         sys.exit(1)  # the exporter has printed its one warning line
     click.echo(f"exported run {tree.run.id}: {spans} spans")
+
+
+@logs.command("gc")
+@click.option("--older-than", "older_than", default=None, metavar="AGE",
+              help="Also delete runs created more than AGE ago (30d, 12h, 90m) from the store.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@home_option
+@user_errors
+def gc(older_than: str | None, dry_run: bool, home: str | None) -> None:
+    """Remove what old or killed runs left behind.
+
+    Private clones of runs whose process is gone (after SIGKILL or a crash) are deleted and those
+    runs marked `interrupted` (resumable with `fix --resume`); with --older-than, older runs are
+    deleted from the store; in the repositories the store names, the per-attempt refs and
+    worktree registrations older versions left are removed. Fix branches are yours: listed,
+    never deleted.
+    """
+    from decision_retry.agent import leftovers
+
+    age = leftovers.parse_duration(older_than) if older_than is not None else None
+    with open_store(home) as store:
+        found = leftovers.gc(store, older_than=age, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for d in found.clones:
+        click.echo(f"{verb} clone {d}")
+    for run_id in found.interrupted:
+        click.echo(f"{'would mark' if dry_run else 'marked'} run {run_id[:12]} interrupted")
+    for run_id in found.deleted_runs:
+        click.echo(f"{verb} run {run_id[:12]} from the store")
+    for item in found.refs + found.worktrees:
+        click.echo(f"{verb} {item}")
+    for item in found.branches:
+        click.echo(f"kept fix branch {item} (delete it with `git branch -D` when done)")
+    total = len(found.clones) + len(found.deleted_runs) + len(found.refs) + len(found.worktrees)
+    click.echo(f"{verb} {total} item(s)")

@@ -19,6 +19,9 @@ class _Main(click.Group):
     """Every `DecisionRetryError` reaches the user as one line and its exit code."""
 
     def invoke(self, ctx: click.Context):
+        for stream in (sys.stdout, sys.stderr):  # a lone surrogate of a model's prints escaped
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="backslashreplace")
         try:
             return super().invoke(ctx)
         except DecisionRetryError as err:

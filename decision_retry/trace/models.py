@@ -35,7 +35,8 @@ ID_LENGTH = 20  # hex digits of sha256 kept: 80 bits, collision-free for any rea
 def content_id(kind: str, content: dict[str, Any]) -> str:
     """Hash a node kind and its JSON-able content (which includes the parent id) to a hex id."""
     blob = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(f"{kind}\0{blob}".encode()).hexdigest()[:ID_LENGTH]
+    # surrogatepass: a lone surrogate in model output (a broken byte pair) still hashes
+    return hashlib.sha256(f"{kind}\0{blob}".encode("utf-8", "surrogatepass")).hexdigest()[:ID_LENGTH]
 
 
 def utcnow() -> datetime:

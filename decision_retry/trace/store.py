@@ -66,9 +66,15 @@ def db_path(home: str | os.PathLike[str] | None = None) -> Path:
 
 
 def _encode(value: Any) -> Any:
-    """A model field value as an SQLite value: JSON text for containers, ints for bools."""
+    """A model field value as an SQLite value: JSON text for containers, ints for bools. Text
+    with a lone surrogate (not UTF-8) is stored as its surrogatepass bytes, read back exactly."""
     if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, ensure_ascii=False)
+        value = json.dumps(value, ensure_ascii=False)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogatepass")
     return value
 
 
@@ -181,7 +187,8 @@ class TraceStore:
     # -- reading --------------------------------------------------------------------------
 
     def _decode(self, table: str, row: sqlite3.Row) -> dict[str, Any]:
-        data = dict(row)
+        data = {k: v.decode("utf-8", "surrogatepass") if isinstance(v, bytes) else v
+                for k, v in dict(row).items()}
         for column in self._json_columns[table]:
             if data.get(column) is not None:
                 data[column] = json.loads(data[column])

@@ -1,0 +1,31 @@
+"""The tools protocol never spends more decode tokens than the budget (it overspent by up to 7:
+one token per remaining turn once the budget was gone)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "agent"))
+from test_fix import config, fixture_repo  # noqa: E402
+from test_workspace import repo_state  # noqa: E402
+
+from decision_retry.agent.runner import fix  # noqa: E402
+from decision_retry.testing import scripted_lm  # noqa: E402
+from decision_retry.trace.store import TraceStore  # noqa: E402
+
+
+@pytest.mark.parametrize("budget", [7, 23])
+def test_tools_turns_stop_at_the_budget(tmp_path, budget):
+    repo = fixture_repo(tmp_path, "units")
+    before = repo_state(repo)
+    cfg = config(protocol="tools").model_copy(update={"budget_tokens": budget})
+    with TraceStore(tmp_path / "traces.db") as store:
+        result = fix(repo, cfg, lm=scripted_lm(["read units.py\n"]), store=store)
+        tree = store.load(result.run_id)
+    spent = sum(len(t.tokens) for t in tree.turns)
+    assert result.decode_tokens == spent <= budget
+    assert not result.fixed and result.stop == "budget"
+    assert repo_state(repo) == before
