@@ -22,7 +22,7 @@ import uuid
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -55,6 +55,7 @@ class ChatDecisionRetry(BaseChatModel):
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
+    continues_replies: ClassVar[bool] = True  # takes decision_retry_prefix (the middleware asks)
 
     engine: Any = Field(exclude=True)
     model_name: str | None = None

@@ -129,6 +129,7 @@ class DecisionRetryMiddleware(AgentMiddleware):
         turns, resume = list(dr.get("turns") or []), dr.get("resume")
         k, attempt = len(turns), dr.get("attempts", 1)
         ours = isinstance(request.model, ChatDecisionRetry)
+        continues = ours and getattr(request.model, "continues_replies", False)
         settings = dict(request.model_settings)
         if ours:
             settings["seed"] = _seed(self.seed, "model", attempt, k)
@@ -138,7 +139,7 @@ class DecisionRetryMiddleware(AgentMiddleware):
         if resume is not None:
             base = self._cut_call(dr, resume, k)
             snapshot = base.get("snapshot")  # restored by after_agent
-            if ours and not resume["whole_call"] and resume["position"] > 0:
+            if continues and not resume["whole_call"] and resume["position"] > 0:
                 settings[PREFIX_KEY] = {"message_id": base["message_id"],
                                         "position": resume["position"],
                                         "ids": base["ids"][: resume["position"]]}
@@ -162,7 +163,7 @@ class DecisionRetryMiddleware(AgentMiddleware):
         new_tokens = len(reply.tokens) - reply.kept
         update: dict[str, Any] = {"resume": None}
         trace_turn = self._trace_call(dr, update, request, k, reply, ai, snapshot, settings)
-        rec = rewind.call_record(reply, message_id=ai.id, index=k, continuable=ours,
+        rec = rewind.call_record(reply, message_id=ai.id, index=k, continuable=continues,
                                  spike=self.spike, snapshot=snapshot, trace_turn=trace_turn)
         update.update(turns=[*turns, rec], spent=dr.get("spent", 0) + new_tokens,
                       attempt_tokens=dr.get("attempt_tokens", 0) + new_tokens)
