@@ -21,7 +21,7 @@ from decision_retry.agent.localise.code import (  # noqa: F401 - the public name
 )
 from decision_retry.agent.localise.rank import Candidate, rank
 from decision_retry.agent.localise.spectrum import Spectrum, run_spectrum
-from decision_retry.agent.localise.tests import TestSource, test_source
+from decision_retry.agent.localise.tests import TestSource, line_names, test_source
 from decision_retry.agent.testrun import TestResult
 
 
@@ -59,20 +59,34 @@ def failing_test(root: Path, result: TestResult) -> TestSource | None:
     return None
 
 
-def localise(root: Path, result: TestResult, *, timeout: float = 120.0, spectrum: bool = True,
-             budget_s: float = 20.0, env: dict | None = None) -> Localisation:
+def failing_line_names(root: Path, result: TestResult, test: TestSource | None) -> tuple[str, ...]:
+    """What the failing statement of the failing test calls (its innermost frame in test code)."""
+    for f in result.failures:
+        frames = [(file, line) for file, line in f.frames if is_test_file(file)]
+        if frames:
+            return line_names(root, *frames[-1])
+    return ()
+
+
+def localise(root: Path, result: TestResult, *, test_cmd: str | None = None, timeout: float = 120.0,
+             spectrum: bool = True, budget_s: float = 20.0, env: dict | None = None,
+             sandbox=None) -> Localisation:
     """Rank the repository's functions by how likely each holds the bug the failing tests found.
 
     `spectrum` runs the failing tests and up to `budget_s` seconds of passing ones under coverage
     (one subprocess, `timeout` seconds at most); without it only the traceback and the test's
-    calls count.
+    calls count. The options of a pytest `test_cmd` (`-o pythonpath=src`, `-p no:x`...) apply
+    to the coverage run too; the project's own pytest configuration applies as it always does.
     """
     root = Path(root)
     test = failing_test(root, result)
-    sp = run_spectrum(root, result, timeout=timeout, budget_s=budget_s, env=env) if spectrum else None
+    sp = (run_spectrum(root, result, timeout=timeout, budget_s=budget_s, test_cmd=test_cmd, env=env,
+                       sandbox=sandbox)
+          if spectrum else None)
     traceback = "\n".join([*(f.text for f in result.failures), result.output_tail])
     every = [f for rel in source_files(root) for f in functions(root, rel)]
-    ranked = rank(root, spectrum=sp, traceback=traceback, test=test, all_functions=every)
+    ranked = rank(root, spectrum=sp, traceback=traceback, test=test, all_functions=every,
+                  line_names=failing_line_names(root, result, test))
     return Localisation(tuple(ranked), test, sp)
 
 

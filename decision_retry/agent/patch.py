@@ -1,4 +1,8 @@
-"""The `patch` protocol: show the failing test and the suspect function; apply the rewrite by name."""
+"""The `patch` protocol: show the failing test and the suspect functions; apply the rewrite by name.
+
+With several suspects shown, the function the reply rewrites (the name after its `def`) is the
+model's choice of where the bug is: a tool-decision point that a rewind can cut at.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +22,41 @@ def error_lines(result: TestResult, limit: int) -> str:
     return "\n".join((errors or lines[-limit:])[:limit])
 
 
-def messages(defn: AgentDefinition, suspect: Suspect, test_src: str, result: TestResult) -> list[dict]:
-    """The one user message of a patch attempt."""
-    user = defn.prompt["user"].format(
-        test=test_src or "(see the error)", error=error_lines(result, defn.limits["error_lines"]),
-        file=suspect.file, code=suspect.source,
-    )
+def shown(suspects: list[Suspect], limit: int, chars: int) -> list[Suspect]:
+    """The suspects the model sees: the best always, then others while `limit` and `chars` allow."""
+    out: list[Suspect] = []
+    for s in suspects[: max(1, limit)]:
+        if out and sum(len(x.source) for x in out) + len(s.source) > chars:
+            break
+        out.append(s)
+    return out
+
+
+def code(suspect: Suspect) -> str:
+    """A suspect's source as shown: dedented, a method preceded by a comment naming its class."""
+    text = textwrap.dedent(suspect.source)
+    owner = suspect.qualname.rsplit(".", 1)[0] if "." in suspect.qualname else ""
+    return f"# a method of class {owner}\n{text}" if owner and "<locals>" not in owner else text
+
+
+def messages(defn: AgentDefinition, suspects: Suspect | list[Suspect], test_src: str,
+             result: TestResult) -> list[dict]:
+    """The one user message of a patch attempt: one suspect, or several (most likely first)."""
+    many = [suspects] if isinstance(suspects, Suspect) else list(suspects)
+    fields = {"test": test_src or "(see the error)",
+              "error": error_lines(result, defn.limits["error_lines"])}
+    if len(many) == 1 or "user_many" not in defn.prompt:
+        user = defn.prompt["user"].format(**fields, file=many[0].file, code=code(many[0]))
+    else:
+        blocks = "\n".join(f"From {s.file}:\n```python\n{code(s)}\n```" for s in many)
+        user = defn.prompt["user_many"].format(**fields, code=blocks)
     return [{"role": "user", "content": user}]
+
+
+def chosen(reply_text: str, suspects: list[Suspect]) -> Suspect | None:
+    """The suspect the reply rewrites: the first shown one named by the reply's first `def`."""
+    m = re.search(r"def\s+(\w+)", reply_text)
+    return next((s for s in suspects if m and s.name == m.group(1)), None)
 
 
 def reply_code(text: str, stop_regex: str | None = None) -> str:

@@ -1,6 +1,7 @@
 """Agent protocols: what the model is shown and how its reply acts on the repository.
 
-`patch`: one turn; the reply is the corrected function, applied by name.
+`patch`: one turn; the reply is the corrected function, applied by name. Several suspects may be
+shown (locate.py ranks them): which one the reply rewrites is its tool decision ("function").
 `tools`: several turns of `ACTION: read|list|edit|test|submit`, one action per turn.
 Unparseable output becomes an observation (tools) or a failed attempt (patch), never a crash.
 """
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 from decision_retry.agent import patch
 from decision_retry.agent.definitions import AgentDefinition
-from decision_retry.agent.locate import Suspect, functions, functions_in
+from decision_retry.agent.locate import Candidate, Suspect, functions, functions_in
 from decision_retry.agent.testrun import TestResult
 from decision_retry.agent.workspace import Workspace
 from decision_retry.errors import WorkspaceError
@@ -40,44 +41,72 @@ class Task:
     files: tuple[str, ...]
     test_cmd: str
     test_timeout: float
+    candidates: tuple[Candidate, ...] = ()  # the ranking, best first (suspect is the first)
+    localisation: dict | None = None  # locate.Localisation.summary(): kept in the trace
+
+    @property
+    def suspects(self) -> list[Suspect]:
+        if self.candidates:
+            return [c.suspect for c in self.candidates]
+        return [self.suspect] if self.suspect else []
 
 
 class PatchProtocol:
-    """One turn: rewrite the suspect function."""
+    """One turn: rewrite one of the suspect functions shown."""
 
     def __init__(self, defn: AgentDefinition, task: Task) -> None:
-        if task.suspect is None:
+        if task.suspect is None and not task.candidates:
             raise ValueError("the patch protocol needs a suspect function")
         self.defn, self.task = defn, task
+        self.shown = patch.shown(task.suspects, defn.limits.get("suspects", 1),
+                                 defn.limits.get("suspect_chars", 4000))
 
     def first_messages(self) -> list[dict]:
-        return patch.messages(self.defn, self.task.suspect, self.task.test_src, self.task.result)
+        return patch.messages(self.defn, self.shown, self.task.test_src, self.task.result)
 
     def retry_messages(self, history: list[dict], result: TestResult) -> list[dict]:
         err = patch.error_lines(result, self.defn.limits["error_lines"])
         return [*history, {"role": "user", "content": self.defn.prompt["retry"].format(error=err)}]
 
     def where(self, reply: str, position: int, tokens) -> tuple[str | None, int | None]:
-        """File and line of the token at `position` of a reply (the function's lines)."""
+        """File and line of the token at `position` of a reply (in the function it rewrites)."""
+        s = patch.chosen(reply, self.shown) or self.shown[0]
         before = "".join(t.text for t in tokens[:position])
-        return self.task.suspect.file, self.task.suspect.start + before.count("\n")
+        return s.file, s.start + before.count("\n")
 
     def act(self, ws: Workspace, reply: str, turn_index: int) -> Outcome:
-        s = self.task.suspect
         code = patch.reply_code(reply, self.defn.stop_regex)
-        span = patch.function_name_span(reply, s.name)
+        s = patch.chosen(code, self.shown)
+        span = patch.function_name_span(reply, s.name if s else "")
         spans = (ToolSpan(span[0], span[1], "function"),) if span else ()
-        args = {"file": s.file, "function": s.name}
+        shown = [c.summary() for c in self.task.candidates if c.suspect in self.shown]
+        args = {"file": s.file if s else None, "function": (s.qualname or s.name) if s else None,
+                "shown": shown or [{"file": x.file, "function": x.qualname or x.name}
+                                   for x in self.shown]}
+        if turn_index == 0 and self.task.localisation:
+            args["localisation"] = self.task.localisation
+        if s is None:
+            names = ", ".join(x.name for x in self.shown)
+            return Outcome("apply_patch", args,
+                           f"not applied: your reply defines none of the functions shown ({names})",
+                           True, spans)
         try:
-            current = functions(ws.root, s.file)
-            now = next((f for f in current if f.name == s.name), s)
+            now = _relocated(functions(ws.root, s.file), s)
             ws.write_file(s.file, patch.apply(ws.read_file(s.file), now, code))
         except ValueError as err:
             return Outcome("apply_patch", args, f"not applied: {err}", True, spans)
-        return Outcome("apply_patch", args, f"replaced {s.name} in {s.file}", True, spans)
+        return Outcome("apply_patch", args, f"replaced {s.qualname or s.name} in {s.file}", True,
+                       spans)
 
 
-_ACTION = re.compile(r"^\s*(read|list|edit|test|submit)\b[ \t]*([^\n`]*)", re.I)
+def _relocated(current: list[Suspect], s: Suspect) -> Suspect:
+    """`s` in the file as it is now: same qualified name, the nearest to where it was."""
+    same = [f for f in current if (f.qualname or f.name) == (s.qualname or s.name)]
+    same = same or [f for f in current if f.name == s.name]
+    return min(same, key=lambda f: abs(f.start - s.start)) if same else s
+
+
+_ACTION = re.compile(r"^\s*(read|list|edit|test|submit)\b[ \t]*([^\n`]*)", re.IGNORECASE)
 
 
 class ToolsProtocol:
@@ -89,9 +118,15 @@ class ToolsProtocol:
     def first_messages(self) -> list[dict]:
         err = patch.error_lines(self.task.result, self.defn.limits["error_lines"])
         files = ", ".join(self.task.files[:40])
+        user = self.defn.prompt["user"].format(error=err, files=files)
+        ranked = self.task.candidates[: self.defn.limits.get("suspects", 5)]
+        if ranked:  # which file to read first stays the model's choice
+            user += "\nMost suspicious functions: " + ", ".join(
+                f"{c.suspect.file}:{c.suspect.start} {c.suspect.qualname or c.suspect.name}"
+                for c in ranked)
         return [
             {"role": "system", "content": self.defn.prompt["system"]},
-            {"role": "user", "content": self.defn.prompt["user"].format(error=err, files=files)},
+            {"role": "user", "content": user},
         ]
 
     def retry_messages(self, history: list[dict], result: TestResult) -> list[dict]:

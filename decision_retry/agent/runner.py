@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from decision_retry.agent import definitions, leftovers
 from decision_retry.agent import sandbox as sandboxes
 from decision_retry.agent.graph import Attempt, FixAgent, build_graph
-from decision_retry.agent.locate import locate, source_files
+from decision_retry.agent.locate import localise, source_files
 from decision_retry.agent.protocols import PatchProtocol, Task, ToolsProtocol
 from decision_retry.agent.userrepo import UserRepo
 from decision_retry.agent.workspace import Workspace, repo_root
@@ -132,7 +132,8 @@ def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None =
 
 
 def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandboxes.Sandbox,
-          on_event=None, apply: bool = False, replay: dict | None = None) -> FixResult:
+          on_event=None, apply: bool = False, replay: dict | None = None,
+          expect_base: str | None = None) -> FixResult:
     """Run the agent for `recorder.run` in a fresh clone of `root`: from the start, or (resume)
     replaying the test results `replay` recorded per branch. The same seed and config give the
     same trace: node ids derive from content, so a replayed node is the recorded one."""
@@ -143,11 +144,16 @@ def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandbo
     ws.replay = replay or {}
     try:
         ws.open()
+        if expect_base and ws.base_sha != expect_base:  # resume: recorded results need the tree
+            raise BadInput(f"cannot resume run {run.id[:12]}: {root} changed since it started "
+                           f"(its starting point was {expect_base[:12]}, now {ws.base_sha[:12]})")
         # 1) the input: failing tests, and the code under test
         result = check_input(ws, cfg)
-        suspect, test_src = locate(ws.root, result)
+        loc = localise(ws.root, result, test_cmd=cfg.test_cmd, timeout=3 * cfg.test_timeout,
+                       sandbox=ws.sandbox)
+        suspect, test_src = loc.suspect, loc.test.source if loc.test else ""
         task = Task(suspect, test_src, result, tuple(source_files(ws.root)), cfg.test_cmd,
-                    cfg.test_timeout)
+                    cfg.test_timeout, loc.candidates, loc.summary())
         if cfg.protocol == "tools":
             protocol = ToolsProtocol(defn, task)
         elif suspect is None:

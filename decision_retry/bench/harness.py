@@ -137,7 +137,10 @@ def run_cell(job: tuple[Case, str, int, BenchConfig]) -> Cell:
     with tempfile.TemporaryDirectory(prefix="decision-retry-bench-") as tmp:
         try:
             repo = git_repo(case.path, Path(tmp) / case.name)
-            res = fix(repo, cfg.fix_config(strategy, seed), lm=_WORKER["lm"], store=_WORKER["store"])
+            fix_cfg = cfg.fix_config(strategy, seed)
+            if case.test_cmd:  # a real project's own test command
+                fix_cfg = fix_cfg.model_copy(update={"test_cmd": case.test_cmd})
+            res = fix(repo, fix_cfg, lm=_WORKER["lm"], store=_WORKER["store"])
             update = {"fixed": res.fixed, "attempts": res.attempts, "decode_tokens": res.decode_tokens,
                       "stop": res.stop, "rewinds": len(res.rewinds), "run_id": res.run_id,
                       "accepted": sum(1 for s in res.steps if s.accepted)}

@@ -5,6 +5,8 @@
   solution with ONE deterministic small mutation, and its `check` as pytest tests. A mutant is kept
   only when pytest fails on it AND passes on the canonical form (both verified). Built repositories
   are cached under the output directory;
+* `real-repos`: single-token bugs in real projects from pinned PyPI sdists, tested by their own
+  suites (bench/real_repos.py);
 * any other directory: each subdirectory holding Python files is a repository.
 """
 
@@ -22,7 +24,7 @@ from pathlib import Path
 
 from decision_retry.errors import BadInput
 
-SUITES = ("fixtures", "humaneval-bugs")
+SUITES = ("fixtures", "humaneval-bugs", "real-repos")
 BUILD_VERSION = 1  # bump when the mutation or test rules change: cached suites are rebuilt
 KINDS = ("comparison-flipped", "operator-swapped", "off-by-one", "constant-changed",
          "boolean-swapped", "negation-dropped")
@@ -41,6 +43,7 @@ class Case:
 
     name: str
     path: Path
+    test_cmd: str | None = None  # the case's own test command (None: the benchmark's default)
 
 
 def fixtures_dir() -> Path:
@@ -66,6 +69,10 @@ def load_suite(spec: str, out: Path, *, limit: int | None = None, workers: int =
     elif spec == "humaneval-bugs":
         cases = humaneval_bugs(Path(out) / "suites" / "humaneval-bugs", limit=limit,
                                workers=workers, on_build=on_build)
+    elif spec == "real-repos":
+        from decision_retry.bench.real_repos import real_repos
+
+        cases = real_repos(Path(out) / "suites" / "real-repos", limit=limit, on_build=on_build)
     elif Path(spec).is_dir():
         cases = directory_suite(Path(spec))
     else:

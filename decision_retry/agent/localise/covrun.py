@@ -2,7 +2,7 @@
 
     python -m decision_retry.agent.localise.covrun OUT.json SELECTION.json
 
-SELECTION.json: {"root": str, "tests": [node ids], "args": [pytest args (files to collect)]}.
+SELECTION.json: {"root": str, "tests": [node ids] or null (all), "args": [pytest args]}.
 OUT.json: {"outcomes": {nodeid: "passed"|"failed"}, "files": {relpath: {line: [test index]}},
 "tests": [nodeid, ...]}. Runs in the test sandbox like any test command; imports only the standard
 library, coverage and pytest before coverage starts, so the project's modules are measured.
@@ -18,10 +18,12 @@ import sys
 class _Contexts:
     """pytest plugin: deselect what was not asked for; one coverage context per test."""
 
-    def __init__(self, cov, wanted: set[str]) -> None:
+    def __init__(self, cov, wanted: set[str] | None) -> None:
         self.cov, self.wanted, self.outcomes = cov, wanted, {}
 
     def pytest_collection_modifyitems(self, config, items):
+        if self.wanted is None:
+            return
         keep = [i for i in items if i.nodeid in self.wanted]
         drop = [i for i in items if i.nodeid not in self.wanted]
         if drop:
@@ -51,7 +53,7 @@ def main(out_path: str, selection_path: str) -> int:
     cov = coverage.Coverage(data_file=None, config_file=False, include=[os.path.join(root, "*")],
                             omit=["*/site-packages/*", "*/.venv/*"])
     cov.start()
-    plugin = _Contexts(cov, set(sel["tests"]))
+    plugin = _Contexts(cov, None if sel["tests"] is None else set(sel["tests"]))
     try:
         code = pytest.main(["-p", "no:cacheprovider", "-p", "no:cov", "-q", *sel["args"]],
                            plugins=[plugin])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ class FunctionScore:
     ef: int
     ep: int
     line: int  # the best-scoring line
+    lines: int = 1  # lines at that best score (more: more places for the bug; breaks ties)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,38 @@ def ochiai(ef: int, ep: int, total_failed: int) -> float:
     if ef == 0 or total_failed == 0:
         return 0.0
     return ef / math.sqrt(total_failed * (ef + ep))
+
+
+_VALUED = {"-o", "-p", "-c", "-W", "-k", "-m", "-n", "--rootdir", "--import-mode", "--confcutdir",
+           "--override-ini", "--maxfail", "--deselect", "--ignore", "--ignore-glob", "-r"}
+_DROPPED = {"-x", "--exitfirst", "-k", "-m", "-n", "--maxfail", "--lf", "--last-failed", "--ff",
+            "--failed-first", "--sw", "--stepwise", "-q", "-qq", "-v", "-vv", "--quiet",
+            "--verbose", "-r", "--junitxml", "--junit-xml"}
+
+
+def pytest_options(test_cmd: str | None) -> list[str]:
+    """The options of a pytest command that shape how tests run (`-o pythonpath=src`, `-p`,
+    `-W`...), without its selection (paths, -k, -m, -x) or reporting; [] for other commands."""
+    try:
+        words = shlex.split(test_cmd or "")
+    except ValueError:
+        return []
+    if "pytest" in words[:3]:
+        words = words[words.index("pytest") + 1 :]
+    elif words[:1] and Path(words[0]).name in ("pytest", "py.test"):
+        words = words[1:]
+    else:
+        return []
+    out, i = [], 0
+    while i < len(words):
+        w = words[i]
+        name = w.split("=", 1)[0]
+        takes = name in _VALUED and "=" not in w and not (len(name) == 2 and len(w) > 2)
+        value = [words[i + 1]] if takes and i + 1 < len(words) else []
+        if w.startswith("-") and name not in _DROPPED:
+            out += [w, *value]
+        i += 1 + len(value)
+    return out
 
 
 def _test_file(nodeid: str) -> str:
@@ -70,31 +104,42 @@ def select_tests(result: TestResult, budget_s: float) -> tuple[list[str], list[s
 
     passing, spent = [], 0.0
     for nodeid, seconds in sorted(result.passed_tests, key=distance):
-        if len(passing) >= MAX_PASSING or spent + seconds > budget_s:
+        if len(passing) >= MAX_PASSING:
             break
+        if spent + seconds > budget_s:
+            continue  # a slow one: a faster one further on may still fit
         passing.append(nodeid)
         spent += seconds
     return failing, passing
 
 
 def run_spectrum(root: Path, result: TestResult, *, timeout: float, budget_s: float = 20.0,
-                 env: dict | None = None) -> Spectrum:
+                 test_cmd: str | None = None, env: dict | None = None, sandbox=None) -> Spectrum:
     """Measure and score; an empty spectrum (with a note) when it cannot be measured."""
     failing, passing = select_tests(result, budget_s)
     if not failing:
         return Spectrum((), (), (), "no failing test node id to run")
     tests = failing + passing
     files = sorted({_test_file(t) for t in tests if (root / _test_file(t)).is_file()})
+    data, why = coverage_run(root, tests, [*pytest_options(test_cmd), *files], timeout=timeout,
+                             env=env, sandbox=sandbox)
+    if data is None:
+        return Spectrum(tuple(failing), tuple(passing), (), f"coverage run {why}")
+    return score(root, data)
+
+
+def coverage_run(root: Path, tests: list[str] | None, args: list[str], *, timeout: float,
+                 env: dict | None = None, sandbox=None) -> tuple[dict | None, str]:
+    """(covrun's data, "") for `tests` (None: every test pytest collects from `args`), or
+    (None, why) when it timed out or crashed. Runs in `sandbox` (testrun.run_tests) when given."""
     with tempfile.TemporaryDirectory(prefix="decision-retry-spectrum-") as tmp:
         sel, out = Path(tmp) / "selection.json", Path(tmp) / "spectrum.json"
-        sel.write_text(json.dumps({"root": str(root), "tests": tests, "args": files}))
+        sel.write_text(json.dumps({"root": str(root), "tests": tests, "args": args}))
         cmd = [sys.executable, "-m", "decision_retry.agent.localise.covrun", str(out), str(sel)]
-        run = run_tests(cmd, root, timeout, env=env)
+        run = run_tests(cmd, root, timeout, env=env, sandbox=sandbox, writable=(Path(tmp),))
         if run.timed_out or not out.is_file():
-            why = "timed out" if run.timed_out else f"failed: {run.output_tail[-300:]}"
-            return Spectrum(tuple(failing), tuple(passing), (), f"coverage run {why}")
-        data = json.loads(out.read_text())
-    return score(root, data)
+            return None, "timed out" if run.timed_out else f"failed: {run.output_tail[-300:]}"
+        return json.loads(out.read_text()), ""
 
 
 def score(root: Path, data: dict) -> Spectrum:
@@ -120,8 +165,12 @@ def score(root: Path, data: dict) -> Spectrum:
             ep = sum(1 for i in ids if i in passed)
             s = ochiai(ef, ep, len(failed))
             cur = best.get(fn.key)
-            if s > 0 and (cur is None or (s, -ep) > (cur.ochiai, -cur.ep)):
+            if s <= 0:
+                continue
+            if cur is not None and s == cur.ochiai:
+                best[fn.key] = FunctionScore(fn, s, cur.ef, cur.ep, cur.line, cur.lines + 1)
+            elif cur is None or s > cur.ochiai:
                 best[fn.key] = FunctionScore(fn, s, ef, ep, line)
-    ranked = sorted(best.values(), key=lambda f: (-f.ochiai, f.ep, f.suspect.key))
+    ranked = sorted(best.values(), key=lambda f: (-f.ochiai, -f.lines, f.suspect.key))
     return Spectrum(tuple(tests[i] for i in sorted(failed)),
                     tuple(tests[i] for i in sorted(passed)), tuple(ranked))

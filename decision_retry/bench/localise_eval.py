@@ -1,0 +1,91 @@
+"""How often localisation puts the buggy function where the model sees it: top-1/3/5 and shown.
+
+    python -m decision_retry.bench.localise_eval --out DIR [--limit N] [--no-spectrum]
+
+For each case of the real-repos suite (built under DIR/suites/real-repos when missing): run the
+case's own test command on a copy, localise (agent/locate.py) exactly as `fix` does, and find the
+rank of the function the mutation is in. "shown" is whether the patch protocol's prompt holds it
+(agents/patch.toml: `suspects` and `suspect_chars`). Prints a table, writes DIR/localise.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from decision_retry.agent import definitions, patch
+from decision_retry.agent.locate import localise
+from decision_retry.agent.testrun import run_tests
+from decision_retry.bench.real_repos import load_index, real_repos
+from decision_retry.bench.suites import Case
+
+
+def evaluate_case(case: Case, meta: dict, *, spectrum: bool = True) -> dict:
+    """One case: the bug's rank among the candidates (None when not ranked at all)."""
+    defn = definitions.load("patch")
+    with tempfile.TemporaryDirectory(prefix="decision-retry-loc-") as tmp:
+        root = Path(tmp) / case.name
+        shutil.copytree(case.path, root)
+        start = time.monotonic()
+        result = run_tests(meta["test_cmd"], root, 600)
+        tested = time.monotonic()
+        loc = localise(root, result, test_cmd=meta["test_cmd"], timeout=600, spectrum=spectrum)
+        done = time.monotonic()
+    keys = [(c.suspect.file, c.suspect.qualname) for c in loc.candidates]
+    want = (meta["bug_file"], meta["bug_function"])
+    rank = keys.index(want) + 1 if want in keys else None
+    shown = patch.shown([c.suspect for c in loc.candidates], defn.limits.get("suspects", 1),
+                        defn.limits.get("suspect_chars", 4000))
+    return {"case": case.name, "bug": f"{want[0]}::{want[1]}", "rank": rank,
+            "shown": rank is not None and rank <= len(shown), "n_shown": len(shown),
+            "top": [f"{f}::{q}" for f, q in keys[:5]], "failing": list(result.failing_tests[:3]),
+            "test_s": round(tested - start, 2), "localise_s": round(done - tested, 2),
+            "spectrum_note": loc.spectrum.note if loc.spectrum else "off"}
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: accuracy at 1/3/5, shown, and per-case ranks."""
+    n = len(rows)
+
+    def at(k: int) -> str:
+        hit = sum(1 for r in rows if r["rank"] is not None and r["rank"] <= k)
+        return f"{hit}/{n} ({100 * hit / n:.0f}%)" if n else "0/0"
+
+    shown = sum(1 for r in rows if r["shown"])
+    out = ["| bugs | top-1 | top-3 | top-5 | among the suspects shown |", "|---|---|---|---|---|",
+           f"| {n} | {at(1)} | {at(3)} | {at(5)} | {shown}/{n} ({100 * shown / max(1, n):.0f}%) |",
+           "", "| case | bug | rank | shown | localise s |", "|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['case']} | `{r['bug']}` | {r['rank'] or '-'} | "
+                   f"{'yes' if r['shown'] else 'no'} ({r['n_shown']}) | {r['localise_s']} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m decision_retry.bench.localise_eval",
+                                 description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, type=Path, help="where the suite and results go")
+    ap.add_argument("--limit", type=int, default=None, help="the first N cases only")
+    ap.add_argument("--no-spectrum", action="store_true", help="traceback and called names only")
+    args = ap.parse_args(argv)
+    root = args.out / "suites" / "real-repos"
+    cases = real_repos(root, limit=args.limit, on_build=lambda s: print(s, file=sys.stderr))
+    index = load_index(root)
+    rows = []
+    for case in cases:
+        row = evaluate_case(case, index[case.name], spectrum=not args.no_spectrum)
+        rows.append(row)
+        print(f"{case.name}: rank {row['rank']} ({row['localise_s']}s)", file=sys.stderr)
+    name = "localise-nospectrum.json" if args.no_spectrum else "localise.json"
+    (args.out / name).write_text(json.dumps(rows, indent=1) + "\n")
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The suspect is a decision: several candidates shown, the reply's `def NAME` chooses one, a
+rewind can cut at that name and choose another. Real git repo, real pytest, scripted model."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from test_workspace import sh_git
+
+from decision_retry.agent import definitions, patch
+from decision_retry.agent.locate import localise
+from decision_retry.agent.protocols import PatchProtocol, Task
+from decision_retry.agent.runner import FixConfig, fix
+from decision_retry.agent.testrun import run_tests
+from decision_retry.lm import Sampling
+from decision_retry.retry import RetryConfig
+from decision_retry.testing import scripted_lm
+from decision_retry.trace.store import TraceStore
+
+# `double` has the bug; `quad` calls it; `twice` is run by a passing test too. All three are
+# suspects; the reply's body (`return x * 2`) fixes `double` and changes nothing in `twice`.
+FILES = {
+    "calc.py": """
+        def double(x):
+            return x * 3
+
+
+        def twice(x):
+            return x * 2
+
+
+        def quad(x):
+            return twice(double(x)) // 1
+    """,
+    "test_calc.py": """
+        from calc import quad, twice
+
+
+        def test_twice():
+            assert twice(2) == 4
+
+
+        def test_quad():
+            assert quad(3) == 12
+    """,
+}
+SCRIPT = ["def ", {"choice": {"twice": 0.5, "double": 0.5}}, "(x):\n    return x * 2\n", "```"]
+TEST_CMD = "python -m pytest -q -p no:cacheprovider"
+
+
+def git_repo(root: Path) -> Path:
+    root.mkdir(parents=True)
+    for rel, text in FILES.items():
+        (root / rel).write_text(textwrap.dedent(text).lstrip())
+    sh_git(root, "init", "-q")
+    sh_git(root, "add", "-A")
+    sh_git(root, "commit", "-qm", "initial")
+    return root
+
+
+def seed_choosing(lm, name: str) -> int:
+    """A seed whose first draw writes `def NAME`."""
+    state = lm.prefill([1])
+    for seed in range(50):
+        out = lm.extend(state, Sampling(temperature=1.0, max_new_tokens=4),
+                        torch.Generator().manual_seed(seed))
+        if f"def {name}" in out.text:
+            return seed
+    raise AssertionError(f"no seed draws {name}")
+
+
+def test_all_suspects_are_shown_and_the_reply_picks_one(tmp_path: Path) -> None:
+    root = git_repo(tmp_path / "repo")
+    result = run_tests(TEST_CMD, root, 60)
+    loc = localise(root, result, test_cmd=TEST_CMD)
+    names = [c.suspect.name for c in loc.candidates]
+    assert set(names[:3]) == {"double", "quad", "twice"}  # all ran in the failing test
+    task = Task(loc.suspect, loc.test.source, result, ("calc.py",), TEST_CMD, 60,
+                loc.candidates, loc.summary())
+    proto = PatchProtocol(definitions.load("patch"), task)
+    prompt = proto.first_messages()[0]["content"]
+    assert all(f"def {n}(x)" in prompt for n in ("double", "twice", "quad"))
+    assert prompt.index(f"def {names[0]}") < prompt.index(f"def {names[1]}")  # most likely first
+    assert patch.chosen("def twice(x):\n    return 1\n", proto.shown).name == "twice"
+    assert patch.chosen("def nowhere(x):\n    pass\n", proto.shown) is None
+
+
+def test_a_rewind_at_the_function_name_moves_the_edit(tmp_path: Path) -> None:
+    root = git_repo(tmp_path / "repo")
+    lm = scripted_lm(SCRIPT)
+    seed = seed_choosing(lm, "twice")  # the first attempt edits the wrong function
+    cfg = FixConfig(test_cmd=TEST_CMD, retry=RetryConfig(strategy="entropy-cut",
+                                                         proposal_temperature=1.0),
+                    seed=seed, budget_tokens=200, max_attempts=12)
+    with TraceStore(tmp_path / "home" / "traces.db") as store:
+        res = fix(root, cfg, lm=lm, store=store)
+        tree = store.load(res.run_id)
+    assert res.fixed and res.attempts >= 2
+    assert "-    return x * 3\n+    return x * 2" in res.diff
+    # the first cut is the function name: file and line of the function it chose
+    assert res.rewinds[0].token in ("twice", "double")
+    assert res.rewinds[0].file == "calc.py" and res.rewinds[0].line in (1, 5)
+    # in the trace: the function choice is a tool-decision point, the ranking in the tool call
+    points = [d for d in tree.decisions if d.kind == "tool" and d.label == "function"]
+    assert {d.span for d in points} == {"twice", "double"}
+    calls = [c for c in tree.tool_calls if c.action == "apply_patch"]
+    assert {c.arguments["function"] for c in calls} == {"twice", "double"}
+    first = calls[0].arguments
+    assert {s["function"] for s in first["shown"]} == {"double", "twice", "quad"}
+    assert first["localisation"]["ranking"][0]["function"] == first["shown"][0]["function"]
+
+
+@pytest.mark.parametrize("reply", ["def elsewhere(x):\n    return 0\n"])
+def test_a_reply_naming_no_suspect_is_not_applied(tmp_path: Path, reply: str) -> None:
+    root = git_repo(tmp_path / "repo")
+    result = run_tests(TEST_CMD, root, 60)
+    loc = localise(root, result, test_cmd=TEST_CMD)
+    task = Task(loc.suspect, "", result, ("calc.py",), TEST_CMD, 60, loc.candidates)
+    proto = PatchProtocol(definitions.load("patch"), task)
+
+    class WS:  # only what act() touches: a real file in the real repo
+        def __init__(self, root):
+            self.root = root
+
+        def read_file(self, rel):
+            return (self.root / rel).read_text()
+
+        def write_file(self, rel, text):
+            raise AssertionError("must not write")
+
+    out = proto.act(WS(root), reply, 0)
+    assert out.done and out.observation.startswith("not applied: your reply defines none")
