@@ -50,8 +50,8 @@ def write_file(path: str, text: str) -> str:
 #    call 3 answers.
 lm = scripted_turns_lm([
     ['<tool_call>\n{"name": "read_file", "arguments": {"path": "units.py"}}\n</tool_call>'],
-    ['The sign is wrong.\n<tool_call>\n{"name": "write_file", "arguments": {"path": "units.py", '
-     '"text": "def celsius_to_fahrenheit(c):\\n    return c * 9 / 5 ',
+    [('The sign is wrong.\n<tool_call>\n{"name": "write_file", "arguments": {"path": "units.py", '
+      '"text": "def celsius_to_fahrenheit(c):\\n    return c * 9 / 5 '),
      {"choice": {"-": 0.5, "+": 0.3, "*": 0.2}}, ' 32\\n"}}\n</tool_call>'],
     ["Fixed."],
 ])
@@ -77,4 +77,4 @@ print(f"trace: {len(run.branches)} branches, {len(run.turns)} model calls, "
       f"{len(run.test_runs)} test runs")
 ws.finish(success=dr["status"] == "passed")
 print("branch:", subprocess.run(["git", "branch", "--list", "decision-retry/*"], cwd=repo,
-                                capture_output=True, text=True).stdout.strip())
+                                capture_output=True, text=True, check=True).stdout.strip())

@@ -211,7 +211,7 @@ class ChatDecisionRetry(BaseChatModel):
         elif state.finish != "eos":
             state = DecodeState(state.prompt_ids, state.tokens, "stop", state.cache)
         meta, usage = self._finish_call(state, prompt_ids, kept, message_id)
-        content, calls, invalid = toolcalls.parse(state.text)
+        content, calls, _ = toolcalls.parse(state.text)
         if calls:
             meta["finish_reason"] = "tool_calls"
         chunks = [tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)

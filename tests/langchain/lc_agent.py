@@ -26,10 +26,10 @@ TEST = (
 PATHS = {"units.py": 0.45, "units_fixed.py": 0.3, "units2.py": 0.25}  # entropy 1.07 nats
 OPERATORS = {"+": 0.4, "-": 0.35, "*": 0.25}  # entropy 1.08 nats
 SCRIPT = [
-    ['Let me look at the code first.\n<tool_call>\n'
-     '{"name": "read_file", "arguments": {"path": "units.py"}}\n</tool_call>'],
-    ['The sign is wrong; I will write the file back.\n<tool_call>\n'
-     '{"name": "write_file", "arguments": {"path": "', {"choice": PATHS},
+    [('Let me look at the code first.\n<tool_call>\n'
+      '{"name": "read_file", "arguments": {"path": "units.py"}}\n</tool_call>')],
+    [('The sign is wrong; I will write the file back.\n<tool_call>\n'
+      '{"name": "write_file", "arguments": {"path": "'), {"choice": PATHS},
      '", "text": "def celsius_to_fahrenheit(c):\\n    return c * 9 / 5 ', {"choice": OPERATORS},
      ' 32\\n"}}\n</tool_call>'],
     ["I fixed the conversion."],

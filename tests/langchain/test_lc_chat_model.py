@@ -8,8 +8,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
-from decision_retry.langchain import ChatDecisionRetry, scripted_turns_lm
-from decision_retry.langchain import toolcalls
+from decision_retry.langchain import ChatDecisionRetry, scripted_turns_lm, toolcalls
 from decision_retry.langchain.chat_model import PREFIX_KEY
 from decision_retry.langchain.logprobs import reply_tokens
 from decision_retry.lm import Sampling

@@ -55,7 +55,7 @@ def test_create_agent_rewinds_a_real_repository(tmp_path):
         listener = listener_from_config(receiver.endpoint)
         recorder = Recorder(store, listeners=[listener])
         with Workspace(repo, "lc-run") as ws:
-            agent, mw = build(ws, seed=seed, recorder=recorder, max_attempts=4)
+            agent, _ = build(ws, seed=seed, recorder=recorder, max_attempts=4)
             out = agent.invoke(question())
             final_tests = ws.run_tests(TEST_COMMAND, 300)
             files = sorted(p.name for p in ws.root.iterdir() if p.suffix == ".py")

@@ -27,8 +27,8 @@ SCREENSHOT = os.environ.get("DECISION_RETRY_PHOENIX_SCREENSHOT")
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 PROJECT = "decision-retry-test"
 SCRIPT = [
-    'def celsius_to_fahrenheit(celsius: float) -> float:\n    """Degrees Celsius to degrees '
-    'Fahrenheit."""\n    return celsius * 9 / 5 ',
+    ('def celsius_to_fahrenheit(celsius: float) -> float:\n    """Degrees Celsius to degrees '
+     'Fahrenheit."""\n    return celsius * 9 / 5 '),
     {"choice": {"-": 0.5, "+": 0.5}},
     " 32\n",
     "```",
@@ -59,30 +59,29 @@ def phoenix(tmp_path_factory):
     env = {**os.environ, "PHOENIX_HOST": "127.0.0.1", "PHOENIX_PORT": str(port),
            "PHOENIX_GRPC_PORT": str(grpc), "PHOENIX_WORKING_DIR": str(work),
            "PHOENIX_TELEMETRY_ENABLED": "false"}
-    log = open(work / "phoenix.log", "w")
-    proc = subprocess.Popen([PHOENIX, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):  # first start runs its database migrations: a minute or two
-            if proc.poll() is not None:
-                pytest.fail(f"phoenix exited: {(work / 'phoenix.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("phoenix did not answer within 5 minutes")
-        yield base
-    finally:
-        proc.terminate()  # the process we started, by its handle
+    with open(work / "phoenix.log", "w") as log:
+        proc = subprocess.Popen([PHOENIX, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            for _ in range(600):  # first start runs its database migrations: a minute or two
+                if proc.poll() is not None:
+                    pytest.fail(f"phoenix exited: {(work / 'phoenix.log').read_text()[-2000:]}")
+                try:
+                    with urllib.request.urlopen(f"{base}/healthz", timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.5)
+            else:
+                pytest.fail("phoenix did not answer within 5 minutes")
+            yield base
+        finally:
+            proc.terminate()  # the process we started, by its handle
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +108,7 @@ def fix_run(phoenix, tmp_path_factory):
         [sys.executable, "-m", "decision_retry.cli", "fix", str(repo), "--model",
          f"scripted:{script}", "--proposal-temperature", "1", "--seed", "3",
          "--max-attempts", "12", "--json"],
-        capture_output=True, text=True, env=env, timeout=900)
+        check=False, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr
     assert "could not export" not in proc.stderr
     result = json.loads(proc.stdout)
