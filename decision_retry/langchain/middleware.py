@@ -54,6 +54,16 @@ class DecisionRetryAgentState(AgentState):
     decision_retry: NotRequired[Annotated[dict, OmitFromInput, merge]]  # reducer last
 
 
+def check_levers(retry: RetryConfig) -> None:
+    """The middleware's moves are suffix moves with entropy cut weights (whole-call resampling
+    has no local or restart kernel, nor code weights, yet)."""
+    extra = {"move": "suffix", "restart_share": 0.0, "cut_weights": "entropy"}
+    for name, plain in extra.items():
+        if getattr(retry, name, plain) != plain:
+            raise BadInput(f"RetryConfig {name}={getattr(retry, name)!r} is not supported by "
+                           f"DecisionRetryMiddleware: use {name}={plain!r}")
+
+
 def _seed(seed: int, *parts: object) -> int:
     return zlib.crc32("/".join(map(str, (seed, *parts))).encode())
 
@@ -107,6 +117,7 @@ class DecisionRetryMiddleware(AgentMiddleware):
         if budget_tokens is not None and budget_tokens < 1:
             raise BadInput(f"budget_tokens={budget_tokens}: give 1 or more, or None for no limit")
         check_strategy(retry)
+        check_levers(retry)
         self.verifier, self.test_command, self.repository = verifier, test_command, repository
         self.retry, self.recorder, self.spike, self.seed = retry, recorder, spike, seed
         self.max_attempts, self.budget_tokens = max_attempts, budget_tokens

@@ -166,3 +166,36 @@ def test_exhausted_after_max_attempts(tmp_path):
 def test_bad_arguments_are_one_clear_error(kwargs, message):
     with pytest.raises(BadInput, match=message.replace("(", r"\(").replace(")", r"\)")):
         DecisionRetryMiddleware(**kwargs)
+
+
+def test_streaming_agent_rewinds_the_same_way(tmp_path):
+    """stream_mode="messages" makes the agent stream our chat model token by token; the rewind
+    still finds the cut call by its message id and the run matches the invoked one."""
+    repo = make_repo(tmp_path)
+    runs = {}
+    for mode in ("invoke", "stream"):
+        model = ChatDecisionRetry(engine=scripted_turns_lm(SCRIPT))
+        with Workspace(repo, f"stream-{mode}") as ws:
+            mw = DecisionRetryMiddleware(verifier=lambda s, ws=ws: verdict_of(ws), repository=ws,
+                                         seed=3, max_attempts=6)
+            agent = create_agent(model, file_tools(ws), middleware=[mw])
+            if mode == "invoke":
+                runs[mode], chunks = agent.invoke(question()), []
+            else:
+                chunks, final = [], None
+                for kind, item in agent.stream(question(), stream_mode=["messages", "values"]):
+                    if kind == "messages":
+                        chunks.append(item[0])
+                    else:
+                        final = item
+                runs[mode] = final
+        if mode == "stream":
+            # token by token: the text first, the held-back tool call in the last chunk
+            assert any(c.content.startswith("Let me look") and not c.tool_call_chunks
+                       for c in chunks)
+            assert any(c.tool_call_chunks and c.content == "" for c in chunks)
+    a, b = runs["invoke"]["decision_retry"], runs["stream"]["decision_retry"]
+    assert b["attempts"] == a["attempts"] >= 2 and b["status"] == a["status"] == "passed"
+    assert [t["pieces"] for t in b["turns"]] == [t["pieces"] for t in a["turns"]]
+    assert [m.type for m in runs["stream"]["messages"]] == ["human", "ai", "tool", "ai", "tool",
+                                                             "ai"]
