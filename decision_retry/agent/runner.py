@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from decision_retry.agent import definitions, leftovers
 from decision_retry.agent import sandbox as sandboxes
 from decision_retry.agent.graph import Attempt, FixAgent, build_graph
+from decision_retry.agent.localise.command import narrow_command
 from decision_retry.agent.locate import localise, source_files
 from decision_retry.agent.protocols import PatchProtocol, Task, ToolsProtocol
 from decision_retry.agent.userrepo import UserRepo
@@ -43,6 +44,9 @@ class FixConfig(BaseModel):
     spike: SpikeRule = SpikeRule(threshold=0.5)  # entropy spikes recorded as decision points
     sandbox: Literal["auto", "bwrap", "none"] = "auto"  # where tests and model code run
     pass_env: tuple[str, ...] = ()  # variables let through the sandbox's allow-list
+    # search with the failing tests' node ids only (a pytest test_cmd), then run test_cmd once
+    # on the fix: it counts only if nothing else broke (FixResult.wide_check)
+    narrow: bool = False
 
 
 class Rewind(BaseModel):
@@ -71,6 +75,8 @@ class FixResult(BaseModel):
     diverged: bool = False  # --resume: a recorded turn was not reproduced (other model/engine)
     rewinds: list[Rewind] = []
     steps: list[StepRecord] = []
+    narrow_cmd: str | None = None  # the command the search ran (FixConfig.narrow)
+    wide_check: dict | None = None  # test_cmd on the fix: command, ok, passed, failed, errors
 
 
 @contextmanager
@@ -152,6 +158,10 @@ def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandbo
         loc = localise(ws.root, result, test_cmd=cfg.test_cmd, timeout=3 * cfg.test_timeout,
                        sandbox=ws.sandbox)
         suspect, test_src = loc.suspect, loc.test.source if loc.test else ""
+        wide_cmd = cfg.test_cmd
+        narrow_cmd = narrow_command(cfg.test_cmd, result) if cfg.narrow else None
+        if narrow_cmd:
+            cfg = cfg.model_copy(update={"test_cmd": narrow_cmd})
         task = Task(suspect, test_src, result, tuple(source_files(ws.root)), cfg.test_cmd,
                     cfg.test_timeout, loc.candidates, loc.summary())
         if cfg.protocol == "tools":
@@ -167,6 +177,14 @@ def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandbo
         final = build_graph(agent).invoke({"spent": 0, "attempts": 0, "steps": []},
                                           {"recursion_limit": 10_000})
         solved: Attempt | None = final.get("solved")
+        wide = None
+        if solved and narrow_cmd:  # the whole command, once, on the fix
+            ws.restore(solved.final_sha)
+            w = ws.run_tests(wide_cmd, cfg.test_timeout)
+            wide = {"command": wide_cmd, "ok": w.ok, "passed": w.passed, "failed": w.failed,
+                    "errors": w.errors}
+            if not w.ok:  # the fix broke other tests: not a fix
+                solved = None
         diff = ws.diff(sha=solved.final_sha) if solved else ""
         if solved:  # 4) the one write to the user's repository: the fix branch
             ws.finish(True, sha=solved.final_sha)
@@ -175,8 +193,10 @@ def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandbo
         recorder.finish_run("fixed" if solved else "not fixed")
         return FixResult(
             run_id=run.id, fixed=solved is not None, attempts=final.get("attempts", 0),
-            decode_tokens=final.get("spent", 0), stop="fixed" if solved else final.get("stop"),
+            decode_tokens=final.get("spent", 0),
+            stop="fixed" if solved else ("broke other tests" if wide else final.get("stop")),
             diff=diff, branch=ws.branch if ws.fix_sha else None, left_out=ws.left_out,
+            narrow_cmd=narrow_cmd, wide_check=wide,
             sandbox=sandbox.note, steps=final.get("steps", []),
             rewinds=[Rewind(**r) for r in agent.rewinds],
         )

@@ -197,3 +197,15 @@ def git_repo(root: Path) -> Path:
     sh_git(root, "add", "-A")
     sh_git(root, "commit", "-qm", "initial")
     return root
+
+
+def test_narrow_command_keeps_options_and_names_the_failing_node_ids() -> None:
+    from decision_retry.agent.localise.command import narrow_command
+
+    r = TestResult(command=("x",), exit_code=1,
+                   failing_tests=("tests/test_a.py::T::test_b[1 2]", "tests/test_c.py"))
+    cmd = "python -m pytest -x -q -o pythonpath=src -W error tests -k slow"
+    assert narrow_command(cmd, r) == ("python -m pytest -x -q -o pythonpath=src -W error "
+                                      "'tests/test_a.py::T::test_b[1 2]'")
+    assert narrow_command("make test", r) is None
+    assert narrow_command(cmd, TestResult(command=("x",), exit_code=1)) is None

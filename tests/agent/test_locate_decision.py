@@ -133,3 +133,45 @@ def test_a_reply_naming_no_suspect_is_not_applied(tmp_path: Path, reply: str) ->
 
     out = proto.act(WS(root), reply, 0)
     assert out.done and out.observation.startswith("not applied: your reply defines none")
+
+
+# -- the narrowest command, and the wide one once at the end ---------------------------------------
+
+SIGN = {
+    "calc.py": "def double(x):\n    return x * 3\n",
+    "test_calc.py": ("from calc import double\n\n\ndef test_two():\n    assert double(2) == 4\n\n\n"
+                     "def test_sign():\n    assert double(-1) < 0\n"),
+}
+
+
+def sign_repo(root: Path) -> Path:
+    root.mkdir(parents=True)
+    for rel, text in SIGN.items():
+        (root / rel).write_text(text)
+    sh_git(root, "init", "-q")
+    sh_git(root, "add", "-A")
+    sh_git(root, "commit", "-qm", "initial")
+    return root
+
+
+def narrow_fix(tmp_path: Path, body: str):
+    lm = scripted_lm([f"def double(x):\n    return {body}\n", "```"])
+    cfg = FixConfig(test_cmd="python -m pytest -x -q -p no:cacheprovider", narrow=True,
+                    budget_tokens=100, max_attempts=2, seed=0,
+                    retry=RetryConfig(strategy="restart", proposal_temperature=1.0))
+    with TraceStore(tmp_path / "home" / "traces.db") as store:
+        return fix(sign_repo(tmp_path / "repo"), cfg, lm=lm, store=store)
+
+
+def test_narrow_search_then_the_whole_command_once(tmp_path: Path) -> None:
+    res = narrow_fix(tmp_path, "x * 2")
+    assert res.narrow_cmd == "python -m pytest -x -q -p no:cacheprovider test_calc.py::test_two"
+    assert res.fixed and res.wide_check["ok"] and res.wide_check["passed"] == 2
+
+
+def test_a_fix_that_breaks_another_test_is_not_a_fix(tmp_path: Path) -> None:
+    res = narrow_fix(tmp_path, "abs(x) * 2")  # passes test_two, breaks test_sign
+    assert not res.fixed and res.stop == "broke other tests"
+    assert res.wide_check == {"command": "python -m pytest -x -q -p no:cacheprovider",
+                              "ok": False, "passed": 1, "failed": 1, "errors": 0}
+    assert res.branch is None

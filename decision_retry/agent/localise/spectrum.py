@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import shlex
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from decision_retry.agent.localise.code import Suspect, functions, innermost, is_test_file
+from decision_retry.agent.localise.command import VALUED, split_pytest
 from decision_retry.agent.testrun import TestResult, run_tests
 
 MAX_FAILING = 10
@@ -53,35 +53,25 @@ def ochiai(ef: int, ep: int, total_failed: int) -> float:
     return ef / math.sqrt(total_failed * (ef + ep))
 
 
-_VALUED = {"-o", "-p", "-c", "-W", "-k", "-m", "-n", "--rootdir", "--import-mode", "--confcutdir",
-           "--override-ini", "--maxfail", "--deselect", "--ignore", "--ignore-glob", "-r"}
 _DROPPED = {"-x", "--exitfirst", "-k", "-m", "-n", "--maxfail", "--lf", "--last-failed", "--ff",
             "--failed-first", "--sw", "--stepwise", "-q", "-qq", "-v", "-vv", "--quiet",
-            "--verbose", "-r", "--junitxml", "--junit-xml"}
+            "--verbose", "-r", "--junitxml", "--junit-xml", "--deselect"}
 
 
 def pytest_options(test_cmd: str | None) -> list[str]:
     """The options of a pytest command that shape how tests run (`-o pythonpath=src`, `-p`,
     `-W`...), without its selection (paths, -k, -m, -x) or reporting; [] for other commands."""
-    try:
-        words = shlex.split(test_cmd or "")
-    except ValueError:
+    parts = split_pytest(test_cmd or "")
+    if parts is None:
         return []
-    if "pytest" in words[:3]:
-        words = words[words.index("pytest") + 1 :]
-    elif words[:1] and Path(words[0]).name in ("pytest", "py.test"):
-        words = words[1:]
-    else:
-        return []
-    out, i = [], 0
-    while i < len(words):
-        w = words[i]
-        name = w.split("=", 1)[0]
-        takes = name in _VALUED and "=" not in w and not (len(name) == 2 and len(w) > 2)
-        value = [words[i + 1]] if takes and i + 1 < len(words) else []
-        if w.startswith("-") and name not in _DROPPED:
-            out += [w, *value]
-        i += 1 + len(value)
+    options, out, i = parts[1], [], 0
+    while i < len(options):
+        name = options[i].split("=", 1)[0]
+        takes = i + 1 < len(options) and not options[i + 1].startswith("-") and name in VALUED \
+            and "=" not in options[i]
+        if name not in _DROPPED:
+            out += options[i : i + 1 + takes]
+        i += 1 + takes
     return out
 
 
