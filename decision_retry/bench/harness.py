@@ -95,6 +95,27 @@ class Cell(BaseModel):
 _WORKER: dict = {}
 
 
+def model_list(model: str | None) -> list[str | None]:
+    """`--model URL1,URL2,...`: several replicas of one served model, one worker each."""
+    from decision_retry.engines.remote import is_remote
+
+    parts = [m.strip() for m in (model or "").split(",") if m.strip()]
+    if len(parts) > 1 and all(is_remote(m) for m in parts):
+        return parts
+    return [model]
+
+
+def _init_spread(urls, first: str, threads: int | None, home: str) -> None:
+    """A pool worker takes the next engine URL from the queue (one URL per worker)."""
+    import queue as queues
+
+    try:
+        model = urls.get(timeout=5)
+    except queues.Empty:  # a worker started again after a crash: share the first URL
+        model = first
+    _init_worker(model, threads, home)
+
+
 def _init_worker(model: str | None, threads: int | None, home: str) -> None:
     """Load the model and open the trace store once per worker process."""
     from decision_retry.loading import load_lm
@@ -219,13 +240,21 @@ def _run(todo: list, cfg: BenchConfig, home: str):
         return
     workers = min(cfg.workers, len(todo))
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
+    models = model_list(cfg.model)
     if workers == 1:
-        _init_worker(cfg.model, threads, home)
+        _init_worker(models[0], threads, home)
         for job in todo:
             yield run_cell(job)
         return
     ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch threads or SQLite handles
-    pool = ctx.Pool(workers, initializer=_init_worker, initargs=(cfg.model, threads, home))
+    if len(models) > 1:  # replicas: worker i talks to URL i (round robin past the list's end)
+        urls = ctx.Queue()
+        for i in range(workers):
+            urls.put(models[i % len(models)])
+        init, args = _init_spread, (urls, models[0], threads, home)
+    else:
+        init, args = _init_worker, (cfg.model, threads, home)
+    pool = ctx.Pool(workers, initializer=init, initargs=args)
     try:
         yield from pool.imap_unordered(run_cell, todo)
         pool.close()  # all done: let the workers exit

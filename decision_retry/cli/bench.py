@@ -46,6 +46,14 @@ def _positive(name: str, value, *, zero: bool = False) -> None:
         raise BadInput(f"{name} must be {'>= 0' if zero else '> 0'}, got {value}")
 
 
+def _default_workers(model: str | None) -> int:
+    """One worker per replica URL, else the harness default."""
+    from decision_retry.bench.harness import default_workers, model_list
+
+    urls = model_list(model)
+    return len(urls) if len(urls) > 1 else default_workers()
+
+
 def canonical_command(suite, strategies, budget, seeds, limit, model, alpha, q, max_attempts,
                       out) -> str:
     """The command line that reproduces these cells (worker and thread counts do not matter)."""
@@ -68,9 +76,12 @@ def canonical_command(suite, strategies, budget, seeds, limit, model, alpha, q, 
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
 @click.option("--limit", type=int, default=None, help="Only the first K repositories of the suite.")
 @click.option("--model", default=None, help="'embedded' (default: SmolLM2-135M-Instruct), a .gguf "
-              "file, a model directory, a cached Hugging Face id, or scripted:SCRIPT.json.")
+              "file, a model directory, a cached Hugging Face id, scripted:SCRIPT.json, a server "
+              "URL (llamacpp+http://HOST:PORT, vllm+http://HOST:PORT/MODEL), or several server "
+              "URLs, comma-separated: replicas, one worker each.")
 @click.option("--workers", type=int, default=None,
-              help="Worker processes, each loading the model once [default: min(2, CPUs)].")
+              help="Worker processes, each loading the model once [default: min(2, CPUs); one "
+              "per URL when --model lists several].")
 @click.option("--threads", type=int, default=None,
               help="Torch threads per worker [default: CPUs / workers].")
 @click.option("--alpha", type=float, default=4.0, show_default=True, help="Target p^alpha.")
@@ -115,7 +126,7 @@ def bench(suite, strategies, budget_tokens, seeds, limit, model, workers, thread
     cfg = BenchConfig(suite=suite, strategies=names, seeds=seed_list, budget_tokens=budget_tokens,
                       model=model, alpha=alpha, proposal_temperature=proposal_temperature,
                       max_attempts=max_attempts, test_timeout=test_timeout,
-                      workers=workers or default_workers(), threads=threads)
+                      workers=workers or _default_workers(model), threads=threads)
     err = Console(stderr=True, highlight=False)
 
     # 2) the suite (humaneval-bugs builds and verifies its repositories on first use)

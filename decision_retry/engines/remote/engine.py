@@ -25,6 +25,7 @@ import torch
 from decision_retry.engines.remote import bounds
 from decision_retry.engines.remote.http import Http
 from decision_retry.engines.remote.wire import Dialect, End, ModelInfo, Request, Step, Usage
+from decision_retry.errors import BadInput
 from decision_retry.tokens import Alternative, DecodeState, Finish, Sampling, Token
 
 DEFAULT_TOP = 20  # listed candidates per position: vLLM's default --max-logprobs
@@ -97,8 +98,10 @@ class RemoteEngine:
         return DecodeState(state.prompt_ids, state.tokens[:t], None, _pieces(state)[:t])
 
     def score(self, state: DecodeState, ids: Sequence[int], sampling: Sampling) -> DecodeState:
-        raise NotImplementedError(
-            f"{self.dialect.kind} servers cannot score a given text through this engine"
+        """Teacher forcing: a server that only samples cannot do it (exit 2, one line)."""
+        raise BadInput(
+            f"the {self.dialect.kind} engine cannot score a given text (teacher forcing), "
+            "which local moves need: use --move suffix with a remote --model"
         )
 
     # -- decoding --------------------------------------------------------------------------
