@@ -160,3 +160,36 @@ def test_bounds_fields_are_omitted_from_exact_tokens_and_kept_in_json():
     assert "logq_bounds" not in exact_tok.model_dump()
     est = Token.model_validate_json(tok(1, -1.0, -0.5, 0.1).model_dump_json())
     assert est.logq_bounds == pytest.approx((-0.6, -0.4))
+
+
+# -- where an approximate decision shows: the store, `logs show`, spans ------------------------
+def test_approximate_steps_are_stored_shown_and_exported(tmp_path):
+    import subprocess
+    import sys
+
+    from decision_retry.otel.attributes import mh_step_attributes
+    from decision_retry.trace import Recorder, TraceStore
+
+    home = tmp_path / "home"
+    with TraceStore.open(home) as store:
+        rec = Recorder(store)
+        run = rec.start_run(model="llamacpp:smollm2", strategy="entropy-cut")
+        a, b = rec.start_branch(), rec.start_branch()
+        common = dict(cut_turn=0, cut_position=3, cut_entropy=1.2, proposal_length=5,
+                      log_accept=0.1, log_target=0.3, log_proposal=-0.2, accepted=True,
+                      decode_tokens=5)
+        approx = rec.record_mh_step(current=a, proposal=b, log_accept_lo=-0.2, log_accept_hi=0.4,
+                                    approximate=True, **common)
+        exact = rec.record_mh_step(current=a, proposal=b, **common)
+        loaded = store.load(run.id).mh_steps
+    assert [s.approximate for s in loaded] == [True, None]
+    assert (loaded[0].log_accept_lo, loaded[0].log_accept_hi) == (-0.2, 0.4)
+    assert loaded[1].id == exact.id and loaded[0].id == approx.id  # ids survive the round trip
+    attrs = mh_step_attributes(approx)
+    assert attrs["decision_retry.mh.approximate"] is True
+    assert attrs["decision_retry.mh.log_accept_lo"] == -0.2
+    assert "decision_retry.mh.approximate" not in mh_step_attributes(exact)
+    out = subprocess.run([sys.executable, "-m", "decision_retry.cli", "logs", "show", run.id,
+                          "--home", str(home)], capture_output=True, text=True, check=True).stdout
+    assert "approximate: log A in [-0.20, 0.40]" in out
+    assert out.count("approximate") == 1  # the exact engine's step says nothing of the kind
