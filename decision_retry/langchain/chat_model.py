@@ -41,6 +41,12 @@ PREFIX_KEY = "decision_retry_prefix"
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 
 
+def reply_text(state: DecodeState) -> str:
+    """The reply's text without the end-of-sequence token's own text (e.g. `<|im_end|>`)."""
+    tokens = state.tokens[:-1] if state.finish == "eos" and state.tokens else state.tokens
+    return "".join(t.text for t in tokens)
+
+
 def new_message_id() -> str:
     return f"dr-{uuid.uuid4()}"
 
@@ -175,7 +181,7 @@ class ChatDecisionRetry(BaseChatModel):
         out = self.engine.extend(start, sampling, gen)
         message_id = new_message_id()
         meta, usage = self._finish_call(out, prompt_ids, len(start.tokens), message_id)
-        content, calls, invalid = toolcalls.parse(out.text)
+        content, calls, invalid = toolcalls.parse(reply_text(out))
         if calls:
             meta["finish_reason"] = "tool_calls"
         message = AIMessage(content=content, tool_calls=calls, invalid_tool_calls=invalid,
@@ -211,7 +217,7 @@ class ChatDecisionRetry(BaseChatModel):
         elif state.finish != "eos":
             state = DecodeState(state.prompt_ids, state.tokens, "stop", state.cache)
         meta, usage = self._finish_call(state, prompt_ids, kept, message_id)
-        content, calls, _ = toolcalls.parse(state.text)
+        content, calls, _ = toolcalls.parse(reply_text(state))
         if calls:
             meta["finish_reason"] = "tool_calls"
         chunks = [tool_call_chunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
