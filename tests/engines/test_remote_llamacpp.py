@@ -16,14 +16,30 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 import torch
+
+from langchain_core.messages import HumanMessage
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
 
 from decision_retry import catalogue, loading
 from decision_retry.engines.remote import connect, parse
 from decision_retry.engines.remote.serve import LocalServer
 from decision_retry.errors import ModelLoadError
+from decision_retry.langgraph import (
+    DecisionRetryState,
+    attempts,
+    invoke,
+    model_node,
+    progress,
+    rewind_node,
+    route_after_rewind,
+)
+from decision_retry.retry import RetryConfig
 from decision_retry.tokens import Sampling
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +68,10 @@ def local():
         except Exception:  # noqa: BLE001 - the in-process engine still being built: fall back
             pass
     return loading.load_transformers(path, str(path), name="local", threads=1), 0.5, 0.05
+
+
+class GraphState(DecisionRetryState):
+    messages: Annotated[list, add_messages]
 
 
 def gen(seed: int) -> torch.Generator:
@@ -197,3 +217,30 @@ def test_fix_a_fixture_through_the_server(server, tmp_path):
     assert logs.returncode == 0 and "llamacpp:smollm2" in logs.stdout
     for s in tree.mh_steps:
         assert ("approximate" if s.approximate else "certain") in logs.stdout
+
+
+@pytest.mark.parametrize("kv_states", [8, 0])  # forks of live states; prefixes from checkpoints
+def test_langgraph_nodes_rewind_through_the_server(engine, kv_states):
+    retry = RetryConfig(strategy="entropy-cut")
+    g = StateGraph(GraphState)
+    g.add_node("model", model_node(engine, retry=retry, seed=2, kv_states=kv_states,
+                                   sampling=Sampling(temperature=0.7, max_new_tokens=24)))
+    g.add_node("rewind", rewind_node(verifier=lambda s: False, retry=retry, max_attempts=3))
+    g.add_edge(START, "model")
+    g.add_edge("model", "rewind")
+    g.add_conditional_edges("rewind", route_after_rewind, {"passed": END, END: END})
+    graph = g.compile(checkpointer=InMemorySaver())
+    config = {"configurable": {"thread_id": f"remote-{kv_states}"}}
+    final = invoke(graph, {"messages": [HumanMessage("Write is_adult(age) in Python.")]}, config)
+    assert progress(final)["status"] == "exhausted"
+    done = attempts(graph, config)
+    assert len(done) == 3
+    for before, after in zip(done, done[1:]):  # each retry kept the tokens before its cut
+        cut = before["next_cut"]
+        assert after["cut"] == cut
+        conf = {**config["configurable"], "checkpoint_id": after["checkpoint_id"]}
+        again = progress(graph.get_state({"configurable": conf}).values)["turns"][0]
+        conf = {**config["configurable"], "checkpoint_id": before["checkpoint_id"]}
+        turn = progress(graph.get_state({"configurable": conf}).values)["turns"][0]
+        assert again["kept"] == cut["position"]
+        assert again["ids"][: cut["position"]] == turn["ids"][: cut["position"]]
