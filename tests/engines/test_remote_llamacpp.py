@@ -20,7 +20,6 @@ from typing import Annotated
 
 import pytest
 import torch
-
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph

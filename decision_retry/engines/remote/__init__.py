@@ -32,7 +32,7 @@ from decision_retry.errors import ModelLoadError
 KINDS = {"llamacpp": "llama.cpp server", "vllm": "vLLM server"}
 OPTIONS = ("timeout", "retries", "top", "exact", "vocab", "api_key_env")
 
-__all__ = ["Target", "parse", "connect", "RemoteEngine", "RemoteError", "RemoteStats", "is_remote"]
+__all__ = ["RemoteEngine", "RemoteError", "RemoteStats", "Target", "connect", "is_remote", "parse"]
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,7 @@ class RemoteEngine:
                 max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                 top_k=sampling.top_k, logprobs=self._listed(sampling),
             )
-            rows += self.http.call(lambda: self._decode(req, state, sampling))
+            rows += self.http.call(lambda req=req: self._decode(req, state, sampling))
             self.stats.requests += 1
             self.stats.prompt_tokens_sent += len(req.ids)
         self.stats.generated_tokens += sum(len(r.tokens) for r in rows)
@@ -159,7 +159,7 @@ class RemoteEngine:
                 if isinstance(ev, End):
                     row.finish = ev.reason if ev.reason == "eos" else "length"
                 elif isinstance(ev, Step):
-                    self._append(row, ev, sampling, len(state.tokens))
+                    self._append(row, ev, sampling)
                 if all(r.finish is not None for r in rows) and any(r.finish == "stop" for r in rows):
                     break  # leaving the block closes the stream: the server stops generating
         for row in rows:
@@ -168,11 +168,11 @@ class RemoteEngine:
         self.stats.cached_tokens += sum(u.cached_tokens for u in usage)
         return rows
 
-    def _append(self, row: _Row, step: Step, sampling: Sampling, start: int) -> None:
+    def _append(self, row: _Row, step: Step, sampling: Sampling) -> None:
         text = _text(row.pieces, step.piece)
         row.pieces.append(step.piece)
         row.tokens.append(self._token(step, text, sampling))
-        row.finish = self._finish(row, sampling, start)
+        row.finish = self._finish(row, sampling)
 
     def _token(self, step: Step, text: str, sampling: Sampling) -> Token:
         top = sorted(step.top, key=lambda c: -c.logprob)
@@ -198,7 +198,7 @@ class RemoteEngine:
         piece = getattr(self.dialect, "piece", None)
         return piece(tid) if piece is not None else ""
 
-    def _finish(self, row: _Row, sampling: Sampling, start: int) -> Finish | None:
+    def _finish(self, row: _Row, sampling: Sampling) -> Finish | None:
         new = row.tokens
         if new[-1].id in self.eos_ids:
             return "eos"

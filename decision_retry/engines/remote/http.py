@@ -61,6 +61,7 @@ class Http:
     ) -> None:
         self.base, self.label = base.rstrip("/"), label
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
+        self.api_key_env = api_key_env  # the variable's name; the key stays in the header only
         headers = {"Content-Type": "application/json"}
         key = os.environ.get(api_key_env, "")
         if key:
@@ -88,7 +89,7 @@ class Http:
         message = _error_message(response)
         if response.status_code in TRANSIENT_STATUS:
             raise _Transient(f"HTTP {response.status_code}: {message}")
-        hint = " (is the API key in $%s right?)" % API_KEY_ENV if response.status_code in (
+        hint = f" (is the API key in ${self.api_key_env} right?)" if response.status_code in (
             401, 403) else ""
         raise HttpStatusError(
             f"{self._where()}: HTTP {response.status_code}: {message}{hint}", response.status_code
