@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "agent"))
-from test_fix import config, fixture_repo  # noqa: E402
-from test_workspace import repo_state  # noqa: E402
+from test_fix import config, fixture_repo
+from test_workspace import repo_state
 
-from decision_retry.agent.runner import fix  # noqa: E402
-from decision_retry.testing import scripted_lm  # noqa: E402
-from decision_retry.trace.store import TraceStore  # noqa: E402
+from decision_retry.agent.runner import fix
+from decision_retry.testing import scripted_lm
+from decision_retry.trace.store import TraceStore
 
 
 @pytest.mark.parametrize("budget", [7, 23])

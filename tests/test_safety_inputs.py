@@ -14,21 +14,21 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "agent"))
-from test_workspace import repo_state, sh_git, write  # noqa: E402
+from test_workspace import repo_state, sh_git, write
 
-from decision_retry.agent import definitions  # noqa: E402
-from decision_retry.agent.protocols import Task, ToolsProtocol  # noqa: E402
-from decision_retry.agent.testrun import TestResult  # noqa: E402
-from decision_retry.agent.workspace import Workspace  # noqa: E402
-from decision_retry.trace.models import Branch, Run, Turn  # noqa: E402
-from decision_retry.trace.store import TraceStore  # noqa: E402
+from decision_retry.agent import definitions
+from decision_retry.agent.protocols import Task, ToolsProtocol
+from decision_retry.agent.testrun import TestResult
+from decision_retry.agent.workspace import Workspace
+from decision_retry.trace.models import Branch, Run, Turn
+from decision_retry.trace.store import TraceStore
 
 ENV = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 
 
 def cli(*args, home: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "decision_retry.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300,
+                          check=False, capture_output=True, text=True, timeout=300,
                           env={**ENV, "DECISION_RETRY_HOME": str(home)})
 
 
@@ -72,7 +72,7 @@ def test_bwrap_on_request_where_it_cannot_run_is_one_line(tmp_path, repo):
     (bin_dir / "git").symlink_to(shutil.which("git"))
     env = {**ENV, "DECISION_RETRY_HOME": str(tmp_path / "h"), "PATH": str(bin_dir)}
     proc = subprocess.run([sys.executable, "-m", "decision_retry.cli", "fix", str(repo), "--model",
-                           "scripted:x.json", "--sandbox", "bwrap"], capture_output=True,
+                           "scripted:x.json", "--sandbox", "bwrap"], check=False, capture_output=True,
                           text=True, timeout=300, env=env)
     one_line_error(proc, "bubblewrap cannot run here")
 
@@ -182,3 +182,48 @@ def test_logs_gc_removes_a_killed_runs_clone_and_keeps_fix_branches(tmp_path, re
     with TraceStore(home / "traces.db") as store:
         assert store.list_runs() == []
     one_line_error(cli("logs", "gc", "--older-than", "soon", home=home), "not a duration")
+
+
+def _commit(repo: Path) -> None:
+    sh_git(repo, "init", "-q")
+    sh_git(repo, "add", "-A")
+    sh_git(repo, "commit", "-q", "-m", "initial")
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    p = tmp_path / "fix.json"
+    p.write_text(json.dumps({"segments": ["def add(a, b):\n    return a + b\n", "```"]}))
+    return p
+
+
+def test_a_latin1_source_file(tmp_path, script):
+    repo = tmp_path / "latin1"
+    repo.mkdir()
+    (repo / "calc.py").write_bytes(b"# -*- coding: latin-1 -*-\n# caf\xe9\n"
+                                   b"def add(a, b):\n    return a - b\n")
+    write(repo / "test_calc.py", "from calc import add\n\ndef test_add():\n    assert add(1, 2) == 3\n")
+    _commit(repo)
+    before = repo_state(repo)
+    proc = cli("fix", repo, "--model", f"scripted:{script}", "--max-attempts", "2",
+               "--budget-tokens", "60", home=tmp_path / "h")
+    assert proc.returncode in (0, 1, 2) and "Traceback" not in proc.stderr, proc.stderr
+    assert repo_state(repo) == before
+
+
+def test_a_failure_traced_to_a_file_outside_the_repository(tmp_path, script):
+    outside = tmp_path / "outside"
+    write(outside / "helper.py", "def helper(x):\n    raise ValueError('outside')\n")
+    repo = tmp_path / "traced"
+    repo.mkdir()
+    write(repo / "calc.py", "def add(a, b):\n    return a - b\n")
+    write(repo / "test_calc.py", f"import sys\nsys.path.insert(0, {str(outside)!r})\n"
+          "from helper import helper\nfrom calc import add\n\n"
+          "def test_add():\n    helper(add(1, 2))\n")
+    _commit(repo)
+    before = repo_state(repo)
+    proc = cli("fix", repo, "--model", f"scripted:{script}", "--max-attempts", "2",
+               "--budget-tokens", "60", "--sandbox", "none", home=tmp_path / "h")
+    assert proc.returncode in (0, 1, 2) and "Traceback" not in proc.stderr, proc.stderr
+    assert "sandbox: none, as asked (--sandbox none)" in proc.stderr  # what protection remains
+    assert repo_state(repo) == before

@@ -12,15 +12,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).parent / "agent"))
-from test_workspace import repo_state, sh_git, write  # noqa: E402
+from test_workspace import repo_state, sh_git, write
 
-from decision_retry.agent import definitions, patch  # noqa: E402
-from decision_retry.agent.locate import functions_in  # noqa: E402
-from decision_retry.agent.protocols import Task, ToolsProtocol  # noqa: E402
-from decision_retry.agent.testrun import TestResult  # noqa: E402
-from decision_retry.agent.workspace import PathError, Workspace  # noqa: E402
-from decision_retry.trace.models import Branch, Run, Turn  # noqa: E402
-from decision_retry.trace.store import TraceStore  # noqa: E402
+from decision_retry.agent import definitions, patch
+from decision_retry.agent.locate import functions_in
+from decision_retry.agent.protocols import Task, ToolsProtocol
+from decision_retry.agent.testrun import TestResult
+from decision_retry.agent.workspace import PathError, Workspace
+from decision_retry.trace.models import Branch, Run, Turn
+from decision_retry.trace.store import TraceStore
 
 SOURCE = "def add(a, b):\n    return a - b\n\n\nclass C:\n    def m(self):\n        return 1\n"
 FAST = settings(max_examples=400, deadline=None,

@@ -24,7 +24,7 @@ from decision_retry.agent.gitexec import git
 from decision_retry.errors import BadInput, WorkspaceError
 
 TMP_PREFIX = "decision-retry-"
-_LEGACY_AGE_S = 3600  # a directory of ours without an owner file, untouched this long: garbage
+_LEGACY_AGE_S = 3600  # an old version's worktree without an owner file, untouched this long
 
 
 def process_start(pid: int) -> str | None:
@@ -84,15 +84,24 @@ def stale_clones(tmp_root: Path | None = None) -> list[tuple[Path, dict]]:
             owner = json.loads((d / "owner.json").read_text())
         except (OSError, ValueError):
             owner = None
-        if owner is None:  # an older version's worktree, a report directory of a killed run
+        if owner is None:  # an older version's worktree (other directories are not ours to judge)
             try:
-                if time.time() - d.stat().st_mtime > _LEGACY_AGE_S:
+                if _legacy_worktree(d) and time.time() - d.stat().st_mtime > _LEGACY_AGE_S:
                     out.append((d, {}))
             except OSError:
                 pass
         elif isinstance(owner, dict) and not is_alive(owner):
             out.append((d, owner))
     return out
+
+
+def _legacy_worktree(d: Path) -> bool:
+    """`decision-retry-<run>-*/<name>/.git` a file pointing into a repository's worktrees."""
+    for child in d.iterdir():
+        dot_git = child / ".git"
+        if dot_git.is_file() and dot_git.read_text(errors="replace").startswith("gitdir:"):
+            return True
+    return False
 
 
 def sweep(store=None, *, dry_run: bool = False, tmp_root: Path | None = None) -> Found:

@@ -69,9 +69,16 @@ def resume(run_ref: str, *, store: TraceStore, lm=None, listeners=(), on_event=N
     seen: set[str] = set()
     recorder.listeners.append(_TurnIds(seen))
     result = drive(root, cfg, lm=lm, recorder=recorder, sandbox=sandbox, on_event=on_event,
-                   apply=apply, replay=replay)
+                   apply=apply, replay=replay, expect_base=_recorded_base(tree))
     return result.model_copy(update={"resumed": len(recorded_turns & seen),
                                      "diverged": bool(recorded_turns - seen)})
+
+
+def _recorded_base(tree) -> str | None:
+    """The starting snapshot the run recorded: that of the first turn's decision points."""
+    first = next((b for b in tree.branches if b.parent_id is None), None)
+    turns = {t.id for t in tree.turns if first and t.branch_id == first.id and t.index == 0}
+    return next((d.snapshot for d in tree.decisions if d.turn_id in turns and d.snapshot), None)
 
 
 def _live_clones(run_id: str):

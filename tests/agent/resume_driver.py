@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_fix import UNITS_SCRIPT, config  # noqa: E402
+from test_fix import UNITS_SCRIPT, config
 
-from decision_retry.agent.runner import fix, signals_as_interrupt  # noqa: E402
-from decision_retry.testing import scripted_lm  # noqa: E402
-from decision_retry.trace.store import TraceStore  # noqa: E402
+from decision_retry.agent.runner import fix, signals_as_interrupt
+from decision_retry.testing import scripted_lm
+from decision_retry.trace.store import TraceStore
 
 
 class KillAfter:

@@ -64,7 +64,7 @@ def test_killed_then_resumed_equals_uninterrupted(tmp_path, baseline, nodes, sig
     before = repo_state(repo)
     db = tmp_path / "traces.db"
     proc = subprocess.run([sys.executable, str(DRIVER), str(repo), str(db), str(seed), str(nodes),
-                           sig], capture_output=True, text=True, timeout=600)
+                           sig], check=False, capture_output=True, text=True, timeout=600)
     assert "finished without being killed" not in proc.stdout
     assert "Traceback" not in proc.stderr or sig == "SIGTERM", proc.stderr
     with TraceStore(db) as store:
@@ -99,7 +99,6 @@ def test_resume_refuses_what_cannot_be_resumed(tmp_path, baseline):
 
 
 def test_cli_resume_and_bad_combinations(tmp_path, script_file, baseline):  # noqa: F811
-    seed, _, _ = baseline
     home = tmp_path / "home"
     proc = run_cli("fix", home=home)
     assert proc.returncode == 2 and "--resume" in proc.stderr and "Traceback" not in proc.stderr
@@ -107,3 +106,16 @@ def test_cli_resume_and_bad_combinations(tmp_path, script_file, baseline):  # no
     assert proc.returncode == 2 and "no PATH" in proc.stderr
     proc = run_cli("fix", "--resume", "latest", home=home)
     assert proc.returncode == 2 and "no runs" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_refuses_a_repository_that_changed(tmp_path, baseline):
+    seed, _, _ = baseline
+    repo = fixture_repo(tmp_path, "units")
+    db = tmp_path / "traces.db"
+    subprocess.run([sys.executable, str(DRIVER), str(repo), str(db), str(seed), "9", "SIGKILL"],
+                   check=False, capture_output=True, text=True, timeout=600)
+    (repo / "units.py").write_text((repo / "units.py").read_text() + "\n# edited meanwhile\n")
+    with TraceStore(db) as store:
+        (run,) = store.list_runs()
+        with pytest.raises(BadInput, match="changed since it started"):
+            resume(run.id, store=store, lm=scripted_lm(UNITS_SCRIPT))

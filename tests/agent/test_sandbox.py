@@ -76,6 +76,8 @@ def test_writes_outside_the_clone_fail(tmp_path: Path, bwrap) -> None:
             with open("inside.txt", "w") as f:
                 f.write("fine")
     """)
+    for t in targets:  # left by an earlier unsandboxed run of this attack, if any
+        t.unlink(missing_ok=True)
     before = repo_state(repo)
     result, _ = run_attack(repo, bwrap)
     assert result.passed == 4 and result.network_isolated, result.output_tail
