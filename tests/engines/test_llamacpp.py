@@ -88,7 +88,7 @@ def test_pieces_join_to_the_text_even_when_tokens_split_characters(backend):
 # -- the engine contract on llama.cpp ---------------------------------------------------------
 @pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.7, 5), (0.0, None)])
 def test_recorded_logprobs_and_entropy_equal_a_scoring_pass(lm, temperature, top_k):
-    s = Sampling(temperature=temperature, top_k=top_k, max_new_tokens=40)
+    s = Sampling(temperature=temperature, top_k=top_k, max_new_tokens=24)
     state = lm.prefill(PROMPT)
     out = lm.extend(state, s, gen(3))
     scored = lm.score(state, [t.id for t in out.tokens], s)
@@ -114,7 +114,7 @@ def test_fork_and_continue_equals_generating_from_scratch(lm):
 
 
 def test_k_batched_continuations_equal_k_single_ones(lm):
-    s = Sampling(max_new_tokens=16, temperature=0.8)
+    s = Sampling(max_new_tokens=10, temperature=0.8)
     state = lm.prefill(PROMPT)
     for k in (4, 8):
         gens = child_generators(gen(11 + k), k)
@@ -147,16 +147,17 @@ def rss_bytes() -> int:
 
 def test_a_thousand_forks_and_batched_extends_leak_neither_ids_nor_memory(lm, backend):
     state = lm.extend(lm.prefill(PROMPT), Sampling(max_new_tokens=8), gen(0))
-    s = Sampling(max_new_tokens=2, temperature=0.9)
+    s = Sampling(max_new_tokens=1, temperature=0.9)  # one batched decode of 4 rows per call
     base_ids = backend.memory.seqs.in_use
 
     def churn(n):
         for i in range(n):
             forked = lm.fork(state, 1 + i % 8)
             assert len(forked.tokens) == 1 + i % 8
-            lm.extend_many(state, s, child_generators(gen(i), 4))
+            outs = lm.extend_many(state, s, child_generators(gen(i), 4))
+            assert len({len(o.tokens) for o in outs}) == 1
 
-    churn(100)  # warm up allocator pools and the piece cache
+    churn(50)  # warm up allocator pools and the piece cache
     rss = rss_bytes()
     churn(1000)
     assert backend.memory.seqs.in_use == base_ids
@@ -179,10 +180,36 @@ def test_an_evicted_state_continues_exactly_as_one_never_evicted(smol_path):
 
 
 def test_running_out_of_kv_cells_evicts_idle_states_instead_of_failing(smol_path):
-    small = LlamaCppBackend(smol_path, threads=1, n_ctx=512, n_seq_max=16)
+    small = LlamaCppBackend(smol_path, threads=1, n_ctx=256, n_seq_max=16)
     lm = LM(small)
-    s = Sampling(max_new_tokens=40, temperature=1.0)
-    states = [lm.extend(lm.prefill(f"Tell me about the number {i}."), s, gen(i)) for i in range(12)]
-    assert small.memory.evictions > 0  # 12 x ~70 cells > 512
+    s = Sampling(max_new_tokens=24, temperature=1.0)
+    states = [lm.extend(lm.prefill(f"Tell me about the number {i}."), s, gen(i)) for i in range(8)]
+    assert small.memory.evictions > 0  # 8 states x ~45 cells > 256, with 16 ids to spare
     first = lm.extend(states[0], s, gen(1))  # evicted long ago: re-prefilled transparently
     assert len(first.tokens) > len(states[0].tokens)
+
+
+# -- the same GGUF on transformers (dequantised) ----------------------------------------------
+@pytest.mark.slow
+def test_transformers_on_the_dequantised_gguf_scores_like_llamacpp(lm, smol_path):
+    """Q4_1 weights in fp32 (transformers) against llama.cpp's quantised kernels (Q8 activations,
+    F16 KV). Measured on SmolLM2, 52 tokens of code and prose: |d logp| median 0.019, max 0.27;
+    |d entropy| median 0.014, max 0.18; the argmax agrees at 51 of 52 positions."""
+    from decision_retry.loading import load_transformers
+
+    hf = load_transformers(smol_path, str(smol_path), name="hf", threads=1)
+    prompt = lm.encode(PROMPT)
+    text = (
+        "```python\ndef add(a, b):\n    \"\"\"Return the sum of a and b.\"\"\"\n    return a + b\n```\n"
+        "This function takes two numbers and returns their sum."
+    )
+    ids = lm.encode_text(text)
+    assert hf.encode_text(text) == ids  # one tokenizer (the chat templates differ: see engine.py)
+    a = hf.score(hf.prefill(prompt), ids, Sampling())
+    b = lm.score(lm.prefill(prompt), ids, Sampling())
+    dlogp = sorted(abs(x.logp - y.logp) for x, y in zip(a.tokens, b.tokens))
+    dh = sorted(abs(x.entropy - y.entropy) for x, y in zip(a.tokens, b.tokens))
+    assert dlogp[len(dlogp) // 2] < 0.05 and dlogp[-1] < 0.5
+    assert dh[len(dh) // 2] < 0.05 and dh[-1] < 0.4
+    agree = sum(x.top[0].id == y.top[0].id for x, y in zip(a.tokens, b.tokens))
+    assert agree >= 0.9 * len(ids)

@@ -18,6 +18,7 @@ import torch
 from decision_retry.engines.llamacpp import lib as L
 from decision_retry.engines.llamacpp.memory import SMALL, Memory, Model, Row
 from decision_retry.engines.llamacpp.text import Vocab
+from decision_retry.errors import ModelLoadError
 
 DEFAULT_N_CTX = 16384  # KV cells shared by all live sequences (capped at the model's training length)
 DEFAULT_N_SEQ = 64  # sequence ids; idle caches beyond this are evicted and re-prefilled on use
@@ -53,7 +54,7 @@ class LlamaCppBackend:
             raise ValueError(f"n_seq_max={n_seq_max}: need 1..{L.LLAMA_MAX_SEQ}")
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"model file not found: {path}")
+            raise ModelLoadError(f"model file not found: {path}")
         torch.set_num_threads(threads)  # the sampling ops in decision_retry.lm run in torch
         self.lib = lib = L.load()
         model = Model(str(path))
@@ -72,7 +73,7 @@ class LlamaCppBackend:
         p.kv_unified, p.no_perf = True, True
         ctx = lib.llama_init_from_model(model.ptr, p)
         if not ctx:
-            raise RuntimeError(f"llama.cpp could not create a context (n_ctx={n_ctx}) for {path}")
+            raise ModelLoadError(f"llama.cpp could not create a context (n_ctx={n_ctx}) for {path}")
         self.memory = Memory(model, ctx, n_seq=lib.llama_n_seq_max(ctx), n_batch=N_BATCH)
         self.n_ctx, self.threads = lib.llama_n_ctx(ctx), threads
 

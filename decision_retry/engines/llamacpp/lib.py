@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
-import sys
+from collections import deque
 from ctypes import POINTER, c_bool, c_char_p, c_float, c_int8, c_int32, c_size_t, c_uint32, c_void_p
 from pathlib import Path
 
@@ -187,19 +187,32 @@ def library_path() -> Path:
     return path
 
 
-def _drop_below_error(level: int, text: bytes | None, _user: int | None) -> None:
-    # llama.cpp logs every load step at INFO; keep errors (and their continuation lines) only
+def _keep_errors(level: int, text: bytes | None, _user: int | None) -> None:
+    # llama.cpp logs every load step at INFO: drop everything below ERROR, and keep errors (with
+    # their continuation lines) for the exception that follows them, never on stderr, where the
+    # user gets one clear line from us instead
     global _last_kept
     if level == GGML_LOG_LEVEL_CONT:
         keep = _last_kept
     else:
         keep = _last_kept = level >= GGML_LOG_LEVEL_ERROR
     if keep and text:
-        sys.stderr.write(text.decode("utf-8", "replace"))
+        line = text.decode("utf-8", "replace").strip()
+        if line:
+            _errors.append(line)
 
 
+def last_error() -> str | None:
+    """The first of the errors llama.cpp logged since the last call (the root cause; later
+    lines say which callers gave up), without its function-name prefix."""
+    line = _errors[0].split(": ", 1)[-1] if _errors else None
+    _errors.clear()
+    return line
+
+
+_errors: deque[str] = deque(maxlen=8)
 _last_kept = False
-_log_callback = LogCallback(_drop_below_error)  # a module global: C keeps the pointer forever
+_log_callback = LogCallback(_keep_errors)  # a module global: C keeps the pointer forever
 _lib: ctypes.CDLL | None = None
 
 

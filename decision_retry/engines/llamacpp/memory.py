@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from decision_retry.engines.llamacpp import lib as L
 from decision_retry.engines.llamacpp.seqs import SeqIds
+from decision_retry.errors import DecisionRetryError, ModelLoadError
 
 # llama.cpp's CPU kernels switch to a different matrix path for large batches (measured on
 # b11549: batches of up to 62 tokens give logits bitwise equal to one-token decodes, 64 do not,
@@ -46,17 +47,20 @@ class Model:
         self.lib = L.load()
         params = self.lib.llama_model_default_params()
         params.n_gpu_layers = 0  # CPU only: the pinned wheel is a CPU build
+        L.last_error()  # forget errors logged before this load
         self.ptr = self.lib.llama_model_load_from_file(path.encode(), params)
         if not self.ptr:
-            raise ValueError(f"llama.cpp could not load {path} (not a GGUF model it supports?)")
+            why = L.last_error() or "not a GGUF model llama.cpp supports"
+            raise ModelLoadError(f"cannot load model {path} with llama.cpp: {why}")
 
     def __del__(self) -> None:
         if getattr(self, "ptr", None):
             self.lib.llama_model_free(self.ptr)
 
 
-class ContextFull(RuntimeError):
-    """One request needs more KV cells than the context has, even with every other row evicted."""
+class ContextFull(DecisionRetryError):
+    """One request needs more KV cells or sequence ids than the context has, even with every
+    other row evicted."""
 
 
 class Memory:
@@ -90,13 +94,16 @@ class Memory:
     # -- rows ------------------------------------------------------------------------------
     def row(self, ids: Sequence[int], bulk: int = 0) -> Row:
         """A row over `ids` with no sequence yet (`ready` gives it one)."""
-        return Row(self, list(ids), bulk)
+        row = Row(self, list(ids), bulk)
+        self._touch(row)
+        return row
 
     def fork(self, src: Row, n: int) -> Row:
         """A new row over src.ids[:n], sharing src's KV cells (no recompute); src stays usable."""
         if not 0 <= n <= len(src.ids):
             raise ValueError(f"slice to {n} positions of a cache over {len(src.ids)}")
         dst = Row(self, src.ids[:n], min(src.bulk, n))
+        self._touch(dst)  # newest: evicting for a sibling fork takes older rows first
         if src.seq is not None and n > 0:
             self._touch(src)
             self._give_seq(dst, pinned=(src,))
@@ -151,10 +158,10 @@ class Memory:
             if rc != 1 or not self._evict_one(pinned):  # 1: no KV slot; the call was undone
                 if rc == 1:
                     raise ContextFull(
-                        f"llama.cpp context full: {self._batch.n_tokens} new tokens do not fit in "
-                        f"n_ctx={self.lib.llama_n_ctx(self.ctx)} cells (raise n_ctx)"
+                        f"the model's context is full: {self._batch.n_tokens} more tokens do not "
+                        f"fit in its n_ctx={self.lib.llama_n_ctx(self.ctx)} cells"
                     )
-                raise RuntimeError(f"llama_decode failed with code {rc}")
+                raise RuntimeError(f"llama_decode failed with code {rc}: {L.last_error()}")
 
     # -- ids, cells and eviction -----------------------------------------------------------
     def _touch(self, row: Row) -> None:
@@ -165,7 +172,10 @@ class Memory:
         seq = self.seqs.take()
         while seq is None:
             if not self._evict_one(pinned):
-                raise ContextFull(f"all {self.seqs.n} sequence ids are held by this one request")
+                raise ContextFull(
+                    f"one batched decode needs more than the context's n_seq_max={self.seqs.n} "
+                    f"sequences: decode fewer rows at once"
+                )
             seq = self.seqs.take()
         row.seq = seq
         self.live[seq] = weakref.ref(row)

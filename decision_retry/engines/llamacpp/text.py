@@ -4,6 +4,11 @@ Token texts are built from each token's raw bytes (`llama_token_to_piece`, speci
 rendered), because byte-level tokens split UTF-8 characters: `piece(ids)` is the text the last
 id adds after ids[:-1], where a character counts once it is complete. So the pieces of a
 sequence always join to its text, and a token that only starts a character adds "".
+
+Chat prompts go through `llama_chat_apply_template` with the GGUF's template, which llama.cpp
+matches to a built-in format (ChatML for SmolLM2 and Qwen2.5) rather than running the Jinja
+source: so no default system message is inserted when the chat has none, where transformers'
+Jinja rendering inserts the template's ("You are a helpful AI assistant named SmolLM, ...").
 """
 
 from __future__ import annotations
