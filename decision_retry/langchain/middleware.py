@@ -303,8 +303,10 @@ class DecisionRetryMiddleware(AgentMiddleware):
                 model._get_ls_params().get("ls_provider") if hasattr(model, "_get_ls_params")
                 else None)
             config = {**self._config(), **({"provider": provider} if provider else {})}
+            repo = getattr(self.repository, "repo", None)
             update["run"] = rec.start_run(model=str(name), strategy=self.retry.strategy,
-                                          config=config, seed=self.seed).id
+                                          config=config, seed=self.seed,
+                                          repo=str(repo) if repo is not None else None).id
             branch = None
         if branch not in rec.branches:
             branch = rec.start_branch(strategy="initial").id

@@ -79,7 +79,7 @@ def test_create_agent_rewinds_a_real_repository(tmp_path):
     assert len(dr["steps"]) == dr["attempts"] - 1
 
     # the trace store: one branch per attempt, retries cut at a decision token of call 1
-    assert tree.run.outcome == "solved"
+    assert tree.run.outcome == "solved" and tree.run.repo == str(repo.resolve())
     assert len(tree.branches) == dr["attempts"]
     retries = [b for b in tree.branches if b.cut is not None]
     assert len(retries) == dr["attempts"] - 1
