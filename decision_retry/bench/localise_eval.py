@@ -44,6 +44,7 @@ def evaluate_case(case: Case, meta: dict, *, spectrum: bool = True) -> dict:
     return {"case": case.name, "bug": f"{want[0]}::{want[1]}", "rank": rank,
             "shown": rank is not None and rank <= len(shown), "n_shown": len(shown),
             "top": [f"{f}::{q}" for f, q in keys[:5]], "failing": list(result.failing_tests[:3]),
+            "ranking": [c.summary() for c in loc.candidates[:10]],
             "test_s": round(tested - start, 2), "localise_s": round(done - tested, 2),
             "spectrum_note": loc.spectrum.note if loc.spectrum else "off"}
 

@@ -16,7 +16,7 @@ _FRAME = re.compile(r"^([\w./\\-]+\.py):(\d+)(?::|\s|$)|File \"([^\"]+\.py)\", l
                     re.MULTILINE)
 TRACEBACK_BONUS = 0.3  # innermost non-test frame; outer frames get half
 CALLED_BONUS = 0.1  # the failing test calls the function by name
-LINE_BONUS = 0.1  # the failing line calls it (by name or through an operator: `<` is __lt__)
+LINE_BONUS = 0.1  # the failing line runs it through an operator (`<` is __lt__, `in` __contains__)
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,14 @@ def rank(root: Path, *, spectrum: Spectrum | None, traceback: str, test: TestSou
     for depth, s in enumerate(traceback_frames(root, traceback)):
         add(s, TRACEBACK_BONUS if depth == 0 else TRACEBACK_BONUS / 2, traceback=depth)
     covered = set(scores)
-    for s in all_functions:  # the failing line names it: among what ran, if anything ran
-        if s.name in line_names and (not covered or s.key in covered):
+    # the failing line: a dunder it runs implicitly is evidence (nothing else names it); a name
+    # it calls breaks ties below (the failing line's calls first), like the test's other calls
+    for s in all_functions:
+        implicit = s.name.startswith("__") and (s.name in line_names or s.qualname in line_names)
+        if implicit and (not covered or s.key in covered):
             add(s, LINE_BONUS, failing_line=True)
-    called = test.called if test else ()
+    called = tuple(dict.fromkeys([*(n for n in line_names if not n.startswith("__") and "." not in n),
+                                  *(test.called if test else ())]))
     with_spectrum = bool(spectrum and spectrum.scores)
     calls: dict[str, float] = {}
     by_name: dict[str, list[Suspect]] = {}

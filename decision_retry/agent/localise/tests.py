@@ -124,7 +124,7 @@ def line_names(root: Path, file: str, line: int) -> tuple[str, ...]:
                 if extra:
                     names[extra] = None
             if n[:1].isupper():  # a class: its constructor runs
-                names["__init__"] = None
+                names[f"{n}.__init__"] = None
         elif isinstance(node, ast.Attribute):
             names[node.attr] = None
         elif isinstance(node, ast.Subscript):

@@ -1,0 +1,114 @@
+"""The real-repos suite builder on a small real project: real pytest, coverage and mutants."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from decision_retry.agent.testrun import run_tests
+from decision_retry.bench.real_repos import PROJECTS, Project, build_from, real_repos
+from decision_retry.bench.suites import SUITES
+from decision_retry.errors import BadInput
+
+LIB = {
+    "pyproject.toml": "[tool.pytest.ini_options]\npythonpath = ['src']\ntestpaths = ['tests']\n",
+    "src/tinylib/__init__.py": """
+        def clamp(x, lo, hi):
+            if x < lo:
+                return lo
+            if x > hi:
+                return hi
+            return x
+
+
+        class Counter:
+            def __init__(self):
+                self.n = 0
+
+            def add(self, k=1):
+                self.n += k
+                return self.n
+    """,
+    "tests/test_tinylib.py": """
+        import unittest
+
+        from tinylib import Counter, clamp
+
+
+        class TestClamp(unittest.TestCase):
+            def test_clamp(self):
+                for x, want in ((-5, 0), (5, 5), (50, 10)):
+                    with self.subTest(x=x):
+                        self.assertEqual(clamp(x, 0, 10), want)
+
+
+        def test_counter():
+            c = Counter()
+            assert c.add() == 1 and c.add(2) == 3
+    """,
+}
+TINY = Project("tinylib", "0", "-", "-o pythonpath=src")
+
+
+def tiny(root: Path) -> Path:
+    for rel, text in LIB.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(textwrap.dedent(text).lstrip())
+    return root
+
+
+def test_every_case_fails_its_own_suite_and_the_original_passes(tmp_path: Path) -> None:
+    src = tiny(tmp_path / "src-tree")
+    before = {p: p.read_text() for p in src.rglob("*.py")}
+    cases = build_from(TINY, src, tmp_path / "suite", per_project=3)
+    assert len(cases) >= 2
+    assert {p: p.read_text() for p in src.rglob("*.py")} == before  # the source tree is kept
+    assert run_tests(TINY.test_cmd, src, 60).ok
+    for name, meta in cases.items():
+        case = tmp_path / "suite" / name
+        result = run_tests(meta["test_cmd"], case, 60)
+        assert not result.ok and result.failed + result.errors >= 1, name
+        # one token changed, on one line, inside the function named as the bug
+        bug = case / meta["bug_file"]
+        diff = [(a, b) for a, b in zip(bug.read_text().splitlines(),
+                                       (src / meta["bug_file"]).read_text().splitlines()) if a != b]
+        assert diff == [(meta["fix"]["old"], meta["fix"]["new"])]
+        assert meta["bug_function"] in ("clamp", "Counter.__init__", "Counter.add")
+        # reverting the one line makes the project's own suite pass again
+        bug.write_text(bug.read_text().replace(meta["fix"]["old"], meta["fix"]["new"], 1))
+        assert run_tests(meta["test_cmd"], case, 60).ok, name
+
+
+def test_the_build_is_deterministic(tmp_path: Path) -> None:
+    src = tiny(tmp_path / "src-tree")
+    first = build_from(TINY, src, tmp_path / "a", per_project=2)
+    second = build_from(TINY, src, tmp_path / "b", per_project=2)
+    assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
+
+
+def test_a_project_whose_suite_fails_is_refused(tmp_path: Path) -> None:
+    src = tiny(tmp_path / "src-tree")
+    (src / "tests" / "test_broken.py").write_text("def test_no():\n    assert False\n")
+    with pytest.raises(BadInput, match="its suite does not pass here"):
+        build_from(TINY, src, tmp_path / "suite")
+
+
+def test_registered_and_pinned() -> None:
+    assert "real-repos" in SUITES
+    assert len(PROJECTS) >= 10 and all(len(p.sha256) == 64 for p in PROJECTS)
+    assert len({p.name for p in PROJECTS}) == len(PROJECTS)
+
+
+@pytest.mark.slow
+def test_one_pinned_sdist_builds_from_pypi(tmp_path: Path) -> None:
+    small = next(p for p in PROJECTS if p.name == "inflection")
+    cases = real_repos(tmp_path, per_project=1, projects=(small,))
+    error = json.loads((tmp_path / "index.json").read_text())["projects"][small.sdist].get("error")
+    if error and "cannot download" in error:  # pragma: no cover - only without PyPI
+        pytest.skip(f"PyPI unreachable: {error}")
+    assert len(cases) == 1 and cases[0].test_cmd == small.test_cmd
+    assert not run_tests(cases[0].test_cmd, cases[0].path, 120).ok
+    assert real_repos(tmp_path, per_project=1, projects=(small,)) == cases  # cached
