@@ -35,6 +35,7 @@ from decision_retry.errors import BadInput
 from decision_retry.langchain import rewind
 from decision_retry.langchain.chat_model import PREFIX_KEY, ChatDecisionRetry
 from decision_retry.langchain.logprobs import DEFAULT_VOCAB, reply_tokens
+from decision_retry.langchain.trace import AgentTrace, model_name
 from decision_retry.langgraph.model import (
     DEFAULT_RETRY,
     DEFAULT_SPIKE,
@@ -45,7 +46,6 @@ from decision_retry.langgraph.model import (
 from decision_retry.langgraph.state import KEY, merge, progress
 from decision_retry.retry import RetryConfig
 from decision_retry.trace.decisions import SpikeRule
-from decision_retry.trace.models import Cut
 
 
 class DecisionRetryAgentState(AgentState):
@@ -123,6 +123,10 @@ class DecisionRetryMiddleware(AgentMiddleware):
         self.max_attempts, self.budget_tokens = max_attempts, budget_tokens
         self.temperature, self.vocab, self.test_timeout = temperature, vocab, test_timeout
         self.last_test = None  # the latest TestResult, when test_command runs
+        repo = getattr(repository, "repo", None)
+        self.trace = None if recorder is None else AgentTrace(
+            recorder, strategy=retry.strategy, spike=spike, seed=seed, config=self._config(),
+            repo=str(repo) if repo is not None else None)
 
     # -- 1) every model call -----------------------------------------------------------------
     def before_agent(self, state: dict, runtime: Any) -> dict | None:
@@ -173,7 +177,16 @@ class DecisionRetryMiddleware(AgentMiddleware):
         # 3) record: the trace, then the state (through the response's command)
         new_tokens = len(reply.tokens) - reply.kept
         update: dict[str, Any] = {"resume": None}
-        trace_turn = self._trace_call(dr, update, request, k, reply, ai, snapshot, settings)
+        trace_turn = None
+        if self.trace is not None:
+            params = {"model": model_name(request.model), "seed": settings.get("seed"),
+                      "temperature": self._temperature(request.model),
+                      "input_tokens": (ai.usage_metadata or {}).get("input_tokens"),
+                      "finish_reason": ai.response_metadata.get("finish_reason"),
+                      "kept_tokens": reply.kept, "exact": reply.exact}
+            human = next((m.text for m in reversed(request.messages) if m.type == "human"), "")
+            trace_turn = self.trace.call(dr, update, model=request.model, prompt=human, index=k,
+                                         reply=reply, params=params, snapshot=snapshot)
         rec = rewind.call_record(reply, message_id=ai.id, index=k, continuable=continues,
                                  spike=self.spike, snapshot=snapshot, trace_turn=trace_turn)
         update.update(turns=[*turns, rec], spent=dr.get("spent", 0) + new_tokens,
@@ -204,14 +217,10 @@ class DecisionRetryMiddleware(AgentMiddleware):
     # -- 2) every tool call ------------------------------------------------------------------
     def wrap_tool_call(self, request, handler):
         result = handler(request)
-        rec, turns = self.recorder, progress(request.state).get("turns") or []
-        turn_id = turns[-1].get("trace_turn") if turns else None
-        if rec is not None and turn_id and rec.run is not None:
-            call = request.tool_call
-            text = getattr(result, "text", None)
-            observation = text if isinstance(text, str) else str(getattr(result, "content", ""))
-            rec.record_tool_call(turn_id, action=call["name"], arguments=dict(call.get("args")
-                                 or {}), observation=observation)
+        if self.trace is not None:
+            turns = progress(request.state).get("turns") or []
+            self.trace.tool(turns[-1].get("trace_turn") if turns else None, request.tool_call,
+                            result)
         return result
 
     # -- 3) after the agent finished ---------------------------------------------------------
@@ -249,7 +258,11 @@ class DecisionRetryMiddleware(AgentMiddleware):
         else:
             point = rewind.next_cut(new_chain, self.retry, gen)
             status = "rewind" if point is not None else "exhausted"
-        self._trace_verdict(dr, chain, cut, step, passed, r, status)
+        if self.trace is not None:
+            diff = self.repository.diff() if hasattr(self.repository, "diff") else None
+            verifier = self._config()["verifier"] if self.verifier is not None else None
+            self.trace.verdict(dr, chain, cut, step, passed=passed, status=status,
+                               verifier=verifier, diff=diff)
         update = {"verdict": r, "status": status, "chain": new_chain, "steps": steps}
         if point is None:
             return {KEY: update}
@@ -260,7 +273,7 @@ class DecisionRetryMiddleware(AgentMiddleware):
             self.repository.restore(base["snapshot"])
         messages = messages_from_dict(new_chain["messages"])
         before = next(i for i, m in enumerate(messages) if m.id == base["message_id"])
-        branch = self._trace_branch(new_chain, point)
+        branch = self.trace.branch(new_chain, point) if self.trace is not None else None
         update.update(turns=new_chain["turns"][: point["turn"]], resume=point, cut=point,
                       attempts=n + 1, attempt_tokens=0, status="running", verdict=None,
                       branch=branch)
@@ -275,79 +288,11 @@ class DecisionRetryMiddleware(AgentMiddleware):
                 raise RewindError(f"verdict {value!r} from the verifier: give True/False or 0..1")
             return float(value)
         result = self.last_test = self.repository.run_tests(self.test_command, self.test_timeout)
-        rec = self.recorder
-        if rec is not None and branch in rec.branches:
-            rec.record_test_run(branch, command=self.test_command, exit_code=(
-                -1 if result.exit_code is None else result.exit_code), passed=result.passed,
-                failed=result.failed, errors=result.errors, output_tail=result.output_tail,
-                duration_s=result.duration_s)
+        if self.trace is not None:
+            self.trace.tests(branch, self.test_command, result)
         return 1.0 if result.ok else min(result.fraction_passed, 0.999)
 
-    # -- the trace ---------------------------------------------------------------------------
     def _config(self) -> dict:
         return {"retry": self.retry.model_dump(mode="json"), "seed": self.seed,
                 "max_attempts": self.max_attempts, "budget_tokens": self.budget_tokens,
                 "verifier": self.test_command or getattr(self.verifier, "__name__", "verifier")}
-
-    def _trace_call(self, dr, update, request, k, reply, ai, snapshot, settings) -> str | None:
-        """Record the call (starting the run and first branch on the episode's first call)."""
-        rec = self.recorder
-        if rec is None:
-            return None
-        model = request.model
-        name = getattr(model, "name_of_model", None) or getattr(model, "model_name", None) or \
-            getattr(model, "model", None) or type(model).__name__
-        branch = dr.get("branch")
-        if rec.run is None or rec.run.id != dr.get("run"):
-            provider = None if isinstance(model, ChatDecisionRetry) else (
-                model._get_ls_params().get("ls_provider") if hasattr(model, "_get_ls_params")
-                else None)
-            config = {**self._config(), **({"provider": provider} if provider else {})}
-            repo = getattr(self.repository, "repo", None)
-            update["run"] = rec.start_run(model=str(name), strategy=self.retry.strategy,
-                                          config=config, seed=self.seed,
-                                          repo=str(repo) if repo is not None else None).id
-            branch = None
-        if branch not in rec.branches:
-            branch = rec.start_branch(strategy="initial").id
-            update["branch"] = branch
-        human = next((m.text for m in reversed(request.messages) if m.type == "human"), "")
-        params = {"model": str(name), "temperature": self._temperature(model),
-                  "seed": settings.get("seed"), "input_tokens": (ai.usage_metadata or {}).get(
-                      "input_tokens"), "finish_reason": ai.response_metadata.get("finish_reason"),
-                  "kept_tokens": reply.kept, "exact": reply.exact}
-        turn = rec.record_turn(branch, tokens=reply.tokens, prompt=human, index=k, params=params)
-        rec.record_decisions(turn, self.spike, snapshot=snapshot)
-        return turn.id
-
-    def _trace_branch(self, chain: dict, point: dict) -> str | None:
-        rec = self.recorder
-        if rec is None or rec.run is None:
-            return None
-        parent = chain.get("branch") if chain.get("branch") in rec.branches else None
-        cut = Cut(turn=point["turn"], position=point["position"], entropy=point["entropy"])
-        return rec.start_branch(parent=parent, cut=cut if parent else None,
-                                strategy=self.retry.strategy).id
-
-    def _trace_verdict(self, dr, chain, cut, step, passed, r, status) -> None:
-        rec, branch = self.recorder, dr.get("branch")
-        if rec is None or branch not in rec.branches:
-            return
-        if self.verifier is not None:
-            rec.record_test_run(branch, command=self._config()["verifier"],
-                                exit_code=0 if passed else 1, passed=int(passed),
-                                failed=int(not passed))
-        if step is not None:
-            current = (chain or {}).get("branch")
-            fields = {k: v for k, v in step.model_dump(exclude={"tries"}).items() if v is not None}
-            rec.record_mh_step(current=current if current in rec.branches else None,
-                               proposal=branch, cut_turn=cut["turn"], **fields)
-        outcome = "passed" if passed else (
-            "failed" if step is None else ("accepted" if step.accepted else "rejected"))
-        diff = self.repository.diff() if self.repository is not None and hasattr(
-            self.repository, "diff") else None
-        rec.finish_branch(branch, outcome=outcome, passed=passed, final_diff=diff)
-        if status != "rewind" and rec.run is not None and rec.run.id == dr.get("run"):
-            rec.finish_run("solved" if passed else "exhausted")
-
-
