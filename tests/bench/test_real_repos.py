@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from decision_retry.agent.localise.spectrum import coverage_run, pytest_options
 from decision_retry.agent.testrun import run_tests
-from decision_retry.bench.real_repos import PROJECTS, Project, build_from, real_repos
+from decision_retry.bench.real_repos import PROJECTS, Project, build_from, plan_mutants, real_repos
 from decision_retry.bench.suites import SUITES
 from decision_retry.errors import BadInput
 
@@ -60,11 +61,18 @@ def tiny(root: Path) -> Path:
     return root
 
 
-def test_every_case_fails_its_own_suite_and_the_original_passes(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One build of the tiny project (the expensive part), shared by the tests below."""
+    tmp_path = tmp_path_factory.mktemp("real-repos")
     src = tiny(tmp_path / "src-tree")
     before = {p: p.read_text() for p in src.rglob("*.py")}
-    cases = build_from(TINY, src, tmp_path / "suite", per_project=3)
-    assert len(cases) >= 2
+    return tmp_path, src, before, build_from(TINY, src, tmp_path / "suite", per_project=2)
+
+
+def test_every_case_fails_its_own_suite_and_the_original_passes(built) -> None:
+    tmp_path, src, before, cases = built
+    assert len(cases) == 2
     assert {p: p.read_text() for p in src.rglob("*.py")} == before  # the source tree is kept
     assert run_tests(TINY.test_cmd, src, 60).ok
     for name, meta in cases.items():
@@ -82,11 +90,16 @@ def test_every_case_fails_its_own_suite_and_the_original_passes(tmp_path: Path) 
         assert run_tests(meta["test_cmd"], case, 60).ok, name
 
 
-def test_the_build_is_deterministic(tmp_path: Path) -> None:
-    src = tiny(tmp_path / "src-tree")
-    first = build_from(TINY, src, tmp_path / "a", per_project=2)
-    second = build_from(TINY, src, tmp_path / "b", per_project=2)
-    assert json.dumps(first, sort_keys=True) == json.dumps(second, sort_keys=True)
+def test_the_mutant_plan_is_deterministic(built) -> None:
+    _, src, _, cases = built
+    data, why = coverage_run(src, None, pytest_options(TINY.test_cmd), timeout=120)
+    assert data is not None, why
+    plan = [(rel, fn.qualname, m) for rel, fn, m, _ in plan_mutants(TINY, src, data)]
+    assert plan == [(rel, fn.qualname, m) for rel, fn, m, _ in plan_mutants(TINY, src, data)]
+    # the kept cases are the first of the plan that their tests kill, in plan order
+    kept = [(meta["bug_file"], meta["bug_function"], meta["bug_line"]) for meta in cases.values()]
+    order = [(rel, q, m.line) for rel, q, m in plan]
+    assert [order.index(k) for k in kept] == sorted(order.index(k) for k in kept)
 
 
 def test_a_project_whose_suite_fails_is_refused(tmp_path: Path) -> None:
