@@ -29,6 +29,8 @@ from decision_retry.tokens import Alternative, DecodeState, Finish, Sampling, To
 
 __all__ = ["LM", "DecodeState", "Finish", "Sampling"]
 
+_PIECE_CONTEXT = 16  # ids of left context handed to `Backend.piece` (it needs <= 4)
+
 
 class LM:
     """Decode loop over a `Backend`: prefill once, extend, fork, and K batched tries."""
@@ -92,10 +94,12 @@ class LM:
         pending = torch.tensor([state.ids[-1]] * k)  # (B,)
         for _ in range(sampling_.max_new_tokens):
             logits = self.backend.forward(cache, pending)  # (B, V)
+            base = sampling.base_logprobs(logits)  # (B, V), shared by the draw and the alternatives
             ids, logp, logq, h = sampling.select(
-                logits, [generators[i] for i in live], sampling_.temperature, sampling_.top_k
+                logits, [generators[i] for i in live], sampling_.temperature, sampling_.top_k,
+                logp=base,
             )
-            alt_ids, alt_p = sampling.top_alternatives(logits, sampling_.alternatives)
+            alt_ids, alt_p = sampling.top_alternatives(logits, sampling_.alternatives, logp=base)
             keep = []
             for b, r in enumerate(live):
                 row = rows[r]
@@ -138,24 +142,28 @@ class LM:
             logq = sampling.proposal_logprobs(logits, sampling_.temperature, sampling_.top_k)
             logq = logq.gather(-1, want).squeeze(-1)  # (T,)
         logp_ids = logp.gather(-1, want).squeeze(-1)  # (T,)
-        alt_ids, alt_p = sampling.top_alternatives(logits, sampling_.alternatives)
-        prefix, tokens = state.ids, []
+        alt_ids, alt_p = sampling.top_alternatives(logits, sampling_.alternatives, logp=logp)
+        prefix, tokens = state.ids[-_PIECE_CONTEXT:], []
         for i, tid in enumerate(ids):
             tokens.append(self._token(prefix, int(tid), logp_ids[i], logq[i], h[i], alt_ids[i], alt_p[i]))
-            prefix = [*prefix, int(tid)]
+            prefix = [*prefix[1 - _PIECE_CONTEXT:], int(tid)]
         # the cache now covers every fed id, i.e. all positions but the last: a usable state
         finish = "eos" if tokens[-1].id in self.backend.eos_ids else None
         return DecodeState(state.prompt_ids, state.tokens + tuple(tokens), finish, cache)
 
     # -- helpers ---------------------------------------------------------------------------
     def _token(self, prefix, tid, logp, logq, h, alt_ids, alt_p) -> Token:
+        # A piece needs only a few ids of left context (a UTF-8 character spans <= 4 tokens), so
+        # pass a short tail, not the whole history; the values are already of the right types,
+        # so build the frozen models without pydantic validation (it cost more than sampling).
+        tail = list(prefix[-_PIECE_CONTEXT:])
         top = tuple(
-            Alternative(id=int(i), text=self.backend.piece([*prefix, int(i)]), prob=float(p))
+            Alternative.model_construct(id=i, text=self.backend.piece([*tail, i]), prob=p)
             for i, p in zip(alt_ids.tolist(), alt_p.tolist())
         )
-        return Token(
+        return Token.model_construct(
             id=tid,
-            text=self.backend.piece([*prefix, tid]),
+            text=self.backend.piece([*tail, tid]),
             logp=float(logp),
             logq=float(logq),
             entropy=float(h),
