@@ -149,7 +149,10 @@ def main() -> int:
         local, kind = local_engine(args.threads)
         remote = connect(server.url)
         part1 = mh_steps({"in-process": local, "server": remote}, args)
+        print(f"part 1: {part1}", file=sys.stderr, flush=True)  # a long run keeps what it has
+        write_json(args.out, {"local_engine": kind, "part1": part1}, started=started)
         part3 = exact_cost(server.url, args)
+        print(f"part 3: {part3}", file=sys.stderr, flush=True)
         part2 = fixture_runs(server.url, args)
 
     w, n = part1["walls"], part1["decode_tokens"]

