@@ -9,6 +9,11 @@ and sampling has to search. Strategies, each run until a proposal passes or `--c
   ec-mh       Entropy-Cut MH on the verifier-tilted target p^alpha * exp(lam * r), one block of T;
   uniform-mh  the same chain with uniform cuts;
   egps        entropy cuts + K tries per move (multiple-try Metropolis);
+  ec-local    ec-mh with local moves (samplers/local.py): resample from the cut to just before
+              the next decision point (H >= --span-decision), at most --max-span tokens, keep the
+              rest rescored by one teacher-forced pass (counted as prefill positions);
+  ec-mixed    ec-mh, each move local or suffix with probability 1/2;
+  uniform-local  uniform cuts with local moves;
   restart     plain sampling at temperature 1, repeated until a sample passes (independent
               restarts; drawn in batches for speed, counted as if one after another).
 
@@ -21,6 +26,8 @@ with --early-k-sweep). Medians over seeds (a run that hits
 the cap counts as the cap: a median shown as ">=cap" is censored), and the fraction solved.
 
     .venv/bin/python benchmarks/decision_tree.py [--seeds 10] [--cap 40000] [--lam 10]
+        [--strategies ec-mh,uniform-mh,egps,ec-local,ec-mixed,uniform-local,restart]
+        [--span-decision 0.5] [--max-span 8]
         [--lengths 32,128,512] [--k 3] [--ks 1,2,4,6] [--t 128] [--layouts spread,early]
         [--early-k-sweep]
         [--out bench-out/decision_tree.json]
@@ -46,10 +53,14 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `decisio
 from benchmarks.common import REPO, load, markdown_table, median, write_json
 from decision_retry.lm import LM, Sampling
 from decision_retry.samplers import PowerSampler, SamplerConfig
+from decision_retry.samplers.local import SpanRule
 from decision_retry.sampling import child_generators
 from decision_retry.testing import decision_tree_lm
 
-STRATEGIES = ("ec-mh", "uniform-mh", "egps", "restart")
+STRATEGIES = ("ec-mh", "uniform-mh", "egps", "ec-local", "ec-mixed", "uniform-local", "restart")
+DEFAULT_STRATEGIES = ("ec-mh", "uniform-mh", "egps", "ec-local", "ec-mixed", "restart")
+MOVES = {"ec-local": ("ec-mh", "local"), "ec-mixed": ("ec-mh", "mixed"),
+         "uniform-local": ("uniform-mh", "local")}  # strategy -> (sampler, move)
 RESTART_BATCH = 64
 
 
@@ -72,6 +83,7 @@ class Outcome:
     tries: int  # sequences proposed (egps: K per move)
     first_pass_tokens: int | None  # tokens when any proposal first passed the verifier
     seconds: float
+    prefill: int = 0  # positions teacher-forced (kept tails of local moves), not decoded
 
 
 class _OverBudget(Exception):
@@ -99,12 +111,14 @@ def positions(layout: str, T: int, k: int) -> list[int] | None:
     raise ValueError(f"layout {layout!r}: use spread or early")
 
 
-def mh_run(lm: LM, strategy: str, seed: int, *, cap: int, lam: float, tries: int) -> Outcome:
+def mh_run(lm: LM, strategy: str, seed: int, *, cap: int, lam: float, tries: int,
+           span: SpanRule | None = None) -> Outcome:
     """One chain of an MH sampler, one block of T tokens, MH steps until pass or cap."""
     T = lm.backend.length
+    sampler_name, move = MOVES.get(strategy, (strategy, "suffix"))
     cfg = SamplerConfig(
-        sampler=strategy, max_tokens=T, block=T, steps=10**9, alternatives=0,
-        verifier_weight=lam, stop_on_pass=True, tries=tries,
+        sampler=sampler_name, max_tokens=T, block=T, steps=10**9, alternatives=0,
+        verifier_weight=lam, stop_on_pass=True, tries=tries, move=move, span=span or SpanRule(),
     )
     watch = _Watch(lm.backend.verify)
     sampler = PowerSampler(lm, cfg, verifier=watch)
@@ -124,7 +138,7 @@ def mh_run(lm: LM, strategy: str, seed: int, *, cap: int, lam: float, tries: int
     except _OverBudget:
         solved = False
     return Outcome(strategy, "", T, len(lm.backend.positions), seed, solved, sampler.spent,
-                   moves[0], moves[1], watch.first, time.perf_counter() - t0)
+                   moves[0], moves[1], watch.first, time.perf_counter() - t0, sampler.prefilled)
 
 
 def restart_run(lm: LM, seed: int, *, cap: int) -> Outcome:
@@ -153,7 +167,9 @@ def run_point(layout: str, T: int, k: int, args) -> list[Outcome]:
             if strategy == "restart":
                 o = restart_run(lm, seed, cap=args.cap)
             else:
-                o = mh_run(lm, strategy, seed, cap=args.cap, lam=args.lam, tries=args.tries)
+                o = mh_run(lm, strategy, seed, cap=args.cap, lam=args.lam, tries=args.tries,
+                           span=SpanRule(decision=args.span_decision, ends=(),
+                                         max_span=args.max_span))
             out.append(dataclasses.replace(o, layout=layout))
         done = [o for o in out if o.strategy == strategy]
         log(f"  {layout} T={T} k={k} {strategy}: median tokens "
@@ -182,6 +198,10 @@ def summarize(outcomes: list[Outcome], cap: int) -> list[dict]:
             "median_proposals": median([o.proposals for o in os_]),
             "median_tries": median([o.tries for o in os_]),
             "median_tokens_over_T": median([(o.tokens if o.solved else cap) / T for o in os_]),
+            "median_prefill": median([o.prefill for o in os_]),
+            # the search alone: MH strategies first draw one whole sample of exactly T tokens
+            "median_search_tokens": median([(o.tokens if o.solved else cap)
+                                            - (0 if strategy == "restart" else T) for o in os_]),
             "seconds": sum(o.seconds for o in os_),
         })
     return rows
@@ -200,7 +220,9 @@ def table(rows: list[dict], key: str, cap: int) -> str:
                 line.append("")
                 continue
             tok = f">={cap}" if r["censored"] else f"{r['median_tokens']:.0f}"
-            line.append(f"{tok} ({r['median_proposals']:.0f}; {r['solved']:.0%})")
+            pre = f"; prefill {r['median_prefill']:.0f}" if r.get("median_prefill") else ""
+            search = f" [{r['median_search_tokens']:.0f}]" if r["strategy"] != "restart" else ""
+            line.append(f"{tok}{search} ({r['median_proposals']:.0f}; {r['solved']:.0%}{pre})")
         cells.append(line)
     return markdown_table([key, *strategies], cells)
 
@@ -212,6 +234,7 @@ def plot(rows: list[dict], args, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colors = {"ec-mh": "tab:red", "uniform-mh": "tab:blue", "egps": "tab:purple",
+              "ec-local": "tab:green", "ec-mixed": "tab:olive", "uniform-local": "tab:cyan",
               "restart": "tab:gray"}
     styles = {"spread": "-", "early": "--"}
     fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
@@ -266,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--t", type=int, default=128, help="T in the k sweep")
     ap.add_argument("--layouts", type=lambda s: s.split(","), default=["spread", "early"])
     ap.add_argument("--early-k-sweep", action="store_true", help="k sweep in the early layout too")
-    ap.add_argument("--strategies", type=lambda s: s.split(","), default=list(STRATEGIES))
+    ap.add_argument("--strategies", type=lambda s: s.split(","), default=list(DEFAULT_STRATEGIES))
+    ap.add_argument("--span-decision", type=float, default=0.5,
+                    help="local moves: H >= this makes a position a decision point (span end)")
+    ap.add_argument("--max-span", type=int, default=8, help="local moves: tokens resampled at most")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (tiny tensors: 1)")
     ap.add_argument("--out", default="bench-out/decision_tree.json")
     ap.add_argument("--no-docs-img", action="store_true", help="do not copy the PNG to docs/img")
@@ -287,8 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(outcomes, args.cap)
 
     print(f"\nload average (1, 5, 15 min) at start {load_start}, at end {load()}")
-    print(f"cell: median decode tokens to solve (median proposals; fraction solved within "
-          f"{args.cap} tokens), {args.seeds} seeds, lam={args.lam}, egps K={args.tries}")
+    print(f"cell: median decode tokens to solve [of them in MH moves, after the first sample of "
+          f"T tokens] (median proposals; fraction solved within "
+          f"{args.cap} tokens; median prefill positions of local moves), {args.seeds} seeds, "
+          f"lam={args.lam}, egps K={args.tries}, local spans: H >= {args.span_decision}, "
+          f"at most {args.max_span} tokens")
     for layout in args.layouts:
         by_t = [r for r in rows if r["layout"] == layout and r["k"] == args.k]
         by_k = [r for r in rows if r["layout"] == layout and r["T"] == args.t]

@@ -7,3 +7,34 @@ STRATEGIES: tuple[str, ...] = Strategy.__args__  # type: ignore[attr-defined]
 
 SamplerName = Literal["plain", "low-temp", "uniform-mh", "ec-mh", "egps", "argmax-cut"]
 SAMPLERS: tuple[str, ...] = SamplerName.__args__  # type: ignore[attr-defined]
+
+# Strategy variants for `bench`: a strategy name, then `+option`s (the levers of docs/benchmarks.md):
+#   +local / +mixed  local or mixed moves; +code  code-aware cut weights;
+#   +restartP        a restart move with probability P (e.g. +restart0.2).
+VARIANT_OPTIONS = ("local", "mixed", "code", "restart")
+
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """`entropy-cut+local+code` -> ("entropy-cut", RetryConfig keyword arguments); ValueError
+    naming the bad part."""
+    base, *options = spec.split("+")
+    if base not in STRATEGIES:
+        raise ValueError(f"unknown strategy {base!r}: choose from {','.join(STRATEGIES)}")
+    kw: dict = {}
+    for opt in options:
+        if opt in ("local", "mixed"):
+            kw["move"] = opt
+        elif opt == "code":
+            kw["cut_weights"] = "code"
+        elif opt.startswith("restart"):
+            try:
+                kw["restart_share"] = float(opt[len("restart"):] or 0.2)
+            except ValueError:
+                raise ValueError(f"bad option +{opt} in {spec!r}: use +restart0.2") from None
+            if not 0 <= kw["restart_share"] <= 1:
+                raise ValueError(f"+{opt} in {spec!r}: the share must be in [0, 1]")
+        else:
+            raise ValueError(f"unknown option +{opt} in {spec!r}: use +{', +'.join(VARIANT_OPTIONS)}")
+    if kw and base not in ("entropy-cut", "uniform-cut", "argmax-cut"):
+        raise ValueError(f"{spec!r}: options apply to entropy-cut, uniform-cut and argmax-cut")
+    return base, kw

@@ -4,17 +4,33 @@ A trajectory's model tokens come from one or more turns; the cut distribution ra
 them (flattened in order). Observations between turns are deterministic results of actions and
 never enter the acceptance ratio. The target is p^alpha * exp(lam * r), r = fraction of tests
 passing, so log A gains lam * (r' - r) (design.md §2, §3).
+
+Moves (`RetryConfig.move`): `suffix` regenerates the cut turn from the cut on; `local` resamples
+only to the next span boundary (end of the line, at most `span.max_span` tokens) and keeps the
+rest of the turn, rescored under the new prefix (samplers/local.py, patch protocol only); `mixed`
+picks local with probability `local_share`. With `restart_share` > 0 a move is, with that
+probability, a fresh attempt from the prompt, accepted by the same MH rule with no cut correction
+(a way out of a wrong start). Kernels are drawn with fixed probabilities: a valid mixture.
+
+Cut weights (`cut_weights`): `entropy` uses the entropies alone; `code` multiplies w_t by the
+token's class in the reply (samplers/codeweights.py: docstrings/comments down, the defined name
+up), computed for current and proposal alike so the correction stays exact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+import math
 from dataclasses import dataclass
-import torch
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal
 
-from decision_retry.samplers import cuts, mh
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from decision_retry import sampling
+from decision_retry.samplers import codeweights, cuts, local, mh
 from decision_retry.samplers.cuts import CutRule
+from decision_retry.samplers.local import SpanRule
 from decision_retry.samplers.mh import StepRecord
 from decision_retry.tokens import Token
 
@@ -35,6 +51,20 @@ class RetryConfig(BaseModel):
     cut: CutRule = CutRule()
     tries: int = Field(4, ge=1, description="egps: tries per multiple-try move")
     skip_entropy: float = Field(0.5, ge=0, description="egps: turns below this entropy mass are not cut")
+    move: Literal["suffix", "local", "mixed"] = "suffix"
+    span: SpanRule = SpanRule()
+    local_share: float = Field(0.5, ge=0, le=1, description="mixed: probability of a local move")
+    restart_share: float = Field(0.0, ge=0, le=1, description="probability of a restart move")
+    cut_weights: Literal["entropy", "code"] = "entropy"
+    prose_weight: float = Field(0.1, ge=0, description="code weights: strings and comments")
+    name_weight: float = Field(4.0, ge=0, description="code weights: the name a def defines")
+
+    @model_validator(mode="after")
+    def _single_try_local(self) -> "RetryConfig":
+        if self.move != "suffix" and self.strategy == "egps":
+            raise ValueError(f"move {self.move!r} is single-try: use it with entropy-cut, "
+                             "uniform-cut or argmax-cut")
+        return self
 
     @property
     def q_temperature(self) -> float:
@@ -61,6 +91,7 @@ class CutPoint:
     entropy: float
     token: str
     index: int  # position in the flattened model tokens of the trajectory
+    move: Literal["suffix", "local", "restart"] = "suffix"
 
 
 def flatten(turns: Sequence[Sequence[Token]]) -> tuple[list[Token], list[tuple[int, int]]]:
@@ -93,6 +124,31 @@ def cut_entropies(
     return out
 
 
+def cut_scale(turns: Sequence[Sequence[Token]], config: RetryConfig) -> list[float] | None:
+    """Per-token multipliers of the cut weight (None for plain entropy weights)."""
+    if config.cut_weights == "entropy":
+        return None
+    out: list[float] = []
+    for tokens in turns:
+        out += codeweights.scale([t.text for t in tokens], prose=config.prose_weight,
+                                 name=config.name_weight)
+    return out
+
+
+def choose_move(config: RetryConfig, generator: torch.Generator) -> str:
+    """The kernel of the next move; draws nothing when there is no choice (seeded runs keep
+    their cuts)."""
+    if config.restart_share == 0 and config.move != "mixed":
+        return config.move
+    u = sampling.uniform(generator)
+    if u < config.restart_share:
+        return "restart"
+    if config.move != "mixed":
+        return config.move
+    return "local" if u - config.restart_share < (1 - config.restart_share) * config.local_share \
+        else "suffix"
+
+
 def choose_cut(
     turns: Sequence[Sequence[Token]],
     config: RetryConfig,
@@ -106,17 +162,23 @@ def choose_cut(
     flat, where = flatten(turns)
     if not flat:
         return None
+    move = choose_move(config, generator)
+    if move == "restart":  # a fresh attempt: position 0 of the first turn
+        return CutPoint(0, 0, flat[0].entropy, flat[0].text, 0, "restart")
     ent = cut_entropies(turns, config, stops)
+    scale = cut_scale(turns, config)
     if config.strategy == "argmax-cut":
-        i = cuts.argmax(ent, set(tried))
+        ranked = ent if scale is None else [h * s for h, s in zip(ent, scale)]
+        i = cuts.argmax(ranked, set(tried))
     else:
-        i = cuts.draw(ent, config.rule, generator)
+        i = cuts.draw(ent, config.rule, generator, scale)
     turn, pos = where[i]
-    return CutPoint(turn, pos, flat[i].entropy, flat[i].text, i)
+    return CutPoint(turn, pos, flat[i].entropy, flat[i].text, i, move)
 
 
 def _log_c(turns, config: RetryConfig, i: int, stops=None) -> float:
-    return cuts.log_prob(cut_entropies(turns, config, stops), i, config.rule)
+    return cuts.log_prob(cut_entropies(turns, config, stops), i, config.rule,
+                         cut_scale(turns, config))
 
 
 def accept(
@@ -130,16 +192,30 @@ def accept(
     u: float,
     decode_tokens: int,
     stops: tuple[Sequence[bool], Sequence[bool]] | None = None,
+    span: tuple[int, int] | None = None,
 ) -> StepRecord:
     """The MH decision for replacing `current` by `proposal`, both cut at `cut`.
 
-    `stops`: (current's, proposal's) per-turn stop flags, as given to `choose_cut`."""
+    `stops`: (current's, proposal's) per-turn stop flags, as given to `choose_cut`.
+    `span`: for a local move, (s, m) in flattened positions: current's span [t, s) was replaced
+    by the proposal's [t, t + m) and the rest kept (only the spans enter the proposal terms)."""
     x, _ = flatten(current)
     y, _ = flatten(proposal)
     sx, sy = stops or (None, None)
     corr = None
-    if config.corrected:
+    if cut.move == "restart":
+        corr = 0.0  # an independent proposal: no cut to reverse
+    elif config.corrected:
         corr = _log_c(proposal, config, cut.index, sy) - _log_c(current, config, cut.index, sx)
+    if span is not None:
+        t, (s, m) = cut.index, span
+        target, prop = local.log_weight(x, y, t, s, m, config.alpha)
+        dv = config.verifier_weight * (r_proposal - r_current)
+        log_a = target + prop + (corr or 0.0) + dv
+        return StepRecord(
+            cut_position=t, cut_entropy=x[t].entropy, proposal_length=m, log_accept=log_a,
+            log_target=target, log_proposal=prop, log_cut_correction=corr or 0.0,
+            log_verifier=dv, accepted=u == 0 or math.log(u) < log_a, decode_tokens=decode_tokens)
     return mh.mh_step_record(
         x, y, cut.index, alpha=config.alpha, rule=None, correction=corr,
         verifier_delta=config.verifier_weight * (r_proposal - r_current), u=u,

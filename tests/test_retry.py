@@ -52,3 +52,80 @@ def test_accept_parts_and_the_verifier_tilt():
     heuristic = accept(x, y, cut, config=RetryConfig(strategy="argmax-cut"), r_current=0,
                        r_proposal=0, u=0.5, decode_tokens=1)
     assert heuristic.log_cut_correction == 0.0
+
+
+# -- moves: local, mixed, restart (the agent's rewind, end to end) ---------------------------
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from decision_retry.agent.runner import FixConfig, fix  # noqa: E402
+from decision_retry.errors import BadInput  # noqa: E402
+from decision_retry.samplers.local import SpanRule  # noqa: E402
+from decision_retry.testing import scripted_lm  # noqa: E402
+from decision_retry.trace.store import TraceStore  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+# the units fixture's function with its bug choice on the return line and a tail of lines after it
+TAIL = ["    # scale first,\n", "    # then shift.\n", "    # (comment lines: kept by a local move)\n"]
+UNITS_LOCAL = [
+    'def celsius_to_fahrenheit(celsius: float) -> float:\n    """Degrees Celsius to degrees '
+    'Fahrenheit."""\n    return celsius * 9 / 5 ',
+    {"choice": {"-": 0.7, "+": 0.3}},
+    " 32\n", *TAIL, "```",
+]
+
+
+def units_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "units"
+    shutil.copytree(FIXTURES / "units", repo, ignore=shutil.ignore_patterns("FIXTURE.json"))
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "initial"]):
+        subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
+    return repo
+
+
+def run_fix(tmp_path, seed, events=None, **retry):
+    cfg = FixConfig(retry=RetryConfig(proposal_temperature=1.0, **retry), seed=seed,
+                    budget_tokens=40, max_attempts=6)
+    with TraceStore(tmp_path / f"traces-{seed}.db") as store:
+        on_event = (lambda kind, data: events.append((kind, data))) if events is not None else None
+        return fix(units_repo(tmp_path / f"s{seed}"), cfg, lm=scripted_lm(UNITS_LOCAL),
+                   store=store, on_event=on_event)
+
+
+def test_local_move_resamples_the_line_and_keeps_the_tail(tmp_path):
+    """Seed 1 writes the bug first. A local rewind at the bug token redraws it and the rest of
+    its line only (2 decode tokens, where a suffix move decodes all 6 after the cut); the kept
+    comment lines and the closing fence (4 tokens) are teacher-forced, not decoded."""
+    events = []
+    res = run_fix(tmp_path, 1, events, move="local", cut=CutRule(eps=0.0))
+    assert res.fixed and res.attempts >= 2
+    assert "+    return celsius * 9 / 5 + 32" in res.diff
+    assert res.steps and all(s.cut_position == 1 for s in res.steps)  # the one choice token
+    assert all(s.decode_tokens == 2 and s.proposal_length == 2 for s in res.steps)
+    retries = res.attempts - 1  # the passing one ends the run before its MH step
+    assert res.decode_tokens == len(UNITS_LOCAL) + 2 * retries
+    prefilled = [d["prefilled"] for k, d in events if k == "model" and "prefilled" in d]
+    assert prefilled == [(len(TAIL) + 1) * (i + 1) for i in range(retries)]
+
+
+def test_restart_moves_start_over_inside_the_chain(tmp_path):
+    """restart_share = 1: every move is a fresh attempt from the prompt (cut at 0), accepted by
+    MH with no cut correction."""
+    res = run_fix(tmp_path, 1, restart_share=1.0)
+    assert res.steps
+    for s in res.steps:
+        assert s.cut_position == 0 and s.log_cut_correction == 0.0
+        assert s.decode_tokens == sum(1 for _ in UNITS_LOCAL)  # the whole reply, every time
+
+
+def test_local_moves_need_the_patch_protocol_and_a_single_try_strategy():
+    with pytest.raises(ValueError, match="single-try"):
+        RetryConfig(strategy="egps", move="local")
+    cfg = FixConfig(protocol="tools", retry=RetryConfig(move="local"))
+    with pytest.raises(BadInput, match="--protocol patch"):
+        fix(FIXTURES / "units", cfg, lm=scripted_lm(UNITS_LOCAL))

@@ -5,6 +5,8 @@
 * verify: runs the tests;
 * rewind: the MH decision against the chain's current attempt, then the next cut: restores the
           repository snapshot taken before the cut turn and routes back to model.
+A local move (retry.py, samplers/local.py) whose draw falls outside the support has no attempt to
+run: model routes straight to rewind, which records it as a rejected step.
 Routers are pure functions of the state. One loop serves every strategy (retry.py).
 """
 
@@ -19,8 +21,10 @@ from langgraph.graph import END, START, StateGraph
 
 from decision_retry import retry, sampling
 from decision_retry.agent.testrun import TestResult
+from decision_retry.errors import BadInput
 from decision_retry.lm import DecodeState, Sampling
 from decision_retry.retry import CutPoint
+from decision_retry.samplers import local
 from decision_retry.samplers.mh import StepRecord
 from decision_retry.trace.models import Branch, Cut, Turn
 
@@ -46,6 +50,8 @@ class Attempt:
     test: TestResult | None = None
     final_sha: str | None = None
     cut: CutPoint | None = None
+    span: tuple[int, int] | None = None  # local move: (s, m) in flattened positions
+    decoded: int | None = None  # local move: decode tokens its draw cost (look-ahead included)
 
     @property
     def tokens(self) -> list[tuple]:
@@ -68,6 +74,8 @@ class FixState(TypedDict, total=False):
     pending: list[Attempt]  # attempts in progress (K of them for a multiple-try move)
     cut: CutPoint | None  # where the next proposal starts (None: fresh or from the end)
     spent: int  # decode tokens, accepted or not
+    prefilled: int  # positions teacher-forced (kept tails of local moves)
+    rejected: tuple[StepRecord, str] | None  # a local draw outside the support, and why
     attempts: int
     solved: Attempt | None
     steps: Annotated[list[StepRecord], operator.add]
@@ -75,6 +83,10 @@ class FixState(TypedDict, total=False):
 
 
 # -- routers (pure) ------------------------------------------------------------------------
+def after_model(state: FixState) -> Literal["act", "rewind"]:
+    return "act" if state.get("pending") else "rewind"
+
+
 def after_act(state: FixState) -> Literal["model", "verify"]:
     return "verify" if all(a.done for a in state["pending"]) else "model"
 
@@ -95,7 +107,7 @@ def build_graph(agent: "FixAgent"):
     g.add_node("verify", agent.verify)
     g.add_node("rewind", agent.rewind)
     g.add_edge(START, "model")
-    g.add_edge("model", "act")
+    g.add_conditional_edges("model", after_model)
     g.add_conditional_edges("act", after_act)
     g.add_conditional_edges("verify", after_verify)
     g.add_conditional_edges("rewind", after_rewind)
@@ -117,6 +129,10 @@ class FixAgent:
     rewinds: list = field(default_factory=list)  # runner.Rewind per cut, in order
     _prompt_cache: dict = field(default_factory=dict)
     _tried_cuts: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.rc.move != "suffix" and hasattr(self.protocol, "observation_message"):
+            raise BadInput(f"--move {self.rc.move} needs --protocol patch (one turn per attempt)")
 
     # -- helpers -----------------------------------------------------------------------------
     @property
@@ -159,6 +175,8 @@ class FixAgent:
                 new.append(self._with_turn(a, AgentTurn(msgs, out, a.final_sha)))
             return {"pending": new, "spent": spent}
         current, cut = state.get("current"), state.get("cut")
+        if cut is not None and cut.move == "local":
+            return self._local(state, current, cut, spent)
         k = self.rc.tries if (cut is not None and self.rc.strategy == "egps") else 1
         if cut is not None:  # rewind: keep turns before the cut turn, fork that turn at the token
             base = current.turns[cut.turn]
@@ -185,6 +203,29 @@ class FixAgent:
             new.append(self._with_turn(att, AgentTurn(messages, out, snap)))
         self._event("model", attempt=state.get("attempts", 0) + 1, spent=spent, cut=cut)
         return {"pending": new, "spent": spent, "attempts": state.get("attempts", 0) + 1}
+
+    def _local(self, state: FixState, current: Attempt, cut: CutPoint, spent: int) -> dict:
+        """A local move: resample the cut turn from the cut to the next span boundary, keep and
+        rescore the rest (samplers/local.py)."""
+        base = current.turns[cut.turn]
+        p = local.propose(self.lm, base.state, cut.position, self.rc.span, self._sampling(spent),
+                          self.generator, cap=self.protocol.defn.limits["max_new_tokens"],
+                          budget=self.config.budget_tokens - spent)
+        spent += p.decode_tokens
+        out = {"spent": spent, "attempts": state.get("attempts", 0) + 1,
+               "prefilled": state.get("prefilled", 0) + p.prefill_positions}
+        self._event("model", attempt=out["attempts"], spent=spent, cut=cut,
+                    prefilled=out["prefilled"])
+        if p.y is None:
+            rec = local.step_record(base.state.tokens, p, alpha=self.rc.alpha, correction=0.0,
+                                    verifier_delta=0.0, u=1.0)
+            return {**out, "pending": [], "rejected": (rec, p.reason)}
+        offset = cut.index - cut.position  # flattened position of the cut turn's first token
+        c = Cut(turn=cut.turn, position=cut.position, entropy=cut.entropy)
+        att = Attempt(branch=self._branch(current, c), turns=current.turns[: cut.turn], cut=cut,
+                      span=(offset + p.s, p.m), decoded=p.decode_tokens)
+        new = self._with_turn(att, AgentTurn(base.messages, p.y, base.snapshot))
+        return {**out, "pending": [new], "rejected": None}
 
     def _reply(self, turn: AgentTurn) -> str:
         return self.protocol.defn.format["assistant_prefix"] + turn.state.text
@@ -243,7 +284,17 @@ class FixAgent:
     def rewind(self, state: FixState) -> dict:
         current, proposals, cut = state.get("current"), state["pending"], state.get("cut")
         step: list[StepRecord] = []
-        if current is None or self.rc.strategy in ("from-end", "restart") or cut is None:
+        if not proposals:  # a local draw outside the support: rejected, nothing ran
+            rec, why = state["rejected"]
+            step.append(rec)
+            self._tried(current).append(cut)
+            self.recorder.record_mh_step(current=current.branch, proposal=None, cut_turn=cut.turn,
+                                         **rec.model_dump(exclude={"tries"}))
+            new_current = current
+            if self.rewinds:
+                self.rewinds[-1]["accepted"] = False
+            self._event("mh", accepted=False, log_accept=rec.log_accept, reason=why)
+        elif current is None or self.rc.strategy in ("from-end", "restart") or cut is None:
             new_current = proposals[0]  # nothing to compare with, or no chain: move on
         else:
             rec, j = self._decide(current, proposals, cut)
@@ -279,7 +330,8 @@ class FixAgent:
         return self._tried_cuts.setdefault(key, [])
 
     def _decide(self, current: Attempt, proposals: list[Attempt], cut: CutPoint) -> tuple[StepRecord, int]:
-        spent = sum(sum(len(t) for t in a.tokens) - cut.index for a in proposals)
+        spent = sum(a.decoded if a.decoded is not None else
+                    sum(len(t) for t in a.tokens) - cut.index for a in proposals)
         self._tried(current).append(cut)
         if len(proposals) > 1:
             j, rec = retry.multiple_try(
@@ -289,7 +341,7 @@ class FixAgent:
                 generator=self.generator, decode_tokens=spent)
             return rec, j
         rec = retry.accept(current.tokens, proposals[0].tokens, cut, config=self.rc,
-                           stops=(current.stops, proposals[0].stops),
+                           stops=(current.stops, proposals[0].stops), span=proposals[0].span,
                            r_current=current.r, r_proposal=proposals[0].r,
                            u=sampling.uniform(self.generator), decode_tokens=spent)
         return rec, 0

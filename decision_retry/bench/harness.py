@@ -59,8 +59,11 @@ class BenchConfig(BaseModel):
         from decision_retry.agent.runner import FixConfig
         from decision_retry.retry import RetryConfig
 
-        retry = RetryConfig(strategy=strategy, alpha=self.alpha,
-                            proposal_temperature=self.proposal_temperature)
+        from decision_retry.choices import parse_variant
+
+        base, options = parse_variant(strategy)  # e.g. entropy-cut+local+code
+        retry = RetryConfig(strategy=base, alpha=self.alpha,
+                            proposal_temperature=self.proposal_temperature, **options)
         return FixConfig(model=self.model, retry=retry, budget_tokens=self.budget_tokens,
                          max_attempts=self.max_attempts, test_timeout=self.test_timeout, seed=seed)
 

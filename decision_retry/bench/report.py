@@ -123,18 +123,36 @@ def repo_table(cells: Sequence[Cell], strategies: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def sign_test(win: int, loss: int) -> float:
+    """Two-sided exact sign test (McNemar's exact test) on the discordant pairs."""
+    n = win + loss
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(win, loss) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def first_solved(cells: Sequence[Cell]) -> set[tuple[str, int]]:
+    """(repo, seed) pairs whose first attempt passed (it is the same for every strategy)."""
+    return {(c.repo, c.seed) for c in cells if c.error is None and c.fixed and c.attempts == 1}
+
+
 def paired(cells: Sequence[Cell], strategies: Sequence[str], baseline: str) -> list[str]:
-    """For each strategy, the (repo, seed) pairs it fixed and `baseline` did not, and the reverse."""
+    """For each strategy, the (repo, seed) pairs it fixed and `baseline` did not, and the reverse,
+    on the pairs whose first attempt failed, with the sign test's p value."""
     by = {c.key: c for c in cells if c.error is None}
+    first = first_solved(cells)
     out = []
     for s in strategies:
         if s == baseline:
             continue
-        keys = [(r, sd) for (r, st, sd) in by if st == s and (r, baseline, sd) in by]
+        keys = [(r, sd) for (r, st, sd) in by if st == s and (r, baseline, sd) in by
+                and (r, sd) not in first]
         win = sum(by[(r, s, sd)].fixed and not by[(r, baseline, sd)].fixed for r, sd in keys)
         loss = sum(by[(r, baseline, sd)].fixed and not by[(r, s, sd)].fixed for r, sd in keys)
         out.append(f"- {s} vs {baseline}: fixed {win} that {baseline} did not, missed {loss} that "
-                   f"{baseline} fixed ({len(keys)} paired cells)")
+                   f"{baseline} fixed ({len(keys)} paired cells whose first attempt failed; "
+                   f"sign test p = {sign_test(win, loss):.3g})")
     return out
 
 
@@ -197,7 +215,6 @@ def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
         "cells": [c.model_dump() for c in cells],
     }, indent=1) + "\n")
     plot(cells, cfg.strategies, cfg.budget_tokens, out / "fix_rate.png")
-    baseline = next((b for b in ("restart", "from-end") if b in cfg.strategies), None)
     q = cfg.proposal_temperature or 1 / cfg.alpha
     setup = (f"{when}; model {cfg.model or 'embedded'}; budget {cfg.budget_tokens} decode tokens "
              f"per cell; alpha {cfg.alpha:g}, proposal temperature {q:g}; seeds "
@@ -215,9 +232,13 @@ def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
         setup, "", strategy_table(rows), "", legend, "",
         "## Per repository (seeds fixed)", "", repo_table(cells, cfg.strategies), "",
     ]
-    if baseline:
-        md += [f"## Paired with {baseline} (same repo and seed)", "",
-               *paired(cells, cfg.strategies, baseline), ""]
+    pairs = {(c.repo, c.seed) for c in cells if c.error is None}
+    md += [f"First attempt solved {len(first_solved(cells))} of {len(pairs)} (repo, seed) pairs; "
+           "the paired comparisons below count only the rest.", ""]
+    for base in ("restart", "from-end"):
+        if base in cfg.strategies:
+            md += [f"## Paired with {base} (same repo and seed)", "",
+                   *paired(cells, cfg.strategies, base), ""]
     errors = [c for c in cells if c.error]
     if errors:
         md += ["## Errors", "", *[f"- {c.repo} / {c.strategy} / seed {c.seed}: {c.error}"

@@ -21,11 +21,17 @@ from decision_retry.errors import BadInput
 
 
 def parse_strategies(text: str) -> tuple[str, ...]:
+    from decision_retry.choices import parse_variant
+
     names = tuple(s.strip() for s in text.split(",") if s.strip())
-    bad = [s for s in names if s not in STRATEGIES]
-    if bad or not names:
-        raise BadInput(f"unknown strategy {bad[0] if bad else text!r} in --strategies: "
+    if not names:
+        raise BadInput(f"unknown strategy {text!r} in --strategies: "
                        f"choose from {','.join(STRATEGIES)}")
+    for name in names:  # a strategy, optionally with +options (entropy-cut+local+code)
+        try:
+            parse_variant(name)
+        except ValueError as err:
+            raise BadInput(f"--strategies: {err}") from None
     if len(set(names)) != len(names):
         raise BadInput(f"--strategies names a strategy twice: {text}")
     return names
@@ -70,7 +76,9 @@ def canonical_command(suite, strategies, budget, seeds, limit, model, alpha, q, 
 @click.command()
 @click.argument("suite")
 @click.option("--strategies", default=",".join(STRATEGIES), show_default=True,
-              help="Comma-separated strategies to compare.")
+              help="Comma-separated strategies to compare; a cut strategy may carry options: "
+              "+local or +mixed (moves), +code (cut weights), +restartP (restart share P), "
+              "e.g. entropy-cut+local+code.")
 @click.option("--budget-tokens", type=int, default=600, show_default=True,
               help="Decode tokens per cell (accepted or not), the same for every strategy.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
@@ -98,8 +106,9 @@ def bench(suite, strategies, budget_tokens, seeds, limit, model, workers, thread
     """Run `fix` on every repository of SUITE with every strategy and seed at the same budget.
 
     SUITE is `fixtures` (our repositories), `humaneval-bugs` (HumanEval canonical solutions with
-    one verified mutation each, built on first use and cached under --out) or a directory whose
-    subdirectories are repositories. Finished cells are stored under --out as they finish: a
+    one verified mutation each, built on first use and cached under --out), `real-repos` (single-
+    token bugs in 11 real projects from pinned PyPI sdists, tested by their own suites, built on
+    first use) or a directory whose subdirectories are repositories. Finished cells are stored under --out as they finish: a
     rerun skips them. Writes cells.json, results.md and fix_rate.png under --out.
 
     \b

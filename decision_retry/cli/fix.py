@@ -74,6 +74,15 @@ def span_listener(otlp: str | None):
               help="Uniform share of the entropy-cut distribution.")
 @click.option("--tries", type=click.IntRange(min=1), default=4, show_default=True,
               help="egps: tries drawn in one batch per rewind.")
+@click.option("--move", type=click.Choice(["suffix", "local", "mixed"]), default="suffix",
+              show_default=True, help="What a rewind regenerates: suffix (the rest of the reply), "
+              "local (to the end of the cut line; the rest kept and rescored; patch protocol), "
+              "or mixed (each rewind local or suffix, half and half).")
+@click.option("--restart-share", type=finite(0, 1), default=0.0, show_default=True,
+              help="Probability that a rewind starts over from the prompt instead (MH-accepted).")
+@click.option("--cut-weights", type=click.Choice(["entropy", "code"]), default="entropy",
+              show_default=True, help="entropy: cut where entropy jumps; code: the same, with "
+              "docstrings/comments weighted down and the defined function name up.")
 @click.option("--test-cmd", default="python -m pytest -x -q", show_default=True,
               help="Command that runs the tests in the repository root; a leading `python` is "
               "the interpreter decision-retry runs in.")
@@ -100,7 +109,7 @@ def span_listener(otlp: str | None):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @home_option
 def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposal_temperature,
-        verifier_weight, eps, tries, test_cmd, test_timeout, protocol, apply_fix, otlp, sandbox,
+        verifier_weight, eps, tries, move, restart_share, cut_weights, test_cmd, test_timeout, protocol, apply_fix, otlp, sandbox,
         pass_env, resume_ref, threads, as_json, home) -> None:
     """Fix the failing tests of the git repository at PATH.
 
@@ -138,7 +147,8 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
             pass_env=pass_env,
             retry=RetryConfig(strategy=strategy, alpha=alpha,
                               proposal_temperature=proposal_temperature,
-                              verifier_weight=verifier_weight, cut=CutRule(eps=eps), tries=tries),
+                              verifier_weight=verifier_weight, cut=CutRule(eps=eps), tries=tries,
+                              move=move, restart_share=restart_share, cut_weights=cut_weights),
         )
     except ValidationError as err:  # a combination the option types alone do not catch
         first = err.errors()[0]

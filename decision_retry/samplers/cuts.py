@@ -6,6 +6,9 @@ c(t | x) = (1 - eps) * w_t / Z(x) + eps / L(x), where w_t is a function of the e
 * "entropy-jump":  w_t = max(0, H_t - H_{t-1}) ** beta, with H_{-1} = 0;
 * "softmax":       w_t = exp(H_t / tau).
 
+An optional per-position `scale` multiplies w_t (e.g. code vs docstring, samplers/codeweights.py);
+it must be a function of the sequence, computed for x and for x' alike.
+
 H_t is the entropy of p(. | prefix_<t), so it depends on the prefix only: a proposal that keeps
 x_<t has the same w_0..w_t, but different later weights and a different Z. The reverse move
 therefore needs c(t | x') computed on the proposal's own entropies (see `mh.py`).
@@ -34,28 +37,31 @@ class CutRule(BaseModel):
     eps: float = Field(0.1, ge=0, le=1)
 
 
-def weights(entropies: Sequence[float], rule: CutRule) -> list[float]:
-    """Unnormalised w_t for t = 0..L-1."""
+def weights(entropies: Sequence[float], rule: CutRule,
+            scale: Sequence[float] | None = None) -> list[float]:
+    """Unnormalised w_t for t = 0..L-1 (times scale_t when given)."""
     if rule.kind == "uniform":
-        return [1.0] * len(entropies)
-    if rule.kind == "softmax":
+        out = [1.0] * len(entropies)
+    elif rule.kind == "softmax":
         m = max(entropies)
-        return [math.exp((h - m) / rule.tau) for h in entropies]
-    prev, out = 0.0, []
-    for h in entropies:
-        out.append(max(0.0, h - prev) ** rule.beta)
-        prev = h
-    return out
+        out = [math.exp((h - m) / rule.tau) for h in entropies]
+    else:
+        prev, out = 0.0, []
+        for h in entropies:
+            out.append(max(0.0, h - prev) ** rule.beta)
+            prev = h
+    return out if scale is None else [w * s for w, s in zip(out, scale)]
 
 
-def log_probs(entropies: Sequence[float], rule: CutRule) -> list[float]:
+def log_probs(entropies: Sequence[float], rule: CutRule,
+              scale: Sequence[float] | None = None) -> list[float]:
     """log c(t | x) for every position t of a sequence with these entropies."""
     n = len(entropies)
     if n == 0:
         return []
-    w = weights(entropies, rule)
+    w = weights(entropies, rule, scale)
     z = sum(w)
-    if z <= 0 or rule.kind == "uniform":
+    if z <= 0 or (rule.kind == "uniform" and scale is None):
         return [-math.log(n)] * n
     eps = rule.eps
     return [
@@ -64,14 +70,16 @@ def log_probs(entropies: Sequence[float], rule: CutRule) -> list[float]:
     ]
 
 
-def log_prob(entropies: Sequence[float], t: int, rule: CutRule) -> float:
+def log_prob(entropies: Sequence[float], t: int, rule: CutRule,
+             scale: Sequence[float] | None = None) -> float:
     """log c(t | x) for one position."""
-    return log_probs(entropies, rule)[t]
+    return log_probs(entropies, rule, scale)[t]
 
 
-def draw(entropies: Sequence[float], rule: CutRule, generator: torch.Generator) -> int:
+def draw(entropies: Sequence[float], rule: CutRule, generator: torch.Generator,
+         scale: Sequence[float] | None = None) -> int:
     """t ~ c(. | x)."""
-    lp = torch.tensor(log_probs(entropies, rule), dtype=torch.float64)
+    lp = torch.tensor(log_probs(entropies, rule, scale), dtype=torch.float64)
     return int(torch.multinomial(lp.exp(), 1, generator=generator))
 
 

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from decision_retry.agent.testrun import run_tests
-from decision_retry.bench.harness import CELLS_FILE, BenchConfig, load_cells, run_bench
-from decision_retry.bench.report import summarize, wilson, write_report
+from decision_retry.bench.harness import CELLS_FILE, BenchConfig, Cell, load_cells, run_bench
+from decision_retry.bench.report import paired, sign_test, summarize, wilson, write_report
 from decision_retry.bench.suites import (
     KINDS,
     candidates,
@@ -132,6 +132,9 @@ def test_the_cli_resumes_and_reports(finished, script, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--strategies", "entropy-cut,nope"], "unknown strategy 'nope'"),
+    (["--strategies", "entropy-cut+sideways"], "unknown option +sideways"),
+    (["--strategies", "restart+local"], "options apply to entropy-cut"),
+    (["--strategies", "entropy-cut+restart2"], "the share must be in [0, 1]"),
     (["--seeds", "0,x"], "--seeds must be comma-separated integers"),
     (["--budget-tokens", "0"], "--budget-tokens must be > 0"),
     (["--workers", "-1"], "--workers must be > 0"),
@@ -218,3 +221,22 @@ def test_humaneval_mutants_fail_and_canonical_passes(tmp_path):
     index = (tmp_path / "he" / "index.json").read_text()
     assert humaneval_bugs(tmp_path / "he", problems=problems) == cases
     assert (tmp_path / "he" / "index.json").read_text() == index
+
+
+def test_paired_counts_only_cells_whose_first_attempt_failed_with_a_sign_test():
+    """The first attempt is shared by every strategy at one seed: cells it solved decide
+    nothing, so they leave the paired comparison; the p value is the exact sign test's."""
+    cells = [Cell(repo="a", strategy=s, seed=0, fixed=True, attempts=1) for s in ("x", "restart")]
+    for i in range(6):  # x fixes six that restart misses, after a failed first attempt
+        cells += [Cell(repo=f"r{i}", strategy="x", seed=0, fixed=True, attempts=3),
+                  Cell(repo=f"r{i}", strategy="restart", seed=0, fixed=False, attempts=5)]
+    (line,) = paired(cells, ["x", "restart"], "restart")
+    assert "fixed 6 that restart did not, missed 0" in line and "6 paired cells" in line
+    assert "p = 0.0312" in line  # 2 / 2**6
+    assert sign_test(3, 5) == pytest.approx(0.7265625) and sign_test(0, 0) == 1.0
+
+
+def test_a_strategy_variant_carries_its_options():
+    cfg = BenchConfig(suite="fixtures", strategies=("entropy-cut+local+code",), seeds=(0,))
+    retry = cfg.fix_config("entropy-cut+local+code", 0).retry
+    assert (retry.strategy, retry.move, retry.cut_weights) == ("entropy-cut", "local", "code")
