@@ -32,7 +32,7 @@ from decision_retry.agent.testrun import run_tests
 from decision_retry.bench.suites import KINDS, Case, _parses, mutation_sites
 from decision_retry.errors import BadInput
 
-BUILD_VERSION = 1  # bump when projects or mutation rules change: cached suites are rebuilt
+BUILD_VERSION = 2  # bump when projects or mutation rules change: cached suites are rebuilt
 PER_PROJECT = 3
 MAX_TRIES = 14  # mutants tried per project
 MAX_LINES = 80  # functions longer than this are not mutated (still shown, still ranked)
@@ -172,7 +172,8 @@ def build_from(project: Project, src: Path, root: Path, *, per_project: int = PE
         narrow = run_tests([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
                             *opts, *killers], case, 300)
         full = run_tests(project.test_cmd, case, 600) if not narrow.ok else narrow
-        if narrow.ok or full.ok or full.timed_out or full.no_tests:
+        if narrow.ok or full.ok or full.timed_out or full.no_tests or not full.failing_tests:
+            # (no failing test named: a hang or a crash of the whole run, not a test failure)
             shutil.rmtree(case, ignore_errors=True)
             say(f"real-repos: {name}: {m.kind} at {rel}:{m.line} survives; next")
             continue
