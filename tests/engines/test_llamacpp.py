@@ -10,6 +10,8 @@ Tolerances, measured on this build (xllamacpp 2026.10.11549, x86-64 AVX2, 1 thre
 import ctypes
 import importlib.metadata
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -187,6 +189,26 @@ def test_running_out_of_kv_cells_evicts_idle_states_instead_of_failing(smol_path
     assert small.memory.evictions > 0  # 8 states x ~45 cells > 256, with 16 ids to spare
     first = lm.extend(states[0], s, gen(1))  # evicted long ago: re-prefilled transparently
     assert len(first.tokens) > len(states[0].tokens)
+
+
+EXIT_IN_A_CYCLE = """
+import sys, torch
+from decision_retry.engines.llamacpp import LlamaCppBackend
+from decision_retry.lm import LM, Sampling
+lm = LM(LlamaCppBackend(sys.argv[1], threads=1, n_ctx=512))
+out = lm.extend(lm.prefill("hi"), Sampling(max_new_tokens=2), torch.Generator().manual_seed(0))
+cycle = {"lm": lm, "states": [out, lm.fork(out, 1)]}
+cycle["self"] = cycle  # the engine and its states die together, in the collector, at exit
+del lm, out
+print("ok")
+"""
+
+
+def test_exiting_while_states_and_engine_are_in_a_reference_cycle_is_clean(smol_path):
+    # the collector may finalize the context before the rows that still name its sequences
+    run = subprocess.run([sys.executable, "-c", EXIT_IN_A_CYCLE, str(smol_path)],
+                         capture_output=True, text=True, timeout=600)
+    assert (run.returncode, run.stdout, run.stderr) == (0, "ok\n", "")
 
 
 # -- the same GGUF on transformers (dequantised) ----------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from decision_retry.engines.llamacpp import lib as L
-from decision_retry.engines.llamacpp.memory import SMALL, Memory, Model, Row
+from decision_retry.engines.llamacpp.memory import SMALL, Memory, Row, load_model
 from decision_retry.engines.llamacpp.text import Vocab
 from decision_retry.errors import ModelLoadError
 
@@ -57,22 +57,23 @@ class LlamaCppBackend:
             raise ModelLoadError(f"model file not found: {path}")
         torch.set_num_threads(threads)  # the sampling ops in decision_retry.lm run in torch
         self.lib = lib = L.load()
-        model = Model(str(path))
-        self.vocab = Vocab(lib, model.ptr)
+        model = load_model(str(path))
+        self.vocab = Vocab(lib, model)
         self.n_vocab = self.vocab.n_vocab
         self.eos_ids = self.vocab.eog_ids()
         train = self.vocab.meta_int("context_length")
         n_ctx = n_ctx or min(DEFAULT_N_CTX, train or DEFAULT_N_CTX)
 
-        # 1) the context: a unified KV cache over n_ctx cells shared by n_seq_max sequences
+        # the context: a unified KV cache over n_ctx cells shared by n_seq_max sequences
         p = lib.llama_context_default_params()
         p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = n_ctx, N_BATCH, N_BATCH, n_seq_max
         p.n_outputs_max = max(SMALL, n_seq_max)  # logits rows per decode: B rows, or a score chunk
         p.n_outputs_max_per_seq = SMALL
         p.n_threads = p.n_threads_batch = threads
         p.kv_unified, p.no_perf = True, True
-        ctx = lib.llama_init_from_model(model.ptr, p)
+        ctx = lib.llama_init_from_model(model, p)
         if not ctx:
+            lib.llama_model_free(model)
             raise ModelLoadError(f"llama.cpp could not create a context (n_ctx={n_ctx}) for {path}")
         self.memory = Memory(model, ctx, n_seq=lib.llama_n_seq_max(ctx), n_batch=N_BATCH)
         self.n_ctx, self.threads = lib.llama_n_ctx(ctx), threads

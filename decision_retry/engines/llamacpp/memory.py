@@ -40,22 +40,17 @@ class Row:
             self._memory.release(self)
 
 
-class Model:
-    """Owns a loaded `llama_model *` and frees it when the last context using it is gone."""
-
-    def __init__(self, path: str) -> None:
-        self.lib = L.load()
-        params = self.lib.llama_model_default_params()
-        params.n_gpu_layers = 0  # CPU only: the pinned wheel is a CPU build
-        L.last_error()  # forget errors logged before this load
-        self.ptr = self.lib.llama_model_load_from_file(path.encode(), params)
-        if not self.ptr:
-            why = L.last_error() or "not a GGUF model llama.cpp supports"
-            raise ModelLoadError(f"cannot load model {path} with llama.cpp: {why}")
-
-    def __del__(self) -> None:
-        if getattr(self, "ptr", None):
-            self.lib.llama_model_free(self.ptr)
+def load_model(path: str) -> int:
+    """A `llama_model *` for a GGUF file (freed by the `Memory` that takes it)."""
+    lib = L.load()
+    params = lib.llama_model_default_params()
+    params.n_gpu_layers = 0  # CPU only: the pinned wheel is a CPU build
+    L.last_error()  # forget errors logged before this load
+    ptr = lib.llama_model_load_from_file(path.encode(), params)
+    if not ptr:
+        why = L.last_error() or "not a GGUF model llama.cpp supports"
+        raise ModelLoadError(f"cannot load model {path} with llama.cpp: {why}")
+    return ptr
 
 
 class ContextFull(DecisionRetryError):
@@ -66,9 +61,9 @@ class ContextFull(DecisionRetryError):
 class Memory:
     """Sequence ids, KV cells and the decode batch of one context."""
 
-    def __init__(self, model: "Model", ctx: int, n_seq: int, n_batch: int) -> None:
+    def __init__(self, model: int, ctx: int, n_seq: int, n_batch: int) -> None:
         self.lib = L.load()
-        self.model = model  # freed after this context: every row holds the memory, it the model
+        self.model = model  # the llama_model * and the llama_context * this memory frees
         self.ctx, self.mem = ctx, self.lib.llama_get_memory(ctx)
         self.seqs = SeqIds(n_seq)
         self.n_batch = n_batch
@@ -88,8 +83,16 @@ class Memory:
         self._logits = (ctypes.c_int8 * n_batch)()
         self._batch = L.Batch(0, self._token, None, self._pos, self._nseq, self._seqp, self._logits)
 
-    def __del__(self) -> None:
-        self.lib.llama_free(self.ctx)
+    def close(self) -> None:
+        """Free the context, then the model. Every row holds this memory, so this runs after
+        the last row is gone, except in a cyclic garbage collection (e.g. at exit), which may
+        finalize the memory first: rows released after that find `ctx` None and do nothing."""
+        if self.ctx is not None:
+            self.lib.llama_free(self.ctx)
+            self.lib.llama_model_free(self.model)
+            self.ctx = self.mem = self.model = None
+
+    __del__ = close
 
     # -- rows ------------------------------------------------------------------------------
     def row(self, ids: Sequence[int], bulk: int = 0) -> Row:
@@ -113,6 +116,8 @@ class Memory:
     def release(self, row: Row) -> None:
         """Remove the row's cells and return its id (the row keeps its token ids)."""
         seq, row.seq = row.seq, None
+        if self.ctx is None:  # the context is gone already (see `close`)
+            return
         self.lib.llama_memory_seq_rm(self.mem, seq, -1, -1)
         self.live.pop(seq, None)
         self.seqs.give(seq)
