@@ -39,7 +39,8 @@ def test_bench_cells_are_spread_over_two_servers(replicas, tmp_path):
         shutil.copytree(ROOT / "fixtures" / name, suite / name)
     r = subprocess.run(
         [*CLI, "bench", str(suite), "--strategies", "restart", "--seeds", "0,1",
-         "--budget-tokens", "120", "--max-attempts", "2", "--model", f"{a.url},{b.url}",
+         "--budget-tokens", "120", "--max-attempts", "2", "--test-timeout", "600",
+         "--model", f"{a.url},{b.url}",
          "--out", str(out)],
         check=False, capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stderr[-2000:]

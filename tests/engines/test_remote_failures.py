@@ -184,6 +184,7 @@ def test_server_dies_mid_run_stops_cleanly_with_the_trace_intact(tmp_path):
         proc = subprocess.Popen(
             [*CLI, "fix", str(repo), "--model", doomed.url + "?retries=1", "--seed", "0",
              "--proposal-temperature", "0.7", "--budget-tokens", "2000", "--max-attempts", "10",
+             "--test-timeout", "600",
              "--home", str(home)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env={**os.environ, "DECISION_RETRY_API_KEY": SECRET})

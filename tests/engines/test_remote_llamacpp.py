@@ -196,7 +196,8 @@ def test_fix_a_fixture_through_the_server(server, tmp_path):
         subprocess.run(["git", *args], cwd=repo, check=True)
     home = tmp_path / "home"
     r = run(["fix", str(repo), "--model", server.url, "--proposal-temperature", "0.7",
-             "--budget-tokens", "600", "--seed", "0", "--home", str(home), "--json"])
+             "--budget-tokens", "600", "--seed", "0", "--test-timeout", "600", "--home", str(home),
+             "--json"])
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout)
     assert result["fixed"] and "+ 32" in result["diff"]

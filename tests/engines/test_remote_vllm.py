@@ -166,7 +166,8 @@ def test_fix_a_fixture_through_vllm(server, tmp_path):
         subprocess.run(["git", *args], cwd=repo, check=True)
     home = tmp_path / "home"
     r = subprocess.run([*CLI, "fix", str(repo), "--model", server, "--proposal-temperature", "0.7",
-                        "--budget-tokens", "600", "--seed", "0", "--home", str(home), "--json"],
+                        "--budget-tokens", "600", "--seed", "0", "--test-timeout", "600",
+                        "--home", str(home), "--json"],
                        check=False, capture_output=True, text=True, timeout=3000)
     assert r.returncode == 0, r.stderr[-2000:]  # measured: fixed after 6 attempts, 204 tokens
     result = json.loads(r.stdout)
