@@ -126,6 +126,12 @@ def test_restart_moves_start_over_inside_the_chain(tmp_path):
 def test_local_moves_need_the_patch_protocol_and_a_single_try_strategy():
     with pytest.raises(ValueError, match="single-try"):
         RetryConfig(strategy="egps", move="local")
+    from decision_retry.agent import definitions
+    from decision_retry.agent.graph import FixAgent
+    from decision_retry.agent.protocols import ToolsProtocol
+
     cfg = FixConfig(protocol="tools", retry=RetryConfig(move="local"))
+    tools = ToolsProtocol(definitions.load("tools"), task=None)
     with pytest.raises(BadInput, match="--protocol patch"):
-        fix(FIXTURES / "units", cfg, lm=scripted_lm(UNITS_LOCAL))
+        FixAgent(lm=scripted_lm(UNITS_LOCAL), ws=None, recorder=None, protocol=tools, config=cfg,
+                 base_sha="", generator=torch.Generator())
