@@ -13,6 +13,7 @@ Routers are pure functions of the state. One loop serves every strategy (retry.p
 from __future__ import annotations
 
 import operator
+import sys
 from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal, TypedDict
 
@@ -288,8 +289,10 @@ class FixAgent:
             rec, why = state["rejected"]
             step.append(rec)
             self._tried(current).append(cut)
+            fields = rec.model_dump(exclude={"tries"})
+            fields["log_accept"] = -sys.float_info.max  # -inf: the store keeps finite numbers
             self.recorder.record_mh_step(current=current.branch, proposal=None, cut_turn=cut.turn,
-                                         **rec.model_dump(exclude={"tries"}))
+                                         **fields)
             new_current = current
             if self.rewinds:
                 self.rewinds[-1]["accepted"] = False
