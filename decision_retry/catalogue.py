@@ -25,7 +25,8 @@ from pathlib import Path
 
 from decision_retry.errors import ModelLoadError
 
-DEFAULT = "smollm2-135m"
+# The default `--model`: the strongest model for which `make demo` fits in 3 minutes (README).
+DEFAULT = "qwen2.5-coder-1.5b"
 CACHE_ENV = "DECISION_RETRY_MODELS"
 CATALOGUE_ENV = "DECISION_RETRY_CATALOGUE"
 CHUNK_GLOB = "*/data/part*.bin"  # one chunk per wheel: <package>/data/partNN.bin, NN from 01

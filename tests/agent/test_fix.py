@@ -197,7 +197,7 @@ def test_embedded_model_end_to_end(tmp_path, store):
     before = repo_state(repo)
     cfg = FixConfig(retry=RetryConfig(proposal_temperature=0.7), seed=0, budget_tokens=160,
                     max_attempts=3)
-    result = fix(repo, cfg, lm=load_lm(), store=store)
+    result = fix(repo, cfg, lm=load_lm("smollm2-135m"), store=store)
     tree = store.load(result.run_id)
     assert tree.turns and all(t.tokens for t in tree.turns)
     assert any(tok.entropy > 0.5 for t in tree.turns for tok in t.tokens)
@@ -205,3 +205,21 @@ def test_embedded_model_end_to_end(tmp_path, store):
     if not result.fixed:
         assert result.attempts >= 2 and result.rewinds  # it rewound at least once
     assert repo_state(repo) == before
+
+
+@pytest.mark.slow
+def test_default_model_fixes_the_demo_bug(tmp_path, store):
+    """The catalogue's default model, on llama.cpp, fixes `make demo`'s bug end to end."""
+    from decision_retry import catalogue
+    from decision_retry.loading import load_lm
+
+    repo = fixture_repo(tmp_path, "units")
+    before = repo_state(repo)
+    cfg = FixConfig(retry=RetryConfig(proposal_temperature=0.7), seed=0, budget_tokens=300,
+                    max_attempts=4)
+    lm = load_lm()
+    assert lm.name == catalogue.entry(catalogue.DEFAULT).title
+    result = fix(repo, cfg, lm=lm, store=store)
+    assert result.fixed, result
+    assert "celsius * 9 / 5 + 32" in result.diff
+    assert repo_state(repo) == before  # the fix is on its branch; the checkout is untouched
