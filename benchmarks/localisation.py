@@ -6,7 +6,8 @@ one first attempt from the model at the proposal temperature; when the reply con
 line and not the canonical one, it *reproduces the bug*, and for that reply every cut rule gives a
 distribution c(t | x) over the reply's tokens (the closing stop token's entropy zeroed, as the
 agent does). Reported per rule: the mass on the bug token and on its line, and the bug token's
-rank by weight (1 = the rule's top choice; ties count for the bug).
+rank by weight (1 = the rule's top choice; tied tokens count half, so uniform ranks
+(L + 1) / 2).
 
 Rules (eps = 0.1 uniform share everywhere, as the samplers use):
   uniform        1 / L;
@@ -147,7 +148,8 @@ def one_case(lm, defn, case, seed: int, temperature: float) -> dict:
         w = weights(rule, ent, logp, logp_b, texts)
         p = distribution(w)
         out[rule] = {"mass": p[bug], "line_mass": sum(p[i] for i in line),
-                     "rank": 1 + sum(1 for v in w if v > w[bug])}
+                     "rank": 1 + sum(1 for v in w if v > w[bug])
+                     + 0.5 * (sum(1 for v in w if v == w[bug]) - 1)}  # ties: half count
     out["H_bug"], out["surprise_bug"] = ent[bug], -logp_b[bug]
     return out
 
