@@ -74,6 +74,15 @@ def test_one_decode_gives_finite_logits_of_the_vocabulary_size(backend):
         assert logits.shape == (1, backend.n_vocab) == (1, 49152) and logits.dtype == torch.float32
         assert torch.isfinite(logits).all() and logits.std() > 1.0
         assert len(cache) == len(prefix) + 1
+    # a fork shares cells [0, n) under a new sequence id; the source keeps all of its own
+    cache = backend.prefill(ids[:-1])
+    fork = backend.slice(cache, 3)
+    pos_max = L.load().llama_memory_seq_pos_max
+    src, dst = cache.rows[0].seq, fork.rows[0].seq
+    assert src != dst and pos_max(backend.memory.mem, dst) == 2
+    assert pos_max(backend.memory.mem, src) == len(ids) - 2
+    del fork
+    assert pos_max(backend.memory.mem, dst) == -1  # dropped: its sequence is empty again
     assert backend.eos_ids and all(0 <= i < backend.n_vocab for i in backend.eos_ids)
     assert backend.encode_text("<|im_end|>")[0] != min(backend.eos_ids)  # plain text: no specials
     assert "<|im_end|>" in [backend.decode([i]) for i in backend.eos_ids]

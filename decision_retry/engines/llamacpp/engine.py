@@ -93,9 +93,7 @@ class LlamaCppBackend:
 
     # -- cache -----------------------------------------------------------------------------
     def prefill(self, ids: Sequence[int]) -> LlamaCache:
-        row = self.memory.row(ids, bulk=len(ids))
-        self.memory.ready([row])  # takes a sequence id and decodes ids in large chunks, no logits
-        return LlamaCache([row])
+        return LlamaCache([self.memory.prefill(ids)])
 
     def forward(self, cache: LlamaCache, ids: torch.Tensor) -> torch.Tensor:
         rows, toks = cache.rows, ids.tolist()

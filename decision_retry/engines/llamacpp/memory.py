@@ -101,6 +101,19 @@ class Memory:
         self._touch(row)
         return row
 
+    def prefill(self, ids: Sequence[int]) -> Row:
+        """A new row over `ids`, computed now: the longest prefix a live row holds is shared
+        (a prompt that starts like another costs only its own tail), the rest decoded in n_batch
+        chunks, with no logits."""
+        row = self.row(ids, bulk=len(ids))
+        self._give_seq(row, pinned=(row,))
+        donor, n = self._longest_prefix(row)
+        if n:
+            self.lib.llama_memory_seq_cp(self.mem, donor.seq, row.seq, 0, n)
+        self.feed([row] * (len(row.ids) - n), row.ids[n:], range(n, len(row.ids)), chunk=self.n_batch,
+                  pinned=(row,))
+        return row
+
     def fork(self, src: Row, n: int) -> Row:
         """A new row over src.ids[:n], sharing src's KV cells (no recompute); src stays usable."""
         if not 0 <= n <= len(src.ids):
@@ -123,14 +136,17 @@ class Memory:
         self.seqs.give(seq)
 
     def ready(self, rows: Sequence[Row]) -> None:
-        """Give every row a sequence holding its ids, (re-)prefilling those without one: the
-        longest prefix a live row holds is copied, the rest decoded in the chunks it first was."""
+        """Give every row a sequence holding its ids, re-prefilling evicted ones: the longest
+        prefix a live row holds is copied, the rest decoded in the chunks it first was (so the
+        cells come out bitwise equal, unless its first prefill shared a prefix that is gone)."""
         for row in rows:
             self._touch(row)
         for row in rows:
             if row.seq is None:
                 self._give_seq(row, pinned=rows)
                 donor, n = self._longest_prefix(row)
+                if n < row.bulk:  # recompute the prompt in the same n_batch chunks as at first
+                    n -= n % self.n_batch
                 if n:
                     self.lib.llama_memory_seq_cp(self.mem, donor.seq, row.seq, 0, n)
                 for start, stop, chunk in ((n, row.bulk, self.n_batch), (max(n, row.bulk), len(row.ids), SMALL)):
@@ -197,7 +213,7 @@ class Memory:
         return True
 
     def _longest_prefix(self, row: Row) -> tuple[Row | None, int]:
-        """The live row sharing the longest prefix of row.ids (at most len - 0), and its length."""
+        """The live row sharing the longest prefix of row.ids, and the length of that prefix."""
         best, best_n = None, 0
         for ref in list(self.live.values()):
             other = ref()
