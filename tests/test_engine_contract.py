@@ -3,10 +3,11 @@
 * torch: a tiny Llama built from a config (transformers, `DynamicCache` forks);
 * llama.cpp: SmolLM2-135M Q4_1 in process (sequence-id forks in a unified KV cache).
 
-Tolerances: on torch, batched and single rows agree to ~1e-6 (fp32, same kernels). On llama.cpp a
-row's logits depend slightly on which other rows share its batch (the quantised matmul kernels
-tile the batch differently): measured differences in logp are at most a few 1e-4 nats on SmolLM2
-(see docs/benchmarks.md, "engine tolerances"); BATCH_TOL is set a little above that.
+Tolerances: on torch, batched and single rows agree to ~1e-6 (fp32, same kernels). On llama.cpp
+the measured differences are 0.0: the engine feeds every decode in chunks of at most 32 tokens,
+because this build switches to another CPU kernel at 64 tokens and more (logits then differ by up
+to 1.2 nats), and 1-62-token decodes are bitwise equal (engines/llamacpp/memory.py). Both engines
+get the same 1e-4 nats.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from decision_retry.sampling import child_generators
 from .conftest import gen
 
 PROMPT = "def add(a, b):"
-TOL = {"torch": 1e-4, "llamacpp": 2e-3}
-BATCH_TOL = {"torch": 1e-4, "llamacpp": 5e-3}
+TOL = {"torch": 1e-4, "llamacpp": 1e-4}
+BATCH_TOL = TOL
 
 
 @pytest.fixture(scope="module", params=["torch", "llamacpp"])
