@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -48,41 +45,19 @@ PROMPT = (
 )
 SEED = 0
 
-_SERVER = """
-import sys, time, xllamacpp as x
-p = x.CommonParams()
-p.model.path = sys.argv[1]
-p.cpuparams.n_threads = p.cpuparams_batch.n_threads = int(sys.argv[2])
-p.n_parallel, p.n_ctx, p.warmup, p.port = 1, 4096, False, int(sys.argv[3])
-s = x.Server(p)
-print(s.listening_address, flush=True)
-while True:
-    time.sleep(3600)
-"""
-
-
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
 # -- the server --------------------------------------------------------------------------------
 class Server:
-    """llama.cpp's own server in a child process, on 127.0.0.1."""
+    """llama.cpp's own server (`decision_retry.engines.remote.serve.LocalServer`): one slot."""
 
     def __init__(self, path: Path, threads: int) -> None:
-        import socket
+        from decision_retry.engines.remote.serve import LocalServer
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env = dict(os.environ, LLAMA_LOG_VERBOSITY="0")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVER, str(path), str(threads), str(port)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-        )
-        self.url = self.proc.stdout.readline().strip().rstrip("/")
-        if not self.url.startswith("http"):
-            raise RuntimeError("llama.cpp server did not start")
+        self.local = LocalServer(str(path), parallel=1, threads=threads).start()
+        self.url = f"http://127.0.0.1:{self.local.port}"
 
     def complete(self, prompt: list[int], n: int) -> dict:
         body = {"prompt": prompt, "n_predict": n, "temperature": 1.0, "seed": SEED,
@@ -96,8 +71,7 @@ class Server:
                 "wall_tps": t["predicted_n"] / seconds, "s": round(seconds, 3)}
 
     def close(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
+        self.local.stop()
 
 
 # -- our loop ---------------------------------------------------------------------------------
