@@ -4,10 +4,17 @@ Cells run in worker processes (each loads the model once) and are appended to `c
 the output directory as they finish, so an interrupted benchmark resumes where it stopped: a rerun
 skips every stored cell (cells that crashed are tried again). Every cell's trace goes to the trace
 store under `<out>/traces`, so `decision-retry logs list --home <out>/traces` lists them.
+
+The first attempt is the same for every strategy at one seed (same generator, same prompt; only
+what happens after a failure differs), so a worker runs the cells of one (repo, seed) together:
+when the first strategy's cell passes on its first attempt, the other strategies' cells are that
+cell (`shared_first`), not reruns of it. `first_sha` (the first attempt's diff, hashed) lets the
+report check the premise on every group whose first attempt failed, where all strategies run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -49,6 +56,7 @@ class BenchConfig(BaseModel):
     test_timeout: float = Field(30.0, gt=0)
     workers: int = Field(default_factory=default_workers, ge=1)
     threads: int | None = Field(None, ge=1, description="torch threads per worker")
+    share_first: bool = Field(True, description="reuse a first attempt that passed across strategies")
 
     def shared(self) -> dict:
         """The settings a stored cell depends on: a rerun must match them to reuse cells."""
@@ -86,6 +94,8 @@ class Cell(BaseModel):
     distinct_patches: int = 0  # different non-empty diffs among all attempts
     wall_s: float = 0.0
     run_id: str | None = None
+    first_sha: str | None = None  # sha256 of the first attempt's diff (the same for every strategy)
+    shared_first: bool = False  # copied from the first strategy's cell: its first attempt passed
     error: str | None = None
     error_kind: str | None = None  # "bad-input" (the repo cannot be run) or "crash" (retried)
 
@@ -144,10 +154,37 @@ def _change(store, run_id: str) -> dict:
     tree = store.load(run_id)
     changes = compare_all(tree)
     patches = {b.final_diff for b in tree.branches if b.final_diff}
-    out = {"retries": len(changes), "distinct_patches": len(patches)}
+    first = tree.branches[0].final_diff if tree.branches else None
+    out = {"retries": len(changes), "distinct_patches": len(patches),
+           "first_sha": hashlib.sha256((first or "").encode()).hexdigest()[:16]}
     if changes:
         out["changed_strategy"] = sum(c.changed_strategy for c in changes) / len(changes)
         out["relative_distance"] = sum(c.relative_distance for c in changes) / len(changes)
+    return out
+
+
+def first_passed(cell: Cell) -> bool:
+    return cell.error is None and cell.fixed and cell.attempts == 1
+
+
+def shared_copy(cell: Cell, strategy: str) -> Cell:
+    """`cell`'s result under another strategy: the same first attempt, which passed."""
+    return cell.model_copy(update={"strategy": strategy, "shared_first": True})
+
+
+def run_group(job: tuple[Case, int, tuple[str, ...], BenchConfig, Cell | None]) -> list[Cell]:
+    """The missing cells of one (repo, seed), strategy by strategy; once one passes on its first
+    attempt (or `known` did), the rest are copies of it (BenchConfig.share_first)."""
+    case, seed, strategies, cfg, known = job
+    out: list[Cell] = []
+    for s in strategies:
+        if known is not None and cfg.share_first and first_passed(known):
+            out.append(shared_copy(known, s))
+            continue
+        cell = run_cell((case, s, seed, cfg))
+        out.append(cell)
+        if known is None and first_passed(cell):
+            known = cell
     return out
 
 
@@ -211,6 +248,22 @@ def plan(cases: Sequence[Case], cfg: BenchConfig) -> list[tuple[Case, str, int]]
     return [(c, s, seed) for seed in cfg.seeds for c in cases for s in cfg.strategies]
 
 
+def groups(cells: Sequence[tuple[Case, str, int]], stored: dict, cfg: BenchConfig) -> list[tuple]:
+    """The jobs of `run_group`: per (repo, seed), in plan order, the strategies not stored yet and
+    a stored cell whose first attempt passed (None when there is none)."""
+    by: dict[tuple[str, int], tuple[Case, list[str]]] = {}
+    for case, s, seed in cells:
+        by.setdefault((case.name, seed), (case, []))[1].append(s)
+    jobs = []
+    for (name, seed), (case, strategies) in by.items():
+        mine = [stored.get((name, s, seed)) for s in strategies]
+        known = next((c for c in mine if c is not None and first_passed(c)), None)
+        missing = tuple(s for s, c in zip(strategies, mine) if c is None)
+        if missing:
+            jobs.append((case, seed, missing, cfg, known))
+    return jobs
+
+
 def run_bench(cases: Sequence[Case], cfg: BenchConfig, out: str | Path, *,
               on_cell: Callable[[Cell, int, int], None] | None = None) -> list[Cell]:
     """Run every cell not stored yet; return all cells of this plan (stored and new), in plan order.
@@ -221,33 +274,35 @@ def run_bench(cases: Sequence[Case], cfg: BenchConfig, out: str | Path, *,
     check_out_dir(out, cfg)
     stored = {k: c for k, c in load_cells(out).items() if c.error_kind != "crash"}
     cells = plan(cases, cfg)
-    todo = [(case, s, seed, cfg) for case, s, seed in cells if (case.name, s, seed) not in stored]
-    done, total = len(cells) - len(todo), len(cells)
+    todo = groups(cells, stored, cfg)
+    done, total = len(cells) - sum(len(g[2]) for g in todo), len(cells)
     if on_cell:
         on_cell(None, done, total)
     home = str(out / "traces")
     with (out / CELLS_FILE).open("a") as sink:
-        for cell in _run(todo, cfg, home):
-            sink.write(cell.model_dump_json() + "\n")
-            sink.flush()
-            stored[cell.key] = cell
-            done += 1
-            if on_cell:
-                on_cell(cell, done, total)
+        for group in _run(todo, cfg, home):
+            for cell in group:
+                sink.write(cell.model_dump_json() + "\n")
+                sink.flush()
+                stored[cell.key] = cell
+                done += 1
+                if on_cell:
+                    on_cell(cell, done, total)
     return [stored[(case.name, s, seed)] for case, s, seed in cells]
 
 
 def _run(todo: list, cfg: BenchConfig, home: str):
-    """Finished cells, in completion order: in this process for one worker, else in a pool."""
+    """Finished groups of cells, in completion order: in this process for one worker, else in a
+    pool."""
     if not todo:
         return
-    workers = min(cfg.workers, len(todo))
+    workers = min(cfg.workers, len(todo))  # todo: run_group jobs
     threads = cfg.threads or max(1, (os.cpu_count() or 1) // workers)
     models = model_list(cfg.model)
     if workers == 1:
         _init_worker(models[0], threads, home)
         for job in todo:
-            yield run_cell(job)
+            yield run_group(job)
         return
     ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch threads or SQLite handles
     if len(models) > 1:  # replicas: worker i talks to URL i (round robin past the list's end)
@@ -259,7 +314,7 @@ def _run(todo: list, cfg: BenchConfig, home: str):
         init, args = _init_worker, (cfg.model, threads, home)
     pool = ctx.Pool(workers, initializer=init, initargs=args)
     try:
-        yield from pool.imap_unordered(run_cell, todo)
+        yield from pool.imap_unordered(run_group, todo)
         pool.close()  # all done: let the workers exit
     except BaseException:  # Ctrl-C or the caller stopped early: stop the workers now
         pool.terminate()

@@ -137,6 +137,19 @@ def first_solved(cells: Sequence[Cell]) -> set[tuple[str, int]]:
     return {(c.repo, c.seed) for c in cells if c.error is None and c.fixed and c.attempts == 1}
 
 
+def first_agreement(cells: Sequence[Cell]) -> tuple[int, int]:
+    """(pairs whose strategies' first attempts made the same diff, pairs where two or more
+    strategies ran a first attempt): the check of the premise of `shared_first`."""
+    shas: dict[tuple[str, int], set[str]] = {}
+    runs: dict[tuple[str, int], int] = {}
+    for c in cells:
+        if c.error is None and not c.shared_first and c.first_sha is not None:
+            shas.setdefault((c.repo, c.seed), set()).add(c.first_sha)
+            runs[(c.repo, c.seed)] = runs.get((c.repo, c.seed), 0) + 1
+    checked = [k for k, n in runs.items() if n > 1]
+    return sum(len(shas[k]) == 1 for k in checked), len(checked)
+
+
 def paired(cells: Sequence[Cell], strategies: Sequence[str], baseline: str) -> list[str]:
     """For each strategy, the (repo, seed) pairs it fixed and `baseline` did not, and the reverse,
     on the pairs whose first attempt failed, with the sign test's p value."""
@@ -233,8 +246,13 @@ def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
         "## Per repository (seeds fixed)", "", repo_table(cells, cfg.strategies), "",
     ]
     pairs = {(c.repo, c.seed) for c in cells if c.error is None}
+    same, checked = first_agreement(cells)
+    shared = sum(c.shared_first for c in cells)
     md += [f"First attempt solved {len(first_solved(cells))} of {len(pairs)} (repo, seed) pairs; "
-           "the paired comparisons below count only the rest.", ""]
+           "the paired comparisons below count only the rest. "
+           f"{shared} cells are copies of a first attempt that passed (`shared_first`). "
+           f"Where every strategy ran its own first attempt, they made the same diff in {same} of "
+           f"{checked} pairs.", ""]
     for base in ("restart", "from-end"):
         if base in cfg.strategies:
             md += [f"## Paired with {base} (same repo and seed)", "",

@@ -9,7 +9,14 @@ from click.testing import CliRunner
 
 from decision_retry.agent.testrun import run_tests
 from decision_retry.bench.harness import CELLS_FILE, BenchConfig, Cell, load_cells, run_bench
-from decision_retry.bench.report import paired, sign_test, summarize, wilson, write_report
+from decision_retry.bench.report import (
+    first_agreement,
+    paired,
+    sign_test,
+    summarize,
+    wilson,
+    write_report,
+)
 from decision_retry.bench.suites import (
     KINDS,
     candidates,
@@ -240,3 +247,35 @@ def test_a_strategy_variant_carries_its_options():
     cfg = BenchConfig(suite="fixtures", strategies=("entropy-cut+local+code",), seeds=(0,))
     retry = cfg.fix_config("entropy-cut+local+code", 0).retry
     assert (retry.strategy, retry.move, retry.cut_weights) == ("entropy-cut", "local", "code")
+
+
+FIXING = {"segments": [
+    "def celsius_to_fahrenheit(celsius: float) -> float:\n    return celsius * 9 / 5 + 32\n", "```"]}
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_a_first_attempt_that_passes_is_shared_across_strategies(tmp_path, cases, share):
+    path = tmp_path / "fixing.json"
+    path.write_text(json.dumps(FIXING))
+    units = [c for c in cases if c.name == "units"]
+    cfg = config(path, share_first=share, strategies=("entropy-cut", "restart", "from-end"))
+    cells = run_bench(units, cfg, tmp_path / "out")
+    assert [c.strategy for c in cells] == ["entropy-cut", "restart", "from-end"]
+    assert all(c.fixed and c.attempts == 1 for c in cells)
+    assert [c.shared_first for c in cells] == ([False, True, True] if share else [False] * 3)
+    runs = {c.run_id for c in cells}
+    assert len(runs) == (1 if share else 3)  # shared: one fix run; else three, one per strategy
+    assert len({c.first_sha for c in cells}) == 1 and cells[0].first_sha
+    if not share:  # the premise the sharing rests on: every strategy's first attempt is the same
+        assert first_agreement(cells) == (1, 1)
+    again = run_bench(units, cfg, tmp_path / "out")
+    assert again == cells  # stored, not rerun
+
+
+def test_first_agreement_counts_pairs_that_ran_their_own_first_attempts():
+    def cell(strategy, sha, repo="r", shared=False):
+        return Cell(repo=repo, strategy=strategy, seed=0, first_sha=sha, shared_first=shared)
+
+    cells = [cell("a", "x"), cell("b", "x"), cell("a", "y", "q"), cell("b", "z", "q"),
+             cell("a", "w", "s"), cell("b", "w", "s", shared=True)]
+    assert first_agreement(cells) == (1, 2)  # r agrees, q does not, s has one real run
