@@ -99,10 +99,13 @@ def canonical_command(suite, strategies, budget, seeds, limit, model, alpha, q, 
               help="Attempts per cell; high, so that the token budget is what ends a cell.")
 @click.option("--test-timeout", type=float, default=30.0, show_default=True,
               help="Seconds before a test run is killed.")
+@click.option("--share-first-attempt/--no-share-first-attempt", default=True, show_default=True,
+              help="At one seed every strategy makes the same first attempt: when it passes, "
+              "record it for every strategy instead of running it again.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default="bench-out/strategies",
               show_default=True, help="Output directory: cells (resumable), traces, report.")
 def bench(suite, strategies, budget_tokens, seeds, limit, model, workers, threads, alpha,
-          proposal_temperature, max_attempts, test_timeout, out) -> None:
+          proposal_temperature, max_attempts, test_timeout, share_first_attempt, out) -> None:
     """Run `fix` on every repository of SUITE with every strategy and seed at the same budget.
 
     SUITE is `fixtures` (our repositories), `humaneval-bugs` (HumanEval canonical solutions with
@@ -135,7 +138,8 @@ def bench(suite, strategies, budget_tokens, seeds, limit, model, workers, thread
     cfg = BenchConfig(suite=suite, strategies=names, seeds=seed_list, budget_tokens=budget_tokens,
                       model=model, alpha=alpha, proposal_temperature=proposal_temperature,
                       max_attempts=max_attempts, test_timeout=test_timeout,
-                      workers=workers or _default_workers(model), threads=threads)
+                      workers=workers or _default_workers(model), threads=threads,
+                      share_first=share_first_attempt)
     err = Console(stderr=True, highlight=False)
 
     # 2) the suite (humaneval-bugs builds and verifies its repositories on first use)
