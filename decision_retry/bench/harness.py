@@ -199,8 +199,9 @@ def run_cell(job: tuple[Case, str, int, BenchConfig]) -> Cell:
         try:
             repo = git_repo(case.path, Path(tmp) / case.name)
             fix_cfg = cfg.fix_config(strategy, seed)
-            if case.test_cmd:  # a real project's own test command
-                fix_cfg = fix_cfg.model_copy(update={"test_cmd": case.test_cmd})
+            if case.test_cmd:  # a real project's own test command: search on the failing tests,
+                # then the whole command once on a fix (FixConfig.narrow)
+                fix_cfg = fix_cfg.model_copy(update={"test_cmd": case.test_cmd, "narrow": True})
             res = fix(repo, fix_cfg, lm=_WORKER["lm"], store=_WORKER["store"])
             update = {"fixed": res.fixed, "attempts": res.attempts, "decode_tokens": res.decode_tokens,
                       "stop": res.stop, "rewinds": len(res.rewinds), "run_id": res.run_id,
