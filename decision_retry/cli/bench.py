@@ -16,6 +16,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from decision_retry.catalogue import DEFAULT as DEFAULT_MODEL
 from decision_retry.choices import STRATEGIES
 from decision_retry.errors import BadInput
 
@@ -61,11 +62,12 @@ def _default_workers(model: str | None) -> int:
 
 
 def canonical_command(suite, strategies, budget, seeds, limit, model, alpha, q, max_attempts,
-                      out) -> str:
+                      out, mutations=1) -> str:
     """The command line that reproduces these cells (worker and thread counts do not matter)."""
     words = ["decision-retry", "bench", suite, "--strategies", ",".join(strategies),
              "--budget-tokens", str(budget), "--seeds", ",".join(map(str, seeds))]
-    for flag, value in (("--limit", limit), ("--model", model), ("--alpha", alpha if alpha != 4.0
+    for flag, value in (("--mutations", mutations if mutations != 1 else None),
+                        ("--limit", limit), ("--model", model), ("--alpha", alpha if alpha != 4.0
                         else None), ("--proposal-temperature", q),
                         ("--max-attempts", max_attempts if max_attempts != 100 else None)):
         if value is not None:
@@ -83,8 +85,12 @@ def canonical_command(suite, strategies, budget, seeds, limit, model, alpha, q, 
               help="Decode tokens per cell (accepted or not), the same for every strategy.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
 @click.option("--limit", type=int, default=None, help="Only the first K repositories of the suite.")
-@click.option("--model", default=None, help="'embedded' (default: SmolLM2-135M-Instruct), a .gguf "
-              "file, a model directory, a cached Hugging Face id, scripted:SCRIPT.json, a server "
+@click.option("--mutations", type=int, default=1, show_default=True,
+              help="humaneval-bugs only: K single-token mutations per case (1..5), each needed "
+              "(every version with one of them reverted still fails); cached per K.")
+@click.option("--model", default=None, help=f"A catalogue name (default: {DEFAULT_MODEL}, on "
+              "llama.cpp), a .gguf file, a model directory, a cached Hugging Face id, "
+              "scripted:SCRIPT.json, a server "
               "URL (llamacpp+http://HOST:PORT, vllm+http://HOST:PORT/MODEL), or several server "
               "URLs, comma-separated: replicas, one worker each.")
 @click.option("--workers", type=int, default=None,
@@ -104,14 +110,16 @@ def canonical_command(suite, strategies, budget, seeds, limit, model, alpha, q, 
               "record it for every strategy instead of running it again.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default="bench-out/strategies",
               show_default=True, help="Output directory: cells (resumable), traces, report.")
-def bench(suite, strategies, budget_tokens, seeds, limit, model, workers, threads, alpha,
-          proposal_temperature, max_attempts, test_timeout, share_first_attempt, out) -> None:
+def bench(suite, strategies, budget_tokens, seeds, limit, mutations, model, workers, threads,
+          alpha, proposal_temperature, max_attempts, test_timeout, share_first_attempt,
+          out) -> None:
     """Run `fix` on every repository of SUITE with every strategy and seed at the same budget.
 
     SUITE is `fixtures` (our repositories), `humaneval-bugs` (HumanEval canonical solutions with
     one verified mutation each, built on first use and cached under --out), `real-repos` (single-
     token bugs in 11 real projects from pinned PyPI sdists, tested by their own suites, built on
-    first use) or a directory whose subdirectories are repositories. Finished cells are stored under --out as they finish: a
+    first use) or a directory whose subdirectories are repositories. `humaneval-bugs --mutations K`
+    holds K needed mutations per case instead of one. Finished cells are stored under --out as they finish: a
     rerun skips them. Writes cells.json, results.md and fix_rate.png under --out.
 
     \b
@@ -130,12 +138,17 @@ def bench(suite, strategies, budget_tokens, seeds, limit, model, workers, thread
                         ("--proposal-temperature", proposal_temperature),
                         ("--max-attempts", max_attempts), ("--test-timeout", test_timeout)):
         _positive(flag, value)
+    if not 1 <= mutations <= 5:
+        raise BadInput(f"--mutations must be 1..5, got {mutations}")
+    if mutations != 1 and suite != "humaneval-bugs":
+        raise BadInput(f"--mutations applies only to the humaneval-bugs suite, not {suite!r}")
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise BadInput(f"--out {out} is a file, not a directory")
     if model and model.startswith("scripted:") and not Path(model[9:]).is_file():
         raise BadInput(f"script not found: {model[9:]}")
-    cfg = BenchConfig(suite=suite, strategies=names, seeds=seed_list, budget_tokens=budget_tokens,
+    label = suite if mutations == 1 else f"{suite}-k{mutations}"  # case names carry K as well
+    cfg = BenchConfig(suite=label, strategies=names, seeds=seed_list, budget_tokens=budget_tokens,
                       model=model, alpha=alpha, proposal_temperature=proposal_temperature,
                       max_attempts=max_attempts, test_timeout=test_timeout,
                       workers=workers or _default_workers(model), threads=threads,
@@ -143,10 +156,10 @@ def bench(suite, strategies, budget_tokens, seeds, limit, model, workers, thread
     err = Console(stderr=True, highlight=False)
 
     # 2) the suite (humaneval-bugs builds and verifies its repositories on first use)
-    cases = load_suite(suite, out_dir, limit=limit, workers=cfg.workers,
+    cases = load_suite(suite, out_dir, limit=limit, workers=cfg.workers, mutations=mutations,
                        on_build=lambda msg: err.print(f"[dim]{msg}[/dim]"))
     command = canonical_command(suite, names, budget_tokens, seed_list, limit, model, alpha,
-                                proposal_temperature, max_attempts, out)
+                                proposal_temperature, max_attempts, out, mutations=mutations)
     err.print(f"{len(cases)} repos x {len(names)} strategies x {len(seed_list)} seeds, "
               f"{cfg.workers} worker(s): {out_dir}")
 
