@@ -146,6 +146,7 @@ def build_from(project: Project, src: Path, root: Path, *, per_project: int = PE
                on_build: Callable[[str], None] | None = None) -> dict[str, dict]:
     """Build the cases of `project` from its unpacked source tree `src` (left unchanged)."""
     say = on_build or (lambda _: None)
+    src, root = Path(src).resolve(), Path(root).resolve()  # coverage and node ids name absolute paths
     say(f"real-repos: {project.sdist}: the whole suite, then under coverage")
     plain = run_tests(project.test_cmd, src, 900)
     if not plain.ok:
@@ -192,7 +193,7 @@ def real_repos(root: Path, *, limit: int | None = None, per_project: int = PER_P
                projects: tuple[Project, ...] = PROJECTS,
                on_build: Callable[[str], None] | None = None) -> list[Case]:
     """The verified cases under `root` (built and cached as needed), in project order."""
-    root = Path(root)
+    root = Path(root).resolve()
     index_file = root / "index.json"
     index = json.loads(index_file.read_text()) if index_file.is_file() else {}
     if index.get("version") != BUILD_VERSION or index.get("per_project") != per_project:

@@ -125,3 +125,11 @@ def test_one_pinned_sdist_builds_from_pypi(tmp_path: Path) -> None:
     assert len(cases) == 1 and cases[0].test_cmd == small.test_cmd
     assert not run_tests(cases[0].test_cmd, cases[0].path, 120).ok
     assert real_repos(tmp_path, per_project=1, projects=(small,)) == cases  # cached
+
+
+def test_a_relative_source_and_suite_path_build_the_same_cases(built, monkeypatch) -> None:
+    tmp_path, src, _, cases = built
+    monkeypatch.chdir(tmp_path)  # `bench --out bench-out/x` hands the builder relative paths
+    again = build_from(TINY, src.relative_to(tmp_path), Path("suite-rel"), per_project=2)
+    assert [(m["bug_file"], m["bug_line"], m["fix"]) for m in again.values()] == \
+        [(m["bug_file"], m["bug_line"], m["fix"]) for m in cases.values()]
