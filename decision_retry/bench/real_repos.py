@@ -189,11 +189,30 @@ def build_from(project: Project, src: Path, root: Path, *, per_project: int = PE
     return out
 
 
+_PYTEST_CONFIGS = (("pytest.ini", ""), ("pyproject.toml", "[tool.pytest.ini_options]"),
+                   ("tox.ini", "[pytest]"), ("setup.cfg", "[tool:pytest]"))
+
+
+def enclosing_pytest_config(root: Path) -> Path | None:
+    """A pytest configuration file in a folder above `root`, if any: pytest takes the nearest
+    one above a project that has none of its own, so the projects' tests would run under it."""
+    for folder in Path(root).resolve().parents:
+        for name, section in _PYTEST_CONFIGS:
+            path = folder / name
+            if path.is_file() and section in path.read_text(errors="replace"):
+                return path
+    return None
+
+
 def real_repos(root: Path, *, limit: int | None = None, per_project: int = PER_PROJECT,
                projects: tuple[Project, ...] = PROJECTS,
                on_build: Callable[[str], None] | None = None) -> list[Case]:
     """The verified cases under `root` (built and cached as needed), in project order."""
     root = Path(root).resolve()
+    config = enclosing_pytest_config(root)
+    if config is not None:
+        raise BadInput(f"{root} is inside a pytest project ({config}): pytest would run the real "
+                       "projects' tests under its configuration; use an --out outside it")
     index_file = root / "index.json"
     index = json.loads(index_file.read_text()) if index_file.is_file() else {}
     if index.get("version") != BUILD_VERSION or index.get("per_project") != per_project:

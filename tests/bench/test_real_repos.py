@@ -133,3 +133,11 @@ def test_a_relative_source_and_suite_path_build_the_same_cases(built, monkeypatc
     again = build_from(TINY, src.relative_to(tmp_path), Path("suite-rel"), per_project=2)
     assert [(m["bug_file"], m["bug_line"], m["fix"]) for m in again.values()] == \
         [(m["bug_file"], m["bug_line"], m["fix"]) for m in cases.values()]
+
+
+def test_a_suite_inside_another_pytest_project_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("[tool.pytest.ini_options]\ntestpaths = ['t']\n")
+    with pytest.raises(BadInput, match="inside a pytest project"):
+        real_repos(tmp_path / "out" / "suites", projects=())
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")  # no pytest section
+    assert real_repos(tmp_path / "out" / "suites", projects=()) == []
