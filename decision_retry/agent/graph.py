@@ -235,6 +235,9 @@ class FixAgent:
         params = {"model": self.lm.name, "temperature": self.rc.q_temperature,
                   "input_tokens": len(turn.state.prompt_ids), "finish_reason": turn.state.finish,
                   "max_new_tokens": self.protocol.defn.limits["max_new_tokens"]}
+        if att.branch.index == 0 and not att.turns and self.protocol.task.localisation:
+            # the run's first turn keeps what its prompt was built from: resume replays it
+            params["localisation"] = self.protocol.task.localisation
         rec = self.recorder.record_turn(att.branch, tokens=turn.state.tokens,
                                         prompt=turn.messages[-1]["content"], params=params,
                                         index=len(att.turns))

@@ -42,7 +42,8 @@ class Localisation:
         sp = self.spectrum
         return {"failing_test": f"{self.test.file}:{self.test.line}" if self.test else None,
                 "spectrum": {"failing": len(sp.failing), "passing": len(sp.passing),
-                             "note": sp.note} if sp else None,
+                             "note": sp.note, **({"cut": sp.cut} if sp.cut else {})}
+                if sp else None,
                 "ranking": [c.summary() for c in self.candidates[:top]]}
 
 
@@ -73,8 +74,9 @@ def localise(root: Path, result: TestResult, *, test_cmd: str | None = None, tim
              sandbox=None) -> Localisation:
     """Rank the repository's functions by how likely each holds the bug the failing tests found.
 
-    `spectrum` runs the failing tests and up to `budget_s` seconds of passing ones under coverage
-    (one subprocess, `timeout` seconds at most); without it only the traceback and the test's
+    `spectrum` runs the failing tests and the nearest passing ones under coverage (one
+    subprocess, `timeout` seconds at most; a fixed selection, `budget_s` seconds of their plain
+    run time at most, spectrum.select_tests); without it only the traceback and the test's
     calls count. The options of a pytest `test_cmd` (`-o pythonpath=src`, `-p no:x`...) apply
     to the coverage run too; the project's own pytest configuration applies as it always does.
     """

@@ -4,7 +4,10 @@ The store holds everything a run depends on: its config (strategy, budget, seed,
 sandbox), its repository and every node recorded before it stopped. Resuming replays the run
 from the start with the same seed in the same run: the model's turns are decoded again and,
 because a node's id is a hash of its content and parent, each one that matches the recorded
-node adds nothing; the recorded test results are reused, not run again. So the chain state,
+node adds nothing; the recorded test results are reused, not run again, and so is the fault
+localisation the first turn recorded (no coverage run: a new one could rank differently, and the
+prompt and tool arguments built from it would differ; a run stopped before its first turn was
+recorded measures it again, as nothing recorded depends on it yet). So the chain state,
 the spent budget, the random state and the next cut are exactly where the run stopped, and the
 run goes on to the same result an uninterrupted run with that seed reaches. A replayed turn
 that differs from the recorded one (other weights, another engine) is reported as `diverged`.
@@ -20,6 +23,7 @@ from pydantic import ValidationError
 
 from decision_retry.agent import leftovers
 from decision_retry.agent import sandbox as sandboxes
+from decision_retry.agent.localise.replay import recorded
 from decision_retry.agent.runner import FixConfig, FixResult, drive
 from decision_retry.agent.userrepo import repo_root
 from decision_retry.errors import BadInput
@@ -69,7 +73,8 @@ def resume(run_ref: str, *, store: TraceStore, lm=None, listeners=(), on_event=N
     seen: set[str] = set()
     recorder.listeners.append(_TurnIds(seen))
     result = drive(root, cfg, lm=lm, recorder=recorder, sandbox=sandbox, on_event=on_event,
-                   apply=apply, replay=replay, expect_base=_recorded_base(tree))
+                   apply=apply, replay=replay, expect_base=_recorded_base(tree),
+                   localisation=recorded(tree.turns, tree.branches))
     return result.model_copy(update={"resumed": len(recorded_turns & seen),
                                      "diverged": bool(recorded_turns - seen)})
 

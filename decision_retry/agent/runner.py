@@ -16,7 +16,8 @@ from decision_retry.agent import definitions, leftovers
 from decision_retry.agent import sandbox as sandboxes
 from decision_retry.agent.graph import Attempt, FixAgent, build_graph
 from decision_retry.agent.localise.command import narrow_command
-from decision_retry.agent.locate import localise, source_files
+from decision_retry.agent.localise.replay import replayed
+from decision_retry.agent.locate import failing_test, localise, source_files
 from decision_retry.agent.protocols import PatchProtocol, Task, ToolsProtocol
 from decision_retry.agent.userrepo import UserRepo
 from decision_retry.agent.workspace import Workspace, repo_root
@@ -139,10 +140,11 @@ def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None =
 
 def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandboxes.Sandbox,
           on_event=None, apply: bool = False, replay: dict | None = None,
-          expect_base: str | None = None) -> FixResult:
+          expect_base: str | None = None, localisation: dict | None = None) -> FixResult:
     """Run the agent for `recorder.run` in a fresh clone of `root`: from the start, or (resume)
-    replaying the test results `replay` recorded per branch. The same seed and config give the
-    same trace: node ids derive from content, so a replayed node is the recorded one."""
+    replaying the test results `replay` recorded per branch and the `localisation` its first
+    turn recorded. The same seed and config give the same trace: node ids derive from content,
+    so a replayed node is the recorded one."""
     run = recorder.run
     assert run is not None
     defn = definitions.load(cfg.protocol)
@@ -155,8 +157,11 @@ def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandbo
                            f"(its starting point was {expect_base[:12]}, now {ws.base_sha[:12]})")
         # 1) the input: failing tests, and the code under test
         result = check_input(ws, cfg)
-        loc = localise(ws.root, result, test_cmd=cfg.test_cmd, timeout=3 * cfg.test_timeout,
-                       sandbox=ws.sandbox)
+        if localisation is None:  # 2) measured: the coverage spectrum, the traceback, the calls
+            loc = localise(ws.root, result, test_cmd=cfg.test_cmd, timeout=3 * cfg.test_timeout,
+                           sandbox=ws.sandbox)
+        else:  # resume: the ranking the run recorded, not a new (maybe different) measurement
+            loc = replayed(ws.root, localisation, failing_test(ws.root, result))
         suspect, test_src = loc.suspect, loc.test.source if loc.test else ""
         wide_cmd = cfg.test_cmd
         narrow_cmd = narrow_command(cfg.test_cmd, result) if cfg.narrow else None

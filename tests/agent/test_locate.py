@@ -168,10 +168,11 @@ def test_passing_sample_is_nearest_first_and_bounded() -> None:
         command=("x",), exit_code=1, failing_tests=("tests/a/test_x.py::test_bad",),
         passed_tests=(("tests/b/test_far.py::test_1", 0.1), ("tests/a/test_y.py::test_2", 0.1),
                       ("tests/a/test_x.py::test_3", 0.5), ("tests/a/test_x.py::test_4", 5.0)))
-    failing, passing = select_tests(result, budget_s=1.0)
-    assert failing == ["tests/a/test_x.py::test_bad"]
-    assert passing == ["tests/a/test_x.py::test_3", "tests/a/test_y.py::test_2",
-                       "tests/b/test_far.py::test_1"]
+    sel = select_tests(result, budget_s=1.0)
+    assert sel.failing == ("tests/a/test_x.py::test_bad",)
+    assert sel.passing == ("tests/a/test_x.py::test_3", "tests/a/test_y.py::test_2",
+                           "tests/b/test_far.py::test_1")
+    assert sel.cut == "time budget 1s: 1 of the 4 nearest passing tests left out"
 
 
 def test_pytest_options_keep_how_tests_run_not_what_runs() -> None:

@@ -12,6 +12,7 @@ import pytest
 from test_fix import UNITS_SCRIPT, config, first_failing_seed, fixture_repo, run_cli, script_file  # noqa: F401
 from test_workspace import repo_state, sh_git
 
+from decision_retry.agent.localise.replay import recorded
 from decision_retry.agent.resume import resume
 from decision_retry.agent.runner import fix
 from decision_retry.errors import BadInput
@@ -57,12 +58,6 @@ def _clones_of(run_id: str) -> list[Path]:
     return sorted(Path(tempfile.gettempdir()).glob(f"decision-retry-{run_id[:12]}-*"))
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug (closing note 2026-12-01): a resumed run re-localises, and on a fresh "
-    "clone's venv the ranking recorded in apply_patch's arguments differed from the "
-    "uninterrupted run's, so the replayed tool call got a new content id (the trace differs)",
-)
 @pytest.mark.parametrize(("nodes", "sig"), [(3, "SIGKILL"), (9, "SIGTERM"), (13, "SIGKILL")])
 def test_killed_then_resumed_equals_uninterrupted(tmp_path, baseline, nodes, sig):
     seed, expected, expected_result = baseline
@@ -125,3 +120,61 @@ def test_resume_refuses_a_repository_that_changed(tmp_path, baseline):
         (run,) = store.list_runs()
         with pytest.raises(BadInput, match="changed since it started"):
             resume(run.id, store=store, lm=scripted_lm(UNITS_SCRIPT))
+
+
+# One line per pytest session of the repository: under the coverage script (the localisation)
+# or plain (the input check, the attempts' test runs).
+SESSIONS_CONFTEST = """import os
+import sys
+
+
+def pytest_sessionstart(session):
+    kind = "coverage" if os.path.basename(sys.argv[0]) == "covrun.py" else "plain"
+    with open(os.environ["SESSION_LOG"], "a") as f:
+        f.write(kind + "\\n")
+"""
+
+
+class InterruptAfter:
+    """A trace listener that raises KeyboardInterrupt (as Ctrl-C does) once `n` nodes are stored."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __getattr__(self, name):
+        def count(node):
+            self.n -= 1
+            if self.n == 0:
+                raise KeyboardInterrupt
+        return count
+
+
+def test_resume_replays_the_recorded_localisation_instead_of_measuring_it(tmp_path, baseline,
+                                                                           monkeypatch):
+    seed, _, _ = baseline
+    repo = fixture_repo(tmp_path, "units")
+    (repo / "conftest.py").write_text(SESSIONS_CONFTEST)
+    sh_git(repo, "add", "conftest.py")
+    sh_git(repo, "commit", "-qm", "log pytest sessions")
+    log = tmp_path / "sessions.log"
+    monkeypatch.setenv("SESSION_LOG", str(log))
+    cfg = config(seed=seed, sandbox="none", pass_env=("SESSION_LOG",))  # the log is outside
+    with TraceStore(tmp_path / "traces.db") as store:
+        with pytest.raises(KeyboardInterrupt):  # stopped after its first turn was recorded
+            fix(repo, cfg, lm=scripted_lm(UNITS_SCRIPT), store=store, listeners=[InterruptAfter(4)])
+        (run,) = store.list_runs()
+        before = store.load(run.id)
+        assert run.outcome == "interrupted" and not before.test_runs
+        kept = recorded(before.turns, before.branches)
+        assert kept["ranking"][0]["function"] == "celsius_to_fahrenheit"
+        assert log.read_text().split() == ["plain", "coverage"]  # input check, localisation
+
+        result = resume(run.id, store=store, lm=scripted_lm(UNITS_SCRIPT))
+        after = store.load(run.id)
+    sessions = log.read_text().split()
+    # resume checked the input and ran the attempts' tests, but measured no coverage again
+    assert sessions.count("coverage") == 1 and sessions.count("plain") >= 3
+    assert result.fixed and not result.diverged and result.resumed == 1
+    assert recorded(after.turns, after.branches) == kept
+    first = next(c for c in after.tool_calls if "localisation" in c.arguments)
+    assert first.arguments["localisation"] == kept

@@ -1,6 +1,7 @@
 """Run selected pytest tests under coverage, one coverage context per test node id.
 
     python -m decision_retry.agent.localise.covrun OUT.json SELECTION.json
+    python /a/copy/of/covrun.py OUT.json SELECTION.json   (what spectrum.py runs, in the sandbox)
 
 SELECTION.json: {"root": str, "tests": [node ids] or null (all), "args": [pytest args]}.
 OUT.json: {"outcomes": {nodeid: "passed"|"failed"}, "files": {relpath: {line: [test index]}},
@@ -81,4 +82,6 @@ def main(out_path: str, selection_path: str) -> int:
 
 
 if __name__ == "__main__":
+    if sys.path and os.path.realpath(sys.path[0]) == os.path.dirname(os.path.realpath(__file__)):
+        sys.path[0] = os.getcwd()  # run as a copied script: what `python -m` puts first, the cwd
     sys.exit(main(sys.argv[1], sys.argv[2]))

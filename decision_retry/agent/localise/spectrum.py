@@ -1,7 +1,9 @@
 """Spectrum-based fault localisation: which lines the failing tests run that passing tests do not.
 
-1) choose the tests: the failing ones and a sample of passing ones, nearest first (same file, same
-   folder, then the rest) within a time budget measured on the plain run;
+1) choose the tests: the failing ones and up to MAX_PASSING passing ones, nearest first (same file,
+   same folder, then the rest; by node id within each), a fixed rule so two localisations of one
+   repository run the same tests; the plain run's timings only enforce a safety budget, and when
+   that leaves tests out the spectrum says so (`Spectrum.cut`);
 2) run them under coverage with one context per test (covrun.py), in the test sandbox;
 3) score every executed line by Ochiai, ef / sqrt(F * (ef + ep)) (F failing tests, ef/ep failing/
    passing tests that ran the line), and every function by its best line.
@@ -11,9 +13,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from decision_retry.agent.localise.code import Suspect, functions, innermost, is_test_file
@@ -44,6 +47,16 @@ class Spectrum:
     passing: tuple[str, ...]
     scores: tuple[FunctionScore, ...]  # best first
     note: str = ""  # why the spectrum is empty, when it is
+    cut: str = ""  # what the time budget left out of the selection, when it did
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The tests a coverage run measures, and what the time budget left out (if anything)."""
+
+    failing: tuple[str, ...]
+    passing: tuple[str, ...]
+    cut: str = ""
 
 
 def ochiai(ef: int, ep: int, total_failed: int) -> float:
@@ -79,53 +92,65 @@ def _test_file(nodeid: str) -> str:
     return nodeid.split("::")[0]
 
 
-def select_tests(result: TestResult, budget_s: float) -> tuple[list[str], list[str]]:
-    """(failing node ids, passing node ids): the passing ones nearest the failing ones first,
-    as many as fit in `budget_s` seconds of their plain run time."""
+def select_tests(result: TestResult, budget_s: float,
+                 max_passing: int = MAX_PASSING) -> Selection:
+    """The failing node ids and up to `max_passing` passing ones, nearest the failing ones first
+    (same file, same folder, the rest; by node id within each). Only the budget depends on the
+    plain run's timings: a passing test that would take the sample past `budget_s` seconds is
+    left out (a faster one further on may still fit), and `cut` says how many were."""
     failing = [f.nodeid for f in result.failures if "::" in f.nodeid][:MAX_FAILING]
     if not failing:
         failing = [t for t in result.failing_tests if "::" in t][:MAX_FAILING]
     files = {_test_file(t) for t in failing}
     dirs = {str(PurePosixPath(f).parent) for f in files}
 
-    def distance(item: tuple[str, float]) -> tuple[int, float]:
-        f = _test_file(item[0])
-        return (0 if f in files else 1 if str(PurePosixPath(f).parent) in dirs else 2, item[1])
+    def distance(nodeid: str) -> tuple[int, str]:
+        f = _test_file(nodeid)
+        return (0 if f in files else 1 if str(PurePosixPath(f).parent) in dirs else 2, nodeid)
 
+    seconds = dict(result.passed_tests)
+    nearest = sorted(seconds, key=distance)[:max_passing]  # 1) the fixed rule
     passing, spent = [], 0.0
-    for nodeid, seconds in sorted(result.passed_tests, key=distance):
-        if len(passing) >= MAX_PASSING:
-            break
-        if spent + seconds > budget_s:
-            continue  # a slow one: a faster one further on may still fit
+    for nodeid in nearest:  # 2) the safety limit
+        if spent + seconds[nodeid] > budget_s:
+            continue
         passing.append(nodeid)
-        spent += seconds
-    return failing, passing
+        spent += seconds[nodeid]
+    left = len(nearest) - len(passing)
+    cut = (f"time budget {budget_s:g}s: {left} of the {len(nearest)} nearest passing tests left out"
+           if left else "")
+    return Selection(tuple(failing), tuple(passing), cut)
 
 
 def run_spectrum(root: Path, result: TestResult, *, timeout: float, budget_s: float = 20.0,
                  test_cmd: str | None = None, env: dict | None = None, sandbox=None) -> Spectrum:
     """Measure and score; an empty spectrum (with a note) when it cannot be measured."""
-    failing, passing = select_tests(result, budget_s)
-    if not failing:
+    sel = select_tests(result, budget_s)
+    if not sel.failing:
         return Spectrum((), (), (), "no failing test node id to run")
-    tests = failing + passing
+    tests = [*sel.failing, *sel.passing]
     files = sorted({_test_file(t) for t in tests if (root / _test_file(t)).is_file()})
     data, why = coverage_run(root, tests, [*pytest_options(test_cmd), *files], timeout=timeout,
                              env=env, sandbox=sandbox)
     if data is None:
-        return Spectrum(tuple(failing), tuple(passing), (), f"coverage run {why}")
-    return score(root, data)
+        return Spectrum(sel.failing, sel.passing, (), f"coverage run {why}", sel.cut)
+    return replace(score(root, data), cut=sel.cut)
 
 
 def coverage_run(root: Path, tests: list[str] | None, args: list[str], *, timeout: float,
                  env: dict | None = None, sandbox=None) -> tuple[dict | None, str]:
     """(covrun's data, "") for `tests` (None: every test pytest collects from `args`), or
-    (None, why) when it timed out or crashed. Runs in `sandbox` (testrun.run_tests) when given."""
+    (None, why) when it timed out or crashed. Runs in `sandbox` (testrun.run_tests) when given.
+
+    covrun.py runs as a copy in the run's own temporary directory: the sandbox hides /tmp and
+    home, so an installed decision_retry living there (an editable install in a clone under /tmp)
+    would not import in it; covrun needs nothing of ours, only coverage and pytest."""
     with tempfile.TemporaryDirectory(prefix="decision-retry-spectrum-") as tmp:
         sel, out = Path(tmp) / "selection.json", Path(tmp) / "spectrum.json"
         sel.write_text(json.dumps({"root": str(root), "tests": tests, "args": args}))
-        cmd = [sys.executable, "-m", "decision_retry.agent.localise.covrun", str(out), str(sel)]
+        script = Path(tmp) / "covrun.py"
+        shutil.copyfile(Path(__file__).with_name("covrun.py"), script)
+        cmd = [sys.executable, str(script), str(out), str(sel)]
         run = run_tests(cmd, root, timeout, env=env, sandbox=sandbox, writable=(Path(tmp),))
         if run.timed_out or not out.is_file():
             return None, "timed out" if run.timed_out else f"failed: {run.output_tail[-300:]}"
@@ -142,12 +167,13 @@ def score(root: Path, data: dict) -> Spectrum:
         return Spectrum((), tuple(tests[i] for i in sorted(passed)), (),
                         "no test failed under coverage")
     best: dict[str, FunctionScore] = {}
-    for rel, lines in data["files"].items():
+    # files and lines in order: coverage lists measured files as a set, and which of equally
+    # scored lines gives a function its ef / ep must not depend on that order
+    for rel in sorted(data["files"]):
         if is_test_file(rel):
             continue
         defs = functions(root, rel)
-        for line_s, ids in lines.items():
-            line = int(line_s)
+        for line, ids in sorted((int(k), v) for k, v in data["files"][rel].items()):
             fn = innermost(defs, line)
             if fn is None or line == fn.start:  # module level, or the `def` line itself
                 continue
