@@ -185,7 +185,11 @@ def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandbo
         wide = None
         if solved and narrow_cmd:  # the whole command, once, on the fix
             ws.restore(solved.final_sha)
-            w = ws.run_tests(wide_cmd, cfg.test_timeout)
+            w = ws.run_tests(wide_cmd, cfg.test_timeout, branch=solved.branch.id)  # or replayed
+            recorder.record_test_run(  # the fix's branch: its second test run, the whole command
+                solved.branch, command=wide_cmd, exit_code=-1 if w.exit_code is None
+                else w.exit_code, passed=w.passed, failed=w.failed, errors=w.errors,
+                output_tail=w.output_tail, duration_s=w.duration_s)
             wide = {"command": wide_cmd, "ok": w.ok, "passed": w.passed, "failed": w.failed,
                     "errors": w.errors}
             if not w.ok:  # the fix broke other tests: not a fix

@@ -88,6 +88,10 @@ def span_listener(otlp: str | None):
               "the interpreter decision-retry runs in.")
 @click.option("--test-timeout", type=finite(min=0, min_open=True), default=60.0,
               show_default=True, help="Seconds before a test run is killed.")
+@click.option("--narrow/--no-narrow", default=False, show_default=True,
+              help="Search with the narrowest command that reproduces the failure (a pytest "
+              "--test-cmd on the failing node ids), then run the whole --test-cmd once on a fix: "
+              "it counts only if nothing else broke. For big test suites.")
 @click.option("--protocol", type=click.Choice(["patch", "tools"]), default="patch", show_default=True,
               help="patch: one turn rewriting the failing function (small models); tools: "
               "read/edit/test/submit actions over several turns (larger models).")
@@ -109,7 +113,7 @@ def span_listener(otlp: str | None):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @home_option
 def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposal_temperature,
-        verifier_weight, eps, tries, move, restart_share, cut_weights, test_cmd, test_timeout, protocol, apply_fix, otlp, sandbox,
+        verifier_weight, eps, tries, move, restart_share, cut_weights, test_cmd, test_timeout, narrow, protocol, apply_fix, otlp, sandbox,
         pass_env, resume_ref, threads, as_json, home) -> None:
     """Fix the failing tests of the git repository at PATH.
 
@@ -144,7 +148,7 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
         cfg = FixConfig(
             test_cmd=test_cmd, test_timeout=test_timeout, model=model, protocol=protocol,
             budget_tokens=budget_tokens, max_attempts=max_attempts, seed=seed, sandbox=sandbox,
-            pass_env=pass_env,
+            pass_env=pass_env, narrow=narrow,
             retry=RetryConfig(strategy=strategy, alpha=alpha,
                               proposal_temperature=proposal_temperature,
                               verifier_weight=verifier_weight, cut=CutRule(eps=eps), tries=tries,
@@ -188,6 +192,9 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
         click.echo(json.dumps(result.model_dump(mode="json"), indent=1))
     else:
         summary(console, result)
+        if narrow and resume_ref is None and result.narrow_cmd is None:
+            console.print(f"narrow: `{test_cmd}` has no narrower form (not pytest, or no "
+                          "failing node id): the search ran it whole")
     if result.fixed and apply_fix:
         console.print("applied the fix to your working tree" + (f" in {root}" if root else ""))
     raise SystemExit(0 if result.fixed else 1)
@@ -214,6 +221,12 @@ def summary(console: Console, result) -> None:
     for i, r in enumerate(result.rewinds, 1):
         verdict = {True: "accepted", False: "rejected", None: "last"}[r.accepted]
         console.print(f"  rewind {i}: {r.file}:{r.line} token {r.token!r} entropy {r.entropy:.2f} ({verdict})")
+    if result.narrow_cmd:
+        console.print(f"narrow: the search ran `{result.narrow_cmd}`")
+    if w := result.wide_check:
+        verdict = "fixed" if w["ok"] else "broke other tests"
+        console.print(f"wide check: `{w['command']}` on the fix: {w['passed']} passed, "
+                      f"{w['failed']} failed, {w['errors']} errors ({verdict})")
     if result.fixed:
         console.print(Syntax(result.diff, "diff", theme="ansi_dark", background_color="default"))
         if result.branch:
