@@ -140,9 +140,41 @@ def _turn_node(parent: Tree, tree: RunTree, turn: Turn) -> None:
         line += f" · snapshot {d.snapshot[:12]}" if d.snapshot else ""
         node.add(Text(line, style="magenta" if d.kind == "entropy" else "cyan"))
     for call in tree.tool_calls_of(turn.id):
-        node.add(
-            Text(f"tool {call.action} {json.dumps(call.arguments)} → {_snippet(call.observation)}")
-        )
+        args, seen = _arguments(call.arguments), _snippet(call.observation)
+        node.add(Text(f"tool {call.action} {args} → {seen}"))
+
+
+def _where(entry: object) -> str:
+    """`file::function` of a ranking entry (`?` for what a hand-edited row left out)."""
+    e = entry if isinstance(entry, dict) else {}
+    return f"{e.get('file', '?')}::{e.get('function', '?')}"
+
+
+def _arguments(args: dict, top: int = 3) -> str:
+    """A tool call's arguments on one line; a localisation ranking (apply_patch, first turn) and
+    the candidates shown are summarised, not dumped: `--json` has them whole."""
+    loc, shown = args.get("localisation"), args.get("shown")
+    if not isinstance(loc, dict) and not isinstance(shown, list):
+        return json.dumps(args)
+    rest = {k: v for k, v in args.items() if k not in ("localisation", "shown")}
+    out = json.dumps(rest)
+    if isinstance(shown, list):
+        out += " · shown " + ", ".join(_where(e) for e in shown)
+    if isinstance(loc, dict):
+        ranking = loc.get("ranking") if isinstance(loc.get("ranking"), list) else []
+        best = []
+        for e in ranking[:top]:
+            score = e.get("score") if isinstance(e, dict) else None
+            mark = f" ({score:.2f})" if isinstance(score, (int, float)) else ""
+            best.append(_where(e) + mark)
+        more = ", ..." if len(ranking) > top else ""
+        out += f" · localisation: top-{len(best)} {', '.join(best)}{more}" if best else \
+            " · localisation: no candidate"
+        sp = loc.get("spectrum")
+        if isinstance(sp, dict):
+            out += f" (spectrum {sp.get('failing')} failing, {sp.get('passing')} passing"
+            out += f"; {_snippet(str(sp['note']), 40)})" if sp.get("note") else ")"
+    return out
 
 
 def _change_line(change: StrategyChange) -> Text:

@@ -8,8 +8,8 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from decision_retry.cli.options import model_option, threads_option
 from decision_retry.choices import SAMPLERS
+from decision_retry.cli.options import finite, model_option, threads_option
 from decision_retry.tokens import Token
 
 
@@ -39,11 +39,11 @@ def render_tokens(tokens: list[Token]) -> Text:
               "argmax-cut is a heuristic.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="Length cap T.")
-@click.option("--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True,
+@click.option("--temperature", type=finite(min=0), default=1.0, show_default=True,
               help="For --sampler plain; 0 = greedy.")
-@click.option("--alpha", type=click.FloatRange(min=0, min_open=True), default=4.0,
+@click.option("--alpha", type=finite(min=0, min_open=True), default=4.0,
               show_default=True, help="Target p^alpha (MH samplers).")
-@click.option("--proposal-temperature", type=click.FloatRange(min=0, min_open=True),
+@click.option("--proposal-temperature", type=finite(min=0, min_open=True),
               default=None, help="Proposal temperature (default 1/alpha).")
 @click.option("--block", type=click.IntRange(min=1), default=192, show_default=True,
               help="Block size B: MH steps run after every B tokens.")
@@ -51,7 +51,7 @@ def render_tokens(tokens: list[Token]) -> Text:
               help="MH steps per block.")
 @click.option("--cut", "cut_kind", type=click.Choice(["entropy-jump", "softmax", "uniform"]),
               default="entropy-jump", show_default=True, help="Cut weights for ec-mh / egps.")
-@click.option("--eps", type=click.FloatRange(0, 1), default=0.1, show_default=True,
+@click.option("--eps", type=finite(0, 1), default=0.1, show_default=True,
               help="Uniform share of the cut distribution.")
 @click.option("--tries", type=click.IntRange(min=1), default=8, show_default=True,
               help="K tries per multiple-try move (egps).")
@@ -68,7 +68,8 @@ def sample(prompt, model, sampler, max_tokens, temperature, alpha, proposal_temp
       decision-retry sample "def fib(n):" --sampler ec-mh --block 64 --steps 4 --json
     """
     from decision_retry.loading import load_lm
-    from decision_retry.samplers import CutRule, SamplerConfig, sample as run_sampler
+    from decision_retry.samplers import CutRule, SamplerConfig
+    from decision_retry.samplers import sample as run_sampler
 
     lm = load_lm(model, threads=threads)
     cfg = SamplerConfig(
