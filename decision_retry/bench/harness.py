@@ -85,6 +85,7 @@ class Cell(BaseModel):
     fixed: bool = False
     attempts: int = 0
     decode_tokens: int = 0
+    prefill_positions: int = 0  # teacher-forced positions (rescoring kept tails, second contexts)
     stop: str | None = None
     rewinds: int = 0  # cuts made (cut strategies only)
     accepted: int = 0  # MH steps accepted
@@ -204,7 +205,7 @@ def run_cell(job: tuple[Case, str, int, BenchConfig]) -> Cell:
                 fix_cfg = fix_cfg.model_copy(update={"test_cmd": case.test_cmd, "narrow": True})
             res = fix(repo, fix_cfg, lm=_WORKER["lm"], store=_WORKER["store"])
             update = {"fixed": res.fixed, "attempts": res.attempts, "decode_tokens": res.decode_tokens,
-                      "stop": res.stop, "rewinds": len(res.rewinds), "run_id": res.run_id,
+                      "prefill_positions": res.prefill_positions, "stop": res.stop, "rewinds": len(res.rewinds), "run_id": res.run_id,
                       "accepted": sum(1 for s in res.steps if s.accepted)}
             update.update(_change(_WORKER["store"], res.run_id))
         except BadInput as err:

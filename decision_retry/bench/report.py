@@ -44,6 +44,7 @@ class StrategySummary(BaseModel):
     tokens_mean: float
     tokens_median: float
     tokens_to_fix_median: float | None
+    prefill_mean: float  # teacher-forced positions per cell (not decode tokens)
     attempts_mean: float
     wall_mean_s: float
     rewinds_mean: float
@@ -79,6 +80,7 @@ def summarize(cells: Sequence[Cell], strategies: Sequence[str]) -> list[Strategy
             retry_fixed=sum(c.fixed for c in retried), retry_cells=len(retried),
             tokens_mean=_mean(tokens), tokens_median=statistics.median(tokens) if tokens else 0.0,
             tokens_to_fix_median=statistics.median([c.decode_tokens for c in fixed]) if fixed else None,
+            prefill_mean=_mean([c.prefill_positions for c in ok]),
             attempts_mean=_mean([c.attempts for c in ok]), wall_mean_s=_mean([c.wall_s for c in ok]),
             rewinds_mean=_mean([c.rewinds for c in ok]), accepted_mean=_mean([c.accepted for c in ok]),
             changed_strategy=_pooled(ok, "changed_strategy"),
@@ -95,7 +97,7 @@ def _f(x: float | None, fmt: str = ".2f") -> str:
 def strategy_table(rows: Sequence[StrategySummary]) -> str:
     head = ("| strategy | fixed | fix rate (95% CI) | fixed by a retry | decode tokens mean / median"
             " | tokens to fix "
-            "(median) | attempts | wall s / cell | rewinds (accepted) | changed strategy | "
+            "(median) | prefill positions | attempts | wall s / cell | rewinds (accepted) | changed strategy | "
             "suffix edit dist | distinct patches |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
@@ -103,7 +105,8 @@ def strategy_table(rows: Sequence[StrategySummary]) -> str:
             f"| {r.strategy} | {r.fixed}/{r.cells}{f' ({r.errors} err)' if r.errors else ''} | "
             f"{r.fix_rate:.0%} ({r.ci_low:.0%}-{r.ci_high:.0%}) | {r.retry_fixed}/{r.retry_cells} | "
             f"{r.tokens_mean:.0f} / "
-            f"{r.tokens_median:.0f} | {_f(r.tokens_to_fix_median, '.0f')} | {r.attempts_mean:.1f} | "
+            f"{r.tokens_median:.0f} | {_f(r.tokens_to_fix_median, '.0f')} | {r.prefill_mean:.0f} | "
+            f"{r.attempts_mean:.1f} | "
             f"{r.wall_mean_s:.0f} | {r.rewinds_mean:.1f} ({r.accepted_mean:.1f}) | "
             f"{_f(r.changed_strategy)} | {_f(r.relative_distance)} | {r.distinct_patches_mean:.1f} |")
     return "\n".join(lines)
@@ -239,7 +242,10 @@ def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
               "strategy*: share of retry branches whose final diff or tool choice differs from "
               "their parent's (trace/compare.py). *suffix edit dist*: token edit distance of a "
               "retry's suffix after the cut to its parent's, over the longer one. *distinct "
-              "patches*: different non-empty diffs among a cell's attempts.")
+              "patches*: different non-empty diffs among a cell's attempts. *prefill positions*: "
+              "teacher-forced positions per cell (the kept tail a local move rescores, the "
+              "second context of surprise cuts), not counted as decode tokens; prompt prefills "
+              "are not counted.")
     md = [
         f"# Strategy benchmark: {cfg.suite}", "", f"`{command}`" if command else "", "",
         setup, "", strategy_table(rows), "", legend, "",
