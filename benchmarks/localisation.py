@@ -17,18 +17,20 @@ Rules (eps = 0.1 uniform share everywhere, as the samplers use):
                  the defined name x4);
   surprise       w_t = (-log p_B(x_t))^4, p_B the model under a second context that shows the
                  signature, the docstring and the failing test but not the body (one scoring
-                 pass over the reply; design.md §8's probe);
+                 pass over the reply; design.md §8's probe). `--no-body probe` (default) words it
+                 as the probe did ("Write this Python function so that the test passes");
+                 `--no-body agent` is the context `fix --cut-weights surprise` uses
+                 (agent/nobody.py: the patch prompt with the body replaced by `...`);
   contrast       w_t = max(0, log p(x_t) - log p_B(x_t))^4: how much the buggy body shown in the
                  prompt props the token up.
 
     .venv/bin/python benchmarks/localisation.py [--model qwen2.5-coder-0.5b] [--limit 30]
-        [--seeds 0] [--temperature 0.25] [--out bench-out/localisation.json]
+        [--seeds 0] [--temperature 0.25] [--no-body probe|agent] [--out bench-out/localisation.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import math
 import statistics
@@ -42,7 +44,7 @@ if __package__ in (None, ""):
 import torch
 
 from benchmarks.common import load, markdown_table, write_json
-from decision_retry.agent import definitions, patch
+from decision_retry.agent import definitions, nobody, patch
 from decision_retry.agent.locate import failing_test, functions
 from decision_retry.agent.testrun import run_tests
 from decision_retry.bench.suites import load_suite
@@ -60,14 +62,9 @@ def log(msg: str) -> None:
 
 
 def no_body_prompt(source: str, fail: str, test_src: str) -> str:
-    """The second context: signature and docstring, the failing test, no body."""
-    lines = source.splitlines()
-    fn = next(n for n in ast.parse(source).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
-    doc = fn.body[0] if fn.body and isinstance(fn.body[0], ast.Expr) and isinstance(
-        getattr(fn.body[0], "value", None), ast.Constant) else None
-    head = lines[: (doc.end_lineno if doc else fn.body[0].lineno - 1)]
-    return ("Write this Python function so that the test passes.\n```python\n" + "\n".join(head)
-            + "\n    ...\n```\nThe test:\n```python\n" + test_src + "\n```\n" + fail
+    """The probe's second context: signature and docstring (nobody.stub), the failing test."""
+    return ("Write this Python function so that the test passes.\n```python\n" + nobody.stub(source)
+            + "\n```\nThe test:\n```python\n" + test_src + "\n```\n" + fail
             + "\n\nWrite the complete function. Reply with the function only.")
 
 
@@ -108,7 +105,7 @@ def bug_position(reply: str, old: str, new: str) -> tuple[int, int, int] | None:
     return None
 
 
-def one_case(lm, defn, case, seed: int, temperature: float) -> dict:
+def one_case(lm, defn, case, seed: int, temperature: float, no_body: str = "probe") -> dict:
     meta = json.loads((case.path / "FIXTURE.json").read_text())
     result = run_tests("python -m pytest -x -q", case.path, 60)
     suspect = next(f for f in functions(case.path, meta["bug_file"]) if f.name == meta["bug_function"])
@@ -129,8 +126,11 @@ def one_case(lm, defn, case, seed: int, temperature: float) -> dict:
     if found is None:
         return out
     # the second context, one teacher-forced pass over the same reply ids
-    b_msgs = [{"role": "user", "content": no_body_prompt(
-        suspect.source, patch.error_lines(result, defn.limits["error_lines"]), test_src)}]
+    if no_body == "agent":
+        b_msgs = nobody.messages(defn, [suspect], test_src, result)
+    else:
+        b_msgs = [{"role": "user", "content": no_body_prompt(
+            suspect.source, patch.error_lines(result, defn.limits["error_lines"]), test_src)}]
     xb = lm.score(lm.prefill(lm.encode(b_msgs) + prefix), [t.id for t in x.tokens], q)
     ent = [t.entropy for t in x.tokens]
     if x.finish == "stop":
@@ -175,6 +175,8 @@ def main(argv=None) -> int:
     ap.add_argument("--temperature", type=float, default=0.25, help="1/alpha, the agent's default")
     ap.add_argument("--suite-dir", default="bench-out/localisation", help="where the suite is built")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-body", choices=("probe", "agent"), default="probe",
+                    help="the second context: the probe's wording, or fix's (agent/nobody.py)")
     ap.add_argument("--out", default="bench-out/localisation.json")
     args = ap.parse_args(argv)
     from decision_retry.loading import load_lm
@@ -188,7 +190,7 @@ def main(argv=None) -> int:
     for case in cases:
         for seed in [int(s) for s in args.seeds.split(",")]:
             try:
-                row = one_case(lm, defn, case, seed, args.temperature)
+                row = one_case(lm, defn, case, seed, args.temperature, args.no_body)
             except Exception as err:  # noqa: BLE001 - one broken case must not end the run
                 row = {"case": case.name, "seed": seed, "error": f"{type(err).__name__}: {err}"}
             rows.append(row)

@@ -10,8 +10,9 @@ SAMPLERS: tuple[str, ...] = SamplerName.__args__  # type: ignore[attr-defined]
 
 # Strategy variants for `bench`: a strategy name, then `+option`s (the levers of docs/benchmarks.md):
 #   +local / +mixed  local or mixed moves; +code  code-aware cut weights;
+#   +surprise        cut weights from the surprise under the no-body context (with +code: both);
 #   +restartP        a restart move with probability P (e.g. +restart0.2).
-VARIANT_OPTIONS = ("local", "mixed", "code", "restart")
+VARIANT_OPTIONS = ("local", "mixed", "code", "surprise", "restart")
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -24,8 +25,9 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     for opt in options:
         if opt in ("local", "mixed"):
             kw["move"] = opt
-        elif opt == "code":
-            kw["cut_weights"] = "code"
+        elif opt in ("code", "surprise"):
+            have = set(kw.get("cut_weights", "entropy").split("+")) - {"entropy"}
+            kw["cut_weights"] = "+".join(w for w in ("surprise", "code") if w in have | {opt})
         elif opt.startswith("restart"):
             try:
                 kw["restart_share"] = float(opt[len("restart"):] or 0.2)

@@ -14,7 +14,11 @@ probability, a fresh attempt from the prompt, accepted by the same MH rule with 
 
 Cut weights (`cut_weights`): `entropy` uses the entropies alone; `code` multiplies w_t by the
 token's class in the reply (samplers/codeweights.py: docstrings/comments down, the defined name
-up), computed for current and proposal alike so the correction stays exact.
+up), computed for current and proposal alike so the correction stays exact. `surprise` uses each
+token's -log p under the no-body context instead of its entropy (samplers/surprise.py: every
+reply, current and proposal, is scored under that fixed context, so c stays a function of the
+sequence); the cut rule's entropy-jump kind becomes "level" (w_t = s_t^beta) there, because a
+jump of surprises means nothing. `surprise+code` multiplies it by the code classes.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from decision_retry import sampling
-from decision_retry.samplers import codeweights, cuts, local, mh
+from decision_retry.samplers import codeweights, cuts, local, mh, surprise
 from decision_retry.samplers.cuts import CutRule
 from decision_retry.samplers.local import SpanRule
 from decision_retry.samplers.mh import StepRecord
@@ -55,7 +59,7 @@ class RetryConfig(BaseModel):
     span: SpanRule = SpanRule()
     local_share: float = Field(0.5, ge=0, le=1, description="mixed: probability of a local move")
     restart_share: float = Field(0.0, ge=0, le=1, description="probability of a restart move")
-    cut_weights: Literal["entropy", "code"] = "entropy"
+    cut_weights: Literal["entropy", "code", "surprise", "surprise+code"] = "entropy"
     prose_weight: float = Field(0.1, ge=0, description="code weights: strings and comments")
     name_weight: float = Field(4.0, ge=0, description="code weights: the name a def defines")
 
@@ -67,6 +71,11 @@ class RetryConfig(BaseModel):
         return self
 
     @property
+    def surprise(self) -> bool:
+        """Do the cut weights read the no-body scores (every reply scored under it)?"""
+        return self.cut_weights.startswith("surprise")
+
+    @property
     def q_temperature(self) -> float:
         return self.proposal_temperature or 1.0 / self.alpha
 
@@ -74,6 +83,8 @@ class RetryConfig(BaseModel):
     def rule(self) -> CutRule:
         if self.strategy == "uniform-cut":
             return self.cut.model_copy(update={"kind": "uniform"})
+        if self.surprise and self.cut.kind == "entropy-jump":
+            return self.cut.model_copy(update={"kind": "level"})
         return self.cut
 
     @property
@@ -107,7 +118,7 @@ def flatten(turns: Sequence[Sequence[Token]]) -> tuple[list[Token], list[tuple[i
 def cut_entropies(
     turns: Sequence[Sequence[Token]], config: RetryConfig, stops: Sequence[bool] | None = None
 ) -> list[float]:
-    """Entropies seen by the cut rule.
+    """Entropies (surprises, with surprise weights) seen by the cut rule.
 
     A turn that ended at a stop string has its last token zeroed: that token only closes the
     reply (what comes after the function), so resampling it alone changes nothing that matters.
@@ -116,9 +127,13 @@ def cut_entropies(
     out = []
     for k, tokens in enumerate(turns):
         h = [t.entropy for t in tokens]
+        skip = config.strategy == "egps" and sum(h[:-1] if stops is not None and stops[k] else h) \
+            < config.skip_entropy
+        if config.surprise:  # the values the rule reads: surprises under the no-body context
+            h = surprise.surprises(tokens)
         if stops is not None and stops[k] and h:
             h[-1] = 0.0
-        if config.strategy == "egps" and sum(h) < config.skip_entropy:
+        if skip:
             h = [0.0] * len(h)
         out.extend(h)
     return out
@@ -126,7 +141,7 @@ def cut_entropies(
 
 def cut_scale(turns: Sequence[Sequence[Token]], config: RetryConfig) -> list[float] | None:
     """Per-token multipliers of the cut weight (None for plain entropy weights)."""
-    if config.cut_weights == "entropy":
+    if config.cut_weights in ("entropy", "surprise"):
         return None
     out: list[float] = []
     for tokens in turns:

@@ -27,6 +27,8 @@ class Token(BaseModel):
     top: the most likely candidates under p at this position, best first.
     logq_bounds, entropy_bounds: where logq / entropy are estimates (a remote engine that sees
     only the top-k), intervals that contain the exact values; None when they are exact.
+    alt_logp, alt_logq: log p and log q of this token under a second context (the no-body
+    prompt of samplers/surprise.py), same prefix of generated tokens; None when not scored.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -39,13 +41,15 @@ class Token(BaseModel):
     top: tuple[Alternative, ...] = ()
     logq_bounds: tuple[float, float] | None = None
     entropy_bounds: tuple[float, float] | None = None
+    alt_logp: float | None = None
+    alt_logq: float | None = None
 
     @model_serializer(mode="wrap")
     def _omit_exact(self, handler):
         # exact tokens serialise as before the bounds existed: trace ids stay what they were
         data = handler(self)
         if isinstance(data, dict):
-            for key in ("logq_bounds", "entropy_bounds"):
+            for key in ("logq_bounds", "entropy_bounds", "alt_logp", "alt_logq"):
                 if key in data and data[key] is None:
                     del data[key]
         return data

@@ -7,6 +7,8 @@
           repository snapshot taken before the cut turn and routes back to model.
 A local move (retry.py, samplers/local.py) whose draw falls outside the support has no attempt to
 run: model routes straight to rewind, which records it as a rejected step.
+With surprise cut weights every reply is also scored under the no-body context (agent/nobody.py,
+samplers/surprise.py): one teacher-forced pass from the cut on, counted as prefill positions.
 Routers are pure functions of the state. One loop serves every strategy (retry.py).
 """
 
@@ -21,11 +23,12 @@ import torch
 from langgraph.graph import END, START, StateGraph
 
 from decision_retry import retry, sampling
+from decision_retry.agent import nobody
 from decision_retry.agent.testrun import TestResult
 from decision_retry.errors import BadInput
 from decision_retry.lm import DecodeState, Sampling
 from decision_retry.retry import CutPoint
-from decision_retry.samplers import local
+from decision_retry.samplers import local, surprise
 from decision_retry.samplers.mh import StepRecord
 from decision_retry.trace.models import Branch, Cut, Turn
 
@@ -39,6 +42,7 @@ class AgentTurn:
     snapshot: str  # repository before this turn's action
     observation: str = ""
     trace: Turn | None = None  # the recorded turn
+    alt: DecodeState | None = None  # the reply under the no-body context (surprise weights)
 
 
 @dataclass(frozen=True)
@@ -75,7 +79,7 @@ class FixState(TypedDict, total=False):
     pending: list[Attempt]  # attempts in progress (K of them for a multiple-try move)
     cut: CutPoint | None  # where the next proposal starts (None: fresh or from the end)
     spent: int  # decode tokens, accepted or not
-    prefilled: int  # positions teacher-forced (kept tails of local moves)
+    prefilled: int  # positions teacher-forced (kept tails of local moves, no-body scoring)
     rejected: tuple[StepRecord, str] | None  # a local draw outside the support, and why
     attempts: int
     solved: Attempt | None
@@ -130,10 +134,17 @@ class FixAgent:
     rewinds: list = field(default_factory=list)  # runner.Rewind per cut, in order
     _prompt_cache: dict = field(default_factory=dict)
     _tried_cuts: dict = field(default_factory=dict)
+    _alt: surprise.AltContext | None = None
 
     def __post_init__(self) -> None:
         if self.rc.move != "suffix" and hasattr(self.protocol, "observation_message"):
             raise BadInput(f"--move {self.rc.move} needs --protocol patch (one turn per attempt)")
+        if self.rc.surprise and hasattr(self.protocol, "observation_message"):
+            raise BadInput(f"--cut-weights {self.rc.cut_weights} needs --protocol patch (the "
+                           "no-body context shows the suspect functions without their bodies)")
+        if self.rc.surprise and not callable(getattr(self.lm, "score", None)):
+            raise BadInput(f"--cut-weights {self.rc.cut_weights} needs an engine that can score "
+                           f"a reply (teacher forcing); {self.lm.name} cannot")
 
     # -- helpers -----------------------------------------------------------------------------
     @property
@@ -150,6 +161,20 @@ class FixAgent:
             prefix = self.lm.encode_text(self.protocol.defn.format["assistant_prefix"])
             self._prompt_cache = {key: self.lm.prefill(self.lm.encode(list(messages)) + prefix)}
         return self._prompt_cache[key]
+
+    def _scored(self, turn: AgentTurn, base: AgentTurn | None = None, t: int = 0) -> tuple[AgentTurn, int]:
+        """`turn` with its reply scored under the no-body context (from `base`'s scores, which
+        share the reply's first t tokens), and the positions that pass teacher-forced."""
+        if not self.rc.surprise or self.rc.strategy not in retry.CUT_STRATEGIES:
+            return turn, 0
+        if self._alt is None:  # built once per run, from what the patch prompt shows
+            p = self.protocol
+            msgs = nobody.messages(p.defn, p.shown, p.task.test_src, p.task.result)
+            prefix = self.lm.encode_text(p.defn.format["assistant_prefix"])
+            self._alt = surprise.AltContext(self.lm, self.lm.prefill(self.lm.encode(msgs) + prefix))
+        q = Sampling(temperature=self.rc.q_temperature, max_new_tokens=1, alternatives=0)
+        s = surprise.annotate(self._alt, turn.state, q, base=base.alt if base else None, t=t)
+        return replace(turn, state=s.y, alt=s.alt), s.positions
 
     def _sampling(self, spent: int, tries: int = 1) -> Sampling:
         left = (self.config.budget_tokens - spent) // tries  # K tries share what is left
@@ -197,13 +222,18 @@ class FixAgent:
             prefix, kept, snap, c, parent = self._prefill(messages), (), self.base_sha, None, None
         gens = sampling.child_generators(self.generator, k) if k > 1 else [self.generator]
         outs = self.lm.extend_many(prefix, self._sampling(spent, k), gens)
-        new = []
+        new, prefilled = [], state.get("prefilled", 0)
         for out in outs:
             spent += len(out.tokens) - len(prefix.tokens)
             att = Attempt(branch=self._branch(parent, c), turns=kept, cut=cut)
-            new.append(self._with_turn(att, AgentTurn(messages, out, snap)))
-        self._event("model", attempt=state.get("attempts", 0) + 1, spent=spent, cut=cut)
-        return {"pending": new, "spent": spent, "attempts": state.get("attempts", 0) + 1}
+            turn, n = self._scored(AgentTurn(messages, out, snap),
+                                   *((current.turns[cut.turn], cut.position) if cut else ()))
+            prefilled += n
+            new.append(self._with_turn(att, turn))
+        self._event("model", attempt=state.get("attempts", 0) + 1, spent=spent, cut=cut,
+                    **({"prefilled": prefilled} if self.rc.surprise else {}))
+        return {"pending": new, "spent": spent, "attempts": state.get("attempts", 0) + 1,
+                "prefilled": prefilled}
 
     def _local(self, state: FixState, current: Attempt, cut: CutPoint, spent: int) -> dict:
         """A local move: resample the cut turn from the cut to the next span boundary, keep and
@@ -225,7 +255,9 @@ class FixAgent:
         c = Cut(turn=cut.turn, position=cut.position, entropy=cut.entropy)
         att = Attempt(branch=self._branch(current, c), turns=current.turns[: cut.turn], cut=cut,
                       span=(offset + p.s, p.m), decoded=p.decode_tokens)
-        new = self._with_turn(att, AgentTurn(base.messages, p.y, base.snapshot))
+        turn, n = self._scored(AgentTurn(base.messages, p.y, base.snapshot), base, cut.position)
+        out["prefilled"] += n
+        new = self._with_turn(att, turn)
         return {**out, "pending": [new], "rejected": None}
 
     def _reply(self, turn: AgentTurn) -> str:

@@ -68,6 +68,7 @@ class FixResult(BaseModel):
     attempts: int
     decode_tokens: int
     stop: str | None
+    prefill_positions: int = 0  # teacher-forced: kept tails of local moves, no-body scoring
     diff: str = ""
     branch: str | None = None
     left_out: list[str] = []  # fixed files untracked in the user's repository: not on the branch
@@ -202,7 +203,7 @@ def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandbo
         recorder.finish_run("fixed" if solved else "not fixed")
         return FixResult(
             run_id=run.id, fixed=solved is not None, attempts=final.get("attempts", 0),
-            decode_tokens=final.get("spent", 0),
+            decode_tokens=final.get("spent", 0), prefill_positions=final.get("prefilled", 0),
             stop="fixed" if solved else ("broke other tests" if wide else final.get("stop")),
             diff=diff, branch=ws.branch if ws.fix_sha else None, left_out=ws.left_out,
             narrow_cmd=narrow_cmd, wide_check=wide,

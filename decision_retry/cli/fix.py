@@ -80,9 +80,12 @@ def span_listener(otlp: str | None):
               "or mixed (each rewind local or suffix, half and half).")
 @click.option("--restart-share", type=finite(0, 1), default=0.0, show_default=True,
               help="Probability that a rewind starts over from the prompt instead (MH-accepted).")
-@click.option("--cut-weights", type=click.Choice(["entropy", "code"]), default="entropy",
-              show_default=True, help="entropy: cut where entropy jumps; code: the same, with "
-              "docstrings/comments weighted down and the defined function name up.")
+@click.option("--cut-weights", type=click.Choice(["entropy", "code", "surprise", "surprise+code"]),
+              default="entropy", show_default=True, help="entropy: cut where entropy jumps; "
+              "code: the same, with docstrings/comments weighted down and the defined function "
+              "name up; surprise: cut where the reply surprises a context that shows the "
+              "signature, docstring and failing test but not the body (one scoring pass per "
+              "reply; patch protocol); surprise+code: both.")
 @click.option("--test-cmd", default="python -m pytest -x -q", show_default=True,
               help="Command that runs the tests in the repository root; a leading `python` is "
               "the interpreter decision-retry runs in.")

@@ -4,7 +4,11 @@ c(t | x) = (1 - eps) * w_t / Z(x) + eps / L(x), where w_t is a function of the e
 
 * "uniform":       w_t = 1 (then c is uniform, whatever eps);
 * "entropy-jump":  w_t = max(0, H_t - H_{t-1}) ** beta, with H_{-1} = 0;
-* "softmax":       w_t = exp(H_t / tau).
+* "softmax":       w_t = exp(H_t / tau);
+* "level":         w_t = max(0, H_t) ** beta.
+
+The values need not be entropies: with surprise cut weights (surprise.py) they are each token's
+-log p under a second context, and "level" is the rule the localisation probe measured.
 
 An optional per-position `scale` multiplies w_t (e.g. code vs docstring, samplers/codeweights.py);
 it must be a function of the sequence, computed for x and for x' alike.
@@ -23,7 +27,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-CutKind = Literal["uniform", "entropy-jump", "softmax"]
+CutKind = Literal["uniform", "entropy-jump", "softmax", "level"]
 
 
 class CutRule(BaseModel):
@@ -45,6 +49,8 @@ def weights(entropies: Sequence[float], rule: CutRule,
     elif rule.kind == "softmax":
         m = max(entropies)
         out = [math.exp((h - m) / rule.tau) for h in entropies]
+    elif rule.kind == "level":
+        out = [max(0.0, h) ** rule.beta for h in entropies]
     else:
         prev, out = 0.0, []
         for h in entropies:
