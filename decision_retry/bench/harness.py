@@ -33,7 +33,8 @@ from decision_retry.errors import BadInput
 
 CELLS_FILE = "cells.jsonl"
 CONFIG_FILE = "bench.json"
-_IGNORE = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.pyc")
+_IGNORE = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache", "*.pyc",
+                                 "FIXTURE.json")  # where the bug is: never in the agent's repo
 
 
 def default_workers() -> int:

@@ -3,12 +3,13 @@ humaneval-bugs suite builder on a few problems (real git repos, real pytest runs
 
 import json
 import shutil
+import subprocess
 
 import pytest
 from click.testing import CliRunner
 
 from decision_retry.agent.testrun import run_tests
-from decision_retry.bench.harness import CELLS_FILE, BenchConfig, Cell, load_cells, run_bench
+from decision_retry.bench.harness import CELLS_FILE, BenchConfig, Cell, git_repo, load_cells, run_bench
 from decision_retry.bench.report import (
     first_agreement,
     paired,
@@ -279,3 +280,11 @@ def test_first_agreement_counts_pairs_that_ran_their_own_first_attempts():
     cells = [cell("a", "x"), cell("b", "x"), cell("a", "y", "q"), cell("b", "z", "q"),
              cell("a", "w", "s"), cell("b", "w", "s", shared=True)]
     assert first_agreement(cells) == (1, 2)  # r agrees, q does not, s has one real run
+
+
+def test_the_bench_copy_of_a_case_holds_no_answer_key(tmp_path):
+    assert (fixtures_dir() / "units" / "FIXTURE.json").is_file()
+    repo = git_repo(fixtures_dir() / "units", tmp_path / "units")
+    assert (repo / "units.py").is_file() and not (repo / "FIXTURE.json").exists()
+    tracked = subprocess.run(["git", "ls-files"], cwd=repo, text=True, capture_output=True).stdout
+    assert "FIXTURE.json" not in tracked and "units.py" in tracked
