@@ -12,6 +12,10 @@ from decision_retry.agent.runner import fix, signals_as_interrupt
 from decision_retry.testing import scripted_lm
 from decision_retry.trace.store import TraceStore
 
+# seconds per test run: generous, the suite may share two cores with benchmarks (a 60 s limit
+# timed out the input check at load 10)
+TEST_TIMEOUT = 300.0
+
 
 class KillAfter:
     """A trace listener that sends this process `sig` once `n` nodes are stored."""
@@ -30,6 +34,6 @@ class KillAfter:
 if __name__ == "__main__":
     repo, db, seed, n, sig = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     with TraceStore(db) as store, signals_as_interrupt():
-        fix(repo, config(seed=seed), lm=scripted_lm(UNITS_SCRIPT), store=store,
-            listeners=[KillAfter(n, getattr(signal, sig))])
+        fix(repo, config(seed=seed, test_timeout=TEST_TIMEOUT), lm=scripted_lm(UNITS_SCRIPT),
+            store=store, listeners=[KillAfter(n, getattr(signal, sig))])
     print("finished without being killed")

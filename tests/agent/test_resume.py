@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from resume_driver import TEST_TIMEOUT
 from test_fix import UNITS_SCRIPT, config, first_failing_seed, fixture_repo, run_cli, script_file  # noqa: F401
 from test_workspace import repo_state, sh_git
 
@@ -48,7 +49,7 @@ def baseline(tmp_path_factory):
     lm = scripted_lm(UNITS_SCRIPT)
     seed = first_failing_seed(lm)
     with TraceStore(tmp / "traces.db") as store:
-        result = fix(repo, config(seed=seed), lm=lm, store=store)
+        result = fix(repo, config(seed=seed, test_timeout=TEST_TIMEOUT), lm=lm, store=store)
         tree = store.load(result.run_id)
     assert result.fixed and result.attempts >= 2 and len(tree.test_runs) >= 2
     return seed, summary(tree), result
@@ -94,7 +95,8 @@ def test_resume_refuses_what_cannot_be_resumed(tmp_path, baseline):
     with TraceStore(tmp_path / "traces.db") as store:
         with pytest.raises(BadInput, match="no run"):
             resume("nonexistent", store=store, lm=scripted_lm(UNITS_SCRIPT))
-        done = fix(repo, config(seed=seed), lm=scripted_lm(UNITS_SCRIPT), store=store)
+        done = fix(repo, config(seed=seed, test_timeout=TEST_TIMEOUT), lm=scripted_lm(UNITS_SCRIPT),
+                   store=store)
         with pytest.raises(BadInput, match="already ended"):
             resume(done.run_id, store=store, lm=scripted_lm(UNITS_SCRIPT))
 
@@ -158,7 +160,8 @@ def test_resume_replays_the_recorded_localisation_instead_of_measuring_it(tmp_pa
     sh_git(repo, "commit", "-qm", "log pytest sessions")
     log = tmp_path / "sessions.log"
     monkeypatch.setenv("SESSION_LOG", str(log))
-    cfg = config(seed=seed, sandbox="none", pass_env=("SESSION_LOG",))  # the log is outside
+    cfg = config(seed=seed, sandbox="none", pass_env=("SESSION_LOG",),  # the log is outside
+                 test_timeout=TEST_TIMEOUT)
     with TraceStore(tmp_path / "traces.db") as store:
         with pytest.raises(KeyboardInterrupt):  # stopped after its first turn was recorded
             fix(repo, cfg, lm=scripted_lm(UNITS_SCRIPT), store=store, listeners=[InterruptAfter(4)])
