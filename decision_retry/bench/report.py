@@ -232,7 +232,9 @@ def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
     }, indent=1) + "\n")
     plot(cells, cfg.strategies, cfg.budget_tokens, out / "fix_rate.png")
     q = cfg.proposal_temperature or 1 / cfg.alpha
-    setup = (f"{when}; model {cfg.model or 'embedded'}; budget {cfg.budget_tokens} decode tokens "
+    from decision_retry.loading import default_model
+
+    setup = (f"{when}; model {cfg.model or default_model()}; budget {cfg.budget_tokens} decode tokens "
              f"per cell; alpha {cfg.alpha:g}, proposal temperature {q:g}; seeds "
              f"{', '.join(map(str, cfg.seeds))}; {machine['cpus']} CPUs, load average "
              f"{machine['load_avg'][0]} at the end; commit {machine['commit'] or 'unknown'}.")
