@@ -140,11 +140,13 @@ def _init_worker(model: str | None, threads: int | None, home: str) -> None:
 
 
 def git_repo(src: Path, dst: Path) -> Path:
-    """A copy of `src` as a fresh git repository with one commit."""
+    """A copy of `src` as a fresh git repository with one commit of every file, those its own
+    .gitignore names included (an sdist ships generated files such as isodate's version.py, and
+    `fix` works on a clone of the commit)."""
     shutil.copytree(src, dst, ignore=_IGNORE)
     env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "--no-gpg-sign", "-m", "bench"]):
+    for args in (["init", "-q"], ["add", "-A", "--force"], ["commit", "-q", "--no-gpg-sign", "-m", "bench"]):
         subprocess.run(["git", *args], cwd=dst, env=env, check=True, capture_output=True)
     return dst
 

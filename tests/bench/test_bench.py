@@ -288,3 +288,14 @@ def test_the_bench_copy_of_a_case_holds_no_answer_key(tmp_path):
     assert (repo / "units.py").is_file() and not (repo / "FIXTURE.json").exists()
     tracked = subprocess.run(["git", "ls-files"], cwd=repo, text=True, capture_output=True).stdout
     assert "FIXTURE.json" not in tracked and "units.py" in tracked
+
+
+def test_the_bench_copy_commits_files_the_case_gitignores(tmp_path):
+    src = tmp_path / "case"
+    (src / "pkg").mkdir(parents=True)
+    (src / ".gitignore").write_text("pkg/version.py\n")
+    (src / "pkg" / "version.py").write_text("version = '1.0'\n")  # generated, shipped in the sdist
+    (src / "pkg" / "__init__.py").write_text("from pkg.version import version\n")
+    repo = git_repo(src, tmp_path / "repo")
+    tracked = subprocess.run(["git", "ls-files"], cwd=repo, text=True, capture_output=True).stdout
+    assert "pkg/version.py" in tracked.split()
