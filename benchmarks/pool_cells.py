@@ -1,0 +1,65 @@
+"""Pool the cells of several `decision-retry bench` output directories into one report.
+
+    .venv/bin/python benchmarks/pool_cells.py OUT1 OUT2 ... [--strategies a,b,c] [--json FILE]
+
+Several runs of one suite at the same shared settings (model, budget, alpha, temperature; checked)
+but different seeds or case subsets, e.g. a first pass over a suite and a second pass, at more
+seeds, over the cases whose first attempt failed. Prints the strategy table, the first-attempt
+count and the paired comparisons (exact sign test) against `restart` and `from-end` over every
+(repo, seed) pair that each strategy and the baseline both ran, and how many pairs that is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from decision_retry.bench.harness import CONFIG_FILE, load_cells
+from decision_retry.bench.report import first_agreement, first_solved, paired, strategy_table, summarize
+
+
+def pooled(outs: list[Path]) -> tuple[list, dict]:
+    """Every stored cell of every directory (a (repo, strategy, seed) key once), and the shared
+    settings, which must agree."""
+    cells, shared = {}, None
+    for out in outs:
+        mine = json.loads((out / CONFIG_FILE).read_text())["shared"]
+        if shared is not None and mine != shared:
+            raise SystemExit(f"{out}: other shared settings than {outs[0]}: {mine} != {shared}")
+        shared = mine
+        for key, cell in load_cells(out).items():
+            cells.setdefault(key, cell)
+    return list(cells.values()), shared or {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("outs", nargs="+", type=Path)
+    ap.add_argument("--strategies", default=None, help="comma-separated (default: all found)")
+    ap.add_argument("--json", type=Path, default=None, help="write the summary rows here")
+    args = ap.parse_args(argv)
+    cells, shared = pooled(args.outs)
+    names = args.strategies.split(",") if args.strategies else list(
+        dict.fromkeys(c.strategy for c in cells))
+    cells = [c for c in cells if c.strategy in names]
+    rows = summarize(cells, names)
+    pairs = {(c.repo, c.seed) for c in cells if c.error is None}
+    same, checked = first_agreement(cells)
+    print(f"settings: {shared}")
+    print(f"pooled from: {', '.join(map(str, args.outs))}\n")
+    print(strategy_table(rows))
+    print(f"\nfirst attempt solved {len(first_solved(cells))} of {len(pairs)} (repo, seed) pairs; "
+          f"first attempts agreed in {same} of {checked} pairs where several strategies ran one\n")
+    for base in ("restart", "from-end"):
+        if base in names:
+            print("\n".join(paired(cells, names, base)))
+    if args.json:
+        args.json.write_text(json.dumps({"settings": shared, "outs": list(map(str, args.outs)),
+                                         "summary": [r.model_dump() for r in rows]}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
