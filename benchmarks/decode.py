@@ -38,8 +38,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `decisio
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import interleaved, load, markdown_table, median, timed, write_json
-from decision_retry.loading import load_lm
 from decision_retry.lm import LM, DecodeState, Sampling
+from decision_retry.loading import load_lm
 from decision_retry.sampling import child_generators
 
 PROMPT = (

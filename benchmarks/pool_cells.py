@@ -17,7 +17,13 @@ import sys
 from pathlib import Path
 
 from decision_retry.bench.harness import CONFIG_FILE, load_cells
-from decision_retry.bench.report import first_agreement, first_solved, paired, strategy_table, summarize
+from decision_retry.bench.report import (
+    first_agreement,
+    first_solved,
+    paired,
+    strategy_table,
+    summarize,
+)
 
 
 def pooled(outs: list[Path]) -> tuple[list, dict]:

@@ -35,8 +35,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `decisio
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import load, markdown_table, median, timed, write_json
-from decision_retry.loading import load_lm
 from decision_retry.lm import LM
+from decision_retry.loading import load_lm
 from decision_retry.samplers import PowerSampler, SamplerConfig
 
 PROMPTS = [

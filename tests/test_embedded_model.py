@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from decision_retry.loading import embedded_model_path, load_lm
 from decision_retry.errors import ModelLoadError
 from decision_retry.lm import Sampling
+from decision_retry.loading import embedded_model_path, load_lm
 
 
 @pytest.mark.slow

@@ -63,7 +63,6 @@ import pytest  # noqa: E402
 
 from decision_retry.agent.runner import FixConfig, fix  # noqa: E402
 from decision_retry.errors import BadInput  # noqa: E402
-from decision_retry.samplers.local import SpanRule  # noqa: E402
 from decision_retry.testing import scripted_lm  # noqa: E402
 from decision_retry.trace.store import TraceStore  # noqa: E402
 

@@ -66,9 +66,8 @@ class BenchConfig(BaseModel):
 
     def fix_config(self, strategy: str, seed: int):
         from decision_retry.agent.runner import FixConfig
-        from decision_retry.retry import RetryConfig
-
         from decision_retry.choices import parse_variant
+        from decision_retry.retry import RetryConfig
 
         base, options = parse_variant(strategy)  # e.g. entropy-cut+local+code
         retry = RetryConfig(strategy=base, alpha=self.alpha,

@@ -127,7 +127,7 @@ def bench(suite, strategies, budget_tokens, seeds, limit, mutations, model, work
       decision-retry bench fixtures --strategies entropy-cut,from-end,restart \\
           --budget-tokens 600 --seeds 0,1,2 --out bench-out/strategies
     """
-    from decision_retry.bench.harness import BenchConfig, default_workers, run_bench
+    from decision_retry.bench.harness import BenchConfig, run_bench
     from decision_retry.bench.report import strategy_table, write_report
     from decision_retry.bench.suites import load_suite
 

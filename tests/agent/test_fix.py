@@ -50,8 +50,9 @@ def store(tmp_path):
 
 def first_failing_seed(lm) -> int:
     """A seed whose first attempt writes the bug again, so the run has to rewind."""
-    from decision_retry.lm import Sampling
     import torch
+
+    from decision_retry.lm import Sampling
 
     state = lm.prefill([1])
     for seed in range(50):

@@ -9,7 +9,14 @@ import pytest
 from click.testing import CliRunner
 
 from decision_retry.agent.testrun import run_tests
-from decision_retry.bench.harness import CELLS_FILE, BenchConfig, Cell, git_repo, load_cells, run_bench
+from decision_retry.bench.harness import (
+    CELLS_FILE,
+    BenchConfig,
+    Cell,
+    git_repo,
+    load_cells,
+    run_bench,
+)
 from decision_retry.bench.report import (
     first_agreement,
     paired,

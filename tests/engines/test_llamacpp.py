@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from decision_retry import catalogue
-from decision_retry.engines.llamacpp import LlamaCppBackend, lib as L
+from decision_retry.engines.llamacpp import LlamaCppBackend
+from decision_retry.engines.llamacpp import lib as L
 from decision_retry.lm import LM, Sampling
 from decision_retry.sampling import child_generators
 

@@ -30,9 +30,9 @@ class Row:
     """One sequence: `ids` covered by its KV, `seq` its llama.cpp id (None once evicted), and
     `bulk`: how many leading ids were prefilled in large chunks (the rest went in small ones)."""
 
-    __slots__ = ("ids", "seq", "bulk", "used", "_memory", "__weakref__")
+    __slots__ = ("__weakref__", "_memory", "bulk", "ids", "seq", "used")
 
-    def __init__(self, memory: "Memory", ids: list[int], bulk: int = 0) -> None:
+    def __init__(self, memory: Memory, ids: list[int], bulk: int = 0) -> None:
         self.ids, self.seq, self.bulk, self.used, self._memory = ids, None, bulk, 0, memory
 
     def __del__(self) -> None:  # the one place a row gives its sequence back
