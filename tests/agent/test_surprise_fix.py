@@ -98,10 +98,11 @@ def test_surprise_scores_come_from_the_no_body_context(tmp_path):
     assert not res.fixed and res.attempts == 3
     first = next(t for t in tree.turns if t.index == 0 and
                  next(b for b in tree.branches if b.id == t.branch_id).parent_id is None)
-    src = (repo / "units.py").read_text().split("\n\n\n")[1]  # celsius_to_fahrenheit
-    assert src.startswith("def celsius_to_fahrenheit") and src in first.prompt
-    no_body = first.prompt.replace(src, nobody.stub(src))
-    assert "    ...\n" in no_body and "* 9 / 5" not in no_body
+    no_body = first.prompt  # every function shown, its body replaced by `...`
+    for src in (repo / "units.py").read_text().strip().split("\n\n\n")[1:]:
+        no_body = no_body.replace(src, nobody.stub(src))
+    assert "def celsius_to_fahrenheit" in no_body and "    ...\n" in no_body
+    assert "* 9 / 5" not in no_body and "* 9 / 5" in first.prompt
     prefix = lm.encode_text("```python\n")
     ids = [k.id for k in first.tokens]
     fresh = lm.score(lm.prefill(lm.encode([{"role": "user", "content": no_body}]) + prefix), ids,
