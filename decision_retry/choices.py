@@ -11,8 +11,9 @@ SAMPLERS: tuple[str, ...] = SamplerName.__args__  # type: ignore[attr-defined]
 # Strategy variants for `bench`: a strategy name, then `+option`s (the levers of docs/benchmarks.md):
 #   +local / +mixed  local or mixed moves; +code  code-aware cut weights;
 #   +surprise        cut weights from the surprise under the no-body context (with +code: both);
+#   +nbtoken         the cut's first new token drawn from the no-body context;
 #   +restartP        a restart move with probability P (e.g. +restart0.2).
-VARIANT_OPTIONS = ("local", "mixed", "code", "surprise", "restart")
+VARIANT_OPTIONS = ("local", "mixed", "code", "surprise", "nbtoken", "restart")
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -28,6 +29,8 @@ def parse_variant(spec: str) -> tuple[str, dict]:
         elif opt in ("code", "surprise"):
             have = set(kw.get("cut_weights", "entropy").split("+")) - {"entropy"}
             kw["cut_weights"] = "+".join(w for w in ("surprise", "code") if w in have | {opt})
+        elif opt == "nbtoken":
+            kw["cut_token"] = "nobody"
         elif opt.startswith("restart"):
             try:
                 kw["restart_share"] = float(opt[len("restart"):] or 0.2)

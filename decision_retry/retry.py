@@ -19,6 +19,12 @@ token's -log p under the no-body context instead of its entropy (samplers/surpri
 reply, current and proposal, is scored under that fixed context, so c stays a function of the
 sequence); the cut rule's entropy-jump kind becomes "level" (w_t = s_t^beta) there, because a
 jump of surprises means nothing. `surprise+code` multiplies it by the code classes.
+
+Cut token (`cut_token`): `patch` draws the first new token at the cut from the usual proposal;
+`nobody` draws it from the no-body context at the proposal temperature and the rest as usual, so
+a copied bug token can actually change; position t's proposal terms then read the no-body logq
+for both directions (samplers/surprise.py derives it). It needs every reply scored, as surprise
+weights do, and works with any cut weights.
 """
 
 from __future__ import annotations
@@ -62,18 +68,29 @@ class RetryConfig(BaseModel):
     cut_weights: Literal["entropy", "code", "surprise", "surprise+code"] = "entropy"
     prose_weight: float = Field(0.1, ge=0, description="code weights: strings and comments")
     name_weight: float = Field(4.0, ge=0, description="code weights: the name a def defines")
+    cut_token: Literal["patch", "nobody"] = Field(
+        "patch", description="where the cut's first new token is drawn from")
 
     @model_validator(mode="after")
     def _single_try_local(self) -> "RetryConfig":
         if self.move != "suffix" and self.strategy == "egps":
             raise ValueError(f"move {self.move!r} is single-try: use it with entropy-cut, "
                              "uniform-cut or argmax-cut")
+        if self.cut_token == "nobody" and self.strategy not in ("entropy-cut", "uniform-cut",
+                                                                "argmax-cut"):
+            raise ValueError("cut_token 'nobody' is a single-try cut move: use it with "
+                             "entropy-cut, uniform-cut or argmax-cut")
         return self
 
     @property
     def surprise(self) -> bool:
         """Do the cut weights read the no-body scores (every reply scored under it)?"""
         return self.cut_weights.startswith("surprise")
+
+    @property
+    def scored(self) -> bool:
+        """Is every reply scored under the no-body context (surprise weights or cut token)?"""
+        return self.surprise or self.cut_token == "nobody"
 
     @property
     def q_temperature(self) -> float:
@@ -216,6 +233,8 @@ def accept(
     by the proposal's [t, t + m) and the rest kept (only the spans enter the proposal terms)."""
     x, _ = flatten(current)
     y, _ = flatten(proposal)
+    if config.cut_token == "nobody" and cut.move != "restart":  # y_t was drawn from q_B
+        x, y = surprise.swap_logq(x, cut.index), surprise.swap_logq(y, cut.index)
     sx, sy = stops or (None, None)
     corr = None
     if cut.move == "restart":

@@ -7,8 +7,9 @@
           repository snapshot taken before the cut turn and routes back to model.
 A local move (retry.py, samplers/local.py) whose draw falls outside the support has no attempt to
 run: model routes straight to rewind, which records it as a rejected step.
-With surprise cut weights every reply is also scored under the no-body context (agent/nobody.py,
-samplers/surprise.py): one teacher-forced pass from the cut on, counted as prefill positions.
+With surprise cut weights or the no-body cut token every reply is also scored under the no-body
+context (agent/nobody.py, samplers/surprise.py): one teacher-forced pass from the cut on, counted
+as prefill positions; the no-body cut token draws the first new token of a rewind there.
 Routers are pure functions of the state. One loop serves every strategy (retry.py).
 """
 
@@ -139,12 +140,14 @@ class FixAgent:
     def __post_init__(self) -> None:
         if self.rc.move != "suffix" and hasattr(self.protocol, "observation_message"):
             raise BadInput(f"--move {self.rc.move} needs --protocol patch (one turn per attempt)")
-        if self.rc.surprise and hasattr(self.protocol, "observation_message"):
-            raise BadInput(f"--cut-weights {self.rc.cut_weights} needs --protocol patch (the "
-                           "no-body context shows the suspect functions without their bodies)")
-        if self.rc.surprise and not callable(getattr(self.lm, "score", None)):
-            raise BadInput(f"--cut-weights {self.rc.cut_weights} needs an engine that can score "
-                           f"a reply (teacher forcing); {self.lm.name} cannot")
+        what = (f"--cut-weights {self.rc.cut_weights}" if self.rc.surprise
+                else "--cut-token nobody")
+        if self.rc.scored and hasattr(self.protocol, "observation_message"):
+            raise BadInput(f"{what} needs --protocol patch (the no-body context shows the "
+                           "suspect functions without their bodies)")
+        if self.rc.scored and not callable(getattr(self.lm, "score", None)):
+            raise BadInput(f"{what} needs an engine that can score a reply (teacher forcing); "
+                           f"{self.lm.name} cannot")
 
     # -- helpers -----------------------------------------------------------------------------
     @property
@@ -165,16 +168,29 @@ class FixAgent:
     def _scored(self, turn: AgentTurn, base: AgentTurn | None = None, t: int = 0) -> tuple[AgentTurn, int]:
         """`turn` with its reply scored under the no-body context (from `base`'s scores, which
         share the reply's first t tokens), and the positions that pass teacher-forced."""
-        if not self.rc.surprise or self.rc.strategy not in retry.CUT_STRATEGIES:
+        if not self.rc.scored or self.rc.strategy not in retry.CUT_STRATEGIES:
             return turn, 0
+        q = Sampling(temperature=self.rc.q_temperature, max_new_tokens=1, alternatives=0)
+        s = surprise.annotate(self._alt_context(), turn.state, q, base=base.alt if base else None,
+                              t=t)
+        return replace(turn, state=s.y, alt=s.alt), s.positions
+
+    def _alt_context(self) -> surprise.AltContext:
         if self._alt is None:  # built once per run, from what the patch prompt shows
             p = self.protocol
             msgs = nobody.messages(p.defn, p.shown, p.task.test_src, p.task.result)
             prefix = self.lm.encode_text(p.defn.format["assistant_prefix"])
             self._alt = surprise.AltContext(self.lm, self.lm.prefill(self.lm.encode(msgs) + prefix))
-        q = Sampling(temperature=self.rc.q_temperature, max_new_tokens=1, alternatives=0)
-        s = surprise.annotate(self._alt, turn.state, q, base=base.alt if base else None, t=t)
-        return replace(turn, state=s.y, alt=s.alt), s.positions
+        return self._alt
+
+    def _first_token(self, current: Attempt, cut: CutPoint, q: Sampling):
+        """The no-body cut token's draw (or None for the usual one): y_t from the no-body
+        context, scored in the patch context (samplers/surprise.py)."""
+        if self.rc.cut_token != "nobody" or cut.move == "restart":
+            return None
+        alt_x = current.turns[cut.turn].alt
+        return lambda prefix: surprise.draw_first(self._alt_context(), alt_x, self.lm, prefix,
+                                                  cut.position, q, self.generator)
 
     def _sampling(self, spent: int, tries: int = 1) -> Sampling:
         left = (self.config.budget_tokens - spent) // tries  # K tries share what is left
@@ -221,17 +237,24 @@ class FixAgent:
             messages = tuple(self.protocol.first_messages())
             prefix, kept, snap, c, parent = self._prefill(messages), (), self.base_sha, None, None
         gens = sampling.child_generators(self.generator, k) if k > 1 else [self.generator]
-        outs = self.lm.extend_many(prefix, self._sampling(spent, k), gens)
-        new, prefilled = [], state.get("prefilled", 0)
+        q, prefilled = self._sampling(spent, k), state.get("prefilled", 0)
+        first = self._first_token(current, cut, q) if cut is not None else None
+        if first is not None:  # y_t from the no-body context, the rest as usual
+            out, more = surprise.first_then_extend(self.lm, first(prefix), cut.position, q,
+                                                   self.generator)
+            outs, decoded, prefilled = [out], 1 + more, prefilled + 1
+        else:
+            outs, decoded = self.lm.extend_many(prefix, q, gens), None
+        new = []
         for out in outs:
-            spent += len(out.tokens) - len(prefix.tokens)
-            att = Attempt(branch=self._branch(parent, c), turns=kept, cut=cut)
+            spent += decoded if decoded is not None else len(out.tokens) - len(prefix.tokens)
+            att = Attempt(branch=self._branch(parent, c), turns=kept, cut=cut, decoded=decoded)
             turn, n = self._scored(AgentTurn(messages, out, snap),
                                    *((current.turns[cut.turn], cut.position) if cut else ()))
             prefilled += n
             new.append(self._with_turn(att, turn))
         self._event("model", attempt=state.get("attempts", 0) + 1, spent=spent, cut=cut,
-                    **({"prefilled": prefilled} if self.rc.surprise else {}))
+                    **({"prefilled": prefilled} if self.rc.scored else {}))
         return {"pending": new, "spent": spent, "attempts": state.get("attempts", 0) + 1,
                 "prefilled": prefilled}
 
@@ -239,12 +262,14 @@ class FixAgent:
         """A local move: resample the cut turn from the cut to the next span boundary, keep and
         rescore the rest (samplers/local.py)."""
         base = current.turns[cut.turn]
-        p = local.propose(self.lm, base.state, cut.position, self.rc.span, self._sampling(spent),
-                          self.generator, cap=self.protocol.defn.limits["max_new_tokens"],
-                          budget=self.config.budget_tokens - spent)
+        q = self._sampling(spent)
+        first = self._first_token(current, cut, q)
+        p = local.propose(self.lm, base.state, cut.position, self.rc.span, q, self.generator,
+                          cap=self.protocol.defn.limits["max_new_tokens"],
+                          budget=self.config.budget_tokens - spent, first=first)
         spent += p.decode_tokens
-        out = {"spent": spent, "attempts": state.get("attempts", 0) + 1,
-               "prefilled": state.get("prefilled", 0) + p.prefill_positions}
+        out = {"spent": spent, "attempts": state.get("attempts", 0) + 1,  # + y_t's patch score
+               "prefilled": state.get("prefilled", 0) + p.prefill_positions + (first is not None)}
         self._event("model", attempt=out["attempts"], spent=spent, cut=cut,
                     prefilled=out["prefilled"])
         if p.y is None:

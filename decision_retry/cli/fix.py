@@ -86,6 +86,10 @@ def span_listener(otlp: str | None):
               "name up; surprise: cut where the reply surprises a context that shows the "
               "signature, docstring and failing test but not the body (one scoring pass per "
               "reply; patch protocol); surprise+code: both.")
+@click.option("--cut-token", type=click.Choice(["patch", "nobody"]), default="patch",
+              show_default=True, help="Where a rewind draws its first new token: patch (the "
+              "usual proposal) or nobody (the context without the function bodies, so a copied "
+              "bug token can change; MH-corrected; patch protocol).")
 @click.option("--test-cmd", default="python -m pytest -x -q", show_default=True,
               help="Command that runs the tests in the repository root; a leading `python` is "
               "the interpreter decision-retry runs in.")
@@ -116,7 +120,7 @@ def span_listener(otlp: str | None):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @home_option
 def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposal_temperature,
-        verifier_weight, eps, tries, move, restart_share, cut_weights, test_cmd, test_timeout, narrow, protocol, apply_fix, otlp, sandbox,
+        verifier_weight, eps, tries, move, restart_share, cut_weights, cut_token, test_cmd, test_timeout, narrow, protocol, apply_fix, otlp, sandbox,
         pass_env, resume_ref, threads, as_json, home) -> None:
     """Fix the failing tests of the git repository at PATH.
 
@@ -155,7 +159,8 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
             retry=RetryConfig(strategy=strategy, alpha=alpha,
                               proposal_temperature=proposal_temperature,
                               verifier_weight=verifier_weight, cut=CutRule(eps=eps), tries=tries,
-                              move=move, restart_share=restart_share, cut_weights=cut_weights),
+                              move=move, restart_share=restart_share, cut_weights=cut_weights,
+                              cut_token=cut_token),
         )
     except ValidationError as err:  # a combination the option types alone do not catch
         first = err.errors()[0]

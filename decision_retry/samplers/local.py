@@ -121,12 +121,14 @@ def propose(
     cap: int,
     budget: int | None = None,
     rescore: bool = True,
+    first=None,
 ) -> LocalProposal:
     """Draw z after x_<t by the span rule, keep x's tail rescored; check y is in the support.
 
     `cap`: the length cap of a finished sequence; `budget`: decode tokens this draw may spend
     (running out is a rejection); `rescore=False` keeps the tail's old scores (only to show the
-    bias it causes)."""
+    bias it causes); `first(state)`, when given, draws the span's first token instead of q (the
+    no-body cut token, surprise.draw_first: the rule reads it like any drawn token)."""
     tokens = x.tokens
     s = span_end(tokens, t, rule)
     tail = [tok.id for tok in tokens[s:]]
@@ -138,7 +140,7 @@ def propose(
         if budget is not None and spent >= budget:
             ended = "budget"
             break
-        nxt = lm.extend(cur, one, generator)
+        nxt = first(cur) if first is not None and spent == 0 else lm.extend(cur, one, generator)
         spent += 1
         j = len(nxt) - 1
         if j > t and rule.decision is not None and nxt.tokens[j].entropy >= rule.decision:

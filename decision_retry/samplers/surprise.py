@@ -24,6 +24,7 @@ kept tail), the first attempt L. No decode tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
+import re
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -80,3 +81,73 @@ def surprises(tokens: Sequence[Token]) -> list[float]:
                                 "context: surprise cuts need every reply scored (patch protocol)")
         out.append(min(-tok.alt_logp, CAP))
     return out
+
+
+# -- the cut token drawn from the no-body context (RetryConfig.cut_token = "nobody") ---------
+# The bug token is calm in the patch context because the model copies what it was shown, so
+# resampling it there redraws the same bug. At the cut t this kernel draws y_t from
+# q_B(. | B, x_<t) (the no-body context at the proposal temperature) and the rest y_t+1.. from
+# the usual patch-context proposal q. Its proposal density is q_B(y_t) * prod_{i>t} q(y_i), and
+# the reverse move (cut at t of y, same kernel) proposes x with q_B(x_t) * prod_{i>t} q(x_i), so
+#
+#     log A = alpha (S_p(y_t:) - S_p(x_t:))                       target: p of the patch context
+#           + [alt_logq(x_t) + S_q(x_t+1:)] - [alt_logq(y_t) + S_q(y_t+1:)]
+#           + log c(t | y) - log c(t | x) + lam (r(y) - r(x))
+#
+# i.e. the usual formula with position t's logq read from B (`swap_logq`). alt_logq(x_t) comes
+# from x's own scoring pass (same temperature), alt_logq(y_t) from the draw. The target keeps
+# p of the patch context: only where the cut token comes from changes. The stopping rule is the
+# usual one as if y_t.. were drawn by one `extend` from t (`first_then_extend`), so both
+# directions are moves of the same kernel.
+
+
+def draw_first(ctx: AltContext, alt_x: DecodeState, lm, prefix: DecodeState, t: int, q: Sampling,
+               generator) -> DecodeState:
+    """prefix (= x_<t in the patch context) + y_t ~ q_B(. | B, x_<t), with y_t's patch-context
+    scores (one scored position) and its B scores (alt_logp, alt_logq)."""
+    one = q.model_copy(update={"max_new_tokens": 1, "stop": (), "stop_regex": None})
+    b = ctx.lm.extend(ctx.lm.fork(alt_x, t), one, generator)  # one decode step under B
+    drawn = b.tokens[-1]
+    y = lm.score(prefix, [drawn.id], q)
+    tok = y.tokens[-1].model_copy(update={"alt_logp": drawn.logp, "alt_logq": drawn.logq})
+    return replace(y, tokens=y.tokens[:-1] + (tok,))
+
+
+def first_then_extend(lm, first: DecodeState, t: int, q: Sampling,
+                      generator) -> tuple[DecodeState, int]:
+    """Continue `first` (x_<t + y_t) with q, stopping exactly where one `extend` from t would:
+    that call's stop window starts at t (lm.LM._finish), so a stop string that needs y_t, or a
+    length cap of q.max_new_tokens tokens from t, ends the sequence here too. Returns the
+    sequence and the decode tokens spent after y_t (a look-ahead cut off by such a stop counts)."""
+    stop = _stopped(first.tokens, t, t, q, lm.eos_ids)
+    if stop or q.max_new_tokens <= 1:
+        return replace(first, finish=stop or "length"), 0
+    rest = lm.extend(first, q.model_copy(update={"max_new_tokens": q.max_new_tokens - 1}),
+                     generator)
+    spent = len(rest.tokens) - t - 1
+    for i in range(t + 1, len(rest.tokens)):  # a stop the window from t + 1 could not see
+        if (stop := _stopped(rest.tokens, t, i, q, lm.eos_ids)):
+            if i == len(rest.tokens) - 1:
+                return (rest if rest.finish == stop else replace(rest, finish=stop)), spent
+            return replace(lm.fork(rest, i + 1), finish=stop), spent
+    return rest, spent
+
+
+def _stopped(tokens: Sequence[Token], t: int, i: int, q: Sampling, eos) -> str | None:
+    """Would a generation started at t stop right after tokens[i] (as lm.LM._finish decides)?"""
+    if tokens[i].id in eos:
+        return "eos"
+    tail = "".join(k.text for k in tokens[max(t, i - 15): i + 1])
+    if any(s in tail for s in q.stop) or (q.stop_regex and re.search(q.stop_regex, tail)):
+        return "stop"
+    return None
+
+
+def swap_logq(tokens: Sequence[Token], t: int) -> list[Token]:
+    """tokens with position t's logq replaced by its no-body logq (the no-body cut token's
+    proposal term); MissingScores when it was not scored."""
+    tok = tokens[t]
+    if tok.alt_logq is None:
+        raise MissingScores(f"token {t} ({tok.text!r}) has no no-body logq: the no-body cut "
+                            "token needs every reply scored under the no-body context")
+    return [*tokens[:t], tok.model_copy(update={"logq": tok.alt_logq}), *tokens[t + 1:]]
