@@ -1,5 +1,7 @@
 """The patch protocol: replies become code, applied to the named function only."""
 
+import re
+
 import pytest
 
 from decision_retry.agent import definitions, patch
@@ -49,3 +51,23 @@ def test_agent_definitions_load_from_data():
     for name in ("patch", "tools"):
         d = definitions.load(name)
         assert d.name == name and d.limits["max_new_tokens"] > 0 and d.prompt
+
+
+def _stops_after(tokens: list[str], regex: str) -> str:
+    """The reply as the decode loop ends it: the first prefix whose last 16 tokens match."""
+    for i in range(1, len(tokens) + 1):
+        if re.search(regex, "".join(tokens[max(0, i - 16):i])):
+            return "".join(tokens[:i])
+    return "".join(tokens)
+
+
+def test_the_stop_rule_waits_for_a_whole_word_at_column_0():
+    # a reply that imports before its function, streamed token by token: the decode loop sees
+    # "\n\ndef" before the space that follows, and must not stop there (nor at the import)
+    regex = definitions.load("patch").stop_regex
+    tokens = ["import", " re", "\n", "from", " os", " import", " path", "\n\n", "de", "f", " f",
+              "(x", "):\n", "   ", " return", " re", ".escape", "(x", ")\n\n", "x", " =", " 1"]
+    assert _stops_after(tokens, regex) == "".join(tokens[:-1])  # at "x =": after the function
+    two = ["def", " f", "():\n", "    return", " g", "()\n\n", "async", " def", " g", "():\n",
+           "    return", " 1", "\n", "class", " C", ":\n", "    pass", "\n", "#", " done"]
+    assert _stops_after(two, regex) == "".join(two[:-1])  # a comment at column 0 ends it
