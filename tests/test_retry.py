@@ -134,3 +134,14 @@ def test_local_moves_need_the_patch_protocol_and_a_single_try_strategy():
     with pytest.raises(BadInput, match="--protocol patch"):
         FixAgent(lm=scripted_lm(UNITS_LOCAL), ws=None, recorder=None, protocol=tools, config=cfg,
                  base_sha="", generator=torch.Generator())
+
+
+@pytest.mark.parametrize("budget", [13, 14])
+def test_egps_never_spends_more_than_the_budget(tmp_path, budget):
+    """With fewer tokens left than tries, egps draws fewer tries (each gets one token at least)
+    instead of K one-token tries past the budget (seed 1 spent 15 of 13 and of 14 before)."""
+    cfg = FixConfig(retry=RetryConfig(strategy="egps", proposal_temperature=1.0), seed=1,
+                    budget_tokens=budget, max_attempts=30)
+    with TraceStore(tmp_path / "t.db") as store:
+        res = fix(units_repo(tmp_path), cfg, lm=scripted_lm(UNITS_LOCAL), store=store)
+    assert res.attempts >= 2 and res.decode_tokens <= budget

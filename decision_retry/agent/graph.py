@@ -220,6 +220,7 @@ class FixAgent:
         if cut is not None and cut.move == "local":
             return self._local(state, current, cut, spent)
         k = self.rc.tries if (cut is not None and self.rc.strategy == "egps") else 1
+        k = max(1, min(k, self.config.budget_tokens - spent))  # each try gets a token at least
         if cut is not None:  # rewind: keep turns before the cut turn, fork that turn at the token
             base = current.turns[cut.turn]
             prefix = self.lm.fork(base.state, cut.position)
