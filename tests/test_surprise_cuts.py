@@ -180,19 +180,6 @@ def test_the_no_body_cut_token_keeps_p_alpha(toy, target, mv, weights):
               target) < BOUND
 
 
-@pytest.mark.xfail(strict=False, reason="not yet a counter-test: measured TV 0.031 after 5 moves "
-                   "(600 chains), within noise of the exact kernel; needs more moves or a second "
-                   "table farther from the first")
-def test_the_no_body_cut_token_with_the_patch_logq_leaves_p_alpha(toy, target):
-    """The same draws decided with the patch context's log q at t (as if y_t came from q)
-    drift off p^alpha."""
-    cfg = config(cut=CutRule(eps=0.1), cut_token="nobody")
-    exact = chains(toy, cfg, target, 600, 5, seed0=20_000)
-    wrong = chains(toy, cfg, target, 600, 5, seed0=20_000, wrong="patch-logq")
-    assert tv(exact, target) < BOUND
-    assert tv(wrong, target) > 2 * BOUND
-
-
 def test_the_no_body_first_token_stops_like_one_extend(toy):
     """first_then_extend ends where one `extend` from t would: at the first stop string, even
     one that needs y_t (the continuation's own window starts after it), with the length cap
