@@ -52,9 +52,8 @@ def q(n: int) -> Sampling:
 
 
 def move(lm, ctx, x, alt_x, cfg: RetryConfig, g, wrong: str | None = None):
-    """One move of the agent's kernel: (new x, its no-body state). `wrong` decides with a wrong
-    formula from the same draws: "no-correction" drops the reverse-cut term, "patch-logq" reads
-    the no-body cut token's proposal term from the patch context."""
+    """One move of the agent's kernel: (new x, its no-body state). `wrong="no-correction"` decides
+    the same draws without the reverse-cut term."""
     cut = retry.choose_cut([x.tokens], cfg, g)
     t = cut.index
     span = None
@@ -72,8 +71,7 @@ def move(lm, ctx, x, alt_x, cfg: RetryConfig, g, wrong: str | None = None):
         y = lm.extend(lm.fork(x, t), q(MAX_LEN - t), g)
     s = surprise.annotate(ctx, y, q(1), base=alt_x, t=t)
     u = sampling.uniform(g)
-    decide = cfg.model_copy(update={"cut_token": "patch"}) if wrong == "patch-logq" else cfg
-    rec = retry.accept([x.tokens], [s.y.tokens], cut, config=decide, r_current=0.0,
+    rec = retry.accept([x.tokens], [s.y.tokens], cut, config=cfg, r_current=0.0,
                        r_proposal=0.0, u=u, decode_tokens=0, span=span)
     log_a = rec.log_accept - (rec.log_cut_correction if wrong == "no-correction" else 0.0)
     ok = u == 0 or math.log(u) < log_a

@@ -181,7 +181,7 @@ def run_group(job: tuple[Case, int, tuple[str, ...], BenchConfig, Cell | None]) 
     case, seed, strategies, cfg, known = job
     out: list[Cell] = []
     for s in strategies:
-        if known is not None and cfg.share_first and first_passed(known):
+        if known is not None and cfg.share_first:  # known: a cell whose first attempt passed
             out.append(shared_copy(known, s))
             continue
         cell = run_cell((case, s, seed, cfg))
