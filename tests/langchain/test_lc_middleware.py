@@ -162,6 +162,9 @@ def test_exhausted_after_max_attempts(tmp_path):
     ({"verifier": bool, "repository": object()}, "snapshot(label) and restore(id)"),
     ({"verifier": bool, "max_attempts": 0}, "max_attempts=0"),
     ({"verifier": bool, "retry": RetryConfig(strategy="egps")}, "not supported"),
+    ({"verifier": bool, "retry": RetryConfig(move="local")}, "move='local' is not supported"),
+    ({"verifier": bool, "retry": RetryConfig(cut_token="nobody")},
+     "cut_token='nobody' is not supported"),
 ])
 def test_bad_arguments_are_one_clear_error(kwargs, message):
     with pytest.raises(BadInput, match=message.replace("(", r"\(").replace(")", r"\)")):
