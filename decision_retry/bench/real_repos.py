@@ -17,6 +17,7 @@ idna 3.20 (needs hypothesis), jmespath 1.1.0 (its `tests` package clashes with o
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import shutil
 import subprocess
@@ -207,7 +208,9 @@ def enclosing_pytest_config(root: Path) -> Path | None:
 def real_repos(root: Path, *, limit: int | None = None, per_project: int = PER_PROJECT,
                projects: tuple[Project, ...] = PROJECTS,
                on_build: Callable[[str], None] | None = None) -> list[Case]:
-    """The verified cases under `root` (built and cached as needed), in project order."""
+    """The verified cases under `root` (built and cached as needed), round-robin over the
+    projects (each project's first case, then each one's second, ...): a `limit` smaller than
+    the suite spreads over every project built, rather than exhausting the first few."""
     root = Path(root).resolve()
     config = enclosing_pytest_config(root)
     if config is not None:
@@ -232,8 +235,10 @@ def real_repos(root: Path, *, limit: int | None = None, per_project: int = PER_P
         index["cases"].update(built)
         root.mkdir(parents=True, exist_ok=True)
         index_file.write_text(json.dumps(index, indent=1) + "\n")
-    cases = [Case(name, root / name, meta["test_cmd"]) for name, meta in index["cases"].items()
-             if (root / name).is_dir()]
+    per = [[Case(name, root / name, index["cases"][name]["test_cmd"]) for name in built["cases"]
+            if name in index["cases"] and (root / name).is_dir()]
+           for built in index["projects"].values()]
+    cases = [c for rank in itertools.zip_longest(*per) for c in rank if c is not None]
     return cases[:limit] if limit else cases
 
 

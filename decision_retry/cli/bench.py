@@ -84,7 +84,7 @@ def canonical_command(suite, strategies, budget, seeds, limit, model, alpha, q, 
 @click.option("--budget-tokens", type=int, default=600, show_default=True,
               help="Decode tokens per cell (accepted or not), the same for every strategy.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
-@click.option("--limit", type=int, default=None, help="Only the first K repositories of the suite.")
+@click.option("--limit", type=int, default=None, help="Only the first K repositories of the suite (real-repos: round-robin over its projects).")
 @click.option("--mutations", type=int, default=1, show_default=True,
               help="humaneval-bugs only: K single-token mutations per case (1..5), each needed "
               "(every version with one of them reverted still fails); cached per K.")
@@ -127,9 +127,9 @@ def bench(suite, strategies, budget_tokens, seeds, limit, mutations, model, work
       decision-retry bench fixtures --strategies entropy-cut,from-end,restart \\
           --budget-tokens 600 --seeds 0,1,2 --out bench-out/strategies
     """
-    from decision_retry.bench.harness import BenchConfig, run_bench
+    from decision_retry.agent.runner import signals_as_interrupt
+    from decision_retry.bench.harness import BenchConfig, load_cells
     from decision_retry.bench.report import strategy_table, write_report
-    from decision_retry.bench.suites import load_suite
 
     # 1) check every input before any work
     names, seed_list = parse_strategies(strategies), parse_seeds(seeds)
@@ -153,14 +153,36 @@ def bench(suite, strategies, budget_tokens, seeds, limit, mutations, model, work
                       max_attempts=max_attempts, test_timeout=test_timeout,
                       workers=workers or _default_workers(model), threads=threads,
                       share_first=share_first_attempt)
+    command = canonical_command(suite, names, budget_tokens, seed_list, limit, model, alpha,
+                                proposal_temperature, max_attempts, out, mutations=mutations)
     err = Console(stderr=True, highlight=False)
+    try:  # SIGTERM and SIGHUP stop it as Ctrl-C does: test process groups killed, cells kept
+        with signals_as_interrupt():
+            cells = _run_cells(suite, cfg, out_dir, limit, mutations, err)
+    except KeyboardInterrupt as stop:
+        why = f" by {stop.args[0]}" if stop.args else ""
+        kept = len(load_cells(out_dir)) if out_dir.is_dir() else 0
+        err.print(f"interrupted{why}: {kept} cell(s) stored in {out_dir}; run the same command "
+                  "again to continue")
+        raise SystemExit(130) from None
+
+    # 4) the report
+    rows = write_report(out_dir, cells, cfg, command=command)
+    click.echo(strategy_table(rows))
+    err.print(f"wrote {out_dir / 'results.md'}, {out_dir / 'cells.json'}, "
+              f"{out_dir / 'fix_rate.png'}")
+
+
+def _run_cells(suite: str, cfg, out_dir: Path, limit: int | None, mutations: int,
+               err: Console) -> list:
+    """Steps 2 and 3 of `bench`: the suite, then its cells under a progress bar."""
+    from decision_retry.bench.harness import run_bench
+    from decision_retry.bench.suites import load_suite
 
     # 2) the suite (humaneval-bugs builds and verifies its repositories on first use)
     cases = load_suite(suite, out_dir, limit=limit, workers=cfg.workers, mutations=mutations,
                        on_build=lambda msg: err.print(f"[dim]{msg}[/dim]"))
-    command = canonical_command(suite, names, budget_tokens, seed_list, limit, model, alpha,
-                                proposal_temperature, max_attempts, out, mutations=mutations)
-    err.print(f"{len(cases)} repos x {len(names)} strategies x {len(seed_list)} seeds, "
+    err.print(f"{len(cases)} repos x {len(cfg.strategies)} strategies x {len(cfg.seeds)} seeds, "
               f"{cfg.workers} worker(s): {out_dir}")
 
     # 3) the cells, with a progress bar
@@ -180,10 +202,4 @@ def bench(suite, strategies, budget_tokens, seeds, limit, mutations, model, work
                 err.print(f"[{done}/{total}]{last} ({cell.decode_tokens} tokens, "
                           f"{cell.wall_s:.0f}s)")
 
-        cells = run_bench(cases, cfg, out_dir, on_cell=on_cell)
-
-    # 4) the report
-    rows = write_report(out_dir, cells, cfg, command=command)
-    click.echo(strategy_table(rows))
-    err.print(f"wrote {out_dir / 'results.md'}, {out_dir / 'cells.json'}, "
-              f"{out_dir / 'fix_rate.png'}")
+        return run_bench(cases, cfg, out_dir, on_cell=on_cell)

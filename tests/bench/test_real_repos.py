@@ -10,7 +10,15 @@ import pytest
 
 from decision_retry.agent.localise.spectrum import coverage_run, pytest_options
 from decision_retry.agent.testrun import run_tests
-from decision_retry.bench.real_repos import PROJECTS, Project, build_from, plan_mutants, real_repos
+from decision_retry.bench.real_repos import (
+    BUILD_VERSION,
+    PER_PROJECT,
+    PROJECTS,
+    Project,
+    build_from,
+    plan_mutants,
+    real_repos,
+)
 from decision_retry.bench.suites import SUITES
 from decision_retry.errors import BadInput
 
@@ -141,3 +149,21 @@ def test_a_suite_inside_another_pytest_project_is_refused(tmp_path: Path) -> Non
         real_repos(tmp_path / "out" / "suites", projects=())
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")  # no pytest section
     assert real_repos(tmp_path / "out" / "suites", projects=()) == []
+
+
+def test_cases_come_round_robin_over_projects(tmp_path: Path) -> None:
+    """A --limit smaller than the suite spreads over every built project, in project order."""
+    built = {"a==1": ["a-1-f", "a-2-g", "a-3-h"], "b==1": ["b-1-f"], "c==1": ["c-1-f", "c-2-g"]}
+    for names in built.values():
+        for name in names:
+            (tmp_path / name).mkdir()
+    index = {"version": BUILD_VERSION, "per_project": PER_PROJECT,
+             "projects": {sdist: {"cases": names} for sdist, names in built.items()},
+             "cases": {name: {"test_cmd": f"pytest {name}"} for names in built.values()
+                       for name in names}}
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    cases = real_repos(tmp_path, projects=())
+    assert [c.name for c in cases] == ["a-1-f", "b-1-f", "c-1-f", "a-2-g", "c-2-g", "a-3-h"]
+    assert cases[1].test_cmd == "pytest b-1-f"
+    assert [c.name for c in real_repos(tmp_path, projects=(), limit=4)] == \
+        ["a-1-f", "b-1-f", "c-1-f", "a-2-g"]
