@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -14,11 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from decision_retry.agent import definitions, leftovers
 from decision_retry.agent import sandbox as sandboxes
+from decision_retry.agent.carry import Carried
 from decision_retry.agent.graph import Attempt, FixAgent, build_graph
 from decision_retry.agent.localise.command import narrow_command
 from decision_retry.agent.localise.replay import replayed
 from decision_retry.agent.locate import failing_test, localise, source_files
 from decision_retry.agent.protocols import PatchProtocol, Task, ToolsProtocol
+from decision_retry.agent.testrun import TestResult
 from decision_retry.agent.userrepo import UserRepo
 from decision_retry.agent.workspace import Workspace, repo_root
 from decision_retry.errors import BadInput
@@ -117,6 +120,40 @@ def check_input(ws: Workspace, cfg: FixConfig):
     return result
 
 
+def no_suspect_reason(result: TestResult, carried: Carried) -> str:
+    """Why the patch protocol has no function to rewrite: a collection error (an import that
+    fails, a syntax error) said plainly, with its first error line; else that none was found."""
+    found = collection_error(result)
+    if found is None:
+        return "cannot find the function under test; try --protocol tools"
+    where, line = found
+    msg = f"the tests fail at collection, before any test runs ({where}): {line}"
+    if "ImportError" in line or "ModuleNotFoundError" in line:
+        msg += (f" (ignored files carried into the private clone: "
+                f"{', '.join(carried.paths) or 'none'}; see docs/safety.md)")
+    return msg
+
+
+def collection_error(result: TestResult) -> tuple[str, str] | None:
+    """(where, first error line) of the first collection error pytest reported, or None."""
+    for f in result.failures:  # JUnit: a testcase whose error is "collection failure"
+        if f.kind == "collection":
+            return f.file or f.nodeid, _error_line(f.text) or f.message
+    text = result.output_tail  # no report (a conftest that does not import, not pytest's JUnit)
+    m = (re.search(r"^_* ?ERROR collecting (\S+)", text, re.MULTILINE)
+         or re.search(r"^ImportError while loading conftest '([^']+)'", text, re.MULTILINE))
+    if m is None:
+        return None
+    return m.group(1), _error_line(text[m.end():]) or "(no error line in the output)"
+
+
+def _error_line(text: str) -> str:
+    """pytest's first `E   ...` line (the exception), else the first non-empty line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    first_e = next((ln[1:].strip() for ln in lines if ln.startswith("E ")), None)
+    return (first_e or (lines[0] if lines else ""))[:300]
+
+
 def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None = None,
         listeners=(), on_event=None, apply: bool = False,
         sandbox: sandboxes.Sandbox | None = None) -> FixResult:
@@ -156,6 +193,8 @@ def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandbo
         if expect_base and ws.base_sha != expect_base:  # resume: recorded results need the tree
             raise BadInput(f"cannot resume run {run.id[:12]}: {root} changed since it started "
                            f"(its starting point was {expect_base[:12]}, now {ws.base_sha[:12]})")
+        if on_event and (note := ws.carried.note()):  # gitignored modules the tests may import
+            on_event("carried", {"files": ws.carried.paths, "note": note})
         # 1) the input: failing tests, and the code under test
         result = check_input(ws, cfg)
         if localisation is None:  # 2) measured: the coverage spectrum, the traceback, the calls
@@ -168,12 +207,13 @@ def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandbo
         narrow_cmd = narrow_command(cfg.test_cmd, result) if cfg.narrow else None
         if narrow_cmd:
             cfg = cfg.model_copy(update={"test_cmd": narrow_cmd})
+        summary = {**loc.summary(), **({"carried": ws.carried.paths} if ws.carried.files else {})}
         task = Task(suspect, test_src, result, tuple(source_files(ws.root)), cfg.test_cmd,
-                    cfg.test_timeout, loc.candidates, loc.summary())
+                    cfg.test_timeout, loc.candidates, summary)
         if cfg.protocol == "tools":
             protocol = ToolsProtocol(defn, task)
         elif suspect is None:
-            raise BadInput("cannot find the function under test; try --protocol tools")
+            raise BadInput(no_suspect_reason(result, ws.carried))
         else:
             protocol = PatchProtocol(defn, task)
         # 3) the graph

@@ -5,7 +5,9 @@ Layout of one run, in a fresh temporary directory `decision-retry-<run-id>-*`:
     git/          the clone's repository: its own refs and index, the user's objects borrowed
                   read-only (objects/info/alternates); never inside the sandbox
     <name>/       the working tree: a copy of the user's tree as they see it (tracked changes and
-                  untracked non-ignored files); the only directory the sandboxed tests can write
+                  untracked non-ignored files), plus the small ignored Python modules the tests
+                  may import (carry.py: a generated `version.py`); the only directory the
+                  sandboxed tests can write
 
 Nothing of the user's repository is written until `finish(success=True)` adds the fix branch,
 which is the user's HEAD plus the fix only (userrepo.py): a fix to a file that is untracked in the
@@ -21,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Self
 
 from decision_retry.agent import sandbox as sandboxes
+from decision_retry.agent.carry import Carried, exclude_lines, ignored_sources
 from decision_retry.agent.gitexec import PATCH_FLAGS, git, git_bytes
 from decision_retry.agent.leftovers import TMP_PREFIX, owner_stamp
 from decision_retry.agent.userrepo import UserRepo, UserTree, repo_root
@@ -43,7 +46,8 @@ class Workspace:
     clone; `snapshot`/`restore` commit and rewind its working tree; `run_tests` runs the test
     command there in the sandbox; `finish(success=True)` adds branch `decision-retry/<run-id>` to
     the user's repository (HEAD plus the fix); `apply_to_user_tree` writes the fix into a clean
-    working tree. Ignored files of the user's tree (virtualenvs, caches, secrets) are not copied.
+    working tree. Ignored files of the user's tree (virtualenvs, caches, secrets) are not copied,
+    except small Python modules in the project's source directories (`carried`, carry.py).
     """
 
     def __init__(self, repo: str | Path, run_id: str, *,
@@ -64,6 +68,7 @@ class Workspace:
         self.fix_sha: str | None = None  # the branch commit in the user's repository
         self.result_sha: str | None = None  # the fix as a snapshot of the clone
         self.left_out: list[str] = []  # fixed files that are untracked in the user's repository
+        self.carried = Carried()  # ignored files copied in for the tests (never in a snapshot)
         self._user_tree: UserTree | None = None
         self._tmp: Path | None = None
         self._root: Path | None = None
@@ -84,6 +89,8 @@ class Workspace:
             self._root = self._tmp / self.repo.name
             self._init_clone(tree)
             self._copy_files(tree)
+            self.carried = ignored_sources(self.user, tree)
+            self._carry(exclude=True)
             self.base_sha = self._capture(tree.head)
             self._save_ref(self.base_sha)
         except BaseException:
@@ -144,6 +151,7 @@ class Workspace:
         commit = self._commit(sha)
         self._git("read-tree", "--reset", "-u", commit)
         self._git("clean", "-ffdxq")  # only ever inside the clone
+        self._carry()  # the ignored files the tests import, as they were at the start
 
     def diff(self, base_sha: str | None = None, sha: str | None = None) -> str:
         """Unified diff from `base_sha` (default: the start) to snapshot `sha` (default: now)."""
@@ -276,6 +284,31 @@ class Workspace:
                     shutil.copy2(src, dst)
             except OSError as err:
                 raise BadInput(f"cannot copy {rel} of {self.repo}: {err.strerror}") from None
+
+    def _carry(self, exclude: bool = False) -> None:
+        """Write the carried files into the working tree; with `exclude`, first make the clone
+        ignore exactly them (a rule of the user's that ignored them may not have come along)."""
+        if not self.carried.files:
+            return
+        if exclude:
+            info = self.git_dir / "info" / "exclude"
+            info.parent.mkdir(exist_ok=True)
+            old = info.read_bytes() if info.is_file() else b""
+            sep = b"" if not old or old.endswith(b"\n") else b"\n"
+            info.write_bytes(old + sep + b"# carried by decision-retry (carry.py)\n"
+                             + exclude_lines(self.carried.paths).encode())
+        for f in self.carried.files:
+            dst = self.root / f.path
+            parent = dst.parent.resolve()  # what exists of it
+            if parent != self.root and self.root not in parent.parents:
+                continue  # a snapshot made a link of a directory on the way: never write through it
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.is_dir() and not dst.is_symlink():  # what a test put there instead
+                shutil.rmtree(dst)
+            elif os.path.lexists(dst):
+                dst.unlink()
+            dst.write_bytes(f.data)
+            dst.chmod(f.mode)
 
     def _capture(self, head: str | None) -> str:
         """The starting snapshot: HEAD itself when the copy equals it, else a commit on top."""

@@ -43,6 +43,8 @@ class Progress:
             cut = data["cut"]
             self.note = f"rewind to {data['file']}:{data['line']} token {cut.token!r} (H={cut.entropy:.2f})"
             self.console.print(Text(f"  rewind  {self.note[10:]}", style="dim"))
+        elif kind == "carried":  # gitignored modules the tests import, copied into the clone
+            self.console.print(data["note"])
         self.live.update(self.render())
 
 
