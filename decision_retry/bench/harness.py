@@ -19,6 +19,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -119,10 +120,52 @@ def model_list(model: str | None) -> list[str | None]:
     return [model]
 
 
+_STOP = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+def _stop_on_signals() -> None:
+    """In a pool worker (Pool.terminate sends SIGTERM; Ctrl-C and a hangup reach the whole
+    process group): during a cell the signal raises KeyboardInterrupt, as in `fix`, so the
+    cell's test process group is killed, its clone removed and its run marked interrupted;
+    idle, the worker exits. Either way quietly (SystemExit, which also releases the pool's
+    queue lock an idle worker holds: Pool.terminate takes it), and later signals are ignored."""
+    from multiprocessing import util
+
+    def stop(signum, frame):
+        for s in _STOP:
+            signal.signal(s, signal.SIG_IGN)
+        if _WORKER.get("busy"):
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        if getattr(util, "_exiting", False):
+            return  # the worker is already ending (its exit handlers run): let it
+        raise SystemExit(130)
+
+    for s in _STOP:
+        signal.signal(s, stop)
+
+
+def _pool_group(job) -> list[Cell]:
+    """`run_group` in a pool worker; once an interrupted cell has cleaned up, the worker exits
+    (the main process stops the benchmark; the cells stored so far stay)."""
+    _WORKER["busy"] = True
+    try:
+        return run_group(job)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None  # no traceback per worker
+    finally:
+        _WORKER["busy"] = False
+
+
+def _init_pool(model: str | None, threads: int | None, home: str) -> None:
+    _stop_on_signals()
+    _init_worker(model, threads, home)
+
+
 def _init_spread(urls, first: str, threads: int | None, home: str) -> None:
     """A pool worker takes the next engine URL from the queue (one URL per worker)."""
     import queue as queues
 
+    _stop_on_signals()
     try:
         model = urls.get(timeout=5)
     except queues.Empty:  # a worker started again after a crash: share the first URL
@@ -315,13 +358,13 @@ def _run(todo: list, cfg: BenchConfig, home: str):
             urls.put(models[i % len(models)])
         init, args = _init_spread, (urls, models[0], threads, home)
     else:
-        init, args = _init_worker, (cfg.model, threads, home)
+        init, args = _init_pool, (cfg.model, threads, home)
     pool = ctx.Pool(workers, initializer=init, initargs=args)
     try:
-        yield from pool.imap_unordered(run_group, todo)
+        yield from pool.imap_unordered(_pool_group, todo)
         pool.close()  # all done: let the workers exit
-    except BaseException:  # Ctrl-C or the caller stopped early: stop the workers now
-        pool.terminate()
+    except BaseException:  # Ctrl-C, SIGTERM or the caller stopped early: stop the workers now
+        pool.terminate()  # SIGTERM: each kills its cell's test process group, then exits
         raise
     finally:
         pool.join()
