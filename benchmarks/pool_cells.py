@@ -17,13 +17,7 @@ import sys
 from pathlib import Path
 
 from decision_retry.bench.harness import CONFIG_FILE, load_cells
-from decision_retry.bench.report import (
-    first_agreement,
-    first_solved,
-    paired,
-    strategy_table,
-    summarize,
-)
+from decision_retry.bench.report import first_attempts, paired, strategy_table, summarize
 
 
 def pooled(outs: list[Path]) -> tuple[list, dict]:
@@ -51,13 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         dict.fromkeys(c.strategy for c in cells))
     cells = [c for c in cells if c.strategy in names]
     rows = summarize(cells, names)
-    pairs = {(c.repo, c.seed) for c in cells if c.error is None}
-    same, checked = first_agreement(cells)
     print(f"settings: {shared}")
     print(f"pooled from: {', '.join(map(str, args.outs))}\n")
     print(strategy_table(rows))
-    print(f"\nfirst attempt solved {len(first_solved(cells))} of {len(pairs)} (repo, seed) pairs; "
-          f"first attempts agreed in {same} of {checked} pairs where several strategies ran one\n")
+    print(f"\n{first_attempts(cells)}\n")
     for base in ("restart", "from-end"):
         if base in names:
             print("\n".join(paired(cells, names, base)))

@@ -217,6 +217,19 @@ def git_commit() -> str | None:
     return sha + ("+dirty" if dirty else "")
 
 
+def first_attempts(cells: Sequence[Cell]) -> str:
+    """How many (repo, seed) pairs the first attempt solved, how many cells copy one, and whether
+    the strategies' own first attempts agreed: the premise of the paired comparisons."""
+    pairs = {(c.repo, c.seed) for c in cells if c.error is None}
+    same, checked = first_agreement(cells)
+    shared = sum(c.shared_first for c in cells)
+    return (f"First attempt solved {len(first_solved(cells))} of {len(pairs)} (repo, seed) pairs; "
+            "the paired comparisons below count only the rest. "
+            f"{shared} cells are copies of a first attempt that passed (`shared_first`). "
+            f"Where every strategy ran its own first attempt, they made the same diff in {same} of "
+            f"{checked} pairs.")
+
+
 def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
                  command: str = "") -> list[StrategySummary]:
     """Write cells.json, results.md and fix_rate.png under `out`; return the summary rows."""
@@ -253,14 +266,7 @@ def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
         setup, "", strategy_table(rows), "", legend, "",
         "## Per repository (seeds fixed)", "", repo_table(cells, cfg.strategies), "",
     ]
-    pairs = {(c.repo, c.seed) for c in cells if c.error is None}
-    same, checked = first_agreement(cells)
-    shared = sum(c.shared_first for c in cells)
-    md += [f"First attempt solved {len(first_solved(cells))} of {len(pairs)} (repo, seed) pairs; "
-           "the paired comparisons below count only the rest. "
-           f"{shared} cells are copies of a first attempt that passed (`shared_first`). "
-           f"Where every strategy ran its own first attempt, they made the same diff in {same} of "
-           f"{checked} pairs.", ""]
+    md += [first_attempts(cells), ""]
     for base in ("restart", "from-end"):
         if base in cfg.strategies:
             md += [f"## Paired with {base} (same repo and seed)", "",

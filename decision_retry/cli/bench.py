@@ -84,7 +84,9 @@ def canonical_command(suite, strategies, budget, seeds, limit, model, alpha, q, 
 @click.option("--budget-tokens", type=int, default=600, show_default=True,
               help="Decode tokens per cell (accepted or not), the same for every strategy.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
-@click.option("--limit", type=int, default=None, help="Only the first K repositories of the suite (real-repos: round-robin over its projects).")
+@click.option("--limit", type=int, default=None,
+              help="Only the first K repositories of the suite (real-repos: round-robin over its "
+              "projects).")
 @click.option("--mutations", type=int, default=1, show_default=True,
               help="humaneval-bugs only: K single-token mutations per case (1..5), each needed "
               "(every version with one of them reverted still fails); cached per K.")

@@ -86,14 +86,23 @@ def span_end(tokens: Sequence[Token], t: int, rule: SpanRule) -> int:
     return n
 
 
+def stop_kind(tokens: Sequence[Token], i: int, q: Sampling, eos_ids: frozenset[int],
+              start: int = 0) -> str | None:
+    """Would a generation started at `start` stop right after tokens[i] ("eos" or "stop": an
+    EOS token, or a stop string/regex in the last STOP_WINDOW tokens from `start` on, as lm.LM)?"""
+    if tokens[i].id in eos_ids:
+        return "eos"
+    if not (q.stop or q.stop_regex):
+        return None
+    tail = "".join(t.text for t in tokens[max(start, i - STOP_WINDOW + 1): i + 1])
+    if any(s in tail for s in q.stop) or bool(q.stop_regex and re.search(q.stop_regex, tail)):
+        return "stop"
+    return None
+
+
 def ends_here(tokens: Sequence[Token], i: int, q: Sampling, eos_ids: frozenset[int]) -> bool:
     """Would generation stop right after tokens[i] (EOS or a stop string/regex, as lm.LM)?"""
-    if tokens[i].id in eos_ids:
-        return True
-    if not (q.stop or q.stop_regex):
-        return False
-    tail = "".join(t.text for t in tokens[max(0, i - STOP_WINDOW + 1): i + 1])
-    return any(s in tail for s in q.stop) or bool(q.stop_regex and re.search(q.stop_regex, tail))
+    return stop_kind(tokens, i, q, eos_ids) is not None
 
 
 @dataclass(frozen=True)

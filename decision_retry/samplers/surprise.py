@@ -24,12 +24,11 @@ kept tail), the first attempt L. No decode tokens.
 from __future__ import annotations
 
 from collections.abc import Sequence
-import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from decision_retry.samplers.local import stop_kind
 from decision_retry.tokens import DecodeState, Sampling, Token
-
 
 CAP = 50.0  # nats: a token impossible under B (-inf) weighs as one of probability e^-50
 
@@ -119,28 +118,18 @@ def first_then_extend(lm, first: DecodeState, t: int, q: Sampling,
     that call's stop window starts at t (lm.LM._finish), so a stop string that needs y_t, or a
     length cap of q.max_new_tokens tokens from t, ends the sequence here too. Returns the
     sequence and the decode tokens spent after y_t (a look-ahead cut off by such a stop counts)."""
-    stop = _stopped(first.tokens, t, t, q, lm.eos_ids)
+    stop = stop_kind(first.tokens, t, q, lm.eos_ids, start=t)
     if stop or q.max_new_tokens <= 1:
         return replace(first, finish=stop or "length"), 0
     rest = lm.extend(first, q.model_copy(update={"max_new_tokens": q.max_new_tokens - 1}),
                      generator)
     spent = len(rest.tokens) - t - 1
     for i in range(t + 1, len(rest.tokens)):  # a stop the window from t + 1 could not see
-        if (stop := _stopped(rest.tokens, t, i, q, lm.eos_ids)):
+        if (stop := stop_kind(rest.tokens, i, q, lm.eos_ids, start=t)):
             if i == len(rest.tokens) - 1:
                 return (rest if rest.finish == stop else replace(rest, finish=stop)), spent
             return replace(lm.fork(rest, i + 1), finish=stop), spent
     return rest, spent
-
-
-def _stopped(tokens: Sequence[Token], t: int, i: int, q: Sampling, eos) -> str | None:
-    """Would a generation started at t stop right after tokens[i] (as lm.LM._finish decides)?"""
-    if tokens[i].id in eos:
-        return "eos"
-    tail = "".join(k.text for k in tokens[max(t, i - 15): i + 1])
-    if any(s in tail for s in q.stop) or (q.stop_regex and re.search(q.stop_regex, tail)):
-        return "stop"
-    return None
 
 
 def swap_logq(tokens: Sequence[Token], t: int) -> list[Token]:
