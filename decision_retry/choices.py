@@ -10,10 +10,15 @@ SAMPLERS: tuple[str, ...] = SamplerName.__args__  # type: ignore[attr-defined]
 
 # Strategy variants for `bench`: a strategy name, then `+option`s (the levers of docs/benchmarks.md):
 #   +local / +mixed  local or mixed moves; +code  code-aware cut weights;
+#   +defline         local moves (unless +mixed), but a cut before the reply's first def line is
+#                    closed (imports, the def line) regenerates the whole rest (a suffix move);
 #   +surprise        cut weights from the surprise under the no-body context (with +code: both);
 #   +nbtoken         the cut's first new token drawn from the no-body context;
 #   +restartP        a restart move with probability P (e.g. +restart0.2).
-VARIANT_OPTIONS = ("local", "mixed", "code", "surprise", "nbtoken", "restart")
+# the opening of a patch reply (SpanRule.opening): through its first def/class header closed by
+# ":" at a line end, imports before it and multi-line signatures included
+DEF_HEADER = r"(?ms)^[ \t]*(?:async[ \t]+)?(?:def|class)\b.*?:[ \t]*(?:#[^\n]*)?\n"
+VARIANT_OPTIONS = ("local", "mixed", "defline", "code", "surprise", "nbtoken", "restart")
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -26,6 +31,9 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     for opt in options:
         if opt in ("local", "mixed"):
             kw["move"] = opt
+        elif opt == "defline":
+            kw.setdefault("move", "local")
+            kw["span"] = {"opening": DEF_HEADER}
         elif opt in ("code", "surprise"):
             have = set(kw.get("cut_weights", "entropy").split("+")) - {"entropy"}
             kw["cut_weights"] = "+".join(w for w in ("surprise", "code") if w in have | {opt})

@@ -205,6 +205,8 @@ def choose_cut(
     else:
         i = cuts.draw(ent, config.rule, generator, scale)
     turn, pos = where[i]
+    if move == "local":  # a cut in the reply's opening may regenerate the rest (span.opening)
+        move = local.kernel_at(turns[turn], pos, config.span)
     return CutPoint(turn, pos, flat[i].entropy, flat[i].text, i, move)
 
 

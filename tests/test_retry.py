@@ -4,8 +4,10 @@ import math
 
 import torch
 
+from decision_retry.choices import DEF_HEADER
 from decision_retry.retry import RetryConfig, accept, choose_cut, cut_entropies
 from decision_retry.samplers.cuts import CutRule
+from decision_retry.samplers.local import SpanRule
 from decision_retry.tokens import Token
 
 
@@ -32,6 +34,24 @@ def test_stop_token_is_not_a_cut_site_and_restart_does_not_cut():
     assert choose_cut(turns, cfg, torch.Generator(), frozenset({2}), stops=[False]).index == 1
     for s in ("from-end", "restart"):
         assert choose_cut(turns, RetryConfig(strategy=s), torch.Generator()) is None
+
+
+def test_a_cut_in_the_replys_opening_is_a_suffix_move():
+    """With span.opening = DEF_HEADER (bench +defline, fix --def-line suffix), a local move cut
+    in the imports or the def line (which pick the function) regenerates the whole rest; after
+    the header closes, cuts are local. Multi-line signatures count as the header."""
+    texts = ["from", " typing", " import", " List", "\n", "\n", "def", " f", "(x,", "\n",
+             "  y", ")", ":", "\n", "    return", " x", "\n"]
+    turn = tuple(Token(id=i, text=t, logp=-0.5, logq=-0.4, entropy=1.0)
+                 for i, t in enumerate(texts))
+    cfg = RetryConfig(move="local", span=SpanRule(opening=DEF_HEADER), cut=CutRule(kind="uniform"))
+    kinds = {}
+    for s in range(300):
+        cut = choose_cut([turn], cfg, torch.Generator().manual_seed(s))
+        kinds[cut.index] = cut.move
+    assert kinds == {i: "suffix" if i <= 13 else "local" for i in range(len(texts))}
+    plain = RetryConfig(move="local", cut=CutRule(kind="uniform"))
+    assert choose_cut([turn], plain, torch.Generator().manual_seed(0)).move == "local"
 
 
 def test_accept_parts_and_the_verifier_tilt():

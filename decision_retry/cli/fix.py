@@ -80,6 +80,10 @@ def span_listener(otlp: str | None):
               show_default=True, help="What a rewind regenerates: suffix (the rest of the reply), "
               "local (to the end of the cut line; the rest kept and rescored; patch protocol), "
               "or mixed (each rewind local or suffix, half and half).")
+@click.option("--def-line", type=click.Choice(["local", "suffix"]), default="local",
+              show_default=True, help="local/mixed moves: what a rewind cut in the reply's "
+              "opening (imports and the def line, which pick the function) regenerates: local "
+              "(that line) or suffix (the whole rest, so a wrong function's body goes too).")
 @click.option("--restart-share", type=finite(0, 1), default=0.0, show_default=True,
               help="Probability that a rewind starts over from the prompt instead (MH-accepted).")
 @click.option("--cut-weights", type=click.Choice(["entropy", "code", "surprise", "surprise+code"]),
@@ -122,7 +126,7 @@ def span_listener(otlp: str | None):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @home_option
 def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposal_temperature,
-        verifier_weight, eps, tries, move, restart_share, cut_weights, cut_token, test_cmd, test_timeout, narrow, protocol, apply_fix, otlp, sandbox,
+        verifier_weight, eps, tries, move, def_line, restart_share, cut_weights, cut_token, test_cmd, test_timeout, narrow, protocol, apply_fix, otlp, sandbox,
         pass_env, resume_ref, threads, as_json, home) -> None:
     """Fix the failing tests of the git repository at PATH.
 
@@ -150,6 +154,8 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
     from decision_retry.loading import load_lm
     from decision_retry.retry import RetryConfig
     from decision_retry.samplers.cuts import CutRule
+    from decision_retry.choices import DEF_HEADER
+    from decision_retry.samplers.local import SpanRule
 
     if (path is None) == (resume_ref is None):
         raise BadInput("give a repository PATH, or --resume RUN (and no PATH)")
@@ -161,7 +167,8 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
             retry=RetryConfig(strategy=strategy, alpha=alpha,
                               proposal_temperature=proposal_temperature,
                               verifier_weight=verifier_weight, cut=CutRule(eps=eps), tries=tries,
-                              move=move, restart_share=restart_share, cut_weights=cut_weights,
+                              move=move, span=SpanRule(opening=DEF_HEADER if def_line == "suffix" else None),
+                              restart_share=restart_share, cut_weights=cut_weights,
                               cut_token=cut_token),
         )
     except ValidationError as err:  # a combination the option types alone do not catch

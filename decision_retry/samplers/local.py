@@ -54,6 +54,7 @@ from dataclasses import dataclass, replace
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from decision_retry.choices import DEF_HEADER  # noqa: F401 (the usual `opening`)
 from decision_retry.samplers.mh import StepRecord
 from decision_retry.tokens import DecodeState, Sampling, Token
 
@@ -68,6 +69,8 @@ class SpanRule(BaseModel):
     decision: float | None = Field(None, ge=0, description="H_j >= this makes j a span end")
     ends: tuple[str, ...] = Field(("\n",), description="a token containing one of these ends it")
     max_span: int = Field(24, ge=1, description="tokens resampled at most")
+    opening: str | None = Field(
+        None, description="regex: a cut before x_<t matches it makes a suffix move (DEF_HEADER)")
 
 
 def boundary(tokens: Sequence[Token], j: int, rule: SpanRule) -> bool:
@@ -75,6 +78,20 @@ def boundary(tokens: Sequence[Token], j: int, rule: SpanRule) -> bool:
     if rule.decision is not None and j < len(tokens) and tokens[j].entropy >= rule.decision:
         return True
     return j > 0 and any(e in tokens[j - 1].text for e in rule.ends)
+
+
+def kernel_at(tokens: Sequence[Token], t: int, rule: SpanRule) -> str:
+    """The move a local kernel makes when cut at t: "suffix" while x_<t has not yet matched
+    `rule.opening` (with DEF_HEADER: a cut in the imports or the def line picks the function, so
+    its move must be free to rewrite the body too), else "local".
+
+    It reads x_<t only, which the current sequence and every proposal cut at t share, so the
+    reverse move makes the same choice: the kernel is a deterministic function of (t, x_<t) and
+    the mixture stays pi-reversible (the suffix branch is an ordinary suffix move, with its cut
+    correction)."""
+    if rule.opening and not re.search(rule.opening, "".join(tok.text for tok in tokens[:t])):
+        return "suffix"
+    return "local"
 
 
 def span_end(tokens: Sequence[Token], t: int, rule: SpanRule) -> int:

@@ -199,6 +199,8 @@ class PowerSampler:
         else:
             t = cuts.draw(ent, self.cfg.cut, g)
         if kind == "local":
+            kind = local.kernel_at(x.tokens, t, self.cfg.span)
+        if kind == "local":
             y, ry, rec = self._local(x, t, r, cap, g)
         elif self.cfg.sampler == "egps" and self.cfg.tries > 1:
             y, ry, rec = self._mtm_step(x, self.lm.fork(x, t), t, r, cap, g)
