@@ -35,6 +35,8 @@ _PIECE_CONTEXT = 16  # ids of left context handed to `Backend.piece` (it needs <
 class LM:
     """Decode loop over a `Backend`: prefill once, extend, fork, and K batched tries."""
 
+    teacher_forcing = True  # `score`: every backend scores T ids in one pass
+
     def __init__(self, backend: Backend, *, name: str = "model") -> None:
         self.backend = backend
         self.name = name

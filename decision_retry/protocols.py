@@ -79,6 +79,7 @@ class Engine(Protocol):
 
     name: str
     eos_ids: frozenset[int]
+    teacher_forcing: bool  # can `score` run? False for a server that only samples
 
     def encode(self, prompt: Prompt) -> list[int]: ...
 

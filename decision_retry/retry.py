@@ -11,6 +11,9 @@ rest of the turn, rescored under the new prefix (samplers/local.py, patch protoc
 picks local with probability `local_share`. With `restart_share` > 0 a move is, with that
 probability, a fresh attempt from the prompt, accepted by the same MH rule with no cut correction
 (a way out of a wrong start). Kernels are drawn with fixed probabilities: a valid mixture.
+`auto` (`fix`'s default) becomes local where local moves apply, suffix elsewhere
+(`RetryConfig.resolved`, before a run starts). With `span.opening` (`fix --def-line suffix`), a
+local move cut in the reply's opening (imports, the def line) is a suffix move instead.
 
 Cut weights (`cut_weights`): `entropy` uses the entropies alone; `code` multiplies w_t by the
 token's class in the reply (samplers/codeweights.py: docstrings/comments down, the defined name
@@ -47,6 +50,7 @@ from decision_retry.tokens import Token
 from decision_retry.choices import STRATEGIES, Strategy  # noqa: F401 (re-exported)
 
 CUT_STRATEGIES = ("entropy-cut", "uniform-cut", "egps", "argmax-cut")
+SINGLE_TRY_CUTS = ("entropy-cut", "uniform-cut", "argmax-cut")  # local moves, the no-body token
 
 
 class RetryConfig(BaseModel):
@@ -61,7 +65,7 @@ class RetryConfig(BaseModel):
     cut: CutRule = CutRule()
     tries: int = Field(4, ge=1, description="egps: tries per multiple-try move")
     skip_entropy: float = Field(0.5, ge=0, description="egps: turns below this entropy mass are not cut")
-    move: Literal["suffix", "local", "mixed"] = "suffix"
+    move: Literal["suffix", "local", "mixed", "auto"] = "suffix"
     span: SpanRule = SpanRule()
     local_share: float = Field(0.5, ge=0, le=1, description="mixed: probability of a local move")
     restart_share: float = Field(0.0, ge=0, le=1, description="probability of a restart move")
@@ -73,14 +77,22 @@ class RetryConfig(BaseModel):
 
     @model_validator(mode="after")
     def _single_try_local(self) -> "RetryConfig":
-        if self.move != "suffix" and self.strategy == "egps":
+        if self.move in ("local", "mixed") and self.strategy == "egps":
             raise ValueError(f"move {self.move!r} is single-try: use it with entropy-cut, "
                              "uniform-cut or argmax-cut")
-        if self.cut_token == "nobody" and self.strategy not in ("entropy-cut", "uniform-cut",
-                                                                "argmax-cut"):
+        if self.cut_token == "nobody" and self.strategy not in SINGLE_TRY_CUTS:
             raise ValueError("cut_token 'nobody' is a single-try cut move: use it with "
                              "entropy-cut, uniform-cut or argmax-cut")
         return self
+
+    def resolved(self, *, patch: bool, teacher_forcing: bool) -> "RetryConfig":
+        """`move="auto"` made concrete for one run: local moves where they apply (the patch
+        protocol, an engine that can score a kept tail, a single-try cut strategy), suffix moves
+        elsewhere (docs/benchmarks.md: what won where). Any other move is returned as it is."""
+        if self.move != "auto":
+            return self
+        local = patch and teacher_forcing and self.strategy in SINGLE_TRY_CUTS
+        return self.model_copy(update={"move": "local" if local else "suffix"})
 
     @property
     def surprise(self) -> bool:

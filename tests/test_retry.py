@@ -156,6 +156,33 @@ def test_local_moves_need_the_patch_protocol_and_a_single_try_strategy():
                  base_sha="", generator=torch.Generator())
 
 
+def test_auto_moves_are_local_only_where_local_moves_apply(tmp_path):
+    """`fix --move auto`: local on the patch protocol with an in-process engine and a single-try
+    cut strategy; suffix for tools, a server that cannot score a kept tail, egps, from-end. The
+    run records the concrete move, and an explicit local move on such an engine is refused
+    before anything runs."""
+    auto = RetryConfig(move="auto")
+    assert auto.resolved(patch=True, teacher_forcing=True).move == "local"
+    assert auto.resolved(patch=False, teacher_forcing=True).move == "suffix"
+    assert auto.resolved(patch=True, teacher_forcing=False).move == "suffix"
+    for s in ("egps", "from-end", "restart"):
+        assert RetryConfig(strategy=s, move="auto").resolved(patch=True,
+                                                             teacher_forcing=True).move == "suffix"
+    assert RetryConfig(move="mixed").resolved(patch=False, teacher_forcing=False).move == "mixed"
+    res = run_fix(tmp_path, 1, move="auto", cut=CutRule(eps=0.0))
+    with TraceStore(tmp_path / "traces-1.db") as store:
+        assert store.load(res.run_id).run.config["retry"]["move"] == "local"
+    assert res.steps and all(s.decode_tokens == 2 for s in res.steps)  # local: the line only
+
+    from decision_retry.agent.graph import FixAgent
+
+    lm = scripted_lm(UNITS_LOCAL)
+    lm.teacher_forcing = False  # as a remote server that only samples
+    with pytest.raises(BadInput, match="teacher forcing"):  # a one-turn (patch) protocol
+        FixAgent(lm=lm, ws=None, recorder=None, protocol=object(), base_sha="",
+                 config=FixConfig(retry=RetryConfig(move="local")), generator=torch.Generator())
+
+
 @pytest.mark.parametrize("budget", [13, 14])
 def test_egps_never_spends_more_than_the_budget(tmp_path, budget):
     """With fewer tokens left than tries, egps draws fewer tries (each gets one token at least)

@@ -138,14 +138,18 @@ class FixAgent:
     _alt: surprise.AltContext | None = None
 
     def __post_init__(self) -> None:
-        if self.rc.move != "suffix" and hasattr(self.protocol, "observation_message"):
+        tools = hasattr(self.protocol, "observation_message")
+        if self.rc.move != "suffix" and tools:  # (runner.fix has made `auto` concrete)
             raise BadInput(f"--move {self.rc.move} needs --protocol patch (one turn per attempt)")
+        if self.rc.move != "suffix" and not self.lm.teacher_forcing:
+            raise BadInput(f"--move {self.rc.move} needs an engine that can score the kept "
+                           f"tail (teacher forcing); {self.lm.name} cannot: use --move suffix")
         what = (f"--cut-weights {self.rc.cut_weights}" if self.rc.surprise
                 else "--cut-token nobody")
-        if self.rc.scored and hasattr(self.protocol, "observation_message"):
+        if self.rc.scored and tools:
             raise BadInput(f"{what} needs --protocol patch (the no-body context shows the "
                            "suspect functions without their bodies)")
-        if self.rc.scored and not callable(getattr(self.lm, "score", None)):
+        if self.rc.scored and not self.lm.teacher_forcing:
             raise BadInput(f"{what} needs an engine that can score a reply (teacher forcing); "
                            f"{self.lm.name} cannot")
 

@@ -76,10 +76,11 @@ def span_listener(otlp: str | None):
               help="Uniform share of the entropy-cut distribution.")
 @click.option("--tries", type=click.IntRange(min=1), default=4, show_default=True,
               help="egps: tries drawn in one batch per rewind.")
-@click.option("--move", type=click.Choice(["suffix", "local", "mixed"]), default="suffix",
+@click.option("--move", type=click.Choice(["auto", "suffix", "local", "mixed"]), default="auto",
               show_default=True, help="What a rewind regenerates: suffix (the rest of the reply), "
-              "local (to the end of the cut line; the rest kept and rescored; patch protocol), "
-              "or mixed (each rewind local or suffix, half and half).")
+              "local (to the end of the cut line; the rest kept and rescored), mixed (each "
+              "rewind local or suffix, half and half), or auto (local with --protocol patch on "
+              "an in-process engine and a single-try cut strategy, else suffix).")
 @click.option("--def-line", type=click.Choice(["local", "suffix"]), default="local",
               show_default=True, help="local/mixed moves: what a rewind cut in the reply's "
               "opening (imports and the def line, which pick the function) regenerates: local "

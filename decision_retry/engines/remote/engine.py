@@ -58,6 +58,8 @@ class _Row:
 class RemoteEngine:
     """A model served by llama.cpp or vLLM, behind the `Engine` protocol."""
 
+    teacher_forcing = False  # `score` would need prompt logprobs: not wired (docs/scaling.md)
+
     def __init__(self, dialect: Dialect, http: Http, info: ModelInfo, *, exact: bool = False,
                  top: int = DEFAULT_TOP) -> None:
         self.dialect, self.http, self.info = dialect, http, info
