@@ -38,12 +38,16 @@ class RewindError(DecisionRetryError):
 
 
 def check_strategy(retry: RetryConfig) -> None:
-    """The strategies the LangGraph nodes run: the cut strategies and restart."""
+    """The strategies the LangGraph nodes run: the cut strategies and restart, with suffix moves
+    (a rewound call is regenerated whole from the cut: no local kernel here)."""
     if retry.strategy in UNSUPPORTED:
         raise BadInput(
             f"strategy {retry.strategy!r} is not supported by the LangGraph nodes "
             f"({UNSUPPORTED[retry.strategy]}); use entropy-cut, uniform-cut, argmax-cut or restart"
         )
+    if retry.move != "suffix":
+        raise BadInput(f"RetryConfig move={retry.move!r} is not supported by the LangGraph "
+                       "nodes (they regenerate from the cut to the end): use move='suffix'")
 
 
 def derived_generator(seed: int, *parts: object) -> torch.Generator:

@@ -231,6 +231,15 @@ def test_unsupported_strategies_fail_in_one_line(strategy):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("move", ["local", "mixed", "auto"])
+def test_local_moves_are_refused_by_the_nodes(move):
+    """The nodes regenerate a rewound call from the cut to its end: a local move would be run as
+    a suffix move under the wrong name, so it is refused."""
+    with pytest.raises(BadInput, match=f"move='{move}' is not supported") as err:
+        rewind_node(verifier=lambda s: True, retry=RetryConfig(move=move))
+    assert "\n" not in str(err.value)
+
+
 def test_fallback_prefill_matches_the_kv_fork_on_a_real_transformers_model():
     """Both ways to the prefix (KV fork, re-prefill) give the same next-token distribution."""
     from decision_retry.langgraph import model_node
