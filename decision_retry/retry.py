@@ -13,7 +13,8 @@ probability, a fresh attempt from the prompt, accepted by the same MH rule with 
 (a way out of a wrong start). Kernels are drawn with fixed probabilities: a valid mixture.
 `auto` (`fix`'s default) becomes local where local moves apply, suffix elsewhere
 (`RetryConfig.resolved`, before a run starts). With `span.opening` (`fix --def-line suffix`), a
-local move cut in the reply's opening (imports, the def line) is a suffix move instead.
+local move cut in the reply's opening (imports, the def line) is a suffix move instead
+(`fix`'s default; `RetryConfig`'s own default keeps `span.opening` unset).
 
 Cut weights (`cut_weights`): `entropy` uses the entropies alone; `code` multiplies w_t by the
 token's class in the reply (samplers/codeweights.py: docstrings/comments down, the defined name

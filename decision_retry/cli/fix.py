@@ -81,10 +81,10 @@ def span_listener(otlp: str | None):
               "local (to the end of the cut line; the rest kept and rescored), mixed (each "
               "rewind local or suffix, half and half), or auto (local with --protocol patch on "
               "an in-process engine and a single-try cut strategy, else suffix).")
-@click.option("--def-line", type=click.Choice(["local", "suffix"]), default="local",
+@click.option("--def-line", type=click.Choice(["suffix", "local"]), default="suffix",
               show_default=True, help="local/mixed moves: what a rewind cut in the reply's "
-              "opening (imports and the def line, which pick the function) regenerates: local "
-              "(that line) or suffix (the whole rest, so a wrong function's body goes too).")
+              "opening (imports and the def line, which pick the function) regenerates: suffix "
+              "(the whole rest, so a wrong function's body goes too) or local (that line only).")
 @click.option("--restart-share", type=finite(0, 1), default=0.0, show_default=True,
               help="Probability that a rewind starts over from the prompt instead (MH-accepted).")
 @click.option("--cut-weights", type=click.Choice(["entropy", "code", "surprise", "surprise+code"]),

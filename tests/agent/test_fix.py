@@ -187,6 +187,9 @@ def test_cli_fix_then_logs_and_apply(tmp_path, script_file):
     assert result["run_id"] in [r["id"] for r in runs]
     shown = run_cli("logs", "show", result["run_id"][:8], home=home)
     assert shown.returncode == 0 and "passed" in shown.stdout.lower()
+    with TraceStore(home / "traces.db") as s:  # the defaults, as the run recorded them
+        retry = s.load(result["run_id"]).run.config["retry"]
+    assert retry["move"] == "local" and retry["span"]["opening"]  # --move auto, --def-line suffix
 
 
 @pytest.mark.slow
