@@ -139,9 +139,10 @@ class FixAgent:
 
     def __post_init__(self) -> None:
         tools = hasattr(self.protocol, "observation_message")
+        scores = getattr(self.lm, "teacher_forcing", False)  # engines older than the attribute: no
         if self.rc.move != "suffix" and tools:  # (runner.fix has made `auto` concrete)
             raise BadInput(f"--move {self.rc.move} needs --protocol patch (one turn per attempt)")
-        if self.rc.move != "suffix" and not self.lm.teacher_forcing:
+        if self.rc.move != "suffix" and not scores:
             raise BadInput(f"--move {self.rc.move} needs an engine that can score the kept "
                            f"tail (teacher forcing); {self.lm.name} cannot: use --move suffix")
         what = (f"--cut-weights {self.rc.cut_weights}" if self.rc.surprise
@@ -149,7 +150,7 @@ class FixAgent:
         if self.rc.scored and tools:
             raise BadInput(f"{what} needs --protocol patch (the no-body context shows the "
                            "suspect functions without their bodies)")
-        if self.rc.scored and not self.lm.teacher_forcing:
+        if self.rc.scored and not scores:
             raise BadInput(f"{what} needs an engine that can score a reply (teacher forcing); "
                            f"{self.lm.name} cannot")
 

@@ -170,7 +170,7 @@ def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None =
         lm = load_lm(cfg.model)
     leftovers.sweep(store)  # what runs killed with SIGKILL left: their clones; mark them
     cfg = cfg.model_copy(update={"retry": cfg.retry.resolved(  # recorded as it will run
-        patch=cfg.protocol == "patch", teacher_forcing=lm.teacher_forcing)})
+        patch=cfg.protocol == "patch", teacher_forcing=getattr(lm, "teacher_forcing", False))})
     recorder = Recorder(store, listeners)
     recorder.start_run(model=lm.name, strategy=cfg.retry.strategy,
                        config=cfg.model_dump(mode="json"), seed=cfg.seed, repo=str(root))

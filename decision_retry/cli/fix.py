@@ -150,12 +150,12 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
     from decision_retry.agent.runner import FixConfig, signals_as_interrupt
     from decision_retry.agent.runner import fix as run_fix
     from decision_retry.agent.workspace import repo_root
+    from decision_retry.choices import DEF_HEADER
     from decision_retry.cli.logs import open_store
     from decision_retry.errors import BadInput
     from decision_retry.loading import load_lm
     from decision_retry.retry import RetryConfig
     from decision_retry.samplers.cuts import CutRule
-    from decision_retry.choices import DEF_HEADER
     from decision_retry.samplers.local import SpanRule
 
     if (path is None) == (resume_ref is None):
@@ -168,7 +168,8 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
             retry=RetryConfig(strategy=strategy, alpha=alpha,
                               proposal_temperature=proposal_temperature,
                               verifier_weight=verifier_weight, cut=CutRule(eps=eps), tries=tries,
-                              move=move, span=SpanRule(opening=DEF_HEADER if def_line == "suffix" else None),
+                              move=move,
+                              span=SpanRule(opening=DEF_HEADER if def_line == "suffix" else None),
                               restart_share=restart_share, cut_weights=cut_weights,
                               cut_token=cut_token),
         )

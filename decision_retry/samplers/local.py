@@ -54,7 +54,6 @@ from dataclasses import dataclass, replace
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from decision_retry.choices import DEF_HEADER  # noqa: F401 (the usual `opening`)
 from decision_retry.samplers.mh import StepRecord
 from decision_retry.tokens import DecodeState, Sampling, Token
 
@@ -70,7 +69,8 @@ class SpanRule(BaseModel):
     ends: tuple[str, ...] = Field(("\n",), description="a token containing one of these ends it")
     max_span: int = Field(24, ge=1, description="tokens resampled at most")
     opening: str | None = Field(
-        None, description="regex: a cut before x_<t matches it makes a suffix move (DEF_HEADER)")
+        None, description="regex: a cut before x_<t matches it makes a suffix move "
+        "(choices.DEF_HEADER: the reply's imports and def line)")
 
 
 def boundary(tokens: Sequence[Token], j: int, rule: SpanRule) -> bool:
