@@ -79,8 +79,9 @@ def canonical_command(suite, strategies, budget, seeds, limit, model, alpha, q, 
 @click.argument("suite")
 @click.option("--strategies", default=",".join(STRATEGIES), show_default=True,
               help="Comma-separated strategies to compare; a cut strategy may carry options: "
-              "+local or +mixed (moves), +code (cut weights), +restartP (restart share P), "
-              "e.g. entropy-cut+local+code.")
+              "+local or +mixed (moves), +defline (an opening cut makes a suffix move), "
+              "+code or +surprise (cut weights), +nbtoken (cut token), +restartP (restart "
+              "share P), e.g. entropy-cut+local+code.")
 @click.option("--budget-tokens", type=int, default=600, show_default=True,
               help="Decode tokens per cell (accepted or not), the same for every strategy.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
