@@ -198,10 +198,8 @@ class PowerSampler:
             tried = tried | {t}
         else:
             t = cuts.draw(ent, self.cfg.cut, g)
-        if kind == "local":
-            kind = local.kernel_at(x.tokens, t, self.cfg.span)
-        if kind == "local":
-            y, ry, rec = self._local(x, t, r, cap, g)
+        if kind == "local" and local.kernel_at(x.tokens, t, self.cfg.span) == "local":
+            y, ry, rec = self._local(x, t, r, cap, g)  # (an opening cut falls to the suffix move)
         elif self.cfg.sampler == "egps" and self.cfg.tries > 1:
             y, ry, rec = self._mtm_step(x, self.lm.fork(x, t), t, r, cap, g)
         else:
