@@ -130,10 +130,27 @@ def bwrap_problem() -> str | None:
 
 def unshare_prefix() -> list[str]:
     """`unshare` with a user, network and PID namespace (the child is its PID 1: when it exits,
-    every process it left behind is killed), then the loopback shim."""
+    every process it left behind is killed), then the loopback shim; under `setpriv
+    --pdeathsig KILL` where that works, so that the tests die with us even when we are killed
+    with no chance to clean up (SIGKILL, the OOM killer), as bubblewrap's --die-with-parent."""
     unshare = shutil.which("unshare") or "unshare"  # absolute: the child's PATH may differ
-    return [unshare, "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child",
-            "--", sys.executable, "-c", _NETNS_SHIM]
+    return [*_die_with_parent(), unshare, "--user", "--map-root-user", "--net", "--pid", "--fork",
+            "--kill-child", "--", sys.executable, "-c", _NETNS_SHIM]
+
+
+@functools.cache
+def _die_with_parent() -> list[str]:
+    """`setpriv --pdeathsig KILL` (util-linux >= 2.33), or nothing where it is missing. The
+    signal follows the thread that started the process: ours waits for it (testrun.run_tests)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return []
+    try:
+        probe = subprocess.run([setpriv, "--pdeathsig", "KILL", "true"], stdin=subprocess.DEVNULL,
+                               capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [setpriv, "--pdeathsig", "KILL"] if probe.returncode == 0 else []
 
 
 @functools.cache

@@ -24,11 +24,13 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from decision_retry.bench.suites import Case
+from decision_retry.bench.workers import Died, imap_unordered
 from decision_retry.choices import STRATEGIES
 from decision_retry.errors import BadInput
 
@@ -124,11 +126,10 @@ _STOP = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
 def _stop_on_signals() -> None:
-    """In a pool worker (Pool.terminate sends SIGTERM; Ctrl-C and a hangup reach the whole
+    """In a bench worker (the parent stops it with SIGTERM; Ctrl-C and a hangup reach the whole
     process group): during a cell the signal raises KeyboardInterrupt, as in `fix`, so the
     cell's test process group is killed, its clone removed and its run marked interrupted;
-    idle, the worker exits. Either way quietly (SystemExit, which also releases the pool's
-    queue lock an idle worker holds: Pool.terminate takes it), and later signals are ignored."""
+    idle, the worker exits. Either way quietly (SystemExit), and later signals are ignored."""
     from multiprocessing import util
 
     def stop(signum, frame):
@@ -144,8 +145,8 @@ def _stop_on_signals() -> None:
         signal.signal(s, stop)
 
 
-def _pool_group(job) -> list[Cell]:
-    """`run_group` in a pool worker; once an interrupted cell has cleaned up, the worker exits
+def _group_in_worker(job) -> list[Cell]:
+    """`run_group` in a bench worker; once an interrupted cell has cleaned up, the worker exits
     (the main process stops the benchmark; the cells stored so far stay)."""
     _WORKER["busy"] = True
     try:
@@ -156,20 +157,8 @@ def _pool_group(job) -> list[Cell]:
         _WORKER["busy"] = False
 
 
-def _init_pool(model: str | None, threads: int | None, home: str) -> None:
+def _start_worker(model: str | None, threads: int | None, home: str) -> None:
     _stop_on_signals()
-    _init_worker(model, threads, home)
-
-
-def _init_spread(urls, first: str, threads: int | None, home: str) -> None:
-    """A pool worker takes the next engine URL from the queue (one URL per worker)."""
-    import queue as queues
-
-    _stop_on_signals()
-    try:
-        model = urls.get(timeout=5)
-    except queues.Empty:  # a worker started again after a crash: share the first URL
-        model = first
     _init_worker(model, threads, home)
 
 
@@ -326,8 +315,8 @@ def run_bench(cases: Sequence[Case], cfg: BenchConfig, out: str | Path, *,
     if on_cell:
         on_cell(None, done, total)
     home = str(out / "traces")
-    with (out / CELLS_FILE).open("a") as sink:
-        for group in _run(todo, cfg, home):
+    with (out / CELLS_FILE).open("a") as sink, closing(_run(todo, cfg, home)) as finished:
+        for group in finished:  # closing: an error here (or on_cell's) stops the workers too
             for cell in group:
                 sink.write(cell.model_dump_json() + "\n")
                 sink.flush()
@@ -339,8 +328,8 @@ def run_bench(cases: Sequence[Case], cfg: BenchConfig, out: str | Path, *,
 
 
 def _run(todo: list, cfg: BenchConfig, home: str):
-    """Finished groups of cells, in completion order: in this process for one worker, else in a
-    pool."""
+    """Finished groups of cells, in completion order: in this process for one worker, else in
+    worker processes (bench/workers.py: a worker that dies fails only its own group)."""
     if not todo:
         return
     workers = min(cfg.workers, len(todo))  # todo: run_group jobs
@@ -352,19 +341,13 @@ def _run(todo: list, cfg: BenchConfig, home: str):
             yield run_group(job)
         return
     ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch threads or SQLite handles
-    if len(models) > 1:  # replicas: worker i talks to URL i (round robin past the list's end)
-        urls = ctx.Queue()
-        for i in range(workers):
-            urls.put(models[i % len(models)])
-        init, args = _init_spread, (urls, models[0], threads, home)
-    else:
-        init, args = _init_pool, (cfg.model, threads, home)
-    pool = ctx.Pool(workers, initializer=init, initargs=args)
-    try:
-        yield from pool.imap_unordered(_pool_group, todo)
-        pool.close()  # all done: let the workers exit
-    except BaseException:  # Ctrl-C, SIGTERM or the caller stopped early: stop the workers now
-        pool.terminate()  # SIGTERM: each kills its cell's test process group, then exits
-        raise
-    finally:
-        pool.join()
+    slots = [(models[i % len(models)], threads, home) for i in range(workers)]  # replicas: URL i
+    for job, result in imap_unordered(_group_in_worker, todo, init=_start_worker, slots=slots, ctx=ctx):
+        yield crashed(job, result.reason()) if isinstance(result, Died) else result
+
+
+def crashed(job: tuple, why: str) -> list[Cell]:
+    """The cells of a group whose worker died: crashes, so a rerun tries them again."""
+    case, seed, strategies, _, _ = job
+    return [Cell(repo=case.name, strategy=s, seed=seed, error=why, error_kind="crash")
+            for s in strategies]

@@ -198,11 +198,18 @@ def _run_cells(suite: str, cfg, out_dir: Path, limit: int | None, mutations: int
         def on_cell(cell, done, total):
             if cell is not None and cell.fixed:
                 fixed[0] += 1
-            last = (f"  last {cell.repo}/{cell.strategy}/{cell.seed}: "
-                    f"{'fixed' if cell.fixed else cell.error_kind or 'not fixed'}") if cell else ""
+            last = f"  last {cell.repo}/{cell.strategy}/{cell.seed}: {_outcome(cell)}" if cell else ""
             bar.update(task, completed=done, total=total, description=f"fixed {fixed[0]} this run{last}")
             if cell is not None and not err.is_terminal:  # a log file gets one line per cell
                 err.print(f"[{done}/{total}]{last} ({cell.decode_tokens} tokens, "
                           f"{cell.wall_s:.0f}s)")
 
         return run_bench(cases, cfg, out_dir, on_cell=on_cell)
+
+
+def _outcome(cell) -> str:
+    if cell.fixed:
+        return "fixed"
+    if cell.error_kind == "crash":  # a crash says why (a rerun tries the cell again)
+        return f"crash ({cell.error[:100]})"
+    return cell.error_kind or "not fixed"
