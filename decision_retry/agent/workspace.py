@@ -311,15 +311,20 @@ class Workspace:
             dst.chmod(f.mode)
 
     def _capture(self, head: str | None) -> str:
-        """The starting snapshot: HEAD itself when the copy equals it, else a commit on top."""
+        """The starting snapshot: HEAD itself when the copy equals it, else a commit on top,
+        dated as HEAD (the epoch without one), so that the same tree in the same run gives
+        the same commit: `--resume` checks the repository by it."""
         if head:
             self._git("read-tree", head)
         tree = self._write_tree()
         if head and tree == self._git("rev-parse", f"{head}^{{tree}}").strip():
             return head
         parents = ["-p", head] if head else []
+        raw = self._git("show", "-s", "--format=%cd", "--date=raw", head).strip() if head else "0 +0000"
+        when = f"@{raw}"  # @: seconds since the epoch, however small
         msg = f"decision-retry {self.run_id}: starting point (working tree)"
-        return self._git("commit-tree", tree, *parents, "-m", msg).strip()
+        return self._git("commit-tree", tree, *parents, "-m", msg,
+                         env={"GIT_AUTHOR_DATE": when, "GIT_COMMITTER_DATE": when}).strip()
 
     def _write_tree(self) -> str:
         """Stage everything in the working tree (the clone's own index) and return the tree id."""

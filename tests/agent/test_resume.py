@@ -124,6 +124,25 @@ def test_resume_refuses_a_repository_that_changed(tmp_path, baseline):
             resume(run.id, store=store, lm=scripted_lm(UNITS_SCRIPT))
 
 
+def test_a_dirty_tree_resumes_from_the_same_starting_point(tmp_path, baseline):
+    """Uncommitted work (an edited tracked file, an untracked one) is part of the starting point,
+    a commit made for the run: made again on resume, it must be the same commit."""
+    seed, _, _ = baseline
+    repo = fixture_repo(tmp_path, "units")
+    (repo / "NOTES.md").write_text("work in progress\n")
+    (repo / "pyproject.toml").write_text((repo / "pyproject.toml").read_text() + "\n# local edit\n")
+    before = repo_state(repo)
+    db = tmp_path / "traces.db"
+    subprocess.run([sys.executable, str(DRIVER), str(repo), str(db), str(seed), "9", "SIGKILL"],
+                   check=False, capture_output=True, text=True, timeout=600)
+    with TraceStore(db) as store:
+        (run,) = store.list_runs()
+        result = resume(run.id, store=store, lm=scripted_lm(UNITS_SCRIPT))
+    assert result.fixed and not result.diverged and result.resumed >= 1
+    assert repo_state(repo) == before
+    assert sh_git(repo, "show", f"{result.branch}:units.py").count("+ 32") == 1  # HEAD + the fix
+
+
 # One line per pytest session of the repository: under the coverage script (the localisation)
 # or plain (the input check, the attempts' test runs).
 SESSIONS_CONFTEST = """import os
