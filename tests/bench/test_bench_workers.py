@@ -116,7 +116,8 @@ def test_bench_finishes_when_a_worker_is_killed_mid_cell(tmp_path):
         deadline = time.monotonic() + 20
         while _working_under(tmpdir) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not _working_under(tmpdir), "the killed worker's test process survived it"
+        if shutil.which("setpriv") is not None:  # without it they do outlive it (docs/cli.md)
+            assert not _working_under(tmpdir), "the killed worker's test process survived it"
     finally:
         if proc.poll() is None:
             proc.kill()
