@@ -143,24 +143,24 @@ def _die_with_parent() -> list[str]:
     """`setpriv --pdeathsig KILL` (util-linux >= 2.33), or nothing where it is missing. The
     signal follows the thread that started the process: ours waits for it (testrun.run_tests)."""
     setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        return []
-    try:
-        probe = subprocess.run([setpriv, "--pdeathsig", "KILL", "true"], stdin=subprocess.DEVNULL,
-                               capture_output=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [setpriv, "--pdeathsig", "KILL"] if probe.returncode == 0 else []
+    prefix = [setpriv, "--pdeathsig", "KILL"] if setpriv else []
+    return prefix if prefix and _succeeds([*prefix, *_NOOP]) else []
 
 
 @functools.cache
 def unshare_works() -> bool:
     """Whether `unshare_prefix()` works here (needs unprivileged user namespaces)."""
-    if shutil.which("unshare") is None:
-        return False
+    return shutil.which("unshare") is not None and _succeeds([*unshare_prefix(), *_NOOP])
+
+
+_NOOP = (sys.executable, "-c", "")  # what the probes run: `true` may not be on PATH
+
+
+def _succeeds(argv: list[str]) -> bool:
+    """Whether `argv` runs and exits 0 within 10 s (a probe of what this machine allows)."""
     try:
-        probe = subprocess.run([*unshare_prefix(), "true"], stdin=subprocess.DEVNULL,
-                               capture_output=True, timeout=10, check=False)
+        probe = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
+                               check=False)
     except (OSError, subprocess.SubprocessError):
         return False
     return probe.returncode == 0

@@ -84,7 +84,7 @@ def imap_unordered(fn: Callable, jobs: Iterable, *, init: Callable, slots: Seque
     that fails to start raises its error here. When the caller stops early (an exception, or
     closing the generator), the workers get SIGTERM and are waited for."""
     todo = list(jobs)[::-1]  # pop() takes them in order
-    live = [_Slot(ctx, fn, init, args) for args in slots[:max(1, min(len(slots), len(todo)))]]
+    live = [_Slot(ctx, fn, init, args) for args in slots[:len(todo)]]
     try:
         for slot in live:
             slot.give(todo)

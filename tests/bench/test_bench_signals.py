@@ -51,11 +51,11 @@ def suite(root: Path, marker: str) -> Path:
     return root
 
 
-def no_bwrap_path(tmp: Path) -> str:
-    """A PATH with the programs a bench needs (git, unshare) and no bubblewrap."""
+def no_bwrap_path(tmp: Path, more: tuple[str, ...] = ()) -> str:
+    """A PATH with the programs a bench needs (git, unshare), `more`, and no bubblewrap."""
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
-    for prog in ("git", "unshare"):
+    for prog in ("git", "unshare", *more):
         found = shutil.which(prog)
         if found:
             (bin_dir / prog).symlink_to(found)

@@ -18,9 +18,12 @@ import time
 from pathlib import Path
 
 import pytest
+from test_bench_signals import no_bwrap_path, ours, wait_for
 
 from decision_retry.bench.harness import CELLS_FILE
 from decision_retry.bench.workers import Died, imap_unordered
+
+NO_MARKER = "\0"  # ours(): match by working directory only
 
 SPAWN = mp.get_context("spawn")
 
@@ -98,7 +101,7 @@ def test_bench_finishes_when_a_worker_is_killed_mid_cell(tmp_path):
     tmpdir = tmp_path / "tmp"  # every clone of this bench lies under it
     tmpdir.mkdir()
     env = {**os.environ, "TMPDIR": str(tmpdir), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
-           "PATH": _path_without_bwrap(tmp_path)}  # the unshare fallback: see 3)
+           "PATH": no_bwrap_path(tmp_path, ("setpriv",))}  # the unshare fallback: see 3)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         worker = _wait_for_worker_running(proc.pid, "b_slow", 600)
@@ -113,11 +116,9 @@ def test_bench_finishes_when_a_worker_is_killed_mid_cell(tmp_path):
         assert "b_slow/entropy-cut/0: crash (the worker was killed by SIGKILL" in stderr
         # 3) the dead worker's test died with it (setpriv --pdeathsig under unshare; nothing
         # could clean up after a SIGKILL), a short grace for the kernel to reap its namespace
-        deadline = time.monotonic() + 20
-        while _working_under(tmpdir) and time.monotonic() < deadline:
-            time.sleep(0.5)
         if shutil.which("setpriv") is not None:  # without it they do outlive it (docs/cli.md)
-            assert not _working_under(tmpdir), "the killed worker's test process survived it"
+            wait_for(lambda: not ours(NO_MARKER, tmpdir), 20,
+                     "the killed worker's test process to die with it")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -160,33 +161,10 @@ def _wait_for_worker_running(bench: int, repo: str, limit_s: float) -> int:
     raise AssertionError(f"no worker ran {repo} within {limit_s} s")
 
 
-def _working_under(tmpdir: Path) -> list[int]:
-    return [int(e.name) for e in Path("/proc").iterdir()
-            if e.name.isdigit() and _cwd_has(int(e.name), str(tmpdir)) and not _zombie(e)]
-
-
-def _zombie(entry: Path) -> bool:
-    try:
-        return (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
-
-
 def _kill_working_under(tmpdir: Path) -> None:
     """What a failing run left: ours, by working directory."""
-    for pid in _working_under(tmpdir):
+    for pid in ours(NO_MARKER, tmpdir):
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-
-
-def _path_without_bwrap(tmp: Path) -> str:
-    """A PATH with the programs a bench needs (git, unshare, setpriv) and no bubblewrap."""
-    bin_dir = tmp / "bin"
-    bin_dir.mkdir()
-    for prog in ("git", "unshare", "setpriv"):
-        found = shutil.which(prog)
-        if found:
-            (bin_dir / prog).symlink_to(found)
-    return str(bin_dir)
