@@ -30,7 +30,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from decision_retry.bench.suites import Case
-from decision_retry.bench.workers import Died, imap_unordered
+from decision_retry.bench.workers import Died, Raised, imap_unordered
 from decision_retry.choices import STRATEGIES
 from decision_retry.errors import BadInput
 
@@ -329,7 +329,9 @@ def run_bench(cases: Sequence[Case], cfg: BenchConfig, out: str | Path, *,
 
 def _run(todo: list, cfg: BenchConfig, home: str):
     """Finished groups of cells, in completion order: in this process for one worker, else in
-    worker processes (bench/workers.py: a worker that dies fails only its own group)."""
+    worker processes (bench/workers.py: a worker that dies fails only its own group). A group that
+    raises outside its cells (a harness bug, a clone that fails) is stored as crash cells naming
+    the error, in either case, and the benchmark goes on."""
     if not todo:
         return
     workers = min(cfg.workers, len(todo))  # todo: run_group jobs
@@ -338,16 +340,20 @@ def _run(todo: list, cfg: BenchConfig, home: str):
     if workers == 1:
         _init_worker(models[0], threads, home)
         for job in todo:
-            yield run_group(job)
+            try:
+                group = run_group(job)
+            except Exception as err:  # noqa: BLE001 - as in a worker: this group only
+                group = crashed(job, Raised.of(err).reason())
+            yield group
         return
     ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch threads or SQLite handles
     slots = [(models[i % len(models)], threads, home) for i in range(workers)]  # replicas: URL i
     for job, result in imap_unordered(_group_in_worker, todo, init=_start_worker, slots=slots, ctx=ctx):
-        yield crashed(job, result.reason()) if isinstance(result, Died) else result
+        yield crashed(job, result.reason()) if isinstance(result, (Died, Raised)) else result
 
 
 def crashed(job: tuple, why: str) -> list[Cell]:
-    """The cells of a group whose worker died: crashes, so a rerun tries them again."""
+    """The cells of a group whose worker died or that raised: crashes, so a rerun tries them again."""
     case, seed, strategies, _, _ = job
     return [Cell(repo=case.name, strategy=s, seed=seed, error=why, error_kind="crash")
             for s in strategies]

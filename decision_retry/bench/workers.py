@@ -4,8 +4,9 @@
 `multiprocessing.Pool` replaces a dead worker but loses its task, so `imap_unordered` waits for
 it forever; `concurrent.futures.ProcessPoolExecutor` breaks every pending future at once and
 cannot stop its workers (no public way before Python 3.14). Here each worker has its own pipe,
-the parent knows which job each one holds, a dead worker's job comes back as `Died`, and a fresh
-worker with the same start-up arguments takes its slot while jobs remain.
+the parent knows which job each one holds, a dead worker's job comes back as `Died` (a job that
+raised, as `Raised`: a traceback on the worker's stderr said nothing the parent could store), and
+a fresh worker with the same start-up arguments takes its slot while jobs remain.
 """
 
 from __future__ import annotations
@@ -36,6 +37,20 @@ class Died:
 
 
 @dataclass(frozen=True)
+class Raised:
+    """A job raised in its worker (which goes on to the next job); `error` names the exception."""
+
+    error: str
+
+    @classmethod
+    def of(cls, err: BaseException) -> Raised:
+        return cls(f"{type(err).__name__}: {err}")
+
+    def reason(self) -> str:
+        return f"the job raised {self.error}"
+
+
+@dataclass(frozen=True)
 class _InitFailed:
     error: BaseException
 
@@ -54,7 +69,11 @@ def _serve(conn, fn: Callable, init: Callable, args: tuple) -> None:
             return
         if job is None:
             return
-        conn.send(fn(job))
+        try:
+            result = fn(job)
+        except Exception as err:  # noqa: BLE001 - the job's failure, not the worker's
+            result = Raised.of(err)
+        conn.send(result)
 
 
 class _Slot:
@@ -80,7 +99,7 @@ class _Slot:
 def imap_unordered(fn: Callable, jobs: Iterable, *, init: Callable, slots: Sequence[tuple],
                    ctx) -> Iterator[tuple[Any, Any]]:
     """(job, fn(job)) as jobs finish, `fn` running in one process per entry of `slots` (each
-    started with `init(*slot)`); a job whose worker died yields (job, Died(exitcode)). A worker
+    started with `init(*slot)`); a job whose worker died yields (job, Died(exitcode)), one that raised (job, Raised). A worker
     that fails to start raises its error here. When the caller stops early (an exception, or
     closing the generator), the workers get SIGTERM and are waited for."""
     todo = list(jobs)[::-1]  # pop() takes them in order

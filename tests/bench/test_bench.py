@@ -260,6 +260,26 @@ def test_a_strategy_variant_carries_its_options():
 FIXING = {"segments": [
     "def celsius_to_fahrenheit(celsius: float) -> float:\n    return celsius * 9 / 5 + 32\n", "```"]}
 
+def test_a_group_that_raises_is_stored_as_crashes_and_the_rest_runs(tmp_path, cases, script,
+                                                                     monkeypatch):
+    from decision_retry.bench import harness
+
+    real = harness.run_group
+
+    def breaks_on_units(job):
+        if job[0].name == "units":
+            raise OSError("no space left on device")
+        return real(job)
+
+    monkeypatch.setattr(harness, "run_group", breaks_on_units)
+    cells = {c.key: c for c in run_bench(cases, config(script), tmp_path / "out")}
+    for s in STRATEGIES:
+        assert cells[("units", s, 0)].error_kind == "crash"
+        assert cells[("units", s, 0)].error == "the job raised OSError: no space left on device"
+        assert cells[("combinatorics", s, 0)].error is None
+    monkeypatch.setattr(harness, "run_group", real)  # a rerun tries the crashed cells again
+    assert all(c.error is None for c in run_bench(cases, config(script), tmp_path / "out"))
+
 
 @pytest.mark.parametrize("share", [True, False])
 def test_a_first_attempt_that_passes_is_shared_across_strategies(tmp_path, cases, share):

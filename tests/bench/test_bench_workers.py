@@ -21,7 +21,7 @@ import pytest
 from test_bench_signals import no_bwrap_path, ours, wait_for
 
 from decision_retry.bench.harness import CELLS_FILE
-from decision_retry.bench.workers import Died, imap_unordered
+from decision_retry.bench.workers import Died, Raised, imap_unordered
 
 NO_MARKER = "\0"  # ours(): match by working directory only
 
@@ -33,9 +33,11 @@ def _start(tag: str) -> None:
 
 
 def _job(n: int) -> tuple[int, str, int]:
-    """n < 0 kills its own worker; otherwise (n, the worker's tag, its pid)."""
+    """n < 0 kills its own worker, n == 0 raises; otherwise (n, the worker's tag, its pid)."""
     if n < 0:
         os.kill(os.getpid(), signal.SIGKILL)
+    if n == 0:
+        raise ZeroDivisionError("job 0 has no answer")
     return n * n, os.environ["DR_TEST_WORKER_TAG"], os.getpid()
 
 
@@ -54,6 +56,14 @@ def test_a_killed_worker_fails_its_own_job_and_a_fresh_worker_takes_the_rest():
     assert [r[0] for r in done] == [n * n for n in jobs if n >= 0]
     assert {r[1] for r in done} <= {"a", "b"}  # a replacement keeps its slot's start-up args
     assert len({r[2] for r in done}) >= 3  # at least one job ran in a replacement worker
+
+
+def test_a_job_that_raises_is_reported_with_its_error_and_its_worker_goes_on():
+    got = dict(imap_unordered(_job, [1, 0, 2, 3], init=_start, slots=[("a",)], ctx=SPAWN))
+    assert got[0] == Raised("ZeroDivisionError: job 0 has no answer")
+    assert got[0].reason() == "the job raised ZeroDivisionError: job 0 has no answer"
+    assert [got[n][0] for n in (1, 2, 3)] == [1, 4, 9]
+    assert len({got[n][2] for n in (1, 2, 3)}) == 1  # the same worker, not a replacement
 
 
 def test_a_worker_that_cannot_start_raises_its_error_in_the_parent():
