@@ -180,20 +180,6 @@ def cut_scale(turns: Sequence[Sequence[Token]], config: RetryConfig) -> list[flo
     return out
 
 
-def choose_move(config: RetryConfig, generator: torch.Generator) -> str:
-    """The kernel of the next move; draws nothing when there is no choice (seeded runs keep
-    their cuts)."""
-    if config.restart_share == 0 and config.move != "mixed":
-        return config.move
-    u = sampling.uniform(generator)
-    if u < config.restart_share:
-        return "restart"
-    if config.move != "mixed":
-        return config.move
-    return "local" if u - config.restart_share < (1 - config.restart_share) * config.local_share \
-        else "suffix"
-
-
 def choose_cut(
     turns: Sequence[Sequence[Token]],
     config: RetryConfig,
@@ -207,7 +193,7 @@ def choose_cut(
     flat, where = flatten(turns)
     if not flat:
         return None
-    move = choose_move(config, generator)
+    move = mh.pick_kernel(config.move, config.restart_share, config.local_share, generator)
     if move == "restart":  # a fresh attempt: position 0 of the first turn
         return CutPoint(0, 0, flat[0].entropy, flat[0].text, 0, "restart")
     ent = cut_entropies(turns, config, stops)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from decision_retry import sampling
 from decision_retry.samplers import cuts, intervals
 from decision_retry.samplers.cuts import CutRule
 from decision_retry.tokens import Token
@@ -104,6 +105,22 @@ def mh_step_record(
         decode_tokens=decode_tokens,
         **intervals.step_fields(log_a, proposal, intervals.proposal_bounds(x, y, t), u),
     )
+
+
+def pick_kernel(move: str, restart_share: float, local_share: float,
+                generator: torch.Generator) -> str:
+    """The kernel of the next move in a mixture with fixed probabilities (a valid MH mixture: each
+    kernel keeps the target): "restart" with probability `restart_share`, else `move`, where
+    "mixed" is "local" with probability `local_share` and "suffix" otherwise. Draws nothing when
+    there is no choice, so seeded chains without a mixture keep their cuts."""
+    if restart_share == 0 and move != "mixed":
+        return move
+    u = sampling.uniform(generator)
+    if u < restart_share:
+        return "restart"
+    if move != "mixed":
+        return move
+    return "local" if u - restart_share < (1 - restart_share) * local_share else "suffix"
 
 
 def logsumexp(values: Sequence[float]) -> float:

@@ -176,20 +176,8 @@ class PowerSampler:
         mass = sum(t.entropy for t in state.tokens[block_start:])
         return self.cfg.sampler == "egps" and mass < self.cfg.skip_entropy
 
-    def _kernel(self, g: torch.Generator) -> str:
-        """Which kernel this move uses; fixed probabilities (no draw when there is no choice)."""
-        c = self.cfg
-        if c.restart_share == 0 and c.move != "mixed":
-            return c.move
-        u = sampling.uniform(g)
-        if u < c.restart_share:
-            return "restart"
-        if c.move != "mixed":
-            return c.move
-        return "local" if (u - c.restart_share) < (1 - c.restart_share) * c.local_share else "suffix"
-
     def _move(self, x: DecodeState, r: float, cap: int, tried: set[int], g: torch.Generator):
-        kind = self._kernel(g)
+        kind = mh.pick_kernel(self.cfg.move, self.cfg.restart_share, self.cfg.local_share, g)
         if kind == "restart":  # an independent proposal: cut at 0, c = 1 both ways
             return (*self._suffix(x, 0, r, cap, g, correction=0.0), tried)
         ent = [t.entropy for t in x.tokens]
