@@ -33,22 +33,20 @@ weights do, and works with any cut weights.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from decision_retry import sampling
+from decision_retry.choices import STRATEGIES, Strategy  # noqa: F401 (re-exported)
 from decision_retry.samplers import codeweights, cuts, local, mh, surprise
 from decision_retry.samplers.cuts import CutRule
 from decision_retry.samplers.local import SpanRule
 from decision_retry.samplers.mh import StepRecord
 from decision_retry.tokens import Token
-
-from decision_retry.choices import STRATEGIES, Strategy  # noqa: F401 (re-exported)
 
 CUT_STRATEGIES = ("entropy-cut", "uniform-cut", "egps", "argmax-cut")
 SINGLE_TRY_CUTS = ("entropy-cut", "uniform-cut", "argmax-cut")  # local moves, the no-body token
@@ -77,7 +75,7 @@ class RetryConfig(BaseModel):
         "patch", description="where the cut's first new token is drawn from")
 
     @model_validator(mode="after")
-    def _single_try_local(self) -> "RetryConfig":
+    def _single_try_local(self) -> RetryConfig:
         if self.move in ("local", "mixed") and self.strategy == "egps":
             raise ValueError(f"move {self.move!r} is single-try: use it with entropy-cut, "
                              "uniform-cut or argmax-cut")
@@ -86,7 +84,7 @@ class RetryConfig(BaseModel):
                              "entropy-cut, uniform-cut or argmax-cut")
         return self
 
-    def resolved(self, *, patch: bool, teacher_forcing: bool) -> "RetryConfig":
+    def resolved(self, *, patch: bool, teacher_forcing: bool) -> RetryConfig:
         """`move="auto"` made concrete for one run: local moves where they apply (the patch
         protocol, an engine that can score a kept tail, a single-try cut strategy), suffix moves
         elsewhere (docs/benchmarks.md: what won where). Any other move is returned as it is."""

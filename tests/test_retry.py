@@ -75,16 +75,16 @@ def test_accept_parts_and_the_verifier_tilt():
 
 
 # -- moves: local, mixed, restart (the agent's rewind, end to end) ---------------------------
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-from pathlib import Path  # noqa: E402
+import shutil
+import subprocess
+from pathlib import Path
 
-import pytest  # noqa: E402
+import pytest
 
-from decision_retry.agent.runner import FixConfig, fix  # noqa: E402
-from decision_retry.errors import BadInput  # noqa: E402
-from decision_retry.testing import scripted_lm  # noqa: E402
-from decision_retry.trace.store import TraceStore  # noqa: E402
+from decision_retry.agent.runner import FixConfig, fix
+from decision_retry.errors import BadInput
+from decision_retry.testing import scripted_lm
+from decision_retry.trace.store import TraceStore
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 # the units fixture's function with its bug choice on the return line and a tail of lines after it

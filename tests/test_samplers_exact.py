@@ -126,7 +126,7 @@ def test_egps_multiple_try_matches_p_alpha(toy, target):
 def test_verifier_tilt_matches_tilted_target(toy):
     """pi ~ p^alpha * exp(lam * r(x)) with r = 1 when the text contains 'c'."""
     lam = 1.5
-    r = lambda text: 1.0 if "c" in text else 0.0  # noqa: E731
+    r = lambda text: 1.0 if "c" in text else 0.0
     lm, _ = toy
     names = lm.backend.names
     want = tilted(toy, lambda x, h: float(torch.tensor(lam * r("".join(names[i] for i in x))).exp()))
@@ -143,7 +143,7 @@ def test_a_passing_proposal_ends_the_run(toy):
     """stop_on_pass: the first proposal that passes is returned, even if MH would reject it."""
     lm, _ = toy
     names = lm.backend.names
-    r = lambda text: 1.0 if text.startswith("b") else 0.0  # noqa: E731  (p^alpha mass: 0.11%)
+    r = lambda text: 1.0 if text.startswith("b") else 0.0
     for sampler in ("ec-mh", "egps"):
         cfg = config(sampler, tries=4, steps=30, verifier_weight=0.0)
         ended = [sample(lm, PROMPT, cfg, seed=s, verifier=r) for s in range(40)]
@@ -196,7 +196,7 @@ def test_local_move_keeps_the_verifier_tilted_target(toy):
     lam = 1.5
     lm, _ = toy
     names = lm.backend.names
-    r = lambda text: 1.0 if "c" in text else 0.0  # noqa: E731
+    r = lambda text: 1.0 if "c" in text else 0.0
     want = tilted(toy, lambda x, h: float(torch.tensor(lam * r("".join(names[i] for i in x))).exp()))
     cfg = config("ec-mh", move="local", span=DECISION_SPANS, verifier_weight=lam,
                  stop_on_pass=False)
@@ -215,7 +215,7 @@ def test_opening_suffix_moves_keep_p_alpha(toy, target):
     first = SpanRule(decision=None, ends=("c",), max_span=1, opening="c")
     lm, _ = toy
     names = lm.backend.names
-    tok = lambda text: Token(id=0, text=text, logp=0.0, logq=0.0, entropy=0.0)  # noqa: E731
+    tok = lambda text: Token(id=0, text=text, logp=0.0, logq=0.0, entropy=0.0)
     kinds = collections.Counter(local.kernel_at([tok(names[i]) for i in x], t, first)
                                 for x in target for t in range(len(x)))
     assert kinds["suffix"] > 0 and kinds["local"] > 0  # both kernels have work on this toy
@@ -254,6 +254,6 @@ def test_local_move_spans_and_costs(toy):
         assert local.span_end(y, 0, DECISION_SPANS) == p.m  # the reverse move's span is z
         assert [t.id for t in y[p.m:]] == [t.id for t in x.tokens[p.s:]]
         fresh = lm.score(start, [t.id for t in y], q).tokens
-        flat = lambda ts: [v for t in ts for v in (t.logp, t.logq, t.entropy)]  # noqa: E731
+        flat = lambda ts: [v for t in ts for v in (t.logp, t.logq, t.entropy)]
         assert flat(y) == pytest.approx(flat(fresh), abs=1e-6)
     assert seen["rejected"] > 0 and seen["boundary"] + seen["max_span"] > 0

@@ -59,7 +59,7 @@ def move(lm, ctx, x, alt_x, cfg: RetryConfig, g, wrong: str | None = None):
     span = None
     first = None
     if cfg.cut_token == "nobody":  # y_t from the second context (graph.py's _first_token)
-        first = lambda prefix: surprise.draw_first(ctx, alt_x, lm, prefix, t, q(MAX_LEN), g)  # noqa: E731
+        first = lambda prefix: surprise.draw_first(ctx, alt_x, lm, prefix, t, q(MAX_LEN), g)
     if cfg.move == "local":
         p = local.propose(lm, x, t, cfg.span, q(MAX_LEN), g, cap=MAX_LEN, first=first)
         if p.y is None:  # out of the support: rejected (graph.py records it so)

@@ -105,7 +105,7 @@ def after_rewind(state: FixState) -> Literal["model", "__end__"]:
     return END if state.get("stop") else "model"
 
 
-def build_graph(agent: "FixAgent"):
+def build_graph(agent: FixAgent):
     """The compiled graph; `agent` supplies the nodes."""
     g = StateGraph(FixState)
     g.add_node("model", agent.model)

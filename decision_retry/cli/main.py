@@ -9,10 +9,10 @@ import sys
 # decode at 0.05-0.13x of one thread; PASSIVE keeps them at parity (docs/benchmarks.md).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import click  # noqa: E402
+import click
 
-from decision_retry import __version__  # noqa: E402
-from decision_retry.errors import DecisionRetryError  # noqa: E402
+from decision_retry import __version__
+from decision_retry.errors import DecisionRetryError
 
 
 class _Main(click.Group):
@@ -45,12 +45,12 @@ def main() -> None:
     """
 
 
-from decision_retry.cli.bench import bench  # noqa: E402
-from decision_retry.cli.fix import fix  # noqa: E402
-from decision_retry.cli.logs import logs  # noqa: E402
-from decision_retry.cli.models import models  # noqa: E402
-from decision_retry.cli.report import report  # noqa: E402
-from decision_retry.cli.sample import sample  # noqa: E402
+from decision_retry.cli.bench import bench
+from decision_retry.cli.fix import fix
+from decision_retry.cli.logs import logs
+from decision_retry.cli.models import models
+from decision_retry.cli.report import report
+from decision_retry.cli.sample import sample
 
 main.add_command(bench)
 main.add_command(fix)

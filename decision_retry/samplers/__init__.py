@@ -2,6 +2,12 @@
 
 from decision_retry.samplers.cuts import CutRule
 from decision_retry.samplers.mh import StepRecord
-from decision_retry.samplers.power import SAMPLERS, PowerSampler, SampleResult, SamplerConfig, sample
+from decision_retry.samplers.power import (
+    SAMPLERS,
+    PowerSampler,
+    SamplerConfig,
+    SampleResult,
+    sample,
+)
 
-__all__ = ["CutRule", "PowerSampler", "SAMPLERS", "SampleResult", "SamplerConfig", "StepRecord", "sample"]
+__all__ = ["SAMPLERS", "CutRule", "PowerSampler", "SampleResult", "SamplerConfig", "StepRecord", "sample"]

@@ -27,13 +27,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from decision_retry import sampling
+from decision_retry.choices import SAMPLERS, SamplerName
 from decision_retry.lm import LM, DecodeState, Sampling
 from decision_retry.samplers import cuts, local, mh
 from decision_retry.samplers.cuts import CutRule
 from decision_retry.samplers.local import SpanRule
 from decision_retry.samplers.mh import StepRecord
-
-from decision_retry.choices import SAMPLERS, SamplerName  # noqa: F401 (re-exported)
 
 
 class SamplerConfig(BaseModel):
@@ -65,7 +64,7 @@ class SamplerConfig(BaseModel):
         "exact", description="anything but exact only to demonstrate the bias it causes")
 
     @model_validator(mode="after")
-    def _uniform_for_uniform(self) -> "SamplerConfig":
+    def _uniform_for_uniform(self) -> SamplerConfig:
         if self.sampler == "uniform-mh" and self.cut.kind != "uniform":
             object.__setattr__(self, "cut", self.cut.model_copy(update={"kind": "uniform"}))
         if self.move != "suffix" and self.sampler == "egps":
@@ -251,4 +250,4 @@ def sample(lm: LM, prompt, config: SamplerConfig | None = None, *, seed: int = 0
     return PowerSampler(lm, config or SamplerConfig(), verifier=verifier).run(prompt, g, on_step)
 
 
-__all__ = ["SAMPLERS", "SampleResult", "SamplerConfig", "PowerSampler", "sample"]
+__all__ = ["SAMPLERS", "PowerSampler", "SampleResult", "SamplerConfig", "sample"]
