@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -58,14 +59,18 @@ class BenchConfig(BaseModel):
     proposal_temperature: float | None = Field(None, gt=0)
     max_attempts: int = Field(100, ge=1)
     test_timeout: float = Field(30.0, gt=0)
+    protocol: Literal["patch", "tools"] = "patch"
     workers: int = Field(default_factory=default_workers, ge=1)
     threads: int | None = Field(None, ge=1, description="torch threads per worker")
     share_first: bool = Field(True, description="reuse a first attempt that passed across strategies")
 
     def shared(self) -> dict:
-        """The settings a stored cell depends on: a rerun must match them to reuse cells."""
-        return self.model_dump(include={"model", "budget_tokens", "alpha", "proposal_temperature",
-                                        "max_attempts", "test_timeout"})
+        """The settings a stored cell depends on: a rerun must match them to reuse cells. The
+        protocol only when it is not the default, so directories written before it existed stay
+        valid."""
+        keys = {"model", "budget_tokens", "alpha", "proposal_temperature", "max_attempts",
+                "test_timeout"} | ({"protocol"} if self.protocol != "patch" else set())
+        return self.model_dump(include=keys)
 
     def fix_config(self, strategy: str, seed: int):
         from decision_retry.agent.runner import FixConfig
@@ -76,7 +81,8 @@ class BenchConfig(BaseModel):
         retry = RetryConfig(strategy=base, alpha=self.alpha,
                             proposal_temperature=self.proposal_temperature, **options)
         return FixConfig(model=self.model, retry=retry, budget_tokens=self.budget_tokens,
-                         max_attempts=self.max_attempts, test_timeout=self.test_timeout, seed=seed)
+                         max_attempts=self.max_attempts, test_timeout=self.test_timeout, seed=seed,
+                         protocol=self.protocol)
 
 
 class Cell(BaseModel):
@@ -272,8 +278,9 @@ def check_out_dir(out: Path, cfg: BenchConfig) -> None:
     if path.is_file():
         before = json.loads(path.read_text()).get("shared")
         if before is not None and before != cfg.shared() and (out / CELLS_FILE).is_file():
-            diff = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in cfg.shared().items()
-                             if before.get(k) != v)
+            now = cfg.shared()
+            diff = ", ".join(f"{k} {before.get(k)} -> {now.get(k)}" for k in sorted(before | now)
+                             if before.get(k) != now.get(k))
             raise BadInput(f"{out} holds cells run with other settings ({diff}); use another --out")
     path.write_text(json.dumps({"shared": cfg.shared(), "config": cfg.model_dump(mode="json")},
                                indent=2) + "\n")

@@ -61,16 +61,18 @@ def _default_workers(model: str | None) -> int:
     return len(urls) if len(urls) > 1 else default_workers()
 
 
-def canonical_command(suite, strategies, budget, seeds, limit, model, alpha, q, max_attempts,
-                      out, mutations=1) -> str:
-    """The command line that reproduces these cells (worker and thread counts do not matter)."""
-    words = ["decision-retry", "bench", suite, "--strategies", ",".join(strategies),
-             "--budget-tokens", str(budget), "--seeds", ",".join(map(str, seeds))]
-    for flag, value in (("--mutations", mutations if mutations != 1 else None),
-                        ("--limit", limit), ("--model", model), ("--alpha", alpha if alpha != 4.0
-                        else None), ("--proposal-temperature", q),
-                        ("--max-attempts", max_attempts if max_attempts != 100 else None)):
-        if value is not None:
+def canonical_command(suite: str, cfg, limit: int | None, mutations: int, out) -> str:
+    """The command line that reproduces these cells (worker and thread counts do not matter);
+    settings at their defaults are left out."""
+    words = ["decision-retry", "bench", suite, "--strategies", ",".join(cfg.strategies),
+             "--budget-tokens", str(cfg.budget_tokens), "--seeds", ",".join(map(str, cfg.seeds))]
+    for flag, value, default in (("--mutations", mutations, 1), ("--limit", limit, None),
+                                 ("--model", cfg.model, None), ("--alpha", cfg.alpha, 4.0),
+                                 ("--proposal-temperature", cfg.proposal_temperature, None),
+                                 ("--max-attempts", cfg.max_attempts, 100),
+                                 ("--test-timeout", cfg.test_timeout, 30.0),
+                                 ("--protocol", cfg.protocol, "patch")):
+        if value != default:
             words += [flag, str(value)]
     return shlex.join([*words, "--out", str(out)])
 
@@ -108,13 +110,17 @@ def canonical_command(suite, strategies, budget, seeds, limit, model, alpha, q, 
               help="Attempts per cell; high, so that the token budget is what ends a cell.")
 @click.option("--test-timeout", type=float, default=30.0, show_default=True,
               help="Seconds before a test run is killed.")
+@click.option("--protocol", type=click.Choice(["patch", "tools"]), default="patch",
+              show_default=True, help="The agent's protocol in every cell, as in `fix`: patch "
+              "(one turn rewriting the failing function) or tools (read/edit/test/submit "
+              "actions over several turns; rewinds make suffix moves there).")
 @click.option("--share-first-attempt/--no-share-first-attempt", default=True, show_default=True,
               help="At one seed every strategy makes the same first attempt: when it passes, "
               "record it for every strategy instead of running it again.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default="bench-out/strategies",
               show_default=True, help="Output directory: cells (resumable), traces, report.")
 def bench(suite, strategies, budget_tokens, seeds, limit, mutations, model, workers, threads,
-          alpha, proposal_temperature, max_attempts, test_timeout, share_first_attempt,
+          alpha, proposal_temperature, max_attempts, test_timeout, protocol, share_first_attempt,
           out) -> None:
     """Run `fix` on every repository of SUITE with every strategy and seed at the same budget.
 
@@ -153,11 +159,10 @@ def bench(suite, strategies, budget_tokens, seeds, limit, mutations, model, work
     label = suite if mutations == 1 else f"{suite}-k{mutations}"  # case names carry K as well
     cfg = BenchConfig(suite=label, strategies=names, seeds=seed_list, budget_tokens=budget_tokens,
                       model=model, alpha=alpha, proposal_temperature=proposal_temperature,
-                      max_attempts=max_attempts, test_timeout=test_timeout,
+                      max_attempts=max_attempts, test_timeout=test_timeout, protocol=protocol,
                       workers=workers or _default_workers(model), threads=threads,
                       share_first=share_first_attempt)
-    command = canonical_command(suite, names, budget_tokens, seed_list, limit, model, alpha,
-                                proposal_temperature, max_attempts, out, mutations=mutations)
+    command = canonical_command(suite, cfg, limit, mutations, out)
     err = Console(stderr=True, highlight=False)
     try:  # SIGTERM and SIGHUP stop it as Ctrl-C does: test process groups killed, cells kept
         with signals_as_interrupt():

@@ -145,6 +145,36 @@ def test_the_cli_resumes_and_reports(finished, script, tmp_path):
     assert len((out / CELLS_FILE).read_text().splitlines()) == 4
 
 
+TOOLS_EDIT = ["edit units.py\n```python\ndef celsius_to_fahrenheit(celsius: float) -> float:\n"
+              "    return celsius * 9 / 5 + 32\n```"]
+
+
+def test_the_tools_protocol_runs_every_cell_and_is_a_shared_setting(tmp_path, cases):
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps(TOOLS_EDIT))
+    units = [c for c in cases if c.name == "units"]
+    cfg = config(path, protocol="tools", share_first=False, budget_tokens=400)
+    cells = run_bench(units, cfg, tmp_path / "out")
+    assert all(c.fixed and c.error is None for c in cells), [c.error for c in cells]
+    from decision_retry.trace.store import TraceStore
+    store = TraceStore.open(tmp_path / "out" / "traces")
+    assert {store.load(c.run_id).run.config["protocol"] for c in cells} == {"tools"}
+    assert cfg.shared()["protocol"] == "tools" and "protocol" not in config(path).shared()
+    with pytest.raises(Exception, match="other settings.*protocol tools -> None"):
+        run_bench(units, config(path, budget_tokens=400), tmp_path / "out")  # nor patch cells
+
+
+def test_the_report_command_repeats_every_setting_off_its_default(script):
+    from decision_retry.cli.bench import canonical_command
+
+    cfg = config(script, protocol="tools", test_timeout=120.0, alpha=4.0)
+    words = canonical_command("real-repos", cfg, 10, 1, "out").split()
+    assert words[words.index("--protocol") + 1] == "tools"
+    assert words[words.index("--test-timeout") + 1] == "120.0"
+    assert words[words.index("--limit") + 1] == "10"
+    assert "--alpha" not in words and "--mutations" not in words and "--max-attempts" in words
+
+
 @pytest.mark.parametrize("args, message", [
     (["--strategies", "entropy-cut,nope"], "unknown strategy 'nope'"),
     (["--strategies", "entropy-cut+sideways"], "unknown option +sideways"),
