@@ -1,12 +1,15 @@
 """Pool the cells of several `decision-retry bench` output directories into one report.
 
     .venv/bin/python benchmarks/pool_cells.py OUT1 OUT2 ... [--strategies a,b,c] [--json FILE]
+        [--cases]
 
 Several runs of one suite at the same shared settings (model, budget, alpha, temperature; checked)
 but different seeds or case subsets, e.g. a first pass over a suite and a second pass, at more
 seeds, over the cases whose first attempt failed. Prints the strategy table, the first-attempt
 count and the paired comparisons (exact sign test) against `restart` and `from-end` over every
 (repo, seed) pair that each strategy and the baseline both ran, and how many pairs that is.
+`--cases` adds one line per deciding pair (its first attempt failed): each strategy's outcome,
+attempts and decode tokens, the pairs where the strategies disagree first.
 """
 
 from __future__ import annotations
@@ -34,11 +37,29 @@ def pooled(outs: list[Path]) -> tuple[list, dict]:
     return list(cells.values()), shared or {}
 
 
+def deciding_cases(cells: list, names: list[str]) -> list[str]:
+    """One line per (repo, seed) whose first attempt failed and that every strategy ran:
+    `repo/seed  a: fixed 7 att 212 tok | b: -  2 att 300 tok`, disagreements first."""
+    by: dict[tuple[str, int], dict] = {}
+    for c in cells:
+        if c.error is None:
+            by.setdefault((c.repo, c.seed), {})[c.strategy] = c
+    lines = []
+    for (repo, seed), got in sorted(by.items()):
+        if set(got) < set(names) or any(c.fixed and c.attempts == 1 for c in got.values()):
+            continue
+        parts = [f"{n}: {'fixed' if got[n].fixed else '-':5} {got[n].attempts:2} att "
+                 f"{got[n].decode_tokens:3} tok" for n in names]
+        lines.append((len({got[n].fixed for n in names}) == 1, f"{repo}/{seed}  " + " | ".join(parts)))
+    return [f"deciding pairs: {len(lines)} (disagreeing first)"] + [t for _, t in sorted(lines)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("outs", nargs="+", type=Path)
     ap.add_argument("--strategies", default=None, help="comma-separated (default: all found)")
     ap.add_argument("--json", type=Path, default=None, help="write the summary rows here")
+    ap.add_argument("--cases", action="store_true", help="list the deciding pairs one by one")
     args = ap.parse_args(argv)
     cells, shared = pooled(args.outs)
     names = args.strategies.split(",") if args.strategies else list(
@@ -52,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     for base in ("restart", "from-end"):
         if base in names:
             print("\n".join(paired(cells, names, base)))
+    if args.cases:
+        print("\n" + "\n".join(deciding_cases(cells, names)))
     if args.json:
         args.json.write_text(json.dumps({"settings": shared, "outs": list(map(str, args.outs)),
                                          "summary": [r.model_dump() for r in rows]}, indent=1))
