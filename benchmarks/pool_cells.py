@@ -1,7 +1,7 @@
 """Pool the cells of several `decision-retry bench` output directories into one report.
 
     .venv/bin/python benchmarks/pool_cells.py OUT1 OUT2 ... [--strategies a,b,c] [--json FILE]
-        [--cases]
+        [--cases] [--other DIR:LABEL ...] [--baselines restart,from-end]
 
 Several runs of one suite at the same shared settings (model, budget, alpha, temperature; checked)
 but different seeds or case subsets, e.g. a first pass over a suite and a second pass, at more
@@ -10,6 +10,12 @@ count and the paired comparisons (exact sign test) against `restart` and `from-e
 (repo, seed) pair that each strategy and the baseline both ran, and how many pairs that is.
 `--cases` adds one line per deciding pair (its first attempt failed): each strategy's outcome,
 attempts and decode tokens, the pairs where the strategies disagree first.
+
+`--other DIR:LABEL` adds the cells of a run at *other* settings under renamed strategies
+(`restart` -> `restart@LABEL`), e.g. restart at a larger token budget on the same (repo, seed)
+pairs, for a comparison at equal wall time; name it in `--baselines` to pair against it. A larger
+budget leaves the first attempt as it was (same seed, same temperature), so the deciding pairs
+stay the same; at another temperature they would not, and such a pooling means little.
 """
 
 from __future__ import annotations
@@ -60,19 +66,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategies", default=None, help="comma-separated (default: all found)")
     ap.add_argument("--json", type=Path, default=None, help="write the summary rows here")
     ap.add_argument("--cases", action="store_true", help="list the deciding pairs one by one")
+    ap.add_argument("--other", action="append", default=[], metavar="DIR:LABEL",
+                    help="cells of a run at other settings, strategies renamed NAME@LABEL")
+    ap.add_argument("--baselines", default="restart,from-end",
+                    help="comma-separated strategies to pair every other one against")
     args = ap.parse_args(argv)
     cells, shared = pooled(args.outs)
     names = args.strategies.split(",") if args.strategies else list(
         dict.fromkeys(c.strategy for c in cells))
     cells = [c for c in cells if c.strategy in names]
+    for spec in args.other:
+        out, _, label = spec.rpartition(":")
+        more, theirs = pooled([Path(out)])
+        print(f"{out} as @{label}: {theirs}")
+        more = [c.model_copy(update={"strategy": f"{c.strategy}@{label}"}) for c in more]
+        names += list(dict.fromkeys(c.strategy for c in more))
+        cells += more
     rows = summarize(cells, names)
     print(f"settings: {shared}")
     print(f"pooled from: {', '.join(map(str, args.outs))}\n")
     print(strategy_table(rows))
     print(f"\n{first_attempts(cells)}\n")
-    for base in ("restart", "from-end"):
-        if base in names:
-            print("\n".join(paired(cells, names, base)))
+    ran = {(c.repo, c.seed, c.strategy) for c in cells}
+    for base in args.baselines.split(","):
+        if base in names:  # against the strategies that ran some (repo, seed) the baseline ran
+            mates = [n for n in names if any((r, sd, base) in ran for r, sd, st in ran if st == n)]
+            print("\n".join(paired(cells, mates, base)))
     if args.cases:
         print("\n" + "\n".join(deciding_cases(cells, names)))
     if args.json:
