@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         more, theirs = pooled([Path(out)])
         print(f"{out} as @{label}: {theirs}")
         more = [c.model_copy(update={"strategy": f"{c.strategy}@{label}"}) for c in more]
-        names += list(dict.fromkeys(c.strategy for c in more))
+        names += [n for n in dict.fromkeys(c.strategy for c in more) if n not in names]
         cells += more
     rows = summarize(cells, names)
     print(f"settings: {shared}")
