@@ -56,7 +56,8 @@ def deciding_cases(cells: list, names: list[str]) -> list[str]:
             continue
         parts = [f"{n}: {'fixed' if got[n].fixed else '-':5} {got[n].attempts:2} att "
                  f"{got[n].decode_tokens:3} tok" for n in names]
-        lines.append((len({got[n].fixed for n in names}) == 1, f"{repo}/{seed}  " + " | ".join(parts)))
+        agree = len({got[n].fixed for n in names}) == 1
+        lines.append((agree, f"{repo}/{seed}  " + " | ".join(parts)))
     return [f"deciding pairs: {len(lines)} (disagreeing first)"] + [t for _, t in sorted(lines)]
 
 

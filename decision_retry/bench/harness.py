@@ -360,7 +360,7 @@ def _run(todo: list, cfg: BenchConfig, home: str):
 
 
 def crashed(job: tuple, why: str) -> list[Cell]:
-    """The cells of a group whose worker died or that raised: crashes, so a rerun tries them again."""
+    """The cells of a group whose worker died or that raised: crashes, which a rerun tries again."""
     case, seed, strategies, _, _ = job
     return [Cell(repo=case.name, strategy=s, seed=seed, error=why, error_kind="crash")
             for s in strategies]

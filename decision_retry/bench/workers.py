@@ -99,9 +99,10 @@ class _Slot:
 def imap_unordered(fn: Callable, jobs: Iterable, *, init: Callable, slots: Sequence[tuple],
                    ctx) -> Iterator[tuple[Any, Any]]:
     """(job, fn(job)) as jobs finish, `fn` running in one process per entry of `slots` (each
-    started with `init(*slot)`); a job whose worker died yields (job, Died(exitcode)), one that raised (job, Raised). A worker
-    that fails to start raises its error here. When the caller stops early (an exception, or
-    closing the generator), the workers get SIGTERM and are waited for."""
+    started with `init(*slot)`); a job whose worker died yields (job, Died(exitcode)), one that
+    raised (job, Raised). A worker that fails to start raises its error here. When the caller
+    stops early (an exception, or closing the generator), the workers get SIGTERM and are waited
+    for."""
     todo = list(jobs)[::-1]  # pop() takes them in order
     live = [_Slot(ctx, fn, init, args) for args in slots[:len(todo)]]
     try:
