@@ -26,7 +26,13 @@ import sys
 from pathlib import Path
 
 from decision_retry.bench.harness import CONFIG_FILE, load_cells
-from decision_retry.bench.report import first_attempts, paired, strategy_table, summarize
+from decision_retry.bench.report import (
+    first_attempts,
+    first_solved,
+    paired,
+    strategy_table,
+    summarize,
+)
 
 
 def pooled(outs: list[Path]) -> tuple[list, dict]:
@@ -50,9 +56,9 @@ def deciding_cases(cells: list, names: list[str]) -> list[str]:
     for c in cells:
         if c.error is None:
             by.setdefault((c.repo, c.seed), {})[c.strategy] = c
-    lines = []
+    first, lines = first_solved(cells), []
     for (repo, seed), got in sorted(by.items()):
-        if set(got) < set(names) or any(c.fixed and c.attempts == 1 for c in got.values()):
+        if set(got) < set(names) or (repo, seed) in first:
             continue
         parts = [f"{n}: {'fixed' if got[n].fixed else '-':5} {got[n].attempts:2} att "
                  f"{got[n].decode_tokens:3} tok" for n in names]

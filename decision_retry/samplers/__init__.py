@@ -10,4 +10,5 @@ from decision_retry.samplers.power import (
     sample,
 )
 
-__all__ = ["SAMPLERS", "CutRule", "PowerSampler", "SampleResult", "SamplerConfig", "StepRecord", "sample"]
+__all__ = ["SAMPLERS", "CutRule", "PowerSampler", "SampleResult", "SamplerConfig", "StepRecord",
+           "sample"]

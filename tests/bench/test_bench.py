@@ -35,6 +35,7 @@ from decision_retry.bench.suites import (
     mutation_sites,
 )
 from decision_retry.cli.main import main
+from decision_retry.trace.store import TraceStore
 
 # One script for both fixtures: the patch protocol applies only the function named like the
 # suspect, so units takes the first function and combinatorics the second. Each has one choice
@@ -156,7 +157,6 @@ def test_the_tools_protocol_runs_every_cell_and_is_a_shared_setting(tmp_path, ca
     cfg = config(path, protocol="tools", share_first=False, budget_tokens=400)
     cells = run_bench(units, cfg, tmp_path / "out")
     assert all(c.fixed and c.error is None for c in cells), [c.error for c in cells]
-    from decision_retry.trace.store import TraceStore
     store = TraceStore.open(tmp_path / "out" / "traces")
     assert {store.load(c.run_id).run.config["protocol"] for c in cells} == {"tools"}
     assert cfg.shared()["protocol"] == "tools" and "protocol" not in config(path).shared()
@@ -289,6 +289,7 @@ def test_a_strategy_variant_carries_its_options():
 
 FIXING = {"segments": [
     "def celsius_to_fahrenheit(celsius: float) -> float:\n    return celsius * 9 / 5 + 32\n", "```"]}
+
 
 def test_a_group_that_raises_is_stored_as_crashes_and_the_rest_runs(tmp_path, cases, script,
                                                                      monkeypatch):
