@@ -1,7 +1,7 @@
 """Pool the cells of several `decision-retry bench` output directories into one report.
 
     .venv/bin/python benchmarks/pool_cells.py OUT1 OUT2 ... [--strategies a,b,c] [--json FILE]
-        [--cases] [--other DIR:LABEL ...] [--baselines restart,from-end]
+        [--cases] [--deciding] [--other DIR:LABEL ...] [--baselines restart,from-end]
 
 Several runs of one suite at the same shared settings (model, budget, alpha, temperature; checked)
 but different seeds or case subsets, e.g. a first pass over a suite and a second pass, at more
@@ -9,7 +9,9 @@ seeds, over the cases whose first attempt failed. Prints the strategy table, the
 count and the paired comparisons (exact sign test) against `restart` and `from-end` over every
 (repo, seed) pair that each strategy and the baseline both ran, and how many pairs that is.
 `--cases` adds one line per deciding pair (its first attempt failed): each strategy's outcome,
-attempts and decode tokens, the pairs where the strategies disagree first.
+attempts and decode tokens, the pairs where the strategies disagree first. `--deciding` adds the
+strategy table over the deciding pairs alone (their cost per cell is not diluted by the shared
+first attempts that passed).
 
 `--other DIR:LABEL` adds the cells of a run at *other* settings under renamed strategies
 (`restart` -> `restart@LABEL`), e.g. restart at a larger token budget on the same (repo, seed)
@@ -73,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategies", default=None, help="comma-separated (default: all found)")
     ap.add_argument("--json", type=Path, default=None, help="write the summary rows here")
     ap.add_argument("--cases", action="store_true", help="list the deciding pairs one by one")
+    ap.add_argument("--deciding", action="store_true",
+                    help="also the strategy table over the pairs whose first attempt failed")
     ap.add_argument("--other", action="append", default=[], metavar="DIR:LABEL",
                     help="cells of a run at other settings, strategies renamed NAME@LABEL")
     ap.add_argument("--baselines", default="restart,from-end",
@@ -94,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pooled from: {', '.join(map(str, args.outs))}\n")
     print(strategy_table(rows))
     print(f"\n{first_attempts(cells)}\n")
+    if args.deciding:
+        first = first_solved(cells)
+        print("On the deciding pairs alone:\n")
+        print(strategy_table(summarize([c for c in cells if (c.repo, c.seed) not in first], names)))
+        print()
     ran = {(c.repo, c.seed, c.strategy) for c in cells}
     for base in args.baselines.split(","):
         if base in names:  # against the strategies that ran some (repo, seed) the baseline ran
