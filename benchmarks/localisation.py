@@ -1,10 +1,11 @@
 """Which cut rule points at the bug? Measured on first attempts that write the bug again.
 
-In `humaneval-bugs` the mutated token is known (FIXTURE.json: the mutated and the canonical line).
+In `humaneval-bugs` the mutated token is known (FIXTURE.json: the mutated and the canonical line;
+with `--mutations K`, K of them, and each one the reply writes again is a bug of its own row).
 For each case: the agent's patch prompt (the failing test's output and source, the buggy function),
 one first attempt from the model at the proposal temperature; when the reply contains the mutated
-line and not the canonical one, it *reproduces the bug*, and for that reply every cut rule gives a
-distribution c(t | x) over the reply's tokens (the closing stop token's entropy zeroed, as the
+line and not the canonical one, it *reproduces the bug* (with K mutations: one or more of them),
+and for that reply every cut rule gives a distribution c(t | x) over the reply's tokens (the closing stop token's entropy zeroed, as the
 agent does). Reported per rule: the mass on the bug token and on its line, and the bug token's
 rank by weight (1 = the rule's top choice; tied tokens count half, so uniform ranks
 (L + 1) / 2).
@@ -25,7 +26,8 @@ Rules (eps = 0.1 uniform share everywhere, as the samplers use):
                  prompt props the token up.
 
     .venv/bin/python benchmarks/localisation.py [--model qwen2.5-coder-0.5b] [--limit 30]
-        [--seeds 0] [--temperature 0.25] [--no-body probe|agent] [--out bench-out/localisation.json]
+        [--seeds 0] [--temperature 0.25] [--no-body probe|agent] [--mutations 1]
+        [--suite-dir bench-out/localisation] [--out bench-out/localisation.json]
 """
 
 from __future__ import annotations
@@ -120,9 +122,11 @@ def one_case(lm, defn, case, seed: int, temperature: float, no_body: str = "prob
     out = {"case": case.name, "kind": meta["kind"], "seed": seed, "tokens": len(x),
            "decode_s": round(time.perf_counter() - t0, 1)}
     texts = [t.text for t in x.tokens]
-    found = bug_position("".join(texts), meta["fix"]["old"], meta["fix"]["new"])
-    out["reproduced"] = found is not None
-    if found is None:
+    reply = "".join(texts)
+    fixes = meta.get("fixes") or [meta["fix"]]  # K mutations: each one its own bug
+    found = [f for f in (bug_position(reply, fx["old"], fx["new"]) for fx in fixes) if f]
+    out["reproduced"] = len(found)
+    if not found:
         return out
     # the second context, one teacher-forced pass over the same reply ids
     if no_body == "agent":
@@ -139,22 +143,24 @@ def one_case(lm, defn, case, seed: int, temperature: float, no_body: str = "prob
     for s in texts:
         starts.append(at)
         at += len(s)
-    c, line0, line1 = found
-    bug = max(i for i, s in enumerate(starts) if s <= c)
-    line = [i for i, s in enumerate(starts) if s < line1 and s + len(texts[i]) > line0]
-    out.update(bug_token=texts[bug], bug_index=bug, line_tokens=len(line))
-    for rule in RULES:
-        w = weights(rule, ent, logp, logp_b, texts)
-        p = distribution(w)
-        out[rule] = {"mass": p[bug], "line_mass": sum(p[i] for i in line),
-                     "rank": 1 + sum(1 for v in w if v > w[bug])
-                     + 0.5 * (sum(1 for v in w if v == w[bug]) - 1)}  # ties: half count
-    out["H_bug"], out["surprise_bug"] = ent[bug], -logp_b[bug]
+    rule_w = {rule: weights(rule, ent, logp, logp_b, texts) for rule in RULES}
+    out["bugs"] = []
+    for c, line0, line1 in found:
+        bug = max(i for i, s in enumerate(starts) if s <= c)
+        line = [i for i, s in enumerate(starts) if s < line1 and s + len(texts[i]) > line0]
+        row = {"bug_token": texts[bug], "bug_index": bug, "line_tokens": len(line),
+               "H_bug": ent[bug], "surprise_bug": -logp_b[bug]}
+        for rule, w in rule_w.items():
+            p = distribution(w)
+            row[rule] = {"mass": p[bug], "line_mass": sum(p[i] for i in line),
+                         "rank": 1 + sum(1 for v in w if v > w[bug])
+                         + 0.5 * (sum(1 for v in w if v == w[bug]) - 1)}  # ties: half count
+        out["bugs"].append(row)
     return out
 
 
 def summary(rows: list[dict]) -> str:
-    rep = [r for r in rows if r.get("reproduced")]
+    rep = [b for r in rows for b in r.get("bugs", [])]  # one row per reproduced mutation
     cells = []
     for rule in RULES:
         ranks = [r[rule]["rank"] for r in rep]
@@ -162,7 +168,7 @@ def summary(rows: list[dict]) -> str:
                       f"{statistics.mean(r[rule]['line_mass'] for r in rep):.3f}",
                       f"{statistics.median(ranks):.0f}", sum(k == 1 for k in ranks),
                       sum(k <= 3 for k in ranks), sum(k <= 10 for k in ranks)])
-    return markdown_table(["rule", "replies", "mass on bug token (mean)", "mass on bug line (mean)",
+    return markdown_table(["rule", "bugs", "mass on bug token (mean)", "mass on bug line (mean)",
                            "rank (median)", "top-1", "top-3", "top-10"], cells)
 
 
@@ -174,6 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--temperature", type=float, default=0.25, help="1/alpha, the agent's default")
     ap.add_argument("--suite-dir", default="bench-out/localisation", help="where the suite is built")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--mutations", type=int, default=1,
+                    help="the K-mutation suite (bench --mutations K); each mutation a bug of its own")
     ap.add_argument("--no-body", choices=("probe", "agent"), default="probe",
                     help="the second context: the probe's wording, or fix's (agent/nobody.py)")
     ap.add_argument("--out", default="bench-out/localisation.json")
@@ -184,7 +192,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     lm = load_lm(args.model, threads=args.threads)
     defn = definitions.load("patch")
-    cases = load_suite("humaneval-bugs", Path(args.suite_dir), limit=args.limit, on_build=log)
+    cases = load_suite("humaneval-bugs", Path(args.suite_dir), limit=args.limit, on_build=log,
+                       mutations=args.mutations)
     rows = []
     for case in cases:
         for seed in [int(s) for s in args.seeds.split(",")]:
@@ -193,17 +202,18 @@ def main(argv=None) -> int:
             except Exception as err:  # noqa: BLE001 - one broken case must not end the run
                 row = {"case": case.name, "seed": seed, "error": f"{type(err).__name__}: {err}"}
             rows.append(row)
-            extra = (f" bug {row['bug_token']!r}: ranks " + ", ".join(
-                f"{r} {row[r]['rank']}" for r in RULES[1:]) if row.get("reproduced") else "")
+            extra = "".join(f"; bug {b['bug_token']!r}: ranks " + ", ".join(
+                f"{r} {b[r]['rank']}" for r in RULES[1:]) for b in row.get("bugs", []))
             log(f"{case.name} seed {seed}: {row.get('tokens')} tokens, reproduced "
                 f"{row.get('reproduced')}{extra}{' ' + row['error'] if 'error' in row else ''}")
-            rep = [r for r in rows if r.get("reproduced")]
-            if rep:
+            if any(r.get("bugs") for r in rows):
                 Path(args.out).with_suffix(".partial.md").write_text(summary(rows) + "\n")
     table = summary(rows)
     n_rep = sum(bool(r.get("reproduced")) for r in rows)
+    n_bugs = sum(len(r.get("bugs", [])) for r in rows)
     print(f"\nmodel {args.model}, T = {args.temperature}, {len(rows)} first attempts on "
-          f"{len(cases)} humaneval-bugs cases, {n_rep} reproduce the bug; load {load0} -> {load()}\n")
+          f"{len(cases)} humaneval-bugs cases (K = {args.mutations}), {n_rep} reproduce a bug, "
+          f"{n_bugs} bugs in all; load {load0} -> {load()}\n")
     print(table)
     write_json(Path(args.out), {"settings": vars(args), "rows": rows, "table": table},
                started=started)
