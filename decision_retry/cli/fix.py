@@ -92,7 +92,8 @@ def span_listener(otlp: str | None):
               "code: the same, with docstrings/comments weighted down and the defined function "
               "name up; surprise: cut where the reply surprises a context that shows the "
               "signature, docstring and failing test but not the body (one scoring pass per "
-              "reply; patch protocol); surprise+code: both.")
+              "reply; patch protocol; the rule that fixed the most on HumanEval K = 2, at about "
+              "twice the wall time: docs/benchmarks.md); surprise+code: both.")
 @click.option("--cut-token", type=click.Choice(["patch", "nobody"]), default="patch",
               show_default=True, help="Where a rewind draws its first new token: patch (the "
               "usual proposal) or nobody (the context without the function bodies, so a copied "
