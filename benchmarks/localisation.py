@@ -5,10 +5,10 @@ with `--mutations K`, K of them, and each one the reply writes again is a bug of
 For each case: the agent's patch prompt (the failing test's output and source, the buggy function),
 one first attempt from the model at the proposal temperature; when the reply contains the mutated
 line and not the canonical one, it *reproduces the bug* (with K mutations: one or more of them),
-and for that reply every cut rule gives a distribution c(t | x) over the reply's tokens (the closing stop token's entropy zeroed, as the
-agent does). Reported per rule: the mass on the bug token and on its line, and the bug token's
-rank by weight (1 = the rule's top choice; tied tokens count half, so uniform ranks
-(L + 1) / 2).
+and for that reply every cut rule gives a distribution c(t | x) over the reply's tokens (the
+closing stop token's entropy zeroed, as the agent does). Reported per rule: the mass on the bug
+token and on its line, and the bug token's rank by weight (1 = the rule's top choice; tied tokens
+count half, so uniform ranks (L + 1) / 2).
 
 Rules (eps = 0.1 uniform share everywhere, as the samplers use):
   uniform        1 / L;
@@ -143,15 +143,17 @@ def one_case(lm, defn, case, seed: int, temperature: float, no_body: str = "prob
     for s in texts:
         starts.append(at)
         at += len(s)
-    rule_w = {rule: weights(rule, ent, logp, logp_b, texts) for rule in RULES}
+    by_rule = {}  # rule -> (weights, cut distribution), the same for every bug of the reply
+    for rule in RULES:
+        w = weights(rule, ent, logp, logp_b, texts)
+        by_rule[rule] = (w, distribution(w))
     out["bugs"] = []
     for c, line0, line1 in found:
         bug = max(i for i, s in enumerate(starts) if s <= c)
         line = [i for i, s in enumerate(starts) if s < line1 and s + len(texts[i]) > line0]
         row = {"bug_token": texts[bug], "bug_index": bug, "line_tokens": len(line),
                "H_bug": ent[bug], "surprise_bug": -logp_b[bug]}
-        for rule, w in rule_w.items():
-            p = distribution(w)
+        for rule, (w, p) in by_rule.items():
             row[rule] = {"mass": p[bug], "line_mass": sum(p[i] for i in line),
                          "rank": 1 + sum(1 for v in w if v > w[bug])
                          + 0.5 * (sum(1 for v in w if v == w[bug]) - 1)}  # ties: half count
@@ -181,7 +183,7 @@ def main(argv=None) -> int:
     ap.add_argument("--suite-dir", default="bench-out/localisation", help="where the suite is built")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--mutations", type=int, default=1,
-                    help="the K-mutation suite (bench --mutations K); each mutation a bug of its own")
+                    help="the K-mutation suite (bench --mutations K); each mutation its own bug")
     ap.add_argument("--no-body", choices=("probe", "agent"), default="probe",
                     help="the second context: the probe's wording, or fix's (agent/nobody.py)")
     ap.add_argument("--out", default="bench-out/localisation.json")
