@@ -72,8 +72,8 @@ def test_a_worker_that_cannot_start_raises_its_error_in_the_parent():
 
 
 def test_no_worker_outlives_a_caller_that_stops_early():
-    results = imap_unordered(_job, list(range(20)), init=_start, slots=[("a",), ("b",)], ctx=SPAWN)
-    _, (_, _, pid) = next(results)
+    results = imap_unordered(_job, list(range(1, 21)), init=_start, slots=[("a",), ("b",)], ctx=SPAWN)
+    _, (_, _, pid) = next(results)  # no job 0: unordered, it could come first as a Raised
     results.close()
     with pytest.raises(ProcessLookupError):  # joined: gone, not a zombie we could signal
         os.kill(pid, 0)
