@@ -22,7 +22,10 @@ up), computed for current and proposal alike so the correction stays exact. `sur
 token's -log p under the no-body context instead of its entropy (samplers/surprise.py: every
 reply, current and proposal, is scored under that fixed context, so c stays a function of the
 sequence); the cut rule's entropy-jump kind becomes "level" (w_t = s_t^beta) there, because a
-jump of surprises means nothing. `surprise+code` multiplies it by the code classes.
+jump of surprises means nothing. `surprise+code` multiplies it by the code classes. `auto`
+(`fix`'s default) becomes surprise where every reply can be scored under the no-body context
+(patch protocol, an engine with teacher forcing, a cut strategy), entropy elsewhere
+(`RetryConfig.resolved`); left unresolved it reads as entropy.
 
 Cut token (`cut_token`): `patch` draws the first new token at the cut from the usual proposal;
 `nobody` draws it from the no-body context at the proposal temperature and the rest as usual, so
@@ -68,7 +71,7 @@ class RetryConfig(BaseModel):
     span: SpanRule = SpanRule()
     local_share: float = Field(0.5, ge=0, le=1, description="mixed: probability of a local move")
     restart_share: float = Field(0.0, ge=0, le=1, description="probability of a restart move")
-    cut_weights: Literal["entropy", "code", "surprise", "surprise+code"] = "entropy"
+    cut_weights: Literal["entropy", "code", "surprise", "surprise+code", "auto"] = "entropy"
     prose_weight: float = Field(0.1, ge=0, description="code weights: strings and comments")
     name_weight: float = Field(4.0, ge=0, description="code weights: the name a def defines")
     cut_token: Literal["patch", "nobody"] = Field(
@@ -85,13 +88,19 @@ class RetryConfig(BaseModel):
         return self
 
     def resolved(self, *, patch: bool, teacher_forcing: bool) -> RetryConfig:
-        """`move="auto"` made concrete for one run: local moves where they apply (the patch
-        protocol, an engine that can score a kept tail, a single-try cut strategy), suffix moves
-        elsewhere (docs/benchmarks.md: what won where). Any other move is returned as it is."""
-        if self.move != "auto":
-            return self
-        local = patch and teacher_forcing and self.strategy in SINGLE_TRY_CUTS
-        return self.model_copy(update={"move": "local" if local else "suffix"})
+        """`move="auto"` and `cut_weights="auto"` made concrete for one run (docs/benchmarks.md:
+        what won where). Moves: local where local moves apply (the patch protocol, an engine
+        that can score a kept tail, a single-try cut strategy), suffix elsewhere. Cut weights:
+        surprise where the no-body context exists and can be scored (the patch protocol, an
+        engine that scores, a cut strategy), entropy elsewhere. Other values are kept."""
+        update: dict = {}
+        if self.move == "auto":
+            local = patch and teacher_forcing and self.strategy in SINGLE_TRY_CUTS
+            update["move"] = "local" if local else "suffix"
+        if self.cut_weights == "auto":
+            scored = patch and teacher_forcing and self.strategy in CUT_STRATEGIES
+            update["cut_weights"] = "surprise" if scored else "entropy"
+        return self.model_copy(update=update) if update else self
 
     @property
     def surprise(self) -> bool:
@@ -131,6 +140,7 @@ class CutPoint:
     token: str
     index: int  # position in the flattened model tokens of the trajectory
     move: Literal["suffix", "local", "restart"] = "suffix"
+    surprise: float | None = None  # -log p of the token under the no-body context, if scored
 
 
 def flatten(turns: Sequence[Sequence[Token]]) -> tuple[list[Token], list[tuple[int, int]]]:
@@ -168,8 +178,8 @@ def cut_entropies(
 
 
 def cut_scale(turns: Sequence[Sequence[Token]], config: RetryConfig) -> list[float] | None:
-    """Per-token multipliers of the cut weight (None for plain entropy weights)."""
-    if config.cut_weights in ("entropy", "surprise"):
+    """Per-token multipliers of the cut weight (None without code weights)."""
+    if "code" not in config.cut_weights.split("+"):
         return None
     out: list[float] = []
     for tokens in turns:
@@ -204,7 +214,9 @@ def choose_cut(
     turn, pos = where[i]
     if move == "local":  # a cut in the reply's opening may regenerate the rest (span.opening)
         move = local.kernel_at(turns[turn], pos, config.span)
-    return CutPoint(turn, pos, flat[i].entropy, flat[i].text, i, move)
+    alt = flat[i].alt_logp
+    return CutPoint(turn, pos, flat[i].entropy, flat[i].text, i, move,
+                    None if alt is None else -alt)
 
 
 def _log_c(turns, config: RetryConfig, i: int, stops=None) -> float:

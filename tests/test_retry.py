@@ -5,7 +5,7 @@ import math
 import torch
 
 from decision_retry.choices import DEF_HEADER
-from decision_retry.retry import RetryConfig, accept, choose_cut, cut_entropies
+from decision_retry.retry import RetryConfig, accept, choose_cut, cut_entropies, cut_scale
 from decision_retry.samplers.cuts import CutRule
 from decision_retry.samplers.local import SpanRule
 from decision_retry.tokens import Token
@@ -173,6 +173,28 @@ def test_auto_moves_are_local_only_where_local_moves_apply(tmp_path):
     with TraceStore(tmp_path / "traces-1.db") as store:
         assert store.load(res.run_id).run.config["retry"]["move"] == "local"
     assert res.steps and all(s.decode_tokens == 2 for s in res.steps)  # local: the line only
+
+
+def test_auto_cut_weights_are_surprise_only_where_replies_can_be_scored():
+    """`fix --cut-weights auto`: surprise on the patch protocol with an engine that scores and a
+    cut strategy (egps included: it reads the same weights); entropy for tools, a server that
+    cannot score, from-end and restart; explicit weights are kept; left unresolved, `auto`
+    reads as plain entropy (no surprise scoring, no code classes)."""
+    auto = RetryConfig(cut_weights="auto")
+    assert auto.resolved(patch=True, teacher_forcing=True).cut_weights == "surprise"
+    assert auto.resolved(patch=False, teacher_forcing=True).cut_weights == "entropy"
+    assert auto.resolved(patch=True, teacher_forcing=False).cut_weights == "entropy"
+    assert RetryConfig(strategy="egps", cut_weights="auto").resolved(
+        patch=True, teacher_forcing=True).cut_weights == "surprise"
+    for s in ("from-end", "restart"):
+        assert RetryConfig(strategy=s, cut_weights="auto").resolved(
+            patch=True, teacher_forcing=True).cut_weights == "entropy"
+    code = RetryConfig(cut_weights="code")
+    assert code.resolved(patch=True, teacher_forcing=True) is code
+    both = RetryConfig(move="auto", cut_weights="auto").resolved(patch=True, teacher_forcing=True)
+    assert (both.move, both.cut_weights) == ("local", "surprise")
+    assert not auto.surprise and not auto.scored
+    assert cut_scale([toks([1.0, 2.0, 0.5])], auto) is None
 
     from decision_retry.agent.graph import FixAgent
 

@@ -388,7 +388,7 @@ class FixAgent:
             self.ws.restore(turn.snapshot)
             where = self.protocol.where(turn.state.text, next_cut.position, turn.state.tokens)
             self.rewinds.append({"file": where[0], "line": where[1], "token": next_cut.token,
-                                 "entropy": next_cut.entropy})
+                                 "entropy": next_cut.entropy, "surprise": next_cut.surprise})
             self._event("rewind", cut=next_cut, file=where[0], line=where[1])
         return {"current": new_current, "pending": [], "cut": next_cut, "steps": step}
 

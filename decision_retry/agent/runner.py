@@ -54,12 +54,14 @@ class FixConfig(BaseModel):
 
 
 class Rewind(BaseModel):
-    """Where one retry cut: file, line, the token and its entropy."""
+    """Where one retry cut: file, line, the token, its entropy and (surprise cut weights) its
+    surprise under the no-body context."""
 
     file: str | None
     line: int | None
     token: str
     entropy: float
+    surprise: float | None = None
     accepted: bool | None = None
 
 

@@ -41,7 +41,8 @@ class Progress:
             self.note = f"MH step: {'accepted' if data['accepted'] else 'rejected'}"
         elif kind == "rewind":
             cut = data["cut"]
-            self.note = f"rewind to {data['file']}:{data['line']} token {cut.token!r} (H={cut.entropy:.2f})"
+            self.note = (f"rewind to {data['file']}:{data['line']} token {cut.token!r} "
+                         f"({_scores(cut.entropy, cut.surprise)})")
             self.console.print(Text(f"  rewind  {self.note[10:]}", style="dim"))
         elif kind == "carried":  # gitignored modules the tests import, copied into the clone
             self.console.print(data["note"])
@@ -87,13 +88,15 @@ def span_listener(otlp: str | None):
               "(the whole rest, so a wrong function's body goes too) or local (that line only).")
 @click.option("--restart-share", type=finite(0, 1), default=0.0, show_default=True,
               help="Probability that a rewind starts over from the prompt instead (MH-accepted).")
-@click.option("--cut-weights", type=click.Choice(["entropy", "code", "surprise", "surprise+code"]),
-              default="entropy", show_default=True, help="entropy: cut where entropy jumps; "
-              "code: the same, with docstrings/comments weighted down and the defined function "
-              "name up; surprise: cut where the reply surprises a context that shows the "
-              "signature, docstring and failing test but not the body (one scoring pass per "
-              "reply; patch protocol; the rule that fixed the most on HumanEval K = 2, at about "
-              "twice the wall time: docs/benchmarks.md); surprise+code: both.")
+@click.option("--cut-weights", type=click.Choice(["auto", "entropy", "code", "surprise",
+                                                  "surprise+code"]),
+              default="auto", show_default=True, help="Where a rewind cuts. surprise: where the "
+              "reply surprises a context that shows the signature, docstring and failing test but "
+              "not the body (one scoring pass per reply; the rule that fixed the most on HumanEval "
+              "K = 2 and 3, at about twice the wall time: docs/benchmarks.md); entropy: where "
+              "entropy jumps; code: entropy, with docstrings/comments weighted down and the "
+              "defined function name up; surprise+code: both; auto: surprise with --protocol "
+              "patch on an in-process engine, else entropy.")
 @click.option("--cut-token", type=click.Choice(["patch", "nobody"]), default="patch",
               show_default=True, help="Where a rewind draws its first new token: patch (the "
               "usual proposal) or nobody (the context without the function bodies, so a copied "
@@ -233,6 +236,11 @@ class _RunId:
         return lambda *a, **k: None
 
 
+def _scores(entropy: float, surprise: float | None) -> str:
+    """`H=0.19`, and `surprise=2.31` when the reply was scored under the no-body context."""
+    return f"H={entropy:.2f}" + ("" if surprise is None else f", surprise={surprise:.2f}")
+
+
 def summary(console: Console, result) -> None:
     """The final report: outcome, attempts, tokens, each rewind, the diff, the run id."""
     head = ("fixed", "bold green") if result.fixed else ("not fixed", "bold red")
@@ -240,7 +248,8 @@ def summary(console: Console, result) -> None:
                                 f"{result.decode_tokens} decode tokens ({result.stop})"))
     for i, r in enumerate(result.rewinds, 1):
         verdict = {True: "accepted", False: "rejected", None: "last"}[r.accepted]
-        console.print(f"  rewind {i}: {r.file}:{r.line} token {r.token!r} entropy {r.entropy:.2f} ({verdict})")
+        console.print(f"  rewind {i}: {r.file}:{r.line} token {r.token!r} "
+                      f"({_scores(r.entropy, r.surprise)}, {verdict})")
     if result.narrow_cmd:
         console.print(f"narrow: the search ran `{result.narrow_cmd}`")
     if w := result.wide_check:

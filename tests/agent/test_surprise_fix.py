@@ -16,7 +16,7 @@ from decision_retry.errors import BadInput
 from decision_retry.retry import RetryConfig
 from decision_retry.samplers import cuts, surprise
 from decision_retry.testing import scripted_lm, tiny_llama
-from decision_retry.trace.store import TraceStore
+from decision_retry.trace.store import TraceStore, db_path
 
 # two choices: a docstring word and the bug; every other token is certain (surprise 0)
 SCRIPT = [
@@ -164,3 +164,23 @@ def test_surprise_weights_need_the_patch_protocol_and_a_scoring_engine(tmp_path)
                   "--cut-weights", "surprise", home=tmp_path / "home")
     assert out.returncode == 2 and "needs --protocol patch" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_fix_defaults_to_surprise_cuts_where_replies_can_be_scored(tmp_path):
+    """`fix` without --cut-weights: the run records surprise weights on the patch protocol (and
+    scores every reply under the no-body context), entropy weights with --protocol tools (which
+    has no no-body context: no error, unlike an explicit --cut-weights surprise)."""
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps({"segments": SCRIPT}))
+    seed = failing_seed()
+    for protocol, want in (("patch", "surprise"), ("tools", "entropy")):
+        home = tmp_path / f"home-{protocol}"
+        out = run_cli("fix", str(fixture_repo(tmp_path / protocol, "units")), "--model",
+                      f"scripted:{script}", "--protocol", protocol, "--seed", seed,
+                      "--max-attempts", 2, "--json", home=home)
+        assert out.returncode in (0, 1), out.stderr
+        with TraceStore(db_path(home)) as store:
+            tree = store.load(json.loads(out.stdout)["run_id"])
+        assert tree.run.config["retry"]["cut_weights"] == want
+        scored = [k.alt_logp is not None for t in tree.turns for k in t.tokens]
+        assert scored and all(scored) == (want == "surprise") and any(scored) == all(scored)
