@@ -79,10 +79,12 @@ class Sandbox:
         return env
 
     def wrap(self, argv: list[str], *, cwd: Path, writable: Iterable[Path] = (),
-             env: Mapping[str, str] | None = None) -> list[str]:
-        """The command line that runs `argv` in this sandbox, `cwd` and `writable` writable."""
+             env: Mapping[str, str] | None = None, readable: Iterable[Path] = ()) -> list[str]:
+        """The command line that runs `argv` in this sandbox, `cwd` and `writable` writable,
+        `readable` (the project's Python, pyenv.py) visible read-only even under a mask."""
         if self.kind == "bwrap":
-            return [*_bwrap_args(argv[0], cwd, [cwd, *writable], env or {}), "--", *argv]
+            return [*_bwrap_args(argv[0], cwd, [cwd, *writable], env or {}, readable),
+                    "--", *argv]
         if self.unshare:
             return [*unshare_prefix(), *argv]
         return list(argv)
@@ -169,7 +171,8 @@ def _succeeds(argv: list[str]) -> bool:
 # -- bubblewrap ---------------------------------------------------------------------------------
 
 
-def _bwrap_args(prog: str, cwd: Path, writable: list[Path], env: Mapping[str, str]) -> list[str]:
+def _bwrap_args(prog: str, cwd: Path, writable: list[Path], env: Mapping[str, str],
+                readable: Iterable[Path] = ()) -> list[str]:
     """1) / read-only, 2) private /dev /proc /tmp /run and home, 3) the interpreter back
     read-only, 4) the writable directories, 5) namespaces, session, cwd."""
     args = [shutil.which("bwrap") or "bwrap", "--ro-bind", "/", "/", "--dev", "/dev",
@@ -181,7 +184,8 @@ def _bwrap_args(prog: str, cwd: Path, writable: list[Path], env: Mapping[str, st
     for m in masked:
         args += ["--tmpfs", m]
     writable_real = {str(Path(w).resolve()) for w in writable}
-    for keep in sorted(_needed_paths(env) | program_paths(prog, env), key=len):
+    shown = {os.path.realpath(p) for p in readable} | {os.path.abspath(p) for p in readable}
+    for keep in sorted(_needed_paths(env) | program_paths(prog, env) | shown, key=len):
         under_mask = any(keep == m or keep.startswith(m.rstrip("/") + "/") for m in masked)
         if under_mask and keep not in writable_real:
             args += ["--ro-bind", keep, keep]
