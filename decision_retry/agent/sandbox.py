@@ -2,9 +2,15 @@
 
 `bwrap` (bubblewrap): the working directory and the report directory writable, everything else
 read-only; a private /tmp, /var/tmp, /run and home directory (the Python that runs the tests is
-bound back read-only); no network but a loopback of its own; its own PID namespace, so every
+bound back read-only); the run's own directory (`owner.json`, the clone's git directory) and the
+user's repository hidden; no network but a loopback of its own; its own PID namespace, so every
 descendant dies with the run (no orphans, `setsid` or not); a fresh session (no terminal
-injection); an environment allow-list.
+injection); an environment allow-list. No capabilities (`--cap-drop ALL`, so root stays root
+only in name), its own user namespace in which no further one can be made (`--disable-userns`),
+uid and gid 65534 (nobody) when we are root, and a seccomp filter (seccomp.py) against new
+namespaces, mounts and terminal injection.
+
+Both kinds run under resource limits (limits.py) set by a launcher before the sandbox starts.
 
 `none` (where bubblewrap cannot run): the environment allow-list and a process group, plus, where
 unprivileged user namespaces work, `unshare` with no network and its own PID namespace. What
@@ -15,15 +21,20 @@ remains is said in one line (`Sandbox.note`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import json
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from decision_retry.agent import seccomp
+from decision_retry.agent.limits import Limits
 from decision_retry.errors import BadInput
 
 SANDBOXES = ("auto", "bwrap", "none")
@@ -63,6 +74,7 @@ class Sandbox:
     note: str
     unshare: bool = False  # none: no network and own PID namespace through `unshare`
     pass_env: tuple[str, ...] = ()  # extra variable names the user lets through
+    limits: Limits | None = None  # resource limits inside (None: none)
 
     @property
     def network_isolated(self) -> bool:
@@ -79,27 +91,51 @@ class Sandbox:
         return env
 
     def wrap(self, argv: list[str], *, cwd: Path, writable: Iterable[Path] = (),
-             env: Mapping[str, str] | None = None, readable: Iterable[Path] = ()) -> list[str]:
+             env: Mapping[str, str] | None = None, readable: Iterable[Path] = (),
+             seccomp_fd: int | None = None) -> list[str]:
         """The command line that runs `argv` in this sandbox, `cwd` and `writable` writable,
-        `readable` (the project's Python, pyenv.py) visible read-only even under a mask."""
+        `readable` (the project's Python, pyenv.py) visible read-only even under a mask.
+        `seccomp_fd`: an open file holding `seccomp.program()` (see `seccomp_file`), which the
+        caller passes to the child (bwrap only)."""
+        limits = self.limits.prefix() if self.limits else []
         if self.kind == "bwrap":
-            return [*_bwrap_args(argv[0], cwd, [cwd, *writable], env or {}, readable),
-                    "--", *argv]
+            filt = ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
+            return [*limits, *_bwrap_args(argv[0], cwd, [cwd, *writable], env or {}, readable),
+                    *filt, "--", *argv]
         if self.unshare:
-            return [*unshare_prefix(), *argv]
-        return list(argv)
+            return [*limits, *unshare_prefix(), *argv]
+        return [*limits, *argv]
+
+    @contextlib.contextmanager
+    def seccomp_file(self) -> Iterator[int | None]:
+        """An open file descriptor holding the seccomp filter for `wrap` (None: no filter here)."""
+        code = seccomp.program() if self.kind == "bwrap" else None
+        if code is None:
+            yield None
+            return
+        with tempfile.TemporaryFile() as f:
+            f.write(code)
+            f.flush()
+            f.seek(0)
+            yield f.fileno()
 
 
-def resolve(choice: str = "auto", *, pass_env: Iterable[str] = ()) -> Sandbox:
-    """The sandbox for `--sandbox auto|bwrap|none`; BadInput when bwrap is asked for and cannot run."""
+def resolve(choice: str = "auto", *, pass_env: Iterable[str] = (),
+            limits: Limits | None = None) -> Sandbox:
+    """The sandbox for `--sandbox auto|bwrap|none`; BadInput when bwrap is asked for and cannot
+    run. `limits`: default `Limits.default()` (limits.py, DECISION_RETRY_LIMITS)."""
     if choice not in SANDBOXES:
         raise BadInput(f"unknown sandbox {choice!r}; use one of {', '.join(SANDBOXES)}")
     names = tuple(pass_env)
+    limits = limits or Limits.default()
     if choice != "none":
         reason = bwrap_problem()
         if reason is None:
+            filt = "seccomp filter" if seccomp.program() else "no seccomp filter on this CPU"
             return Sandbox("bwrap", "sandbox: bubblewrap (clone writable, rest read-only, "
-                           "no network, own PID namespace, environment allow-list)", False, names)
+                           "no network, own PID namespace, no capabilities, "
+                           f"{'uid nobody, ' if os.geteuid() == 0 else ''}{filt}, environment "
+                           f"allow-list; limits: {limits.describe()})", False, names, limits)
         if choice == "bwrap":
             raise BadInput(f"--sandbox bwrap: bubblewrap cannot run here: {reason}")
     unshare = unshare_works()
@@ -107,8 +143,8 @@ def resolve(choice: str = "auto", *, pass_env: Iterable[str] = ()) -> Sandbox:
             else "no network isolation, background processes can outlive the tests")
     why = "as asked (--sandbox none)" if choice == "none" else f"bubblewrap cannot run: {reason}"
     note = (f"sandbox: none, {why}; tests run with the environment allow-list, their own "
-            f"process group, {what}, and can write anywhere you can")
-    return Sandbox("none", note, unshare, names)
+            f"process group, {what}, limits ({limits.describe()}), and can write anywhere you can")
+    return Sandbox("none", note, unshare, names, limits)
 
 
 @functools.cache
@@ -117,8 +153,8 @@ def bwrap_problem() -> str | None:
     exe = shutil.which("bwrap")
     if exe is None:
         return "bwrap is not installed (Debian/Ubuntu: apt-get install bubblewrap)"
-    probe = [exe, "--unshare-all", "--die-with-parent", "--new-session", "--ro-bind", "/", "/",
-             "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "true"]
+    probe = [exe, *_privilege(), "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
+             "--tmpfs", "/tmp", "true"]
     try:
         proc = subprocess.run(probe, stdin=subprocess.DEVNULL, capture_output=True, timeout=20,
                               check=False)
@@ -128,6 +164,23 @@ def bwrap_problem() -> str | None:
         return None
     lines = proc.stderr.decode(errors="replace").strip().splitlines()
     return lines[-1] if lines else f"bwrap exited with status {proc.returncode}"
+
+
+@functools.cache
+def _privilege() -> tuple[str, ...]:
+    """Namespaces, no capabilities, no nested user namespace (bubblewrap >= 0.8; the seccomp
+    filter refuses them too), a new session; as root also uid/gid nobody inside (its files
+    still belong to root outside: see docs/safety.md)."""
+    exe = shutil.which("bwrap") or "bwrap"
+    try:
+        usage = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=10,
+                               check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        usage = ""
+    nested = ("--disable-userns",) if "--disable-userns" in usage else ()
+    root = ("--uid", "65534", "--gid", "65534") if os.geteuid() == 0 else ()
+    return ("--unshare-all", "--unshare-user", *nested, "--cap-drop", "ALL", "--die-with-parent",
+            "--new-session", *root)
 
 
 def unshare_prefix() -> list[str]:
@@ -179,8 +232,11 @@ def _bwrap_args(prog: str, cwd: Path, writable: list[Path], env: Mapping[str, st
             "--proc", "/proc"]
     masked = [m for m in _MASKED if os.path.isdir(m) and not os.path.islink(m)]
     home = os.environ.get("HOME", "")
-    if home and os.path.isdir(home) and Path(home).resolve() != Path("/"):
-        masked.append(str(Path(home).resolve()))
+    for extra in (home, *_run_paths(cwd)):
+        if extra and os.path.isdir(extra) and Path(extra).resolve() != Path("/"):
+            masked.append(str(Path(extra).resolve()))
+    masked = [m for m in sorted(set(masked), key=len)  # parents first, nested ones dropped
+              if not any(m.startswith(o.rstrip("/") + "/") for o in masked if o != m)]
     for m in masked:
         args += ["--tmpfs", m]
     writable_real = {str(Path(w).resolve()) for w in writable}
@@ -191,8 +247,18 @@ def _bwrap_args(prog: str, cwd: Path, writable: list[Path], env: Mapping[str, st
             args += ["--ro-bind", keep, keep]
     for w in sorted(writable_real, key=len):
         args += ["--bind", w, w]
-    return [*args, "--unshare-all", "--die-with-parent", "--new-session",
-            "--chdir", str(Path(cwd).resolve())]
+    return [*args, *_privilege(), "--chdir", str(Path(cwd).resolve())]
+
+
+def _run_paths(cwd: Path) -> list[str]:
+    """A workspace clone's run directory (beside it: `owner.json`, the clone's git directory)
+    and the user's repository `owner.json` names: nothing the tests need to see."""
+    owner = Path(cwd).resolve().parent / "owner.json"
+    try:
+        repo = json.loads(owner.read_text()).get("repo") if owner.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        repo = None
+    return [str(owner.parent), *([repo] if isinstance(repo, str) else [])] if owner.is_file() else []
 
 
 def _needed_paths(env: Mapping[str, str]) -> set[str]:
