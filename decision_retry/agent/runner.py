@@ -25,6 +25,7 @@ from decision_retry.agent.testrun import TestResult
 from decision_retry.agent.userrepo import UserRepo
 from decision_retry.agent.workspace import Workspace, repo_root
 from decision_retry.errors import BadInput
+from decision_retry.otel.attributes import engine_provider
 from decision_retry.retry import RetryConfig
 from decision_retry.samplers.mh import StepRecord
 from decision_retry.trace.decisions import SpikeRule
@@ -175,7 +176,8 @@ def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None =
         patch=cfg.protocol == "patch", teacher_forcing=getattr(lm, "teacher_forcing", False))})
     recorder = Recorder(store, listeners)
     recorder.start_run(model=lm.name, strategy=cfg.retry.strategy,
-                       config=cfg.model_dump(mode="json"), seed=cfg.seed, repo=str(root))
+                       config={**cfg.model_dump(mode="json"), "provider": engine_provider(lm)},
+                       seed=cfg.seed, repo=str(root))
     return drive(root, cfg, lm=lm, recorder=recorder, sandbox=sandbox, on_event=on_event,
                  apply=apply)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from decision_retry.langchain.chat_model import ChatDecisionRetry
+from decision_retry.otel.attributes import engine_provider
 from decision_retry.trace.decisions import SpikeRule
 from decision_retry.trace.models import Cut
 
@@ -21,8 +22,10 @@ def model_name(model: Any) -> str:
 
 
 def provider(model: Any) -> str | None:
-    """`gen_ai.provider.name` for a model that is not ours (LangChain's `ls_provider`)."""
-    if isinstance(model, ChatDecisionRetry) or not hasattr(model, "_get_ls_params"):
+    """`gen_ai.provider.name`: our engine's, else LangChain's `ls_provider`."""
+    if isinstance(model, ChatDecisionRetry):
+        return engine_provider(model.lm)
+    if not hasattr(model, "_get_ls_params"):
         return None
     return model._get_ls_params().get("ls_provider")
 

@@ -21,6 +21,7 @@ import torch
 from decision_retry.errors import BadInput, DecisionRetryError
 from decision_retry.langgraph.state import KEY, progress, prompt_hash, tokens_of, turn_record
 from decision_retry.lm import LM, DecodeState, Sampling
+from decision_retry.otel.attributes import engine_provider
 from decision_retry.retry import RetryConfig
 from decision_retry.trace.decisions import SpikeRule
 from decision_retry.trace.models import Cut
@@ -216,7 +217,7 @@ class ModelNode:
             "model_name": self.lm.name, "finish_reason": out.finish, "decision_retry": meta})
 
     def _config(self) -> dict:
-        return {"model": self.lm.name, "retry": self.retry.model_dump(mode="json"),
+        return {"model": self.lm.name, "provider": engine_provider(self.lm), "retry": self.retry.model_dump(mode="json"),
                 "sampling": self.sampling.model_dump(mode="json"), "seed": self.seed}
 
     def _trace(self, dr, update, resume, k, out, messages, snapshot) -> str | None:

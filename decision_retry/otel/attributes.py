@@ -18,11 +18,21 @@ import json
 import os
 from typing import Any
 
-from decision_retry import __version__
+from decision_retry import __version__, catalogue
 from decision_retry.trace.models import Branch, DecisionPoint, MHStep, Run, TestRun, ToolCall, Turn
 
 AGENT_NAME = "decision-retry"
-DEFAULT_PROVIDER = "transformers"  # local models; a run's config key `provider` overrides it
+# gen_ai.provider.name: the conventions list hosted APIs only (openai, aws.bedrock, ...) and ask
+# for a custom value otherwise, so a run names the engine that decoded it. The module that
+# implements the engine (or the Backend under `LM`) decides; a remote engine says its dialect.
+LOCAL_PROVIDERS = {
+    "decision_retry.engines.llamacpp": "llama.cpp",
+    "decision_retry.engines.hf": "transformers",
+    "decision_retry.engines.scripted": "decision_retry.scripted",
+    "decision_retry.engines.toy": "decision_retry.toy",
+}
+REMOTE_PROVIDERS = {"llamacpp": "llama.cpp.server", "vllm": "vllm"}
+UNKNOWN_PROVIDER = "unknown"  # a stored run that recorded no provider and no model spec
 TEST_TOOL = "run_tests"  # gen_ai.tool.name of test runs
 TEXT_LIMIT = 512  # characters of tool arguments, observations and test output kept on a span
 SCALARS = (bool, int, float, str)
@@ -50,9 +60,40 @@ def clip(text: str) -> str:
     return text if len(text) <= TEXT_LIMIT else text[: TEXT_LIMIT - 1] + "…"
 
 
+def engine_provider(engine: Any) -> str:
+    """The `gen_ai.provider.name` of an engine: llama.cpp, transformers, vllm, llama.cpp.server,
+    ...; an engine of someone else's names its top-level package."""
+    kind = getattr(getattr(engine, "dialect", None), "kind", None)
+    if kind:  # engines.remote.RemoteEngine
+        return REMOTE_PROVIDERS.get(kind, kind)
+    module = type(getattr(engine, "backend", engine)).__module__  # LM names its backend's
+    for package, name in LOCAL_PROVIDERS.items():
+        if module == package or module.startswith(package + "."):
+            return name
+    return module.split(".")[0]
+
+
+def spec_provider(spec: str | None) -> str:
+    """The provider `--model SPEC` loads (decision_retry.loading): for runs that recorded none."""
+    if spec is None or spec == "embedded" or spec.endswith(".gguf"):
+        return "llama.cpp"  # the catalogue's models are GGUF files
+    if spec.startswith("scripted:"):
+        return "decision_retry.scripted"
+    kind, plus, _ = spec.partition("+")
+    if plus and kind in REMOTE_PROVIDERS:
+        return REMOTE_PROVIDERS[kind]
+    return "llama.cpp" if catalogue.known(spec) else "transformers"
+
+
 def provider_name(run: Run | None) -> str:
-    """`gen_ai.provider.name`: the run config's `provider`, else the local backend."""
-    return str((run.config.get("provider") if run else None) or DEFAULT_PROVIDER)
+    """`gen_ai.provider.name`: the run config's `provider` (recorded from the engine), else what
+    a `fix` run's model spec loads, else unknown."""
+    config = run.config if run else {}
+    if config.get("provider"):
+        return str(config["provider"])
+    if "test_cmd" in config and "model" in config:  # a fix run (agent.runner.FixConfig)
+        return spec_provider(config["model"])
+    return UNKNOWN_PROVIDER
 
 
 def run_attributes(run: Run) -> dict[str, Any]:

@@ -110,6 +110,7 @@ def test_model_facts_and_tokenizer_from_the_server(engine, hf_dir):
     assert engine.encode_text(text) == local.encode_text(text)
     assert engine.decode(engine.encode_text(text)) == text
     assert engine.encode(PROMPT) == local.encode(PROMPT)  # the same chat template
+    assert engine.eos_ids and engine.eos_ids <= local.eos_ids  # the template's end-of-turn id
 
 
 def test_logprobs_are_raw_whatever_the_temperature(engine):

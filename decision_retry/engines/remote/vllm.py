@@ -15,6 +15,7 @@ messages through the model's template) and `/detokenize`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -59,8 +60,37 @@ class VllmServer:
         return len(out["choices"][0]["logprobs"]["top_logprobs"][0])
 
     def _eos(self) -> frozenset[int]:
-        """End-of-generation ids: what the tokenizer's template appends after a reply."""
-        return frozenset()
+        """End-of-generation ids, from what the server shows: the tokenizer's `eos_token` where
+        `/tokenizer_info` answers (vLLM's `--enable-tokenizer-info-endpoint`), and the marker the
+        chat template writes after an assistant reply (`/tokenize`, always there). vLLM keeps
+        the generation config's stop ids to itself; when neither source names an id the set is
+        empty and rows still end where the server stops them (finish "stop" reads as eos)."""
+        eos: set[int] = set()
+        with contextlib.suppress(HttpStatusError):  # 404: the endpoint is off
+            token = self.http.get("/tokenizer_info").get("eos_token")
+            text = token.get("content") if isinstance(token, dict) else token
+            if isinstance(text, str) and text and len(ids := self.tokenize(text)) == 1:
+                eos.update(ids)
+        eos.update(self._end_of_turn())
+        return frozenset(eos)
+
+    def _end_of_turn(self) -> list[int]:
+        """The id right after a one-word assistant reply in the rendered chat, when the template
+        renders the reply's own ids after the generation prompt and that id reads as a marker
+        (`<|im_end|>`, `<|eot_id|>`, `</s>`, `<end_of_turn>`), not as text."""
+        user, reply = [{"role": "user", "content": "Hi"}], "OK"
+        try:
+            head, ids = self.tokenize_chat(user), self.tokenize(reply)
+            whole = self.http.post("/tokenize", {
+                "model": self.model, "add_generation_prompt": False,
+                "messages": [*user, {"role": "assistant", "content": reply}]})["tokens"]
+        except HttpStatusError:
+            return []
+        n = len(head) + len(ids)
+        if len(whole) <= n or list(whole[:n]) != head + ids:
+            return []
+        marker = self.piece(int(whole[n])).strip()
+        return [int(whole[n])] if marker.startswith("<") and marker.endswith(">") else []
 
     # -- tokenizer -------------------------------------------------------------------------
     def tokenize_chat(self, messages: Sequence[dict]) -> list[int]:
