@@ -26,6 +26,7 @@ from langgraph.graph import END, START, StateGraph
 from decision_retry import retry, sampling
 from decision_retry.agent import nobody
 from decision_retry.agent.testrun import TestResult
+from decision_retry.costs import out_of_time  # COST: fix --time-limit
 from decision_retry.errors import BadInput
 from decision_retry.lm import DecodeState, Sampling
 from decision_retry.retry import CutPoint
@@ -332,7 +333,7 @@ class FixAgent:
             self.recorder.record_test_run(
                 a.branch, command=self.config.test_cmd, exit_code=-1 if r.exit_code is None else r.exit_code,
                 passed=r.passed, failed=r.failed, errors=r.errors, output_tail=r.output_tail,
-                duration_s=r.duration_s)
+                duration_s=r.duration_s, cached=r.cached)  # COST: cached
             a = replace(a, test=r)
             checked.append(a)
             self._event("test", passed=r.passed, failed=r.failed + r.errors, ok=r.ok)
@@ -378,6 +379,8 @@ class FixAgent:
         spent, attempts = state.get("spent", 0), state.get("attempts", 0)
         if spent >= self.config.budget_tokens:
             return {"current": new_current, "pending": [], "steps": step, "stop": "budget"}
+        if out_of_time(self.config.time_limit_s):  # COST: fix --time-limit (CPU seconds)
+            return {"current": new_current, "pending": [], "steps": step, "stop": "time limit"}
         if attempts >= self.config.max_attempts:
             return {"current": new_current, "pending": [], "steps": step, "stop": "attempts"}
         tried = frozenset(c.index for c in self._tried(new_current))

@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from decision_retry import costs
 from decision_retry.agent import definitions, leftovers
 from decision_retry.agent import sandbox as sandboxes
 from decision_retry.agent.carry import Carried
@@ -21,6 +22,7 @@ from decision_retry.agent.localise.command import narrow_command
 from decision_retry.agent.localise.replay import replayed
 from decision_retry.agent.locate import failing_test, localise, source_files
 from decision_retry.agent.protocols import PatchProtocol, Task, ToolsProtocol
+from decision_retry.agent.testcache import TestCache
 from decision_retry.agent.testrun import TestResult
 from decision_retry.agent.userrepo import UserRepo
 from decision_retry.agent.workspace import Workspace, repo_root
@@ -52,6 +54,8 @@ class FixConfig(BaseModel):
     # search with the failing tests' node ids only (a pytest test_cmd), then run test_cmd once
     # on the fix: it counts only if nothing else broke (FixResult.wide_check)
     narrow: bool = False
+    test_cache: bool = True  # an identical tree is tested once per run (exact for deterministic tests)
+    time_limit_s: float | None = Field(None, gt=0)  # CPU seconds of the process tree (costs.py)
 
 
 class Rewind(BaseModel):
@@ -85,6 +89,7 @@ class FixResult(BaseModel):
     steps: list[StepRecord] = []
     narrow_cmd: str | None = None  # the command the search ran (FixConfig.narrow)
     wide_check: dict | None = None  # test_cmd on the fix: command, ok, passed, failed, errors
+    costs: dict | None = None  # where the run's seconds went (costs.py: Meter.summary)
 
 
 @contextmanager
@@ -189,10 +194,19 @@ def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandbo
     replaying the test results `replay` recorded per branch and the `localisation` its first
     turn recorded. The same seed and config give the same trace: node ids derive from content,
     so a replayed node is the recorded one."""
+    with costs.metering() as meter:  # CPU and wall seconds per category, for the trace
+        return _drive(root, cfg, lm=costs.TimedEngine(lm), recorder=recorder, sandbox=sandbox,
+                      meter=meter, on_event=on_event, apply=apply, replay=replay,
+                      expect_base=expect_base, localisation=localisation)
+
+
+def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandboxes.Sandbox,
+           meter: costs.Meter, on_event=None, apply: bool = False, replay: dict | None = None,
+           expect_base: str | None = None, localisation: dict | None = None) -> FixResult:
     run = recorder.run
     assert run is not None
     defn = definitions.load(cfg.protocol)
-    ws = Workspace(root, run.id[:12], sandbox=sandbox)
+    ws = Workspace(root, run.id[:12], sandbox=sandbox, test_cache=TestCache(cfg.test_cache))
     ws.replay = replay or {}
     try:
         ws.open()
@@ -204,8 +218,9 @@ def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandbo
         # 1) the input: failing tests, and the code under test
         result = check_input(ws, cfg)
         if localisation is None:  # 2) measured: the coverage spectrum, the traceback, the calls
-            loc = localise(ws.root, result, test_cmd=cfg.test_cmd, timeout=3 * cfg.test_timeout,
-                           sandbox=ws.sandbox)
+            with meter.timed("localisation"):
+                loc = localise(ws.root, result, test_cmd=cfg.test_cmd,
+                               timeout=3 * cfg.test_timeout, sandbox=ws.sandbox)
         else:  # resume: the ranking the run recorded, not a new (maybe different) measurement
             loc = replayed(ws.root, localisation, failing_test(ws.root, result))
         suspect, test_src = loc.suspect, loc.test.source if loc.test else ""
@@ -236,7 +251,7 @@ def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandbo
             recorder.record_test_run(  # the fix's branch: its second test run, the whole command
                 solved.branch, command=wide_cmd, exit_code=-1 if w.exit_code is None
                 else w.exit_code, passed=w.passed, failed=w.failed, errors=w.errors,
-                output_tail=w.output_tail, duration_s=w.duration_s)
+                output_tail=w.output_tail, duration_s=w.duration_s, cached=w.cached)
             wide = {"command": wide_cmd, "ok": w.ok, "passed": w.passed, "failed": w.failed,
                     "errors": w.errors}
             if not w.ok:  # the fix broke other tests: not a fix
@@ -246,7 +261,7 @@ def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandbo
             ws.finish(True, sha=solved.final_sha)
             if apply and ws.fix_sha:
                 ws.apply_to_user_tree()
-        recorder.finish_run("fixed" if solved else "not fixed")
+        recorder.finish_run("fixed" if solved else "not fixed", costs=meter.summary())
         return FixResult(
             run_id=run.id, fixed=solved is not None, attempts=final.get("attempts", 0),
             decode_tokens=final.get("spent", 0), prefill_positions=final.get("prefilled", 0),
@@ -254,13 +269,13 @@ def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandbo
             diff=diff, branch=ws.branch if ws.fix_sha else None, left_out=ws.left_out,
             narrow_cmd=narrow_cmd, wide_check=wide,
             sandbox=sandbox.note, steps=final.get("steps", []),
-            rewinds=[Rewind(**r) for r in agent.rewinds],
+            rewinds=[Rewind(**r) for r in agent.rewinds], costs=recorder.run.costs,
         )
     except BadInput as err:
-        recorder.finish_run(f"bad input: {err}")
+        recorder.finish_run(f"bad input: {err}", costs=meter.summary())
         raise
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP turned into it by the CLI
-        recorder.finish_run("interrupted")
+        recorder.finish_run("interrupted", costs=meter.summary())
         raise
     finally:
         ws.finish(False)  # removes the clone (a no-op once finished)

@@ -55,6 +55,7 @@ class TestResult(BaseModel):
     passed_tests: tuple[tuple[str, float], ...] = ()  # (node id, seconds) per passing test (JUnit)
     source: str = "text"  # where the counts come from: "junit" or "text" (the summary)
     network_isolated: bool = False  # ran under `unshare --net`
+    cached: bool = False  # the recorded result of an identical earlier run (testcache.py)
 
     @property
     def ok(self) -> bool:

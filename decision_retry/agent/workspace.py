@@ -22,15 +22,18 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Self
 
+from decision_retry import costs
 from decision_retry.agent import sandbox as sandboxes
 from decision_retry.agent.carry import Carried, exclude_lines, ignored_sources
 from decision_retry.agent.gitexec import PATCH_FLAGS, git, git_bytes
 from decision_retry.agent.leftovers import TMP_PREFIX, owner_stamp
+from decision_retry.agent.testcache import TestCache, ignored_files, test_key
 from decision_retry.agent.userrepo import UserRepo, UserTree, repo_root
 from decision_retry.errors import BadInput, WorkspaceError
 
 __all__ = ["TMP_PREFIX", "PathError", "Workspace", "git", "repo_root"]
 
+IGNORED_MAX = 32 << 20  # bytes of ignored files hashed into a test key; beyond: no caching
 NAME_MAX = 255  # bytes of one path component (Linux, macOS)
 PATH_MAX = 4096
 
@@ -47,17 +50,20 @@ class Workspace:
     command there in the sandbox; `finish(success=True)` adds branch `decision-retry/<run-id>` to
     the user's repository (HEAD plus the fix); `apply_to_user_tree` writes the fix into a clean
     working tree. Ignored files of the user's tree (virtualenvs, caches, secrets) are not copied,
-    except small Python modules in the project's source directories (`carried`, carry.py).
+    except small Python modules in the project's source directories (`carried`, carry.py). An
+    identical tree is tested once per run (`test_cache`, testcache.py).
     """
 
     def __init__(self, repo: str | Path, run_id: str, *,
-                 sandbox: sandboxes.Sandbox | None = None) -> None:
+                 sandbox: sandboxes.Sandbox | None = None,
+                 test_cache: TestCache | None = None) -> None:
         self.repo = repo_root(repo)
         self.user = UserRepo(self.repo)
         self.run_id = run_id
         self.branch = f"decision-retry/{run_id}"
         self.sandbox = sandbox
         self.replay: dict[str, list] = {}  # branch id -> recorded TestRuns, oldest first
+        self.test_cache = test_cache if test_cache is not None else TestCache()
         try:
             self.user.git("check-ref-format", f"refs/heads/{self.branch}")
         except WorkspaceError:
@@ -161,18 +167,42 @@ class Workspace:
 
     def run_tests(self, cmd: str, timeout: float, *, branch: str | None = None, **kw):
         """The test command run in the working tree, in this workspace's sandbox; for a
-        `branch` whose result `replay` holds (a resumed run), that recorded result."""
+        `branch` whose result `replay` holds (a resumed run), that recorded result; for files
+        tested before in this run with the same command (`test_cache`), that result, `cached`.
+        Counted as tests in the run's cost meter (costs.py)."""
         from decision_retry.agent.testrun import TestResult, run_tests
 
+        meter = costs.current()
         recorded = self.replay.get(branch) if branch else None
         if recorded:
             t = recorded.pop(0)
+            if meter:
+                meter.test_run(cached=True)  # no sandbox started
             return TestResult(command=tuple(cmd.split()), exit_code=None if t.exit_code == -1
                               else t.exit_code, timed_out=t.exit_code == -1, passed=t.passed,
                               failed=t.failed, errors=t.errors, output_tail=t.output_tail,
-                              duration_s=t.duration_s,
+                              duration_s=t.duration_s, cached=t.cached,
                               no_tests=t.exit_code == 5 and not (t.passed or t.failed))
-        return run_tests(cmd, self.root, timeout, sandbox=self.sandbox, **kw)
+        with costs.timed("tests"):
+            key = self._test_key(cmd, timeout) if self.test_cache.enabled and not kw else None
+            result = self.test_cache.get(key) if key else None
+            if result is None:
+                result = run_tests(cmd, self.root, timeout, sandbox=self.sandbox, **kw)
+                if key:
+                    self.test_cache.put(key, result)
+        if meter:
+            meter.test_run(cached=result.cached)
+        return result
+
+    def _test_key(self, cmd: str, timeout: float) -> str | None:
+        """The test cache key of the working tree as it is now (testcache.py); None when its
+        ignored files are too big to hash."""
+        names = [n for n in self._git("ls-files", "-z", "--others", "--ignored",
+                                      "--exclude-standard").split("\0") if n]
+        if sum((self.root / n).lstat().st_size for n in names) > IGNORED_MAX:
+            return None
+        return test_key(self._write_tree(), ignored_files(self.root, names), cmd, timeout,
+                        self.sandbox)
 
     # -- files ----------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from decision_retry.agent.sandbox import SANDBOXES
 from decision_retry.choices import STRATEGIES
 from decision_retry.cli.logs import home_option
 from decision_retry.cli.options import finite, model_option, threads_option
+from decision_retry.costs import costs_line
 
 
 class Progress:
@@ -47,6 +48,22 @@ class Progress:
         elif kind == "carried":  # gitignored modules the tests import, copied into the clone
             self.console.print(data["note"])
         self.live.update(self.render())
+
+
+class Duration(click.ParamType):
+    """A duration option: `90s`, `5m`, `1h` or plain seconds, as seconds."""
+
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        from decision_retry.costs import parse_seconds
+
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_seconds(value)
+        except ValueError as err:
+            self.fail(str(err), param, ctx)
 
 
 def span_listener(otlp: str | None):
@@ -110,6 +127,13 @@ def span_listener(otlp: str | None):
               help="Search with the narrowest command that reproduces the failure (a pytest "
               "--test-cmd on the failing node ids), then run the whole --test-cmd once on a fix: "
               "it counts only if nothing else broke. For big test suites.")
+@click.option("--test-cache/--no-test-cache", default=True, show_default=True,
+              help="Test an identical tree once per run and reuse its result (the trace marks "
+              "it cached). Exact for deterministic tests; use --no-test-cache for a flaky suite.")
+@click.option("--time-limit", type=Duration(), default=None, metavar="DURATION",
+              help="Stop with the best result so far once the run has used this much compute "
+              "(90s, 5m, 1h or seconds): CPU seconds of the whole process tree (decode threads, "
+              "test subprocesses), not wall time; checked between attempts. Stop reason: time limit.")
 @click.option("--protocol", type=click.Choice(["patch", "tools"]), default="patch", show_default=True,
               help="patch: one turn rewriting the failing function (small models); tools: "
               "read/edit/test/submit actions over several turns (larger models).")
@@ -131,7 +155,7 @@ def span_listener(otlp: str | None):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @home_option
 def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposal_temperature,
-        verifier_weight, eps, tries, move, def_line, restart_share, cut_weights, cut_token, test_cmd, test_timeout, narrow, protocol, apply_fix, otlp, sandbox,
+        verifier_weight, eps, tries, move, def_line, restart_share, cut_weights, cut_token, test_cmd, test_timeout, narrow, test_cache, time_limit, protocol, apply_fix, otlp, sandbox,
         pass_env, resume_ref, threads, as_json, home) -> None:
     """Fix the failing tests of the git repository at PATH.
 
@@ -168,7 +192,8 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
         cfg = FixConfig(
             test_cmd=test_cmd, test_timeout=test_timeout, model=model, protocol=protocol,
             budget_tokens=budget_tokens, max_attempts=max_attempts, seed=seed, sandbox=sandbox,
-            pass_env=pass_env, narrow=narrow,
+            pass_env=pass_env, narrow=narrow, test_cache=test_cache,
+            time_limit_s=time_limit,
             retry=RetryConfig(strategy=strategy, alpha=alpha,
                               proposal_temperature=proposal_temperature,
                               verifier_weight=verifier_weight, cut=CutRule(eps=eps), tries=tries,
@@ -266,5 +291,7 @@ def summary(console: Console, result) -> None:
     if result.diverged:
         console.print("warning: the resumed run did not reproduce every recorded turn "
                       "(another model or engine?); it continued from where they differ")
+    if line := costs_line(result.costs):
+        console.print(line)
     console.print(f"run {result.run_id}: `decision-retry logs show {result.run_id}`, "
                   f"`decision-retry report {result.run_id} -o report.html`")

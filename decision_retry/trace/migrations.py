@@ -86,6 +86,16 @@ def m002_mh_step_bounds(db: sqlite3.Connection) -> None:
         db.execute(sql)
 
 
+@migration
+def m003_cached_tests_and_costs(db: sqlite3.Connection) -> None:
+    """Test runs answered from the test cache (no command ran); where a run's seconds went."""
+    for sql in (
+        "ALTER TABLE test_runs ADD COLUMN cached INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE run_ends ADD COLUMN costs JSON",
+    ):
+        db.execute(sql)
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply the migrations not yet recorded, each in its own transaction; return their names.
 

@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     computed_field,
+    field_validator,
     model_serializer,
     model_validator,
 )
@@ -52,12 +53,14 @@ class Node(BaseModel):
     node_kind: ClassVar[str] = "node"
     # fields filled when the node finishes; they do not take part in the id
     mutable_fields: ClassVar[frozenset[str]] = frozenset()
+    # stored with the node but not part of its id (how a value was obtained, not what it is)
+    unhashed_fields: ClassVar[frozenset[str]] = frozenset()
 
     @computed_field  # type: ignore[prop-decorator]
     @cached_property
     def id(self) -> str:
         """Hash of the kind, the parent id and the identity fields."""
-        fields = set(type(self).model_fields) - self.mutable_fields
+        fields = set(type(self).model_fields) - self.mutable_fields - self.unhashed_fields
         return content_id(self.node_kind, self.model_dump(mode="json", include=fields))
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Any:
@@ -71,7 +74,7 @@ class Run(Node):
     """One invocation: what was asked for and how, and how it ended."""
 
     node_kind: ClassVar[str] = "run"
-    mutable_fields: ClassVar[frozenset[str]] = frozenset({"outcome", "finished_at"})
+    mutable_fields: ClassVar[frozenset[str]] = frozenset({"outcome", "finished_at", "costs"})
 
     model: str
     strategy: str
@@ -81,6 +84,12 @@ class Run(Node):
     created_at: datetime = Field(default_factory=utcnow)
     outcome: str | None = None
     finished_at: datetime | None = None
+    costs: dict[str, Any] | None = None  # where its seconds went (costs.py), recorded at the end
+
+    @field_validator("costs", mode="before")
+    @classmethod
+    def _costs_json(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
 
 
 class Cut(BaseModel):
@@ -167,6 +176,7 @@ class TestRun(Node):
 
     __test__ = False  # not a pytest test class
     node_kind: ClassVar[str] = "test_run"
+    unhashed_fields: ClassVar[frozenset[str]] = frozenset({"cached"})  # same result, same id
 
     branch_id: str
     index: int = Field(ge=0)
@@ -177,6 +187,7 @@ class TestRun(Node):
     exit_code: int
     output_tail: str = ""
     duration_s: float = 0.0
+    cached: bool = False  # the result of an identical earlier run of the same run: nothing ran
 
     @property
     def ok(self) -> bool:

@@ -207,8 +207,10 @@ class Recorder:
         errors: int = 0,
         output_tail: str = "",
         duration_s: float = 0.0,
+        cached: bool = False,
     ) -> TestRun:
-        """Record one run of the tests on `branch`'s repository state."""
+        """Record one run of the tests on `branch`'s repository state (`cached`: the result
+        of an identical earlier run; nothing ran)."""
         branch_id = _id(branch)
         assert branch_id is not None
         test_run = TestRun(
@@ -221,6 +223,7 @@ class Recorder:
             exit_code=exit_code,
             output_tail=output_tail,
             duration_s=duration_s,
+            cached=cached,
         )
         self._emit("record_test_run", test_run)
         return test_run
@@ -266,10 +269,12 @@ class Recorder:
         self._emit("finish_branch", done)
         return done
 
-    def finish_run(self, outcome: str) -> Run:
-        """Record how the run ended ("solved", "exhausted", "error", ...)."""
+    def finish_run(self, outcome: str, costs: dict[str, Any] | None = None) -> Run:
+        """Record how the run ended ("solved", "exhausted", "error", ...) and, with `costs`,
+        where its seconds went (costs.py)."""
         self._run_id()
         assert self.run is not None
-        self.run = self.run.model_copy(update={"outcome": outcome, "finished_at": utcnow()})
+        self.run = self.run.model_copy(update={"outcome": outcome, "finished_at": utcnow(),
+                                               "costs": costs})
         self._emit("finish_run", self.run)
         return self.run

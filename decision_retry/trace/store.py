@@ -179,8 +179,10 @@ class TraceStore:
             raise ValueError("finish_run needs a run with outcome and finished_at set")
         with self._write() as db:
             db.execute(
-                "INSERT OR IGNORE INTO run_ends (run_id, outcome, finished_at) VALUES (?, ?, ?)",
-                (run.id, run.outcome, run.finished_at.isoformat()),
+                "INSERT OR IGNORE INTO run_ends (run_id, outcome, finished_at, costs)"
+                " VALUES (?, ?, ?, ?)",
+                (run.id, run.outcome, run.finished_at.isoformat(),
+                 None if run.costs is None else json.dumps(run.costs)),
             )
         return run
 
@@ -214,7 +216,7 @@ class TraceStore:
 
     def _runs(self, where: str, args: tuple[Any, ...]) -> tuple[Run, ...]:
         sql = (
-            "SELECT runs.*, e.outcome, e.finished_at FROM runs"
+            "SELECT runs.*, e.outcome, e.finished_at, e.costs FROM runs"
             f" LEFT JOIN run_ends e ON e.run_id = runs.id {where}"
         )
         return self._load(Run, sql, args)
