@@ -7,6 +7,7 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from functools import wraps
 from typing import Any
 
@@ -18,7 +19,15 @@ from rich.tree import Tree
 from decision_retry.errors import BadInput, DecisionRetryError
 from decision_retry.trace.compare import StrategyChange, compare_all
 from decision_retry.trace.models import Branch, RunTree, Turn
+from decision_retry.trace.printable import visible, visible_text
 from decision_retry.trace.store import HOME_ENV, TraceStore, db_path
+from decision_retry.trace.summary import (
+    attempt_line,
+    attempts,
+    diff_summary,
+    fixing_attempt,
+    header_lines,
+)
 
 home_option = click.option(
     "--home",
@@ -101,26 +110,70 @@ def list_runs(count: int, as_json: bool, home: str | None) -> None:
 
 @logs.command("show")
 @click.argument("run_ref", metavar="RUN")
+@click.option("--full", is_flag=True,
+              help="Print the whole tree: every branch's turns, decision points, tool calls and "
+              "tests, nested under the branch it was cut from.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole run tree as JSON.")
 @home_option
 @user_errors
-def show(run_ref: str, as_json: bool, home: str | None) -> None:
-    """Show one run: branches, decision points, rewinds, MH steps, tests, change measures.
+def show(run_ref: str, full: bool, as_json: bool, home: str | None) -> None:
+    """Show one run: its outcome and cost, the localisation, one line per attempt (where it
+    cut and by which signal, what it changed, the MH decision, the tests) and the fix's diff.
 
-    RUN is a run id, a unique prefix of one, or `latest`.
+    RUN is a run id, a unique prefix of one, or `latest`. Text from the model or the repository
+    is printed with control characters escaped (`\\x1b`), long lines wrapped, never cut.
     """
     with open_store(home) as store:
         tree = store.load(store.resolve(run_ref))
-    changes = compare_all(tree)
     if as_json:
         data = tree.model_dump(mode="json") | {
-            "changes": [c.model_dump(mode="json") for c in changes]
+            "changes": [c.model_dump(mode="json") for c in compare_all(tree)]
         }
         click.echo(json.dumps(data, indent=2))
         return
-    # piped output: wide lines, wrapped only when very long; a terminal: its own width
-    width = None if sys.stdout.isatty() else 160
-    Console(highlight=False, width=width).print(render_tree(tree, changes))
+    tty = sys.stdout.isatty()
+    if full:  # piped output: wide lines, wrapped only when very long; a terminal: its own width
+        console = Console(highlight=False, width=None if tty else 160)
+        console.print(render_tree(tree, compare_all(tree)))
+        return
+    console = Console(highlight=False)
+    for line in render_summary(tree, width=console.width if tty else None):
+        # a terminal wraps at its width; a pipe gets each line whole
+        if tty:
+            console.print(line, overflow="fold")
+        else:
+            console.print(line, soft_wrap=True)
+
+
+def render_summary(tree: RunTree, width: int | None = None) -> list[Text]:
+    """The default view as lines: header, one line per attempt, the fix's whole diff. `width`
+    (a terminal's) sizes each attempt's diff summary to fit its line where it can."""
+    lines = [Text(line, "bold" if i == 0 else "") for i, line in enumerate(header_lines(tree))]
+    for a in attempts(tree):
+        text = attempt_line(a)
+        if width is not None and len(text) > width and a.same_as is None and a.diff:
+            room = len(a.changed) - (len(text) - width)
+            text = attempt_line(replace(a, changed=diff_summary(a.diff, max(24, room))))
+        lines.append(Text(text, {True: "green", False: "red"}.get(a.passed, "")))  # type: ignore[arg-type]
+    fix = fixing_attempt(tree)
+    if fix is not None and fix.final_diff:
+        lines.append(Text(f"the fix (#{fix.index}), every line of its diff:", "bold"))
+        lines += diff_lines(fix.final_diff)
+    lines.append(Text(f"`logs show {tree.run.id[:12]} --full`: the whole tree; `--json`: "
+                      "everything; `decision-retry report`: the HTML report", "dim"))
+    return lines
+
+
+def diff_lines(diff: str) -> list[Text]:
+    """A diff line by line, removed red and added green, control characters escaped."""
+    style = {"+": "green", "-": "red", "@": "cyan"}
+    return [visible_text(ln, "" if ln.startswith(("+++", "---")) else style.get(ln[:1], ""))
+            for ln in diff.splitlines()]
+
+
+def _t(text: str, style: str = "") -> Text:
+    """A tree line with control characters escaped (and shown reversed)."""
+    return visible_text(text, style)
 
 
 def _snippet(text: str, limit: int = 60) -> str:
@@ -130,7 +183,7 @@ def _snippet(text: str, limit: int = 60) -> str:
 
 def _turn_node(parent: Tree, tree: RunTree, turn: Turn) -> None:
     node = parent.add(
-        Text(f"turn {turn.index} · {len(turn.tokens)} tokens · {_snippet(turn.text)}")
+        _t(f"turn {turn.index} · {len(turn.tokens)} tokens · {_snippet(turn.text)}")
     )
     for d in tree.decisions_of(turn.id):
         alts = ", ".join(f"{a.text!r} {a.prob:.0%}" for a in d.alternatives[:4])
@@ -138,10 +191,10 @@ def _turn_node(parent: Tree, tree: RunTree, turn: Turn) -> None:
         line = f"decision {what} @{d.position} {d.choice!r} H={d.entropy:.2f}"
         line += f" · alternatives {alts}" if alts else ""
         line += f" · snapshot {d.snapshot[:12]}" if d.snapshot else ""
-        node.add(Text(line, style="magenta" if d.kind == "entropy" else "cyan"))
+        node.add(_t(line, style="magenta" if d.kind == "entropy" else "cyan"))
     for call in tree.tool_calls_of(turn.id):
         args, seen = _arguments(call.arguments), _snippet(call.observation)
-        node.add(Text(f"tool {call.action} {args} → {seen}"))
+        node.add(_t(f"tool {call.action} {args} → {seen}"))
 
 
 def _where(entry: object) -> str:
@@ -189,31 +242,36 @@ def _change_line(change: StrategyChange) -> Text:
     parts.append(
         {None: "diff unknown", True: "diff changed", False: "same diff"}[change.diff_changed]
     )
-    return Text("change: " + "; ".join(parts), style="yellow")
+    return _t("change: " + "; ".join(parts), style="yellow")
 
 
 def _branch_node(
     parent: Tree, tree: RunTree, branch: Branch, changes: dict[str, StrategyChange]
 ) -> None:
     style = {True: "green", False: "red"}.get(branch.passed, "")  # type: ignore[arg-type]
-    label = Text(
+    label = _t(
         f"branch #{branch.index} {branch.id} {branch.strategy} · {branch.outcome or 'unfinished'}",
         style,
     )
     if branch.cut is not None and branch.parent_id is not None:
         origin = tree.branch(branch.parent_id)
-        label.append(
+        label.append_text(_t(
             f" · rewind from #{origin.index} turn {branch.cut.turn} token {branch.cut.position}"
             f" (H={branch.cut.entropy:.2f}) → #{branch.index}"
-        )
+        ))
     node = parent.add(label)
     if branch.id in changes:
         node.add(_change_line(changes[branch.id]))
     for turn in tree.own_turns(branch.id):
         _turn_node(node, tree, turn)
+    parent_diff = tree.branch(branch.parent_id).final_diff if branch.parent_id else ""
+    if branch.final_diff and branch.final_diff != parent_diff:
+        shown = node.add(_t("diff", "bold"))
+        for line in diff_lines(branch.final_diff):
+            shown.add(line)
     for r in tree.test_runs_of(branch.id):
         node.add(
-            Text(
+            _t(
                 f"tests {r.command!r}: {r.passed} passed, {r.failed} failed, {r.errors} errors, "
                 f"exit {r.exit_code}, {r.duration_s:.1f}s",
                 "green" if r.ok else "red",
@@ -227,7 +285,7 @@ def render_tree(tree: RunTree, changes: list[StrategyChange]) -> Tree:
     """The run as a rich Tree: branches nested under the branch they were cut from."""
     run = tree.run
     root = Tree(
-        Text(
+        _t(
             f"run {run.id} · {run.model} · {run.strategy} · seed {run.seed} · "
             f"{run.outcome or 'unfinished'} · {run.created_at:%Y-%m-%d %H:%M:%S}",
             "bold",
@@ -237,7 +295,7 @@ def render_tree(tree: RunTree, changes: list[StrategyChange]) -> Tree:
     for branch in tree.children(None):
         _branch_node(root, tree, branch, by_branch)
     if tree.mh_steps:
-        steps = root.add(Text("MH steps"))
+        steps = root.add(_t("MH steps"))
         for s in tree.mh_steps:
             parts = (
                 f"target {s.log_target:.2f}, proposal {s.log_proposal:.2f}, "
@@ -252,7 +310,7 @@ def render_tree(tree: RunTree, changes: list[StrategyChange]) -> Tree:
             if s.approximate is not None:  # a remote engine's top-k: log A is an interval
                 kind = "approximate" if s.approximate else "certain"
                 line += f" · {kind}: log A in [{s.log_accept_lo:.2f}, {s.log_accept_hi:.2f}]"
-            steps.add(Text(line, "green" if s.accepted else "red"))
+            steps.add(_t(line, "green" if s.accepted else "red"))
     return root
 
 

@@ -57,9 +57,27 @@ def test_logs_n_and_json(home):
     assert len(json.loads(cli("logs", "--json", home=path).stdout)) == 2
 
 
-def test_logs_show_prints_the_tree(home):
+def test_logs_show_prints_one_line_per_attempt(home):
     path, sample = home
     out = cli("logs", "show", sample.run_id[:8], home=path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"run {sample.run_id} · scripted · entropy-cut · cuts by entropy")
+    assert lines[1].startswith("solved by #1 after 3 attempts · 31 decode tokens; 3 test runs")
+    attempts = [ln for ln in lines if ln.startswith("#")]
+    assert attempts == [
+        "#0 fresh | - return a + b / + return a - b | 3 passed, 1 failed (0.8s)",
+        "#1 from #0: cut turn 1 token 6 ' -'→' +' (entropy 3.10) | code unchanged"
+        " | accepted, log A 1.20 | 4 passed, 0 failed (0.7s)",
+        "#2 from #0: cut turn 0 token 2 'calc'→'tests' (entropy 2.40) | same code as #0"
+        " | rejected, log A -2.00 | 3 passed, 1 failed (0.8s)",
+    ]
+    assert "--full" in lines[-1] and len(lines) == 6
+
+
+def test_logs_show_full_prints_the_tree(home):
+    path, sample = home
+    out = cli("logs", "show", sample.run_id[:8], "--full", home=path)
     assert out.returncode == 0, out.stderr
     text = out.stdout
     for branch in sample.branches:
