@@ -71,7 +71,7 @@ def failing_line_names(root: Path, result: TestResult, test: TestSource | None) 
 
 def localise(root: Path, result: TestResult, *, test_cmd: str | None = None, timeout: float = 120.0,
              spectrum: bool = True, budget_s: float = 20.0, env: dict | None = None,
-             sandbox=None) -> Localisation:
+             sandbox=None, python=None) -> Localisation:
     """Rank the repository's functions by how likely each holds the bug the failing tests found.
 
     `spectrum` runs the failing tests and the nearest passing ones under coverage (one
@@ -79,11 +79,12 @@ def localise(root: Path, result: TestResult, *, test_cmd: str | None = None, tim
     run time at most, spectrum.select_tests); without it only the traceback and the test's
     calls count. The options of a pytest `test_cmd` (`-o pythonpath=src`, `-p no:x`...) apply
     to the coverage run too; the project's own pytest configuration applies as it always does.
+    `python`: the project's interpreter (pyenv.py) for the coverage run; None: ours.
     """
     root = Path(root)
     test = failing_test(root, result)
     sp = (run_spectrum(root, result, timeout=timeout, budget_s=budget_s, test_cmd=test_cmd, env=env,
-                       sandbox=sandbox)
+                       sandbox=sandbox, python=python)
           if spectrum else None)
     traceback = "\n".join([*(f.text for f in result.failures), result.output_tail])
     every = [f for rel in source_files(root) for f in functions(root, rel)]

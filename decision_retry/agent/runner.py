@@ -14,7 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from decision_retry import costs
-from decision_retry.agent import definitions, leftovers
+from decision_retry.agent import definitions, leftovers, pyenv
 from decision_retry.agent import sandbox as sandboxes
 from decision_retry.agent.carry import Carried
 from decision_retry.agent.graph import Attempt, FixAgent, build_graph
@@ -54,6 +54,7 @@ class FixConfig(BaseModel):
     # search with the failing tests' node ids only (a pytest test_cmd), then run test_cmd once
     # on the fix: it counts only if nothing else broke (FixResult.wide_check)
     narrow: bool = False
+    python: str | None = None  # --python: the project's interpreter; None: found (pyenv.py)
     test_cache: bool = True  # an identical tree is tested once per run (exact for deterministic tests)
     time_limit_s: float | None = Field(None, gt=0)  # CPU seconds of the process tree (costs.py)
 
@@ -83,6 +84,7 @@ class FixResult(BaseModel):
     branch: str | None = None
     left_out: list[str] = []  # fixed files untracked in the user's repository: not on the branch
     sandbox: str = ""  # the one line saying how the tests ran
+    python: str = ""  # the one line saying which Python ran them (pyenv.ProjectPython.note)
     resumed: int = 0  # --resume: recorded turns replayed exactly
     diverged: bool = False  # --resume: a recorded turn was not reproduced (other model/engine)
     rewinds: list[Rewind] = []
@@ -164,14 +166,16 @@ def _error_line(text: str) -> str:
 
 def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None = None,
         listeners=(), on_event=None, apply: bool = False,
-        sandbox: sandboxes.Sandbox | None = None) -> FixResult:
+        sandbox: sandboxes.Sandbox | None = None,
+        python: pyenv.ProjectPython | None = None) -> FixResult:
     """Fix the failing tests of `repo` in a private clone, tests in `sandbox` (default: the one
-    `cfg.sandbox` names); the user's checkout is untouched unless `apply` (then only a clean
-    working tree receives the fix)."""
+    `cfg.sandbox` names) with the project's `python` (default: pyenv.find); the user's checkout
+    is untouched unless `apply` (then only a clean working tree receives the fix)."""
     root = repo_root(repo)
     if apply and (reason := UserRepo(root).dirty_reason()):
         raise BadInput(f"--apply needs a clean working tree: {root} is not ({reason})")
     sandbox = sandbox or sandboxes.resolve(cfg.sandbox, pass_env=cfg.pass_env)
+    python = python or pyenv.find(root, cfg.python)  # before the weights: a bad one is BadInput
     if lm is None:
         from decision_retry.loading import load_lm
 
@@ -184,31 +188,37 @@ def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None =
                        config={**cfg.model_dump(mode="json"), "provider": engine_provider(lm)},
                        seed=cfg.seed, repo=str(root))
     return drive(root, cfg, lm=lm, recorder=recorder, sandbox=sandbox, on_event=on_event,
-                 apply=apply)
+                 apply=apply, python=python)
 
 
 def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandboxes.Sandbox,
           on_event=None, apply: bool = False, replay: dict | None = None,
-          expect_base: str | None = None, localisation: dict | None = None) -> FixResult:
+          expect_base: str | None = None, localisation: dict | None = None,
+          python: pyenv.ProjectPython | None = None) -> FixResult:
     """Run the agent for `recorder.run` in a fresh clone of `root`: from the start, or (resume)
     replaying the test results `replay` recorded per branch and the `localisation` its first
     turn recorded. The same seed and config give the same trace: node ids derive from content,
-    so a replayed node is the recorded one."""
+    so a replayed node is the recorded one. Tests run with `python` (default: pyenv.find for
+    `root` and `cfg.python`), named in one `python` event."""
     with costs.metering() as meter:  # CPU and wall seconds per category, for the trace
         return _drive(root, cfg, lm=costs.TimedEngine(lm), recorder=recorder, sandbox=sandbox,
                       meter=meter, on_event=on_event, apply=apply, replay=replay,
-                      expect_base=expect_base, localisation=localisation)
+                      expect_base=expect_base, localisation=localisation, python=python)
 
 
 def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandboxes.Sandbox,
            meter: costs.Meter, on_event=None, apply: bool = False, replay: dict | None = None,
-           expect_base: str | None = None, localisation: dict | None = None) -> FixResult:
+           expect_base: str | None = None, localisation: dict | None = None,
+           python: pyenv.ProjectPython | None = None) -> FixResult:
     run = recorder.run
     assert run is not None
     defn = definitions.load(cfg.protocol)
     ws = Workspace(root, run.id[:12], sandbox=sandbox, test_cache=TestCache(cfg.test_cache))
     ws.replay = replay or {}
     try:
+        ws.python = python or pyenv.find(root, cfg.python)
+        if on_event:
+            on_event("python", {"note": ws.python.note})
         ws.open()
         if expect_base and ws.base_sha != expect_base:  # resume: recorded results need the tree
             raise BadInput(f"cannot resume run {run.id[:12]}: {root} changed since it started "
@@ -220,7 +230,8 @@ def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandb
         if localisation is None:  # 2) measured: the coverage spectrum, the traceback, the calls
             with meter.timed("localisation"):
                 loc = localise(ws.root, result, test_cmd=cfg.test_cmd,
-                               timeout=3 * cfg.test_timeout, sandbox=ws.sandbox)
+                               timeout=3 * cfg.test_timeout, sandbox=ws.sandbox,
+                               python=ws.python)
         else:  # resume: the ranking the run recorded, not a new (maybe different) measurement
             loc = replayed(ws.root, localisation, failing_test(ws.root, result))
         suspect, test_src = loc.suspect, loc.test.source if loc.test else ""
@@ -268,7 +279,7 @@ def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandb
             stop="fixed" if solved else ("broke other tests" if wide else final.get("stop")),
             diff=diff, branch=ws.branch if ws.fix_sha else None, left_out=ws.left_out,
             narrow_cmd=narrow_cmd, wide_check=wide,
-            sandbox=sandbox.note, steps=final.get("steps", []),
+            sandbox=sandbox.note, python=ws.python.note, steps=final.get("steps", []),
             rewinds=[Rewind(**r) for r in agent.rewinds], costs=recorder.run.costs,
         )
     except BadInput as err:

@@ -24,6 +24,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from decision_retry.agent.junit import FailedTest, JUnitReport, junit_addopts, read_report
+from decision_retry.agent.pyenv import ProjectPython
 from decision_retry.agent.sandbox import Sandbox, unshare_works
 from decision_retry.errors import BadInput
 
@@ -83,6 +84,7 @@ def run_tests(
     isolate_network: bool = True,
     sandbox: Sandbox | None = None,
     writable: tuple[Path, ...] = (),
+    python: ProjectPython | None = None,
 ) -> TestResult:
     """Run `cmd` (a shell-like string, split with shlex, or an argv list) in `cwd`.
 
@@ -92,19 +94,22 @@ def run_tests(
     with `isolate_network`, runs under `unshare` where that works (no network but loopback, own
     PID namespace), else as it is; `network_isolated` records which.
     `writable`: more directories the command may write to in the sandbox (the coverage data of
-    agent/localise). Raises BadInput when the command (or the `-m` module of `python -m`) cannot
+    agent/localise). `python`: the project's interpreter (pyenv.py), what a leading `python`
+    means, with its environment activated and visible read-only in the sandbox; without it, the
+    one we run in. Raises BadInput when the command (or the `-m` module of `python -m`) cannot
     be found.
     """
     if timeout <= 0:
         raise BadInput(f"test timeout must be positive, got {timeout}")
-    ours = {**(env or {}), "PYTHONDONTWRITEBYTECODE": "1", "PY_COLORS": "0"}
     inherited = {"PYTHONHASHSEED": "0", **os.environ}
+    ours = {**(python.environment(inherited, cwd) if python else {}), **(env or {}),
+            "PYTHONDONTWRITEBYTECODE": "1", "PY_COLORS": "0"}
     full_env = sandbox.environment(inherited, ours) if sandbox else {**inherited, **ours}
     try:
         words = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
     except ValueError as err:  # unbalanced quotes
         raise BadInput(f"cannot parse test command {cmd!r}: {err}") from None
-    argv = _resolve_argv(words, Path(cwd), full_env.get("PATH"))
+    argv = _resolve_argv(words, Path(cwd), full_env.get("PATH"), python)
     if sandbox is None:
         sandbox = Sandbox("none", "", unshare=isolate_network and unshare_works())
 
@@ -114,7 +119,7 @@ def run_tests(
         filter(None, [full_env.get("PYTEST_ADDOPTS", ""), junit_addopts(report_dir / "junit.xml")]))
 
     full = sandbox.wrap(argv, cwd=Path(cwd), writable=[report_dir, *writable],
-                        env=full_env)
+                        env=full_env, readable=_read_paths(argv[0], python))
     isolated = sandbox.network_isolated
 
     # 1) run, output to a file (a pipe could hang on a grandchild that outlives the kill)
@@ -304,23 +309,46 @@ def parse_failing(text: str) -> tuple[str, ...]:
 # -- process handling ---------------------------------------------------------------------------
 
 
-def _resolve_argv(argv: list[str], cwd: Path, search_path: str | None) -> list[str]:
-    """Check that the program exists; BadInput otherwise. A missing `python` means this Python."""
+def _resolve_argv(argv: list[str], cwd: Path, search_path: str | None,
+                  python: ProjectPython | None = None) -> list[str]:
+    """Check that the program exists; BadInput otherwise. A leading `python` is the project's
+    (`python`), else the one we run in, never whatever PATH finds first; a relative path the
+    clone lacks (`.venv/bin/python`: ignored, not copied) is the one in the user's repository."""
     if not argv:
         raise BadInput("empty test command")
     if not cwd.is_dir():
         raise BadInput(f"no such directory: {cwd}")
     prog = argv[0]
-    if prog in ("python", "python3"):  # the Python we run in (it has pytest), not whatever is on PATH
-        return [sys.executable, *argv[1:]]
+    if prog in ("python", "python3"):
+        return [python.executable if python else sys.executable, *argv[1:]]
     if "/" in prog:
-        exe = cwd / prog
-        if not (exe.is_file() and os.access(exe, os.X_OK)):
-            raise BadInput(f"test command not found: {prog}")
-        return argv
+        if _executable(cwd / prog):
+            return argv
+        theirs = Path(python.repo) / prog if python and python.repo else None
+        if theirs and _executable(theirs) and _venv_root(theirs):  # ignored: not in the clone
+            return [str(theirs), *argv[1:]]
+        raise BadInput(f"test command not found: {prog}")
     if shutil.which(prog, path=search_path):
         return argv
     raise BadInput(f"test command not found: {prog}")
+
+
+def _read_paths(prog: str, python: ProjectPython | None) -> list[Path]:
+    """What the sandbox must show read-only: the project's interpreter, and the virtualenv a
+    program given by path lives in (`/repo/.venv/bin/pytest`: the whole .venv)."""
+    found = set(python.read_paths()) if python else set()
+    if os.path.isabs(prog) and (root := _venv_root(Path(prog))):
+        found.add(str(root))
+    return sorted(Path(p) for p in found)
+
+
+def _venv_root(prog: Path) -> Path | None:
+    """The virtualenv `prog` lies in (`<venv>/bin/python`), or None."""
+    return next((p for p in prog.parents[:3] if (p / "pyvenv.cfg").is_file()), None)
+
+
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

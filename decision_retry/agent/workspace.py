@@ -62,6 +62,7 @@ class Workspace:
         self.run_id = run_id
         self.branch = f"decision-retry/{run_id}"
         self.sandbox = sandbox
+        self.python = None  # the project's interpreter (pyenv.ProjectPython); None: ours
         self.replay: dict[str, list] = {}  # branch id -> recorded TestRuns, oldest first
         self.test_cache = test_cache if test_cache is not None else TestCache()
         try:
@@ -187,7 +188,8 @@ class Workspace:
             key = self._test_key(cmd, timeout) if self.test_cache.enabled and not kw else None
             result = self.test_cache.get(key) if key else None
             if result is None:
-                result = run_tests(cmd, self.root, timeout, sandbox=self.sandbox, **kw)
+                result = run_tests(cmd, self.root, timeout, sandbox=self.sandbox,
+                                   python=self.python, **kw)
                 if key:
                     self.test_cache.put(key, result)
         if meter:

@@ -45,8 +45,8 @@ class Progress:
             self.note = (f"rewind to {data['file']}:{data['line']} token {cut.token!r} "
                          f"({_scores(cut.entropy, cut.surprise)})")
             self.console.print(Text(f"  rewind  {self.note[10:]}", style="dim"))
-        elif kind == "carried":  # gitignored modules the tests import, copied into the clone
-            self.console.print(data["note"])
+        elif kind in ("carried", "python"):  # gitignored modules carried; the project's Python
+            self.console.print(Text(data["note"]), soft_wrap=True)  # whole: paths, no markup
         self.live.update(self.render())
 
 
@@ -120,7 +120,12 @@ def span_listener(otlp: str | None):
               "bug token can change; MH-corrected; patch protocol).")
 @click.option("--test-cmd", default="python -m pytest -x -q", show_default=True,
               help="Command that runs the tests in the repository root; a leading `python` is "
-              "the interpreter decision-retry runs in.")
+              "the project's Python (--python).")
+@click.option("--python", "python_path", default=None, metavar="PATH",
+              help="The project's interpreter (or virtualenv directory) for the tests and "
+              "coverage. Default: an active VIRTUAL_ENV inside the repository, its .venv or "
+              "venv, another active VIRTUAL_ENV, a uv/Poetry/Hatch environment, else "
+              "decision-retry's own with pytest plugin autoload off (docs/cli.md).")
 @click.option("--test-timeout", type=finite(min=0, min_open=True), default=60.0,
               show_default=True, help="Seconds before a test run is killed.")
 @click.option("--narrow/--no-narrow", default=False, show_default=True,
@@ -156,7 +161,7 @@ def span_listener(otlp: str | None):
 @home_option
 def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposal_temperature,
         verifier_weight, eps, tries, move, def_line, restart_share, cut_weights, cut_token, test_cmd, test_timeout, narrow, test_cache, time_limit, protocol, apply_fix, otlp, sandbox,
-        pass_env, resume_ref, threads, as_json, home) -> None:
+        python_path, pass_env, resume_ref, threads, as_json, home) -> None:
     """Fix the failing tests of the git repository at PATH.
 
     Works in a private clone: your checkout, index, stash, refs and untracked files are never
@@ -173,6 +178,7 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
     """
     from pydantic import ValidationError
 
+    from decision_retry.agent import pyenv
     from decision_retry.agent import sandbox as sandboxes
     from decision_retry.agent.resume import resume
     from decision_retry.agent.runner import FixConfig, signals_as_interrupt
@@ -192,7 +198,7 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
         cfg = FixConfig(
             test_cmd=test_cmd, test_timeout=test_timeout, model=model, protocol=protocol,
             budget_tokens=budget_tokens, max_attempts=max_attempts, seed=seed, sandbox=sandbox,
-            pass_env=pass_env, narrow=narrow, test_cache=test_cache,
+            pass_env=pass_env, narrow=narrow, python=python_path, test_cache=test_cache,
             time_limit_s=time_limit,
             retry=RetryConfig(strategy=strategy, alpha=alpha,
                               proposal_temperature=proposal_temperature,
@@ -210,6 +216,7 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
     box = sandboxes.resolve(sandbox, pass_env=pass_env) if resume_ref is None else None
     if box is not None and box.kind != "bwrap":
         console.print(box.note)  # the one line saying what protection remains
+    py = pyenv.find(root, python_path) if root is not None else None  # before the weights
     lm = load_lm(model, threads=threads) if (model or resume_ref is None) else None
     progress = Progress(console, cfg)
     listener = span_listener(otlp)
@@ -226,7 +233,7 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
                                 on_event=progress, apply=apply_fix)
             else:
                 result = run_fix(root, cfg, lm=lm, store=store, listeners=listeners,
-                                 on_event=progress, apply=apply_fix, sandbox=box)
+                                 on_event=progress, apply=apply_fix, sandbox=box, python=py)
     except KeyboardInterrupt as stop:
         why = f" by {stop.args[0]}" if stop.args else ""
         run = started.id[:12] if started.id else "the run"

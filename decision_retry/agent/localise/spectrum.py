@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from decision_retry.agent.localise.code import Suspect, functions, innermost, is_test_file
 from decision_retry.agent.localise.command import VALUED, split_pytest
+from decision_retry.agent.localise.covrun import borrowed_coverage
 from decision_retry.agent.testrun import TestResult, run_tests
 
 MAX_FAILING = 10
@@ -123,7 +124,8 @@ def select_tests(result: TestResult, budget_s: float,
 
 
 def run_spectrum(root: Path, result: TestResult, *, timeout: float, budget_s: float = 20.0,
-                 test_cmd: str | None = None, env: dict | None = None, sandbox=None) -> Spectrum:
+                 test_cmd: str | None = None, env: dict | None = None, sandbox=None,
+                 python=None) -> Spectrum:
     """Measure and score; an empty spectrum (with a note) when it cannot be measured."""
     sel = select_tests(result, budget_s)
     if not sel.failing:
@@ -131,27 +133,31 @@ def run_spectrum(root: Path, result: TestResult, *, timeout: float, budget_s: fl
     tests = [*sel.failing, *sel.passing]
     files = sorted({_test_file(t) for t in tests if (root / _test_file(t)).is_file()})
     data, why = coverage_run(root, tests, [*pytest_options(test_cmd), *files], timeout=timeout,
-                             env=env, sandbox=sandbox)
+                             env=env, sandbox=sandbox, python=python)
     if data is None:
         return Spectrum(sel.failing, sel.passing, (), f"coverage run {why}", sel.cut)
     return replace(score(root, data), cut=sel.cut)
 
 
 def coverage_run(root: Path, tests: list[str] | None, args: list[str], *, timeout: float,
-                 env: dict | None = None, sandbox=None) -> tuple[dict | None, str]:
+                 env: dict | None = None, sandbox=None, python=None) -> tuple[dict | None, str]:
     """(covrun's data, "") for `tests` (None: every test pytest collects from `args`), or
     (None, why) when it timed out or crashed. Runs in `sandbox` (testrun.run_tests) when given.
 
     covrun.py runs as a copy in the run's own temporary directory: the sandbox hides /tmp and
     home, so an installed decision_retry living there (an editable install in a clone under /tmp)
-    would not import in it; covrun needs nothing of ours, only coverage and pytest."""
+    would not import in it; covrun needs nothing of ours, only coverage and pytest. `python`
+    (pyenv.py) runs it, borrowing our `coverage` when the project's environment lacks it."""
     with tempfile.TemporaryDirectory(prefix="decision-retry-spectrum-") as tmp:
         sel, out = Path(tmp) / "selection.json", Path(tmp) / "spectrum.json"
         sel.write_text(json.dumps({"root": str(root), "tests": tests, "args": args}))
         script = Path(tmp) / "covrun.py"
         shutil.copyfile(Path(__file__).with_name("covrun.py"), script)
-        cmd = [sys.executable, str(script), str(out), str(sel)]
-        run = run_tests(cmd, root, timeout, env=env, sandbox=sandbox, writable=(Path(tmp),))
+        cmd = [python.executable if python else sys.executable, str(script), str(out), str(sel)]
+        if python and not python.has_coverage:
+            python = replace(python, extra_path=(borrowed_coverage(Path(tmp) / "borrowed"),))
+        run = run_tests(cmd, root, timeout, env=env, sandbox=sandbox, writable=(Path(tmp),),
+                        python=python)
         if run.timed_out or not out.is_file():
             return None, "timed out" if run.timed_out else f"failed: {run.output_tail[-300:]}"
         return json.loads(out.read_text()), ""
