@@ -7,6 +7,8 @@ SELECTION.json: {"root": str, "tests": [node ids] or null (all), "args": [pytest
 OUT.json: {"outcomes": {nodeid: "passed"|"failed"}, "files": {relpath: {line: [test index]}},
 "tests": [nodeid, ...]}. Runs in the test sandbox like any test command; imports only the standard
 library, coverage and pytest before coverage starts, so the project's modules are measured.
+Where the project's interpreter lacks `coverage`, the caller lends it ours (`borrowed_coverage`:
+a directory holding only that package, first on PYTHONPATH for this run): nothing is installed.
 """
 
 from __future__ import annotations
@@ -42,6 +44,20 @@ class _Contexts:
             self.outcomes[report.nodeid] = "failed"
         elif report.when == "call" and report.nodeid not in self.outcomes:
             self.outcomes[report.nodeid] = "skipped" if report.skipped else "passed"
+
+
+def borrowed_coverage(dest: str | os.PathLike) -> str:
+    """`dest`, made to hold only our `coverage` package (a link to it): the PYTHONPATH entry
+    that lends it to another interpreter. coverage needs no other package; on another Python
+    version its C tracer does not load and it measures with its Python tracer."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("coverage")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("decision-retry's environment has no coverage package")
+    os.makedirs(dest, exist_ok=True)
+    os.symlink(list(spec.submodule_search_locations)[0], os.path.join(dest, "coverage"))
+    return os.fspath(dest)
 
 
 def main(out_path: str, selection_path: str) -> int:
