@@ -7,13 +7,13 @@ import json
 import click
 from rich.console import Console
 from rich.live import Live
-from rich.syntax import Syntax
 from rich.text import Text
 
 from decision_retry.agent.sandbox import SANDBOXES
 from decision_retry.choices import STRATEGIES
-from decision_retry.cli.logs import home_option
+from decision_retry.cli.logs import diff_lines, home_option
 from decision_retry.cli.options import finite, model_option, threads_option
+from decision_retry.trace.printable import visible_text
 from decision_retry.costs import costs_line
 
 
@@ -273,6 +273,16 @@ def _scores(entropy: float, surprise: float | None) -> str:
     return f"H={entropy:.2f}" + ("" if surprise is None else f", surprise={surprise:.2f}")
 
 
+def _say(console: Console, line: str | Text) -> None:
+    """One line of the summary, control characters escaped (rich markup stays text): a
+    terminal wraps it at its width, a pipe or file gets it whole; nothing is cropped."""
+    text = visible_text(line) if isinstance(line, str) else line
+    if console.is_terminal:
+        console.print(text, overflow="fold")
+    else:
+        console.print(text, soft_wrap=True)
+
+
 def summary(console: Console, result) -> None:
     """The final report: outcome, attempts, tokens, each rewind, the diff, the run id."""
     head = ("fixed", "bold green") if result.fixed else ("not fixed", "bold red")
@@ -280,20 +290,21 @@ def summary(console: Console, result) -> None:
                                 f"{result.decode_tokens} decode tokens ({result.stop})"))
     for i, r in enumerate(result.rewinds, 1):
         verdict = {True: "accepted", False: "rejected", None: "last"}[r.accepted]
-        console.print(f"  rewind {i}: {r.file}:{r.line} token {r.token!r} "
+        _say(console, f"  rewind {i}: {r.file}:{r.line} token {r.token!r} "
                       f"({_scores(r.entropy, r.surprise)}, {verdict})")
     if result.narrow_cmd:
-        console.print(f"narrow: the search ran `{result.narrow_cmd}`")
+        _say(console, f"narrow: the search ran `{result.narrow_cmd}`")
     if w := result.wide_check:
         verdict = "fixed" if w["ok"] else "broke other tests"
-        console.print(f"wide check: `{w['command']}` on the fix: {w['passed']} passed, "
+        _say(console, f"wide check: `{w['command']}` on the fix: {w['passed']} passed, "
                       f"{w['failed']} failed, {w['errors']} errors ({verdict})")
     if result.fixed:
-        console.print(Syntax(result.diff, "diff", theme="ansi_dark", background_color="default"))
+        for line in diff_lines(result.diff):  # every byte: wrapped, never cropped, escaped
+            _say(console, line)
         if result.branch:
-            console.print(f"the fix is on branch {result.branch} (your HEAD plus the fix)")
+            _say(console, f"the fix is on branch {result.branch} (your HEAD plus the fix)")
         if result.left_out:
-            console.print(f"not on the branch (untracked in your repository): "
+            _say(console, f"not on the branch (untracked in your repository): "
                           f"{', '.join(result.left_out)}; they are in the diff above")
     if result.diverged:
         console.print("warning: the resumed run did not reproduce every recorded turn "

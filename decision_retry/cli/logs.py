@@ -132,8 +132,8 @@ def show(run_ref: str, full: bool, as_json: bool, home: str | None) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     tty = sys.stdout.isatty()
-    if full:  # piped output: wide lines, wrapped only when very long; a terminal: its own width
-        console = Console(highlight=False, width=None if tty else 160)
+    if full:  # a terminal wraps at its width; a pipe gets every line whole
+        console = Console(highlight=False, width=None if tty else 1_000_000)
         console.print(render_tree(tree, compare_all(tree)))
         return
     console = Console(highlight=False)
@@ -377,6 +377,8 @@ def gc(older_than: str | None, dry_run: bool, home: str | None) -> None:
     verb = "would remove" if dry_run else "removed"
     for d in found.clones:
         click.echo(f"{verb} clone {d}")
+    for d in found.scratch:
+        click.echo(f"{verb} test report directory {d}")
     for run_id in found.interrupted:
         click.echo(f"{'would mark' if dry_run else 'marked'} run {run_id[:12]} interrupted")
     for run_id in found.deleted_runs:
@@ -385,5 +387,5 @@ def gc(older_than: str | None, dry_run: bool, home: str | None) -> None:
         click.echo(f"{verb} {item}")
     for item in found.branches:
         click.echo(f"kept fix branch {item} (delete it with `git branch -D` when done)")
-    total = len(found.clones) + len(found.deleted_runs) + len(found.refs) + len(found.worktrees)
+    total = len(found.clones) + len(found.scratch) + len(found.deleted_runs) + len(found.refs) + len(found.worktrees)
     click.echo(f"{verb} {total} item(s)")
