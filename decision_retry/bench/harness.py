@@ -54,6 +54,7 @@ class BenchConfig(BaseModel):
     strategies: tuple[str, ...] = STRATEGIES
     seeds: tuple[int, ...] = (0, 1, 2)
     budget_tokens: int = Field(600, ge=1)
+    budget_seconds: float | None = Field(None, gt=0, description="CPU seconds per cell (costs.py)")
     model: str | None = None
     alpha: float = Field(4.0, gt=0)
     proposal_temperature: float | None = Field(None, gt=0)
@@ -66,10 +67,11 @@ class BenchConfig(BaseModel):
 
     def shared(self) -> dict:
         """The settings a stored cell depends on: a rerun must match them to reuse cells. The
-        protocol only when it is not the default, so directories written before it existed stay
-        valid."""
-        keys = {"model", "budget_tokens", "alpha", "proposal_temperature", "max_attempts",
-                "test_timeout"} | ({"protocol"} if self.protocol != "patch" else set())
+        protocol and the seconds budget only when set, so directories written before they
+        existed stay valid."""
+        keys = ({"model", "budget_tokens", "alpha", "proposal_temperature", "max_attempts",
+                 "test_timeout"} | ({"protocol"} if self.protocol != "patch" else set())
+                | ({"budget_seconds"} if self.budget_seconds is not None else set()))
         return self.model_dump(include=keys)
 
     def fix_config(self, strategy: str, seed: int):
@@ -82,7 +84,7 @@ class BenchConfig(BaseModel):
                             proposal_temperature=self.proposal_temperature, **options)
         return FixConfig(model=self.model, retry=retry, budget_tokens=self.budget_tokens,
                          max_attempts=self.max_attempts, test_timeout=self.test_timeout, seed=seed,
-                         protocol=self.protocol)
+                         protocol=self.protocol, time_limit_s=self.budget_seconds)
 
 
 class Cell(BaseModel):
@@ -103,6 +105,10 @@ class Cell(BaseModel):
     relative_distance: float | None = None  # mean edit distance of a retry's suffix to its parent's
     distinct_patches: int = 0  # different non-empty diffs among all attempts
     wall_s: float = 0.0
+    cpu_s: float | None = None  # CPU seconds of the cell's process tree (costs.py); None: older
+    test_runs: int | None = None  # test commands asked for, cached ones included
+    cached_runs: int | None = None  # of those, answered from the test cache (nothing ran)
+    costs: dict | None = None  # the whole breakdown (FixResult.costs)
     run_id: str | None = None
     first_sha: str | None = None  # sha256 of the first attempt's diff (the same for every strategy)
     shared_first: bool = False  # copied from the first strategy's cell: its first attempt passed
@@ -247,6 +253,9 @@ def run_cell(job: tuple[Case, str, int, BenchConfig]) -> Cell:
             update = {"fixed": res.fixed, "attempts": res.attempts, "decode_tokens": res.decode_tokens,
                       "prefill_positions": res.prefill_positions, "stop": res.stop, "rewinds": len(res.rewinds), "run_id": res.run_id,
                       "accepted": sum(1 for s in res.steps if s.accepted)}
+            if res.costs:
+                update.update(cpu_s=res.costs["cpu_s"], test_runs=res.costs["test_runs"],
+                              cached_runs=res.costs["cached_runs"], costs=res.costs)
             update.update(_change(_WORKER["store"], res.run_id))
         except BadInput as err:
             update = {"error": str(err), "error_kind": "bad-input"}

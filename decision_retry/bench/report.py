@@ -47,6 +47,9 @@ class StrategySummary(BaseModel):
     prefill_mean: float  # teacher-forced positions per cell (not decode tokens)
     attempts_mean: float
     wall_mean_s: float
+    cpu_mean_s: float | None = None  # CPU seconds of the process tree per cell (cells with it)
+    test_runs_mean: float | None = None
+    cached_runs_mean: float | None = None
     rewinds_mean: float
     accepted_mean: float
     changed_strategy: float | None  # pooled over all retries of the strategy's cells
@@ -62,6 +65,12 @@ def _pooled(cells: Sequence[Cell], field: str) -> float | None:
     pairs = [(getattr(c, field), c.retries) for c in cells if getattr(c, field) is not None]
     n = sum(r for _, r in pairs)
     return sum(v * r for v, r in pairs) / n if n else None
+
+
+def _known_mean(cells: Sequence[Cell], field: str) -> float | None:
+    """The mean of `field` over the cells that recorded it (None: none did)."""
+    xs = [getattr(c, field) for c in cells if getattr(c, field) is not None]
+    return statistics.fmean(xs) if xs else None
 
 
 def summarize(cells: Sequence[Cell], strategies: Sequence[str]) -> list[StrategySummary]:
@@ -86,6 +95,8 @@ def summarize(cells: Sequence[Cell], strategies: Sequence[str]) -> list[Strategy
             changed_strategy=_pooled(ok, "changed_strategy"),
             relative_distance=_pooled(ok, "relative_distance"),
             distinct_patches_mean=_mean([c.distinct_patches for c in ok]),
+            cpu_mean_s=_known_mean(ok, "cpu_s"), test_runs_mean=_known_mean(ok, "test_runs"),
+            cached_runs_mean=_known_mean(ok, "cached_runs"),
         ))
     return rows
 
@@ -97,7 +108,8 @@ def _f(x: float | None, fmt: str = ".2f") -> str:
 def strategy_table(rows: Sequence[StrategySummary]) -> str:
     head = ("| strategy | fixed | fix rate (95% CI) | fixed by a retry | decode tokens mean / median"
             " | tokens to fix "
-            "(median) | prefill positions | attempts | wall s / cell | rewinds (accepted) | changed strategy | "
+            "(median) | prefill positions | attempts | CPU s / cell | wall s / cell | "
+            "test runs (cached) | rewinds (accepted) | changed strategy | "
             "suffix edit dist | distinct patches |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
@@ -107,7 +119,9 @@ def strategy_table(rows: Sequence[StrategySummary]) -> str:
             f"{r.tokens_mean:.0f} / "
             f"{r.tokens_median:.0f} | {_f(r.tokens_to_fix_median, '.0f')} | {r.prefill_mean:.0f} | "
             f"{r.attempts_mean:.1f} | "
-            f"{r.wall_mean_s:.0f} | {r.rewinds_mean:.1f} ({r.accepted_mean:.1f}) | "
+            f"{_f(r.cpu_mean_s, '.0f')} | {r.wall_mean_s:.0f} | "
+            f"{_f(r.test_runs_mean, '.1f')} ({_f(r.cached_runs_mean, '.1f')}) | "
+            f"{r.rewinds_mean:.1f} ({r.accepted_mean:.1f}) | "
             f"{_f(r.changed_strategy)} | {_f(r.relative_distance)} | {r.distinct_patches_mean:.1f} |")
     return "\n".join(lines)
 

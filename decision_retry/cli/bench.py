@@ -18,6 +18,7 @@ from rich.progress import (
 
 from decision_retry.catalogue import DEFAULT as DEFAULT_MODEL
 from decision_retry.choices import STRATEGIES
+from decision_retry.cli.fix import Duration
 from decision_retry.errors import BadInput
 
 
@@ -71,7 +72,8 @@ def canonical_command(suite: str, cfg, limit: int | None, mutations: int, out) -
                                  ("--proposal-temperature", cfg.proposal_temperature, None),
                                  ("--max-attempts", cfg.max_attempts, 100),
                                  ("--test-timeout", cfg.test_timeout, 30.0),
-                                 ("--protocol", cfg.protocol, "patch")):
+                                 ("--protocol", cfg.protocol, "patch"),
+                                 ("--budget-seconds", cfg.budget_seconds, None)):
         if value != default:
             words += [flag, str(value)]
     return shlex.join([*words, "--out", str(out)])
@@ -86,6 +88,9 @@ def canonical_command(suite: str, cfg, limit: int | None, mutations: int, out) -
               "share P), e.g. entropy-cut+local+code.")
 @click.option("--budget-tokens", type=int, default=600, show_default=True,
               help="Decode tokens per cell (accepted or not), the same for every strategy.")
+@click.option("--budget-seconds", type=Duration(), default=None, metavar="DURATION",
+              help="Also stop each cell once it has used this much compute (90s, 5m, 1h or "
+              "seconds): CPU seconds of the cell's process tree, as `fix --time-limit`.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds.")
 @click.option("--limit", type=int, default=None,
               help="Only the first K repositories of the suite (real-repos: round-robin over its "
@@ -119,7 +124,7 @@ def canonical_command(suite: str, cfg, limit: int | None, mutations: int, out) -
               "record it for every strategy instead of running it again.")
 @click.option("--out", "out", type=click.Path(file_okay=False), default="bench-out/strategies",
               show_default=True, help="Output directory: cells (resumable), traces, report.")
-def bench(suite, strategies, budget_tokens, seeds, limit, mutations, model, workers, threads,
+def bench(suite, strategies, budget_tokens, budget_seconds, seeds, limit, mutations, model, workers, threads,
           alpha, proposal_temperature, max_attempts, test_timeout, protocol, share_first_attempt,
           out) -> None:
     """Run `fix` on every repository of SUITE with every strategy and seed at the same budget.
@@ -158,6 +163,7 @@ def bench(suite, strategies, budget_tokens, seeds, limit, mutations, model, work
         raise BadInput(f"script not found: {model[9:]}")
     label = suite if mutations == 1 else f"{suite}-k{mutations}"  # case names carry K as well
     cfg = BenchConfig(suite=label, strategies=names, seeds=seed_list, budget_tokens=budget_tokens,
+                      budget_seconds=budget_seconds,
                       model=model, alpha=alpha, proposal_temperature=proposal_temperature,
                       max_attempts=max_attempts, test_timeout=test_timeout, protocol=protocol,
                       workers=workers or _default_workers(model), threads=threads,

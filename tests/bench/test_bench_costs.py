@@ -1,0 +1,62 @@
+"""`bench --budget-seconds` and the compute columns: CPU s, wall s, test runs (cached) per strategy."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from test_bench import config
+
+from decision_retry.bench.harness import load_cells, run_bench
+from decision_retry.bench.report import summarize, write_report
+from decision_retry.bench.suites import fixtures_dir, load_suite
+from decision_retry.cli.bench import canonical_command
+from decision_retry.cli.main import main
+
+# the bug written again every time: every attempt after the first is the same tree
+SAME = {"segments": ["def celsius_to_fahrenheit(celsius: float) -> float:\n"
+                     "    return celsius * 9 / 5 - 32\n", "```"]}
+
+
+@pytest.fixture
+def units():
+    return [c for c in load_suite("fixtures", fixtures_dir()) if c.name == "units"]
+
+
+def test_cells_record_compute_and_the_table_shows_it(tmp_path, units):
+    script = tmp_path / "same.json"
+    script.write_text(json.dumps(SAME))
+    cfg = config(script, strategies=("restart",), budget_tokens=200, max_attempts=3)
+    cells = run_bench(units, cfg, tmp_path / "out")
+    [cell] = cells
+    assert cell.error is None and not cell.fixed and cell.attempts == 3
+    assert cell.cpu_s > 0 and cell.test_runs == 4  # the input check and three attempts
+    assert cell.cached_runs >= 2  # the second and third attempt test the first one's tree
+    assert cell.costs["tests"]["cpu_s"] > 0
+    assert load_cells(tmp_path / "out")[cell.key].cpu_s == cell.cpu_s
+    write_report(tmp_path / "out", cells, cfg, command="decision-retry bench ...")
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "CPU s / cell" in md and "test runs (cached)" in md
+    row = next(line for line in md.splitlines() if line.startswith("| restart |"))
+    assert f"| 4.0 ({cell.cached_runs:.1f}) |" in row
+    [summary] = summarize(cells, ["restart"])
+    assert summary.cpu_mean_s == pytest.approx(cell.cpu_s)
+
+
+def test_budget_seconds_stops_each_cell_and_is_a_shared_setting(tmp_path, units):
+    script = tmp_path / "same.json"
+    script.write_text(json.dumps(SAME))
+    cfg = config(script, strategies=("restart",), budget_tokens=200, max_attempts=50,
+                 budget_seconds=0.01)
+    [cell] = run_bench(units, cfg, tmp_path / "out")
+    assert cell.stop == "time limit" and cell.attempts == 1  # checked after each attempt
+    assert cfg.shared()["budget_seconds"] == 0.01
+    assert "budget_seconds" not in config(script).shared()  # older directories stay valid
+    words = canonical_command("fixtures", cfg, None, 1, "out").split()
+    assert words[words.index("--budget-seconds") + 1] == "0.01"
+
+
+def test_a_bad_budget_seconds_is_one_line_and_exit_2(tmp_path):
+    res = CliRunner().invoke(main, ["bench", "fixtures", "--budget-seconds", "5x",
+                                    "--out", str(tmp_path)])
+    assert res.exit_code == 2
+    assert res.stderr.strip().count("\n") == 0 and "--budget-seconds" in res.stderr
