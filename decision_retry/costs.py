@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, ClassVar
 
 CATEGORIES = ("decode", "prefill", "tests", "localisation")
 LABELS = {"decode": "decode", "prefill": "prefill+scoring", "tests": "tests",
@@ -134,8 +134,9 @@ class TimedEngine:
     """A decode engine whose calls count as decode or prefill+scoring in the current meter;
     everything else passes through to `engine`."""
 
-    _CATEGORY = {"extend": "decode", "extend_many": "decode", "fork": "decode",
-                 "prefill": "prefill", "score": "prefill"}
+    _CATEGORY: ClassVar[dict[str, str]] = {"extend": "decode", "extend_many": "decode",
+                                           "fork": "decode", "prefill": "prefill",
+                                           "score": "prefill"}
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine

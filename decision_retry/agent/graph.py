@@ -348,6 +348,7 @@ class FixAgent:
         diff = self.ws.diff(self.base_sha, a.final_sha) if a.final_sha else ""
         self.recorder.finish_branch(a.branch, outcome=outcome, passed=a.test.ok if a.test else None,
                                     final_diff=diff)
+            r = r.judged(self.protocol.task.result.required_tests)  # SANDBOX: evidence
 
     def rewind(self, state: FixState) -> dict:
         current, proposals, cut = state.get("current"), state["pending"], state.get("cut")

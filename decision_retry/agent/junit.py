@@ -10,7 +10,9 @@ pytest) and without importing anything of ours into the user's interpreter. xuni
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Literal
@@ -19,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 _FRAME = re.compile(r"^([^\s:][^:\n]*\.py):(\d+):", re.MULTILINE)  # `tests/test_a.py:12: AssertionError`
 TEXT_CHARS = 3000  # traceback text kept per failure
+MAX_REPORT_BYTES = 32 * 2**20  # a larger report is not read (a hostile one could be any size)
 
 
 class FailedTest(BaseModel):
@@ -113,9 +116,22 @@ def parse_junit(xml: str) -> JUnitReport | None:
         f.nodeid for f in failures)))
 
 
-def read_report(path: Path) -> JUnitReport | None:
-    """The report pytest wrote at `path` (None when it wrote none: not pytest, or it crashed)."""
+def read_report(path: Path, max_bytes: int = MAX_REPORT_BYTES) -> JUnitReport | None:
+    """The report pytest wrote at `path` (None when it wrote none: not pytest, or it crashed).
+
+    The file lies where the tests can write, so it is read as hostile: not through a symbolic
+    link, never blocking (a FIFO is refused, not waited on), only a regular file of at most
+    `max_bytes` (a 1 GB sparse file is refused without being read); None otherwise.
+    """
     try:
-        return parse_junit(path.read_text(errors="replace"))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return None
+        data = f.read(max_bytes + 1)  # the file may grow after fstat: read one byte past the cap
+    if len(data) > max_bytes:
+        return None
+    return parse_junit(data.decode(errors="replace"))

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from decision_retry.agent.junit import FailedTest, JUnitReport, junit_addopts, read_report
 from decision_retry.agent.pyenv import ProjectPython
+from decision_retry.agent import verdict
 from decision_retry.agent.sandbox import Sandbox, unshare_works
 from decision_retry.errors import BadInput
 
@@ -54,19 +55,57 @@ class TestResult(BaseModel):
     failing_tests: tuple[str, ...] = ()  # node ids, in run order
     failures: tuple[FailedTest, ...] = ()  # the same tests with file, line, message (JUnit only)
     passed_tests: tuple[tuple[str, float], ...] = ()  # (node id, seconds) per passing test (JUnit)
-    source: str = "text"  # where the counts come from: "junit" or "text" (the summary)
+    source: str = "text"  # the details (failures, lines): "junit", "text" (the summary) or
+    # "exit code" (no counts at all: the verdict is the exit status)
+    evidence: str = "none"  # our pytest plugin's report: "pytest" (then the counts are its),
+    # "cut short", "none" or "recorded" (a stored result, --resume)
+    doubt: str = ""  # why an exit status of 0 is not a pass (cut short, no test ran, ...)
+    outcomes: tuple[tuple[str, str], ...] = ()  # (node id, outcome) as our plugin reported them
     network_isolated: bool = False  # ran under `unshare --net`
     cached: bool = False  # the recorded result of an identical earlier run (testcache.py)
 
     @property
     def ok(self) -> bool:
-        """Every collected test passed."""
+        """Every collected test passed, with evidence (see `doubt` and agent/verdict.py)."""
         return (
             self.exit_code == 0
             and not self.timed_out
             and not self.no_tests
             and not (self.failed or self.errors)
+            and not self.doubt
         )
+
+    @property
+    def required_tests(self) -> tuple[str, ...]:
+        """What a fix of this (failing) run must show passing: its failing tests as pytest
+        reported them through our plugin; () when there is no such report."""
+        return self.failing_tests if self.evidence == "pytest" else ()
+
+    def judged(self, required: tuple[str, ...]) -> TestResult:
+        """This result, not `ok` unless each `required` test (`required_tests` of the first
+        run) was reported passed; a recorded result (`evidence` "recorded": --resume) as it is."""
+        if not required or self.doubt or self.evidence == "recorded":
+            return self
+        if self.evidence != "pytest":
+            why = "no pytest report from decision-retry's plugin, which the first run sent"
+        elif missing := verdict.missing(dict(self.outcomes), required):
+            why = (f"{len(missing)} of the {len(required)} tests that failed at the start did "
+                   f"not pass: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        else:
+            return self
+        return self.model_copy(update={"doubt": why})
+
+    @property
+    def verdict_basis(self) -> str:
+        """One line: what a later run of this command must show to count as passing."""
+        if self.evidence == "pytest":
+            return ("verdict: pytest's own report of each test (decision-retry's plugin, over a "
+                    f"pipe); a fix must pass the {len(self.required_tests)} tests failing now")
+        if self.source == "exit code":
+            return ("verdict: exit code only (the test command printed no test counts and sent "
+                    "no pytest report)")
+        return ("verdict: exit code and the printed test summary (no pytest report from "
+                "decision-retry's plugin: not pytest, or the plugin did not load)")
 
     @property
     def fraction_passed(self) -> float:
@@ -97,7 +136,7 @@ def run_tests(
     agent/localise). `python`: the project's interpreter (pyenv.py), what a leading `python`
     means, with its environment activated and visible read-only in the sandbox; without it, the
     one we run in. Raises BadInput when the command (or the `-m` module of `python -m`) cannot
-    be found.
+    be found. `TestResult.judged` then checks the tests that failed at the start.
     """
     if timeout <= 0:
         raise BadInput(f"test timeout must be positive, got {timeout}")
@@ -113,17 +152,23 @@ def run_tests(
     if sandbox is None:
         sandbox = Sandbox("none", "", unshare=isolate_network and unshare_works())
 
-    # the JUnit report goes to a private directory (the sandbox must keep `report_dir` writable)
+    # the JUnit report (details only: the tests can write it) goes to a private directory the
+    # sandbox keeps writable; our plugin's report (the verdict) goes through a pipe (verdict.py)
     report_dir = Path(tempfile.mkdtemp(prefix="decision-retry-report-"))
-    full_env["PYTEST_ADDOPTS"] = " ".join(
-        filter(None, [full_env.get("PYTEST_ADDOPTS", ""), junit_addopts(report_dir / "junit.xml")]))
-
-    full = sandbox.wrap(argv, cwd=Path(cwd), writable=[report_dir, *writable],
-                        env=full_env, readable=_read_paths(argv[0], python))
+    full_env["PYTEST_ADDOPTS"] = " ".join(filter(None, [
+        full_env.get("PYTEST_ADDOPTS", ""), junit_addopts(report_dir / "junit.xml"),
+        verdict.addopts()]))
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(verdict.PLUGIN_DIR), full_env.get("PYTHONPATH", "")]))
+    readable = [*_read_paths(argv[0], python), verdict.PLUGIN_DIR]
     isolated = sandbox.network_isolated
 
     # 1) run, output to a file (a pipe could hang on a grandchild that outlives the kill)
-    with tempfile.TemporaryFile() as out, _removed(report_dir):
+    with (tempfile.TemporaryFile() as out, _removed(report_dir), verdict.channel() as channel,
+          sandbox.seccomp_file() as seccomp_fd):
+        full_env.update(channel.env)
+        full = sandbox.wrap(argv, cwd=Path(cwd), writable=[report_dir, *writable],
+                            env=full_env, readable=readable, seccomp_fd=seccomp_fd)
         start = time.monotonic()
         proc = subprocess.Popen(
             full,
@@ -133,7 +178,9 @@ def run_tests(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=(*channel.fds, *(() if seccomp_fd is None else (seccomp_fd,))),
         )
+        channel.started()
         timed_out = False
         try:
             exit_code: int | None = proc.wait(timeout=timeout)
@@ -143,6 +190,8 @@ def run_tests(
         except BaseException:  # Ctrl-C: the tests run in their own session and would not see it
             _kill_group(proc)
             raise
+        # a process the tests left behind (no PID namespace) may hold the pipe: wait a little
+        evidence = channel.evidence(wait=min(2.0, max(0.1, timeout - (time.monotonic() - start))))
         duration = time.monotonic() - start
         out.seek(0, os.SEEK_END)
         out.seek(max(0, out.tell() - _PARSE_BYTES))
@@ -154,12 +203,14 @@ def run_tests(
     if exit_code == 1 and missing:
         raise BadInput(f"test command not found: {shlex.join(argv)} (no module {argv[2]})")
 
-    # 3) parse: the JUnit report if pytest wrote one, else the summary
-    fields = parse_result(text, junit)
+    # 3) parse: the JUnit report if pytest wrote one, else the summary; our plugin's report,
+    # when it came, decides the counts and the failing tests
+    fields = with_evidence(parse_result(text, junit), evidence)
     no_tests = exit_code == 5 or (
         not any(fields[k] for k in ("passed", "failed", "errors", "skipped"))
         and re.search(r"\bno tests ran\b|\bRan 0 tests\b", text) is not None
     )
+    fields["doubt"] = doubt(fields, evidence, exit_code)
     return TestResult(
         command=tuple(argv),
         exit_code=exit_code,
@@ -170,6 +221,41 @@ def run_tests(
         network_isolated=isolated,
         **fields,
     )
+
+
+# -- evidence -----------------------------------------------------------------------------------
+
+
+def with_evidence(fields: dict, evidence: verdict.Evidence) -> dict:
+    """`fields` with the counts and failing tests of our plugin's report, when there is one;
+    else source "exit code" when nothing at all reported a count."""
+    fields = {**fields, "evidence": evidence.kind}
+    if evidence.kind == "pytest":
+        xfailed = len(evidence.ids("xfailed"))
+        fields.update(passed=len(evidence.ids("passed")), failed=len(evidence.ids("failed")),
+                      errors=len(evidence.ids("error")),
+                      skipped=len(evidence.ids("skipped")) + xfailed, xfailed=xfailed,
+                      failing_tests=evidence.ids("failed", "error"), outcomes=tuple(evidence.outcomes.items()))
+    elif not any(fields[k] for k in ("passed", "failed", "errors", "skipped")):
+        fields["source"] = "exit code"
+    return fields
+
+
+def doubt(fields: dict, evidence: verdict.Evidence, exit_code: int | None) -> str:
+    """Why this run, whatever its exit status, is not a pass; "" when nothing speaks against."""
+    if evidence.kind == "cut short":
+        return "pytest started but never reported the end of its session (the process was cut short)"
+    if evidence.kind == "pytest":
+        if evidence.exitstatus != 0 and exit_code == 0:
+            return f"pytest's own exit status was {evidence.exitstatus}, the command's 0"
+        if not (fields["passed"] or fields["failed"] or fields["errors"]):
+            return "no test ran"
+        if sum("::" in k for k in evidence.outcomes) > evidence.collected:
+            return f"pytest reported more tests than the {evidence.collected} it collected"
+        return ""
+    if fields["source"] != "exit code" and not fields["passed"]:
+        return "no test passed"
+    return ""
 
 
 # -- parsing ------------------------------------------------------------------------------------

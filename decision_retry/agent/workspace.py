@@ -182,7 +182,7 @@ class Workspace:
             return TestResult(command=tuple(cmd.split()), exit_code=None if t.exit_code == -1
                               else t.exit_code, timed_out=t.exit_code == -1, passed=t.passed,
                               failed=t.failed, errors=t.errors, output_tail=t.output_tail,
-                              duration_s=t.duration_s, cached=t.cached,
+                              duration_s=t.duration_s, cached=t.cached, evidence="recorded",
                               no_tests=t.exit_code == 5 and not (t.passed or t.failed))
         with costs.timed("tests"):
             key = self._test_key(cmd, timeout) if self.test_cache.enabled and not kw else None

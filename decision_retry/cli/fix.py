@@ -45,7 +45,7 @@ class Progress:
             self.note = (f"rewind to {data['file']}:{data['line']} token {cut.token!r} "
                          f"({_scores(cut.entropy, cut.surprise)})")
             self.console.print(Text(f"  rewind  {self.note[10:]}", style="dim"))
-        elif kind in ("carried", "python"):  # gitignored modules carried; the project's Python
+        elif kind in ("carried", "python", "verdict"):  # gitignored modules carried; the project's Python
             self.console.print(Text(data["note"]), soft_wrap=True)  # whole: paths, no markup
         self.live.update(self.render())
 

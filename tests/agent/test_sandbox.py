@@ -8,7 +8,12 @@ itself (files, processes, the user's repository) afterwards.
 from __future__ import annotations
 
 import os
+import resource
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -314,3 +319,214 @@ def test_plain_run_tests_keeps_the_inherited_environment(tmp_path: Path,
           "    assert os.environ['DR_PLAIN_VAR'] == 'seen'\n")
     result = run_tests(CMD, tmp_path, 60, env=FAST)
     assert result.passed == 1, result.output_tail
+
+
+# -- root: no capabilities, no way back out (issue 32, item 1) ---------------------------------
+
+ESCAPE_TEST = """
+    import errno, fcntl, os, subprocess, termios
+
+    def test_no_capabilities():
+        status = open("/proc/self/status").read()
+        cap_eff = status.split("CapEff:")[1].split()[0]
+        assert int(cap_eff, 16) == 0, cap_eff
+        assert int(status.split("CapBnd:")[1].split()[0], 16) == 0
+
+    def test_not_root_inside():
+        assert os.getuid() != 0 and os.geteuid() != 0
+
+    def run(*cmd):
+        return subprocess.run(cmd, capture_output=True, text=True).returncode
+
+    def test_no_mount_namespace():
+        assert run("unshare", "-m", "true") != 0
+
+    def test_no_nested_user_namespace():
+        assert run("unshare", "-Urm", "true") != 0
+        assert run("unshare", "-Ur", "sh", "-c", "umount -l /tmp") != 0
+
+    def test_no_mounts():
+        assert run("mount", "--bind", "/tmp", "/mnt") != 0
+        assert run("mount", "-o", "remount,rw", "/") != 0
+        assert run("umount", "-l", "/tmp") != 0
+
+    def test_no_terminal_injection():
+        try:
+            fcntl.ioctl(1, termios.TIOCSTI, b"x")
+        except OSError as err:
+            assert err.errno == errno.EPERM, err  # the seccomp filter, not ENOTTY
+        else:
+            raise AssertionError("TIOCSTI went through")
+
+    def test_no_writes_outside():
+        for target in {targets!r}:
+            try:
+                open(target, "w").write("escaped")
+            except OSError:
+                continue
+
+    def test_the_run_directory_and_the_repository_are_hidden():
+        parent = os.path.dirname(os.getcwd())
+        assert sorted(os.listdir(parent)) == [os.path.basename(os.getcwd())]  # no owner.json
+        assert not os.path.exists({repo!r} + "/.git")
+"""
+
+
+@needs_bwrap
+def test_root_keeps_no_capability_and_cannot_escape(tmp_path: Path, bwrap) -> None:
+    """Issue 32 item 1: as uid 0 the sandbox kept CAP_SYS_ADMIN; `unshare -m`, a lazy unmount of
+    the /tmp and HOME masks and a bind mount planted a hook in the user's repository."""
+    home = Path(os.environ.get("HOME", "/root"))
+    repo_dir = tmp_path / "user"
+    hook = repo_dir / ".git" / "hooks" / "post-checkout"
+    targets = [str(home / "decision-retry-root-probe.txt"), str(hook),
+               str(repo_dir / "units.py")]
+    repo = attack_repo(tmp_path, ESCAPE_TEST.format(targets=targets, repo=str(repo_dir)))
+    Path(targets[0]).unlink(missing_ok=True)
+    before = repo_state(repo)
+    result, _ = run_attack(repo, bwrap)
+    assert result.passed == 8 and result.ok, result.output_tail
+    assert not Path(targets[0]).exists() and not hook.exists()
+    assert repo_state(repo) == before
+
+
+NOBODY = 65534
+
+
+def _as_nobody(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY),
+                           "--clear-groups", *argv], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HOME": str(cwd), "TMPDIR": str(cwd)})
+
+
+@pytest.fixture
+def nobody_dir():
+    """A directory uid 65534 owns, or a skip where a process of that uid cannot run our Python."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to start a process as uid 65534")
+    d = Path(tempfile.mkdtemp(prefix="dr-nobody-"))
+    os.chown(d, NOBODY, NOBODY)
+    try:
+        probe = _as_nobody([sys.executable, "-c", "import decision_retry, pytest, subprocess, "
+                            "sys; subprocess.run([sys.executable, '-c', ''], check=True)"], d)
+        if probe.returncode != 0:
+            pytest.skip(f"uid {NOBODY} cannot run {sys.executable} with decision_retry here: "
+                        f"{probe.stderr.strip().splitlines()[-1:]}")
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@needs_bwrap
+def test_a_user_keeps_no_capability_either(nobody_dir: Path) -> None:
+    """The same attack from a sandbox started by an ordinary user (uid 65534)."""
+    repo = nobody_dir / "repo"
+    repo.mkdir()
+    (repo / "test_escape.py").write_text(textwrap.dedent(ESCAPE_TEST.format(
+        targets=[str(nobody_dir / "escaped.txt")], repo=str(nobody_dir / "nowhere"))).replace(
+        "assert os.getuid() != 0 and os.geteuid() != 0", "pass"))
+    for p in (repo, repo / "test_escape.py"):
+        os.chown(p, NOBODY, NOBODY)
+    code = ("import sys; from pathlib import Path; from decision_retry.agent import sandbox; "
+            "from decision_retry.agent.testrun import run_tests; "
+            f"r = run_tests({CMD!r}, Path({str(repo)!r}), 120, env={FAST!r}, "
+            "sandbox=sandbox.resolve('bwrap')); print(r.passed, r.failed, r.errors); "
+            "print(r.output_tail)")
+    proc = _as_nobody([sys.executable, "-c", code], nobody_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == "8 0 0", proc.stdout
+    assert not (nobody_dir / "escaped.txt").exists()
+
+
+# -- resource limits (issue 32, item 7) ---------------------------------------------------------
+
+LIMITS_TEST = """
+    import os, subprocess, sys
+
+    def test_allocate_2_gib():
+        try:
+            block = bytearray(2 * 2**30)
+        except MemoryError:
+            return
+        raise AssertionError("allocated 2 GiB")
+
+    def test_write_a_1_gib_file():
+        fd = os.open("big.bin", os.O_WRONLY | os.O_CREAT)
+        try:
+            os.pwrite(fd, b"x", 2**30 - 1)
+        except OSError as err:
+            assert err.errno == 27, err  # EFBIG (Python ignores SIGXFSZ)
+            return
+        finally:
+            os.close(fd)
+        raise AssertionError("wrote a 1 GiB file")
+
+    def test_cpu_time_is_limited():
+        import resource
+        assert resource.getrlimit(resource.RLIMIT_CPU)[0] == 30
+"""
+
+
+@needs_bwrap
+def test_memory_and_file_size_are_limited(tmp_path: Path) -> None:
+    from decision_retry.agent.limits import Limits
+
+    limits = Limits(memory=2**30, file_size=512 * 2**20, cpu=30, processes=4096)
+    repo = attack_repo(tmp_path, LIMITS_TEST)
+    for kind in ("bwrap", "none"):
+        result, root = run_attack(repo, sandboxes.resolve(kind, limits=limits))
+        assert result.passed == 3, (kind, result.output_tail)
+    assert resource.getrlimit(resource.RLIMIT_DATA)[0] != 2**30  # ours is untouched
+
+
+FORK_BOMB = """
+    import os, time
+
+    def test_fork_bomb():
+        children, refused = [], 0
+        for _ in range(200):
+            try:
+                pid = os.fork()
+            except OSError:
+                refused += 1
+                continue
+            if pid == 0:
+                time.sleep(5)
+                os._exit(0)
+            children.append(pid)
+        for pid in children:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        print("forked", len(children), "refused", refused)
+        assert refused > 0 and len(children) < 100
+"""
+
+
+@needs_bwrap
+def test_a_fork_bomb_is_stopped_for_a_user(nobody_dir: Path) -> None:
+    """RLIMIT_NPROC counts the processes of the user: uid 65534 here (the kernel does not apply
+    it to root: docs/safety.md)."""
+    repo = nobody_dir / "repo"
+    repo.mkdir()
+    (repo / "test_bomb.py").write_text(textwrap.dedent(FORK_BOMB))
+    for p in (repo, repo / "test_bomb.py"):
+        os.chown(p, NOBODY, NOBODY)
+    code = ("from pathlib import Path; from decision_retry.agent import sandbox; "
+            "from decision_retry.agent.limits import Limits; "
+            "from decision_retry.agent.testrun import run_tests; "
+            f"r = run_tests({CMD + ' -s'!r}, Path({str(repo)!r}), 120, env={FAST!r}, "
+            "sandbox=sandbox.resolve('bwrap', limits=Limits(processes=64))); "
+            "print(r.passed, r.failed); print(r.output_tail)")
+    proc = _as_nobody([sys.executable, "-c", code], nobody_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[0] == "1 0", proc.stdout
+
+
+def test_limits_parse_and_bad_values_are_one_line() -> None:
+    from decision_retry.agent.limits import Limits
+
+    lim = Limits().parse("memory=2G, processes=512,file-size=none,cpu=60")
+    assert (lim.memory, lim.processes, lim.file_size, lim.cpu) == (2**31, 512, None, 60)
+    for bad in ("memory=lots", "disk=1G", "cpu=-1", "cpu="):
+        with pytest.raises(BadInput, match="DECISION_RETRY_LIMITS"):
+            Limits().parse(bad)

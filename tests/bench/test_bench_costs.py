@@ -13,8 +13,8 @@ from decision_retry.cli.bench import canonical_command
 from decision_retry.cli.main import main
 
 # the bug written again every time: every attempt after the first is the same tree
-SAME = {"segments": ["def celsius_to_fahrenheit(celsius: float) -> float:\n"
-                     "    return celsius * 9 / 5 - 32\n", "```"]}
+SAME = {"segments": [("def celsius_to_fahrenheit(celsius: float) -> float:\n"
+                      "    return celsius * 9 / 5 - 32\n"), "```"]}
 
 
 @pytest.fixture
