@@ -330,6 +330,7 @@ class FixAgent:
             self.ws.restore(a.final_sha)
             r = self.ws.run_tests(self.config.test_cmd, self.config.test_timeout,
                                   branch=a.branch.id)  # --resume replays a recorded result
+            r = r.judged(self.protocol.task.result.required_tests)  # SANDBOX: evidence
             self.recorder.record_test_run(
                 a.branch, command=self.config.test_cmd, exit_code=-1 if r.exit_code is None else r.exit_code,
                 passed=r.passed, failed=r.failed, errors=r.errors, output_tail=r.output_tail,
@@ -348,7 +349,6 @@ class FixAgent:
         diff = self.ws.diff(self.base_sha, a.final_sha) if a.final_sha else ""
         self.recorder.finish_branch(a.branch, outcome=outcome, passed=a.test.ok if a.test else None,
                                     final_diff=diff)
-            r = r.judged(self.protocol.task.result.required_tests)  # SANDBOX: evidence
 
     def rewind(self, state: FixState) -> dict:
         current, proposals, cut = state.get("current"), state["pending"], state.get("cut")

@@ -227,13 +227,13 @@ def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandb
             on_event("carried", {"files": ws.carried.paths, "note": note})
         # 1) the input: failing tests, and the code under test
         result = check_input(ws, cfg)
+        if on_event:  # SANDBOX: what a fix must show (our pytest report, or the exit code only)
+            on_event("verdict", {"note": result.verdict_basis})
         if localisation is None:  # 2) measured: the coverage spectrum, the traceback, the calls
             with meter.timed("localisation"):
                 loc = localise(ws.root, result, test_cmd=cfg.test_cmd,
                                timeout=3 * cfg.test_timeout, sandbox=ws.sandbox,
                                python=ws.python)
-        if on_event:  # SANDBOX: what a fix must show (our pytest report, or the exit code only)
-            on_event("verdict", {"note": result.verdict_basis})
         else:  # resume: the ranking the run recorded, not a new (maybe different) measurement
             loc = replayed(ws.root, localisation, failing_test(ws.root, result))
         suspect, test_src = loc.suspect, loc.test.source if loc.test else ""
@@ -261,13 +261,13 @@ def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandb
         if solved and narrow_cmd:  # the whole command, once, on the fix
             ws.restore(solved.final_sha)
             w = ws.run_tests(wide_cmd, cfg.test_timeout, branch=solved.branch.id)  # or replayed
+            w = w.judged(result.required_tests)  # SANDBOX: the first run's failing tests pass
             recorder.record_test_run(  # the fix's branch: its second test run, the whole command
                 solved.branch, command=wide_cmd, exit_code=-1 if w.exit_code is None
                 else w.exit_code, passed=w.passed, failed=w.failed, errors=w.errors,
                 output_tail=w.output_tail, duration_s=w.duration_s, cached=w.cached)
             wide = {"command": wide_cmd, "ok": w.ok, "passed": w.passed, "failed": w.failed,
                     "errors": w.errors}
-            w = w.judged(result.required_tests)  # SANDBOX: the first run's failing tests pass
             if not w.ok:  # the fix broke other tests: not a fix
                 solved = None
         diff = ws.diff(sha=solved.final_sha) if solved else ""
