@@ -382,3 +382,138 @@ def test_parse_junit_rejects_other_documents() -> None:
     assert parse_junit("<html/>") is None
     assert nodeid("tests/test_a.py", "tests.test_a.TestX.Inner", "test_b[1.5]") == \
         "tests/test_a.py::TestX::Inner::test_b[1.5]"
+
+
+# -- a verdict that cannot be faked (issue 32, item 2) ------------------------------------------
+
+FAILING = """
+    def test_ok():
+        assert True
+
+    def test_target():
+        from units import f
+        assert f() == 2
+"""
+
+
+def fixable(root: Path, body: str) -> Path:
+    """A project whose `test_target` fails; `body` is the code of `units.f`."""
+    proj = project(root, units=FAILING)
+    (proj / "units.py").write_text(body)
+    return proj
+
+
+def test_an_exit_in_the_code_under_test_is_not_a_pass(tmp_path: Path) -> None:
+    """`import os; os._exit(0)` as the fix: pytest prints nothing and writes no report."""
+    first = run_tests([*PYTEST, "-q"], fixable(tmp_path / "a", "def f():\n    return 1\n"), 60,
+                      env=FAST)
+    assert first.evidence == "pytest" and first.required_tests == ("tests/test_units.py::test_target",)
+    faked = run_tests([*PYTEST, "-q"], fixable(tmp_path / "b", "import os\nos._exit(0)\n"), 60,
+                      env=FAST)
+    assert faked.exit_code == 0 and faked.evidence == "cut short"
+    assert not faked.ok and "cut short" in faked.doubt
+    assert not faked.judged(first.required_tests).ok
+    fixed = run_tests([*PYTEST, "-q"], fixable(tmp_path / "c", "def f():\n    return 2\n"), 60,
+                      env=FAST)
+    assert fixed.ok and fixed.judged(first.required_tests).ok
+
+
+FORGER = """
+import json, os, re
+# what the code under test can reach: the JUnit path in PYTEST_ADDOPTS and every open fd
+m = re.search(r"--junitxml=(\\S+)", os.environ.get("PYTEST_ADDOPTS", ""))
+open(m.group(1), "w").write(
+    '<testsuites><testsuite><testcase classname="tests.test_units" name="test_target" '
+    'file="tests/test_units.py" line="3"/></testsuite></testsuites>')
+line = json.dumps({"event": "finish", "nonce": "0" * 32, "exitstatus": 0, "collected": 2,
+                   "outcomes": {"tests/test_units.py::test_target": "passed"}}) + "\\n"
+for fd in range(3, 64):
+    try:
+        os.write(fd, line.encode())
+    except OSError:
+        pass
+print("2 passed in 0.01s")
+os._exit(0)
+"""
+
+
+def test_a_forged_report_is_not_a_pass(tmp_path: Path) -> None:
+    faked = run_tests([*PYTEST, "-q"], fixable(tmp_path, FORGER), 60, env=FAST)
+    assert faked.exit_code == 0 and not faked.ok, faked
+    assert not faked.judged(("tests/test_units.py::test_target",)).ok
+
+
+def test_a_run_without_our_report_cannot_pass_the_tests_that_failed(tmp_path: Path) -> None:
+    """A `pytest.py` beside the tests shadows pytest: no plugin, exit 0, a printed summary."""
+    proj = fixable(tmp_path, "def f():\n    return 2\n")
+    (proj / "pytest.py").write_text("print('3 passed in 0.01s')\n")
+    shadowed = run_tests([sys.executable, "-m", "pytest", "-q"], proj, 60, env=FAST)
+    assert shadowed.evidence == "none" and shadowed.ok  # a plain command: the exit code rules
+    judged = shadowed.judged(("tests/test_units.py::test_target",))
+    assert not judged.ok and "no pytest report" in judged.doubt
+
+
+def test_a_fix_must_pass_the_tests_that_failed(tmp_path: Path) -> None:
+    """Deleting the failing test leaves test_ok passing: not a fix of test_target."""
+    proj = fixable(tmp_path, "def f():\n    return 1\n")
+    (proj / "tests" / "test_units.py").write_text("def test_ok():\n    assert True\n")
+    result = run_tests([*PYTEST, "-q"], proj, 60, env=FAST)
+    assert result.ok
+    judged = result.judged(("tests/test_units.py::test_target",))
+    assert not judged.ok and "did not pass: tests/test_units.py::test_target" in judged.doubt
+
+
+def test_a_run_with_no_test_is_never_ok(tmp_path: Path) -> None:
+    proj = project(tmp_path, skip="import pytest\n\n@pytest.mark.skip\ndef test_a():\n    pass\n")
+    result = run_tests([*PYTEST, "-q"], proj, 60, env=FAST)
+    assert result.exit_code == 0 and not result.ok and result.doubt == "no test ran"
+
+
+def test_a_plain_command_is_judged_by_its_exit_code_and_says_so(tmp_path: Path) -> None:
+    result = run_tests([sys.executable, "-c", "pass"], tmp_path, 60)
+    assert result.ok and result.source == "exit code" and result.evidence == "none"
+    assert result.verdict_basis.startswith("verdict: exit code only")
+
+
+# -- the JUnit file is hostile input (issue 32, item 6) ----------------------------------------
+
+
+def test_a_fifo_junit_report_is_refused_at_once(tmp_path: Path) -> None:
+    from decision_retry.agent.junit import read_report
+
+    fifo = tmp_path / "junit.xml"
+    os.mkfifo(fifo)
+    start = time.monotonic()
+    assert read_report(fifo) is None
+    assert time.monotonic() - start < 5  # it blocked for good before
+
+
+def test_a_huge_or_linked_junit_report_is_not_read(tmp_path: Path) -> None:
+    from decision_retry.agent.junit import read_report
+
+    sparse = tmp_path / "sparse.xml"
+    with open(sparse, "wb") as f:
+        f.truncate(2**30)  # 1 GiB of holes: no disk, but reading it took 2 GB of memory
+    assert read_report(sparse) is None
+    real = tmp_path / "real.xml"
+    real.write_text('<testsuites><testsuite><testcase classname="t" name="a"/></testsuite>'
+                    "</testsuites>")
+    assert read_report(real).passed == 1
+    link = tmp_path / "link.xml"
+    link.symlink_to(real)
+    assert read_report(link) is None
+
+
+def test_a_fifo_left_by_the_tests_does_not_block_the_run(tmp_path: Path) -> None:
+    code = textwrap.dedent("""
+        import os, re
+        def test_plant():
+            path = re.search(r"--junitxml=(\\S+)", os.environ["PYTEST_ADDOPTS"]).group(1)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.mkfifo(path)
+            os._exit(0)
+    """)
+    proj = project(tmp_path, fifo=code)
+    start = time.monotonic()
+    result = run_tests([*PYTEST, "-q"], proj, 30, env=FAST)
+    assert time.monotonic() - start < 30 and not result.timed_out and not result.ok
