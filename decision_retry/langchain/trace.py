@@ -24,7 +24,7 @@ def model_name(model: Any) -> str:
 def provider(model: Any) -> str | None:
     """`gen_ai.provider.name`: our engine's, else LangChain's `ls_provider`."""
     if isinstance(model, ChatDecisionRetry):
-        return engine_provider(model.lm)
+        return engine_provider(model.engine)
     if not hasattr(model, "_get_ls_params"):
         return None
     return model._get_ls_params().get("ls_provider")

@@ -96,3 +96,12 @@ def test_a_fix_run_records_its_engine_and_every_span_says_it(tmp_path):
     replay(tree, SpanListener(tracer))
     assert {s.attributes.get("gen_ai.provider.name") for s in exporter.get_finished_spans()
             if "gen_ai.provider.name" in s.attributes} == {"decision_retry.scripted"}
+
+
+def test_the_langchain_chat_model_names_its_engine():
+    pytest.importorskip("langchain_core")
+    from decision_retry.langchain import ChatDecisionRetry
+    from decision_retry.langchain.trace import provider
+
+    assert provider(ChatDecisionRetry(engine=scripted_lm(["x"]))) == "decision_retry.scripted"
+    assert provider(ChatDecisionRetry(engine=tiny_llama())) == "transformers"
