@@ -143,6 +143,15 @@ class Attempt:
     diff: str | None  # its whole diff (None: not recorded)
 
     @property
+    def origin(self) -> str:
+        """` from #k` (the attempt it was cut from); a collapsed chain, each attempt cut from
+        the one before: ` from #k, chained`; "" for a fresh start."""
+        if self.parent is None:
+            return ""
+        chained = len(self.branches) > 1 and self.branches[1].parent_id == self.branches[0].id
+        return f" from #{self.parent}" + (", chained" if chained else "")
+
+    @property
     def label(self) -> str:
         """`#3`, or `#4-#9 (6x)` for a collapsed group."""
         first, last = self.branches[0].index, self.branches[-1].index
@@ -225,7 +234,7 @@ def attempts(tree: RunTree, diff_width: int = 64) -> list[Attempt]:
 
 def attempt_line(a: Attempt) -> str:
     """The attempt on one line."""
-    origin = f" from #{a.parent}:" if a.parent is not None and a.began.startswith("cut") else ""
+    origin = f"{a.origin}:" if a.origin else ""
     parts = [f"{a.label}{origin} {a.began}", a.changed]
     parts += [a.decision] if a.decision else []
     parts.append(a.tests)

@@ -126,7 +126,7 @@ def test_every_token_is_a_span_with_its_text(rendered):
     spans = dom.select("span", "token")
     assert len(spans) == sum(len(t.tokens) for t in tree.turns)
     assert [s.text for s in spans] == [tok.text for t in tree.turns for tok in t.tokens]
-    assert all("background" in s.attrs["style"] for s in spans)
+    assert all("--h:hsl(" in s.attrs["style"] for s in spans)  # the heat of each signal
     # the "<b>x</b>" inside a token stayed text: no element was created inside any token
     assert not [e for e in dom.elements if any("token" in a.classes for a in e.ancestors)]
 
@@ -149,16 +149,15 @@ def test_retry_prefix_is_shown_as_kept(rendered):
     )
 
 
-def test_branch_tree_shows_each_branch_and_its_verdict(rendered):
+def test_branch_tree_shows_each_attempt_and_its_verdict(rendered):
     tree, dom = rendered
     nodes = dom.select("li", "branch-node", inside="branch-tree")
     assert [n.attrs["data-branch"] for n in nodes] == [b.id for b in tree.branches]
     assert [n.attrs["data-passed"] for n in nodes] == ["false", "true", "false"]
-    # both retries are nested inside the first attempt's node
-    root = nodes[0]
-    assert all(root in n.ancestors for n in nodes[1:])
+    assert [("fix" in n.classes) for n in nodes] == [False, True, False]
     cut_info = [e.text for e in dom.select("span", "cut-info")]
-    assert "cut at turn 1, token 6 (H=3.10)" in cut_info
+    assert "cut turn 1 token 6 ' -'→' +' (entropy 3.10)" in cut_info
+    assert "same code as #0" in [e.text for e in dom.select("span", "change-info")]
 
 
 def test_entropy_plot_has_a_line_per_branch(rendered):
