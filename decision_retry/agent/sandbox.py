@@ -179,8 +179,11 @@ def _privilege() -> tuple[str, ...]:
         usage = ""
     nested = ("--disable-userns",) if "--disable-userns" in usage else ()
     root = ("--uid", "65534", "--gid", "65534") if os.geteuid() == 0 else ()
+    # COST: the command itself is PID 1 (no reaper of bubblewrap's between): reaped by bwrap,
+    # so its CPU time reaches our RUSAGE_CHILDREN (costs.py); when it exits the rest is killed
+    pid1 = ("--as-pid-1",) if "--as-pid-1" in usage else ()
     return ("--unshare-all", "--unshare-user", *nested, "--cap-drop", "ALL", "--die-with-parent",
-            "--new-session", *root)
+            "--new-session", *pid1, *root)
 
 
 def unshare_prefix() -> list[str]:

@@ -143,3 +143,18 @@ def test_costs_categories_sum_within_the_total(tmp_path, store):
     assert sum(parts) == pytest.approx(c["cpu_s"], abs=0.01)
     assert sum(c[k]["cpu_s"] for k in CATEGORIES) <= c["cpu_s"] + 1e-6
     assert sum(c[k]["wall_s"] for k in CATEGORIES) <= c["wall_s"] + 1e-6
+
+
+def test_the_cpu_of_a_sandboxed_test_run_is_counted(small_repo):
+    """bubblewrap's own PID 1 would reap the tests without passing their CPU time on: the
+    command runs as PID 1 (--as-pid-1), so RUSAGE_CHILDREN sees it."""
+    from decision_retry.agent.sandbox import bwrap_problem
+
+    if bwrap_problem() is not None:
+        pytest.skip(f"bubblewrap cannot run here: {bwrap_problem()}")
+    write(small_repo / "burn.py", "total = 0\nfor i in range(5_000_000):\n    total += i\n")
+    sh_git(small_repo, "add", "-A")
+    sh_git(small_repo, "commit", "-qm", "burn")
+    with metering() as meter, Workspace(small_repo, "cpu1", sandbox=resolve("bwrap")) as ws:
+        ws.run_tests("python burn.py", 120)
+    assert meter.cpu["tests"] >= 0.2  # about 0.6 s of one core on a quiet machine
