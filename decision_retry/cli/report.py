@@ -26,8 +26,10 @@ from decision_retry.trace.report import render_report
 def report(run_ref: str, output: Path, home: str | None) -> None:
     """Write an HTML report of RUN (an id, a unique id prefix, or `latest`).
 
-    Tokens coloured by entropy with decision points marked, the branch tree with where each
-    retry cut and whether its tests passed, an entropy-over-position plot, and the change
+    The run's outcome, cost and settings, its localisation, one line per attempt (where it cut
+    and by which signal, what it changed, the MH decision, the tests; identical attempts
+    collapsed), the fix with its whole diff, tokens coloured by the signal the run cut by
+    (surprise or entropy, with a toggle) and plotted over position, the MH steps and the change
     measures of each retry. One file, no network loads.
     """
     with open_store(home) as store:

@@ -56,7 +56,7 @@ def _verdict(passed: bool | None) -> str:
 # -- readable summaries of recorded parameters ----------------------------------------------
 
 _PARAM_NAMES = {"temperature": "temperature", "input_tokens": "prompt tokens",
-                "finish_reason": "stopped by", "max_new_tokens": "max new tokens"}
+                "finish_reason": "finish reason", "max_new_tokens": "max new tokens"}
 
 
 def _scalar(value: Any) -> bool:
@@ -375,7 +375,7 @@ def render_report(tree: RunTree) -> str:
             "cost": s.cost_line(tree), "compute": s.compute_line(tree) or None}
     meta_html = "".join(f'<dt>{k}</dt><dd{" id=run-cost" if k == "cost" else ""}>{_text(v)}</dd>'
                         for k, v in meta.items() if v is not None)
-    settings_html = "".join(f"<dt>{k}</dt><dd>{_text(v)}</dd>" for k, v in settings(tree))
+    settings_html = " · ".join(f"{k} <b>{_text(v)}</b>" for k, v in settings(tree))
     sections = "".join(_branch_html(tree, by_branch[b.id], b, scales, changed)
                        for b in tree.branches)
     return f"""<!doctype html>
@@ -386,7 +386,7 @@ def render_report(tree: RunTree) -> str:
 <body data-signal="{signal}">
 <h1>decision-retry run <code>{run.id}</code></h1>
 <dl class="meta">{meta_html}</dl>
-<dl class="meta" id="settings">{settings_html}</dl>
+<p id="settings">{settings_html}</p>
 {_details("full config (JSON)", json.dumps(run.config, indent=2, sort_keys=True))}
 <h2>Localisation</h2>
 {_localisation_html(tree)}

@@ -42,6 +42,7 @@ dl.meta dt { color: #666; } dl.meta dd { margin: 0; }
 .turn { background: #fff; border: 1px solid #ddd; border-radius: 6px; padding: .5rem .8rem;
   margin: .6rem 0; }
 .turn-head { font-size: .85rem; color: #555; margin-bottom: .3rem; }
+details pre { white-space: pre-wrap; word-break: break-all; }
 .tokens { white-space: pre-wrap; word-break: break-word; line-height: 1.6; margin: 0; }
 .token { border-radius: 2px; cursor: default; background: var(--h); }
 body[data-signal="surprise"] .token { background: var(--s); }

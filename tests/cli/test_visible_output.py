@@ -112,3 +112,15 @@ def test_a_terminal_wraps_the_line_and_keeps_every_character(hostile_run):
 ])
 def test_visible_escapes_what_acts_on_a_terminal(text, shown):
     assert visible(text) == shown
+
+
+def test_the_report_escapes_control_characters_and_keeps_long_lines(hostile_run, tmp_path):
+    _, home, _ = hostile_run
+    page = tmp_path / "r.html"
+    out = cli("report", "latest", "-o", page, home=home)
+    assert out.returncode == 0, out.stderr
+    html = page.read_text(encoding="utf-8")
+    assert "\x1b" not in html
+    assert "\\x1b[1A\\x1b[2K" in html  # in the fix's diff and in the tokens
+    assert f"{PAD}&quot; or os.system(&quot;true&quot;)" in html  # the whole line, escaped
+    assert "white-space: pre-wrap" in html  # long lines wrap in the browser, never scroll away
