@@ -12,6 +12,7 @@ with plumbing (`diff-tree`) and `--no-ext-diff --no-textconv` for good measure.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -85,6 +86,25 @@ def git_bytes(cwd: Path | None, *args: str, git_dir: Path | None = None,
 def git(cwd: Path | None, *args: str, **kw) -> str:
     """`git_bytes` decoded as text (undecodable bytes replaced)."""
     return git_bytes(cwd, *args, **kw).decode(errors="replace")
+
+
+def commit_date(cwd: Path | None, rev: str, **kw) -> str:
+    """The committer date of commit `rev`, raw (`<seconds> <+zone>`), read from the object
+    itself: `git show` would parse the tree's `.gitmodules` and stop at a value it refuses
+    (`update = !cmd`)."""
+    raw = git(cwd, "cat-file", "commit", rev, **kw)
+    m = re.search(r"^committer .*> (-?\d+ [+-]\d{4})$", raw.split("\n\n", 1)[0], re.MULTILINE)
+    return m.group(1) if m else "0 +0000"
+
+
+def alternates_line(objects: Path) -> str:
+    """One line of `objects/info/alternates` naming `objects`: C-quoted where the path holds a
+    newline, a quote or a backslash (git unquotes a line that starts with `"`)."""
+    text = str(objects)
+    if not any(c in text for c in '\n"\\'):
+        return f"{text}\n"
+    quoted = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{quoted}"\n'
 
 
 def user_git_config(repo: Path, key: str) -> str | None:

@@ -25,6 +25,9 @@ from decision_retry.errors import BadInput, WorkspaceError
 
 TMP_PREFIX = "decision-retry-"
 _LEGACY_AGE_S = 3600  # an old version's worktree without an owner file, untouched this long
+# a test run's report directory, a coverage run's data: a run's scratch, which names no owner
+SCRATCH = ("decision-retry-report-", "decision-retry-spectrum-")
+_SCRATCH_AGE_S = 3600  # removed by `logs gc` once untouched this long, while no run of ours lives
 
 
 def process_start(pid: int) -> str | None:
@@ -67,6 +70,7 @@ class Found:
     refs: list[str] = field(default_factory=list)  # "<repo> <ref>"
     worktrees: list[str] = field(default_factory=list)  # "<repo> <registration>"
     branches: list[str] = field(default_factory=list)  # kept: the user's fix branches
+    scratch: list[Path] = field(default_factory=list)  # test reports a killed run left
 
 
 def stale_clones(tmp_root: Path | None = None) -> list[tuple[Path, dict]]:
@@ -78,7 +82,7 @@ def stale_clones(tmp_root: Path | None = None) -> list[tuple[Path, dict]]:
     except OSError:
         return out
     for d in entries:
-        if not d.is_dir() or d.is_symlink():
+        if not d.is_dir() or d.is_symlink() or d.name.startswith(SCRATCH):
             continue
         try:
             owner = json.loads((d / "owner.json").read_text())
@@ -92,6 +96,32 @@ def stale_clones(tmp_root: Path | None = None) -> list[tuple[Path, dict]]:
                 pass
         elif isinstance(owner, dict) and not is_alive(owner):
             out.append((d, owner))
+    return out
+
+
+def stale_scratch(tmp_root: Path | None = None) -> list[Path]:
+    """Report and coverage directories of runs: untouched for an hour while no process of ours
+    owns a clone (a run in progress keeps its own, however old)."""
+    root = Path(tmp_root or tempfile.gettempdir())
+    try:
+        entries = sorted(root.glob(f"{TMP_PREFIX}*"))
+        owners = [d / "owner.json" for d in entries if not d.name.startswith(SCRATCH)]
+    except OSError:
+        return []
+    for path in owners:
+        try:
+            if is_alive(json.loads(path.read_text())):
+                return []
+        except (OSError, ValueError, AttributeError):
+            continue
+    out = []
+    for d in entries:
+        try:
+            if (d.name.startswith(SCRATCH) and d.is_dir() and not d.is_symlink()
+                    and time.time() - d.stat().st_mtime > _SCRATCH_AGE_S):
+                out.append(d)
+        except OSError:
+            continue
     return out
 
 
@@ -144,6 +174,9 @@ def gc(store, *, older_than: timedelta | None = None, dry_run: bool = False,
     store), and in each recorded repository the refs and worktree registrations older versions
     left. The user's fix branches are listed, never deleted."""
     found = sweep(store, dry_run=dry_run, tmp_root=tmp_root)
+    found.scratch = stale_scratch(tmp_root)
+    for d in [] if dry_run else found.scratch:
+        shutil.rmtree(d, ignore_errors=True)
     cutoff = datetime.now(UTC) - older_than if older_than is not None else None
     repos: dict[str, list[str]] = {}
     for run_id, created, repo, outcome in store.run_rows():

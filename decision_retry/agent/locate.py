@@ -87,10 +87,20 @@ def localise(root: Path, result: TestResult, *, test_cmd: str | None = None, tim
                        sandbox=sandbox, python=python)
           if spectrum else None)
     traceback = "\n".join([*(f.text for f in result.failures), result.output_tail])
-    every = [f for rel in source_files(root) for f in functions(root, rel)]
+    every = [f for rel in source_files(root) if _inside(root, rel) for f in functions(root, rel)]
     ranked = rank(root, spectrum=sp, traceback=traceback, test=test, all_functions=every,
                   line_names=failing_line_names(root, result, test))
-    return Localisation(tuple(ranked), test, sp)
+    return Localisation(tuple(c for c in ranked if _inside(root, c.suspect.file)), test, sp)
+
+
+def _inside(root: Path, rel: str) -> bool:
+    """Whether file `rel` is in the repository: a link leading outside it is not (a fix could
+    not be written there, and its text is not the repository's to show)."""
+    try:
+        real, top = (root / rel).resolve(), root.resolve()
+    except (OSError, RuntimeError):  # a loop of links
+        return False
+    return top in real.parents
 
 
 def locate(root: Path, result: TestResult, **options) -> tuple[Suspect | None, str]:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from decision_retry.agent import patch
 from decision_retry.agent.definitions import AgentDefinition
-from decision_retry.agent.locate import Candidate, Suspect, functions, functions_in
+from decision_retry.agent.locate import Candidate, Suspect, functions, functions_in, is_test_file
 from decision_retry.agent.testrun import TestResult
 from decision_retry.agent.workspace import Workspace
-from decision_retry.errors import WorkspaceError
+from decision_retry.errors import BadInput, WorkspaceError
 from decision_retry.trace.decisions import ToolSpan
 
 
@@ -43,12 +43,28 @@ class Task:
     test_timeout: float
     candidates: tuple[Candidate, ...] = ()  # the ranking, best first (suspect is the first)
     localisation: dict | None = None  # locate.Localisation.summary(): kept in the trace
+    allow_test_edits: bool = False  # else test files are read-only: the tests are the spec
 
     @property
     def suspects(self) -> list[Suspect]:
         if self.candidates:
-            return [c.suspect for c in self.candidates]
-        return [self.suspect] if self.suspect else []
+            found = [c.suspect for c in self.candidates]
+        else:
+            found = [self.suspect] if self.suspect else []
+        return [s for s in found if not self.read_only(s.file)]
+
+    def is_test(self, path: str) -> bool:
+        """A test file (`test_*.py`, `*_test.py`, `conftest.py`, under `tests/`) or the file of a
+        test that failed at the start."""
+        failing = {nodeid.split("::", 1)[0] for nodeid in self.result.failing_tests}
+        return is_test_file(path) or path in failing
+
+    def read_only(self, path: str) -> bool:
+        """Whether a fix may not change `path`: a test file, unless `allow_test_edits`."""
+        return not self.allow_test_edits and self.is_test(path)
+
+
+READ_ONLY = "test files are read-only: fix the code, not the tests (--allow-test-edits)"
 
 
 class PatchProtocol:
@@ -57,6 +73,8 @@ class PatchProtocol:
     def __init__(self, defn: AgentDefinition, task: Task) -> None:
         if task.suspect is None and not task.candidates:
             raise ValueError("the patch protocol needs a suspect function")
+        if not task.suspects:  # every suspect is in a test file
+            raise BadInput(f"the only suspect functions are in test files; {READ_ONLY}")
         self.defn, self.task = defn, task
         self.shown = patch.shown(task.suspects, defn.limits.get("suspects", 1),
                                  defn.limits.get("suspect_chars", 4000))
@@ -93,7 +111,7 @@ class PatchProtocol:
         try:
             now = _relocated(functions(ws.root, s.file), s)
             ws.write_file(s.file, patch.apply(ws.read_file(s.file), now, code))
-        except ValueError as err:
+        except (ValueError, WorkspaceError) as err:  # WorkspaceError: a link leading outside
             return Outcome("apply_patch", args, f"not applied: {err}", True, spans)
         return Outcome("apply_patch", args, f"replaced {s.qualname or s.name} in {s.file}", True,
                        spans)
@@ -169,6 +187,9 @@ class ToolsProtocol:
             r = ws.run_tests(self.task.test_cmd, self.task.test_timeout)
             return r.output_tail[-1500:], False
         # edit PATH + a python block: replace each function it defines, by name
+        target = ws.resolve(arg).relative_to(ws.root).as_posix()  # a link to a test is one too
+        if self.task.read_only(arg) or self.task.read_only(target):
+            return f"not applied: {arg}: {READ_ONLY}", False
         code = reply.split("```python", 1)[-1] if "```python" in reply else reply.split("\n", 1)[-1]
         code = patch.reply_code(code)
         text = ws.read_file(arg)

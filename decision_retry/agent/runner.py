@@ -57,6 +57,7 @@ class FixConfig(BaseModel):
     python: str | None = None  # --python: the project's interpreter; None: found (pyenv.py)
     test_cache: bool = True  # an identical tree is tested once per run (exact for deterministic tests)
     time_limit_s: float | None = Field(None, gt=0)  # CPU seconds of the process tree (costs.py)
+    allow_test_edits: bool = False  # a fix may change test files (else they are read-only)
 
 
 class Rewind(BaseModel):
@@ -83,6 +84,8 @@ class FixResult(BaseModel):
     diff: str = ""
     branch: str | None = None
     left_out: list[str] = []  # fixed files untracked in the user's repository: not on the branch
+    unseparated: list[str] = []  # fixed files that overlap the user's uncommitted edits: no branch
+    tests_changed: list[str] = []  # test files the fix changes (only with allow_test_edits)
     sandbox: str = ""  # the one line saying how the tests ran
     python: str = ""  # the one line saying which Python ran them (pyenv.ProjectPython.note)
     resumed: int = 0  # --resume: recorded turns replayed exactly
@@ -172,6 +175,8 @@ def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None =
     `cfg.sandbox` names) with the project's `python` (default: pyenv.find); the user's checkout
     is untouched unless `apply` (then only a clean working tree receives the fix)."""
     root = repo_root(repo)
+    if UserRepo(root).head() is None:  # a fix branch needs a HEAD to sit on
+        raise BadInput(f"{root} has no commit yet: commit your code, then run fix")
     if apply and (reason := UserRepo(root).dirty_reason()):
         raise BadInput(f"--apply needs a clean working tree: {root} is not ({reason})")
     sandbox = sandbox or sandboxes.resolve(cfg.sandbox, pass_env=cfg.pass_env)
@@ -243,7 +248,8 @@ def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandb
             cfg = cfg.model_copy(update={"test_cmd": narrow_cmd})
         summary = {**loc.summary(), **({"carried": ws.carried.paths} if ws.carried.files else {})}
         task = Task(suspect, test_src, result, tuple(source_files(ws.root)), cfg.test_cmd,
-                    cfg.test_timeout, loc.candidates, summary)
+                    cfg.test_timeout, loc.candidates, summary,
+                    allow_test_edits=cfg.allow_test_edits)
         if cfg.protocol == "tools":
             protocol = ToolsProtocol(defn, task)
         elif suspect is None:
@@ -270,17 +276,24 @@ def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandb
                     "errors": w.errors}
             if not w.ok:  # the fix broke other tests: not a fix
                 solved = None
-        diff = ws.diff(sha=solved.final_sha) if solved else ""
+        tests_changed = ws.changed(task.is_test, solved.final_sha) if solved else []
+        stop = None
+        if tests_changed and not cfg.allow_test_edits:  # code the tests ran wrote them
+            solved, stop = None, "changed test files"
+        diff = ""
         if solved:  # 4) the one write to the user's repository: the fix branch
             ws.finish(True, sha=solved.final_sha)
+            diff = ws.fix_diff  # against HEAD: what the branch holds (workspace._add_branch)
             if apply and ws.fix_sha:
                 ws.apply_to_user_tree()
         recorder.finish_run("fixed" if solved else "not fixed", costs=meter.summary())
         return FixResult(
             run_id=run.id, fixed=solved is not None, attempts=final.get("attempts", 0),
             decode_tokens=final.get("spent", 0), prefill_positions=final.get("prefilled", 0),
-            stop="fixed" if solved else ("broke other tests" if wide else final.get("stop")),
+            stop="fixed" if solved else (stop or ("broke other tests" if wide
+                                                  else final.get("stop"))),
             diff=diff, branch=ws.branch if ws.fix_sha else None, left_out=ws.left_out,
+            unseparated=ws.unseparated, tests_changed=tests_changed if solved else [],
             narrow_cmd=narrow_cmd, wide_check=wide,
             sandbox=sandbox.note, python=ws.python.note, steps=final.get("steps", []),
             rewinds=[Rewind(**r) for r in agent.rewinds], costs=recorder.run.costs,

@@ -25,7 +25,7 @@ from typing import Self
 from decision_retry import costs
 from decision_retry.agent import sandbox as sandboxes
 from decision_retry.agent.carry import Carried, exclude_lines, ignored_sources
-from decision_retry.agent.gitexec import PATCH_FLAGS, git, git_bytes
+from decision_retry.agent.gitexec import PATCH_FLAGS, alternates_line, commit_date, git, git_bytes
 from decision_retry.agent.leftovers import TMP_PREFIX, owner_stamp
 from decision_retry.agent.testcache import TestCache, ignored_files, test_key
 from decision_retry.agent.userrepo import UserRepo, UserTree, repo_root
@@ -75,6 +75,10 @@ class Workspace:
         self.fix_sha: str | None = None  # the branch commit in the user's repository
         self.result_sha: str | None = None  # the fix as a snapshot of the clone
         self.left_out: list[str] = []  # fixed files that are untracked in the user's repository
+        # fixed files whose change does not apply to HEAD's version (it touches lines the user
+        # changed and did not commit): then no branch, and `fix_diff` is against the working tree
+        self.unseparated: list[str] = []
+        self.fix_diff = ""  # what the fix is, as finish(success=True) left it (see _add_branch)
         self.carried = Carried()  # ignored files copied in for the tests (never in a snapshot)
         self._user_tree: UserTree | None = None
         self._tmp: Path | None = None
@@ -165,6 +169,12 @@ class Workspace:
         base = self._commit(base_sha or self.base_sha or "")
         target = self._commit(sha) if sha else self._write_tree()
         return self._git("diff-tree", *PATCH_FLAGS, base, target)
+
+    def changed(self, which, sha: str) -> list[str]:
+        """The paths snapshot `sha` changes from the start for which `which(path)` holds."""
+        raw = self._git("diff-tree", "-r", "-z", "--name-only", "--no-renames",
+                        self._commit(str(self.base_sha)), self._commit(sha))
+        return [p for p in raw.split("\0") if p and which(p)]
 
     def run_tests(self, cmd: str, timeout: float, *, branch: str | None = None, **kw):
         """The test command run in the working tree, in this workspace's sandbox; for a
@@ -291,7 +301,7 @@ class Workspace:
         self.root.mkdir()
         info = self.git_dir / "objects" / "info"
         info.mkdir(parents=True, exist_ok=True)
-        (info / "alternates").write_text(f"{tree.objects}\n")
+        (info / "alternates").write_text(alternates_line(tree.objects))
         if tree.shallow:
             shutil.copyfile(tree.shallow, self.git_dir / "shallow")
         if tree.exclude:
@@ -352,7 +362,7 @@ class Workspace:
         if head and tree == self._git("rev-parse", f"{head}^{{tree}}").strip():
             return head
         parents = ["-p", head] if head else []
-        raw = self._git("show", "-s", "--format=%cd", "--date=raw", head).strip() if head else "0 +0000"
+        raw = commit_date(self._tmp, head, git_dir=self.git_dir) if head else "0 +0000"
         when = f"@{raw}"  # @: seconds since the epoch, however small
         msg = f"decision-retry {self.run_id}: starting point (working tree)"
         return self._git("commit-tree", tree, *parents, "-m", msg,
@@ -377,37 +387,40 @@ class Workspace:
     def _add_branch(self, result: str) -> None:
         """HEAD plus the fix (base -> result), as a commit in the user's repository.
 
-        Files untracked in the user's repository stay out (`left_out`). Each tracked file's change
-        is applied to HEAD's version; where it does not apply (it overlaps uncommitted edits of
-        the user's), the file is taken whole from the fix.
+        Each tracked file's change is applied to HEAD's version with plumbing, so uncommitted
+        edits of the user's elsewhere in the file stay out of the branch. Where a change does not
+        apply (it overlaps those edits) there is no branch: `unseparated` names the files and
+        `fix_diff` is the fix against the working tree, for the user to apply. Otherwise
+        `fix_diff` is the branch against HEAD (exactly what it holds), followed by the fix's
+        files that are untracked in the user's repository (`left_out`: never on the branch).
         """
         tree = self._user_tree
         assert tree is not None and self.base_sha is not None
+        literal = {"GIT_LITERAL_PATHSPECS": "1"}  # a file named `*.py` is that file
         raw = self._git("diff-tree", "-r", "-z", "--raw", "--no-renames", self.base_sha, result)
         fields = raw.split("\0")
-        changes = [(meta[1:].split(" "), path) for meta, path in zip(fields[0::2], fields[1::2])
-                   if meta.startswith(":")]
+        changes = [path for meta, path in zip(fields[0::2], fields[1::2]) if meta.startswith(":")]
         copied_untracked = set(tree.files) - tree.tracked
-        self.left_out = [p for _, p in changes if p in copied_untracked]
+        self.left_out = [p for p in changes if p in copied_untracked]
+        self.fix_diff = self.diff(sha=result)
         index = str(self._tmp / "branch-index")
-        env = {"GIT_INDEX_FILE": index}
+        env = {"GIT_INDEX_FILE": index, **literal}
         if tree.head:
             self._git("read-tree", tree.head, env=env)
         else:
             self._git("read-tree", "--empty", env=env)
-        for (_, mode, _, sha, status), path in changes:
+        for path in changes:
             if path in copied_untracked:
                 continue
-            patch = self._git("diff-tree", *PATCH_FLAGS, self.base_sha, result, "--", path)
+            patch = self._git("diff-tree", *PATCH_FLAGS, self.base_sha, result, "--", path,
+                              env=literal)
             try:
                 git_bytes(self._tmp, "apply", "--cached", "--whitespace=nowarn", "-",
                           git_dir=self.git_dir, env=env, input=patch.encode())
-            except WorkspaceError:  # take the fix's whole file
-                if status == "D":
-                    self._git("update-index", "--force-remove", "--", path, env=env)
-                else:
-                    self._git("update-index", "--add", "--cacheinfo", f"{mode},{sha},{path}",
-                              env=env)
+            except WorkspaceError:  # the change touches the user's uncommitted lines
+                self.unseparated.append(path)
+        if self.unseparated:
+            return
         new_tree = self._git("write-tree", env=env).strip()
         head_tree = self._git("rev-parse", f"{tree.head}^{{tree}}").strip() if tree.head else None
         if new_tree == head_tree:
@@ -415,6 +428,11 @@ class Workspace:
         parents = ["-p", tree.head] if tree.head else []
         fix = self._git("commit-tree", new_tree, *parents,
                         "-m", f"decision-retry {self.run_id}: fix").strip()
+        old = tree.head or self._git("mktree", input=b"").strip()  # unborn: the empty tree
+        self.fix_diff = self._git("diff-tree", *PATCH_FLAGS, old, fix)
+        if self.left_out:
+            self.fix_diff += self._git("diff-tree", *PATCH_FLAGS, self.base_sha, result, "--",
+                                       *self.left_out, env=literal)
         revs = f"{fix}\n" + (f"^{tree.head}\n" if tree.head else "")
         pack = git_bytes(self._tmp, "pack-objects", "--stdout", "--revs", "-q",
                          git_dir=self.git_dir, input=revs.encode())

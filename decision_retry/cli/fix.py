@@ -12,9 +12,9 @@ from rich.text import Text
 from decision_retry.agent.sandbox import SANDBOXES
 from decision_retry.choices import STRATEGIES
 from decision_retry.cli.logs import diff_lines, home_option
-from decision_retry.cli.options import finite, model_option, threads_option
-from decision_retry.trace.printable import visible_text
+from decision_retry.cli.options import finite, model_option, seed_type, threads_option
 from decision_retry.costs import costs_line
+from decision_retry.trace.printable import visible_text
 
 
 class Progress:
@@ -83,7 +83,8 @@ def span_listener(otlp: str | None):
               help="Decode tokens for the whole run, accepted or not.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=10, show_default=True,
               help="Model attempts (first try + retries).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")
+@click.option("--seed", type=seed_type, default=0, show_default=True,
+              help="Seed of every random draw (0 to 2^63-1).")
 @click.option("--alpha", type=finite(min=0, min_open=True), default=4.0, show_default=True,
               help="Target p^alpha: higher prefers likelier code.")
 @click.option("--proposal-temperature", type=finite(min=0, min_open=True), default=None,
@@ -142,6 +143,10 @@ def span_listener(otlp: str | None):
 @click.option("--protocol", type=click.Choice(["patch", "tools"]), default="patch", show_default=True,
               help="patch: one turn rewriting the failing function (small models); tools: "
               "read/edit/test/submit actions over several turns (larger models).")
+@click.option("--allow-test-edits", is_flag=True,
+              help="Let the fix change test files (test_*.py, *_test.py, conftest.py, tests/, "
+              "and the files of the failing tests); by default they are read-only: the failing "
+              "tests are the specification. The summary names the test files the fix changes.")
 @click.option("--apply", "apply_fix", is_flag=True,
               help="On success, apply the fix to your working tree (only if it is clean).")
 @click.option("--otlp", default=None, metavar="ENDPOINT",
@@ -160,7 +165,7 @@ def span_listener(otlp: str | None):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @home_option
 def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposal_temperature,
-        verifier_weight, eps, tries, move, def_line, restart_share, cut_weights, cut_token, test_cmd, test_timeout, narrow, test_cache, time_limit, protocol, apply_fix, otlp, sandbox,
+        verifier_weight, eps, tries, move, def_line, restart_share, cut_weights, cut_token, test_cmd, test_timeout, narrow, test_cache, time_limit, protocol, allow_test_edits, apply_fix, otlp, sandbox,
         python_path, pass_env, resume_ref, threads, as_json, home) -> None:
     """Fix the failing tests of the git repository at PATH.
 
@@ -199,7 +204,7 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
             test_cmd=test_cmd, test_timeout=test_timeout, model=model, protocol=protocol,
             budget_tokens=budget_tokens, max_attempts=max_attempts, seed=seed, sandbox=sandbox,
             pass_env=pass_env, narrow=narrow, python=python_path, test_cache=test_cache,
-            time_limit_s=time_limit,
+            time_limit_s=time_limit, allow_test_edits=allow_test_edits,
             retry=RetryConfig(strategy=strategy, alpha=alpha,
                               proposal_temperature=proposal_temperature,
                               verifier_weight=verifier_weight, cut=CutRule(eps=eps), tries=tries,
@@ -303,6 +308,13 @@ def summary(console: Console, result) -> None:
             _say(console, line)
         if result.branch:
             _say(console, f"the fix is on branch {result.branch} (your HEAD plus the fix)")
+        if result.tests_changed:
+            _say(console, f"the fix changes test files (--allow-test-edits): "
+                          f"{', '.join(result.tests_changed)}")
+        if result.unseparated:
+            _say(console, f"no branch: the fix changes lines of "
+                          f"{', '.join(result.unseparated)} that you edited and did not commit; "
+                          "the diff above is against your working tree (`git apply` it there)")
         if result.left_out:
             _say(console, f"not on the branch (untracked in your repository): "
                           f"{', '.join(result.left_out)}; they are in the diff above")

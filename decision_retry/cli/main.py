@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
 # Before torch starts OpenMP: with the default (active) wait policy two threads on two busy cores
 # decode at 0.05-0.13x of one thread; PASSIVE keeps them at parity (docs/benchmarks.md).
@@ -16,17 +17,37 @@ from decision_retry.errors import DecisionRetryError
 
 
 class _Main(click.Group):
-    """Every `DecisionRetryError` reaches the user as one line and its exit code."""
+    """Every `DecisionRetryError` and every option error reaches the user as one line and its
+    exit code (2 for an option error, as click has it); `--help` is unchanged."""
+
+    def make_context(self, *args, **kwargs) -> click.Context:
+        with _one_line_usage():  # an option of the group itself
+            return super().make_context(*args, **kwargs)
 
     def invoke(self, ctx: click.Context):
         for stream in (sys.stdout, sys.stderr):  # a lone surrogate of a model's prints escaped
             if hasattr(stream, "reconfigure"):
                 stream.reconfigure(errors="backslashreplace")
         try:
-            return super().invoke(ctx)
+            with _one_line_usage():  # a subcommand's options, or no such command
+                return super().invoke(ctx)
         except DecisionRetryError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(err.exit_code)
+
+
+@contextmanager
+def _one_line_usage():
+    """A usage error as `error: <message> (`<command> --help`)`, exit 2, instead of click's
+    usage block; no arguments at all still show the help."""
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise
+    except click.UsageError as err:
+        hint = f" (`{err.ctx.command_path} --help`)" if err.ctx is not None else ""
+        click.echo(f"error: {' '.join(err.format_message().split())}{hint}", err=True)
+        sys.exit(err.exit_code)
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})

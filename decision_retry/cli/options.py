@@ -14,6 +14,9 @@ threads_option = click.option(
     help="Decode threads, llama.cpp and torch (default: $DECISION_RETRY_THREADS, else half "
     "the cores).")
 
+# a seed is stored in SQLite (a signed 64-bit integer) and seeds torch.Generator
+seed_type = click.IntRange(0, 2**63 - 1)
+
 
 class FiniteFloat(click.FloatRange):
     """A FloatRange that also refuses nan and ±inf (a nan passes every comparison)."""
