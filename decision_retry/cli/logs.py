@@ -364,7 +364,8 @@ def gc(older_than: str | None, dry_run: bool, home: str | None) -> None:
     """Remove what old or killed runs left behind.
 
     Private clones of runs whose process is gone (after SIGKILL or a crash) are deleted and those
-    runs marked `interrupted` (resumable with `fix --resume`); with --older-than, older runs are
+    runs marked `interrupted` (resumable with `fix --resume`), and their test report directories
+    once an hour old while no run is alive; with --older-than, older runs are
     deleted from the store; in the repositories the store names, the per-attempt refs and
     worktree registrations older versions left are removed. Fix branches are yours: listed,
     never deleted.
