@@ -42,9 +42,9 @@ class Progress:
             self.note = f"MH step: {'accepted' if data['accepted'] else 'rejected'}"
         elif kind == "rewind":
             cut = data["cut"]
-            self.note = (f"rewind to {data['file']}:{data['line']} token {cut.token!r} "
-                         f"({_scores(cut.entropy, cut.surprise)})")
-            self.console.print(Text(f"  rewind  {self.note[10:]}", style="dim"))
+            self.note = visible_text(f"rewind to {data['file']}:{data['line']} token "
+                                     f"{cut.token!r} ({_scores(cut.entropy, cut.surprise)})").plain
+            self.console.print(Text(f"  rewind  {self.note[10:]}", style="dim"))  # escaped
         elif kind in ("carried", "python", "verdict"):  # gitignored modules carried; the project's Python
             self.console.print(Text(data["note"]), soft_wrap=True)  # whole: paths, no markup
         self.live.update(self.render())
