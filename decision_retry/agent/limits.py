@@ -6,8 +6,9 @@ execs the sandbox, so everything inside inherits them and our own process keeps 
     memory      RLIMIT_DATA: heap and private writable mappings per process (what an
                 allocation takes; address space reserved but not written, as Go and the JVM
                 do, is not counted)           default: half the machine's memory, at most 4 GiB
-    processes   RLIMIT_NPROC: processes of the user (the kernel does not enforce it for
-                root: see docs/safety.md)     default: 4096
+    processes   RLIMIT_NPROC: processes of the user; the kernel does not apply it to root,
+                so as root a pids cgroup of the run holds it where cgroups can be written
+                (`pids_cgroup`)               default: 4096
     file-size   RLIMIT_FSIZE: the largest file a process can write      default: 1 GiB
     cpu         RLIMIT_CPU: CPU seconds per process                       default: 3600
 
@@ -17,9 +18,16 @@ no limit); `Limits.parse` reads that syntax.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
+import secrets
+import signal
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
@@ -35,7 +43,11 @@ _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 _SHIM = """
 import os, resource, sys
 for item in filter(None, sys.argv[1].split(",")):
-    name, value = item.split("=")
+    name, value = item.split("=", 1)
+    if name == "cgroup":  # join the run's pids cgroup first: every descendant stays in it
+        with open(value + "/cgroup.procs", "w") as f:
+            f.write(str(os.getpid()))
+        continue
     which = getattr(resource, name)
     hard = resource.getrlimit(which)[1]
     value = int(value) if hard == resource.RLIM_INFINITY else min(int(value), hard)
@@ -81,10 +93,10 @@ class Limits(BaseModel):
             changes[key] = _number(value.strip(), item)
         return self.model_copy(update=changes)
 
-    def prefix(self) -> list[str]:
-        """The launcher that sets these limits and execs the rest of the command line."""
-        spec = ",".join(f"{_RLIMITS[k]}={v}" for k, v in self.model_dump().items()
-                        if v is not None)
+    def prefix(self, cgroup: Path | None = None) -> list[str]:
+        """The launcher that sets these limits (and joins `cgroup`) and execs the rest."""
+        items = [f"{_RLIMITS[k]}={v}" for k, v in self.model_dump().items() if v is not None]
+        spec = ",".join([*items, *([f"cgroup={cgroup}"] if cgroup else [])])
         return [sys.executable, "-I", "-S", "-c", _SHIM, spec] if spec else []
 
     def describe(self) -> str:
@@ -105,3 +117,61 @@ def _number(text: str, item: str) -> int | None:
                        f"(with K, M, G or T) or none")
     return int(m.group(1)) * _UNITS[m.group(2)]
 
+
+
+@functools.cache
+def pids_cgroup_root() -> Path | None:
+    """Where we (root) can make a pids cgroup for a run: cgroup v1's pids hierarchy, or the v2
+    root with the pids controller; None elsewhere (not root, or cgroups read-only)."""
+    if os.geteuid() != 0:
+        return None
+    for base in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+        control = base / "cgroup.subtree_control"
+        v2 = control.is_file()
+        try:
+            if not (base / "cgroup.procs").is_file() or (v2 and "pids" not in control.read_text()):
+                continue
+            probe = base / f"decision-retry-probe-{os.getpid()}"
+            probe.mkdir()
+            ok = (probe / "pids.max").is_file()
+            probe.rmdir()
+        except OSError:
+            continue
+        if ok:
+            return base
+    return None
+
+
+@contextlib.contextmanager
+def pids_cgroup(limit: int | None) -> Iterator[Path | None]:
+    """A fresh pids cgroup holding at most `limit` tasks (threads count) for one run, removed
+    after it with anything left inside killed; None where `pids_cgroup_root` has none."""
+    root = pids_cgroup_root() if limit else None
+    path = root / f"decision-retry-{os.getpid()}-{secrets.token_hex(4)}" if root else None
+    try:
+        if path is not None:
+            path.mkdir()
+            (path / "pids.max").write_text(str(limit))
+    except OSError:
+        path = None
+    try:
+        yield path
+    finally:
+        if path is not None:
+            _remove_cgroup(path)
+
+
+def _remove_cgroup(path: Path) -> None:
+    for _ in range(50):  # a PID namespace is torn down asynchronously
+        try:
+            path.rmdir()
+            return
+        except OSError:
+            pass
+        try:
+            for pid in (path / "cgroup.procs").read_text().split():
+                with contextlib.suppress(OSError):
+                    os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            return
+        time.sleep(0.1)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from decision_retry.agent import seccomp
-from decision_retry.agent.limits import Limits
+from decision_retry.agent.limits import Limits, pids_cgroup, pids_cgroup_root
 from decision_retry.errors import BadInput
 
 SANDBOXES = ("auto", "bwrap", "none")
@@ -92,12 +92,13 @@ class Sandbox:
 
     def wrap(self, argv: list[str], *, cwd: Path, writable: Iterable[Path] = (),
              env: Mapping[str, str] | None = None, readable: Iterable[Path] = (),
-             seccomp_fd: int | None = None) -> list[str]:
+             seccomp_fd: int | None = None, cgroup: Path | None = None) -> list[str]:
         """The command line that runs `argv` in this sandbox, `cwd` and `writable` writable,
         `readable` (the project's Python, pyenv.py) visible read-only even under a mask.
         `seccomp_fd`: an open file holding `seccomp.program()` (see `seccomp_file`), which the
-        caller passes to the child (bwrap only)."""
-        limits = self.limits.prefix() if self.limits else []
+        caller passes to the child (bwrap only). `cgroup`: the run's pids cgroup (as root,
+        `Sandbox.pids_cgroup`), which the launcher joins."""
+        limits = self.limits.prefix(cgroup) if self.limits else []
         if self.kind == "bwrap":
             filt = ["--seccomp", str(seccomp_fd)] if seccomp_fd is not None else []
             return [*limits, *_bwrap_args(argv[0], cwd, [cwd, *writable], env or {}, readable),
@@ -105,6 +106,10 @@ class Sandbox:
         if self.unshare:
             return [*limits, *unshare_prefix(), *argv]
         return [*limits, *argv]
+
+    def pids_cgroup(self):
+        """The run's pids cgroup as a context (None: not root, no writable cgroups, no limit)."""
+        return pids_cgroup(self.limits.processes if self.limits else None)
 
     @contextlib.contextmanager
     def seccomp_file(self) -> Iterator[int | None]:
@@ -128,6 +133,8 @@ def resolve(choice: str = "auto", *, pass_env: Iterable[str] = (),
         raise BadInput(f"unknown sandbox {choice!r}; use one of {', '.join(SANDBOXES)}")
     names = tuple(pass_env)
     limits = limits or Limits.default()
+    told = limits.describe() + (" (not for root here: no writable pids cgroup)"
+                                if os.geteuid() == 0 and pids_cgroup_root() is None else "")
     if choice != "none":
         reason = bwrap_problem()
         if reason is None:
@@ -135,7 +142,7 @@ def resolve(choice: str = "auto", *, pass_env: Iterable[str] = (),
             return Sandbox("bwrap", "sandbox: bubblewrap (clone writable, rest read-only, "
                            "no network, own PID namespace, no capabilities, "
                            f"{'uid nobody, ' if os.geteuid() == 0 else ''}{filt}, environment "
-                           f"allow-list; limits: {limits.describe()})", False, names, limits)
+                           f"allow-list; limits: {told})", False, names, limits)
         if choice == "bwrap":
             raise BadInput(f"--sandbox bwrap: bubblewrap cannot run here: {reason}")
     unshare = unshare_works()
@@ -143,7 +150,7 @@ def resolve(choice: str = "auto", *, pass_env: Iterable[str] = (),
             else "no network isolation, background processes can outlive the tests")
     why = "as asked (--sandbox none)" if choice == "none" else f"bubblewrap cannot run: {reason}"
     note = (f"sandbox: none, {why}; tests run with the environment allow-list, their own "
-            f"process group, {what}, limits ({limits.describe()}), and can write anywhere you can")
+            f"process group, {what}, limits ({told}), and can write anywhere you can")
     return Sandbox("none", note, unshare, names, limits)
 
 

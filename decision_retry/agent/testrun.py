@@ -165,10 +165,11 @@ def run_tests(
 
     # 1) run, output to a file (a pipe could hang on a grandchild that outlives the kill)
     with (tempfile.TemporaryFile() as out, _removed(report_dir), verdict.channel() as channel,
-          sandbox.seccomp_file() as seccomp_fd):
+          sandbox.seccomp_file() as seccomp_fd, sandbox.pids_cgroup() as cgroup):
         full_env.update(channel.env)
         full = sandbox.wrap(argv, cwd=Path(cwd), writable=[report_dir, *writable],
-                            env=full_env, readable=readable, seccomp_fd=seccomp_fd)
+                            env=full_env, readable=readable, seccomp_fd=seccomp_fd,
+                            cgroup=cgroup)
         start = time.monotonic()
         proc = subprocess.Popen(
             full,

@@ -522,6 +522,23 @@ def test_a_fork_bomb_is_stopped_for_a_user(nobody_dir: Path) -> None:
     assert proc.stdout.split("\n")[0] == "1 0", proc.stdout
 
 
+@needs_bwrap
+def test_a_fork_bomb_is_stopped_for_root(tmp_path: Path) -> None:
+    """As root RLIMIT_NPROC does not apply: the run's pids cgroup holds the limit instead."""
+    from decision_retry.agent.limits import Limits, pids_cgroup_root
+
+    if os.geteuid() != 0:
+        pytest.skip("root only (test_a_fork_bomb_is_stopped_for_a_user covers other users)")
+    if pids_cgroup_root() is None:
+        pytest.skip("no writable pids cgroup here: as root the process limit does not hold")
+    repo = attack_repo(tmp_path, FORK_BOMB)
+    for kind in ("bwrap", "none"):
+        result, _ = run_attack(repo, sandboxes.resolve(kind, limits=Limits(processes=64)))
+        assert result.passed == 1, (kind, result.output_tail)
+    mine = f"decision-retry-{os.getpid()}-"
+    assert not [d for d in os.listdir(pids_cgroup_root()) if d.startswith(mine)]  # removed
+
+
 def test_limits_parse_and_bad_values_are_one_line() -> None:
     from decision_retry.agent.limits import Limits
 
