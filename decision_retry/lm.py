@@ -8,7 +8,9 @@ covers every position except the last one (that last id is fed on the next step)
   the original state stays usable (an MH rejection needs it);
 * `extend_many` replicates one prefix cache K times and decodes K tries in one batched forward
   per step, each row with its own generator;
-* `score` teacher-forces given ids in one pass (prefill cost) and records them like sampled ones.
+* `score` teacher-forces given ids in one pass (prefill cost) and records them like sampled ones;
+* `extend(..., exclude=id)` bans one id at the first drawn position (an MH move that must change
+  the cut token, samplers/mh.py `exclusion_term`); every token keeps its unrestricted logq.
 
 Sampling happens here, on the full-vocabulary logits the backend returns, so logp, logq and the
 entropy are exact whichever backend runs (decision_retry.engines: transformers, llama.cpp, toys).
@@ -16,7 +18,6 @@ entropy are exact whichever backend runs (decision_retry.engines: transformers, 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,7 @@ import torch
 
 from decision_retry import sampling
 from decision_retry.protocols import Backend, Prompt
-from decision_retry.tokens import Alternative, DecodeState, Finish, Sampling, Token
+from decision_retry.tokens import Alternative, DecodeState, Finish, Sampling, Token, stop_reason
 
 __all__ = ["LM", "DecodeState", "Finish", "Sampling"]
 
@@ -36,6 +37,7 @@ class LM:
     """Decode loop over a `Backend`: prefill once, extend, fork, and K batched tries."""
 
     teacher_forcing = True  # `score`: every backend scores T ids in one pass
+    excludes = True  # `extend(..., exclude=id)`: the first draw can ban an id
 
     def __init__(self, backend: Backend, *, name: str = "model") -> None:
         self.backend = backend
@@ -75,15 +77,19 @@ class LM:
 
     # -- decoding --------------------------------------------------------------------------
     def extend(
-        self, state: DecodeState, sampling_: Sampling, generator: torch.Generator
+        self, state: DecodeState, sampling_: Sampling, generator: torch.Generator,
+        *, exclude: int | None = None,
     ) -> DecodeState:
-        """Continue `state` by up to `max_new_tokens` tokens (stops at EOS / stop string)."""
-        return self.extend_many(state, sampling_, [generator])[0]
+        """Continue `state` by up to `max_new_tokens` tokens (stops at EOS / stop string);
+        `exclude`: an id the first new token may not be (drawn from q renormalised without it)."""
+        return self.extend_many(state, sampling_, [generator], exclude=exclude)[0]
 
     def extend_many(
-        self, state: DecodeState, sampling_: Sampling, generators: Sequence[torch.Generator]
+        self, state: DecodeState, sampling_: Sampling, generators: Sequence[torch.Generator],
+        *, exclude: int | None = None,
     ) -> list[DecodeState]:
-        """K continuations of one prefix, one batched forward per step, one generator per row."""
+        """K continuations of one prefix, one batched forward per step, one generator per row;
+        `exclude` bans one id at the first drawn position of every row."""
         if state.finish in ("eos", "stop"):
             return [state for _ in generators]  # "length" only paused: it may grow again
         k = len(generators)
@@ -94,13 +100,15 @@ class LM:
         rows = [_Row(list(state.ids), []) for _ in range(k)]
         live = list(range(k))  # rows still decoding, in cache batch order
         pending = torch.tensor([state.ids[-1]] * k)  # (B,)
+        ban = None if exclude is None else [exclude] * k
         for _ in range(sampling_.max_new_tokens):
             logits = self.backend.forward(cache, pending)  # (B, V)
             base = sampling.base_logprobs(logits)  # (B, V), shared by the draw and the alternatives
             ids, logp, logq, h = sampling.select(
                 logits, [generators[i] for i in live], sampling_.temperature, sampling_.top_k,
-                logp=base,
+                logp=base, exclude=ban,
             )
+            ban = None  # the first drawn position only
             alt_ids, alt_p = sampling.top_alternatives(logits, sampling_.alternatives, logp=base)
             keep = []
             for b, r in enumerate(live):
@@ -173,14 +181,10 @@ class LM:
         )
 
     def _finish(self, row: _Row, sampling_: Sampling) -> Finish | None:
-        if row.tokens[-1].id in self.backend.eos_ids:
-            return "eos"
-        if sampling_.stop or sampling_.stop_regex:
-            tail = "".join(t.text for t in row.tokens[-16:])
-            if any(s in tail for s in sampling_.stop):
-                return "stop"
-            if sampling_.stop_regex and re.search(sampling_.stop_regex, tail):
-                return "stop"
+        # the stop window covers this call's tokens only: it starts where the extend began
+        stop = stop_reason(row.tokens, len(row.tokens) - 1, sampling_, self.backend.eos_ids)
+        if stop is not None:
+            return stop
         if len(row.tokens) >= sampling_.max_new_tokens:
             return "length"
         return None

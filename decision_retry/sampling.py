@@ -47,7 +47,11 @@ def _draw_probs(q: torch.Tensor, generators: Sequence[torch.Generator]) -> torch
     cdf = q.cumsum(dim=-1)  # (B, V)
     u = u.to(cdf.dtype) * cdf[:, -1]
     ids = torch.searchsorted(cdf, u.unsqueeze(-1), right=True).squeeze(-1)  # (B,)
-    return ids.clamp_(max=q.shape[-1] - 1)
+    over = ids >= q.shape[-1]  # u rounded up to the total: take the last id q can draw
+    if bool(over.any()):
+        last = q.shape[-1] - 1 - (q > 0).flip(-1).to(torch.int8).argmax(dim=-1)  # (B,)
+        ids = torch.where(over, last, ids)
+    return ids
 
 
 def select(
@@ -57,17 +61,23 @@ def select(
     top_k: int | None,
     *,
     logp: torch.Tensor | None = None,
+    exclude: Sequence[int | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pick the next token of each row (`logp` = base_logprobs(logits) if the caller has it).
 
     Returns (ids, logp of ids, logq of ids, entropy of p), each (B,).
     Temperature 0 is argmax, and then q puts all its mass on the argmax (logq = 0).
+    `exclude`: per row, an id the draw may not return (None: no ban), drawn then from
+    q(.) / (1 - q(id)); the returned logq is still the unrestricted q's (samplers/mh.py adds the
+    exclusion term to the ratio). Banning the only id q can draw is a ValueError.
     """
     logp = base_logprobs(logits) if logp is None else logp  # (B, V)
     p = logp.exp()  # (B, V), shared by the entropy and, at temperature 1, the draw
     h = entropy(logp, p)  # (B,)
     if temperature == 0:
         ids = logp.argmax(dim=-1)  # (B,)
+        if exclude is not None and any(e == i for e, i in zip(exclude, ids.tolist())):
+            raise ValueError("cannot exclude the argmax at temperature 0: q has no other token")
         logq_ids = torch.zeros_like(h)
     else:
         if temperature == 1 and (top_k is None or top_k >= logits.shape[-1]):
@@ -75,10 +85,28 @@ def select(
         else:
             logq = proposal_logprobs(logits, temperature, top_k)  # (B, V)
             q = logq.exp()
+        if exclude is not None and any(e is not None for e in exclude):
+            q = without(logq, exclude).exp()  # (B, V), q renormalised without the banned ids
         ids = _draw_probs(q, generators)
         logq_ids = logq.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     logp_ids = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     return ids, logp_ids, logq_ids, h
+
+
+def without(logq: torch.Tensor, exclude: Sequence[int | None]) -> torch.Tensor:
+    """log of q(.) / (1 - q(e)) off e, -inf at e, for each row's banned id e (None: the row as
+    it is). A new tensor; renormalised in log space, so nothing underflows when q(e) is near 1."""
+    out = logq.clone()  # (B, V)
+    for b, e in enumerate(exclude):
+        if e is not None:
+            out[b, e] = float("-inf")
+    out = torch.log_softmax(out, dim=-1)  # (B, V)
+    empty = torch.isnan(out).any(dim=-1) | torch.isneginf(out).all(dim=-1)  # (B,)
+    if bool(empty.any()):
+        b = int(empty.nonzero()[0])
+        raise ValueError(f"row {b}: no token left once id {exclude[b]} is excluded "
+                         "(q puts all its mass on it: a null move, samplers/mh.py null_at)")
+    return out
 
 
 def top_alternatives(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -69,6 +71,29 @@ class Sampling(BaseModel):
     stop: tuple[str, ...] = ()
     stop_regex: str | None = Field(None, description="stop when the recent text matches")
     alternatives: int = Field(5, ge=0, description="top alternatives recorded per token")
+
+
+STOP_WINDOW = 16  # tokens whose joined text is searched for a stop string or the stop regex
+
+
+def stop_reason(tokens: Sequence[Token], i: int, sampling: Sampling, eos_ids: frozenset[int],
+                start: int = 0) -> Literal["eos", "stop"] | None:
+    """The one stop rule: would a generation that began at tokens[start] stop right after
+    tokens[i]? "eos" for an end-of-sequence id, "stop" when a stop string or the stop regex
+    occurs in the text of the last STOP_WINDOW tokens (none before `start`), else None.
+
+    The decode loop (lm.LM), the remote engine and the local moves (samplers/local.py) all call
+    it, so a local move's support is exactly what the decode loop would have produced."""
+    if tokens[i].id in eos_ids:
+        return "eos"
+    if not (sampling.stop or sampling.stop_regex):
+        return None
+    tail = "".join(t.text for t in tokens[max(start, i - STOP_WINDOW + 1): i + 1])
+    if any(s in tail for s in sampling.stop):
+        return "stop"
+    if sampling.stop_regex and re.search(sampling.stop_regex, tail):
+        return "stop"
+    return None
 
 
 @dataclass(frozen=True)

@@ -92,3 +92,63 @@ def test_bad_arguments_are_rejected(tiny):
         tiny.fork(tiny.prefill(PROMPT), 3)
     with pytest.raises(ValueError):
         Sampling(temperature=-1)
+
+
+# -- one stop rule (tokens.stop_reason) -------------------------------------------------------
+LETTERS = [chr(ord("a") + i) for i in range(20)]  # one certain token each, then EOS
+
+
+@pytest.mark.parametrize("regex,fork,stops_at", [
+    ("b.*q", 0, 16),  # b..q is 16 tokens: inside the window
+    ("a.*q", 0, None),  # a..q is 17: never seen in one window
+    ("b.*q", 2, None),  # an extend from t = 2 never sees b: its window starts at t
+    ("d.*g", 2, 6),
+])
+def test_the_loop_and_the_local_moves_stop_by_one_rule(regex, fork, stops_at):
+    """lm.LM and samplers/local.py both call tokens.stop_reason (the remote engine too:
+    tests/engines/test_remote_llamacpp.py), with its STOP_WINDOW and the window starting
+    where the generation began; so a local move's support is what the loop can produce."""
+    from decision_retry.samplers import local
+    from decision_retry.testing import scripted_lm
+    from decision_retry.tokens import STOP_WINDOW, stop_reason
+
+    assert STOP_WINDOW == 16
+    lm = scripted_lm(LETTERS)
+    full = lm.extend(lm.prefill("x"), Sampling(max_new_tokens=30), gen(0))
+    assert full.text == "".join(LETTERS) and full.finish == "eos"
+    s = Sampling(max_new_tokens=30, stop_regex=regex)
+    out = lm.extend(lm.fork(full, fork), s, gen(0))
+    rule = [stop_reason(full.tokens, i, s, lm.eos_ids, start=fork) for i in range(fork, 21)]
+    local_rule = [local.stop_kind(full.tokens, i, s, lm.eos_ids, start=fork)
+                  for i in range(fork, 21)]
+    assert rule == local_rule
+    first = next(fork + k for k, why in enumerate(rule) if why is not None)
+    assert len(out.tokens) == first + 1
+    if stops_at is None:
+        assert out.finish == "eos" and first == 20
+    else:
+        assert out.finish == "stop" and first == stops_at
+
+
+# -- exclusion: the first drawn token may not be a given id -------------------------------------
+@pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.7, 5)])
+def test_an_excluded_id_is_never_drawn_and_logq_stays_the_proposals(tiny, temperature, top_k):
+    """On the torch engine: rows that would redraw the banned id draw another, every row's
+    first token records the unrestricted log q (one full forward is the oracle), later
+    positions are drawn as usual (the ban is for the first position only)."""
+    s = Sampling(temperature=temperature, top_k=top_k, max_new_tokens=3)
+    start = tiny.prefill(PROMPT)
+    ids = [*start.ids]
+    scores = torch.log_softmax(full_logits_at(tiny, ids, len(ids) - 1) / temperature, -1)
+    if top_k:
+        kth = torch.topk(scores, top_k).values[-1]
+        scores = torch.log_softmax(torch.where(scores < kth, -torch.inf, scores), -1)
+    plain = tiny.extend_many(start, s, child_generators(gen(2), 16))
+    ban = plain[0].tokens[0].id  # drawn without the ban
+    outs = tiny.extend_many(start, s, child_generators(gen(2), 16), exclude=ban)
+    assert all(o.tokens[0].id != ban for o in outs)
+    for o in outs:
+        assert o.tokens[0].logq == pytest.approx(float(scores[o.tokens[0].id]), abs=1e-4)
+    with pytest.raises(ValueError, match="temperature 0"):
+        tiny.extend(start, Sampling(temperature=0, max_new_tokens=1), gen(0),
+                    exclude=int(scores.argmax()))

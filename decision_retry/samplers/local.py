@@ -54,10 +54,9 @@ from dataclasses import dataclass, replace
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from decision_retry.samplers import mh
 from decision_retry.samplers.mh import StepRecord
-from decision_retry.tokens import DecodeState, Sampling, Token
-
-STOP_WINDOW = 16  # tokens whose joined text is searched for stop strings (as lm.LM does)
+from decision_retry.tokens import STOP_WINDOW, DecodeState, Sampling, Token, stop_reason
 
 
 class SpanRule(BaseModel):
@@ -105,21 +104,14 @@ def span_end(tokens: Sequence[Token], t: int, rule: SpanRule) -> int:
 
 def stop_kind(tokens: Sequence[Token], i: int, q: Sampling, eos_ids: frozenset[int],
               start: int = 0) -> str | None:
-    """Would a generation started at `start` stop right after tokens[i] ("eos" or "stop": an
-    EOS token, or a stop string/regex in the last STOP_WINDOW tokens from `start` on, as lm.LM)?"""
-    if tokens[i].id in eos_ids:
-        return "eos"
-    if not (q.stop or q.stop_regex):
-        return None
-    tail = "".join(t.text for t in tokens[max(start, i - STOP_WINDOW + 1): i + 1])
-    if any(s in tail for s in q.stop) or bool(q.stop_regex and re.search(q.stop_regex, tail)):
-        return "stop"
-    return None
+    """Would a generation started at `start` stop right after tokens[i]? The one stop rule,
+    tokens.stop_reason, which lm.LM and the remote engine use too."""
+    return stop_reason(tokens, i, q, eos_ids, start)
 
 
 def ends_here(tokens: Sequence[Token], i: int, q: Sampling, eos_ids: frozenset[int]) -> bool:
     """Would generation stop right after tokens[i] (EOS or a stop string/regex, as lm.LM)?"""
-    return stop_kind(tokens, i, q, eos_ids) is not None
+    return stop_reason(tokens, i, q, eos_ids) is not None
 
 
 @dataclass(frozen=True)
@@ -148,13 +140,18 @@ def propose(
     budget: int | None = None,
     rescore: bool = True,
     first=None,
+    exclude: int | None = None,
 ) -> LocalProposal:
     """Draw z after x_<t by the span rule, keep x's tail rescored; check y is in the support.
 
     `cap`: the length cap of a finished sequence; `budget`: decode tokens this draw may spend
     (running out is a rejection); `rescore=False` keeps the tail's old scores (only to show the
     bias it causes); `first(state)`, when given, draws the span's first token instead of q (the
-    no-body cut token, surprise.draw_first: the rule reads it like any drawn token)."""
+    no-body cut token, surprise.draw_first: the rule reads it like any drawn token).
+    `exclude`: an id the span's first token may not be (x_t for an excluding move: mh.py
+    `exclusion_term`, `log_weight(exclusion=True)`); with `first`, pass it to `first` instead."""
+    if first is not None and exclude is not None:
+        raise ValueError("propose: give `exclude` to `first` (surprise.draw_first), not both")
     tokens = x.tokens
     s = span_end(tokens, t, rule)
     tail = [tok.id for tok in tokens[s:]]
@@ -166,7 +163,10 @@ def propose(
         if budget is not None and spent >= budget:
             ended = "budget"
             break
-        nxt = first(cur) if first is not None and spent == 0 else lm.extend(cur, one, generator)
+        if spent == 0 and first is not None:
+            nxt = first(cur)
+        else:
+            nxt = lm.extend(cur, one, generator, **({"exclude": exclude} if spent == 0 else {}))
         spent += 1
         j = len(nxt) - 1
         if j > t and rule.decision is not None and nxt.tokens[j].entropy >= rule.decision:
@@ -223,14 +223,20 @@ def _junction(tokens: Sequence[Token], t: int, k: int, q: Sampling, eos, cap: in
 
 def log_weight(
     x: Sequence[Token], y: Sequence[Token], t: int, s: int, m: int, alpha: float,
-    *, tail_as_proposal: bool = False,
+    *, tail_as_proposal: bool = False, exclusion: bool = False,
 ) -> tuple[float, float]:
     """(target part, proposal part) of log A; `tail_as_proposal` counts the kept tail in the
-    proposal terms as a suffix move would (wrong here: only to show the bias it causes)."""
+    proposal terms as a suffix move would (wrong here: only to show the bias it causes);
+    `exclusion`: z's first token was drawn with x_t banned (adds mh.exclusion_term)."""
     target = alpha * (sum(k.logp for k in y[t:]) - sum(k.logp for k in x[t:]))
     if tail_as_proposal:
-        return target, sum(k.logq for k in x[t:]) - sum(k.logq for k in y[t:])
-    return target, sum(k.logq for k in x[t:s]) - sum(k.logq for k in y[t: t + m])
+        proposal = sum(k.logq for k in x[t:]) - sum(k.logq for k in y[t:])
+    else:
+        proposal = sum(k.logq for k in x[t:s]) - sum(k.logq for k in y[t: t + m])
+    if exclusion:
+        term = mh.exclusion_term(x, y, t)
+        proposal = -math.inf if -math.inf in (proposal, term) else proposal + term
+    return target, proposal
 
 
 def step_record(
@@ -242,8 +248,10 @@ def step_record(
     verifier_delta: float,
     u: float,
     tail_as_proposal: bool = False,
+    exclusion: bool = False,
 ) -> StepRecord:
-    """The MH decision for a local proposal; out of the support means log A = -inf."""
+    """The MH decision for a local proposal; out of the support means log A = -inf.
+    `exclusion`: its first token was drawn with x_t banned (`propose(exclude=...)`)."""
     t = p.t
     if p.y is None:
         return StepRecord(
@@ -251,7 +259,7 @@ def step_record(
             log_accept=-math.inf, log_target=0.0, log_proposal=0.0, log_cut_correction=0.0,
             log_verifier=0.0, accepted=False, decode_tokens=p.decode_tokens)
     target, proposal = log_weight(x, p.y.tokens, t, p.s, p.m, alpha,
-                                  tail_as_proposal=tail_as_proposal)
+                                  tail_as_proposal=tail_as_proposal, exclusion=exclusion)
     log_a = target + proposal + correction + verifier_delta
     return StepRecord(
         cut_position=t, cut_entropy=x[t].entropy, proposal_length=p.m, log_accept=log_a,

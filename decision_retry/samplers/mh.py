@@ -10,6 +10,21 @@ the proposal q, and accepts with
 
 Without the cut correction an entropy-cut chain samples p^alpha * Z(x) instead of p^alpha.
 Note the uniform cut needs it too when lengths vary: c(t | x) = 1 / L(x).
+
+**No null moves (exclusion).** Redrawing the cut token from q often returns x_t itself (q(x_t)
+near 1 at a calm token), and the identical proposal is decoded, tested and accepted for
+nothing. An excluding move draws y_t from q(.) / (1 - q(x_t)) over y_t != x_t (the rest as
+before); its reverse draws x_t with probability q(x_t) / (1 - q(y_t)), both under the one
+q(. | x_<t), so log A gains
+
+    log(1 - q(x_t)) - log(1 - q(y_t))                `exclusion_term`
+
+Tokens keep their unrestricted logq (lm.LM, sampling.without), so the term reads them. Where
+1 - q(x_t) < NULL_MASS no other token exists at t (`null_at`): the move at t is the identity,
+recorded as rejected without decoding (`null_record`). That is exact with c unchanged: the
+kernel is sum_t c(t | x) K_t(x, .), each K_t is pi-reversible on its own, and no y reaches such
+an x at t either, since its term log(1 - q(x_t)) = -inf (the same threshold reads the same
+stored logq both ways). tests/test_exclusion_exact.py checks it by enumeration.
 """
 
 from __future__ import annotations
@@ -49,6 +64,43 @@ class StepRecord(BaseModel):
     approximate: bool | None = None
 
 
+# -- exclusion: the cut token always changes (module docstring) -----------------------------
+NULL_MASS = 1e-6  # 1 - q(x_t) below this: no other token at t (float32 logq resolves ~6e-8)
+
+
+def log_other(logq: float) -> float:
+    """log(1 - q) for a token of log-probability `logq` under the proposal: the mass of every
+    other token; -inf where it is below NULL_MASS (then the token is alone: a null move)."""
+    if logq >= math.log1p(-NULL_MASS):
+        return -math.inf
+    return math.log(-math.expm1(logq)) if logq > -0.693 else math.log1p(-math.exp(logq))
+
+
+def null_at(tokens: Sequence[Token], t: int) -> bool:
+    """Is an excluding move at t impossible (q has no token but x_t there)? Decodes nothing."""
+    return log_other(tokens[t].logq) == -math.inf
+
+
+def exclusion_term(x: Sequence[Token], y: Sequence[Token], t: int) -> float:
+    """log(1 - q(x_t)) - log(1 - q(y_t)) for an excluding move from x to y at t; -inf where the
+    reverse move cannot exist (y_t alone under q: from y, t is a null move).
+
+    Both logq are the unrestricted proposal's at t, under the prefix x_<t = y_<t (read them
+    after surprise.swap_logq for the no-body cut token: then they are q_B's)."""
+    lx, ly = log_other(x[t].logq), log_other(y[t].logq)
+    if lx == -math.inf or ly == -math.inf:
+        return -math.inf
+    return lx - ly
+
+
+def null_record(x: Sequence[Token], t: int) -> StepRecord:
+    """The step of a null move at t: rejected, nothing decoded, nothing tested."""
+    return StepRecord(
+        cut_position=t, cut_entropy=x[t].entropy, proposal_length=0, log_accept=-math.inf,
+        log_target=0.0, log_proposal=0.0, log_cut_correction=0.0, log_verifier=0.0,
+        accepted=False, decode_tokens=0)
+
+
 def suffix_sums(tokens: Sequence[Token], t: int) -> tuple[float, float]:
     """(sum logp, sum logq) over tokens[t:], to the sequence's own end."""
     tail = tokens[t:]
@@ -66,11 +118,21 @@ def log_cut_correction(
     )
 
 
-def log_weight(x: Sequence[Token], y: Sequence[Token], t: int, alpha: float) -> tuple[float, float]:
-    """(target part, proposal part) of log A for replacing x_t: by y_t:."""
+def log_weight(x: Sequence[Token], y: Sequence[Token], t: int, alpha: float,
+               *, exclusion: bool = False) -> tuple[float, float]:
+    """(target part, proposal part) of log A for replacing x_t: by y_t:; with `exclusion` (y_t
+    drawn with x_t banned) the proposal part includes `exclusion_term`."""
     px, qx = suffix_sums(x, t)
     py, qy = suffix_sums(y, t)
-    return alpha * (py - px), qx - qy
+    proposal = qx - qy
+    if exclusion:
+        proposal = _plus(proposal, exclusion_term(x, y, t))
+    return alpha * (py - px), proposal
+
+
+def _plus(a: float, b: float) -> float:
+    """a + b where a -inf on either side wins (-inf + inf is a move that cannot happen)."""
+    return -math.inf if -math.inf in (a, b) else a + b
 
 
 def mh_step_record(
@@ -84,12 +146,14 @@ def mh_step_record(
     u: float,
     decode_tokens: int,
     correction: float | None = None,
+    exclusion: bool = False,
 ) -> StepRecord:
     """Score the proposal y against x at cut t and decide with the uniform draw u.
 
     `correction` overrides the cut correction computed from `rule` (for callers whose cut
-    distribution sees more than the token entropies, e.g. multi-turn trajectories)."""
-    target, proposal = log_weight(x, y, t, alpha)
+    distribution sees more than the token entropies, e.g. multi-turn trajectories);
+    `exclusion`: y_t was drawn with x_t banned (log_proposal then includes `exclusion_term`)."""
+    target, proposal = log_weight(x, y, t, alpha, exclusion=exclusion)
     corr = log_cut_correction(x, y, t, rule) if correction is None else correction
     log_a = target + proposal + corr + verifier_delta
     return StepRecord(

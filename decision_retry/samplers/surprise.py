@@ -27,8 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from decision_retry.samplers.local import stop_kind
-from decision_retry.tokens import DecodeState, Sampling, Token
+from decision_retry.tokens import DecodeState, Sampling, Token, stop_reason
 
 CAP = 50.0  # nats: a token impossible under B (-inf) weighs as one of probability e^-50
 
@@ -98,14 +97,18 @@ def surprises(tokens: Sequence[Token]) -> list[float]:
 # p of the patch context: only where the cut token comes from changes. The stopping rule is the
 # usual one as if y_t.. were drawn by one `extend` from t (`first_then_extend`), so both
 # directions are moves of the same kernel.
+# With exclusion (mh.py) y_t is drawn from q_B with x_t banned, and the term
+# log(1 - q_B(x_t)) - log(1 - q_B(y_t)) is mh.exclusion_term read after `swap_logq`.
 
 
 def draw_first(ctx: AltContext, alt_x: DecodeState, lm, prefix: DecodeState, t: int, q: Sampling,
-               generator) -> DecodeState:
+               generator, *, exclude: int | None = None) -> DecodeState:
     """prefix (= x_<t in the patch context) + y_t ~ q_B(. | B, x_<t), with y_t's patch-context
-    scores (one scored position) and its B scores (alt_logp, alt_logq)."""
+    scores (one scored position) and its B scores (alt_logp, alt_logq, unrestricted);
+    `exclude` (x_t's id): y_t drawn from q_B with it banned."""
     one = q.model_copy(update={"max_new_tokens": 1, "stop": (), "stop_regex": None})
-    b = ctx.lm.extend(ctx.lm.fork(alt_x, t), one, generator)  # one decode step under B
+    b = ctx.lm.extend(ctx.lm.fork(alt_x, t), one, generator,  # one decode step under B
+                      **({} if exclude is None else {"exclude": exclude}))
     drawn = b.tokens[-1]
     y = lm.score(prefix, [drawn.id], q)
     tok = y.tokens[-1].model_copy(update={"alt_logp": drawn.logp, "alt_logq": drawn.logq})
@@ -118,14 +121,14 @@ def first_then_extend(lm, first: DecodeState, t: int, q: Sampling,
     that call's stop window starts at t (lm.LM._finish), so a stop string that needs y_t, or a
     length cap of q.max_new_tokens tokens from t, ends the sequence here too. Returns the
     sequence and the decode tokens spent after y_t (a look-ahead cut off by such a stop counts)."""
-    stop = stop_kind(first.tokens, t, q, lm.eos_ids, start=t)
+    stop = stop_reason(first.tokens, t, q, lm.eos_ids, start=t)
     if stop or q.max_new_tokens <= 1:
         return replace(first, finish=stop or "length"), 0
     rest = lm.extend(first, q.model_copy(update={"max_new_tokens": q.max_new_tokens - 1}),
                      generator)
     spent = len(rest.tokens) - t - 1
     for i in range(t + 1, len(rest.tokens)):  # a stop the window from t + 1 could not see
-        if (stop := stop_kind(rest.tokens, i, q, lm.eos_ids, start=t)):
+        if (stop := stop_reason(rest.tokens, i, q, lm.eos_ids, start=t)):
             if i == len(rest.tokens) - 1:
                 return (rest if rest.finish == stop else replace(rest, finish=stop)), spent
             return replace(lm.fork(rest, i + 1), finish=stop), spent

@@ -39,7 +39,7 @@ from decision_retry.langgraph import (
     route_after_rewind,
 )
 from decision_retry.retry import RetryConfig
-from decision_retry.tokens import Sampling
+from decision_retry.tokens import Sampling, stop_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "decision_retry.cli"]
@@ -169,6 +169,12 @@ def test_stop_strings_end_a_row_and_stop_the_server(engine):
     s = Sampling(temperature=0.0, max_new_tokens=120, stop=("\n",))
     out = engine.extend(engine.prefill(PROMPT), s, gen(0))
     assert out.finish == "stop" and "\n" in out.text and out.text.count("\n") == 1
+    # the one stop rule (tokens.stop_reason, as lm.LM and the local moves): here, and not before
+    rule = [stop_reason(out.tokens, i, s, engine.eos_ids) for i in range(len(out.tokens))]
+    assert rule == [None] * (len(out.tokens) - 1) + ["stop"]
+    assert engine.excludes is False
+    with pytest.raises(ValueError, match="cannot ban a token"):
+        engine.extend(engine.prefill(PROMPT), s, gen(0), exclude=out.tokens[0].id)
 
 
 # -- through the CLI --------------------------------------------------------------------------

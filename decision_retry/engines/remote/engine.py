@@ -16,7 +16,6 @@ by the prompt it sees. So
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,7 +25,7 @@ from decision_retry.engines.remote import bounds
 from decision_retry.engines.remote.http import Http
 from decision_retry.engines.remote.wire import Dialect, End, ModelInfo, Request, Step, Usage
 from decision_retry.errors import BadInput
-from decision_retry.tokens import Alternative, DecodeState, Finish, Sampling, Token
+from decision_retry.tokens import Alternative, DecodeState, Finish, Sampling, Token, stop_reason
 
 DEFAULT_TOP = 20  # listed candidates per position: vLLM's default --max-logprobs
 
@@ -59,6 +58,9 @@ class RemoteEngine:
     """A model served by llama.cpp or vLLM, behind the `Engine` protocol."""
 
     teacher_forcing = False  # `score` would need prompt logprobs: not wired (docs/scaling.md)
+    # `extend(..., exclude=id)` would need a one-token request with the id banned and log A's
+    # exclusion term from estimated logq: not wired, so chains keep the plain kernel here
+    excludes = False
 
     def __init__(self, dialect: Dialect, http: Http, info: ModelInfo, *, exact: bool = False,
                  top: int = DEFAULT_TOP) -> None:
@@ -107,13 +109,18 @@ class RemoteEngine:
         )
 
     # -- decoding --------------------------------------------------------------------------
-    def extend(self, state: DecodeState, sampling: Sampling, generator: torch.Generator) -> DecodeState:
-        return self.extend_many(state, sampling, [generator])[0]
+    def extend(self, state: DecodeState, sampling: Sampling, generator: torch.Generator,
+               *, exclude: int | None = None) -> DecodeState:
+        return self.extend_many(state, sampling, [generator], exclude=exclude)[0]
 
     def extend_many(
-        self, state: DecodeState, sampling: Sampling, generators: Sequence[torch.Generator]
+        self, state: DecodeState, sampling: Sampling, generators: Sequence[torch.Generator],
+        *, exclude: int | None = None,
     ) -> list[DecodeState]:
         """K continuations of one prefix: one request, `n` rows, seeded from the generators."""
+        if exclude is not None:
+            raise ValueError(f"the {self.dialect.kind} engine cannot ban a token (excludes is "
+                             "False): use the plain kernel with remote engines")
         if state.finish in ("eos", "stop"):
             return [state for _ in generators]  # "length" only paused: it may grow again
         seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=g)) for g in generators]
@@ -201,15 +208,10 @@ class RemoteEngine:
         return piece(tid) if piece is not None else ""
 
     def _finish(self, row: _Row, sampling: Sampling) -> Finish | None:
-        new = row.tokens
-        if new[-1].id in self.eos_ids:
-            return "eos"
-        if sampling.stop or sampling.stop_regex:
-            tail = "".join(t.text for t in new[-16:])
-            if any(s in tail for s in sampling.stop):
-                return "stop"
-            if sampling.stop_regex and re.search(sampling.stop_regex, tail):
-                return "stop"
+        new = row.tokens  # the stop window starts where this request began, as in lm.LM
+        stop = stop_reason(new, len(new) - 1, sampling, self.eos_ids)
+        if stop is not None:
+            return stop
         if len(new) >= sampling.max_new_tokens:
             return "length"
         return None
