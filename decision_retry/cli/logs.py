@@ -101,11 +101,11 @@ def list_runs(count: int, as_json: bool, home: str | None) -> None:
         return
     for run, n in runs:
         created = run.created_at.strftime("%Y-%m-%d %H:%M:%S")
-        click.echo(
+        click.echo(visible(
             f"{run.id}  {created}  {run.outcome or 'unfinished':<10}  {run.strategy:<12}  "
             f"{run.model}  ({n['branches']} branches, {n['turns']} turns, {n['tokens']} tokens, "
             f"{n['mh_steps']} MH steps)"
-        )
+        ))
 
 
 @logs.command("show")
@@ -154,7 +154,8 @@ def render_summary(tree: RunTree, width: int | None = None) -> list[Text]:
         if width is not None and len(text) > width and a.same_as is None and a.diff:
             room = len(a.changed) - (len(text) - width)
             text = attempt_line(replace(a, changed=diff_summary(a.diff, max(24, room))))
-        lines.append(Text(text, {True: "green", False: "red"}.get(a.passed, "")))  # type: ignore[arg-type]
+        style = {True: "green", False: "red"}.get(a.passed, "")  # type: ignore[arg-type]
+        lines.append(Text(text, style))
     fix = fixing_attempt(tree)
     if fix is not None and fix.final_diff:
         lines.append(Text(f"the fix (#{fix.index}), every line of its diff:", "bold"))
@@ -377,16 +378,16 @@ def gc(older_than: str | None, dry_run: bool, home: str | None) -> None:
         found = leftovers.gc(store, older_than=age, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for d in found.clones:
-        click.echo(f"{verb} clone {d}")
+        click.echo(visible(f"{verb} clone {d}"))
     for d in found.scratch:
-        click.echo(f"{verb} test report directory {d}")
+        click.echo(visible(f"{verb} test report directory {d}"))
     for run_id in found.interrupted:
         click.echo(f"{'would mark' if dry_run else 'marked'} run {run_id[:12]} interrupted")
     for run_id in found.deleted_runs:
         click.echo(f"{verb} run {run_id[:12]} from the store")
     for item in found.refs + found.worktrees:
-        click.echo(f"{verb} {item}")
+        click.echo(visible(f"{verb} {item}"))
     for item in found.branches:
-        click.echo(f"kept fix branch {item} (delete it with `git branch -D` when done)")
+        click.echo(visible(f"kept fix branch {item} (delete it with `git branch -D` when done)"))
     total = len(found.clones) + len(found.scratch) + len(found.deleted_runs) + len(found.refs) + len(found.worktrees)
     click.echo(f"{verb} {total} item(s)")

@@ -232,7 +232,8 @@ def _branch_html(tree: RunTree, a: s.Attempt, branch: Branch, scales: dict[str, 
     body = f"{turns or '<p>no turns recorded</p>'}{tests}"
     if a.same_as is not None:  # the same code as an earlier attempt: folded away
         return (f'<section class="branch-turns repeat" data-branch="{branch.id}"><details>'
-                f"<summary>{title} · same code as #{a.same_as}</summary>{body}</details></section>")
+                f"<summary>{title} · same code as #{a.same_as}</summary>{body}</details>"
+                "</section>")
     return (f'<section class="branch-turns" data-branch="{branch.id}"><h3>{title}</h3>'
             f"{body}</section>")
 
@@ -343,7 +344,8 @@ def _signal_controls(signal: str, has_surprise: bool, scales: dict[str, float]) 
             "entropy": "entropy of the next-token distribution"}
     legend = (f'<p id="signal-legend">Heat map and plot: '
               f'<b class="signal-name">{signal}</b>, the signal this run\'s cuts used '
-              f'({what[signal]}) <span class="heat-scale"></span> 0 to <span class="scale-top">{scales[signal]:.1f}</span> nats; '
+              f'({what[signal]}) <span class="heat-scale"></span> 0 to '
+              f'<span class="scale-top">{scales[signal]:.1f}</span> nats; '
               "outlined tokens are decision points; faded tokens are the prefix a retry kept; "
               "green-outlined tokens are the change that fixed the bug.</p>")
     if not has_surprise:
@@ -376,6 +378,7 @@ def render_report(tree: RunTree) -> str:
     meta_html = "".join(f'<dt>{k}</dt><dd{" id=run-cost" if k == "cost" else ""}>{_text(v)}</dd>'
                         for k, v in meta.items() if v is not None)
     settings_html = " · ".join(f"{k} <b>{_text(v)}</b>" for k, v in settings(tree))
+    plot = _plot_data(tree, scales, signal)
     sections = "".join(_branch_html(tree, by_branch[b.id], b, scales, changed)
                        for b in tree.branches)
     return f"""<!doctype html>
@@ -409,7 +412,7 @@ turns.</p>
 <h2>Turns</h2>
 {sections}
 <div id="token-detail" hidden></div>
-<script type="application/json" id="trace-data">{_script_json(_plot_data(tree, scales, signal))}</script>
+<script type="application/json" id="trace-data">{_script_json(plot)}</script>
 <script>{JS}</script>
 </body></html>
 """

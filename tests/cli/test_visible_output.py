@@ -23,11 +23,11 @@ PAD = "x" * 240
 # a fix that passes the tests, with a 300-column line ending in a call (never run: `or`
 # short-circuits) and a string holding the erase sequence as raw ESC bytes
 HOSTILE = [
-    "def celsius_to_fahrenheit(celsius: float) -> float:\n"
+    ("def celsius_to_fahrenheit(celsius: float) -> float:\n"
     '    """Degrees Celsius to degrees Fahrenheit."""\n'
     f'    import os; _ = "{PAD}" or {HIDDEN_CALL}\n'
     f'    _hide = "{ERASE}"\n'
-    "    return celsius * 9 / 5 + 32\n",
+    "    return celsius * 9 / 5 + 32\n"),
     "```",
 ]
 
@@ -90,7 +90,7 @@ def test_a_terminal_wraps_the_line_and_keeps_every_character(hostile_run):
     """On an 80-column terminal the summary wraps: joined again, every character is there."""
     from decision_retry.agent.runner import FixResult
 
-    out, home, _ = hostile_run
+    out, _home, _ = hostile_run
     diff = out.stderr[out.stderr.index("diff --git"):out.stderr.index("the fix is on branch")]
     result = FixResult(run_id="r" * 20, fixed=True, attempts=1, decode_tokens=2, stop="fixed",
                        diff=diff.replace('\\x1b', "\x1b"))

@@ -67,10 +67,10 @@ def test_logs_show_prints_one_line_per_attempt(home):
     attempts = [ln for ln in lines if ln.startswith("#")]
     assert attempts == [
         "#0 fresh | - return a + b / + return a - b | 3 passed, 1 failed (0.8s)",
-        "#1 from #0: cut turn 1 token 6 ' -'→' +' (entropy 3.10) | code unchanged"
-        " | accepted, log A 1.20 | 4 passed, 0 failed (0.7s)",
-        "#2 from #0: cut turn 0 token 2 'calc'→'tests' (entropy 2.40) | same code as #0"
-        " | rejected, log A -2.00 | 3 passed, 1 failed (0.8s)",
+        ("#1 from #0: cut turn 1 token 6 ' -'→' +' (entropy 3.10) | code unchanged"
+        " | accepted, log A 1.20 | 4 passed, 0 failed (0.7s)"),
+        ("#2 from #0: cut turn 0 token 2 'calc'→'tests' (entropy 2.40) | same code as #0"
+        " | rejected, log A -2.00 | 3 passed, 1 failed (0.8s)"),
     ]
     assert "--full" in lines[-1] and len(lines) == 6
 

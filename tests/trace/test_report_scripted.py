@@ -131,8 +131,8 @@ def test_report_collapses_identical_attempts(report_dom):
     for node in nodes:
         if "collapsed" in node.classes:
             n = len(node.attrs["data-branches"].split())
-            assert f"({n}x)" in [e.text for e in dom.select("span", "branch-label")
-                                 if node in e.ancestors][0]
+            assert f"({n}x)" in next(e.text for e in dom.select("span", "branch-label")
+                                 if node in e.ancestors)
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
@@ -143,7 +143,8 @@ def test_turn_headers_and_tool_lines_are_words_not_json(report_dom):
         assert all("temperature" in h and "prompt tokens" in h for h in heads)
         calls = [e for e in dom.select("div", "tool-call")]
         assert calls and all("{" not in c.text for c in calls)
-        assert "decode tokens" in [e for e in dom.elements if e.attrs.get("id") == "run-cost"][0].text
+        [cost] = [e for e in dom.elements if e.attrs.get("id") == "run-cost"]
+        assert "decode tokens" in cost.text
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
@@ -152,7 +153,7 @@ def test_report_marks_the_change_that_fixed_the_bug(report_dom):
     [fix] = dom.select("li", "fix", inside="branch-tree")
     assert fix.attrs["data-passed"] == "true"
     assert "the fix" in [e.text for e in dom.select("span", "fix-mark")]
-    cut = [e.text for e in dom.select("span", "cut-info") if fix in e.ancestors][0]
+    cut = next(e.text for e in dom.select("span", "cut-info") if fix in e.ancestors)
     assert re.fullmatch(r"cut units\.py:6 '.+'→'\+' \(surprise \d+\.\d\d\)", cut), cut
     added = [e.text for e in dom.select("span", "add", inside="the-fix")]
     assert "+    return celsius * 9 / 5 + 32" in added
@@ -170,7 +171,8 @@ def test_an_old_store_still_shows(tmp_path):
         sample = record_sample(store)
     db = sqlite3.connect(home / "traces.db")
     for name, fn in MIGRATIONS[1:]:  # undo every migration after m001
-        for table, column in re.findall(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", inspect.getsource(fn)):
+        added = re.findall(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", inspect.getsource(fn))
+        for table, column in added:
             db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
         db.execute("DELETE FROM _migrations WHERE name = ?", (name,))
     db.commit()
