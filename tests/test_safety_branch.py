@@ -17,7 +17,6 @@ sys.path.insert(0, str(Path(__file__).parent / "agent"))
 from test_workspace import repo_state, sh_git, write
 
 from decision_retry.agent.runner import FixConfig, fix
-from decision_retry.errors import BadInput
 from decision_retry.retry import RetryConfig
 from decision_retry.testing import scripted_lm
 from decision_retry.trace.store import TraceStore
@@ -135,18 +134,22 @@ def test_code_that_rewrites_a_test_file_while_the_tests_run_is_not_a_fix(tmp_pat
     assert sh_git(repo, "branch", "--list", "decision-retry/*") == ""
 
 
-def test_the_patch_protocol_never_rewrites_a_test_file(tmp_path, store):
+def test_the_patch_protocol_never_rewrites_the_failing_tests_file(tmp_path, store):
     repo = tmp_path / "repo"
     repo.mkdir()
     sh_git(repo, "init", "-q")
-    # the only function in sight is in a test file: no suspect to rewrite
-    write(repo / "test_calc.py", "def add(a, b):\n    return a - b\n\n"
-          "def test_add():\n    assert add(1, 2) == 3\n")
+    # a test file by the project's own naming (not test_*.py): its helper is the spec, not a suspect
+    write(repo / "pytest.ini", "[pytest]\npython_files = check_*.py\n")
+    write(repo / "calc.py", "def add(a, b):\n    return a - b\n")
+    write(repo / "check_calc.py", "from calc import add\n\ndef expected():\n    return 3\n\n"
+          "def test_add():\n    assert add(1, 2) == expected()\n")
     sh_git(repo, "add", "-A")
     sh_git(repo, "commit", "-q", "-m", "initial")
-    with pytest.raises(BadInput):
-        fix(repo, config(), lm=scripted_lm(FIXED_ADD), store=store)
-    assert sh_git(repo, "branch", "--list", "decision-retry/*") == ""
+    weaken = ["def expected():\n    return -1\n", "```"]  # rewrites the spec to fit the bug
+    result = fix(repo, config(), lm=scripted_lm(weaken), store=store)
+    assert not result.fixed and result.branch is None
+    shown = [s["file"] for c in store.load(result.run_id).tool_calls for s in c.arguments["shown"]]
+    assert shown and "check_calc.py" not in shown
 
 
 # -- item 8: the low items -----------------------------------------------------------------
