@@ -547,3 +547,25 @@ def test_limits_parse_and_bad_values_are_one_line() -> None:
     for bad in ("memory=lots", "disk=1G", "cpu=-1", "cpu="):
         with pytest.raises(BadInput, match="DECISION_RETRY_LIMITS"):
             Limits().parse(bad)
+
+
+# -- the verdict end to end (issue 32, item 2) --------------------------------------------------
+
+
+def test_a_reply_that_exits_early_is_not_a_fix(tmp_path: Path) -> None:
+    """`os._exit(0)` in the function body was reported "fixed", exit 0."""
+    from test_fix import config, fixture_repo
+
+    from decision_retry.agent.runner import fix
+    from decision_retry.testing import scripted_lm
+    from decision_retry.trace.store import TraceStore
+
+    repo = fixture_repo(tmp_path, "units")
+    before = repo_state(repo)
+    script = ["def celsius_to_fahrenheit(celsius: float) -> float:\n    import os\n"
+              "    os._exit(0)\n", "```"]
+    with TraceStore(tmp_path / "home" / "traces.db") as store:
+        cfg = config().model_copy(update={"max_attempts": 2})
+        result = fix(repo, cfg, lm=scripted_lm(script), store=store)
+    assert not result.fixed and result.branch is None
+    assert repo_state(repo) == before
