@@ -6,9 +6,11 @@ execs the sandbox, so everything inside inherits them and our own process keeps 
     memory      RLIMIT_DATA: heap and private writable mappings per process (what an
                 allocation takes; address space reserved but not written, as Go and the JVM
                 do, is not counted)           default: half the machine's memory, at most 4 GiB
-    processes   RLIMIT_NPROC: processes of the user; the kernel does not apply it to root,
-                so as root a pids cgroup of the run holds it where cgroups can be written
-                (`pids_cgroup`)               default: 4096
+    processes   as root, tasks (threads count) in a pids cgroup of the run's own, where
+                cgroups can be written (`pids_cgroup`; the kernel does not apply RLIMIT_NPROC
+                to root)                      default: 4096
+                else RLIMIT_NPROC, which counts all the user's tasks (a desktop session has
+                thousands)                    default: 16384
     file-size   RLIMIT_FSIZE: the largest file a process can write      default: 1 GiB
     cpu         RLIMIT_CPU: CPU seconds per process                       default: 3600
 
@@ -77,7 +79,7 @@ class Limits(BaseModel):
     @classmethod
     def default(cls) -> Limits:
         """The defaults, then what DECISION_RETRY_LIMITS changes."""
-        base = cls(memory=_default_memory())
+        base = cls(memory=_default_memory(), processes=4096 if os.geteuid() == 0 else 16384)
         spec = os.environ.get(ENV_VAR, "").strip()
         return base.parse(spec) if spec else base
 
