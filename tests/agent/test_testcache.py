@@ -140,6 +140,7 @@ def test_costs_categories_sum_within_the_total(tmp_path, store):
     parts = [c[k]["cpu_s"] for k in (*CATEGORIES, "other")]
     assert all(p >= 0 for p in parts)
     assert c["tests"]["cpu_s"] > 0 and c["localisation"]["cpu_s"] > 0  # subprocesses, reaped
+    assert c["decode"]["wall_s"] > 0 and c["prefill"]["wall_s"] > 0  # the engine's calls, timed
     assert sum(parts) == pytest.approx(c["cpu_s"], abs=0.01)
     assert sum(c[k]["cpu_s"] for k in CATEGORIES) <= c["cpu_s"] + 1e-6
     assert sum(c[k]["wall_s"] for k in CATEGORIES) <= c["wall_s"] + 1e-6
