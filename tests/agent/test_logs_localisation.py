@@ -37,7 +37,11 @@ def test_logs_show_summarises_the_ranking(tmp_path):
         rec.record_tool_call(turn, action="read", arguments={"path": "pkg/m1.py"},
                              observation="...")
         rec.finish_run("fixed")
-    shown = run_cli("logs", "show", run.id[:8], home=home)
+    summary = run_cli("logs", "show", run.id[:8], home=home)  # the default: one line for it
+    assert summary.returncode == 0, summary.stderr
+    assert ("localisation: pkg/m0.py::f0 0.93 (shown), pkg/m1.py::f1 0.41 (shown), pkg/m2.py::f2 "
+            "0.20, +2 more; spectrum 1 failing, 7 passing") in summary.stdout.splitlines()
+    shown = run_cli("logs", "show", run.id[:8], "--full", home=home)
     assert shown.returncode == 0, shown.stderr
     (line,) = [x for x in unwrapped(shown.stdout).splitlines() if "tool apply_patch" in x]
     assert ('tool apply_patch {"file": "pkg/m0.py", "function": "f0"} · shown pkg/m0.py::f0, '
