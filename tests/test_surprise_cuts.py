@@ -1,9 +1,9 @@
 """Surprise cuts (samplers/surprise.py) are exact: proven against enumeration of p^alpha.
 
-The agent's kernel, without the repository: `retry.choose_cut` on the current reply's surprises
+The agent's kernel, without the repository: `Chain.next_cut` on the current reply's surprises
 under a second context, a proposal from the cut (suffix or local move), the proposal scored
 under that context from the cut on (`surprise.annotate`, as agent/graph.py does), and
-`retry.accept`. The model is test_samplers_exact.py's 121-sequence toy; the second context is a
+`Chain.decide` (samplers/chain.py: the code `fix` runs). The model is test_samplers_exact.py's 121-sequence toy; the second context is a
 different table (another seed), so the surprises are not the model's own log-probabilities.
 """
 
@@ -16,10 +16,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from decision_retry import retry, sampling
+from decision_retry import sampling
 from decision_retry.lm import Sampling
-from decision_retry.retry import RetryConfig
 from decision_retry.samplers import cuts, local, surprise
+from decision_retry.samplers.chain import Chain, RetryConfig, Trajectory, accept, choose_cut
 from decision_retry.samplers.cuts import CutRule
 from decision_retry.samplers.local import SpanRule
 from decision_retry.testing import table_lm
@@ -54,7 +54,8 @@ def q(n: int) -> Sampling:
 def move(lm, ctx, x, alt_x, cfg: RetryConfig, g, wrong: str | None = None):
     """One move of the agent's kernel: (new x, its no-body state). `wrong="no-correction"` decides
     the same draws without the reverse-cut term."""
-    cut = retry.choose_cut([x.tokens], cfg, g)
+    chain = Chain(cfg)
+    cut = chain.next_cut(Trajectory([x.tokens], 0.0), g)
     t = cut.index
     span = None
     first = None
@@ -70,9 +71,13 @@ def move(lm, ctx, x, alt_x, cfg: RetryConfig, g, wrong: str | None = None):
     else:
         y = lm.extend(lm.fork(x, t), q(MAX_LEN - t), g)
     s = surprise.annotate(ctx, y, q(1), base=alt_x, t=t)
+    if wrong is None:
+        d = chain.decide(Trajectory([x.tokens], 0.0), [Trajectory([s.y.tokens], 0.0, span=span)],
+                         cut, generator=g, decode_tokens=0)
+        return (s.y, s.alt) if d.accepted else (x, alt_x)
     u = sampling.uniform(g)
-    rec = retry.accept([x.tokens], [s.y.tokens], cut, config=cfg, r_current=0.0,
-                       r_proposal=0.0, u=u, decode_tokens=0, span=span)
+    rec = accept([x.tokens], [s.y.tokens], cut, config=cfg, r_current=0.0, r_proposal=0.0, u=u,
+                 decode_tokens=0, span=span)
     log_a = rec.log_accept - (rec.log_cut_correction if wrong == "no-correction" else 0.0)
     ok = u == 0 or math.log(u) < log_a
     return (s.y, s.alt) if ok else (x, alt_x)
@@ -123,7 +128,7 @@ def test_surprises_are_the_second_contexts_scores(toy):
     again = ctx.lm.score(ctx.state, [t.id for t in y.tokens], q(1)).tokens
     assert [t.alt_logp for t in sy.y.tokens] == pytest.approx([t.logp for t in again], abs=1e-9)
     with pytest.raises(surprise.MissingScores, match="no score under the no-body context"):
-        retry.choose_cut([x.tokens], config(), torch.Generator())
+        choose_cut([x.tokens], config(), torch.Generator())
 
 
 def test_the_cut_reads_the_surprises_not_the_entropies(toy):
@@ -140,7 +145,7 @@ def test_the_cut_reads_the_surprises_not_the_entropies(toy):
     cfg = config(cut=CutRule(eps=0.0))
     assert cfg.rule.kind == "level"
     g = torch.Generator().manual_seed(0)
-    hits = collections.Counter(retry.choose_cut([x.tokens], cfg, g).index for _ in range(4000))
+    hits = collections.Counter(choose_cut([x.tokens], cfg, g).index for _ in range(4000))
     want = cuts.weights(s, CutRule(kind="level", beta=4))
     for t in range(len(x)):
         assert hits[t] / 4000 == pytest.approx(want[t] / sum(want), abs=0.03)

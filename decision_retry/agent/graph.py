@@ -4,13 +4,16 @@
 * act:    runs the turn's action on the worktree (tools mode loops back to model);
 * verify: runs the tests;
 * rewind: the MH decision against the chain's current attempt, then the next cut: restores the
-          repository snapshot taken before the cut turn and routes back to model.
-A local move (retry.py, samplers/local.py) whose draw falls outside the support has no attempt to
+          repository snapshot taken before the cut turn and routes back to model. Both are the
+          chain's calls (samplers/chain.py, the same code the LangGraph nodes, the LangChain
+          middleware and `sample` run); the chain's state (current, tried cuts, spent, attempts)
+          lives in the graph state.
+A local move (samplers/chain.py, samplers/local.py) whose draw falls outside the support has no attempt to
 run: model routes straight to rewind, which records it as a rejected step.
 With surprise cut weights or the no-body cut token every reply is also scored under the no-body
 context (agent/nobody.py, samplers/surprise.py): one teacher-forced pass from the cut on, counted
 as prefill positions; the no-body cut token draws the first new token of a rewind there.
-Routers are pure functions of the state. One loop serves every strategy (retry.py).
+Routers are pure functions of the state. One loop serves every strategy.
 """
 
 from __future__ import annotations
@@ -23,14 +26,21 @@ from typing import Annotated, Any, Literal, TypedDict
 import torch
 from langgraph.graph import END, START, StateGraph
 
-from decision_retry import retry, sampling
+from decision_retry import sampling
 from decision_retry.agent import nobody
 from decision_retry.agent.testrun import TestResult
 from decision_retry.costs import out_of_time  # COST: fix --time-limit
 from decision_retry.errors import BadInput
 from decision_retry.lm import DecodeState, Sampling
-from decision_retry.retry import CutPoint
 from decision_retry.samplers import local, surprise
+from decision_retry.samplers.chain import (
+    CUT_STRATEGIES,
+    Chain,
+    CutPoint,
+    RetryConfig,
+    Trajectory,
+    verdict,
+)
 from decision_retry.samplers.mh import StepRecord
 from decision_retry.trace.models import Branch, Cut, Turn
 
@@ -71,15 +81,20 @@ class Attempt:
 
     @property
     def r(self) -> float:
-        if self.test is None:
-            return 0.0
-        return 1.0 if self.test.ok else self.test.fraction_passed
+        return 0.0 if self.test is None else verdict(self.test.ok, self.test.fraction_passed)
+
+    @property
+    def trajectory(self) -> Trajectory:
+        """What the chain reads of this attempt."""
+        return Trajectory(self.tokens, self.r, self.stops, self.span,
+                          passed=self.test is not None and self.test.ok)
 
 
 class FixState(TypedDict, total=False):
     current: Attempt | None  # the chain's accepted attempt
     pending: list[Attempt]  # attempts in progress (K of them for a multiple-try move)
     cut: CutPoint | None  # where the next proposal starts (None: fresh or from the end)
+    tried: tuple[int, ...]  # cuts tried from `current` (run-wide for argmax-cut)
     spent: int  # decode tokens, accepted or not
     prefilled: int  # positions teacher-forced (kept tails of local moves, no-body scoring)
     rejected: tuple[StepRecord, str] | None  # a local draw outside the support, and why
@@ -135,7 +150,6 @@ class FixAgent:
     on_event: Any = None
     rewinds: list = field(default_factory=list)  # runner.Rewind per cut, in order
     _prompt_cache: dict = field(default_factory=dict)
-    _tried_cuts: dict = field(default_factory=dict)
     _alt: surprise.AltContext | None = None
 
     def __post_init__(self) -> None:
@@ -157,8 +171,12 @@ class FixAgent:
 
     # -- helpers -----------------------------------------------------------------------------
     @property
-    def rc(self) -> retry.RetryConfig:
+    def rc(self) -> RetryConfig:
         return self.config.retry
+
+    @property
+    def chain(self) -> Chain:
+        return Chain(self.rc)
 
     def _event(self, kind: str, **data) -> None:
         if self.on_event:
@@ -174,7 +192,7 @@ class FixAgent:
     def _scored(self, turn: AgentTurn, base: AgentTurn | None = None, t: int = 0) -> tuple[AgentTurn, int]:
         """`turn` with its reply scored under the no-body context (from `base`'s scores, which
         share the reply's first t tokens), and the positions that pass teacher-forced."""
-        if not self.rc.scored or self.rc.strategy not in retry.CUT_STRATEGIES:
+        if not self.rc.scored or self.rc.strategy not in CUT_STRATEGIES:
             return turn, 0
         q = Sampling(temperature=self.rc.q_temperature, max_new_tokens=1, alternatives=0)
         s = surprise.annotate(self._alt_context(), turn.state, q, base=base.alt if base else None,
@@ -352,41 +370,42 @@ class FixAgent:
 
     def rewind(self, state: FixState) -> dict:
         current, proposals, cut = state.get("current"), state["pending"], state.get("cut")
+        # 1) the chain's decision: does it move to a proposal? (a first attempt always does)
+        decoded = sum(a.decoded if a.decoded is not None else
+                      sum(len(t) for t in a.tokens) - cut.index for a in proposals) if cut else 0
+        d = self.chain.decide(current.trajectory if current else None,
+                              [a.trajectory for a in proposals], cut,
+                              tried=state.get("tried", ()), generator=self.generator,
+                              decode_tokens=decoded)
+        new_current = current if d.moved_to is None else proposals[d.moved_to]
         step: list[StepRecord] = []
         if not proposals:  # a local draw outside the support: rejected, nothing ran
             rec, why = state["rejected"]
             step.append(rec)
-            self._tried(current).append(cut)
             fields = rec.model_dump(exclude={"tries"})
             fields["log_accept"] = -sys.float_info.max  # -inf: the store keeps finite numbers
             self.recorder.record_mh_step(current=current.branch, proposal=None, cut_turn=cut.turn,
                                          **fields)
-            new_current = current
-            if self.rewinds:
-                self.rewinds[-1]["accepted"] = False
-            self._event("mh", accepted=False, log_accept=rec.log_accept, reason=why)
-        elif current is None or self.rc.strategy in ("from-end", "restart") or cut is None:
-            new_current = proposals[0]  # nothing to compare with, or no chain: move on
-        else:
-            rec, j = self._decide(current, proposals, cut)
-            step.append(rec)
+            self._decided(False, rec.log_accept, reason=why)
+        elif d.step is not None:
+            step.append(d.step)
             self.recorder.record_mh_step(
-                current=current.branch, proposal=proposals[j].branch, cut_turn=cut.turn,
-                **rec.model_dump(exclude={"tries"}))
-            new_current = proposals[j] if rec.accepted else current
-            if self.rewinds:
-                self.rewinds[-1]["accepted"] = rec.accepted
-            self._event("mh", accepted=rec.accepted, log_accept=rec.log_accept)
+                current=current.branch, proposal=proposals[d.moved_to or 0].branch,
+                cut_turn=cut.turn, **d.step.model_dump(exclude={"tries"}))
+            self._decided(d.step.accepted, d.step.log_accept)
+        out = {"current": new_current, "pending": [], "steps": step, "tried": d.tried}
+
+        # 2) what next: out of budget, out of attempts, or the chain's next cut
         spent, attempts = state.get("spent", 0), state.get("attempts", 0)
         if spent >= self.config.budget_tokens:
-            return {"current": new_current, "pending": [], "steps": step, "stop": "budget"}
+            return {**out, "stop": "budget"}
         if out_of_time(self.config.time_limit_s):  # COST: fix --time-limit (CPU seconds)
-            return {"current": new_current, "pending": [], "steps": step, "stop": "time limit"}
+            return {**out, "stop": "time limit"}
         if attempts >= self.config.max_attempts:
-            return {"current": new_current, "pending": [], "steps": step, "stop": "attempts"}
-        tried = frozenset(c.index for c in self._tried(new_current))
-        next_cut = retry.choose_cut(new_current.tokens, self.rc, self.generator, tried,
-                                    stops=new_current.stops)
+            return {**out, "stop": "attempts"}
+        next_cut = self.chain.next_cut(new_current.trajectory, self.generator, d.tried)
+        if next_cut is not None and self.rc.strategy == "restart":
+            next_cut = None  # a fresh attempt: no parent, no cut to show
         if next_cut is not None:
             turn = new_current.turns[next_cut.turn]
             self.ws.restore(turn.snapshot)
@@ -394,27 +413,9 @@ class FixAgent:
             self.rewinds.append({"file": where[0], "line": where[1], "token": next_cut.token,
                                  "entropy": next_cut.entropy, "surprise": next_cut.surprise})
             self._event("rewind", cut=next_cut, file=where[0], line=where[1])
-        return {"current": new_current, "pending": [], "cut": next_cut, "steps": step}
+        return {**out, "cut": next_cut}
 
-    def _tried(self, current: Attempt) -> list[CutPoint]:
-        """Cuts already tried: per current attempt, or run-wide for the argmax heuristic (else
-        an accepted but failing proposal would send it back to the same token)."""
-        key = "run" if self.rc.strategy == "argmax-cut" else current.branch.id
-        return self._tried_cuts.setdefault(key, [])
-
-    def _decide(self, current: Attempt, proposals: list[Attempt], cut: CutPoint) -> tuple[StepRecord, int]:
-        spent = sum(a.decoded if a.decoded is not None else
-                    sum(len(t) for t in a.tokens) - cut.index for a in proposals)
-        self._tried(current).append(cut)
-        if len(proposals) > 1:
-            j, rec = retry.multiple_try(
-                current.tokens, [a.tokens for a in proposals], cut, config=self.rc,
-                stops=(current.stops, [a.stops for a in proposals]),
-                r_current=current.r, r_proposals=[a.r for a in proposals],
-                generator=self.generator, decode_tokens=spent)
-            return rec, j
-        rec = retry.accept(current.tokens, proposals[0].tokens, cut, config=self.rc,
-                           stops=(current.stops, proposals[0].stops), span=proposals[0].span,
-                           r_current=current.r, r_proposal=proposals[0].r,
-                           u=sampling.uniform(self.generator), decode_tokens=spent)
-        return rec, 0
+    def _decided(self, accepted: bool, log_accept: float, **extra) -> None:
+        if self.rewinds:
+            self.rewinds[-1]["accepted"] = accepted
+        self._event("mh", accepted=accepted, log_accept=log_accept, **extra)

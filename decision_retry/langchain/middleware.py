@@ -30,7 +30,6 @@ from langchain_core.messages import AIMessage, RemoveMessage, messages_from_dict
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import Command
 
-from decision_retry import sampling
 from decision_retry.errors import BadInput
 from decision_retry.langchain import rewind
 from decision_retry.langchain.chat_model import PREFIX_KEY, ChatDecisionRetry
@@ -44,7 +43,7 @@ from decision_retry.langgraph.model import (
     derived_generator,
 )
 from decision_retry.langgraph.state import KEY, merge, progress
-from decision_retry.retry import RetryConfig
+from decision_retry.samplers.chain import RetryConfig, verdict
 from decision_retry.trace.decisions import SpikeRule
 
 
@@ -231,24 +230,22 @@ class DecisionRetryMiddleware(AgentMiddleware):
         turns = dr.get("turns") or []
         if dr.get("status") != "running" or not turns:
             return None
-        r = self.score(state, dr.get("branch"))
-        passed, n = r >= 1.0, dr.get("attempts", 1)
+        r, passed = self.score(state, dr.get("branch"))
+        n = dr.get("attempts", 1)
         chain, cut = dr.get("chain"), dr.get("cut")
         gen = derived_generator(self.seed, "rewind", n)
         attempt = {"turns": turns, "r": r, "branch": dr.get("branch"), "tried": [],
                    "messages": messages_to_dict(state["messages"])}
 
-        # 1) the MH decision: does the chain move to this attempt? (a first attempt always does)
-        step, steps = None, list(dr.get("steps") or [])
-        if chain is not None and cut is not None and self.retry.strategy != "restart":
-            step = rewind.decide(chain, attempt, cut, config=self.retry,
-                                 u=sampling.uniform(gen), decode_tokens=dr.get("attempt_tokens", 0))
+        # 1) the chain's decision: does it move to this attempt? (a first attempt always does)
+        steps = list(dr.get("steps") or [])
+        d = rewind.decide(chain, attempt, cut, config=self.retry, generator=gen, passed=passed,
+                          decode_tokens=dr.get("attempt_tokens", 0))
+        step = d.step
+        if step is not None:
             steps.append({**step.model_dump(), "attempt": n, "cut_turn": cut["turn"],
                           "cut_token": cut["position"], "token": cut["token"]})
-        if step is None or step.accepted or passed:
-            new_chain = attempt
-        else:
-            new_chain = {**chain, "tried": [*chain.get("tried", []), cut["index"]]}
+        new_chain = {**(attempt if d.accepted else chain), "tried": list(d.tried)}
 
         # 2) done, out of budget, or the next cut of the chain's current attempt
         point = None
@@ -281,17 +278,18 @@ class DecisionRetryMiddleware(AgentMiddleware):
         return {"messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), *messages[:before]],
                 KEY: update, "jump_to": "model"}
 
-    def score(self, state: dict, branch: str | None = None) -> float:
-        """r in [0, 1]: the verifier's verdict, or the fraction of tests passing (1 when all do)."""
+    def score(self, state: dict, branch: str | None = None) -> tuple[float, bool]:
+        """(r in [0, 1], passed): the verifier's verdict (1 passes), or the tests' (`verdict`:
+        the fraction passing, 1 when all do; passed when the run is ok)."""
         if self.verifier is not None:
             value = self.verifier(state)
             if value is None or not 0.0 <= float(value) <= 1.0:
                 raise RewindError(f"verdict {value!r} from the verifier: give True/False or 0..1")
-            return float(value)
+            return float(value), float(value) >= 1.0
         result = self.last_test = self.repository.run_tests(self.test_command, self.test_timeout)
         if self.trace is not None:
             self.trace.tests(branch, self.test_command, result)
-        return 1.0 if result.ok else min(result.fraction_passed, 0.999)
+        return verdict(result.ok, result.fraction_passed), result.ok
 
     def _config(self) -> dict:
         return {"retry": self.retry.model_dump(mode="json"), "seed": self.seed,

@@ -5,7 +5,7 @@ message_id, index, kept, exact, continuable, prompt_hash, the token columns (ids
 logq, entropy, and the bounds where they are estimates), finish, decisions, snapshot (the
 repository before the call), trace_turn.
 
-Cuts and acceptance are `fix`'s (decision_retry.retry). A chat model that cannot continue a
+Cuts and acceptance are `fix`'s (`Chain`, samplers/chain.py). A chat model that cannot continue a
 partial message (anything but ChatDecisionRetry) resamples the cut call from its first token; the
 move then picks a whole call, with probability c_call(k | x) = sum of c(t | x) over the call's
 tokens, and the reverse move needs the same sum on the proposal: `accept_call`.
@@ -16,10 +16,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from decision_retry import retry as retry_
 from decision_retry.langchain.logprobs import Reply
-from decision_retry.retry import CutPoint, RetryConfig
 from decision_retry.samplers import cuts, mh
+from decision_retry.samplers.chain import (
+    Chain,
+    CutPoint,
+    Decision,
+    RetryConfig,
+    Trajectory,
+    cut_entropies,
+    flatten,
+)
 from decision_retry.samplers.mh import StepRecord
 from decision_retry.tokens import Token
 from decision_retry.trace.decisions import SpikeRule, entropy_spikes
@@ -60,7 +67,7 @@ def calls_tokens(records: Sequence[dict]) -> list[tuple[Token, ...]]:
 
 def log_c_call(turns: Sequence[Sequence[Token]], config: RetryConfig, k: int) -> float:
     """log c_call(k | x): the cut mass of call k's tokens."""
-    lp = cuts.log_probs(retry_.cut_entropies(turns, config), config.rule)
+    lp = cuts.log_probs(cut_entropies(turns, config), config.rule)
     start = sum(len(t) for t in turns[:k])
     return mh.logsumexp(lp[start:start + len(turns[k])]) if turns[k] else -math.inf
 
@@ -83,8 +90,8 @@ def accept_call(
     decode_tokens: int,
 ) -> StepRecord:
     """The MH decision for replacing `current` by `proposal`, call `turn` resampled whole."""
-    x, _ = retry_.flatten(current)
-    y, _ = retry_.flatten(proposal)
+    x, _ = flatten(current)
+    y, _ = flatten(proposal)
     start = call_start(turn, current).index
     corr = None
     if config.corrected:
@@ -96,32 +103,40 @@ def accept_call(
     )
 
 
-def decide(chain: dict, attempt: dict, cut: dict, *, config: RetryConfig, u: float,
-           decode_tokens: int) -> StepRecord:
-    """Does the chain move from its current attempt to `attempt`, cut at `cut`?"""
-    x, y = calls_tokens(chain["turns"]), calls_tokens(attempt["turns"])
-    if cut.get("whole_call"):
-        return accept_call(x, y, cut["turn"], config=config, r_current=chain["r"],
-                           r_proposal=attempt["r"], u=u, decode_tokens=decode_tokens)
-    point = CutPoint(cut["turn"], cut["position"], cut["entropy"], cut["token"], cut["index"])
-    return retry_.accept(x, y, point, config=config, r_current=chain["r"],
-                         r_proposal=attempt["r"], u=u, decode_tokens=decode_tokens)
+def trajectory(attempt: dict, passed: bool = False) -> Trajectory:
+    return Trajectory(calls_tokens(attempt["turns"]), attempt["r"], passed=passed)
+
+
+def decide(chain: dict | None, attempt: dict, cut: dict | None, *, config: RetryConfig,
+           generator, decode_tokens: int, passed: bool = False) -> Decision:
+    """Does the chain move from its current attempt to `attempt`, cut at `cut`? (`Chain.decide`;
+    a whole-call cut has its own cut correction, `accept_call`.)"""
+    from decision_retry import sampling
+
+    chain_, tried = Chain(config), tuple((chain or {}).get("tried", ()))
+    point = None if cut is None else CutPoint(cut["turn"], cut["position"], cut["entropy"],
+                                              cut["token"], cut["index"])
+    if chain is None or point is None or not cut.get("whole_call") or not chain_.compares:
+        return chain_.decide(None if chain is None else trajectory(chain),
+                             [trajectory(attempt, passed)], point, tried=tried,
+                             generator=generator, decode_tokens=decode_tokens)
+    step = accept_call(calls_tokens(chain["turns"]), calls_tokens(attempt["turns"]), cut["turn"],
+                       config=config, r_current=chain["r"], r_proposal=attempt["r"],
+                       u=sampling.uniform(generator), decode_tokens=decode_tokens)
+    moved = step.accepted or passed
+    return Decision(step, 0 if moved else None, chain_.tried_after(tried, point, moved=moved))
 
 
 def next_cut(chain: dict, config: RetryConfig, generator) -> dict | None:
-    """Where the next attempt starts: `retry.choose_cut` over the chain's calls (restart: the
-    first token); a call that cannot be continued is resampled from its first token."""
+    """Where the next attempt starts: `Chain.next_cut` over the chain's calls (restart: the first
+    token); a call that cannot be continued is resampled from its first token."""
     turns = calls_tokens(chain["turns"])
     if not any(turns):
         return None
-    if config.strategy == "restart":
-        k = next(i for i, t in enumerate(turns) if t)
-        point, whole = call_start(k, turns), True
-    else:
-        point = retry_.choose_cut(turns, config, generator, frozenset(chain.get("tried", [])))
-        if point is None:
-            return None
-        whole = not chain["turns"][point.turn].get("continuable")
+    point = Chain(config).next_cut(trajectory(chain), generator, tuple(chain.get("tried", ())))
+    if point is None:
+        return None
+    whole = point.move == "restart" or not chain["turns"][point.turn].get("continuable")
     out = {"turn": point.turn, "position": 0 if whole else point.position, "index": point.index,
            "entropy": point.entropy, "token": point.token, "whole_call": whole,
            "message_id": chain["turns"][point.turn]["message_id"]}

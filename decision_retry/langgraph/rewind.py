@@ -1,8 +1,8 @@
 """The rewind node, its router, and the time travel that turns a failed attempt into a fork.
 
 The rewind node runs after the user's verifier. It scores the attempt, makes the MH decision
-against the chain's current attempt (`retry.accept`, the same rule as `fix`), and on failure picks
-the next cut (`retry.choose_cut`) and sets status "rewind". The graph run then ends; `invoke`
+against the chain's current attempt and on failure picks the next cut (`Chain.decide` and
+`Chain.next_cut`, samplers/chain.py: the code `fix` runs) and sets status "rewind". The graph run then ends; `invoke`
 (or `fork_point` for a hand-written loop) finds the checkpoint before the model call holding the
 cut and invokes the graph there with `Command(update=...)`: a new branch in the thread's history,
 so the whole graph state as it was before that call comes back, and the model node resamples
@@ -15,8 +15,6 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any, Literal
 
-from decision_retry import retry as retry_
-from decision_retry import sampling
 from decision_retry.errors import BadInput
 from decision_retry.langgraph.model import (
     DEFAULT_RETRY,
@@ -25,7 +23,7 @@ from decision_retry.langgraph.model import (
     derived_generator,
 )
 from decision_retry.langgraph.state import KEY, progress, turns_tokens
-from decision_retry.retry import CutPoint, RetryConfig
+from decision_retry.samplers.chain import Chain, CutPoint, RetryConfig, Trajectory
 
 CUT_FIELDS = tuple(f.name for f in dataclasses.fields(CutPoint))
 
@@ -58,6 +56,7 @@ class RewindNode:
         self.max_attempts = max_attempts
         self.budget_tokens = budget_tokens
         self.seed = seed
+        self.chain = Chain(retry)
         self.name = (getattr(verifier, "__name__", "verifier") if verifier
                      else f"state[{verdict_key!r}]")
 
@@ -73,21 +72,18 @@ class RewindNode:
         chain, cut, n = dr.get("chain"), dr.get("cut"), dr.get("attempts", 1)
         gen = derived_generator(self.seed, "rewind", n)
         attempt = {"turns": turns, "r": r, "branch": dr.get("branch"), "tried": []}
+        point = None if cut is None else CutPoint(**{f: cut[f] for f in CUT_FIELDS})
 
-        # 1) the MH decision: does the chain move to this attempt? (a first attempt always does)
-        step, steps = None, list(dr.get("steps") or [])
-        if chain is not None and cut is not None and self.retry.strategy != "restart":
-            point = CutPoint(**{f: cut[f] for f in CUT_FIELDS})
-            step = retry_.accept(
-                turns_tokens(chain["turns"]), turns_tokens(turns), point, config=self.retry,
-                r_current=chain["r"], r_proposal=r, u=sampling.uniform(gen),
-                decode_tokens=dr.get("attempt_tokens", 0))
+        # 1) the chain's decision: does it move to this attempt? (a first attempt always does)
+        steps = list(dr.get("steps") or [])
+        d = self.chain.decide(
+            None if chain is None else _trajectory(chain), [_trajectory(attempt, passed)], point,
+            tried=tuple((chain or {}).get("tried", ())), generator=gen,
+            decode_tokens=dr.get("attempt_tokens", 0))
+        step = d.step
+        if step is not None:
             steps.append({**step.model_dump(), "cut_turn": point.turn, "attempt": n})
-        accepted = step is None or step.accepted
-        if accepted or passed:  # a passing attempt ends the loop whatever the chain would do
-            new_chain = attempt
-        else:
-            new_chain = {**chain, "tried": [*chain.get("tried", []), cut["index"]]}
+        new_chain = {**(attempt if d.accepted else chain), "tried": list(d.tried)}
 
         # 2) what next: done, out of budget, or the next cut of the chain's current attempt
         spent = dr.get("spent", 0)
@@ -114,13 +110,8 @@ class RewindNode:
         return r
 
     def next_cut(self, chain: dict, gen) -> dict | None:
-        """Where the next attempt starts (`retry.choose_cut`; restart: the very start)."""
-        turns = turns_tokens(chain["turns"])
-        if self.retry.strategy == "restart":
-            first = turns[0][0]
-            point = CutPoint(turn=0, position=0, entropy=first.entropy, token=first.text, index=0)
-        else:
-            point = retry_.choose_cut(turns, self.retry, gen, frozenset(chain.get("tried", [])))
+        """Where the next attempt starts (`Chain.next_cut`; restart: the very start)."""
+        point = self.chain.next_cut(_trajectory(chain), gen, tuple(chain.get("tried", ())))
         if point is None:
             return None
         return {**dataclasses.asdict(point), "message_id": chain["turns"][point.turn]["message_id"]}
@@ -141,6 +132,10 @@ class RewindNode:
         rec.finish_branch(branch, outcome=outcome, passed=passed)
         if status != "rewind" and rec.run is not None and rec.run.id == dr.get("run"):
             rec.finish_run("solved" if passed else "exhausted")
+
+
+def _trajectory(attempt: dict, passed: bool = False) -> Trajectory:
+    return Trajectory(turns_tokens(attempt["turns"]), attempt["r"], passed=passed)
 
 
 def rewind_node(

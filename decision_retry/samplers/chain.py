@@ -1,4 +1,11 @@
-"""The rewind logic shared by `fix` and the LangGraph nodes: where to cut, and whether to accept.
+"""The MH chain over attempts, written once: where to cut, whether to accept, what was tried.
+
+`fix` (agent/graph.py), the LangGraph nodes, the LangChain middleware and `sample`
+(samplers/power.py) are adapters over `Chain` and its two calls, `decide` (current, proposals,
+cut) and `next_cut`. The chain's state (the current attempt, the cuts tried from it, tokens
+spent, attempts) lives in the caller's state (graph state, agent state) as plain values: no node
+keeps any outside it. The functions below them (`choose_cut`, `accept`,
+`multiple_try`) are the maths the chain calls.
 
 A trajectory's model tokens come from one or more turns; the cut distribution ranges over all of
 them (flattened in order). Observations between turns are deterministic results of actions and
@@ -38,13 +45,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from decision_retry.choices import STRATEGIES, Strategy  # noqa: F401 (re-exported)
+from decision_retry import sampling
 from decision_retry.samplers import codeweights, cuts, local, mh, surprise
 from decision_retry.samplers.cuts import CutRule
 from decision_retry.samplers.local import SpanRule
@@ -291,3 +299,101 @@ def multiple_try(
         generator=generator, decode_tokens=decode_tokens,
         correction=lambda j: _log_c(proposals[j], config, cut.index, sy[j]) - base,
     )
+
+
+# -- the chain ----------------------------------------------------------------------------------
+def verdict(ok: bool, fraction_passed: float) -> float:
+    """r of a test run: 1 when every test passed, else the fraction passing (a run with no failure
+    that still did not pass, e.g. a timeout, is not a pass: passing is `ok`, never r alone)."""
+    return 1.0 if ok else fraction_passed
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """What the chain reads of an attempt: its model tokens per turn, r, and how it was made."""
+
+    turns: Sequence[Sequence[Token]]
+    r: float
+    stops: Sequence[bool] | None = None  # per turn: ended at a stop string
+    span: tuple[int, int] | None = None  # local move: (s, m) in flattened positions
+    passed: bool = False  # a passing proposal ends the run, whatever the draw
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision: the step record (None when nothing was compared), the index of the proposal
+    the chain moved to (None: it stayed), and the chain's next tried cuts."""
+
+    step: StepRecord | None
+    moved_to: int | None
+    tried: tuple[int, ...] = field(default=())
+
+    @property
+    def accepted(self) -> bool:
+        return self.moved_to is not None
+
+
+@dataclass(frozen=True)
+class Chain:
+    """The MH chain of one run: `decide`, then `next_cut`, over `Trajectory` views."""
+
+    config: RetryConfig
+
+    @property
+    def compares(self) -> bool:
+        """Does the strategy compare proposals with the current attempt (from-end and restart
+        move on to every new attempt)?"""
+        return self.config.strategy not in ("from-end", "restart")
+
+    def decide(self, current: Trajectory | None, proposals: Sequence[Trajectory],
+               cut: CutPoint | None, *, tried: tuple[int, ...] = (),
+               generator: torch.Generator, decode_tokens: int) -> Decision:
+        """Does the chain move from `current` to one of `proposals` (made from `cut`)? A first
+        attempt, a strategy without a chain and a passing proposal always move."""
+        if current is None or cut is None or not self.compares:
+            return Decision(None, 0, self.tried_after(tried, cut, moved=True))
+        if not proposals:  # a local draw outside the support: nothing ran
+            return Decision(None, None, self.tried_after(tried, cut, moved=False))
+        stops = (current.stops, [p.stops for p in proposals])
+        if len(proposals) > 1:
+            j, rec = multiple_try(
+                current.turns, [p.turns for p in proposals], cut, config=self.config,
+                stops=stops, r_current=current.r, r_proposals=[p.r for p in proposals],
+                generator=generator, decode_tokens=decode_tokens)
+        else:
+            j, rec = 0, accept(current.turns, proposals[0].turns, cut, config=self.config,
+                               stops=(current.stops, proposals[0].stops), span=proposals[0].span,
+                               r_current=current.r, r_proposal=proposals[0].r,
+                               u=sampling.uniform(generator), decode_tokens=decode_tokens)
+        winner = next((k for k, p in enumerate(proposals) if p.passed), None)
+        moved = winner if winner is not None else (j if rec.accepted else None)
+        return Decision(rec, moved, self.tried_after(tried, cut, moved=moved is not None))
+
+    def tried_after(self, tried: tuple[int, ...], cut: CutPoint | None, *, moved: bool) -> tuple[int, ...]:
+        """The tried cuts after a decision: a new current attempt starts with none, except for
+        the argmax heuristic, whose list is run-wide (else an accepted but failing proposal
+        would send it back to the same token)."""
+        if cut is None:
+            return tried if self.config.strategy == "argmax-cut" else ()
+        if moved and self.config.strategy != "argmax-cut":
+            return ()
+        return (*tried, cut.index)
+
+    def next_cut(self, current: Trajectory, generator: torch.Generator,
+                 tried: tuple[int, ...] = ()) -> CutPoint | None:
+        """Where the next proposal starts: a cut of `current`, a restart (the first token, move
+        "restart"), or None for from-end (it appends to the end)."""
+        if self.config.strategy == "restart":
+            flat, _ = flatten(current.turns)
+            if not flat:
+                return None
+            k = next(i for i, t in enumerate(current.turns) if t)
+            first = current.turns[k][0]
+            return CutPoint(k, 0, first.entropy, first.text, 0, "restart")
+        return choose_cut(current.turns, self.config, generator, frozenset(tried),
+                          stops=current.stops)
+
+
+__all__ = ["CUT_STRATEGIES", "SINGLE_TRY_CUTS", "STRATEGIES", "Chain", "CutPoint",
+           "Decision", "RetryConfig", "Strategy", "Trajectory", "accept", "choose_cut",
+           "cut_entropies", "cut_scale", "flatten", "multiple_try", "verdict"]

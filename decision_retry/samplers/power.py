@@ -16,6 +16,9 @@ end; `local` resamples only to the next span boundary and rescores the kept tail
 is, with that probability, an independent proposal from the prompt (a cut at 0 with no cut
 correction). The kernel is drawn with fixed probabilities, so the chain is a mixture of
 pi-reversible kernels and targets the same pi.
+
+The cut, the decision and the tried cuts are `fix`'s (samplers/chain.py, `Chain` over a
+one-turn trajectory): the exactness tests of this module drive the code `fix` runs.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from decision_retry import sampling
 from decision_retry.choices import SAMPLERS, SamplerName
 from decision_retry.lm import LM, DecodeState, Sampling
-from decision_retry.samplers import cuts, local, mh
+from decision_retry.samplers import local
+from decision_retry.samplers.chain import Chain, RetryConfig, Trajectory
 from decision_retry.samplers.cuts import CutRule
 from decision_retry.samplers.local import SpanRule
 from decision_retry.samplers.mh import StepRecord
@@ -49,7 +53,6 @@ class SamplerConfig(BaseModel):
     block: int = Field(192, ge=1, description="B")
     steps: int = Field(10, ge=0, description="MH steps after each block")
     cut: CutRule = CutRule()
-    correct_cut: bool = Field(True, description="off only to demonstrate the bias it removes")
     tries: int = Field(8, ge=1, description="K tries per multiple-try move (egps)")
     skip_entropy: float = Field(0.0, ge=0, description="egps: skip blocks below this entropy mass")
     verifier_weight: float = Field(0.0, ge=0, description="lambda of the verifier tilt")
@@ -60,8 +63,6 @@ class SamplerConfig(BaseModel):
     span: SpanRule = SpanRule()
     local_share: float = Field(0.5, ge=0, le=1, description="mixed: probability of a local move")
     restart_share: float = Field(0.0, ge=0, le=1, description="probability of a restart move")
-    local_accounting: Literal["exact", "stale-tail", "tail-as-proposal"] = Field(
-        "exact", description="anything but exact only to demonstrate the bias it causes")
 
     @model_validator(mode="after")
     def _uniform_for_uniform(self) -> SamplerConfig:
@@ -75,6 +76,17 @@ class SamplerConfig(BaseModel):
     @property
     def q_temperature(self) -> float:
         return self.proposal_temperature or 1.0 / self.alpha
+
+    @property
+    def retry(self) -> RetryConfig:
+        """The chain's configuration (`fix`'s): one turn, entropy cut weights."""
+        strategy = {"uniform-mh": "uniform-cut", "egps": "egps", "argmax-cut": "argmax-cut"}
+        return RetryConfig(
+            strategy=strategy.get(self.sampler, "entropy-cut"), alpha=self.alpha,
+            proposal_temperature=self.proposal_temperature, verifier_weight=self.verifier_weight,
+            cut=self.cut, tries=self.tries, skip_entropy=0.0,  # blocks are skipped in `run`
+            move=self.move, span=self.span, local_share=self.local_share,
+            restart_share=self.restart_share)
 
 
 class SampleResult(BaseModel):
@@ -110,7 +122,7 @@ class PowerSampler:
 
     def __init__(self, lm: LM, config: SamplerConfig, *, verifier: Verifier | None = None):
         self.lm, self.cfg, self.verifier = lm, config, verifier
-        self.rule = None if config.sampler == "argmax-cut" or not config.correct_cut else config.cut
+        self.kernel = Chain(config.retry)  # the chain's cut and decision (`fix`'s)
         self.spent = 0
         self.prefilled = 0
 
@@ -157,7 +169,7 @@ class PowerSampler:
         early at a passing state. Returns (state, r, step records)."""
         cap = cap or self.cfg.max_tokens
         r = self._score(state) if r is None else r
-        tried: set[int] = set()
+        tried: tuple[int, ...] = ()
         recs: list[StepRecord] = []
         for _ in range(steps):
             state, r, rec, tried = self._move(state, r, cap, tried, generator)
@@ -175,72 +187,41 @@ class PowerSampler:
         mass = sum(t.entropy for t in state.tokens[block_start:])
         return self.cfg.sampler == "egps" and mass < self.cfg.skip_entropy
 
-    def _move(self, x: DecodeState, r: float, cap: int, tried: set[int], g: torch.Generator):
-        kind = mh.pick_kernel(self.cfg.move, self.cfg.restart_share, self.cfg.local_share, g)
-        if kind == "restart":  # an independent proposal: cut at 0, c = 1 both ways
-            return (*self._suffix(x, 0, r, cap, g, correction=0.0), tried)
-        ent = [t.entropy for t in x.tokens]
-        if self.cfg.sampler == "argmax-cut":
-            t = cuts.argmax(ent, tried)
-            tried = tried | {t}
+    def _move(self, x: DecodeState, r: float, cap: int, tried: tuple[int, ...],
+              g: torch.Generator):
+        """One move of the chain: (state, r, step record, tried cuts) after it."""
+        # 1) the cut (the chain's kernel: restart, local or suffix, at a cut drawn from x)
+        current = Trajectory([x.tokens], r)
+        cut = self.kernel.next_cut(current, g, tried)
+        t = cut.index
+        # 2) the proposals from the cut
+        span, decoded = None, None
+        if cut.move == "local":
+            p = local.propose(self.lm, x, t, self.cfg.span, self._q(cap), g, cap=cap)
+            self.spent += p.decode_tokens
+            self.prefilled += p.prefill_positions
+            if p.y is None:  # out of the support: rejected, nothing to score
+                rec = local.step_record(x.tokens, p, alpha=self.cfg.alpha, correction=0.0,
+                                        verifier_delta=0.0, u=sampling.uniform(g))
+                return x, r, rec, self.kernel.tried_after(tried, cut, moved=False)
+            ys, span, decoded = [p.y], (p.s, p.m), p.decode_tokens
+        elif self.cfg.sampler == "egps" and self.cfg.tries > 1 and cut.move != "restart":
+            ys = self.lm.extend_many(self.lm.fork(x, t), self._q(cap - t),
+                                     sampling.child_generators(g, self.cfg.tries))
         else:
-            t = cuts.draw(ent, self.cfg.cut, g)
-        if kind == "local" and local.kernel_at(x.tokens, t, self.cfg.span) == "local":
-            y, ry, rec = self._local(x, t, r, cap, g)  # (an opening cut falls to the suffix move)
-        elif self.cfg.sampler == "egps" and self.cfg.tries > 1:
-            y, ry, rec = self._mtm_step(x, self.lm.fork(x, t), t, r, cap, g)
-        else:
-            y, ry, rec = self._suffix(x, t, r, cap, g)
-        return y, ry, rec, (set() if y is not x else tried)
-
-    def _suffix(self, x, t, r, cap, g, correction=None):
-        y = self.lm.extend(self.lm.fork(x, t), self._q(cap - t), g)
-        spent = len(y) - t
-        self.spent += spent
-        ry = self._score(y)
-        rec = mh.mh_step_record(
-            x.tokens, y.tokens, t, alpha=self.cfg.alpha, rule=self.rule,
-            verifier_delta=self.cfg.verifier_weight * (ry - r),
-            u=sampling.uniform(g), decode_tokens=spent, correction=correction,
-        )
-        if rec.accepted or self._passed(ry):  # a proposal that passes ends the run
-            return y, ry, rec
-        return x, r, rec
-
-    def _local(self, x, t, r, cap, g):
-        c = self.cfg
-        p = local.propose(self.lm, x, t, c.span, self._q(cap), g, cap=cap,
-                          rescore=c.local_accounting != "stale-tail")
-        self.spent += p.decode_tokens
-        self.prefilled += p.prefill_positions
-        ry, corr = r, 0.0
-        if p.y is not None:
-            ry = self._score(p.y)
-            corr = mh.log_cut_correction(x.tokens, p.y.tokens, t, self.rule)
-        rec = local.step_record(
-            x.tokens, p, alpha=c.alpha, correction=corr, verifier_delta=c.verifier_weight * (ry - r),
-            u=sampling.uniform(g), tail_as_proposal=c.local_accounting == "tail-as-proposal")
-        if p.y is not None and (rec.accepted or self._passed(ry)):
-            return p.y, ry, rec
-        return x, r, rec
-
-    def _mtm_step(self, x, prefix, t, r, cap, g):
-        gens = sampling.child_generators(g, self.cfg.tries)
-        ys = self.lm.extend_many(prefix, self._q(cap - t), gens)
-        spent = sum(len(y) - t for y in ys)
-        self.spent += spent
+            ys = [self.lm.extend(self.lm.fork(x, t), self._q(cap - t), g)]
+        if decoded is None:
+            decoded = sum(len(y) - t for y in ys)
+            self.spent += decoded
         rs = [self._score(y) for y in ys]
-        winners = [k for k, ry in enumerate(rs) if self._passed(ry)]
-        j, rec = mh.mtm_choose(
-            x.tokens, [y.tokens for y in ys], t, alpha=self.cfg.alpha, rule=self.rule,
-            verifier_deltas=[self.cfg.verifier_weight * (ry - r) for ry in rs],
-            generator=g, decode_tokens=spent,
-        )
-        if winners:  # a try that passes ends the run, whatever the draw
-            return ys[winners[0]], rs[winners[0]], rec
-        if rec.accepted:
-            return ys[j], rs[j], rec
-        return x, r, rec
+        # 3) the chain's decision (a proposal that passes ends the run, whatever the draw)
+        d = self.kernel.decide(current, [Trajectory([y.tokens], ry, span=span,
+                                                   passed=self._passed(ry))
+                                        for y, ry in zip(ys, rs)],
+                              cut, tried=tried, generator=g, decode_tokens=decoded)
+        if d.moved_to is None:
+            return x, r, d.step, d.tried
+        return ys[d.moved_to], rs[d.moved_to], d.step, d.tried
 
 
 def sample(lm: LM, prompt, config: SamplerConfig | None = None, *, seed: int = 0,

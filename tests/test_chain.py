@@ -1,0 +1,74 @@
+"""The chain every integration runs (samplers/chain.py): what it decides and what it tries next."""
+
+import torch
+
+from decision_retry.samplers.chain import Chain, RetryConfig, Trajectory, verdict
+from decision_retry.samplers.cuts import CutRule
+from decision_retry.tokens import Token
+
+
+def toks(entropies, logp=-0.5, logq=-0.4):
+    return tuple(Token(id=i, text=f"t{i}", logp=logp, logq=logq, entropy=h)
+                 for i, h in enumerate(entropies))
+
+
+X = Trajectory([toks([0.0, 0.3, 3.0, 1.0])], r=0.0)
+BETTER = Trajectory([toks([0.0, 0.3, 3.0, 1.0], logp=-0.1)], r=0.5)
+WORSE = Trajectory([toks([0.0, 0.3, 3.0, 1.0], logp=-9.0)], r=0.0)
+
+
+def test_a_first_attempt_and_a_chainless_strategy_always_move():
+    g = torch.Generator().manual_seed(0)
+    d = Chain(RetryConfig()).decide(None, [X], None, generator=g, decode_tokens=0)
+    assert d.moved_to == 0 and d.step is None and d.tried == ()
+    for s in ("from-end", "restart"):
+        cut = Chain(RetryConfig(strategy=s)).next_cut(X, g)
+        d = Chain(RetryConfig(strategy=s)).decide(X, [WORSE], cut, generator=g, decode_tokens=4)
+        assert d.moved_to == 0 and d.step is None
+
+
+def test_restart_is_a_cut_at_the_first_token_and_from_end_has_none():
+    g = torch.Generator().manual_seed(0)
+    two = Trajectory([(), toks([0.4, 2.0])], r=0.0)
+    cut = Chain(RetryConfig(strategy="restart")).next_cut(two, g)
+    assert (cut.turn, cut.position, cut.index, cut.move) == (1, 0, 0, "restart")
+    assert Chain(RetryConfig(strategy="from-end")).next_cut(two, g) is None
+
+
+def test_a_rejected_cut_is_remembered_and_a_new_state_starts_afresh():
+    chain = Chain(RetryConfig(cut=CutRule(eps=0.0)))
+    g = torch.Generator().manual_seed(1)
+    cut = chain.next_cut(X, g)
+    rejected = chain.decide(X, [WORSE], cut, tried=(7,), generator=g, decode_tokens=2)
+    assert rejected.moved_to is None and rejected.step.log_accept < -20
+    assert rejected.tried == (7, cut.index)
+    accepted = chain.decide(X, [BETTER], cut, tried=(7,), generator=g, decode_tokens=2)
+    assert accepted.moved_to == 0 and accepted.tried == ()
+
+
+def test_argmax_cut_keeps_its_tried_cuts_for_the_whole_run():
+    """Else an accepted but failing proposal would send it back to the same token."""
+    chain = Chain(RetryConfig(strategy="argmax-cut"))
+    g = torch.Generator().manual_seed(0)
+    tried: tuple[int, ...] = ()
+    seen = []
+    for _ in range(3):
+        cut = chain.next_cut(X, g, tried)
+        seen.append(cut.index)
+        tried = chain.decide(X, [BETTER], cut, tried=tried, generator=g, decode_tokens=1).tried
+    assert seen == [2, 3, 1]  # highest entropy first, never the same token twice
+
+
+def test_a_passing_proposal_is_moved_to_whatever_the_draw():
+    chain = Chain(RetryConfig())
+    g = torch.Generator().manual_seed(0)
+    cut = chain.next_cut(X, g)
+    passing = Trajectory(WORSE.turns, r=1.0, passed=True)
+    d = chain.decide(X, [passing], cut, generator=g, decode_tokens=2)
+    assert d.step is not None and not d.step.accepted and d.moved_to == 0
+
+
+def test_r_is_the_fraction_passing_and_one_only_when_the_run_passed():
+    assert verdict(True, 1.0) == 1.0
+    assert verdict(False, 0.5) == 0.5
+    assert verdict(False, 1.0) == 1.0  # no failure counted, yet not a pass: `passed` decides
