@@ -365,6 +365,12 @@ ESCAPE_TEST = """
             except OSError:
                 continue
 
+    def test_the_escape_of_issue_32():
+        # a mount namespace, the home mask lazily unmounted, the host's home remounted writable
+        script = ("umount -l {home}; mount --bind {home} {home}; "
+                  "mount -o remount,bind,rw {home}; echo pwned > {chain}")
+        subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True)
+
     def test_the_run_directory_and_the_repository_are_hidden():
         parent = os.path.dirname(os.getcwd())
         assert sorted(os.listdir(parent)) == [os.path.basename(os.getcwd())]  # no owner.json
@@ -381,13 +387,19 @@ def test_root_keeps_no_capability_and_cannot_escape(tmp_path: Path, bwrap) -> No
     hook = repo_dir / ".git" / "hooks" / "post-checkout"
     targets = [str(home / "decision-retry-root-probe.txt"), str(hook),
                str(repo_dir / "units.py")]
-    repo = attack_repo(tmp_path, ESCAPE_TEST.format(targets=targets, repo=str(repo_dir)))
-    Path(targets[0]).unlink(missing_ok=True)
+    chain = home / "decision-retry-chain-probe.txt"
+    repo = attack_repo(tmp_path, ESCAPE_TEST.format(targets=targets, repo=str(repo_dir),
+                                                    home=home, chain=chain))
+    for probe in (Path(targets[0]), chain):
+        probe.unlink(missing_ok=True)
     before = repo_state(repo)
-    result, _ = run_attack(repo, bwrap)
-    assert result.passed == 8 and result.ok, result.output_tail
-    assert not Path(targets[0]).exists() and not hook.exists()
-    assert repo_state(repo) == before
+    try:
+        result, _ = run_attack(repo, bwrap)
+        assert result.passed == 9 and result.ok, result.output_tail
+        assert not Path(targets[0]).exists() and not hook.exists() and not chain.exists()
+        assert repo_state(repo) == before
+    finally:
+        chain.unlink(missing_ok=True)
 
 
 NOBODY = 65534
@@ -423,7 +435,8 @@ def test_a_user_keeps_no_capability_either(nobody_dir: Path) -> None:
     repo = nobody_dir / "repo"
     repo.mkdir()
     (repo / "test_escape.py").write_text(textwrap.dedent(ESCAPE_TEST.format(
-        targets=[str(nobody_dir / "escaped.txt")], repo=str(nobody_dir / "nowhere"))).replace(
+        targets=[str(nobody_dir / "escaped.txt")], repo=str(nobody_dir / "nowhere"),
+        home=nobody_dir, chain=nobody_dir / "chain.txt")).replace(
         "assert os.getuid() != 0 and os.geteuid() != 0", "pass"))
     for p in (repo, repo / "test_escape.py"):
         os.chown(p, NOBODY, NOBODY)
@@ -434,8 +447,8 @@ def test_a_user_keeps_no_capability_either(nobody_dir: Path) -> None:
             "print(r.output_tail)")
     proc = _as_nobody([sys.executable, "-c", code], nobody_dir)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split("\n")[0] == "8 0 0", proc.stdout
-    assert not (nobody_dir / "escaped.txt").exists()
+    assert proc.stdout.split("\n")[0] == "9 0 0", proc.stdout
+    assert not (nobody_dir / "escaped.txt").exists() and not (nobody_dir / "chain.txt").exists()
 
 
 # -- resource limits (issue 32, item 7) ---------------------------------------------------------
