@@ -23,9 +23,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from decision_retry.agent import verdict
 from decision_retry.agent.junit import FailedTest, JUnitReport, junit_addopts, read_report
 from decision_retry.agent.pyenv import ProjectPython
-from decision_retry.agent import verdict
 from decision_retry.agent.sandbox import Sandbox, unshare_works
 from decision_retry.errors import BadInput
 

@@ -408,7 +408,7 @@ NOBODY = 65534
 def _as_nobody(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["setpriv", "--reuid", str(NOBODY), "--regid", str(NOBODY),
                            "--clear-groups", *argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "HOME": str(cwd), "TMPDIR": str(cwd)})
+                          timeout=300, check=False, env={**os.environ, "HOME": str(cwd), "TMPDIR": str(cwd)})
 
 
 @pytest.fixture
@@ -419,8 +419,8 @@ def nobody_dir():
     d = Path(tempfile.mkdtemp(prefix="dr-nobody-"))
     os.chown(d, NOBODY, NOBODY)
     try:
-        probe = _as_nobody([sys.executable, "-c", "import decision_retry, pytest, subprocess, "
-                            "sys; subprocess.run([sys.executable, '-c', ''], check=True)"], d)
+        probe = _as_nobody([sys.executable, "-c", ("import decision_retry, pytest, subprocess, "
+                            "sys; subprocess.run([sys.executable, '-c', ''], check=True)")], d)
         if probe.returncode != 0:
             pytest.skip(f"uid {NOBODY} cannot run {sys.executable} with decision_retry here: "
                         f"{probe.stderr.strip().splitlines()[-1:]}")
@@ -487,7 +487,7 @@ def test_memory_and_file_size_are_limited(tmp_path: Path) -> None:
     limits = Limits(memory=2**30, file_size=512 * 2**20, cpu=30, processes=4096)
     repo = attack_repo(tmp_path, LIMITS_TEST)
     for kind in ("bwrap", "none"):
-        result, root = run_attack(repo, sandboxes.resolve(kind, limits=limits))
+        result, _ = run_attack(repo, sandboxes.resolve(kind, limits=limits))
         assert result.passed == 3, (kind, result.output_tail)
     assert resource.getrlimit(resource.RLIMIT_DATA)[0] != 2**30  # ours is untouched
 
@@ -575,8 +575,8 @@ def test_a_reply_that_exits_early_is_not_a_fix(tmp_path: Path) -> None:
 
     repo = fixture_repo(tmp_path, "units")
     before = repo_state(repo)
-    script = ["def celsius_to_fahrenheit(celsius: float) -> float:\n    import os\n"
-              "    os._exit(0)\n", "```"]
+    script = [("def celsius_to_fahrenheit(celsius: float) -> float:\n    import os\n"
+               "    os._exit(0)\n"), "```"]
     with TraceStore(tmp_path / "home" / "traces.db") as store:
         cfg = config().model_copy(update={"max_attempts": 2})
         result = fix(repo, cfg, lm=scripted_lm(script), store=store)

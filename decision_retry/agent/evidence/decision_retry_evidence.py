@@ -73,7 +73,6 @@ class _Recorder:
 
 def pytest_configure(config):
     # the first session only: an in-process pytest run by a test (pytester) is not ours
-    global _channel
     if _channel is not None and not getattr(pytest_configure, "bound", False):
         pytest_configure.bound = True
         config.pluginmanager.register(_Recorder(), "decision_retry_evidence_recorder")
