@@ -120,6 +120,8 @@ def test_fix_with_a_pytest_plugin_only_the_project_has(tmp_path, pytest_only, st
     assert first.failed >= 1 and "fixture 'station' not found" not in first.output_tail
     result = fix(repo, config(seed=3), lm=scripted_lm(UNITS_SCRIPT), store=store, python=found)
     assert result.fixed and "+    return celsius * 9 / 5 + 32" in result.diff
+    recorded = store.load(result.run_id).run.config  # the trace names the interpreter
+    assert recorded["interpreter"] == found.note and recorded["python"] is None
     # decision-retry's own interpreter does not have the plugin: the fixture is missing there
     ours = run_tests("python -m pytest -q tests/test_station.py", tmp_path / "clone", 60,
                      python=pyenv.own(repo))
