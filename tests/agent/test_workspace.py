@@ -117,7 +117,6 @@ def test_full_lifecycle_leaves_user_repo_byte_identical(user_repo: Path) -> None
         ws.write_file("new/module.py", "Z = 1\n")
         ws.snapshot("after edit")
         ws.restore(s1)
-        ws.write_file("pkg/util.py", "X = 4\n")
         ws.write_file("README.md", "hello\nfixed\n")
         root = ws.root
         fix = ws.finish(success=True)
@@ -131,7 +130,7 @@ def test_full_lifecycle_leaves_user_repo_byte_identical(user_repo: Path) -> None
     files = sh_git(user_repo, "ls-tree", "-r", "--name-only", fix).split()
     assert sorted(files) == [".gitignore", "README.md", "calc.py", "pkg/util.py"]
     assert sh_git(user_repo, "show", f"{fix}:README.md") == "hello\nfixed\n"  # applied to HEAD's
-    assert sh_git(user_repo, "show", f"{fix}:pkg/util.py") == "X = 4\n"
+    assert sh_git(user_repo, "show", f"{fix}:pkg/util.py") == "X = 1\n"  # not the user's staged 2
     # calc.py was not changed by the fix, so HEAD's version (not the user's edit) is on the branch
     assert sh_git(user_repo, "show", f"{fix}:calc.py") == "def add(a, b):\n    return a - b\n"
 
@@ -143,7 +142,7 @@ def test_untracked_files_never_enter_the_branch(user_repo: Path) -> None:
     before = repo_state(user_repo)
     with Workspace(user_repo, "untracked") as ws:
         assert ws.read_file(".env") == "API_TOKEN=secret\n"  # the tests see the user's tree
-        ws.write_file("calc.py", "def add(a, b):\n    return a + b\n")
+        ws.write_file("README.md", "hello\nfixed\n")
         ws.write_file("notes.txt", "the fix touched an untracked file\n")
         fix = ws.finish(success=True)
     assert repo_state(user_repo) == before
@@ -403,9 +402,11 @@ def test_repository_without_commits(tmp_path: Path) -> None:
         ws.write_file("scratch.py", "changed\n")
         fix = ws.finish(success=True)
     assert tree_hashes(repo) == before
-    assert sh_git(repo, "show", f"{fix}:main.py") == "print('bye')\n"
-    assert sh_git(repo, "ls-tree", "-r", "--name-only", fix).split() == ["main.py"]
-    assert sh_git(repo, "rev-list", "--count", fix).strip() == "1"  # a root commit: the fix
+    # main.py was never committed: its fix cannot be told from the user's staged text, so no
+    # branch (issue 32 item 4; `fix` refuses a repository without commits before it starts)
+    assert fix is None and ws.unseparated == ["main.py"]
+    assert sh_git(repo, "for-each-ref") == ""
+    assert "+print('bye')" in ws.fix_diff
     assert ws.left_out == ["scratch.py"]
 
 
