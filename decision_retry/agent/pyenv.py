@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -113,7 +114,7 @@ def own(repo: str | Path = "", hint: str = "") -> ProjectPython:
 
     return ProjectPython(sys.executable, "decision-retry's own: no project environment found",
                          sys.prefix, sys.base_prefix, tuple(p for p in sys.path if p),
-                         "%d.%d.%d" % sys.version_info[:3],
+                         platform.python_version(),
                          importlib.util.find_spec("coverage") is not None, own=True,
                          repo=str(repo), hint=hint)
 

@@ -56,7 +56,7 @@ def borrowed_coverage(dest: str | os.PathLike) -> str:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("decision-retry's environment has no coverage package")
     os.makedirs(dest, exist_ok=True)
-    os.symlink(list(spec.submodule_search_locations)[0], os.path.join(dest, "coverage"))
+    os.symlink(next(iter(spec.submodule_search_locations)), os.path.join(dest, "coverage"))
     return os.fspath(dest)
 
 
