@@ -180,7 +180,7 @@ def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None =
     if apply and (reason := UserRepo(root).dirty_reason()):
         raise BadInput(f"--apply needs a clean working tree: {root} is not ({reason})")
     sandbox = sandbox or sandboxes.resolve(cfg.sandbox, pass_env=cfg.pass_env)
-    python = python or pyenv.find(root, cfg.python)  # before the weights: a bad one is BadInput
+    python = python or pyenv.find(root, cfg.python, test_cmd=cfg.test_cmd)  # before the weights
     if lm is None:
         from decision_retry.loading import load_lm
 
@@ -222,7 +222,7 @@ def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandb
     ws = Workspace(root, run.id[:12], sandbox=sandbox, test_cache=TestCache(cfg.test_cache))
     ws.replay = replay or {}
     try:
-        ws.python = python or pyenv.find(root, cfg.python)
+        ws.python = python or pyenv.find(root, cfg.python, test_cmd=cfg.test_cmd)
         if on_event:
             on_event("python", {"note": ws.python.note})
         ws.open()

@@ -221,7 +221,8 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
     box = sandboxes.resolve(sandbox, pass_env=pass_env) if resume_ref is None else None
     if box is not None and box.kind != "bwrap":
         console.print(box.note)  # the one line saying what protection remains
-    py = pyenv.find(root, python_path) if root is not None else None  # before the weights
+    # the project's Python, before the weights load: a bad one is one line, exit 2
+    py = pyenv.find(root, python_path, test_cmd=test_cmd) if root is not None else None
     lm = load_lm(model, threads=threads) if (model or resume_ref is None) else None
     progress = Progress(console, cfg)
     listener = span_listener(otlp)
