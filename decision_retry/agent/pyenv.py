@@ -1,7 +1,8 @@
 """Find the project's Python: the interpreter a leading `python` of the test command means.
 
 The first that applies, in this order:
-1) `--python PATH` (an interpreter, or a virtualenv directory);
+1) `--python PATH` (an interpreter, or a virtualenv directory), else the interpreter the test
+   command starts with when it names one by path (`.venv/bin/python -m pytest`);
 2) the active `VIRTUAL_ENV` when it lies inside the repository (the user chose it for this project);
 3) the repository's `.venv/` or `venv/` (in the user's repository: the private clone has no
    ignored directories);
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -119,10 +121,12 @@ def own(repo: str | Path = "", hint: str = "") -> ProjectPython:
                          repo=str(repo), hint=hint)
 
 
-def find(repo: str | Path, explicit: str | None = None, *,
+def find(repo: str | Path, explicit: str | None = None, *, test_cmd: str | None = None,
          environ: Mapping[str, str] | None = None) -> ProjectPython:
     """The project's Python for the repository `repo` (the user's, not the clone); BadInput
-    when `explicit` or the repository's own environment is missing or does not run."""
+    when `explicit` or the repository's own environment is missing or does not run. A
+    `test_cmd` that starts with an interpreter's path (`/x/venv/bin/python -m pytest`) names it
+    when `explicit` does not: the coverage run then uses it too."""
     repo = Path(repo).resolve()
     environ = os.environ if environ is None else environ
     if explicit:  # 1) --python
@@ -131,6 +135,8 @@ def find(repo: str | Path, explicit: str | None = None, *,
         if exe is None or not (exe.is_file() and os.access(exe, os.X_OK)):
             raise BadInput(f"--python {explicit}: no such interpreter")
         return probe(exe, "--python", repo, what=f"--python {explicit}")
+    if (named := _command_python(test_cmd, repo)) is not None:  # 1b) --test-cmd names one
+        return probe(named, "named by --test-cmd", repo, what=f"--test-cmd's {named}")
     active = environ.get("VIRTUAL_ENV")
     active_dir = Path(active).absolute() if active else None
     if active_dir and active_dir.resolve().is_relative_to(repo):  # 2) activated, in the repo
@@ -177,6 +183,19 @@ def _venv(root: Path, origin: str, repo: Path) -> ProjectPython:
         raise BadInput(f"{origin} ({root}) is broken: {why}; recreate it, or pass --python")
     return probe(exe, origin, repo, what=f"{origin} ({exe})",
                  advice="; recreate it, or pass --python")
+
+
+def _command_python(test_cmd: str | None, repo: Path) -> Path | None:
+    """The interpreter a test command starts with when given as a path (`.venv/bin/python`,
+    relative to the repository, or absolute), if it exists; None for `python`, `pytest`, ..."""
+    try:
+        words = shlex.split(test_cmd or "")
+    except ValueError:
+        return None
+    if not words or "/" not in words[0] or not Path(words[0]).name.startswith("python"):
+        return None
+    exe = repo / Path(words[0]).expanduser()  # an absolute path stays itself
+    return exe if exe.is_file() and os.access(exe, os.X_OK) else None
 
 
 def _env_python(root: Path) -> Path | None:

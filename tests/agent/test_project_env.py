@@ -195,6 +195,9 @@ def test_choice_order_and_active_virtualenvs(tmp_path, pytest_only):
     assert chosen.origin == "the active VIRTUAL_ENV, .venv-3.11"
     explicit = pyenv.find(repo, str(other), environ={"VIRTUAL_ENV": str(inside)})
     assert explicit.origin == "--python" and explicit.executable == str(other / "bin" / "python")
+    for cmd in (f"{other}/bin/python -m pytest -q", ".venv-3.11/bin/python -m pytest"):
+        named = pyenv.find(repo, test_cmd=cmd, environ={})  # the test command names one
+        assert named.origin == "named by --test-cmd" and named.executable.endswith("bin/python")
 
 
 def test_uv_project_environment(tmp_path, pytest_only):
