@@ -198,10 +198,21 @@ def _decision(step: MHStep | None) -> str:
     return text
 
 
+def _not_chosen(b: Branch, at_cut: dict[tuple, MHStep]) -> str:
+    """`not chosen (multiple-try)` for a try another try of the same move won over (a passing
+    try ends the run before any step: never "not chosen")."""
+    if b.cut is None or b.passed:
+        return ""
+    step = at_cut.get((b.parent_id, b.cut.turn, b.cut.position))
+    return "" if step is None or step.proposal_branch_id is None else "not chosen (multiple-try)"
+
+
 def attempts(tree: RunTree, diff_width: int = 64) -> list[Attempt]:
     """One Attempt per branch in order, consecutive identical ones merged."""
     signal = signal_name(tree)
     steps = {s.proposal_branch_id: s for s in tree.mh_steps if s.proposal_branch_id}
+    # a multiple-try move records one step for its K tries: the others were not chosen
+    at_cut = {(s.current_branch_id, s.cut_turn, s.cut_position): s for s in tree.mh_steps}
     first_with: dict[str, int] = {}  # diff -> index of the first attempt that wrote it
     out: list[Attempt] = []
     for b in tree.branches:
@@ -221,7 +232,8 @@ def attempts(tree: RunTree, diff_width: int = 64) -> list[Attempt]:
                 changed = visible(" ".join(calls[-1].observation.split()))[:diff_width]
         parent = tree.branch(b.parent_id).index if b.parent_id else None
         one = Attempt((b,), began(tree, b, signal), parent, changed,
-                      _decision(steps.get(b.id)), test_line(tests[-1] if tests else None),
+                      _decision(steps.get(b.id)) or _not_chosen(b, at_cut),
+                      test_line(tests[-1] if tests else None),
                       b.passed, same_as, b.final_diff)
         if out and out[-1].key() == one.key():
             prev = out[-1]
