@@ -124,9 +124,10 @@ def span_listener(otlp: str | None):
               "the project's Python (--python).")
 @click.option("--python", "python_path", default=None, metavar="PATH",
               help="The project's interpreter (or virtualenv directory) for the tests and "
-              "coverage. Default: an active VIRTUAL_ENV inside the repository, its .venv or "
-              "venv, another active VIRTUAL_ENV, a uv/Poetry/Hatch environment, else "
-              "decision-retry's own with pytest plugin autoload off (docs/cli.md).")
+              "coverage. Default: the interpreter --test-cmd starts with by path, an active "
+              "VIRTUAL_ENV inside the repository, its .venv or venv, another active "
+              "VIRTUAL_ENV, a uv/Poetry/Hatch environment, else decision-retry's own with "
+              "pytest plugin autoload off (docs/cli.md).")
 @click.option("--test-timeout", type=finite(min=0, min_open=True), default=60.0,
               show_default=True, help="Seconds before a test run is killed.")
 @click.option("--narrow/--no-narrow", default=False, show_default=True,
