@@ -1,0 +1,289 @@
+"""Excluding moves keep p^alpha: the cut token always changes, and log A pays for it exactly.
+
+An excluding move (samplers/mh.py) draws y_t from q(.) / (1 - q(x_t)) over y_t != x_t and adds
+log(1 - q(x_t)) - log(1 - q(y_t)) to log A; where q(x_t) is 1 the move at t is a null move
+(rejected, nothing decoded). Checked on the toy of tests/test_samplers_exact.py (vocabulary
+{EOS, a, b, c}, at most 4 tokens, 121 finished sequences, p^alpha enumerated):
+
+* the kernel itself, enumerated: pi P = pi to float precision, and without the term it is not;
+* chains started from exact draws of pi and moved by the code `fix` runs (retry.choose_cut,
+  lm.extend / local.propose / surprise.draw_first with `exclude`, retry.accept plus
+  mh.exclusion_term) stay at pi within a stated TV bound, and without the term they leave it;
+  (seeded: chain s draws from torch.Generator().manual_seed(20_000 + s), so results are fixed)
+* a scripted model with certain tokens: a cut there is a null move that decodes nothing.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from decision_retry import retry, sampling
+from decision_retry.lm import Sampling
+from decision_retry.samplers import cuts, local, mh, surprise
+from decision_retry.samplers.cuts import CutRule
+from decision_retry.samplers.local import SpanRule
+from decision_retry.testing import scripted_lm, table_lm
+
+ALPHA, MAX_LEN, PROMPT, OTHER = 4.0, 4, "ab", "c"  # OTHER: the second context's prompt
+DECISION_SPANS = SpanRule(decision=0.8, ends=(), max_span=2)
+# Chains from exact draws of pi, MOVES moves each, seeds 0..CHAINS-1. The sampling noise alone is
+# E[TV] ~ 0.5 * sum_x sqrt(2 pi(x) / (pi N)) ~ 0.02 at N = 800; BOUND leaves 2.5x that.
+CHAINS, MOVES, BOUND = 800, 4, 0.05
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return table_lm(vocab=4, seed=35, sharpness=1.5, spread=1.0)
+
+
+@pytest.fixture(scope="module")
+def target(toy):
+    return toy.backend.power_distribution(toy.encode(PROMPT), MAX_LEN, ALPHA)
+
+
+def tv(a: dict, b: dict) -> float:
+    return 0.5 * sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b))
+
+
+def config(**kw) -> retry.RetryConfig:
+    # proposal at temperature 1: exactness holds for any proposal, and it mixes fast on the toy
+    base = {"strategy": "entropy-cut", "alpha": ALPHA, "proposal_temperature": 1.0,
+            "verifier_weight": 0.0, "cut": CutRule(kind="entropy-jump", beta=4, eps=0.1),
+            "cut_weights": "entropy"}
+    return retry.RetryConfig(**{**base, **kw})
+
+
+class ToyChain:
+    """One move of `fix`'s chain on a one-turn toy reply, with the cut token excluded.
+
+    The pieces are the ones `fix` calls; only the exclusion term is added here, where
+    retry.accept (samplers/chain.py) will add it itself once the chain passes `exclusion`."""
+
+    def __init__(self, lm, cfg: retry.RetryConfig, *, correct: bool = True,
+                 cap: int = MAX_LEN, prompt: str = PROMPT) -> None:
+        self.lm, self.cfg, self.correct, self.cap = lm, cfg, correct, cap
+        self.start = lm.prefill(prompt)
+        self.ctx = surprise.AltContext(lm, lm.prefill(OTHER)) if cfg.scored else None
+        self.nobody = cfg.cut_token == "nobody"
+
+    def q(self, n: int | None = None) -> Sampling:
+        return Sampling(temperature=self.cfg.q_temperature, max_new_tokens=n or self.cap,
+                        alternatives=0)
+
+    def state(self, ids):
+        """A finished sequence as the chain holds it (scored, and under B when it is scored)."""
+        x = replace(self.lm.score(self.start, list(ids), self.q()),
+                    finish="eos" if ids[-1] == 0 else "length")
+        if self.ctx is None:
+            return x, None
+        s = surprise.annotate(self.ctx, x, self.q())
+        return s.y, s.alt
+
+    def move(self, x, alt_x, g: torch.Generator):
+        """(state, its B state, the step record) after one move from x."""
+        cut = retry.choose_cut([x.tokens], self.cfg, g)
+        t = cut.position
+        xs = surprise.swap_logq(x.tokens, t) if self.nobody else x.tokens
+        if mh.null_at(xs, t):  # no token but x_t at t: the identity, free
+            return x, alt_x, mh.null_record(x.tokens, t)
+        ban = x.tokens[t].id
+        first = None
+        if self.nobody:  # y_t from the no-body context with x_t banned
+            first = lambda prefix: surprise.draw_first(
+                self.ctx, alt_x, self.lm, prefix, t, self.q(1), g, exclude=ban)
+        span = None
+        if cut.move == "local":
+            p = local.propose(self.lm, x, t, self.cfg.span, self.q(), g, cap=self.cap,
+                              first=first, exclude=None if first else ban)
+            if p.y is None:  # out of the support: rejected
+                return x, alt_x, local.step_record(x.tokens, p, alpha=ALPHA, correction=0.0,
+                                                   verifier_delta=0.0, u=1.0)
+            y, span = p.y, (p.s, p.m)
+        elif first is not None:
+            y, _ = surprise.first_then_extend(self.lm, first(self.lm.fork(x, t)), t,
+                                              self.q(self.cap - t), g)
+        else:
+            y = self.lm.extend(self.lm.fork(x, t), self.q(self.cap - t), g, exclude=ban)
+        assert y.tokens[t].id != ban
+        alt_y = None
+        if self.ctx is not None:
+            s = surprise.annotate(self.ctx, y, self.q(), base=alt_x, t=t)
+            y, alt_y = s.y, s.alt
+        rec = retry.accept([x.tokens], [y.tokens], cut, config=self.cfg, r_current=0.0,
+                           r_proposal=0.0, u=1.0, decode_tokens=0, span=span)
+        log_a = rec.log_accept
+        if self.correct:
+            ys = surprise.swap_logq(y.tokens, t) if self.nobody else y.tokens
+            term = mh.exclusion_term(xs, ys, t)
+            log_a = -math.inf if term == -math.inf else log_a + term
+        if math.log(sampling.uniform(g)) < log_a:
+            return y, alt_y, rec
+        return x, alt_x, rec
+
+
+def stationary(lm, law: dict, chain: ToyChain, chains: int = CHAINS, moves: int = MOVES):
+    """Empirical law after `moves` moves of chains started from exact draws of `law`."""
+    xs = sorted(law)
+    probs = torch.tensor([law[x] for x in xs], dtype=torch.float64)
+    counts, steps = collections.Counter(), collections.Counter()
+    for s in range(chains):
+        g = torch.Generator().manual_seed(20_000 + s)
+        x, alt = chain.state(xs[int(torch.multinomial(probs, 1, generator=g))])
+        for _ in range(moves):
+            x, alt, rec = chain.move(x, alt, g)
+            steps["null" if rec.decode_tokens == 0 and rec.proposal_length == 0 else "moved"] += 1
+        counts[tuple(t.id for t in x.tokens)] += 1
+    return {x: n / chains for x, n in counts.items()}, steps
+
+
+# -- 1) the kernel, enumerated ----------------------------------------------------------------
+ONE_TOKEN = SpanRule(decision=None, ends=(), max_span=1)  # a local move that swaps one token
+
+
+def kernel_residuals(lm, target: dict, cfg: retry.RetryConfig) -> tuple[float, float]:
+    """max_y |(pi P)(y) - pi(y)| for the excluding kernel, every proposal enumerated: (with the
+    exclusion term, without it). Suffix moves, or local moves of one token (ONE_TOKEN).
+
+    Q(x -> y) = c(t | x) * q(y_t) / (1 - q(x_t)) * prod_{t < i < t + m} q(y_i), q(y_t) read as
+    q_B's for the no-body cut token, each q from the scored tokens (a token's values depend on
+    its prefix only; a local move's kept tail is rescored, as local.propose does); A from
+    retry.accept plus the exclusion term, exactly as ToyChain decides. pi is renormalised from
+    the tokens' own (fp32) logp, so float64 enumeration noise does not hide the check."""
+    chain = ToyChain(lm, cfg)
+    toks = {x: chain.state(x)[0].tokens for x in target}
+    w = {x: ALPHA * sum(k.logp for k in toks[x]) for x in target}
+    m = max(w.values())
+    z = sum(math.exp(v - m) for v in w.values())
+    target = {x: math.exp(v - m) / z for x, v in w.items()}
+    out = [dict.fromkeys(target, 0.0), dict.fromkeys(target, 0.0)]
+    for x, px in target.items():
+        tx = toks[x]
+        logc = cuts.log_probs(retry.cut_entropies([tx], cfg), cfg.rule)
+        drawn = retry.choose_cut([tx], cfg, torch.Generator().manual_seed(0))  # its move kind
+        stay = [1.0, 1.0]
+        for t in range(len(x)):
+            sx = surprise.swap_logq(tx, t) if chain.nobody else tx
+            other = mh.log_other(sx[t].logq)
+            if other == -math.inf:
+                continue  # a null move: stays
+            cut = replace(drawn, position=t, index=t, entropy=tx[t].entropy, token=tx[t].text)
+            for y, span in proposals(x, t, target, cfg):
+                ty = toks[y]
+                sy = surprise.swap_logq(ty, t) if chain.nobody else ty
+                log_q = sum(k.logq for k in sy[t: t + (span[1] if span else len(y))]) - other
+                rec = retry.accept([tx], [ty], cut, config=cfg, r_current=0.0, r_proposal=0.0,
+                                   u=1.0, decode_tokens=0, span=span)
+                for k, term in enumerate((mh.exclusion_term(sx, sy, t), 0.0)):
+                    move = math.exp(logc[t] + log_q + min(0.0, rec.log_accept + term))
+                    out[k][y] += px * move
+                    stay[k] -= move
+        for k in (0, 1):
+            out[k][x] += px * stay[k]
+    return tuple(max(abs(o[y] - target[y]) for y in target) for o in out)
+
+
+def proposals(x: tuple, t: int, target: dict, cfg: retry.RetryConfig):
+    """(y, span) for every y an excluding move at t can propose from x and keep in the support
+    (span None for a suffix move; (s, m) = (t + 1, 1) for a one-token local move)."""
+    if cfg.move == "suffix":
+        yield from ((y, None) for y in target if y[:t] == x[:t] and y[t] != x[t])
+        return
+    for v in range(4):  # the toy's vocabulary: EOS, a, b, c
+        y = (*x[:t], v, *x[t + 1:])
+        tail = t + 1 < len(x)
+        ends = v == 0 or t + 1 == MAX_LEN  # the span ends the sequence
+        if v != x[t] and y in target and ends != tail:  # else out of the support: rejected
+            yield y, (t + 1, 1)
+
+
+@pytest.mark.parametrize("move,cut_weights,cut_token", [
+    ("suffix", "entropy", "patch"), ("suffix", "surprise", "nobody"),
+    ("local", "entropy", "patch"), ("local", "surprise", "nobody"),
+])
+def test_the_excluding_kernel_leaves_p_alpha_invariant(toy, target, move, cut_weights, cut_token):
+    """Every proposal enumerated: pi P = pi up to float (measured <= 3e-16), and without the
+    exclusion term it is not (measured on one move: suffix 0.029 and 0.014, local 2.8e-4 and
+    6.7e-5: on this toy few local moves stay in the support)."""
+    cfg = config(move=move, span=ONE_TOKEN, cut_weights=cut_weights, cut_token=cut_token)
+    exact, without = kernel_residuals(toy, target, cfg)
+    assert exact < 1e-12
+    assert without > 1e-5
+
+
+# -- 2) chains that run the code `fix` runs -------------------------------------------------------
+def test_suffix_chains_with_exclusion_stay_at_p_alpha(toy, target):
+    emp, steps = stationary(toy, target, ToyChain(toy, config()))
+    assert tv(emp, target) < BOUND  # measured 0.023
+    assert steps["null"] > 0  # sharp toy contexts: 1 - q(x_t) < NULL_MASS (11 of 3200 moves)
+
+
+def test_suffix_chains_without_the_exclusion_term_leave_p_alpha(toy, target):
+    """300 chains, 8 moves: sampling noise E[TV] ~ 0.03; measured 0.12."""
+    emp, _ = stationary(toy, target, ToyChain(toy, config(), correct=False), chains=300, moves=8)
+    assert tv(emp, target) > 0.09
+
+
+def test_local_chains_with_exclusion_stay_at_p_alpha(toy, target):
+    """Local moves with surprise cut weights and the no-body cut token: the excluded draw is
+    q_B's (the second context: the toy under another prompt), through local.propose's `first`
+    and surprise.draw_first; measured TV 0.009 at 800 chains."""
+    cfg = config(move="local", span=DECISION_SPANS, cut_weights="surprise", cut_token="nobody")
+    emp, _ = stationary(toy, target, ToyChain(toy, cfg), chains=500)
+    assert tv(emp, target) < BOUND
+
+
+# -- 3) null moves and the draw itself ----------------------------------------------------------
+SCRIPT = ["def f(a, b):\n    return a ", {"choice": {"<": 0.6, "<=": 0.3, "==": 0.1}}, " b",
+          {"choice": {"\n": 0.7, " + 0\n": 0.3}}]
+
+
+def test_a_cut_at_a_certain_token_is_a_null_move_that_decodes_nothing():
+    """The scripted model writes its text with certainty (q = 1) and hesitates at two choices:
+    cuts at the three certain positions (EOS included) are null moves that decode nothing, and
+    the chain stays at p^alpha over the 6 replies."""
+    lm = scripted_lm(SCRIPT)
+    ids = lm.backend.names.index
+    law = {}
+    for (a, pa), (b, pb) in itertools.product(*(seg["choice"].items() for seg in SCRIPT[1::2])):
+        law[(ids(SCRIPT[0]), ids(a), ids(SCRIPT[2]), ids(b), 0)] = (pa * pb) ** ALPHA
+    z = sum(law.values())
+    law = {x: v / z for x, v in law.items()}
+    chain = ToyChain(lm, config(strategy="uniform-cut"), cap=5)
+    x, _ = chain.state(next(iter(law)))
+    assert [mh.null_at(x.tokens, t) for t in range(5)] == [True, False, True, False, True]
+    emp, steps = stationary(lm, law, chain, chains=400, moves=4)
+    assert steps["null"] > 0.5 * sum(steps.values())  # 3 of 5 cuts, uniform
+    assert tv(emp, law) < BOUND
+
+
+def test_the_excluded_token_is_never_drawn_and_keeps_the_unrestricted_logq(toy):
+    """Every draw at t avoids x_t; the others come in proportion q(y) / (1 - q(x_t)); each
+    drawn token records q(y), the proposal's, not the renormalised one."""
+    start = toy.prefill(PROMPT)
+    q = Sampling(temperature=0.7, max_new_tokens=3, alternatives=0)
+    x = replace(toy.score(start, [2, 3, 1, 0], q), finish="eos")
+    n = 400
+    for t in range(3):
+        ban = x.tokens[t].id
+        fork = toy.fork(x, t)
+        one = q.model_copy(update={"max_new_tokens": 1})
+        ys = toy.extend_many(fork, one, sampling.child_generators(torch.Generator(), n),
+                             exclude=ban)
+        drawn = collections.Counter(y.tokens[t].id for y in ys)
+        assert ban not in drawn
+        logq = {y.tokens[t].id: y.tokens[t].logq for y in ys}
+        other = -math.expm1(x.tokens[t].logq)
+        for tid, lq in logq.items():
+            assert lq == pytest.approx(toy.score(fork, [tid], q).tokens[t].logq, abs=1e-6)
+            assert drawn[tid] / n == pytest.approx(math.exp(lq) / other, abs=0.08)
+        for s in range(50):  # the suffix and the local draws ban it too
+            g = torch.Generator().manual_seed(s)
+            assert toy.extend(fork, q, g, exclude=ban).tokens[t].id != ban
+            p = local.propose(toy, x, t, DECISION_SPANS, q, g, cap=MAX_LEN, exclude=ban)
+            assert p.decode_tokens >= 1 and (p.y is None or p.y.tokens[t].id != ban)
