@@ -184,3 +184,26 @@ def test_an_old_store_still_shows(tmp_path):
     page = tmp_path / "r.html"
     assert cli("report", sample.run_id, "-o", page, home=home).returncode == 0
     assert 'data-signal="entropy"' in page.read_text()
+
+
+TOGGLE = """<script>
+  var radio = document.querySelector('#signal-toggle input[value="entropy"]');
+  radio.checked = true;
+  radio.dispatchEvent(new Event("change"));
+</script></body>"""
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
+def test_the_toggle_switches_the_heat_map_and_plot_to_entropy(recorded, tmp_path):
+    home, never, _ = recorded
+    page = tmp_path / "r.html"
+    assert cli("report", never, "-o", page, home=home).returncode == 0
+    before = dump_dom(page, tmp_path / "profile")
+    assert before.select("html")[0].attrs.get("data-rendered") == "true"  # the script ran
+    page.write_text(page.read_text(encoding="utf-8").replace("</body>", TOGGLE), encoding="utf-8")
+    after = dump_dom(page, tmp_path / "profile")
+    assert after.select("body")[0].attrs["data-signal"] == "entropy"
+    assert [e.text for e in after.select("b", "signal-name")] == ["entropy"]
+    label = [e.text for e in after.select("text", inside="entropy-plot")]
+    assert "entropy (nats)" in label and "surprise (nats)" not in label
+    assert "surprise (nats)" in [e.text for e in before.select("text", inside="entropy-plot")]
