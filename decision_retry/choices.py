@@ -5,6 +5,10 @@ from typing import Literal
 Strategy = Literal["entropy-cut", "uniform-cut", "egps", "argmax-cut", "from-end", "restart"]
 STRATEGIES: tuple[str, ...] = Strategy.__args__  # type: ignore[attr-defined]
 
+# Defaults, defined once: `fix`, `bench`, the LangGraph nodes and the LangChain middleware read them.
+BUDGET_TOKENS = 1500  # decode tokens of a `fix` run, accepted or not
+SPIKE_THRESHOLD = 0.5  # nats: a token at least this uncertain is recorded as a decision point
+
 SamplerName = Literal["plain", "low-temp", "uniform-mh", "ec-mh", "egps", "argmax-cut"]
 SAMPLERS: tuple[str, ...] = SamplerName.__args__  # type: ignore[attr-defined]
 
@@ -19,15 +23,21 @@ SAMPLERS: tuple[str, ...] = SamplerName.__args__  # type: ignore[attr-defined]
 # ":" at a line end, imports before it and multi-line signatures included
 DEF_HEADER = r"(?ms)^[ \t]*(?:async[ \t]+)?(?:def|class)\b.*?:[ \t]*(?:#[^\n]*)?\n"
 VARIANT_OPTIONS = ("local", "mixed", "defline", "code", "surprise", "nbtoken", "restart")
+# `fix`'s run, which `bench` calls "default": a rewind whose cut rule (surprise or entropy) and
+# moves (local or suffix) are chosen per run where they apply, a def-line cut a suffix move
+DEFAULT_RUN = {"move": "auto", "cut_weights": "auto", "span": {"opening": DEF_HEADER}}
+BENCH_STRATEGIES = ("default", "uniform-cut", "egps", "argmax-cut", "from-end", "restart")
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
-    """`entropy-cut+local+code` -> ("entropy-cut", RetryConfig keyword arguments); ValueError
-    naming the bad part."""
+    """`entropy-cut+local+code` -> ("entropy-cut", RetryConfig keyword arguments); `default`
+    is `fix`'s run (DEFAULT_RUN); ValueError naming the bad part."""
     base, *options = spec.split("+")
-    if base not in STRATEGIES:
-        raise ValueError(f"unknown strategy {base!r}: choose from {','.join(STRATEGIES)}")
     kw: dict = {}
+    if base == "default":
+        base, kw = "entropy-cut", dict(DEFAULT_RUN)
+    if base not in STRATEGIES:
+        raise ValueError(f"unknown strategy {base!r}: choose from default,{','.join(STRATEGIES)}")
     for opt in options:
         if opt in ("local", "mixed"):
             kw["move"] = opt
@@ -48,6 +58,6 @@ def parse_variant(spec: str) -> tuple[str, dict]:
                 raise ValueError(f"+{opt} in {spec!r}: the share must be in [0, 1]")
         else:
             raise ValueError(f"unknown option +{opt} in {spec!r}: use +{', +'.join(VARIANT_OPTIONS)}")
-    if kw and base not in ("entropy-cut", "uniform-cut", "argmax-cut"):
+    if options and base not in ("entropy-cut", "uniform-cut", "argmax-cut"):
         raise ValueError(f"{spec!r}: options apply to entropy-cut, uniform-cut and argmax-cut")
     return base, kw

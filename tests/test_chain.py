@@ -72,3 +72,36 @@ def test_r_is_the_fraction_passing_and_one_only_when_the_run_passed():
     assert verdict(True, 1.0) == 1.0
     assert verdict(False, 0.5) == 0.5
     assert verdict(False, 1.0) == 1.0  # no failure counted, yet not a pass: `passed` decides
+
+
+def test_the_names_say_what_runs():
+    """`fix`'s default run is a rewind that cuts by surprise with local and def-line suffix moves
+    (once resolved), and `bench`'s "default" strategy is that run."""
+    from decision_retry.choices import DEFAULT_RUN, parse_variant
+    from decision_retry.samplers.chain import describe
+
+    base, kw = parse_variant("default")
+    default = RetryConfig(strategy=base, **kw)
+    assert (base, kw) == ("entropy-cut", DEFAULT_RUN)
+    resolved = default.resolved(patch=True, teacher_forcing=True)
+    assert describe(resolved) == "rewind: surprise cuts, local moves, def-line suffix moves"
+    assert describe(default.resolved(patch=False, teacher_forcing=True)) == \
+        "rewind: entropy cuts, suffix moves"
+    assert describe(RetryConfig(strategy="uniform-cut", restart_share=0.2)) == \
+        "rewind: uniform cuts, suffix moves, restart 0.2"
+    assert describe(RetryConfig(strategy="from-end")).startswith("from-end")
+    assert parse_variant("default+restart0.3")[1]["restart_share"] == 0.3
+
+
+def test_moves_are_objects_parsed_once():
+    from decision_retry.samplers import moves
+    from decision_retry.samplers.local import SpanRule
+
+    mixture = RetryConfig(move="mixed", restart_share=0.25, local_share=0.5).kernel
+    g = torch.Generator().manual_seed(0)
+    drawn = {type(mixture.pick(g)).__name__ for _ in range(200)}
+    assert drawn == {"Suffix", "Local", "Restart"}
+    assert RetryConfig(move="suffix").kernel.pick(g) is moves.SUFFIX  # nothing drawn, no choice
+    opening = moves.Local(SpanRule(opening="c"))
+    assert opening.at(toks([0.1, 0.2]), 1) is moves.SUFFIX  # before the opening closes
+    assert RetryConfig(cut_token="nobody").first.scored

@@ -210,11 +210,10 @@ class FixAgent:
     def _first_token(self, current: Attempt, cut: CutPoint, q: Sampling):
         """The no-body cut token's draw (or None for the usual one): y_t from the no-body
         context, scored in the patch context (samplers/surprise.py)."""
-        if self.rc.cut_token != "nobody" or cut.move == "restart":
+        if cut.kernel.fresh:
             return None
-        alt_x = current.turns[cut.turn].alt
-        return lambda prefix: surprise.draw_first(self._alt_context(), alt_x, self.lm, prefix,
-                                                  cut.position, q, self.generator)
+        return self.rc.first.first(self._alt_context, current.turns[cut.turn].alt, self.lm,
+                                   cut.position, q, self.generator)
 
     def _sampling(self, spent: int, tries: int = 1) -> Sampling:
         left = (self.config.budget_tokens - spent) // tries  # K tries share what is left
@@ -241,7 +240,7 @@ class FixAgent:
                 new.append(self._with_turn(a, AgentTurn(msgs, out, a.final_sha)))
             return {"pending": new, "spent": spent}
         current, cut = state.get("current"), state.get("cut")
-        if cut is not None and cut.move == "local":
+        if cut is not None and cut.kernel.local:
             return self._local(state, current, cut, spent)
         k = self.rc.tries if (cut is not None and self.rc.strategy == "egps") else 1
         k = max(1, min(k, self.config.budget_tokens - spent))  # each try gets a token at least
@@ -289,9 +288,9 @@ class FixAgent:
         base = current.turns[cut.turn]
         q = self._sampling(spent)
         first = self._first_token(current, cut, q)
-        p = local.propose(self.lm, base.state, cut.position, self.rc.span, q, self.generator,
-                          cap=self.protocol.defn.limits["max_new_tokens"],
-                          budget=self.config.budget_tokens - spent, first=first)
+        p = cut.kernel.propose(self.lm, base.state, cut.position, q, self.generator,
+                               cap=self.protocol.defn.limits["max_new_tokens"],
+                               budget=self.config.budget_tokens - spent, first=first)
         spent += p.decode_tokens
         out = {"spent": spent, "attempts": state.get("attempts", 0) + 1,  # + y_t's patch score
                "prefilled": state.get("prefilled", 0) + p.prefill_positions + (first is not None)}

@@ -26,9 +26,10 @@ from decision_retry.agent.testcache import TestCache
 from decision_retry.agent.testrun import TestResult
 from decision_retry.agent.userrepo import UserRepo
 from decision_retry.agent.workspace import Workspace, repo_root
+from decision_retry.choices import BUDGET_TOKENS, SPIKE_THRESHOLD
 from decision_retry.errors import BadInput
 from decision_retry.otel.attributes import engine_provider
-from decision_retry.retry import RetryConfig
+from decision_retry.samplers.chain import RetryConfig, describe
 from decision_retry.samplers.mh import StepRecord
 from decision_retry.trace.decisions import SpikeRule
 from decision_retry.trace.recorder import Recorder
@@ -45,10 +46,10 @@ class FixConfig(BaseModel):
     model: str | None = None
     protocol: Literal["patch", "tools"] = "patch"
     retry: RetryConfig = RetryConfig()
-    budget_tokens: int = Field(2000, ge=1)
+    budget_tokens: int = Field(BUDGET_TOKENS, ge=1)
     max_attempts: int = Field(10, ge=1)
     seed: int = 0
-    spike: SpikeRule = SpikeRule(threshold=0.5)  # entropy spikes recorded as decision points
+    spike: SpikeRule = SpikeRule(threshold=SPIKE_THRESHOLD)  # recorded as decision points
     sandbox: Literal["auto", "bwrap", "none"] = "auto"  # where tests and model code run
     pass_env: tuple[str, ...] = ()  # variables let through the sandbox's allow-list
     # search with the failing tests' node ids only (a pytest test_cmd), then run test_cmd once
@@ -189,10 +190,13 @@ def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None =
     cfg = cfg.model_copy(update={"retry": cfg.retry.resolved(  # recorded as it will run
         patch=cfg.protocol == "patch", teacher_forcing=getattr(lm, "teacher_forcing", False))})
     recorder = Recorder(store, listeners)
+    runs = describe(cfg.retry)  # what runs, in words: "rewind: surprise cuts, local moves, ..."
     recorder.start_run(model=lm.name, strategy=cfg.retry.strategy,
                        config={**cfg.model_dump(mode="json"), "provider": engine_provider(lm),
-                               "interpreter": python.note},
+                               "interpreter": python.note, "runs": runs},
                        seed=cfg.seed, repo=str(root))
+    if on_event:
+        on_event("run", {"what": runs})
     return drive(root, cfg, lm=lm, recorder=recorder, sandbox=sandbox, on_event=on_event,
                  apply=apply, python=python)
 

@@ -17,7 +17,7 @@ from rich.progress import (
 )
 
 from decision_retry.catalogue import DEFAULT as DEFAULT_MODEL
-from decision_retry.choices import STRATEGIES
+from decision_retry.choices import BENCH_STRATEGIES, STRATEGIES
 from decision_retry.cli.fix import Duration
 from decision_retry.errors import BadInput
 
@@ -81,8 +81,9 @@ def canonical_command(suite: str, cfg, limit: int | None, mutations: int, out) -
 
 @click.command()
 @click.argument("suite")
-@click.option("--strategies", default=",".join(STRATEGIES), show_default=True,
-              help="Comma-separated strategies to compare; a cut strategy may carry options: "
+@click.option("--strategies", default=",".join(BENCH_STRATEGIES), show_default=True,
+              help="Comma-separated strategies to compare (default: what `fix` runs); a cut "
+              "strategy may carry options: "
               "+local or +mixed (moves), +defline (an opening cut makes a suffix move), "
               "+code or +surprise (cut weights), +nbtoken (cut token), +restartP (restart "
               "share P), e.g. entropy-cut+local+code.")

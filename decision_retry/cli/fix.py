@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.text import Text
 
 from decision_retry.agent.sandbox import SANDBOXES
-from decision_retry.choices import STRATEGIES
+from decision_retry.choices import BUDGET_TOKENS, STRATEGIES
 from decision_retry.cli.logs import diff_lines, home_option
 from decision_retry.cli.options import finite, model_option, seed_type, threads_option
 from decision_retry.costs import costs_line
@@ -23,18 +23,21 @@ class Progress:
     def __init__(self, console: Console, cfg) -> None:
         self.console, self.cfg = console, cfg
         self.attempt, self.spent, self.last, self.note = 0, 0, "-", "starting"
+        self.what = cfg.retry.strategy  # until the run says what it resolved to
         self.live = Live(self.render(), console=console, transient=True, refresh_per_second=8)
 
     def render(self) -> Text:
         c = self.cfg
         return Text.assemble(
             ("fix ", "bold"), f"attempt {self.attempt}/{c.max_attempts}  ",
-            (f"{c.retry.strategy}", "cyan"), f"  tokens {self.spent}/{c.budget_tokens}  ",
+            (self.what, "cyan"), f"  tokens {self.spent}/{c.budget_tokens}  ",
             "tests: ", (self.last, "green" if self.last == "pass" else "red"), f"  {self.note}",
         )
 
     def __call__(self, kind: str, data: dict) -> None:
-        if kind == "model":
+        if kind == "run":  # what runs, once `auto` is resolved (chain.describe)
+            self.what = data["what"]
+        elif kind == "model":
             self.attempt, self.spent, self.note = data["attempt"], data["spent"], "tests running"
         elif kind == "test":
             self.last = "pass" if data["ok"] else f"{data['passed']} passed, {data['failed']} failed"
@@ -77,9 +80,12 @@ def span_listener(otlp: str | None):
 @click.argument("path", type=click.Path(file_okay=False), required=False)
 @model_option
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="entropy-cut", show_default=True,
-              help="How to retry: cut at an uncertain token (entropy-cut, uniform-cut, egps, "
-              "argmax-cut), append the failure and ask again (from-end), or start over (restart).")
-@click.option("--budget-tokens", type=click.IntRange(min=1), default=1500, show_default=True,
+              help="What a run does: rewind to a token and resample from it (entropy-cut, "
+              "the default, and uniform-cut: the cut rule is --cut-weights, so by default it "
+              "cuts by surprise with local and def-line suffix moves; egps: K tries a cut; "
+              "argmax-cut: a heuristic), append the failure and ask again (from-end), or start "
+              "over (restart). The progress line says what runs.")
+@click.option("--budget-tokens", type=click.IntRange(min=1), default=BUDGET_TOKENS, show_default=True,
               help="Decode tokens for the whole run, accepted or not.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=10, show_default=True,
               help="Model attempts (first try + retries).")

@@ -136,7 +136,7 @@ def next_cut(chain: dict, config: RetryConfig, generator) -> dict | None:
     point = Chain(config).next_cut(trajectory(chain), generator, tuple(chain.get("tried", ())))
     if point is None:
         return None
-    whole = point.move == "restart" or not chain["turns"][point.turn].get("continuable")
+    whole = point.kernel.fresh or not chain["turns"][point.turn].get("continuable")
     out = {"turn": point.turn, "position": 0 if whole else point.position, "index": point.index,
            "entropy": point.entropy, "token": point.token, "whole_call": whole,
            "message_id": chain["turns"][point.turn]["message_id"]}

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import torch
 
+from decision_retry.choices import SPIKE_THRESHOLD
 from decision_retry.errors import BadInput, DecisionRetryError
 from decision_retry.langgraph.state import KEY, progress, prompt_hash, tokens_of, turn_record
 from decision_retry.lm import LM, DecodeState, Sampling
@@ -27,7 +28,7 @@ from decision_retry.trace.decisions import SpikeRule
 from decision_retry.trace.models import Cut
 
 DEFAULT_RETRY = RetryConfig()
-DEFAULT_SPIKE = SpikeRule(threshold=1.0)  # as `fix`: a token at 1 nat or more is a decision point
+DEFAULT_SPIKE = SpikeRule(threshold=SPIKE_THRESHOLD)  # as `fix`: a decision point
 UNSUPPORTED = {
     "egps": "each of its K tries would need its own graph run",
     "from-end": "it appends to the end instead of cutting; loop back in your own graph for that",

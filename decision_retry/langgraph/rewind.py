@@ -23,9 +23,10 @@ from decision_retry.langgraph.model import (
     derived_generator,
 )
 from decision_retry.langgraph.state import KEY, progress, turns_tokens
+from decision_retry.samplers import moves
 from decision_retry.samplers.chain import Chain, CutPoint, RetryConfig, Trajectory
 
-CUT_FIELDS = tuple(f.name for f in dataclasses.fields(CutPoint))
+CUT_FIELDS = tuple(f.name for f in dataclasses.fields(CutPoint) if f.name != "kernel")
 
 
 class RewindNode:
@@ -72,7 +73,8 @@ class RewindNode:
         chain, cut, n = dr.get("chain"), dr.get("cut"), dr.get("attempts", 1)
         gen = derived_generator(self.seed, "rewind", n)
         attempt = {"turns": turns, "r": r, "branch": dr.get("branch"), "tried": []}
-        point = None if cut is None else CutPoint(**{f: cut[f] for f in CUT_FIELDS})
+        point = None if cut is None else CutPoint(
+            **{f: cut[f] for f in CUT_FIELDS}, kernel=moves.named(cut.get("move", "suffix")))
 
         # 1) the chain's decision: does it move to this attempt? (a first attempt always does)
         steps = list(dr.get("steps") or [])
@@ -114,7 +116,8 @@ class RewindNode:
         point = self.chain.next_cut(_trajectory(chain), gen, tuple(chain.get("tried", ())))
         if point is None:
             return None
-        return {**dataclasses.asdict(point), "message_id": chain["turns"][point.turn]["message_id"]}
+        return {**{f: getattr(point, f) for f in CUT_FIELDS}, "move": point.move,
+                "message_id": chain["turns"][point.turn]["message_id"]}
 
     def _trace(self, dr, chain, cut, step, passed, status) -> None:
         rec, branch = self.recorder, dr.get("branch")

@@ -43,7 +43,6 @@ weights do, and works with any cut weights.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -51,9 +50,9 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from decision_retry.choices import STRATEGIES, Strategy  # noqa: F401 (re-exported)
 from decision_retry import sampling
-from decision_retry.samplers import codeweights, cuts, local, mh, surprise
+from decision_retry.choices import STRATEGIES, Strategy
+from decision_retry.samplers import codeweights, cuts, mh, moves, surprise
 from decision_retry.samplers.cuts import CutRule
 from decision_retry.samplers.local import SpanRule
 from decision_retry.samplers.mh import StepRecord
@@ -125,6 +124,17 @@ class RetryConfig(BaseModel):
         return self.proposal_temperature or 1.0 / self.alpha
 
     @property
+    def kernel(self) -> moves.Mixture:
+        """The moves, as objects (samplers/moves.py)."""
+        return moves.parse(self.move, span=self.span, restart_share=self.restart_share,
+                           local_share=self.local_share)
+
+    @property
+    def first(self) -> moves.Patch:
+        """Where the cut's first new token is drawn from."""
+        return moves.first_token(self.cut_token)
+
+    @property
     def rule(self) -> CutRule:
         if self.strategy == "uniform-cut":
             return self.cut.model_copy(update={"kind": "uniform"})
@@ -147,8 +157,13 @@ class CutPoint:
     entropy: float
     token: str
     index: int  # position in the flattened model tokens of the trajectory
-    move: Literal["suffix", "local", "restart"] = "suffix"
+    kernel: moves.Move = moves.SUFFIX  # the move that runs from this cut
     surprise: float | None = None  # -log p of the token under the no-body context, if scored
+
+    @property
+    def move(self) -> str:
+        """The move's name, as recorded."""
+        return self.kernel.name
 
 
 def flatten(turns: Sequence[Sequence[Token]]) -> tuple[list[Token], list[tuple[int, int]]]:
@@ -209,9 +224,9 @@ def choose_cut(
     flat, where = flatten(turns)
     if not flat:
         return None
-    move = mh.pick_kernel(config.move, config.restart_share, config.local_share, generator)
-    if move == "restart":  # a fresh attempt: position 0 of the first turn
-        return CutPoint(0, 0, flat[0].entropy, flat[0].text, 0, "restart")
+    move = config.kernel.pick(generator)
+    if move.fresh:  # a fresh attempt: position 0 of the first turn
+        return CutPoint(0, 0, flat[0].entropy, flat[0].text, 0, move)
     ent = cut_entropies(turns, config, stops)
     scale = cut_scale(turns, config)
     if config.strategy == "argmax-cut":
@@ -220,8 +235,7 @@ def choose_cut(
     else:
         i = cuts.draw(ent, config.rule, generator, scale)
     turn, pos = where[i]
-    if move == "local":  # a cut in the reply's opening may regenerate the rest (span.opening)
-        move = local.kernel_at(turns[turn], pos, config.span)
+    move = move.at(turns[turn], pos)  # a local cut in the reply's opening: a suffix move
     alt = flat[i].alt_logp
     return CutPoint(turn, pos, flat[i].entropy, flat[i].text, i, move,
                     None if alt is None else -alt)
@@ -252,28 +266,15 @@ def accept(
     by the proposal's [t, t + m) and the rest kept (only the spans enter the proposal terms)."""
     x, _ = flatten(current)
     y, _ = flatten(proposal)
-    if config.cut_token == "nobody" and cut.move != "restart":  # y_t was drawn from q_B
-        x, y = surprise.swap_logq(x, cut.index), surprise.swap_logq(y, cut.index)
+    if not cut.kernel.fresh:  # the first-token policy's view (no-body: y_t was drawn from q_B)
+        x, y = config.first.view(x, cut.index), config.first.view(y, cut.index)
     sx, sy = stops or (None, None)
-    corr = None
-    if cut.move == "restart":
-        corr = 0.0  # an independent proposal: no cut to reverse
-    elif config.corrected:
+    corr = 0.0  # restart: an independent proposal, no cut to reverse; argmax: uncorrected
+    if not cut.kernel.fresh and config.corrected:
         corr = _log_c(proposal, config, cut.index, sy) - _log_c(current, config, cut.index, sx)
-    if span is not None:
-        t, (s, m) = cut.index, span
-        target, prop = local.log_weight(x, y, t, s, m, config.alpha)
-        dv = config.verifier_weight * (r_proposal - r_current)
-        log_a = target + prop + (corr or 0.0) + dv
-        return StepRecord(
-            cut_position=t, cut_entropy=x[t].entropy, proposal_length=m, log_accept=log_a,
-            log_target=target, log_proposal=prop, log_cut_correction=corr or 0.0,
-            log_verifier=dv, accepted=u == 0 or math.log(u) < log_a, decode_tokens=decode_tokens)
-    return mh.mh_step_record(
-        x, y, cut.index, alpha=config.alpha, rule=None, correction=corr,
-        verifier_delta=config.verifier_weight * (r_proposal - r_current), u=u,
-        decode_tokens=decode_tokens,
-    )
+    return cut.kernel.record(x, y, cut.index, alpha=config.alpha, correction=corr,
+                             verifier_delta=config.verifier_weight * (r_proposal - r_current),
+                             u=u, decode_tokens=decode_tokens, span=span)
 
 
 def multiple_try(
@@ -299,6 +300,29 @@ def multiple_try(
         generator=generator, decode_tokens=decode_tokens,
         correction=lambda j: _log_c(proposals[j], config, cut.index, sy[j]) - base,
     )
+
+
+def describe(config: RetryConfig) -> str:
+    """What a run does, in words (the progress line, the trace, `fix --help`): what it does
+    (rewind, egps, argmax, from-end, restart) apart from where it cuts (auto, surprise,
+    entropy, uniform, code) and which moves run. `fix`'s default reads "rewind: surprise cuts,
+    local moves, def-line suffix moves" once resolved."""
+    s = config.strategy
+    if s in ("from-end", "restart"):
+        return {"from-end": "from-end: the failure appended, asked again",
+                "restart": "restart: a fresh attempt each time"}[s]
+    where = "uniform" if s == "uniform-cut" else config.cut_weights
+    what = {"egps": f"egps ({config.tries} tries a cut)", "argmax-cut": "argmax"}.get(s, "rewind")
+    kinds = {"auto": "auto moves", "suffix": "suffix moves", "local": "local moves",
+             "mixed": f"mixed moves ({config.local_share:g} local)"}
+    parts = [f"{where} cuts", kinds[config.move]]
+    if config.move in ("local", "mixed", "auto") and config.span.opening:
+        parts.append("def-line suffix moves")
+    if config.restart_share:
+        parts.append(f"restart {config.restart_share:g}")
+    if config.cut_token == "nobody":
+        parts.append("no-body cut token")
+    return f"{what}: {', '.join(parts)}"
 
 
 # -- the chain ----------------------------------------------------------------------------------
@@ -389,11 +413,11 @@ class Chain:
                 return None
             k = next(i for i, t in enumerate(current.turns) if t)
             first = current.turns[k][0]
-            return CutPoint(k, 0, first.entropy, first.text, 0, "restart")
+            return CutPoint(k, 0, first.entropy, first.text, 0, moves.RESTART)
         return choose_cut(current.turns, self.config, generator, frozenset(tried),
                           stops=current.stops)
 
 
 __all__ = ["CUT_STRATEGIES", "SINGLE_TRY_CUTS", "STRATEGIES", "Chain", "CutPoint",
            "Decision", "RetryConfig", "Strategy", "Trajectory", "accept", "choose_cut",
-           "cut_entropies", "cut_scale", "flatten", "multiple_try", "verdict"]
+           "cut_entropies", "cut_scale", "describe", "flatten", "multiple_try", "verdict"]

@@ -196,8 +196,8 @@ class PowerSampler:
         t = cut.index
         # 2) the proposals from the cut
         span, decoded = None, None
-        if cut.move == "local":
-            p = local.propose(self.lm, x, t, self.cfg.span, self._q(cap), g, cap=cap)
+        if cut.kernel.local:
+            p = cut.kernel.propose(self.lm, x, t, self._q(cap), g, cap=cap)
             self.spent += p.decode_tokens
             self.prefilled += p.prefill_positions
             if p.y is None:  # out of the support: rejected, nothing to score
@@ -205,11 +205,10 @@ class PowerSampler:
                                         verifier_delta=0.0, u=sampling.uniform(g))
                 return x, r, rec, self.kernel.tried_after(tried, cut, moved=False)
             ys, span, decoded = [p.y], (p.s, p.m), p.decode_tokens
-        elif self.cfg.sampler == "egps" and self.cfg.tries > 1 and cut.move != "restart":
-            ys = self.lm.extend_many(self.lm.fork(x, t), self._q(cap - t),
-                                     sampling.child_generators(g, self.cfg.tries))
-        else:
-            ys = [self.lm.extend(self.lm.fork(x, t), self._q(cap - t), g)]
+        else:  # K tries of a multiple-try move (egps), else one
+            k = self.cfg.tries if self.cfg.sampler == "egps" and not cut.kernel.fresh else 1
+            gens = sampling.child_generators(g, k) if k > 1 else [g]
+            ys = cut.kernel.propose(self.lm, x, t, self._q(cap - t), gens)
         if decoded is None:
             decoded = sum(len(y) - t for y in ys)
             self.spent += decoded

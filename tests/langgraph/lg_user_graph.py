@@ -18,7 +18,7 @@ from decision_retry.langgraph import (
     rewind_node,
     route_after_rewind,
 )
-from decision_retry.retry import RetryConfig
+from decision_retry.samplers.chain import RetryConfig
 
 # Two uncertain tokens: the comment (H = 0.61 nats) and the operator (H = 1.0805 nats, the highest).
 SCRIPT = [

@@ -132,7 +132,8 @@ def test_trace_records_branches_decisions_and_mh_steps(tmp_path):
     root, child = tree.branches[0], tree.branches[1]
     assert child.parent_id == root.id and child.cut.position == OPERATOR
     decisions = tree.decisions_of(tree.own_turns(root.id)[0].id)
-    assert [d.position for d in decisions] == [OPERATOR]  # spike rule: H >= 1.0 nats
+    # the spike rule `fix` uses (choices.SPIKE_THRESHOLD): H >= 0.5 nats, the operator among them
+    assert [d.position for d in decisions] == [1, OPERATOR]
     assert len(tree.mh_steps) == n - 1 and tree.mh_steps[0].cut_position == OPERATOR
     assert [r.passed for r in tree.test_runs] == [0] * (n - 1) + [1]
     last = tree.branches[-1]
