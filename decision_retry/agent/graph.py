@@ -95,6 +95,7 @@ class FixState(TypedDict, total=False):
     pending: list[Attempt]  # attempts in progress (K of them for a multiple-try move)
     cut: CutPoint | None  # where the next proposal starts (None: fresh or from the end)
     tried: tuple[int, ...]  # cuts tried from `current` (run-wide for argmax-cut)
+    rewinds: tuple[dict, ...]  # runner.Rewind per cut, in order (with its MH verdict)
     spent: int  # decode tokens, accepted or not
     prefilled: int  # positions teacher-forced (kept tails of local moves, no-body scoring)
     rejected: tuple[StepRecord, str] | None  # a local draw outside the support, and why
@@ -148,7 +149,6 @@ class FixAgent:
     base_sha: str
     generator: torch.Generator
     on_event: Any = None
-    rewinds: list = field(default_factory=list)  # runner.Rewind per cut, in order
     _prompt_cache: dict = field(default_factory=dict)
     _alt: surprise.AltContext | None = None
 
@@ -377,6 +377,7 @@ class FixAgent:
                               tried=state.get("tried", ()), generator=self.generator,
                               decode_tokens=decoded)
         new_current = current if d.moved_to is None else proposals[d.moved_to]
+        rewinds = [dict(r) for r in state.get("rewinds", ())]
         step: list[StepRecord] = []
         if not proposals:  # a local draw outside the support: rejected, nothing ran
             rec, why = state["rejected"]
@@ -385,14 +386,15 @@ class FixAgent:
             fields["log_accept"] = -sys.float_info.max  # -inf: the store keeps finite numbers
             self.recorder.record_mh_step(current=current.branch, proposal=None, cut_turn=cut.turn,
                                          **fields)
-            self._decided(False, rec.log_accept, reason=why)
+            self._decided(rewinds, False, rec.log_accept, reason=why)
         elif d.step is not None:
             step.append(d.step)
             self.recorder.record_mh_step(
                 current=current.branch, proposal=proposals[d.moved_to or 0].branch,
                 cut_turn=cut.turn, **d.step.model_dump(exclude={"tries"}))
-            self._decided(d.step.accepted, d.step.log_accept)
-        out = {"current": new_current, "pending": [], "steps": step, "tried": d.tried}
+            self._decided(rewinds, d.step.accepted, d.step.log_accept)
+        out = {"current": new_current, "pending": [], "steps": step, "tried": d.tried,
+               "rewinds": tuple(rewinds)}
 
         # 2) what next: out of budget, out of attempts, or the chain's next cut
         spent, attempts = state.get("spent", 0), state.get("attempts", 0)
@@ -409,12 +411,12 @@ class FixAgent:
             turn = new_current.turns[next_cut.turn]
             self.ws.restore(turn.snapshot)
             where = self.protocol.where(turn.state.text, next_cut.position, turn.state.tokens)
-            self.rewinds.append({"file": where[0], "line": where[1], "token": next_cut.token,
-                                 "entropy": next_cut.entropy, "surprise": next_cut.surprise})
+            out["rewinds"] += ({"file": where[0], "line": where[1], "token": next_cut.token,
+                                "entropy": next_cut.entropy, "surprise": next_cut.surprise},)
             self._event("rewind", cut=next_cut, file=where[0], line=where[1])
         return {**out, "cut": next_cut}
 
-    def _decided(self, accepted: bool, log_accept: float, **extra) -> None:
-        if self.rewinds:
-            self.rewinds[-1]["accepted"] = accepted
+    def _decided(self, rewinds: list[dict], accepted: bool, log_accept: float, **extra) -> None:
+        if rewinds:  # the verdict on the latest cut
+            rewinds[-1]["accepted"] = accepted
         self._event("mh", accepted=accepted, log_accept=log_accept, **extra)

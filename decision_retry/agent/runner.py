@@ -301,7 +301,7 @@ def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandb
             unseparated=ws.unseparated, tests_changed=tests_changed if solved else [],
             narrow_cmd=narrow_cmd, wide_check=wide,
             sandbox=sandbox.note, python=ws.python.note, steps=final.get("steps", []),
-            rewinds=[Rewind(**r) for r in agent.rewinds], costs=recorder.run.costs,
+            rewinds=[Rewind(**r) for r in final.get("rewinds", ())], costs=recorder.run.costs,
         )
     except BadInput as err:
         recorder.finish_run(f"bad input: {err}", costs=meter.summary())
