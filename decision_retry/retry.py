@@ -15,6 +15,7 @@ from decision_retry.samplers.chain import (  # noqa: F401
     cut_entropies,
     cut_scale,
     flatten,
+    movable,
     multiple_try,
     verdict,
 )

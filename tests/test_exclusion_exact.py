@@ -1,16 +1,19 @@
 """Excluding moves keep p^alpha: the cut token always changes, and log A pays for it exactly.
 
 An excluding move (samplers/mh.py) draws y_t from q(.) / (1 - q(x_t)) over y_t != x_t and adds
-log(1 - q(x_t)) - log(1 - q(y_t)) to log A; where q(x_t) is 1 the move at t is a null move
-(rejected, nothing decoded). Checked on the toy of tests/test_samplers_exact.py (vocabulary
-{EOS, a, b, c}, at most 4 tokens, 121 finished sequences, p^alpha enumerated):
+log(1 - q(x_t)) - log(1 - q(y_t)) to log A; the chain (samplers/chain.py, `exclude=True`, what
+`fix` runs) cuts only where such a move exists (`chain.movable`: c restricted to positions where
+1 - q(x_t) >= NULL_MASS, computed for x and y alike). Checked on the toy of
+tests/test_samplers_exact.py (vocabulary {EOS, a, b, c}, at most 4 tokens, 121 finished
+sequences, p^alpha enumerated):
 
 * the kernel itself, enumerated: pi P = pi to float precision, and without the term it is not;
-* chains started from exact draws of pi and moved by the code `fix` runs (retry.choose_cut,
-  lm.extend / local.propose / surprise.draw_first with `exclude`, retry.accept plus
-  mh.exclusion_term) stay at pi within a stated TV bound, and without the term they leave it;
+* chains started from exact draws of pi and moved by the code `fix` runs (Chain.next_cut, the
+  moves' `propose` with the cut's `ban`, Chain.decide) stay at pi within a stated TV bound, and
+  without the term they leave it;
   (seeded: chain s draws from torch.Generator().manual_seed(20_000 + s), so results are fixed)
-* a scripted model with certain tokens: a cut there is a null move that decodes nothing.
+* a scripted model with certain tokens: cuts never land there; a reply with no uncertain token
+  makes a restart move.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import pytest
 import torch
 
 from decision_retry import retry, sampling
+from decision_retry.samplers.chain import Chain, Trajectory
 from decision_retry.lm import Sampling
 from decision_retry.samplers import cuts, local, mh, surprise
 from decision_retry.samplers.cuts import CutRule
@@ -55,7 +59,7 @@ def config(**kw) -> retry.RetryConfig:
     # proposal at temperature 1: exactness holds for any proposal, and it mixes fast on the toy
     base = {"strategy": "entropy-cut", "alpha": ALPHA, "proposal_temperature": 1.0,
             "verifier_weight": 0.0, "cut": CutRule(kind="entropy-jump", beta=4, eps=0.1),
-            "cut_weights": "entropy"}
+            "cut_weights": "entropy", "exclude": True}
     return retry.RetryConfig(**{**base, **kw})
 
 
@@ -86,45 +90,36 @@ class ToyChain:
         return s.y, s.alt
 
     def move(self, x, alt_x, g: torch.Generator):
-        """(state, its B state, the step record) after one move from x."""
-        cut = retry.choose_cut([x.tokens], self.cfg, g)
+        """(state, its B state, the step record) after one move from x: the chain's cut (never
+        at a position with no other token), the move's proposal with the cut token banned, the
+        chain's decision (without the exclusion term: the cut's ban dropped before deciding)."""
+        chain, current = Chain(self.cfg), Trajectory([x.tokens], 0.0)
+        cut = chain.next_cut(current, g)
         t = cut.position
-        xs = surprise.swap_logq(x.tokens, t) if self.nobody else x.tokens
-        if mh.null_at(xs, t):  # no token but x_t at t: the identity, free
-            return x, alt_x, mh.null_record(x.tokens, t)
-        ban = x.tokens[t].id
-        first = None
-        if self.nobody:  # y_t from the no-body context with x_t banned
-            first = lambda prefix: surprise.draw_first(
-                self.ctx, alt_x, self.lm, prefix, t, self.q(1), g, exclude=ban)
+        q = self.q(self.cap - t)
+        first = None if cut.kernel.fresh else self.cfg.first.first(
+            lambda: self.ctx, alt_x, self.lm, t, q, g, exclude=cut.ban)
         span = None
-        if cut.move == "local":
-            p = local.propose(self.lm, x, t, self.cfg.span, self.q(), g, cap=self.cap,
-                              first=first, exclude=None if first else ban)
+        if cut.kernel.local:
+            p = cut.kernel.propose(self.lm, x, t, self.q(), g, cap=self.cap, first=first,
+                                   exclude=cut.ban)
             if p.y is None:  # out of the support: rejected
                 return x, alt_x, local.step_record(x.tokens, p, alpha=ALPHA, correction=0.0,
                                                    verifier_delta=0.0, u=1.0)
             y, span = p.y, (p.s, p.m)
         elif first is not None:
-            y, _ = surprise.first_then_extend(self.lm, first(self.lm.fork(x, t)), t,
-                                              self.q(self.cap - t), g)
+            y, _ = surprise.first_then_extend(self.lm, first(self.lm.fork(x, t)), t, q, g)
         else:
-            y = self.lm.extend(self.lm.fork(x, t), self.q(self.cap - t), g, exclude=ban)
-        assert y.tokens[t].id != ban
+            [y] = cut.kernel.propose(self.lm, x, t, q, [g], exclude=cut.ban)
+        assert cut.ban is None or y.tokens[t].id != cut.ban
         alt_y = None
         if self.ctx is not None:
             s = surprise.annotate(self.ctx, y, self.q(), base=alt_x, t=t)
             y, alt_y = s.y, s.alt
-        rec = retry.accept([x.tokens], [y.tokens], cut, config=self.cfg, r_current=0.0,
-                           r_proposal=0.0, u=1.0, decode_tokens=0, span=span)
-        log_a = rec.log_accept
-        if self.correct:
-            ys = surprise.swap_logq(y.tokens, t) if self.nobody else y.tokens
-            term = mh.exclusion_term(xs, ys, t)
-            log_a = -math.inf if term == -math.inf else log_a + term
-        if math.log(sampling.uniform(g)) < log_a:
-            return y, alt_y, rec
-        return x, alt_x, rec
+        decided = cut if self.correct else replace(cut, ban=None)
+        d = chain.decide(current, [Trajectory([y.tokens], 0.0, span=span)], decided,
+                         generator=g, decode_tokens=len(y) - t)
+        return (y, alt_y, d.step) if d.accepted else (x, alt_x, d.step)
 
 
 def stationary(lm, law: dict, chain: ToyChain, chains: int = CHAINS, moves: int = MOVES):
@@ -137,7 +132,8 @@ def stationary(lm, law: dict, chain: ToyChain, chains: int = CHAINS, moves: int 
         x, alt = chain.state(xs[int(torch.multinomial(probs, 1, generator=g))])
         for _ in range(moves):
             x, alt, rec = chain.move(x, alt, g)
-            steps["null" if rec.decode_tokens == 0 and rec.proposal_length == 0 else "moved"] += 1
+            steps["restart" if rec.cut_position == 0 and not rec.log_cut_correction
+                  else "moved"] += 1
         counts[tuple(t.id for t in x.tokens)] += 1
     return {x: n / chains for x, n in counts.items()}, steps
 
@@ -150,10 +146,11 @@ def kernel_residuals(lm, target: dict, cfg: retry.RetryConfig) -> tuple[float, f
     """max_y |(pi P)(y) - pi(y)| for the excluding kernel, every proposal enumerated: (with the
     exclusion term, without it). Suffix moves, or local moves of one token (ONE_TOKEN).
 
-    Q(x -> y) = c(t | x) * q(y_t) / (1 - q(x_t)) * prod_{t < i < t + m} q(y_i), q(y_t) read as
-    q_B's for the no-body cut token, each q from the scored tokens (a token's values depend on
-    its prefix only; a local move's kept tail is rescored, as local.propose does); A from
-    retry.accept plus the exclusion term, exactly as ToyChain decides. pi is renormalised from
+    Q(x -> y) = c(t | x) * q(y_t) / (1 - q(x_t)) * prod_{t < i < t + m} q(y_i), c restricted to
+    the movable positions (chain.movable), q(y_t) read as q_B's for the no-body cut token, each q
+    from the scored tokens (a token's values depend on its prefix only; a local move's kept tail
+    is rescored, as local.propose does); A from retry.accept with the cut's ban (the exclusion
+    term in) and without it. pi is renormalised from
     the tokens' own (fp32) logp, so float64 enumeration noise does not hide the check."""
     chain = ToyChain(lm, cfg)
     toks = {x: chain.state(x)[0].tokens for x in target}
@@ -164,23 +161,27 @@ def kernel_residuals(lm, target: dict, cfg: retry.RetryConfig) -> tuple[float, f
     out = [dict.fromkeys(target, 0.0), dict.fromkeys(target, 0.0)]
     for x, px in target.items():
         tx = toks[x]
-        logc = cuts.log_probs(retry.cut_entropies([tx], cfg), cfg.rule)
+        allowed = retry.movable([tx], cfg)
+        logc = cuts.log_probs(retry.cut_entropies([tx], cfg), cfg.rule, None, allowed)
         drawn = retry.choose_cut([tx], cfg, torch.Generator().manual_seed(0))  # its move kind
+        assert not drawn.kernel.fresh  # the toy always has a movable position
         stay = [1.0, 1.0]
         for t in range(len(x)):
             sx = surprise.swap_logq(tx, t) if chain.nobody else tx
             other = mh.log_other(sx[t].logq)
-            if other == -math.inf:
-                continue  # a null move: stays
-            cut = replace(drawn, position=t, index=t, entropy=tx[t].entropy, token=tx[t].text)
+            if not allowed[t]:
+                assert other == -math.inf and logc[t] == -math.inf  # never cut there
+                continue
+            cut = replace(drawn, position=t, index=t, entropy=tx[t].entropy, token=tx[t].text,
+                          ban=tx[t].id)
             for y, span in proposals(x, t, target, cfg):
                 ty = toks[y]
                 sy = surprise.swap_logq(ty, t) if chain.nobody else ty
                 log_q = sum(k.logq for k in sy[t: t + (span[1] if span else len(y))]) - other
-                rec = retry.accept([tx], [ty], cut, config=cfg, r_current=0.0, r_proposal=0.0,
-                                   u=1.0, decode_tokens=0, span=span)
-                for k, term in enumerate((mh.exclusion_term(sx, sy, t), 0.0)):
-                    move = math.exp(logc[t] + log_q + min(0.0, rec.log_accept + term))
+                for k, c in enumerate((cut, replace(cut, ban=None))):  # with the term, without
+                    rec = retry.accept([tx], [ty], c, config=cfg, r_current=0.0, r_proposal=0.0,
+                                       u=1.0, decode_tokens=0, span=span)
+                    move = math.exp(logc[t] + log_q + min(0.0, rec.log_accept))
                     out[k][y] += px * move
                     stay[k] -= move
         for k in (0, 1):
@@ -219,8 +220,7 @@ def test_the_excluding_kernel_leaves_p_alpha_invariant(toy, target, move, cut_we
 # -- 2) chains that run the code `fix` runs -------------------------------------------------------
 def test_suffix_chains_with_exclusion_stay_at_p_alpha(toy, target):
     emp, steps = stationary(toy, target, ToyChain(toy, config()))
-    assert tv(emp, target) < BOUND  # measured 0.023
-    assert steps["null"] > 0  # sharp toy contexts: 1 - q(x_t) < NULL_MASS (11 of 3200 moves)
+    assert tv(emp, target) < BOUND
 
 
 def test_suffix_chains_without_the_exclusion_term_leave_p_alpha(toy, target):
@@ -243,10 +243,11 @@ SCRIPT = ["def f(a, b):\n    return a ", {"choice": {"<": 0.6, "<=": 0.3, "==": 
           {"choice": {"\n": 0.7, " + 0\n": 0.3}}]
 
 
-def test_a_cut_at_a_certain_token_is_a_null_move_that_decodes_nothing():
+def test_cuts_never_land_on_a_certain_token_and_the_chain_stays_at_p_alpha():
     """The scripted model writes its text with certainty (q = 1) and hesitates at two choices:
-    cuts at the three certain positions (EOS included) are null moves that decode nothing, and
-    the chain stays at p^alpha over the 6 replies."""
+    the chain cuts only at the two choices (the three certain positions, EOS included, are not
+    movable), every proposal changes the token it cuts, and the chain stays at p^alpha over the
+    6 replies."""
     lm = scripted_lm(SCRIPT)
     ids = lm.backend.names.index
     law = {}
@@ -254,12 +255,25 @@ def test_a_cut_at_a_certain_token_is_a_null_move_that_decodes_nothing():
         law[(ids(SCRIPT[0]), ids(a), ids(SCRIPT[2]), ids(b), 0)] = (pa * pb) ** ALPHA
     z = sum(law.values())
     law = {x: v / z for x, v in law.items()}
-    chain = ToyChain(lm, config(strategy="uniform-cut"), cap=5)
+    cfg = config(strategy="uniform-cut")
+    chain = ToyChain(lm, cfg, cap=5)
     x, _ = chain.state(next(iter(law)))
-    assert [mh.null_at(x.tokens, t) for t in range(5)] == [True, False, True, False, True]
-    emp, steps = stationary(lm, law, chain, chains=400, moves=4)
-    assert steps["null"] > 0.5 * sum(steps.values())  # 3 of 5 cuts, uniform
+    assert retry.movable([x.tokens], cfg) == [False, True, False, True, False]
+    g = torch.Generator().manual_seed(0)
+    assert {retry.choose_cut([x.tokens], cfg, g).position for _ in range(200)} == {1, 3}
+    emp, _ = stationary(lm, law, chain, chains=400, moves=4)
     assert tv(emp, law) < BOUND
+
+
+def test_a_reply_with_no_uncertain_token_makes_a_restart_move():
+    """Every token certain: no cut move exists (no null move is ever made), so the chain
+    starts over; without exclusion it would cut and rebuild the same reply."""
+    lm = scripted_lm(["def f(a, b):\n    return a < b\n"])
+    x = lm.extend(lm.prefill("p"), Sampling(temperature=1.0, max_new_tokens=4, alternatives=0),
+                  torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    assert retry.choose_cut([x.tokens], config(), g).kernel.fresh
+    assert not retry.choose_cut([x.tokens], config(exclude=False), g).kernel.fresh
 
 
 def test_the_excluded_token_is_never_drawn_and_keeps_the_unrestricted_logq(toy):

@@ -121,7 +121,7 @@ def test_local_move_resamples_the_line_and_keeps_the_tail(tmp_path):
     its line only (2 decode tokens, where a suffix move decodes all 6 after the cut); the kept
     comment lines and the closing fence (4 tokens) are teacher-forced, not decoded."""
     events = []
-    res = run_fix(tmp_path, 1, events, move="local", cut=CutRule(eps=0.0))
+    res = run_fix(tmp_path, 1, events, move="local", cut=CutRule(eps=0.0), exclude=False)
     assert res.fixed and res.attempts >= 2
     assert "+    return celsius * 9 / 5 + 32" in res.diff
     assert res.steps and all(s.cut_position == 1 for s in res.steps)  # the one choice token
@@ -130,6 +130,16 @@ def test_local_move_resamples_the_line_and_keeps_the_tail(tmp_path):
     assert res.decode_tokens == len(UNITS_LOCAL) + 2 * retries
     prefilled = [d["prefilled"] for k, d in events if k == "model" and "prefilled" in d]
     assert prefilled == [(len(TAIL) + 1) * (i + 1) for i in range(retries)]
+
+
+def test_an_excluding_rewind_always_changes_the_token_it_cuts(tmp_path):
+    """`fix`'s default where the engine can ban a token: the rewind at the bug token ('-', the
+    one uncertain token) draws the other choice, so the first rewind fixes it: 2 attempts, 2
+    decode tokens after the first reply, and no MH step (a passing proposal ends the run)."""
+    res = run_fix(tmp_path, 1, move="local", cut=CutRule(eps=0.0))
+    assert res.fixed and res.attempts == 2 and not res.steps
+    assert "+    return celsius * 9 / 5 + 32" in res.diff
+    assert res.decode_tokens == len(UNITS_LOCAL) + 2
 
 
 def test_restart_moves_start_over_inside_the_chain(tmp_path):
@@ -169,7 +179,7 @@ def test_auto_moves_are_local_only_where_local_moves_apply(tmp_path):
         assert RetryConfig(strategy=s, move="auto").resolved(patch=True,
                                                              teacher_forcing=True).move == "suffix"
     assert RetryConfig(move="mixed").resolved(patch=False, teacher_forcing=False).move == "mixed"
-    res = run_fix(tmp_path, 1, move="auto", cut=CutRule(eps=0.0))
+    res = run_fix(tmp_path, 1, move="auto", cut=CutRule(eps=0.0), exclude=False)
     with TraceStore(tmp_path / "traces-1.db") as store:
         assert store.load(res.run_id).run.config["retry"]["move"] == "local"
     assert res.steps and all(s.decode_tokens == 2 for s in res.steps)  # local: the line only
@@ -189,7 +199,7 @@ def test_auto_cut_weights_are_surprise_only_where_replies_can_be_scored():
     for s in ("from-end", "restart"):
         assert RetryConfig(strategy=s, cut_weights="auto").resolved(
             patch=True, teacher_forcing=True).cut_weights == "entropy"
-    code = RetryConfig(cut_weights="code")
+    code = RetryConfig(cut_weights="code", exclude=False)
     assert code.resolved(patch=True, teacher_forcing=True) is code
     both = RetryConfig(move="auto", cut_weights="auto").resolved(patch=True, teacher_forcing=True)
     assert (both.move, both.cut_weights) == ("local", "surprise")

@@ -18,6 +18,7 @@ Routers are pure functions of the state. One loop serves every strategy.
 
 from __future__ import annotations
 
+import math
 import operator
 import sys
 from dataclasses import dataclass, field, replace
@@ -213,7 +214,7 @@ class FixAgent:
         if cut.kernel.fresh:
             return None
         return self.rc.first.first(self._alt_context, current.turns[cut.turn].alt, self.lm,
-                                   cut.position, q, self.generator)
+                                   cut.position, q, self.generator, exclude=cut.ban)
 
     def _sampling(self, spent: int, tries: int = 1) -> Sampling:
         left = (self.config.budget_tokens - spent) // tries  # K tries share what is left
@@ -268,7 +269,8 @@ class FixAgent:
                                                    self.generator)
             outs, decoded, prefilled = [out], 1 + more, prefilled + 1
         else:
-            outs, decoded = self.lm.extend_many(prefix, q, gens), None
+            ban = {} if cut is None or cut.ban is None else {"exclude": cut.ban}  # no null move
+            outs, decoded = self.lm.extend_many(prefix, q, gens, **ban), None
         new = []
         for out in outs:
             spent += decoded if decoded is not None else len(out.tokens) - len(prefix.tokens)
@@ -290,7 +292,8 @@ class FixAgent:
         first = self._first_token(current, cut, q)
         p = cut.kernel.propose(self.lm, base.state, cut.position, q, self.generator,
                                cap=self.protocol.defn.limits["max_new_tokens"],
-                               budget=self.config.budget_tokens - spent, first=first)
+                               budget=self.config.budget_tokens - spent, first=first,
+                               exclude=cut.ban)
         spent += p.decode_tokens
         out = {"spent": spent, "attempts": state.get("attempts", 0) + 1,  # + y_t's patch score
                "prefilled": state.get("prefilled", 0) + p.prefill_positions + (first is not None)}
@@ -382,16 +385,14 @@ class FixAgent:
         if not proposals:  # a local draw outside the support: rejected, nothing ran
             rec, why = state["rejected"]
             step.append(rec)
-            fields = rec.model_dump(exclude={"tries"})
-            fields["log_accept"] = -sys.float_info.max  # -inf: the store keeps finite numbers
             self.recorder.record_mh_step(current=current.branch, proposal=None, cut_turn=cut.turn,
-                                         **fields)
+                                         **_stored(rec))
             self._decided(rewinds, False, rec.log_accept, reason=why)
         elif d.step is not None:
             step.append(d.step)
             self.recorder.record_mh_step(
                 current=current.branch, proposal=proposals[d.moved_to or 0].branch,
-                cut_turn=cut.turn, **d.step.model_dump(exclude={"tries"}))
+                cut_turn=cut.turn, **_stored(d.step))
             self._decided(rewinds, d.step.accepted, d.step.log_accept)
         out = {"current": new_current, "pending": [], "steps": step, "tried": d.tried,
                "rewinds": tuple(rewinds)}
@@ -420,3 +421,13 @@ class FixAgent:
         if rewinds:  # the verdict on the latest cut
             rewinds[-1]["accepted"] = accepted
         self._event("mh", accepted=accepted, log_accept=log_accept, **extra)
+
+
+def _stored(rec: StepRecord) -> dict:
+    """A step's fields as the store keeps them: finite numbers (-inf, a move that cannot happen
+    or cannot be reversed, as the most negative float)."""
+    fields = rec.model_dump(exclude={"tries"})
+    for k in ("log_accept", "log_proposal", "log_cut_correction"):
+        if fields[k] == -math.inf:
+            fields[k] = -sys.float_info.max
+    return fields

@@ -188,7 +188,8 @@ def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None =
         lm = load_lm(cfg.model)
     leftovers.sweep(store)  # what runs killed with SIGKILL left: their clones; mark them
     cfg = cfg.model_copy(update={"retry": cfg.retry.resolved(  # recorded as it will run
-        patch=cfg.protocol == "patch", teacher_forcing=getattr(lm, "teacher_forcing", False))})
+        patch=cfg.protocol == "patch", teacher_forcing=getattr(lm, "teacher_forcing", False),
+        excludes=getattr(lm, "excludes", False))})
     recorder = Recorder(store, listeners)
     runs = describe(cfg.retry)  # what runs, in words: "rewind: surprise cuts, local moves, ..."
     recorder.start_run(model=lm.name, strategy=cfg.retry.strategy,

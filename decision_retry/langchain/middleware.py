@@ -57,7 +57,8 @@ def check_levers(retry: RetryConfig) -> None:
     """The middleware's moves are suffix moves with entropy cut weights and the patch-context cut
     token (whole-call resampling has no local or restart kernel, no code weights and no second
     context to score under, yet)."""
-    extra = {"move": "suffix", "restart_share": 0.0, "cut_weights": "entropy", "cut_token": "patch"}
+    extra = {"move": "suffix", "restart_share": 0.0, "cut_weights": "entropy", "cut_token": "patch",
+             "exclude": False}
     for name, plain in extra.items():
         if getattr(retry, name, plain) != plain:
             raise BadInput(f"RetryConfig {name}={getattr(retry, name)!r} is not supported by "

@@ -50,6 +50,9 @@ def check_strategy(retry: RetryConfig) -> None:
     if retry.move != "suffix":
         raise BadInput(f"RetryConfig move={retry.move!r} is not supported by the LangGraph "
                        "nodes (they regenerate from the cut to the end): use move='suffix'")
+    if retry.exclude:
+        raise BadInput("RetryConfig exclude=True is not supported by the LangGraph nodes yet "
+                       "(their model node does not ban the cut token): use exclude=False")
 
 
 def derived_generator(seed: int, *parts: object) -> torch.Generator:

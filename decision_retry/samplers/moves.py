@@ -40,19 +40,24 @@ class Suffix:
         return self
 
     def propose(self, lm, x: DecodeState, t: int, q: Sampling,
-                generators: Sequence[torch.Generator]) -> list[DecodeState]:
-        """One proposal per generator (K tries share the prefix's cache)."""
+                generators: Sequence[torch.Generator], *,
+                exclude: int | None = None) -> list[DecodeState]:
+        """One proposal per generator (K tries share the prefix's cache); `exclude`: the id the
+        first new token may not be (an excluding move: the cut's `ban`)."""
         prefix = lm.fork(x, t)
+        ban = {} if exclude is None else {"exclude": exclude}
         if len(generators) == 1:
-            return [lm.extend(prefix, q, generators[0])]
-        return lm.extend_many(prefix, q, list(generators))
+            return [lm.extend(prefix, q, generators[0], **ban)]
+        return lm.extend_many(prefix, q, list(generators), **ban)
 
     def record(self, x: Sequence[Token], y: Sequence[Token], t: int, *, alpha: float,
                correction: float, verifier_delta: float, u: float, decode_tokens: int,
-               span: tuple[int, int] | None = None) -> StepRecord:
-        """The MH decision for y against x, cut at t (log A's parts in the record)."""
+               span: tuple[int, int] | None = None, exclusion: bool = False) -> StepRecord:
+        """The MH decision for y against x, cut at t (log A's parts in the record);
+        `exclusion`: y_t was drawn with x_t banned (mh.exclusion_term)."""
         return mh.mh_step_record(x, y, t, alpha=alpha, rule=None, correction=correction,
-                                 verifier_delta=verifier_delta, u=u, decode_tokens=decode_tokens)
+                                 verifier_delta=verifier_delta, u=u, decode_tokens=decode_tokens,
+                                 exclusion=exclusion)
 
 
 @dataclass(frozen=True)
@@ -78,17 +83,20 @@ class Local:
         return SUFFIX if local.kernel_at(tokens, t, self.span) == "suffix" else self
 
     def propose(self, lm, x: DecodeState, t: int, q: Sampling, generator: torch.Generator, *,
-                cap: int, budget: int | None = None, first=None) -> local.LocalProposal:
+                cap: int, budget: int | None = None, first=None,
+                exclude: int | None = None) -> local.LocalProposal:
+        """`exclude`: the id the span's first token may not be (with `first`, the first-token
+        policy bans it itself)."""
         return local.propose(lm, x, t, self.span, q, generator, cap=cap, budget=budget,
-                             first=first)
+                             first=first, exclude=None if first is not None else exclude)
 
     def record(self, x: Sequence[Token], y: Sequence[Token], t: int, *, alpha: float,
                correction: float, verifier_delta: float, u: float, decode_tokens: int,
-               span: tuple[int, int] | None = None) -> StepRecord:
+               span: tuple[int, int] | None = None, exclusion: bool = False) -> StepRecord:
         """The MH decision for a local proposal: only the spans [t, s) and [t, t + m) enter the
         proposal terms (`span` = (s, m), flattened)."""
         s, m = span
-        target, prop = local.log_weight(x, y, t, s, m, alpha)
+        target, prop = local.log_weight(x, y, t, s, m, alpha, exclusion=exclusion)
         log_a = target + prop + correction + verifier_delta
         return StepRecord(
             cut_position=t, cut_entropy=x[t].entropy, proposal_length=m, log_accept=log_a,
@@ -125,7 +133,8 @@ class Patch:
     name = "patch"
     scored = False  # needs every reply scored under the no-body context
 
-    def first(self, ctx, alt_x, lm, t: int, q: Sampling, generator) -> Callable | None:
+    def first(self, ctx, alt_x, lm, t: int, q: Sampling, generator, *,
+              exclude: int | None = None) -> Callable | None:
         return None
 
     def view(self, x: Sequence[Token], t: int) -> Sequence[Token]:
@@ -141,8 +150,10 @@ class NoBody(Patch):
     name = "nobody"
     scored = True
 
-    def first(self, ctx, alt_x, lm, t: int, q: Sampling, generator) -> Callable | None:
-        return lambda prefix: surprise.draw_first(ctx(), alt_x, lm, prefix, t, q, generator)
+    def first(self, ctx, alt_x, lm, t: int, q: Sampling, generator, *,
+              exclude: int | None = None) -> Callable | None:
+        return lambda prefix: surprise.draw_first(ctx(), alt_x, lm, prefix, t, q, generator,
+                                                  exclude=exclude)
 
     def view(self, x: Sequence[Token], t: int) -> Sequence[Token]:
         return surprise.swap_logq(x, t)

@@ -63,6 +63,7 @@ class SamplerConfig(BaseModel):
     span: SpanRule = SpanRule()
     local_share: float = Field(0.5, ge=0, le=1, description="mixed: probability of a local move")
     restart_share: float = Field(0.0, ge=0, le=1, description="probability of a restart move")
+    exclude: bool = Field(False, description="cut moves ban the current cut token (no null moves)")
 
     @model_validator(mode="after")
     def _uniform_for_uniform(self) -> SamplerConfig:
@@ -86,7 +87,7 @@ class SamplerConfig(BaseModel):
             proposal_temperature=self.proposal_temperature, verifier_weight=self.verifier_weight,
             cut=self.cut, tries=self.tries, skip_entropy=0.0,  # blocks are skipped in `run`
             move=self.move, span=self.span, local_share=self.local_share,
-            restart_share=self.restart_share)
+            restart_share=self.restart_share, exclude=self.exclude)
 
 
 class SampleResult(BaseModel):
@@ -197,7 +198,7 @@ class PowerSampler:
         # 2) the proposals from the cut
         span, decoded = None, None
         if cut.kernel.local:
-            p = cut.kernel.propose(self.lm, x, t, self._q(cap), g, cap=cap)
+            p = cut.kernel.propose(self.lm, x, t, self._q(cap), g, cap=cap, exclude=cut.ban)
             self.spent += p.decode_tokens
             self.prefilled += p.prefill_positions
             if p.y is None:  # out of the support: rejected, nothing to score
@@ -208,7 +209,7 @@ class PowerSampler:
         else:  # K tries of a multiple-try move (egps), else one
             k = self.cfg.tries if self.cfg.sampler == "egps" and not cut.kernel.fresh else 1
             gens = sampling.child_generators(g, k) if k > 1 else [g]
-            ys = cut.kernel.propose(self.lm, x, t, self._q(cap - t), gens)
+            ys = cut.kernel.propose(self.lm, x, t, self._q(cap - t), gens, exclude=cut.ban)
         if decoded is None:
             decoded = sum(len(y) - t for y in ys)
             self.spent += decoded

@@ -30,7 +30,9 @@ SCRIPT = [
 
 
 def surprise_config(seed: int, budget: int = 200, attempts: int = 12, **retry) -> FixConfig:
-    rc = RetryConfig(proposal_temperature=1.0, cut_weights="surprise", **retry)
+    # exclude=False: these runs check the surprise scores behind MH steps; with the excluding
+    # default the scripted bug is fixed by the first rewind, with no MH step to check
+    rc = RetryConfig(proposal_temperature=1.0, cut_weights="surprise", **{"exclude": False, **retry})
     return FixConfig(retry=rc, seed=seed, budget_tokens=budget, max_attempts=attempts,
                      test_timeout=600)  # a loaded machine: the tests' own time is not the point
 
