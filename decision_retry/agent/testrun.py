@@ -100,7 +100,7 @@ class TestResult(BaseModel):
         """One line: what a later run of this command must show to count as passing."""
         if self.evidence == "pytest":
             return ("verdict: pytest's own report of each test (decision-retry's plugin, over a "
-                    f"pipe); a fix must pass the {len(self.required_tests)} tests failing now")
+                    f"pipe); a fix must pass {_tests(len(self.required_tests))} failing now")
         if self.source == "exit code":
             return ("verdict: exit code only (the test command printed no test counts and sent "
                     "no pytest report)")
@@ -445,3 +445,7 @@ def _kill_group(proc: subprocess.Popen) -> None:
     except ProcessLookupError:
         pass
     proc.wait()
+
+
+def _tests(n: int) -> str:
+    return "the 1 test" if n == 1 else f"the {n} tests"
