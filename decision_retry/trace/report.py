@@ -107,12 +107,7 @@ def _changed_span(tree: RunTree, branch: Branch | None) -> dict[str, range]:
     for turn in tree.own_turns(branch.id):
         old = [t.text for t in parent[turn.index].tokens] if turn.index in parent else []
         new = [t.text for t in turn.tokens]
-        i = 0
-        while i < min(len(old), len(new)) and old[i] == new[i]:
-            i += 1
-        j = 0
-        while j < min(len(old), len(new)) - i and old[-1 - j] == new[-1 - j]:
-            j += 1
+        i, j = s.common_ends(old, new)
         out[turn.id] = range(i, len(new) - j)
     return out
 

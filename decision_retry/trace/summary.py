@@ -73,14 +73,20 @@ def changed_lines(diff: str) -> list[str]:
             if ln[:1] in "+-" and not ln.startswith(("+++ ", "--- "))]
 
 
-def _focus(old: str, new: str, context: int = 12) -> tuple[str, str]:
-    """Two versions of a line cut down to where they differ, `context` characters either side."""
+def common_ends(old, new) -> tuple[int, int]:
+    """(i, j): the two sequences share their first i and last j items (i + j <= either length)."""
     i = 0
     while i < min(len(old), len(new)) and old[i] == new[i]:
         i += 1
     j = 0
     while j < min(len(old), len(new)) - i and old[-1 - j] == new[-1 - j]:
         j += 1
+    return i, j
+
+
+def _focus(old: str, new: str, context: int = 12) -> tuple[str, str]:
+    """Two versions of a line cut down to where they differ, `context` characters either side."""
+    i, j = common_ends(old, new)
     start = max(0, i - context)
 
     def cut(text: str) -> str:
