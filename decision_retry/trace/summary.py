@@ -200,7 +200,9 @@ def _decision(step: MHStep | None) -> str:
         return f"{verdict} (outside the support)"
     text = f"{verdict}, log A {step.log_accept:.2f}"
     if step.approximate:  # a remote engine's top-k: log A is an interval
-        text += " (approximate)"
+        lo, hi = step.log_accept_lo, step.log_accept_hi
+        text += (" (approximate)" if lo is None or hi is None
+                 else f" (approximate: log A in [{lo:.2f}, {hi:.2f}])")
     return text
 
 

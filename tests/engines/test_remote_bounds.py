@@ -189,7 +189,9 @@ def test_approximate_steps_are_stored_shown_and_exported(tmp_path):
     assert attrs["decision_retry.mh.approximate"] is True
     assert attrs["decision_retry.mh.log_accept_lo"] == -0.2
     assert "decision_retry.mh.approximate" not in mh_step_attributes(exact)
+    # two root branches and steps between them: a shape only the whole tree shows (`--full`)
     out = subprocess.run([sys.executable, "-m", "decision_retry.cli", "logs", "show", run.id,
-                          "--home", str(home)], capture_output=True, text=True, check=True).stdout
+                          "--full", "--home", str(home)], capture_output=True, text=True,
+                         check=True).stdout
     assert "approximate: log A in [-0.20, 0.40]" in out
     assert out.count("approximate") == 1  # the exact engine's step says nothing of the kind
