@@ -57,12 +57,14 @@ def check_levers(retry: RetryConfig) -> None:
     """The middleware's moves are suffix moves with entropy cut weights and the patch-context cut
     token (whole-call resampling has no local or restart kernel, no code weights and no second
     context to score under, yet)."""
-    extra = {"move": "suffix", "restart_share": 0.0, "cut_weights": "entropy", "cut_token": "patch",
-             "exclude": False}
+    extra = {"move": "suffix", "restart_share": 0.0, "cut_weights": "entropy", "cut_token": "patch"}
     for name, plain in extra.items():
         if getattr(retry, name, plain) != plain:
             raise BadInput(f"RetryConfig {name}={getattr(retry, name)!r} is not supported by "
                            f"DecisionRetryMiddleware: use {name}={plain!r}")
+    if retry.exclude:  # None (unresolved) and False: the whole-call moves ban no token
+        raise BadInput("RetryConfig exclude=True is not supported by DecisionRetryMiddleware "
+                       "(its calls do not ban the cut token yet): use exclude=False")
 
 
 def _seed(seed: int, *parts: object) -> int:
