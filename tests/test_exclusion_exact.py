@@ -27,9 +27,9 @@ import pytest
 import torch
 
 from decision_retry import retry, sampling
-from decision_retry.samplers.chain import Chain, Trajectory
 from decision_retry.lm import Sampling
 from decision_retry.samplers import cuts, local, mh, surprise
+from decision_retry.samplers.chain import Chain, Trajectory
 from decision_retry.samplers.cuts import CutRule
 from decision_retry.samplers.local import SpanRule
 from decision_retry.testing import scripted_lm, table_lm
@@ -219,7 +219,7 @@ def test_the_excluding_kernel_leaves_p_alpha_invariant(toy, target, move, cut_we
 
 # -- 2) chains that run the code `fix` runs -------------------------------------------------------
 def test_suffix_chains_with_exclusion_stay_at_p_alpha(toy, target):
-    emp, steps = stationary(toy, target, ToyChain(toy, config()))
+    emp, _ = stationary(toy, target, ToyChain(toy, config()))
     assert tv(emp, target) < BOUND
 
 
