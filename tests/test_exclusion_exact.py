@@ -126,16 +126,14 @@ def stationary(lm, law: dict, chain: ToyChain, chains: int = CHAINS, moves: int 
     """Empirical law after `moves` moves of chains started from exact draws of `law`."""
     xs = sorted(law)
     probs = torch.tensor([law[x] for x in xs], dtype=torch.float64)
-    counts, steps = collections.Counter(), collections.Counter()
+    counts = collections.Counter()
     for s in range(chains):
         g = torch.Generator().manual_seed(20_000 + s)
         x, alt = chain.state(xs[int(torch.multinomial(probs, 1, generator=g))])
         for _ in range(moves):
-            x, alt, rec = chain.move(x, alt, g)
-            steps["restart" if rec.cut_position == 0 and not rec.log_cut_correction
-                  else "moved"] += 1
+            x, alt, _ = chain.move(x, alt, g)
         counts[tuple(t.id for t in x.tokens)] += 1
-    return {x: n / chains for x, n in counts.items()}, steps
+    return {x: n / chains for x, n in counts.items()}
 
 
 # -- 1) the kernel, enumerated ----------------------------------------------------------------
@@ -219,13 +217,13 @@ def test_the_excluding_kernel_leaves_p_alpha_invariant(toy, target, move, cut_we
 
 # -- 2) chains that run the code `fix` runs -------------------------------------------------------
 def test_suffix_chains_with_exclusion_stay_at_p_alpha(toy, target):
-    emp, _ = stationary(toy, target, ToyChain(toy, config()))
+    emp = stationary(toy, target, ToyChain(toy, config()))
     assert tv(emp, target) < BOUND
 
 
 def test_suffix_chains_without_the_exclusion_term_leave_p_alpha(toy, target):
     """300 chains, 8 moves: sampling noise E[TV] ~ 0.03; measured 0.12."""
-    emp, _ = stationary(toy, target, ToyChain(toy, config(), correct=False), chains=300, moves=8)
+    emp = stationary(toy, target, ToyChain(toy, config(), correct=False), chains=300, moves=8)
     assert tv(emp, target) > 0.09
 
 
@@ -234,7 +232,7 @@ def test_local_chains_with_exclusion_stay_at_p_alpha(toy, target):
     q_B's (the second context: the toy under another prompt), through local.propose's `first`
     and surprise.draw_first; measured TV 0.009 at 800 chains."""
     cfg = config(move="local", span=DECISION_SPANS, cut_weights="surprise", cut_token="nobody")
-    emp, _ = stationary(toy, target, ToyChain(toy, cfg), chains=500)
+    emp = stationary(toy, target, ToyChain(toy, cfg), chains=500)
     assert tv(emp, target) < BOUND
 
 
@@ -261,7 +259,7 @@ def test_cuts_never_land_on_a_certain_token_and_the_chain_stays_at_p_alpha():
     assert retry.movable([x.tokens], cfg) == [False, True, False, True, False]
     g = torch.Generator().manual_seed(0)
     assert {retry.choose_cut([x.tokens], cfg, g).position for _ in range(200)} == {1, 3}
-    emp, _ = stationary(lm, law, chain, chains=400, moves=4)
+    emp = stationary(lm, law, chain, chains=400, moves=4)
     assert tv(emp, law) < BOUND
 
 
