@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from decision_retry.bench.suites import Case
 from decision_retry.bench.workers import Died, Raised, imap_unordered
-from decision_retry.choices import STRATEGIES
+from decision_retry.choices import BENCH_STRATEGIES
 from decision_retry.errors import BadInput
 
 CELLS_FILE = "cells.jsonl"
@@ -51,7 +51,7 @@ class BenchConfig(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     suite: str
-    strategies: tuple[str, ...] = STRATEGIES
+    strategies: tuple[str, ...] = BENCH_STRATEGIES
     seeds: tuple[int, ...] = (0, 1, 2)
     budget_tokens: int = Field(600, ge=1)
     budget_seconds: float | None = Field(None, gt=0, description="CPU seconds per cell (costs.py)")
@@ -79,9 +79,9 @@ class BenchConfig(BaseModel):
         from decision_retry.choices import parse_variant
         from decision_retry.retry import RetryConfig
 
-        base, options = parse_variant(strategy)  # e.g. entropy-cut+local+code
-        retry = RetryConfig(strategy=base, alpha=self.alpha,
-                            proposal_temperature=self.proposal_temperature, **options)
+        retry = RetryConfig(**{"alpha": self.alpha,  # a variant's +alpha=... overrides
+                               "proposal_temperature": self.proposal_temperature,
+                               **parse_variant(strategy)})  # e.g. rewind+local+code
         return FixConfig(model=self.model, retry=retry, budget_tokens=self.budget_tokens,
                          max_attempts=self.max_attempts, test_timeout=self.test_timeout, seed=seed,
                          protocol=self.protocol, time_limit_s=self.budget_seconds)

@@ -23,17 +23,23 @@ from decision_retry.errors import BadInput
 
 
 def parse_strategies(text: str) -> tuple[str, ...]:
+    """The --strategies list, each variant checked as `fix` checks its options."""
     from decision_retry.choices import parse_variant
+    from decision_retry.cli.options import retry_config
 
     names = tuple(s.strip() for s in text.split(",") if s.strip())
     if not names:
         raise BadInput(f"unknown strategy {text!r} in --strategies: "
-                       f"choose from {','.join(STRATEGIES)}")
-    for name in names:  # a strategy, optionally with +options (entropy-cut+local+code)
+                       f"choose from default,{','.join(STRATEGIES)}")
+    for name in names:  # a strategy, optionally with +options (rewind+local+code, +alpha=2)
         try:
-            parse_variant(name)
+            kw = parse_variant(name)
         except ValueError as err:
             raise BadInput(f"--strategies: {err}") from None
+        try:  # the +KEY=VALUE options' keys and every value, by RetryConfig
+            retry_config(kw, [o for o in name.split("+")[1:] if "=" in o], flag="+")
+        except BadInput as err:
+            raise BadInput(f"--strategies {name}: {err}") from None
     if len(set(names)) != len(names):
         raise BadInput(f"--strategies names a strategy twice: {text}")
     return names
@@ -82,11 +88,11 @@ def canonical_command(suite: str, cfg, limit: int | None, mutations: int, out) -
 @click.command()
 @click.argument("suite")
 @click.option("--strategies", default=",".join(BENCH_STRATEGIES), show_default=True,
-              help="Comma-separated strategies to compare (default: what `fix` runs); a cut "
-              "strategy may carry options: "
-              "+local or +mixed (moves), +defline (an opening cut makes a suffix move), "
-              "+code or +surprise (cut weights), +nbtoken (cut token), +restartP (restart "
-              "share P), e.g. entropy-cut+local+code.")
+              help="Comma-separated strategies to compare (default: `fix`'s run, then "
+              "others): a strategy or `default` (`fix`'s run), then +KEY=VALUE options as "
+              "`fix -o` takes them or shorthands: +local, +mixed (moves), +uniform, +argmax, "
+              "+code, +surprise (cuts), +defline, +nbtoken, +restartP; e.g. "
+              "rewind+local+code, default+alpha=2.")
 @click.option("--budget-tokens", type=int, default=600, show_default=True,
               help="Decode tokens per cell (accepted or not), the same for every strategy.")
 @click.option("--budget-seconds", type=Duration(), default=None, metavar="DURATION",
@@ -139,7 +145,7 @@ def bench(suite, strategies, budget_tokens, budget_seconds, seeds, limit, mutati
 
     \b
     Example:
-      decision-retry bench fixtures --strategies entropy-cut,from-end,restart \\
+      decision-retry bench fixtures --strategies default,from-end,restart \\
           --budget-tokens 600 --seeds 0,1,2 --out bench-out/strategies
     """
     from decision_retry.agent.runner import signals_as_interrupt

@@ -10,9 +10,23 @@ from rich.live import Live
 from rich.text import Text
 
 from decision_retry.agent.sandbox import SANDBOXES
-from decision_retry.choices import BUDGET_TOKENS, STRATEGIES
+from decision_retry.choices import (
+    BUDGET_TOKENS,
+    CUT_WEIGHTS,
+    DEFAULT_RUN,
+    FLAG_KEYS,
+    FORMER,
+    STRATEGIES,
+)
 from decision_retry.cli.logs import diff_lines, home_option
-from decision_retry.cli.options import finite, model_option, seed_type, threads_option
+from decision_retry.cli.options import (
+    finite,
+    model_option,
+    options_help,
+    retry_config,
+    seed_type,
+    threads_option,
+)
 from decision_retry.costs import costs_line
 from decision_retry.trace.printable import visible_text
 
@@ -76,111 +90,112 @@ def span_listener(otlp: str | None):
     return listener_from_config(otlp)
 
 
-@click.command()
+# the flags that became -o keys: given anyway, one line names the replacement
+REMOVED = {"--alpha": "alpha", "--verifier-weight": "verifier_weight", "--eps": "cut.eps",
+           "--tries": "tries", "--move": "move", "--def-line": "def_line",
+           "--restart-share": "restart_share", "--cut-token": "cut_token"}
+
+
+class _FixCommand(click.Command):
+    """`fix`, refusing a removed flag with the `-o` key that replaced it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        for arg in args:
+            if arg == "--":
+                break
+            flag = arg.partition("=")[0]
+            if flag in REMOVED:
+                raise click.UsageError(f"{flag} is now -o {REMOVED[flag]}=VALUE", ctx)
+        return super().parse_args(ctx, args)
+
+
+class StrategyType(click.Choice):
+    """--strategy: today's names, and the former ones (entropy-cut, uniform-cut, argmax-cut),
+    read as choices.upgrade reads them."""
+
+    def __init__(self) -> None:
+        super().__init__(STRATEGIES)
+
+    def convert(self, value, param, ctx):
+        return value if value in FORMER else super().convert(value, param, ctx)
+
+
+@click.command(cls=_FixCommand, epilog="Rarely changed knobs: -o KEY=VALUE, repeatable, e.g. "
+               "-o alpha=4 -o verifier_weight=4 -o cut.eps=0.1 -o tries=4 -o move=local "
+               "-o def_line=local -o restart_share=0.2 -o cut_token=nobody; `fix -o help` lists "
+               "every key with its default.")
 @click.argument("path", type=click.Path(file_okay=False), required=False)
 @model_option
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="entropy-cut", show_default=True,
-              help="What a run does: rewind to a token and resample from it (entropy-cut, "
-              "the default, and uniform-cut: the cut rule is --cut-weights, so by default it "
-              "cuts by surprise with local and def-line suffix moves; egps: K tries a cut; "
-              "argmax-cut: a heuristic), append the failure and ask again (from-end), or start "
-              "over (restart). The progress line says what runs.")
+@click.option("--strategy", type=StrategyType(), default=DEFAULT_RUN["strategy"],
+              show_default=True,
+              help="What a run does after a failure: rewind (resample from an uncertain token, "
+              "MH-accepted), egps (K tries a cut), from-end (append the failure, ask again) "
+              "or restart.")
+@click.option("--cut-weights", type=click.Choice(CUT_WEIGHTS), default=DEFAULT_RUN["cut_weights"],
+              show_default=True, help="Where a rewind cuts: surprise (under a context without "
+              "the function body), entropy, uniform, code (entropy by code class), "
+              "surprise+code; auto: surprise where the engine can score (--protocol patch), "
+              "else entropy.")
+@click.option("-o", "--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="Set a rarely changed knob of the run (repeatable); `-o help` lists them.")
 @click.option("--budget-tokens", type=click.IntRange(min=1), default=BUDGET_TOKENS, show_default=True,
               help="Decode tokens for the whole run, accepted or not.")
 @click.option("--max-attempts", type=click.IntRange(min=1), default=10, show_default=True,
               help="Model attempts (first try + retries).")
 @click.option("--seed", type=seed_type, default=0, show_default=True,
               help="Seed of every random draw (0 to 2^63-1).")
-@click.option("--alpha", type=finite(min=0, min_open=True), default=4.0, show_default=True,
-              help="Target p^alpha: higher prefers likelier code.")
 @click.option("--proposal-temperature", type=finite(min=0, min_open=True), default=None,
               help="Temperature of resampled tokens (default 1/alpha).")
-@click.option("--verifier-weight", type=finite(min=0), default=4.0, show_default=True,
-              help="lambda: tilt the target by exp(lambda * fraction of tests passing).")
-@click.option("--eps", type=finite(0, 1), default=0.1, show_default=True,
-              help="Uniform share of the entropy-cut distribution.")
-@click.option("--tries", type=click.IntRange(min=1), default=4, show_default=True,
-              help="egps: tries drawn in one batch per rewind.")
-@click.option("--move", type=click.Choice(["auto", "suffix", "local", "mixed"]), default="auto",
-              show_default=True, help="What a rewind regenerates: suffix (the rest of the reply), "
-              "local (to the end of the cut line; the rest kept and rescored), mixed (each "
-              "rewind local or suffix, half and half), or auto (local with --protocol patch on "
-              "an in-process engine and a single-try cut strategy, else suffix).")
-@click.option("--def-line", type=click.Choice(["suffix", "local"]), default="suffix",
-              show_default=True, help="local/mixed moves: what a rewind cut in the reply's "
-              "opening (imports and the def line, which pick the function) regenerates: suffix "
-              "(the whole rest, so a wrong function's body goes too) or local (that line only).")
-@click.option("--restart-share", type=finite(0, 1), default=0.0, show_default=True,
-              help="Probability that a rewind starts over from the prompt instead (MH-accepted).")
-@click.option("--cut-weights", type=click.Choice(["auto", "entropy", "code", "surprise",
-                                                  "surprise+code"]),
-              default="auto", show_default=True, help="Where a rewind cuts. surprise: where the "
-              "reply surprises a context that shows the signature, docstring and failing test but "
-              "not the body (one scoring pass per reply; the rule that fixed the most on HumanEval "
-              "K = 2 and 3, at about twice the wall time: docs/benchmarks.md); entropy: where "
-              "entropy jumps; code: entropy, with docstrings/comments weighted down and the "
-              "defined function name up; surprise+code: both; auto: surprise with --protocol "
-              "patch on an in-process engine, else entropy.")
-@click.option("--cut-token", type=click.Choice(["patch", "nobody"]), default="patch",
-              show_default=True, help="Where a rewind draws its first new token: patch (the "
-              "usual proposal) or nobody (the context without the function bodies, so a copied "
-              "bug token can change; MH-corrected; patch protocol).")
 @click.option("--test-cmd", default="python -m pytest -x -q", show_default=True,
               help="Command that runs the tests in the repository root; a leading `python` is "
               "the project's Python (--python).")
 @click.option("--python", "python_path", default=None, metavar="PATH",
-              help="The project's interpreter (or virtualenv directory) for the tests and "
-              "coverage. Default: the interpreter --test-cmd starts with by path, an active "
-              "VIRTUAL_ENV inside the repository, its .venv or venv, another active "
-              "VIRTUAL_ENV, a uv/Poetry/Hatch environment, else decision-retry's own with "
-              "pytest plugin autoload off (docs/cli.md).")
+              help="The project's interpreter or virtualenv for the tests (default: the one "
+              "--test-cmd names, else the repository's active or .venv/venv environment, "
+              "uv/Poetry/Hatch, else our own: docs/cli.md).")
 @click.option("--test-timeout", type=finite(min=0, min_open=True), default=60.0,
               show_default=True, help="Seconds before a test run is killed.")
 @click.option("--narrow/--no-narrow", default=False, show_default=True,
-              help="Search with the narrowest command that reproduces the failure (a pytest "
-              "--test-cmd on the failing node ids), then run the whole --test-cmd once on a fix: "
-              "it counts only if nothing else broke. For big test suites.")
+              help="Search with the failing tests' node ids only (pytest), then run the whole "
+              "--test-cmd once on a fix: it counts only if nothing else broke.")
 @click.option("--test-cache/--no-test-cache", default=True, show_default=True,
-              help="Test an identical tree once per run and reuse its result (the trace marks "
-              "it cached). Exact for deterministic tests; use --no-test-cache for a flaky suite.")
+              help="Test an identical tree once per run (exact for deterministic tests; off "
+              "for a flaky suite).")
 @click.option("--time-limit", type=Duration(), default=None, metavar="DURATION",
-              help="Stop with the best result so far once the run has used this much compute "
-              "(90s, 5m, 1h or seconds): CPU seconds of the whole process tree (decode threads, "
-              "test subprocesses), not wall time; checked between attempts. Stop reason: time limit.")
+              help="Stop with the best result so far after this much compute (90s, 5m, 1h): "
+              "CPU seconds of the process tree, checked between attempts.")
 @click.option("--protocol", type=click.Choice(["patch", "tools"]), default="patch", show_default=True,
               help="patch: one turn rewriting the failing function (small models); tools: "
               "read/edit/test/submit actions over several turns (larger models).")
 @click.option("--allow-test-edits", is_flag=True,
-              help="Let the fix change test files (test_*.py, *_test.py, conftest.py, tests/, "
-              "and the files of the failing tests); by default they are read-only: the failing "
-              "tests are the specification. The summary names the test files the fix changes.")
+              help="Let the fix change test files (read-only by default: the failing tests are "
+              "the specification).")
 @click.option("--apply", "apply_fix", is_flag=True,
               help="On success, apply the fix to your working tree (only if it is clean).")
 @click.option("--otlp", default=None, metavar="ENDPOINT",
               help="Export the run as OpenTelemetry traces (else OTEL_EXPORTER_OTLP_* decide).")
 @click.option("--sandbox", type=click.Choice(SANDBOXES), default="auto", show_default=True,
-              help="Where the tests and the model's code run: bwrap (bubblewrap: only the clone "
-              "writable, no network, no leftover processes, no secrets), none, or auto (bwrap "
-              "when it can run here).")
+              help="Where the tests and the model's code run: bwrap (only the clone writable, "
+              "no network, no secrets), none, or auto (bwrap when it can run here).")
 @click.option("--pass-env", multiple=True, metavar="NAME",
-              help="Let this environment variable through to the tests (repeatable); others "
-              "outside a short allow-list (PATH, HOME, LANG, ...) are withheld.")
+              help="Let this environment variable through to the tests (repeatable).")
 @click.option("--resume", "resume_ref", default=None, metavar="RUN",
-              help="Continue an interrupted run (id, prefix or `latest`) from the trace store, "
-              "with its own config and seed; takes no PATH.")
+              help="Continue an interrupted run (id, prefix or `latest`) with its own config "
+              "and seed; takes no PATH.")
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @home_option
-def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposal_temperature,
-        verifier_weight, eps, tries, move, def_line, restart_share, cut_weights, cut_token, test_cmd, test_timeout, narrow, test_cache, time_limit, protocol, allow_test_edits, apply_fix, otlp, sandbox,
-        python_path, pass_env, resume_ref, threads, as_json, home) -> None:
+def fix(path, model, strategy, cut_weights, options, budget_tokens, max_attempts, seed,
+        proposal_temperature, test_cmd, python_path, test_timeout, narrow, test_cache,
+        time_limit, protocol, allow_test_edits, apply_fix, otlp, sandbox, pass_env, resume_ref,
+        threads, as_json, home) -> None:
     """Fix the failing tests of the git repository at PATH.
 
     Works in a private clone: your checkout, index, stash, refs and untracked files are never
     touched; the fix lands as branch decision-retry/<run> (your HEAD plus the fix), and in
     your working tree only with --apply. Tests run sandboxed (--sandbox). When an attempt still
-    fails, the run rewinds the model's answer and the repository to a high-entropy token and
-    resamples from there (Entropy-Cut MH). Ctrl-C, SIGTERM and SIGHUP stop it cleanly;
+    fails, the run rewinds the model's answer and the repository to an uncertain token and
+    resamples from there (Metropolis-Hastings). Ctrl-C, SIGTERM and SIGHUP stop it cleanly;
     --resume RUN continues it.
 
     \b
@@ -196,30 +211,26 @@ def fix(path, model, strategy, budget_tokens, max_attempts, seed, alpha, proposa
     from decision_retry.agent.runner import FixConfig, signals_as_interrupt
     from decision_retry.agent.runner import fix as run_fix
     from decision_retry.agent.workspace import repo_root
-    from decision_retry.choices import DEF_HEADER
     from decision_retry.cli.logs import open_store
     from decision_retry.errors import BadInput
     from decision_retry.loading import load_lm
-    from decision_retry.retry import RetryConfig
-    from decision_retry.samplers.cuts import CutRule
-    from decision_retry.samplers.local import SpanRule
 
+    if "help" in options:
+        click.echo(options_help())
+        return
     if (path is None) == (resume_ref is None):
         raise BadInput("give a repository PATH, or --resume RUN (and no PATH)")
+    if resume_ref is not None and options:
+        raise BadInput("--resume runs with the run's own config: give no -o")
+    retry = retry_config({**DEFAULT_RUN, "strategy": strategy, "cut_weights": cut_weights,
+                          "proposal_temperature": proposal_temperature}, options,
+                         flags=FLAG_KEYS)
     try:
         cfg = FixConfig(
             test_cmd=test_cmd, test_timeout=test_timeout, model=model, protocol=protocol,
             budget_tokens=budget_tokens, max_attempts=max_attempts, seed=seed, sandbox=sandbox,
             pass_env=pass_env, narrow=narrow, python=python_path, test_cache=test_cache,
-            time_limit_s=time_limit, allow_test_edits=allow_test_edits,
-            retry=RetryConfig(strategy=strategy, alpha=alpha,
-                              proposal_temperature=proposal_temperature,
-                              verifier_weight=verifier_weight, cut=CutRule(eps=eps), tries=tries,
-                              move=move,
-                              span=SpanRule(opening=DEF_HEADER if def_line == "suffix" else None),
-                              restart_share=restart_share, cut_weights=cut_weights,
-                              cut_token=cut_token),
-        )
+            time_limit_s=time_limit, allow_test_edits=allow_test_edits, retry=retry)
     except ValidationError as err:  # a combination the option types alone do not catch
         first = err.errors()[0]
         raise BadInput(f"bad option {'.'.join(map(str, first['loc']))}: {first['msg']}") from None

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.text import Text
 from rich.tree import Tree
 
+from decision_retry.choices import current_name
 from decision_retry.errors import BadInput, DecisionRetryError
 from decision_retry.trace.compare import StrategyChange, compare_all
 from decision_retry.trace.models import Branch, RunTree, Turn
@@ -27,6 +28,7 @@ from decision_retry.trace.summary import (
     diff_summary,
     fixing_attempt,
     header_lines,
+    what_ran,
 )
 
 home_option = click.option(
@@ -102,7 +104,8 @@ def list_runs(count: int, as_json: bool, home: str | None) -> None:
     for run, n in runs:
         created = run.created_at.strftime("%Y-%m-%d %H:%M:%S")
         click.echo(visible(
-            f"{run.id}  {created}  {run.outcome or 'unfinished':<10}  {run.strategy:<12}  "
+            f"{run.id}  {created}  {run.outcome or 'unfinished':<10}  "
+            f"{current_name(run.strategy):<12}  "
             f"{run.model}  ({n['branches']} branches, {n['turns']} turns, {n['tokens']} tokens, "
             f"{n['mh_steps']} MH steps)"
         ))
@@ -251,7 +254,7 @@ def _branch_node(
 ) -> None:
     style = {True: "green", False: "red"}.get(branch.passed, "")  # type: ignore[arg-type]
     label = _t(
-        f"branch #{branch.index} {branch.id} {branch.strategy} · {branch.outcome or 'unfinished'}",
+        f"branch #{branch.index} {branch.id} {current_name(branch.strategy)} · {branch.outcome or 'unfinished'}",
         style,
     )
     if branch.cut is not None and branch.parent_id is not None:
@@ -287,7 +290,7 @@ def render_tree(tree: RunTree, changes: list[StrategyChange]) -> Tree:
     run = tree.run
     root = Tree(
         _t(
-            f"run {run.id} · {run.model} · {run.strategy} · seed {run.seed} · "
+            f"run {run.id} · {run.model} · {what_ran(run)} · seed {run.seed} · "
             f"{run.outcome or 'unfinished'} · {run.created_at:%Y-%m-%d %H:%M:%S}",
             "bold",
         )

@@ -54,14 +54,15 @@ class DecisionRetryAgentState(AgentState):
 
 
 def check_levers(retry: RetryConfig) -> None:
-    """The middleware's moves are suffix moves with entropy cut weights and the patch-context cut
-    token (whole-call resampling has no local or restart kernel, no code weights and no second
-    context to score under, yet)."""
-    extra = {"move": "suffix", "restart_share": 0.0, "cut_weights": "entropy", "cut_token": "patch"}
+    """The middleware's moves are suffix moves with entropy (or uniform) cut weights and the
+    patch-context cut token (whole-call resampling has no local or restart kernel, no code
+    weights and no second context to score under, yet)."""
+    extra = {"move": ("suffix",), "restart_share": (0.0,), "cut_weights": ("entropy", "uniform"),
+             "cut_token": ("patch",)}
     for name, plain in extra.items():
-        if getattr(retry, name, plain) != plain:
+        if getattr(retry, name, plain[0]) not in plain:
             raise BadInput(f"RetryConfig {name}={getattr(retry, name)!r} is not supported by "
-                           f"DecisionRetryMiddleware: use {name}={plain!r}")
+                           f"DecisionRetryMiddleware: use {name}={plain[0]!r}")
     if retry.exclude:  # None (unresolved) and False: the whole-call moves ban no token
         raise BadInput("RetryConfig exclude=True is not supported by DecisionRetryMiddleware "
                        "(its calls do not ban the cut token yet): use exclude=False")

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from decision_retry.choices import SPIKE_THRESHOLD
+from decision_retry.choices import DEFAULT_RUN, SPIKE_THRESHOLD
 from decision_retry.errors import BadInput, DecisionRetryError
 from decision_retry.langgraph.state import KEY, progress, prompt_hash, tokens_of, turn_record
 from decision_retry.lm import LM, DecodeState, Sampling
@@ -27,7 +27,10 @@ from decision_retry.retry import RetryConfig
 from decision_retry.trace.decisions import SpikeRule
 from decision_retry.trace.models import Cut
 
-DEFAULT_RETRY = RetryConfig()
+# `fix`'s run (choices.DEFAULT_RUN) as far as the nodes and the middleware run it: its `auto`
+# moves and cut weights resolve to suffix moves and entropy weights here (no kept tail to rescore,
+# no no-body context to score under), and no token is banned
+DEFAULT_RETRY = RetryConfig(**DEFAULT_RUN).resolved(patch=False, teacher_forcing=False)
 DEFAULT_SPIKE = SpikeRule(threshold=SPIKE_THRESHOLD)  # as `fix`: a decision point
 UNSUPPORTED = {
     "egps": "each of its K tries would need its own graph run",
@@ -40,12 +43,12 @@ class RewindError(DecisionRetryError):
 
 
 def check_strategy(retry: RetryConfig) -> None:
-    """The strategies the LangGraph nodes run: the cut strategies and restart, with suffix moves
-    (a rewound call is regenerated whole from the cut: no local kernel here)."""
+    """The strategies the LangGraph nodes run: rewind (any cut rule) and restart, with suffix
+    moves (a rewound call is regenerated whole from the cut: no local kernel here)."""
     if retry.strategy in UNSUPPORTED:
         raise BadInput(
             f"strategy {retry.strategy!r} is not supported by the LangGraph nodes "
-            f"({UNSUPPORTED[retry.strategy]}); use entropy-cut, uniform-cut, argmax-cut or restart"
+            f"({UNSUPPORTED[retry.strategy]}); use rewind or restart"
         )
     if retry.move != "suffix":
         raise BadInput(f"RetryConfig move={retry.move!r} is not supported by the LangGraph "

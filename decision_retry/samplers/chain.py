@@ -19,11 +19,19 @@ picks local with probability `local_share`. With `restart_share` > 0 a move is, 
 probability, a fresh attempt from the prompt, accepted by the same MH rule with no cut correction
 (a way out of a wrong start). Kernels are drawn with fixed probabilities: a valid mixture.
 `auto` (`fix`'s default) becomes local where local moves apply, suffix elsewhere
-(`RetryConfig.resolved`, before a run starts). With `span.opening` (`fix --def-line suffix`), a
+(`RetryConfig.resolved`, before a run starts). With `span.opening` (`fix -o def_line=suffix`), a
 local move cut in the reply's opening (imports, the def line) is a suffix move instead
 (`fix`'s default; `RetryConfig`'s own default keeps `span.opening` unset).
 
-Cut weights (`cut_weights`): `entropy` uses the entropies alone; `code` multiplies w_t by the
+Strategies (`strategy`, choices.py): `rewind` cuts the attempt and makes one proposal a cut;
+`egps` makes K (`tries`) and picks one by the multiple-try rule; `from-end` and `restart` do not
+cut. Former names (entropy-cut, uniform-cut, argmax-cut) are read as rewinds with their cut rule
+(`choices.upgrade`), so stored configs load and resume. `argmax` cuts at the highest-weight
+position not yet tried instead of drawing one: a heuristic, not a sampler (no reverse move, so
+no cut correction; its tried list is run-wide).
+
+Cut weights (`cut_weights`): `uniform` draws every position alike; `entropy` uses the
+entropies alone; `code` multiplies w_t by the
 token's class in the reply (samplers/codeweights.py: docstrings/comments down, the defined name
 up), computed for current and proposal alike so the correction stays exact. `surprise` uses each
 token's -log p under the no-body context instead of its entropy (samplers/surprise.py: every
@@ -61,15 +69,21 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from decision_retry import sampling
-from decision_retry.choices import STRATEGIES, Strategy
+from decision_retry.choices import (
+    CUT_STRATEGIES,
+    SINGLE_TRY_CUTS,
+    STRATEGIES,
+    CutWeights,
+    Move,
+    Strategy,
+    upgrade,
+)
+from decision_retry.choices import describe as describe_values
 from decision_retry.samplers import codeweights, cuts, mh, moves, surprise
 from decision_retry.samplers.cuts import CutRule
 from decision_retry.samplers.local import SpanRule
 from decision_retry.samplers.mh import StepRecord
 from decision_retry.tokens import Token
-
-CUT_STRATEGIES = ("entropy-cut", "uniform-cut", "egps", "argmax-cut")
-SINGLE_TRY_CUTS = ("entropy-cut", "uniform-cut", "argmax-cut")  # local moves, the no-body token
 
 
 class RetryConfig(BaseModel):
@@ -77,18 +91,20 @@ class RetryConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    strategy: Strategy = "entropy-cut"
+    strategy: Strategy = "rewind"
     alpha: float = Field(4.0, gt=0, description="target p^alpha")
     proposal_temperature: float | None = Field(None, gt=0, description="default 1/alpha")
     verifier_weight: float = Field(4.0, ge=0, description="lambda: tilt by fraction passing")
     cut: CutRule = CutRule()
     tries: int = Field(4, ge=1, description="egps: tries per multiple-try move")
     skip_entropy: float = Field(0.5, ge=0, description="egps: turns below this entropy mass are not cut")
-    move: Literal["suffix", "local", "mixed", "auto"] = "suffix"
+    move: Move = "suffix"
     span: SpanRule = SpanRule()
     local_share: float = Field(0.5, ge=0, le=1, description="mixed: probability of a local move")
     restart_share: float = Field(0.0, ge=0, le=1, description="probability of a restart move")
-    cut_weights: Literal["entropy", "code", "surprise", "surprise+code", "auto"] = "entropy"
+    cut_weights: CutWeights = "entropy"
+    argmax: bool = Field(False, description="cut at the highest-weight position not yet tried "
+                         "instead of drawing one (a heuristic: no cut correction)")
     prose_weight: float = Field(0.1, ge=0, description="code weights: strings and comments")
     name_weight: float = Field(4.0, ge=0, description="code weights: the name a def defines")
     cut_token: Literal["patch", "nobody"] = Field(
@@ -97,14 +113,22 @@ class RetryConfig(BaseModel):
                                  "null moves); None: `resolved` decides (on where the engine "
                                  "can ban a token), unresolved it reads as off")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _former_names(cls, data):
+        """A stored config (or caller) naming a former strategy: the same run, named today."""
+        return upgrade(data) if isinstance(data, dict) else data
+
     @model_validator(mode="after")
     def _single_try_local(self) -> RetryConfig:
         if self.move in ("local", "mixed") and self.strategy == "egps":
-            raise ValueError(f"move {self.move!r} is single-try: use it with entropy-cut, "
-                             "uniform-cut or argmax-cut")
+            raise ValueError(f"move {self.move!r} is single-try: use it with rewind")
         if self.cut_token == "nobody" and self.strategy not in SINGLE_TRY_CUTS:
-            raise ValueError("cut_token 'nobody' is a single-try cut move: use it with "
-                             "entropy-cut, uniform-cut or argmax-cut")
+            raise ValueError("cut_token 'nobody' is a single-try cut move: use it with rewind")
+        if self.argmax and self.strategy not in SINGLE_TRY_CUTS:
+            raise ValueError("argmax is a rewind's cut rule: use it with rewind")
+        if self.argmax and self.rule.kind == "uniform":
+            raise ValueError("argmax ranks by the cut weights: uniform weights have no maximum")
         return self
 
     def resolved(self, *, patch: bool, teacher_forcing: bool,
@@ -159,7 +183,7 @@ class RetryConfig(BaseModel):
 
     @property
     def rule(self) -> CutRule:
-        if self.strategy == "uniform-cut":
+        if self.cut_weights == "uniform":
             return self.cut.model_copy(update={"kind": "uniform"})
         if self.surprise and self.cut.kind == "entropy-jump":
             return self.cut.model_copy(update={"kind": "level"})
@@ -167,8 +191,8 @@ class RetryConfig(BaseModel):
 
     @property
     def corrected(self) -> bool:
-        """argmax-cut is a heuristic: its cut is deterministic, so there is no reverse move."""
-        return self.strategy != "argmax-cut"
+        """argmax is a heuristic: its cut is deterministic, so there is no reverse move."""
+        return not self.argmax
 
 
 @dataclass(frozen=True)
@@ -265,7 +289,7 @@ def choose_cut(
     allowed = movable(turns, config)
     if allowed is not None and not any(allowed):  # no cut move exists from here: start over
         return CutPoint(0, 0, flat[0].entropy, flat[0].text, 0, moves.RESTART)
-    if config.strategy == "argmax-cut":
+    if config.argmax:
         ranked = ent if scale is None else [h * s for h, s in zip(ent, scale)]
         i = cuts.argmax(ranked, set(tried), allowed)
     else:
@@ -340,28 +364,10 @@ def multiple_try(
 
 
 def describe(config: RetryConfig) -> str:
-    """What a run does, in words (the progress line, the trace, `fix --help`): what it does
-    (rewind, egps, argmax, from-end, restart) apart from where it cuts (auto, surprise,
-    entropy, uniform, code) and which moves run. `fix`'s default reads "rewind: surprise cuts,
-    local moves, def-line suffix moves" once resolved."""
-    s = config.strategy
-    if s in ("from-end", "restart"):
-        return {"from-end": "from-end: the failure appended, asked again",
-                "restart": "restart: a fresh attempt each time"}[s]
-    where = "uniform" if s == "uniform-cut" else config.cut_weights
-    what = {"egps": f"egps ({config.tries} tries a cut)", "argmax-cut": "argmax"}.get(s, "rewind")
-    kinds = {"auto": "auto moves", "suffix": "suffix moves", "local": "local moves",
-             "mixed": f"mixed moves ({config.local_share:g} local)"}
-    parts = [f"{where} cuts", kinds[config.move]]
-    if config.move in ("local", "mixed", "auto") and config.span.opening:
-        parts.append("def-line suffix moves")
-    if config.restart_share:
-        parts.append(f"restart {config.restart_share:g}")
-    if config.cut_token == "nobody":
-        parts.append("no-body cut token")
-    if config.excluding:
-        parts.append("no null moves")
-    return f"{what}: {', '.join(parts)}"
+    """What a run does, in words (the progress line, the trace, `logs`): the strategy, where it
+    cuts and which moves run (choices.describe). `fix`'s default reads "rewind (surprise cuts,
+    local moves, def-line suffix moves)" once resolved."""
+    return describe_values(config.model_dump())
 
 
 # -- the chain ----------------------------------------------------------------------------------
@@ -437,8 +443,8 @@ class Chain:
         the argmax heuristic, whose list is run-wide (else an accepted but failing proposal
         would send it back to the same token)."""
         if cut is None:
-            return tried if self.config.strategy == "argmax-cut" else ()
-        if moved and self.config.strategy != "argmax-cut":
+            return tried if self.config.argmax else ()
+        if moved and not self.config.argmax:
             return ()
         return (*tried, cut.index)
 

@@ -52,7 +52,7 @@ def settings(tree: RunTree) -> list[tuple[str, str]]:
     cfg = tree.run.config if isinstance(tree.run.config, dict) else {}
     retry = cfg.get("retry") if isinstance(cfg.get("retry"), dict) else {}
     rows = [("test command", cfg.get("test_cmd")), ("protocol", cfg.get("protocol")),
-            ("strategy", retry.get("strategy") or tree.run.strategy),
+            ("strategy", s.what_ran(tree.run)),
             ("cut signal", f"{s.signal_name(tree)} (cut_weights {retry.get('cut_weights')})"
              if retry.get("cut_weights") else s.signal_name(tree)),
             ("move", retry.get("move")), ("alpha", retry.get("alpha")),

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from decision_retry.choices import current_name
 from decision_retry.tokens import Token
 from decision_retry.trace.decisions import SpikeRule, ToolSpan, decision_at, detect_decisions
 from decision_retry.trace.models import (
@@ -104,8 +105,13 @@ class Recorder:
     def start_branch(
         self, *, parent: Branch | str | None = None, cut: Cut | None = None, strategy: str = ""
     ) -> Branch:
-        """Begin an attempt: a fresh one, or a retry cut from `parent` at `cut`."""
+        """Begin an attempt: a fresh one, or a retry cut from `parent` at `cut`. A run recorded
+        under a strategy's former name (choices.FORMER) labels its branches with that name when
+        resumed: the label is part of a branch's id, so the replayed branches are the recorded
+        ones (`logs` shows the current name)."""
         run_id = self._run_id()
+        if self.run is not None and current_name(self.run.strategy) == strategy:
+            strategy = self.run.strategy
         branch = Branch(
             run_id=run_id,
             index=self._next(f"branch:{run_id}"),

@@ -16,6 +16,7 @@ import json
 from html import escape
 from typing import Any
 
+from decision_retry.choices import current_name
 from decision_retry.trace import summary as s
 from decision_retry.trace.compare import StrategyChange, compare_all
 from decision_retry.trace.models import Branch, RunTree, Turn
@@ -194,7 +195,7 @@ def _plot_data(tree: RunTree, scales: dict[str, float], signal: str) -> dict[str
         if b.cut is not None and cut is None:
             cut = len(entropies)  # the cut turn was never recorded (e.g. a killed run)
         points = sorted({p for p in points if p < len(entropies)})
-        branches.append({"id": b.id, "index": b.index, "label": b.strategy, "cut": cut,
+        branches.append({"id": b.id, "index": b.index, "label": current_name(b.strategy), "cut": cut,
                          "entropy": entropies, "surprise": surprises, "decisions": points})
     return {"branches": branches, "max": scales, "signal": signal}
 
@@ -310,7 +311,7 @@ def render_report(tree: RunTree) -> str:
     by_branch = {b.id: a for a in attempts for b in a.branches}
     changed = _changed_span(tree, fix)
     outcome = visible(run.outcome or "unfinished") + (f" by #{fix.index}" if fix else "")
-    meta = {"model": run.model, "strategy": run.strategy, "cuts by": signal, "seed": run.seed,
+    meta = {"model": run.model, "strategy": s.what_ran(run), "cuts by": signal, "seed": run.seed,
             "repo": run.repo, "outcome": outcome,
             "created": run.created_at.isoformat(timespec="seconds"),
             "cost": s.cost_line(tree), "compute": s.compute_line(tree) or None}

@@ -12,9 +12,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from decision_retry.choices import current_name, describe
 from decision_retry.tokens import Token
-from decision_retry.trace.models import Branch, MHStep, RunTree, TestRun, Turn
+from decision_retry.trace.models import Branch, MHStep, Run, RunTree, TestRun, Turn
 from decision_retry.trace.printable import visible
+
+
+def what_ran(run: Run) -> str:
+    """What the run did, in words: the line it recorded (`runs`, chain.describe), else one made
+    from its recorded retry config, else its strategy's name; former names read as today's."""
+    cfg = run.config if isinstance(run.config, dict) else {}
+    if isinstance(cfg.get("runs"), str):
+        return cfg["runs"]
+    retry = cfg.get("retry")
+    if isinstance(retry, dict) and isinstance(retry.get("strategy"), str):
+        try:
+            return describe(retry)
+        except (TypeError, ValueError, AttributeError):  # an odd stored value: the name alone
+            pass
+    return current_name(run.strategy)
 
 
 def signal_name(tree: RunTree) -> str:
@@ -359,8 +375,8 @@ def header_lines(tree: RunTree) -> list[str]:
     """The run, its outcome and cost, its localisation."""
     run = tree.run
     signal = signal_name(tree)
-    head = (f"run {run.id} · {visible(run.model)} · {run.strategy} · cuts by {signal} · "
-            f"seed {run.seed} · {run.created_at:%Y-%m-%d %H:%M:%S}")
+    head = (f"run {run.id} · {visible(run.model)} · {visible(what_ran(run))} · "
+            f"cuts by {signal} · seed {run.seed} · {run.created_at:%Y-%m-%d %H:%M:%S}")
     n = len(tree.branches)
     fix = fixing_attempt(tree)
     outcome = visible(run.outcome or "unfinished")
