@@ -112,6 +112,16 @@ def _key_error(key: str) -> str | None:
     return None if model is None else "give a field of it (e.g. cut.eps=0.2)"
 
 
+def _finite(value: str) -> bool:
+    """False for nan and ±inf in any spelling float() reads; True for every other value."""
+    import math
+
+    try:
+        return math.isfinite(float(value))
+    except ValueError:
+        return True
+
+
 def retry_config(base: dict, options: Sequence[str], flag: str = "-o ",
                  flags: dict[str, str] | None = None):
     """RetryConfig from `base` keyword arguments and `KEY=VALUE` options, or BadInput as one line
@@ -134,6 +144,8 @@ def retry_config(base: dict, options: Sequence[str], flag: str = "-o ",
             raise BadInput(f"{flag}{text}: {err}") from None
         if why := _key_error(key):
             raise BadInput(f"{flag}{text}: {why}")
+        if not _finite(text.partition("=")[2]):  # a nan passes every range check
+            raise BadInput(f"{flag}{text}: not a finite number")
         kw, given[key] = merge(kw, parsed), text
     try:
         return RetryConfig(**kw)
