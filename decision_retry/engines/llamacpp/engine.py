@@ -5,24 +5,40 @@ is `llama_memory_seq_cp`, no recompute). A cache is a `LlamaCache`: one `Row` (a
 the token ids it covers) per batch row; `memory.Memory` owns ids, cells, eviction and the batch.
 `forward` feeds one id per row in ONE `llama_decode` and returns the full-vocabulary fp32 logits,
 so sampling, logp, logq and entropy happen in torch in `decision_retry.lm`, as for every engine.
+
+Exactness: `score` returns bitwise the logits one-token decoding computes for the same ids, so
+the MH ratio compares log-probs of one function. llama.cpp's CPU kernels change arithmetic with
+the batch size, and where depends on the model (32 tokens are exact on SmolLM2-135M Q4_1, 4 are
+not on Qwen2.5-Coder-1.5B Q4_K_M), so at load the engine measures the largest exact chunk
+(`exact.py`: a probe of a few seconds, cached on disk per model file, library, thread count and
+CPU) and scores and re-prefills in chunks of that size, the remainder one token per decode.
+`exact_chunk=` or `$DECISION_RETRY_EXACT_CHUNK` forces a size (no probe); `self.exact` says
+which size is used and where it came from.
 """
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from decision_retry import catalogue
+from decision_retry.engines.llamacpp import exact
 from decision_retry.engines.llamacpp import lib as L
-from decision_retry.engines.llamacpp.memory import SMALL, Memory, Row, load_model
+from decision_retry.engines.llamacpp.memory import (
+    N_BATCH,
+    Memory,
+    Row,
+    load_model,
+    new_context,
+    spans,
+)
 from decision_retry.engines.llamacpp.text import Vocab
 from decision_retry.errors import ModelLoadError
 
 DEFAULT_N_CTX = 16384  # KV cells shared by all live sequences (capped at the model's training length)
 DEFAULT_N_SEQ = 64  # sequence ids; idle caches beyond this are evicted and re-prefilled on use
-N_BATCH = 512  # tokens per llama_decode when a prompt is first prefilled
 
 
 class LlamaCache:
@@ -38,7 +54,10 @@ class LlamaCache:
 
 
 class LlamaCppBackend:
-    """A GGUF model on llama.cpp (the pinned `xllamacpp` wheel's libllama), in process."""
+    """A GGUF model on llama.cpp (the pinned `xllamacpp` wheel's libllama), in process.
+
+    `exact_chunk`: tokens per decode for `score` and re-prefills, forced (default: measured, see
+    above); `exact_cache`: the folder of measured sizes (default `<models cache>/exact-chunk`)."""
 
     def __init__(
         self,
@@ -47,6 +66,8 @@ class LlamaCppBackend:
         threads: int,
         n_ctx: int | None = None,
         n_seq_max: int = DEFAULT_N_SEQ,
+        exact_chunk: int | None = None,
+        exact_cache: str | Path | None = None,
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads={threads}: need at least 1")
@@ -64,18 +85,22 @@ class LlamaCppBackend:
         train = self.vocab.meta_int("context_length")
         n_ctx = n_ctx or min(DEFAULT_N_CTX, train or DEFAULT_N_CTX)
 
-        # the context: a unified KV cache over n_ctx cells shared by n_seq_max sequences
-        p = lib.llama_context_default_params()
-        p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = n_ctx, N_BATCH, N_BATCH, n_seq_max
-        p.n_outputs_max = max(SMALL, n_seq_max)  # logits rows per decode: B rows, or a score chunk
-        p.n_outputs_max_per_seq = SMALL
-        p.n_threads = p.n_threads_batch = threads
-        p.kv_unified, p.no_perf = True, True
-        ctx = lib.llama_init_from_model(model, p)
+        # the chunk a scoring pass may decode at once (exact.py), then the context, whose
+        # outputs per decode are B rows of one token or one row of a chunk
+        cache_dir = Path(exact_cache) if exact_cache is not None else catalogue.cache_dir() / "exact-chunk"
+        try:
+            self.exact = exact.chunk_for(model, path, self.vocab.tokenize(exact.TEXT, special=False),
+                                         n_vocab=self.n_vocab, threads=threads, force=exact_chunk,
+                                         cache_dir=cache_dir)
+        except BaseException:
+            lib.llama_model_free(model)
+            raise
+        ctx = new_context(model, n_ctx=n_ctx, n_seq_max=n_seq_max, chunk=self.exact.size, threads=threads)
         if not ctx:
             lib.llama_model_free(model)
             raise ModelLoadError(f"llama.cpp could not create a context (n_ctx={n_ctx}) for {path}")
-        self.memory = Memory(model, ctx, n_seq=lib.llama_n_seq_max(ctx), n_batch=N_BATCH)
+        self.memory = Memory(model, ctx, n_seq=lib.llama_n_seq_max(ctx), n_batch=N_BATCH,
+                             chunk=self.exact.size)
         self.n_ctx, self.threads = lib.llama_n_ctx(ctx), threads
 
     # -- text (decision_retry.engines.llamacpp.text) -----------------------------------------
@@ -104,18 +129,17 @@ class LlamaCppBackend:
         self.memory.feed(rows, toks, pos, outputs=True)  # ONE decode: a sequence id per row
         for r, t in zip(rows, toks):
             r.ids.append(t)
-        return self._logits(len(rows))  # (B, V)
+        return self.memory.logits(len(rows), self.n_vocab)  # (B, V)
 
     def score(self, cache: LlamaCache, ids: Sequence[int]) -> torch.Tensor:
         (row,) = cache.rows
         self.memory.ready([row])
         ids, out = list(ids), []
-        for start in range(0, len(ids), SMALL):  # small chunks: the kernels decoding uses
-            chunk = ids[start:start + SMALL]
-            n = len(row.ids)
+        for start, stop in spans(len(ids), self.memory.chunk):  # exact chunks: decoding's numbers
+            chunk, n = ids[start:stop], len(row.ids)
             self.memory.feed([row] * len(chunk), chunk, range(n, n + len(chunk)), outputs=True)
             row.ids.extend(chunk)
-            out.append(self._logits(len(chunk)))
+            out.append(self.memory.logits(len(chunk), self.n_vocab))
         return torch.cat(out) if out else torch.empty(0, self.n_vocab)  # (T, V)
 
     def slice(self, cache: LlamaCache, n: int) -> LlamaCache:
@@ -128,15 +152,3 @@ class LlamaCppBackend:
     def select(self, cache: LlamaCache, rows: Sequence[int]) -> LlamaCache:
         # the source is not fed again after select (protocol), so the rows move, not copy
         return LlamaCache([cache.rows[i] for i in rows])
-
-    # -- helpers ---------------------------------------------------------------------------
-    def _logits(self, n: int) -> torch.Tensor:
-        """The logits of the last decode's n outputs, copied out of llama.cpp: fp32 (n, V)."""
-        out = torch.empty(n, self.n_vocab, dtype=torch.float32)
-        dst, row_bytes = out.data_ptr(), self.n_vocab * 4
-        for i in range(n):
-            src = self.lib.llama_get_logits_ith(self.memory.ctx, i)
-            if not src:
-                raise RuntimeError(f"llama.cpp returned no logits for output {i}")
-            ctypes.memmove(dst + i * row_bytes, src, row_bytes)
-        return out

@@ -15,15 +15,24 @@ import ctypes
 import weakref
 from collections.abc import Sequence
 
+import torch
+
 from decision_retry.engines.llamacpp import lib as L
 from decision_retry.engines.llamacpp.seqs import SeqIds
 from decision_retry.errors import DecisionRetryError, ModelLoadError
 
-# llama.cpp's CPU kernels switch to a different matrix path for large batches (measured on
-# b11549: batches of up to 62 tokens give logits bitwise equal to one-token decodes, 64 do not,
-# off by up to ~1 nat on SmolLM2 Q4_1). Everything but a prompt's first prefill goes in chunks
-# of SMALL, so a scoring pass or a re-prefilled row reproduces what decoding computed, exactly.
-SMALL = 32
+N_BATCH = 512  # tokens per llama_decode when a prompt is first prefilled
+
+# Exactness. llama.cpp's CPU kernels take different arithmetic paths for different batch sizes
+# (a repacked Q4_K matrix goes through a gemm over blocks of 4 activation rows and a gemv for the
+# rest; other paths switch at 64 rows), so a token's logits in a batch of n are not always
+# bitwise those of a one-token decode. Measured on b11549, AMD EPYC, 1 thread: SmolLM2-135M Q4_1
+# gives equal logits for chunks of 8 and 32, not 64 (up to 1.3 nats); Qwen2.5-Coder-1.5B Q4_K_M
+# for chunks of 2 and 3, not 4 (0.03-0.046 nats mean |d logp| of the scored ids, max 0.29).
+# So everything but a prompt's first prefill, i.e. a scoring pass and the re-prefill of an
+# evicted row, goes in chunks of `Memory.chunk`, the largest size the engine measured to equal
+# one-token decoding bitwise on this model, library, thread count and CPU (`exact.py`), and what
+# is left over (fewer than `chunk` tokens) one token per decode: decoding's own arithmetic.
 
 
 class Row:
@@ -40,6 +49,13 @@ class Row:
             self._memory.release(self)
 
 
+def spans(n: int, chunk: int) -> list[tuple[int, int]]:
+    """[start, stop) of n tokens fed in exact chunks: full chunks of `chunk`, then one token
+    per decode for the rest (a shorter chunk was not measured, a single token is the reference)."""
+    full = n - n % chunk
+    return [(s, s + chunk) for s in range(0, full, chunk)] + [(s, s + 1) for s in range(full, n)]
+
+
 def load_model(path: str) -> int:
     """A `llama_model *` for a GGUF file (freed by the `Memory` that takes it)."""
     lib = L.load()
@@ -53,20 +69,38 @@ def load_model(path: str) -> int:
     return ptr
 
 
+def new_context(model: int, *, n_ctx: int, n_seq_max: int, chunk: int, threads: int) -> int | None:
+    """A `llama_context *` over model (None when llama.cpp refuses): a unified KV cache of n_ctx
+    cells shared by n_seq_max sequences, logits for B rows of one token or one row of `chunk`."""
+    lib = L.load()
+    p = lib.llama_context_default_params()
+    p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = n_ctx, N_BATCH, N_BATCH, n_seq_max
+    p.n_outputs_max = max(chunk, n_seq_max)  # logits rows per decode: B rows, or a score chunk
+    p.n_outputs_max_per_seq = chunk
+    p.n_threads = p.n_threads_batch = threads
+    p.kv_unified, p.no_perf = True, True
+    return lib.llama_init_from_model(model, p) or None
+
+
 class ContextFull(DecisionRetryError):
     """One request needs more KV cells or sequence ids than the context has, even with every
     other row evicted."""
 
 
 class Memory:
-    """Sequence ids, KV cells and the decode batch of one context."""
+    """Sequence ids, KV cells and the decode batch of one context; `chunk`: the most tokens of
+    one row a scoring pass or a re-prefill decodes at once (see "Exactness" above)."""
 
-    def __init__(self, model: int, ctx: int, n_seq: int, n_batch: int) -> None:
+    def __init__(self, model: int | None, ctx: int, n_seq: int, n_batch: int, chunk: int) -> None:
+        if not 1 <= chunk <= n_batch:
+            raise ValueError(f"chunk={chunk}: need 1..{n_batch}")
         self.lib = L.load()
-        self.model = model  # the llama_model * and the llama_context * this memory frees
+        # the llama_context * this memory frees, and the llama_model * after it (None: a probe's
+        # context over a model its engine frees)
+        self.model = model
         self.ctx, self.mem = ctx, self.lib.llama_get_memory(ctx)
         self.seqs = SeqIds(n_seq)
-        self.n_batch = n_batch
+        self.n_batch, self.chunk = n_batch, chunk
         self.live: dict[int, weakref.ref[Row]] = {}  # seq id -> the row holding it
         self.clock = 0
         self.evictions = 0
@@ -89,7 +123,8 @@ class Memory:
         finalize the memory first: rows released after that find `ctx` None and do nothing."""
         if self.ctx is not None:
             self.lib.llama_free(self.ctx)
-            self.lib.llama_model_free(self.model)
+            if self.model is not None:
+                self.lib.llama_model_free(self.model)
             self.ctx = self.mem = self.model = None
 
     __del__ = close
@@ -138,7 +173,8 @@ class Memory:
     def ready(self, rows: Sequence[Row]) -> None:
         """Give every row a sequence holding its ids, re-prefilling evicted ones: the longest
         prefix a live row holds is copied, the rest decoded in the chunks it first was (so the
-        cells come out bitwise equal, unless its first prefill shared a prefix that is gone)."""
+        cells come out bitwise equal, unless its first prefill shared a prefix that is gone); what
+        was decoded or scored goes in exact chunks (`spans`), so it comes out as decoding made it."""
         for row in rows:
             self._touch(row)
         for row in rows:
@@ -149,10 +185,13 @@ class Memory:
                     n -= n % self.n_batch
                 if n:
                     self.lib.llama_memory_seq_cp(self.mem, donor.seq, row.seq, 0, n)
-                for start, stop, chunk in ((n, row.bulk, self.n_batch), (max(n, row.bulk), len(row.ids), SMALL)):
-                    if stop > start:
-                        todo = row.ids[start:stop]
-                        self.feed([row] * len(todo), todo, range(start, stop), chunk=chunk, pinned=rows)
+                if row.bulk > n:
+                    todo = row.ids[n:row.bulk]
+                    self.feed([row] * len(todo), todo, range(n, row.bulk), chunk=self.n_batch, pinned=rows)
+                rest = max(n, row.bulk)  # decoded or scored at first: exact chunks, as scoring does
+                for start, stop in spans(len(row.ids) - rest, self.chunk):
+                    todo = row.ids[rest + start:rest + stop]
+                    self.feed([row] * len(todo), todo, range(rest + start, rest + stop), pinned=rows)
 
     # -- decoding --------------------------------------------------------------------------
     def feed(self, rows: Sequence[Row], tokens: Sequence[int], pos: Sequence[int], *,
@@ -170,6 +209,17 @@ class Memory:
                 self._logits[j] = outputs
             self._batch.n_tokens = stop - start
             self._decode(pinned or rows)
+
+    def logits(self, n: int, n_vocab: int) -> torch.Tensor:
+        """The logits of the last decode's n outputs, copied out of llama.cpp: fp32 (n, V)."""
+        out = torch.empty(n, n_vocab, dtype=torch.float32)
+        dst, row_bytes = out.data_ptr(), n_vocab * 4
+        for i in range(n):
+            src = self.lib.llama_get_logits_ith(self.ctx, i)
+            if not src:
+                raise RuntimeError(f"llama.cpp returned no logits for output {i}")
+            ctypes.memmove(dst + i * row_bytes, src, row_bytes)
+        return out
 
     def _decode(self, pinned: Sequence[Row]) -> None:
         while True:
