@@ -1,9 +1,13 @@
-"""Shared fixtures: tiny models built from configs, never downloads."""
+"""Shared fixtures: tiny models built from configs (never downloads), a real trace store in a tmp
+dir, and the units script as a file. Plain helpers live in tests/helpers.py."""
+
+import json
 
 import pytest
-import torch
 
 from decision_retry.testing import table_lm, tiny_llama
+from decision_retry.trace.store import TraceStore
+from tests.helpers import UNITS_SCRIPT
 
 
 @pytest.fixture(scope="session")
@@ -16,5 +20,16 @@ def table():
     return table_lm(vocab=4, seed=0)
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+@pytest.fixture
+def store(tmp_path):
+    """A real SQLite trace store in tmp_path/home, as `--home` would open it."""
+    with TraceStore.open(tmp_path / "home") as s:
+        yield s
+
+
+@pytest.fixture
+def script_file(tmp_path):
+    """UNITS_SCRIPT as a file, for `--model scripted:PATH`."""
+    path = tmp_path / "units.json"
+    path.write_text(json.dumps({"segments": UNITS_SCRIPT}))
+    return path

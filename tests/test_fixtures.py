@@ -2,19 +2,16 @@
 
 import ast
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
 from decision_retry.agent.testrun import run_tests
-from decision_retry.agent.workspace import git
+from tests.helpers import FIXTURES, NO_PLUGINS, fixture_repo
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 NAMES = sorted(p.parent.name for p in FIXTURES.glob("*/FIXTURE.json"))
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-FAST = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # the fixtures need no plugins
 REQUIRED_KINDS = {
     "flipped-comparison",
     "off-by-one",
@@ -55,19 +52,15 @@ def test_metadata_points_at_the_bug(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fails_as_shipped_and_passes_when_fixed(name: str, tmp_path: Path) -> None:
-    repo = tmp_path / name
-    shutil.copytree(FIXTURES / name, repo)
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "fixture")
+    repo = fixture_repo(tmp_path, name, message="fixture")
 
-    before = run_tests(PYTEST, repo, timeout=60, env=FAST)
+    before = run_tests(PYTEST, repo, timeout=60, env=NO_PLUGINS)
     assert before.failed >= 1 and not before.ok, before.output_tail
     assert before.failing_tests, "the failing test ids are reported"
 
     fix = load(name)["fix"]
     target = repo / fix["file"]
     target.write_text(target.read_text().replace(fix["old"], fix["new"]))
-    after = run_tests(PYTEST, repo, timeout=60, env=FAST)
+    after = run_tests(PYTEST, repo, timeout=60, env=NO_PLUGINS)
     assert after.ok, after.output_tail
     assert after.passed == before.passed + before.failed + before.errors

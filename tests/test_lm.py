@@ -8,8 +8,7 @@ import torch
 
 from decision_retry.lm import Sampling
 from decision_retry.sampling import child_generators
-
-from .conftest import gen
+from tests.helpers import gen
 
 PROMPT = "def add(a, b):"
 

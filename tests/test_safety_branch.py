@@ -7,29 +7,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
-from pathlib import Path
-
-import pytest
-
-sys.path.insert(0, str(Path(__file__).parent / "agent"))
-from test_workspace import repo_state, sh_git, write
 
 from decision_retry.agent.runner import FixConfig, fix
 from decision_retry.retry import RetryConfig
 from decision_retry.testing import scripted_lm
 from decision_retry.trace.store import TraceStore
+from tests.helpers import git, make_repo, repo_state, run_cli, write
 
-ENV = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 FIXED_ADD = ["def add(a, b):\n    return a + b\n", "```"]
 HOLLOW_TEST = ["edit test_calc.py\n```python\ndef test_add():\n    pass\n```"]
-
-
-def cli(*args, home: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "decision_retry.cli", *map(str, args)],
-                          check=False, capture_output=True, text=True, timeout=300,
-                          env={**ENV, "DECISION_RETRY_HOME": str(home), **(env or {})})
 
 
 def one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
@@ -39,14 +26,9 @@ def one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
     assert proc.stderr.rstrip().endswith(errors[0]), proc.stderr  # the last line, whole
 
 
-def make_repo(root: Path, calc: str = "def add(a, b):\n    return a - b\n") -> Path:
-    root.mkdir(parents=True)
-    sh_git(root, "init", "-q")
-    write(root / "calc.py", calc)
-    write(root / "test_calc.py", "from calc import add\n\ndef test_add():\n    assert add(1, 2) == 3\n")
-    sh_git(root, "add", "-A")
-    sh_git(root, "commit", "-q", "-m", "initial")
-    return root
+# the calculator whose failing test is the specification
+CALC = {"calc.py": "def add(a, b):\n    return a - b\n",
+        "test_calc.py": "from calc import add\n\ndef test_add():\n    assert add(1, 2) == 3\n"}
 
 
 def config(**kw) -> FixConfig:
@@ -54,47 +36,39 @@ def config(**kw) -> FixConfig:
                      max_attempts=2, sandbox="none", **kw)
 
 
-@pytest.fixture
-def store(tmp_path):
-    with TraceStore(tmp_path / "home" / "traces.db") as s:
-        yield s
-
-
-# -- item 4: the branch holds exactly what the summary shows against HEAD --------------------
-
 def test_uncommitted_lines_elsewhere_in_the_file_stay_off_the_branch(tmp_path, store):
     calc = "def add(a, b):\n    return a - b\n" + "".join(f"\n\ndef f{i}():\n    return {i}\n"
                                                           for i in range(4))
-    repo = make_repo(tmp_path / "repo", calc)
+    repo = make_repo(tmp_path / "repo", {**CALC, "calc.py": calc})
     write(repo / "calc.py", calc + 'API_KEY = "sk-live-not-for-git"\n')  # never committed
     before = repo_state(repo)
     result = fix(repo, config(), lm=scripted_lm(FIXED_ADD), store=store)
     assert result.fixed and result.branch and not result.unseparated
-    on_branch = sh_git(repo, "show", f"{result.branch}:calc.py")
+    on_branch = git(repo, "show", f"{result.branch}:calc.py")
     assert "API_KEY" not in on_branch and "return a + b" in on_branch
     assert on_branch == calc.replace("a - b", "a + b")
-    shown = sh_git(repo, "diff", "--full-index", "--no-color", "HEAD", result.branch)
+    shown = git(repo, "diff", "--full-index", "--no-color", "HEAD", result.branch)
     assert result.diff == shown  # what the summary prints is the branch against HEAD
     assert "API_KEY" not in result.diff
     assert repo_state(repo) == before
 
 
 def test_a_fix_that_overlaps_uncommitted_lines_gets_no_branch(tmp_path):
-    repo = make_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo", CALC)
     write(repo / "calc.py", 'API_KEY = "sk-live-not-for-git"\ndef add(a, b):\n    return a - b\n')
     script = tmp_path / "fix.json"
     script.write_text(json.dumps({"segments": FIXED_ADD}))
     before = repo_state(repo)
-    proc = cli("fix", repo, "--model", f"scripted:{script}", "--max-attempts", "2",
-               "--budget-tokens", "60", "--sandbox", "none", "--json", home=tmp_path / "h")
+    proc = run_cli("fix", repo, "--model", f"scripted:{script}", "--max-attempts", "2",
+                   "--budget-tokens", "60", "--sandbox", "none", "--json", home=tmp_path / "h")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["fixed"] and result["branch"] is None and result["unseparated"] == ["calc.py"]
     assert "+    return a + b" in result["diff"]  # the fix, against the working tree, to apply
-    assert sh_git(repo, "branch", "--list", "decision-retry/*") == ""
+    assert git(repo, "branch", "--list", "decision-retry/*") == ""
     assert repo_state(repo) == before
-    proc = cli("fix", repo, "--model", f"scripted:{script}", "--max-attempts", "2",
-               "--budget-tokens", "60", "--sandbox", "none", home=tmp_path / "h")
+    proc = run_cli("fix", repo, "--model", f"scripted:{script}", "--max-attempts", "2",
+                   "--budget-tokens", "60", "--sandbox", "none", home=tmp_path / "h")
     assert proc.returncode == 0 and "no branch: the fix changes lines of calc.py" in proc.stderr
     assert "the fix is on branch" not in proc.stderr
 
@@ -102,25 +76,25 @@ def test_a_fix_that_overlaps_uncommitted_lines_gets_no_branch(tmp_path):
 # -- item 5: the failing tests are the specification --------------------------------------------
 
 def test_a_fix_that_hollows_out_the_failing_test_is_refused(tmp_path, store):
-    repo = make_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo", CALC)
     result = fix(repo, config(protocol="tools"), lm=scripted_lm(HOLLOW_TEST), store=store)
     assert not result.fixed and result.branch is None
     calls = store.load(result.run_id).tool_calls
     assert any("test files are read-only" in c.observation and "--allow-test-edits"
                in c.observation for c in calls)
-    assert sh_git(repo, "branch", "--list", "decision-retry/*") == ""
+    assert git(repo, "branch", "--list", "decision-retry/*") == ""
 
 
 def test_allow_test_edits_lets_it_through_and_says_so(tmp_path, store):
-    repo = make_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo", CALC)
     result = fix(repo, config(protocol="tools", allow_test_edits=True),
                  lm=scripted_lm(HOLLOW_TEST), store=store)
     assert result.fixed and result.tests_changed == ["test_calc.py"]
-    assert "pass" in sh_git(repo, "show", f"{result.branch}:test_calc.py")
+    assert "pass" in git(repo, "show", f"{result.branch}:test_calc.py")
 
 
 def test_code_that_rewrites_a_test_file_while_the_tests_run_is_not_a_fix(tmp_path, store):
-    repo = make_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo", CALC)
     # an edit whose code, once a `test` action runs it, hollows out the test file: the next
     # snapshot holds the hollow test, and the final run passes
     edit = ("edit calc.py\n```python\ndef add(a, b):\n    import pathlib\n"
@@ -131,20 +105,20 @@ def test_code_that_rewrites_a_test_file_while_the_tests_run_is_not_a_fix(tmp_pat
     calls = [c.action for c in store.load(result.run_id).tool_calls]
     assert "test" in calls[calls.index("edit"):]  # the order this seed draws
     assert not result.fixed and result.stop == "changed test files"
-    assert sh_git(repo, "branch", "--list", "decision-retry/*") == ""
+    assert git(repo, "branch", "--list", "decision-retry/*") == ""
 
 
 def test_the_patch_protocol_never_rewrites_the_failing_tests_file(tmp_path, store):
     repo = tmp_path / "repo"
     repo.mkdir()
-    sh_git(repo, "init", "-q")
+    git(repo, "init", "-q")
     # a test file by the project's own naming (not test_*.py): its helper is the spec, not a suspect
     write(repo / "pytest.ini", "[pytest]\npython_files = check_*.py\n")
     write(repo / "calc.py", "def add(a, b):\n    return a - b\n")
     write(repo / "check_calc.py", "from calc import add\n\ndef expected():\n    return 3\n\n"
           "def test_add():\n    assert add(1, 2) == expected()\n")
-    sh_git(repo, "add", "-A")
-    sh_git(repo, "commit", "-q", "-m", "initial")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "initial")
     weaken = ["def expected():\n    return -1\n", "```"]  # rewrites the spec to fit the bug
     result = fix(repo, config(), lm=scripted_lm(weaken), store=store)
     assert not result.fixed and result.branch is None
@@ -159,16 +133,16 @@ def test_a_suspect_file_linked_outside_is_not_a_crash(tmp_path):
     write(outside / "calc.py", "def add(a, b):\n    return a - b\n")
     repo = tmp_path / "repo"
     repo.mkdir()
-    sh_git(repo, "init", "-q")
+    git(repo, "init", "-q")
     (repo / "calc.py").symlink_to(outside / "calc.py")
     write(repo / "test_calc.py", "from calc import add\n\ndef test_add():\n    assert add(1, 2) == 3\n")
-    sh_git(repo, "add", "-A")
-    sh_git(repo, "commit", "-q", "-m", "initial")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "initial")
     script = tmp_path / "fix.json"
     script.write_text(json.dumps({"segments": FIXED_ADD}))
     home = tmp_path / "h"
-    proc = cli("fix", repo, "--model", f"scripted:{script}", "--max-attempts", "2",
-               "--budget-tokens", "60", "--sandbox", "none", home=home)
+    proc = run_cli("fix", repo, "--model", f"scripted:{script}", "--max-attempts", "2",
+                   "--budget-tokens", "60", "--sandbox", "none", home=home)
     one_line_error(proc, "cannot find the function under test")
     assert (outside / "calc.py").read_text() == "def add(a, b):\n    return a - b\n"
     with TraceStore(home / "traces.db") as store:
@@ -177,44 +151,44 @@ def test_a_suspect_file_linked_outside_is_not_a_crash(tmp_path):
 
 
 def test_a_gitmodules_update_command_neither_runs_nor_stops_the_run(tmp_path, store):
-    repo = make_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo", CALC)
     mark = tmp_path / "ran"
     write(repo / ".gitmodules", f'[submodule "x"]\n\tpath = x\n\turl = ./x\n'
           f'\tupdate = !touch {mark}\n')
-    head = sh_git(repo, "rev-parse", "HEAD").strip()
-    sh_git(repo, "update-index", "--add", "--cacheinfo", f"160000,{head},x")
-    sh_git(repo, "add", ".gitmodules")
-    sh_git(repo, "commit", "-q", "-m", "a submodule")
+    head = git(repo, "rev-parse", "HEAD").strip()
+    git(repo, "update-index", "--add", "--cacheinfo", f"160000,{head},x")
+    git(repo, "add", ".gitmodules")
+    git(repo, "commit", "-q", "-m", "a submodule")
     result = fix(repo, config(), lm=scripted_lm(FIXED_ADD), store=store)
     assert result.fixed and result.branch and not mark.exists()
-    assert sh_git(repo, "ls-tree", result.branch, "x").startswith("160000")  # kept as it was
+    assert git(repo, "ls-tree", result.branch, "x").startswith("160000")  # kept as it was
 
 
 def test_a_repository_path_with_a_newline(tmp_path, store):
-    repo = make_repo(tmp_path / "two\nlines")
+    repo = make_repo(tmp_path / "two\nlines", CALC)
     result = fix(repo, config(), lm=scripted_lm(FIXED_ADD), store=store)
-    assert result.fixed and "return a + b" in sh_git(repo, "show", f"{result.branch}:calc.py")
+    assert result.fixed and "return a + b" in git(repo, "show", f"{result.branch}:calc.py")
 
 
 def test_seed_out_of_range_and_option_errors_are_one_line(tmp_path):
-    repo = make_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo", CALC)
     before = repo_state(repo)
     home = tmp_path / "h"
-    one_line_error(cli("fix", repo, "--seed", 2**63, home=home), "--seed")
-    one_line_error(cli("fix", repo, "--seed", -1, home=home), "--seed")
-    one_line_error(cli("fix", repo, "--no-such-flag", home=home), "--no-such-flag")
-    one_line_error(cli("fix", repo, "--strategy", "guess", home=home), "--strategy")
-    one_line_error(cli("nonsense", home=home), "nonsense")
-    one_line_error(cli("logs", "show", home=home), "RUN")
+    one_line_error(run_cli("fix", repo, "--seed", 2**63, home=home), "--seed")
+    one_line_error(run_cli("fix", repo, "--seed", -1, home=home), "--seed")
+    one_line_error(run_cli("fix", repo, "--no-such-flag", home=home), "--no-such-flag")
+    one_line_error(run_cli("fix", repo, "--strategy", "guess", home=home), "--strategy")
+    one_line_error(run_cli("nonsense", home=home), "nonsense")
+    one_line_error(run_cli("logs", "show", home=home), "RUN")
     assert repo_state(repo) == before
-    helped = cli("fix", "--help", home=home)
+    helped = run_cli("fix", "--help", home=home)
     assert helped.returncode == 0 and "--allow-test-edits" in helped.stdout
-    bare = cli(home=home)  # no command: the help, as before
+    bare = run_cli(home=home)  # no command: the help, as before
     assert "Usage:" in bare.stdout + bare.stderr and "fix" in bare.stdout + bare.stderr
 
 
 def test_the_largest_seed_runs(tmp_path, store):
-    repo = make_repo(tmp_path / "repo")
+    repo = make_repo(tmp_path / "repo", CALC)
     result = fix(repo, config(seed=2**63 - 1), lm=scripted_lm(FIXED_ADD), store=store)
     assert result.fixed and store.load(result.run_id).run.seed == 2**63 - 1
 
@@ -222,15 +196,15 @@ def test_the_largest_seed_runs(tmp_path, store):
 def test_an_unborn_repository_is_refused_before_the_model(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    sh_git(repo, "init", "-q")
+    git(repo, "init", "-q")
     write(repo / "calc.py", "def add(a, b):\n    return a - b\n")
     write(repo / "test_calc.py", "from calc import add\n\ndef test_add():\n    assert add(1, 2) == 3\n")
     script = tmp_path / "fix.json"
     script.write_text(json.dumps({"segments": FIXED_ADD}))
-    proc = cli("fix", repo, "--model", f"scripted:{script}", "--sandbox", "none",
-               home=tmp_path / "h")
+    proc = run_cli("fix", repo, "--model", f"scripted:{script}", "--sandbox", "none",
+                   home=tmp_path / "h")
     one_line_error(proc, "has no commit yet")
-    assert sh_git(repo, "for-each-ref") == ""  # no branch, no empty root commit
+    assert git(repo, "for-each-ref") == ""  # no branch, no empty root commit
 
 
 def test_logs_gc_removes_a_killed_runs_report_directory(tmp_path):
@@ -242,9 +216,9 @@ def test_logs_gc_removes_a_killed_runs_report_directory(tmp_path):
     hour_ago = time.time() - 3700
     os.utime(old, (hour_ago, hour_ago))
     env = {"TMPDIR": str(tmp)}
-    dry = cli("logs", "gc", "--dry-run", home=tmp_path / "h", env=env)
+    dry = run_cli("logs", "gc", "--dry-run", home=tmp_path / "h", env=env)
     assert dry.returncode == 0 and f"would remove test report directory {old}" in dry.stdout
     assert old.exists()
-    proc = cli("logs", "gc", home=tmp_path / "h", env=env)
+    proc = run_cli("logs", "gc", home=tmp_path / "h", env=env)
     assert proc.returncode == 0, proc.stderr
     assert not old.exists() and fresh.exists()  # a report an hour old; a new one may be in use

@@ -3,25 +3,19 @@ one token per remaining turn once the budget was gone)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent / "agent"))
-from test_fix import config, fixture_repo
-from test_workspace import repo_state
 
 from decision_retry.agent.runner import fix
 from decision_retry.testing import scripted_lm
 from decision_retry.trace.store import TraceStore
+from tests.helpers import fix_config, fixture_repo, repo_state
 
 
 @pytest.mark.parametrize("budget", [7, 23])
 def test_tools_turns_stop_at_the_budget(tmp_path, budget):
     repo = fixture_repo(tmp_path, "units")
     before = repo_state(repo)
-    cfg = config(protocol="tools").model_copy(update={"budget_tokens": budget})
+    cfg = fix_config(protocol="tools").model_copy(update={"budget_tokens": budget})
     with TraceStore(tmp_path / "traces.db") as store:
         result = fix(repo, cfg, lm=scripted_lm(["read units.py\n"]), store=store)
         tree = store.load(result.run_id)

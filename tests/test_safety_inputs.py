@@ -13,23 +13,15 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent / "agent"))
-from test_workspace import repo_state, sh_git, write
-
 from decision_retry.agent import definitions
 from decision_retry.agent.protocols import Task, ToolsProtocol
 from decision_retry.agent.testrun import TestResult
 from decision_retry.agent.workspace import Workspace
 from decision_retry.trace.models import Branch, Run, Turn
 from decision_retry.trace.store import TraceStore
+from tests.helpers import git, make_repo, repo_state, run_cli, write
 
 ENV = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-
-
-def cli(*args, home: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "decision_retry.cli", *map(str, args)],
-                          check=False, capture_output=True, text=True, timeout=300,
-                          env={**ENV, "DECISION_RETRY_HOME": str(home)})
 
 
 def one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
@@ -42,11 +34,11 @@ def one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
 def repo(tmp_path: Path) -> Path:
     r = tmp_path / "repo"
     r.mkdir()
-    sh_git(r, "init", "-q")
+    git(r, "init", "-q")
     write(r / "calc.py", "def add(a, b):\n    return a - b\n")
     write(r / "test_calc.py", "from calc import add\n\ndef test_add():\n    assert add(1, 2) == 3\n")
-    sh_git(r, "add", "-A")
-    sh_git(r, "commit", "-q", "-m", "initial")
+    git(r, "add", "-A")
+    git(r, "commit", "-q", "-m", "initial")
     return r
 
 
@@ -55,14 +47,15 @@ def repo(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_non_finite_numbers_are_bad_input(tmp_path, repo, flag, value):
     before = repo_state(repo)
-    proc = cli("fix", repo, "--model", "scripted:nowhere.json", flag, value, home=tmp_path / "h")
+    proc = run_cli("fix", repo, "--model", "scripted:nowhere.json", flag, value,
+                   home=tmp_path / "h")
     one_line_error(proc, "finite")
     assert repo_state(repo) == before
 
 
 def test_a_scripted_model_that_is_a_directory(tmp_path, repo):
     (tmp_path / "scripts").mkdir()
-    proc = cli("fix", repo, "--model", f"scripted:{tmp_path / 'scripts'}", home=tmp_path / "h")
+    proc = run_cli("fix", repo, "--model", f"scripted:{tmp_path / 'scripts'}", home=tmp_path / "h")
     one_line_error(proc, "script")
 
 
@@ -126,7 +119,7 @@ def test_one_corrupt_row_hides_that_row_not_the_store(tmp_path):
     for args in (["logs"], ["logs", "show", run_id[:10]], ["logs", "show", other_id[:10]],
                  ["logs", "show", run_id[:10], "--json"],
                  ["report", run_id[:10], "-o", tmp_path / "r.html"]):
-        proc = cli(*args, home=home)
+        proc = run_cli(*args, home=home)
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr)
 
 
@@ -137,10 +130,10 @@ def test_a_corrupt_run_row_hides_that_run(tmp_path):
     db.execute("UPDATE runs SET config = 'nope{' WHERE id = ?", (run_id,))
     db.commit()
     db.close()
-    proc = cli("logs", "--json", home=home)
+    proc = run_cli("logs", "--json", home=home)
     assert proc.returncode == 0, proc.stderr
     assert [r["id"] for r in json.loads(proc.stdout)] == [other_id]
-    proc = cli("logs", "show", run_id[:10], home=home)
+    proc = run_cli("logs", "show", run_id[:10], home=home)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
 
 
@@ -152,7 +145,7 @@ def test_a_lone_surrogate_in_model_output_is_stored(tmp_path):
         (turn,) = store.load(run.id).turns
     assert turn.text == "x = '\ud800'"  # read back exactly: its id still matches
     for args in (["logs", "show", run.id[:10]], ["logs", "show", run.id[:10], "--json"], ["logs"]):
-        proc = cli(*args, home=tmp_path / "home")
+        proc = run_cli(*args, home=tmp_path / "home")
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr)
 
 
@@ -164,30 +157,28 @@ def test_logs_gc_removes_a_killed_runs_clone_and_keeps_fix_branches(tmp_path, re
     clone = ws.root.parent
     owner = json.loads((clone / "owner.json").read_text())
     (clone / "owner.json").write_text(json.dumps({**owner, "pid": 2 ** 22 + 1}))  # no such pid
-    sh_git(repo, "update-ref", f"refs/decision-retry/{run.id[:12]}/0", "HEAD")  # an old version's
-    sh_git(repo, "branch", "decision-retry/older-fix")
-    dry = cli("logs", "gc", "--dry-run", home=home)
+    git(repo, "update-ref", f"refs/decision-retry/{run.id[:12]}/0", "HEAD")  # an old version's
+    git(repo, "branch", "decision-retry/older-fix")
+    dry = run_cli("logs", "gc", "--dry-run", home=home)
     assert dry.returncode == 0 and "would remove clone" in dry.stdout and clone.exists()
-    proc = cli("logs", "gc", home=home)
+    proc = run_cli("logs", "gc", home=home)
     assert proc.returncode == 0, proc.stderr
     assert not clone.exists()
     assert f"marked run {run.id[:12]} interrupted" in proc.stdout
-    assert sh_git(repo, "for-each-ref", "refs/decision-retry/") == ""
-    assert "decision-retry/older-fix" in sh_git(repo, "branch", "--list", "decision-retry/*")
+    assert git(repo, "for-each-ref", "refs/decision-retry/") == ""
+    assert "decision-retry/older-fix" in git(repo, "branch", "--list", "decision-retry/*")
     assert "kept fix branch" in proc.stdout
     with TraceStore(home / "traces.db") as store:
         assert store.outcome(run.id) == "interrupted"
-    proc = cli("logs", "gc", "--older-than", "0s", home=home)
+    proc = run_cli("logs", "gc", "--older-than", "0s", home=home)
     assert proc.returncode == 0 and f"removed run {run.id[:12]}" in proc.stdout
     with TraceStore(home / "traces.db") as store:
         assert store.list_runs() == []
-    one_line_error(cli("logs", "gc", "--older-than", "soon", home=home), "not a duration")
+    one_line_error(run_cli("logs", "gc", "--older-than", "soon", home=home), "not a duration")
 
 
 def _commit(repo: Path) -> None:
-    sh_git(repo, "init", "-q")
-    sh_git(repo, "add", "-A")
-    sh_git(repo, "commit", "-q", "-m", "initial")
+    make_repo(repo)
 
 
 @pytest.fixture
@@ -205,8 +196,8 @@ def test_a_latin1_source_file(tmp_path, script):
     write(repo / "test_calc.py", "from calc import add\n\ndef test_add():\n    assert add(1, 2) == 3\n")
     _commit(repo)
     before = repo_state(repo)
-    proc = cli("fix", repo, "--model", f"scripted:{script}", "--max-attempts", "2",
-               "--budget-tokens", "60", home=tmp_path / "h")
+    proc = run_cli("fix", repo, "--model", f"scripted:{script}", "--max-attempts", "2",
+                   "--budget-tokens", "60", home=tmp_path / "h")
     assert proc.returncode in (0, 1, 2) and "Traceback" not in proc.stderr, proc.stderr
     assert repo_state(repo) == before
 
@@ -222,8 +213,8 @@ def test_a_failure_traced_to_a_file_outside_the_repository(tmp_path, script):
           "def test_add():\n    helper(add(1, 2))\n")
     _commit(repo)
     before = repo_state(repo)
-    proc = cli("fix", repo, "--model", f"scripted:{script}", "--max-attempts", "2",
-               "--budget-tokens", "60", "--sandbox", "none", home=tmp_path / "h")
+    proc = run_cli("fix", repo, "--model", f"scripted:{script}", "--max-attempts", "2",
+                   "--budget-tokens", "60", "--sandbox", "none", home=tmp_path / "h")
     assert proc.returncode in (0, 1, 2) and "Traceback" not in proc.stderr, proc.stderr
     assert "sandbox: none, as asked (--sandbox none)" in proc.stderr  # what protection remains
     assert repo_state(repo) == before

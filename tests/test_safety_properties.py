@@ -4,15 +4,10 @@ the path guard and the store reader. Never a traceback; the user's repository by
 from __future__ import annotations
 
 import sqlite3
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-sys.path.insert(0, str(Path(__file__).parent / "agent"))
-from test_workspace import repo_state, sh_git, write
 
 from decision_retry.agent import definitions, patch
 from decision_retry.agent.locate import functions_in
@@ -21,6 +16,7 @@ from decision_retry.agent.testrun import TestResult
 from decision_retry.agent.workspace import PathError, Workspace
 from decision_retry.trace.models import Branch, Run, Turn
 from decision_retry.trace.store import TraceStore
+from tests.helpers import git, repo_state, write
 
 SOURCE = "def add(a, b):\n    return a - b\n\n\nclass C:\n    def m(self):\n        return 1\n"
 FAST = settings(max_examples=400, deadline=None,
@@ -39,12 +35,12 @@ def workspace(tmp_path_factory):
     write(outside / "secret.txt", "outside\n")
     repo = tmp / "repo"
     repo.mkdir()
-    sh_git(repo, "init", "-q")
+    git(repo, "init", "-q")
     write(repo / "calc.py", SOURCE)
     (repo / "out").symlink_to(outside, target_is_directory=True)
     (repo / "link").symlink_to("calc.py")
-    sh_git(repo, "add", "-A")
-    sh_git(repo, "commit", "-q", "-m", "initial")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "initial")
     before = repo_state(repo)
     with Workspace(repo, "properties") as ws:
         yield ws

@@ -1,16 +1,15 @@
-"""Run one scripted `fix` and kill it after N trace nodes (SIGKILL or SIGTERM): test_resume."""
+"""Run one scripted `fix` and kill it after N trace nodes (SIGKILL or SIGTERM): test_resume.
+
+Run from the repository root as `python -m tests.agent.resume_driver REPO DB SEED N SIGNAL`."""
 
 import os
 import signal
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_fix import UNITS_SCRIPT, config
 
 from decision_retry.agent.runner import fix, signals_as_interrupt
 from decision_retry.testing import scripted_lm
 from decision_retry.trace.store import TraceStore
+from tests.helpers import UNITS_SCRIPT, fix_config
 
 # seconds per test run: generous, the suite may share two cores with benchmarks (a 60 s limit
 # timed out the input check at load 10)
@@ -34,6 +33,6 @@ class KillAfter:
 if __name__ == "__main__":
     repo, db, seed, n, sig = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     with TraceStore(db) as store, signals_as_interrupt():
-        fix(repo, config(seed=seed, test_timeout=TEST_TIMEOUT), lm=scripted_lm(UNITS_SCRIPT),
+        fix(repo, fix_config(seed=seed, test_timeout=TEST_TIMEOUT), lm=scripted_lm(UNITS_SCRIPT),
             store=store, listeners=[KillAfter(n, getattr(signal, sig))])
     print("finished without being killed")

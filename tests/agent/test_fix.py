@@ -3,64 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from test_workspace import repo_state, sh_git, write
 
 from decision_retry.agent.runner import FixConfig, fix
 from decision_retry.errors import BadInput
 from decision_retry.retry import STRATEGIES, RetryConfig
 from decision_retry.testing import scripted_lm
 from decision_retry.trace.store import TraceStore
-
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-UNITS_SCRIPT = [
-    'def celsius_to_fahrenheit(celsius: float) -> float:\n    """Degrees Celsius to degrees '
-    'Fahrenheit."""\n    return celsius * 9 / 5 ',
-    {"choice": {"-": 0.5, "+": 0.5}},
-    " 32\n",
-    "```",
-]
-
-
-def fixture_repo(tmp_path: Path, name: str) -> Path:
-    repo = tmp_path / name
-    shutil.copytree(FIXTURES / name, repo, ignore=shutil.ignore_patterns("FIXTURE.json"))
-    sh_git(repo, "init", "-q")
-    sh_git(repo, "add", "-A")
-    sh_git(repo, "commit", "-qm", "initial")
-    return repo
-
-
-def config(strategy="entropy-cut", seed=0, **kw) -> FixConfig:
-    retry = RetryConfig(strategy=strategy, proposal_temperature=1.0)
-    return FixConfig(retry=retry, seed=seed, budget_tokens=200, max_attempts=12, **kw)
-
-
-@pytest.fixture
-def store(tmp_path):
-    with TraceStore(tmp_path / "home" / "traces.db") as s:
-        yield s
-
-
-def first_failing_seed(lm) -> int:
-    """A seed whose first attempt writes the bug again, so the run has to rewind."""
-    import torch
-
-    from decision_retry.lm import Sampling
-
-    state = lm.prefill([1])
-    for seed in range(50):
-        out = lm.extend(state, Sampling(temperature=1.0, max_new_tokens=10),
-                        torch.Generator().manual_seed(seed))
-        if "- 32" in out.text:
-            return seed
-    raise AssertionError("no failing seed")
+from tests.helpers import (
+    UNITS_SCRIPT,
+    first_failing_seed,
+    fix_config,
+    fixture_repo,
+    git,
+    repo_state,
+    run_cli,
+    write,
+)
 
 
 def test_entropy_cut_rewinds_to_the_choice_and_fixes(tmp_path, store):
@@ -69,7 +29,7 @@ def test_entropy_cut_rewinds_to_the_choice_and_fixes(tmp_path, store):
     before = repo_state(repo)
     lm = scripted_lm(UNITS_SCRIPT)
     seed = first_failing_seed(lm)
-    result = fix(repo, config(seed=seed), lm=lm, store=store)
+    result = fix(repo, fix_config(seed=seed), lm=lm, store=store)
     assert result.fixed and result.attempts >= 2
     # every rewind cut at the one uncertain token (eps = 0.1 may pick another; the choice dominates)
     assert result.rewinds and result.rewinds[0].token == "-"
@@ -77,7 +37,7 @@ def test_entropy_cut_rewinds_to_the_choice_and_fixes(tmp_path, store):
     assert "+    return celsius * 9 / 5 + 32" in result.diff
     # the user's repository is untouched; the fix lives on its branch
     assert repo_state(repo) == before
-    show = sh_git(repo, "show", f"{result.branch}:units.py")
+    show = git(repo, "show", f"{result.branch}:units.py")
     assert "celsius * 9 / 5 + 32" in show
     # the trace round-trips: branches, the cut, MH steps, decisions, test runs
     tree = store.load(result.run_id)
@@ -94,7 +54,7 @@ def test_every_strategy_fixes_with_the_scripted_model(tmp_path, store, strategy)
     repo = fixture_repo(tmp_path, "units")
     lm = scripted_lm(UNITS_SCRIPT)
     seed = first_failing_seed(lm)
-    result = fix(repo, config(strategy, seed=seed), lm=lm, store=store)
+    result = fix(repo, fix_config(strategy, seed=seed), lm=lm, store=store)
     assert result.fixed, result
     assert 0 < result.decode_tokens <= 200
     kinds = {b.cut is not None for b in store.load(result.run_id).branches}
@@ -108,7 +68,7 @@ def test_budget_is_respected_and_unfixable_output_is_not_a_crash(tmp_path, store
     repo = fixture_repo(tmp_path, "units")
     lm = scripted_lm(["this is not python at all ", {"choice": {"(": 0.5, "[": 0.5}}, "```"])
     before = repo_state(repo)
-    result = fix(repo, config(), lm=lm, store=store)
+    result = fix(repo, fix_config(), lm=lm, store=store)
     assert not result.fixed and result.stop in ("attempts", "budget")
     assert result.decode_tokens <= 200
     tree = store.load(result.run_id)
@@ -122,7 +82,7 @@ def test_tools_protocol_reads_edits_and_submits(tmp_path, store):
         "edit units.py\n```python\ndef celsius_to_fahrenheit(celsius: float) -> float:\n"
         "    return celsius * 9 / 5 + 32\n```",
     ]
-    result = fix(repo, config(protocol="tools"), lm=scripted_lm(script), store=store)
+    result = fix(repo, fix_config(protocol="tools"), lm=scripted_lm(script), store=store)
     # the scripted model repeats its edit every turn; the attempt ends at max_turns, then tests pass
     assert result.fixed
 
@@ -131,22 +91,9 @@ def test_bad_input_already_passing(tmp_path, store):
     repo = fixture_repo(tmp_path, "units")
     text = (repo / "units.py").read_text().replace("- 32\n", "+ 32\n", 1)
     (repo / "units.py").write_text(text)
-    sh_git(repo, "commit", "-qam", "fixed")
+    git(repo, "commit", "-qam", "fixed")
     with pytest.raises(BadInput, match="already pass"):
-        fix(repo, config(), lm=scripted_lm(UNITS_SCRIPT), store=store)
-
-
-def run_cli(*args, cwd=None, home=None):
-    env = {**os.environ, "DECISION_RETRY_HOME": str(home), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    return subprocess.run([sys.executable, "-m", "decision_retry.cli", *map(str, args)],
-                          capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
-
-
-@pytest.fixture
-def script_file(tmp_path):
-    p = tmp_path / "units.json"
-    p.write_text(json.dumps({"segments": UNITS_SCRIPT}))
-    return p
+        fix(repo, fix_config(), lm=scripted_lm(UNITS_SCRIPT), store=store)
 
 
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, script_file):

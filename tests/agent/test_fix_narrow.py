@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 
-from test_fix import run_cli
-from test_workspace import repo_state, sh_git, write
-
 from decision_retry.trace.store import TraceStore
+from tests.helpers import make_repo, repo_state, run_cli, write
 
 DOC = '    """Degrees Celsius to degrees Fahrenheit."""\n'
 UNITS = ("def celsius_to_fahrenheit(celsius: float) -> float:\n" + DOC
@@ -25,9 +23,7 @@ def two_file_repo(root):
     # passes on the bug and on the real fix, fails on a fix that only makes 0 give 32
     write(root / "tests/test_other.py", "from units import celsius_to_fahrenheit\n\n\n"
           "def test_hot_is_hot():\n    assert celsius_to_fahrenheit(100) > 100\n")
-    sh_git(root, "init", "-q")
-    sh_git(root, "add", "-A")
-    sh_git(root, "commit", "-qm", "initial")
+    make_repo(root)
     return root
 
 

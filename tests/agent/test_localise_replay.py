@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_locate import FAST, SHOP, TEST_CMD, repo
 
 from decision_retry.agent import sandbox as sandboxes
 from decision_retry.agent.localise.replay import replayed
@@ -14,6 +13,7 @@ from decision_retry.agent.localise.spectrum import select_tests
 from decision_retry.agent.locate import failing_test, localise
 from decision_retry.agent.testrun import TestResult, run_tests
 from decision_retry.errors import BadInput
+from tests.helpers import NO_PLUGINS, SHOP, TEST_CMD, write_files
 
 NODES = ("tests/a/test_x.py::test_3", "tests/a/test_x.py::test_1", "tests/a/test_y.py::test_2",
          "tests/b/test_far.py::test_1", "tests/a/test_x.py::test_2")
@@ -56,16 +56,16 @@ def shop_with_more_tests(root: Path) -> Path:
     files["tests/deep/test_names.py"] = (
         "from shop.b import normalise\n\n\ndef test_clean():\n"
         "    assert normalise([' B ']) == ['b']\n")
-    return repo(root, files)
+    return write_files(root, files, dedent=True)
 
 
 @pytest.mark.parametrize("kind", ["auto", "none"])
 def test_two_localisations_of_one_repository_rank_alike(tmp_path: Path, kind: str) -> None:
     root = shop_with_more_tests(tmp_path)
     box = sandboxes.resolve(kind)
-    runs = [run_tests(TEST_CMD, root, 60, env=FAST, sandbox=box) for _ in range(2)]
+    runs = [run_tests(TEST_CMD, root, 60, env=NO_PLUGINS, sandbox=box) for _ in range(2)]
     assert not runs[0].ok and len(runs[0].passed_tests) > 30
-    locs = [localise(root, r, test_cmd=TEST_CMD, env=FAST, sandbox=box) for r in runs]
+    locs = [localise(root, r, test_cmd=TEST_CMD, env=NO_PLUGINS, sandbox=box) for r in runs]
     # the spectrum ran (the sandbox sees the coverage script) and both ranked the same
     assert locs[0].spectrum.note == "" and locs[0].spectrum.passing
     assert locs[0].summary() == locs[1].summary()
@@ -74,8 +74,8 @@ def test_two_localisations_of_one_repository_rank_alike(tmp_path: Path, kind: st
 
 def test_a_recorded_localisation_is_rebuilt_exactly(tmp_path: Path) -> None:
     root = shop_with_more_tests(tmp_path)
-    result = run_tests(TEST_CMD, root, 60, env=FAST)
-    loc = localise(root, result, test_cmd=TEST_CMD, env=FAST)
+    result = run_tests(TEST_CMD, root, 60, env=NO_PLUGINS)
+    loc = localise(root, result, test_cmd=TEST_CMD, env=NO_PLUGINS)
     record = loc.summary()
     again = replayed(root, record, failing_test(root, result))
     assert [c.summary() for c in again.candidates] == record["ranking"]

@@ -3,86 +3,21 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
-from test_workspace import sh_git
 
 from decision_retry.agent.localise.spectrum import ochiai, pytest_options, select_tests
 from decision_retry.agent.locate import failing_test, functions_in, localise
 from decision_retry.agent.testrun import TestResult, run_tests
-
-TEST_CMD = "python -m pytest -q -p no:cacheprovider"
-FAST = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-
-
-def repo(root: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(textwrap.dedent(text))
-    return root
+from tests.helpers import NO_PLUGINS, SHOP, TEST_CMD, write_files
 
 
 def ranked(root: Path, **kw) -> tuple[list[str], TestResult]:
-    result = run_tests(TEST_CMD, root, 60, env=FAST)
+    result = run_tests(TEST_CMD, root, 60, env=NO_PLUGINS)
     assert not result.ok, result.output_tail
-    loc = localise(root, result, test_cmd=TEST_CMD, env=FAST, **kw)
+    loc = localise(root, result, test_cmd=TEST_CMD, env=NO_PLUGINS, **kw)
     return [c.suspect.key for c in loc.candidates], result
-
-
-# The bug is in `a.normalise`; `b.normalise` has the same name; the failing test asserts on the
-# result (no library frame in the traceback) and calls a helper and the class first.
-SHOP = {
-    "pyproject.toml": "[tool.pytest.ini_options]\npythonpath = ['.']\n",
-    "shop/__init__.py": "",
-    "shop/a.py": """
-        def normalise(prices):
-            total = sum(prices)
-            return [p / (total + 1) for p in prices]
-
-
-        def label(x):
-            return f"{x:.2f}"
-    """,
-    "shop/b.py": """
-        def normalise(names):
-            return [n.strip().lower() for n in names]
-    """,
-    "shop/cart.py": """
-        from shop.a import label, normalise
-        from shop.b import normalise as clean
-
-
-        class Cart:
-            def __init__(self, prices, names=()):
-                self.prices = list(prices)
-                self.names = clean(names)
-
-            def shares(self):
-                return normalise(self.prices)
-
-            def labels(self):
-                return [label(p) for p in self.prices]
-    """,
-    "tests/test_cart.py": """
-        from shop.cart import Cart
-
-
-        def test_labels():
-            assert Cart([1, 2], [" A "]).labels() == ["1.00", "2.00"]
-
-
-        def test_names():
-            assert Cart([], [" A "]).names == ["a"]
-
-
-        def test_shares():
-            cart = Cart([1, 3], [" x "])
-            assert cart.labels()
-            assert cart.shares() == [0.25, 0.75]
-    """,
-}
 
 
 def test_ochiai() -> None:
@@ -94,7 +29,7 @@ def test_ochiai() -> None:
 
 
 def test_spectrum_finds_the_buggy_function_not_the_same_named_one(tmp_path: Path) -> None:
-    root = repo(tmp_path, SHOP)
+    root = write_files(tmp_path, SHOP, dedent=True)
     keys, result = ranked(root)
     assert result.failing_tests == ("tests/test_cart.py::test_shares",)
     assert keys[0] == "shop/a.py::normalise"
@@ -104,15 +39,15 @@ def test_spectrum_finds_the_buggy_function_not_the_same_named_one(tmp_path: Path
 
 
 def test_without_the_spectrum_the_called_names_decide(tmp_path: Path) -> None:
-    root = repo(tmp_path, SHOP)
+    root = write_files(tmp_path, SHOP, dedent=True)
     keys, _ = ranked(root, spectrum=False)
     assert keys and keys[0] != "shop/a.py::normalise"  # the weak evidence the spectrum replaces
 
 
 def test_the_ranking_summary_is_json(tmp_path: Path) -> None:
-    root = repo(tmp_path, SHOP)
-    result = run_tests(TEST_CMD, root, 60, env=FAST)
-    loc = localise(root, result, test_cmd=TEST_CMD, env=FAST)
+    root = write_files(tmp_path, SHOP, dedent=True)
+    result = run_tests(TEST_CMD, root, 60, env=NO_PLUGINS)
+    loc = localise(root, result, test_cmd=TEST_CMD, env=NO_PLUGINS)
     summary = json.loads(json.dumps(loc.summary()))
     assert summary["spectrum"]["failing"] == 1 and summary["spectrum"]["passing"] == 2
     top = summary["ranking"][0]
@@ -121,7 +56,7 @@ def test_the_ranking_summary_is_json(tmp_path: Path) -> None:
 
 
 def test_traceback_frame_counts_when_the_library_raises(tmp_path: Path) -> None:
-    root = repo(tmp_path, {
+    root = write_files(tmp_path, {
         "lib.py": """
             def parse(text):
                 return int(text.strip("x"))
@@ -138,7 +73,7 @@ def test_traceback_frame_counts_when_the_library_raises(tmp_path: Path) -> None:
                 assert parse_all(["1", "2"]) == [1, 2]
                 assert parse_all(["3y"]) == [3]
         """,
-    })
+    }, dedent=True)
     keys, _ = ranked(root, spectrum=False)
     assert keys[0] == "lib.py::parse"  # the innermost library frame
 
@@ -146,9 +81,9 @@ def test_traceback_frame_counts_when_the_library_raises(tmp_path: Path) -> None:
 def test_duplicate_test_names_show_the_failing_definition(tmp_path: Path) -> None:
     body = "".join(f"class TestV{k}:\n    def test_basic(self):\n        assert value() != {k}\n\n"
                    for k in range(20))
-    root = repo(tmp_path, {"mod.py": "def value():\n    return 13\n",
-                           "test_mod.py": "from mod import value\n\n\n" + body})
-    result = run_tests(TEST_CMD, root, 60, env=FAST)
+    root = write_files(tmp_path, {"mod.py": "def value():\n    return 13\n",
+                                  "test_mod.py": "from mod import value\n\n\n" + body}, dedent=True)
+    result = run_tests(TEST_CMD, root, 60, env=NO_PLUGINS)
     assert result.failing_tests == ("test_mod.py::TestV13::test_basic",)
     test = failing_test(root, result)
     assert "!= 13" in test.source and test.line == 5 + 4 * 13
@@ -184,20 +119,13 @@ def test_pytest_options_keep_how_tests_run_not_what_runs() -> None:
 def test_project_config_filterwarnings_error_is_respected(tmp_path: Path) -> None:
     files = dict(SHOP)
     files["pyproject.toml"] += "filterwarnings = ['error']\n"
-    keys, _ = ranked(repo(tmp_path, files))
+    keys, _ = ranked(write_files(tmp_path, files, dedent=True))
     assert keys[0] == "shop/a.py::normalise"
 
 
 def test_qualnames_tell_methods_apart() -> None:
     src = "class A:\n    def f(self):\n        pass\n\n\nclass B:\n    def f(self):\n        pass\n"
     assert [f.qualname for f in functions_in(src, "m.py")] == ["A.f", "B.f"]
-
-
-def git_repo(root: Path) -> Path:
-    sh_git(root, "init", "-q")
-    sh_git(root, "add", "-A")
-    sh_git(root, "commit", "-qm", "initial")
-    return root
 
 
 def test_narrow_command_keeps_options_and_names_the_failing_node_ids() -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_workspace import sh_git
 
 from decision_retry.agent import definitions, patch
 from decision_retry.agent.locate import localise
@@ -19,6 +18,7 @@ from decision_retry.lm import Sampling
 from decision_retry.retry import RetryConfig
 from decision_retry.testing import scripted_lm
 from decision_retry.trace.store import TraceStore
+from tests.helpers import make_repo
 
 # `double` has the bug; `quad` calls it; `twice` is run by a passing test too. All three are
 # suspects; the reply's body (`return x * 2`) fixes `double` and changes nothing in `twice`.
@@ -47,18 +47,9 @@ FILES = {
             assert quad(3) == 12
     """,
 }
+FILES = {rel: textwrap.dedent(text).lstrip() for rel, text in FILES.items()}
 SCRIPT = ["def ", {"choice": {"twice": 0.5, "double": 0.5}}, "(x):\n    return x * 2\n", "```"]
 TEST_CMD = "python -m pytest -q -p no:cacheprovider"
-
-
-def git_repo(root: Path) -> Path:
-    root.mkdir(parents=True)
-    for rel, text in FILES.items():
-        (root / rel).write_text(textwrap.dedent(text).lstrip())
-    sh_git(root, "init", "-q")
-    sh_git(root, "add", "-A")
-    sh_git(root, "commit", "-qm", "initial")
-    return root
 
 
 def seed_choosing(lm, name: str) -> int:
@@ -73,7 +64,7 @@ def seed_choosing(lm, name: str) -> int:
 
 
 def test_all_suspects_are_shown_and_the_reply_picks_one(tmp_path: Path) -> None:
-    root = git_repo(tmp_path / "repo")
+    root = make_repo(tmp_path / "repo", FILES)
     result = run_tests(TEST_CMD, root, 60)
     loc = localise(root, result, test_cmd=TEST_CMD)
     names = [c.suspect.name for c in loc.candidates]
@@ -89,7 +80,7 @@ def test_all_suspects_are_shown_and_the_reply_picks_one(tmp_path: Path) -> None:
 
 
 def test_a_rewind_at_the_function_name_moves_the_edit(tmp_path: Path) -> None:
-    root = git_repo(tmp_path / "repo")
+    root = make_repo(tmp_path / "repo", FILES)
     lm = scripted_lm(SCRIPT)
     seed = seed_choosing(lm, "twice")  # the first attempt edits the wrong function
     cfg = FixConfig(test_cmd=TEST_CMD, retry=RetryConfig(strategy="entropy-cut",
@@ -115,7 +106,7 @@ def test_a_rewind_at_the_function_name_moves_the_edit(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("reply", ["def elsewhere(x):\n    return 0\n"])
 def test_a_reply_naming_no_suspect_is_not_applied(tmp_path: Path, reply: str) -> None:
-    root = git_repo(tmp_path / "repo")
+    root = make_repo(tmp_path / "repo", FILES)
     result = run_tests(TEST_CMD, root, 60)
     loc = localise(root, result, test_cmd=TEST_CMD)
     task = Task(loc.suspect, "", result, ("calc.py",), TEST_CMD, 60, loc.candidates)
@@ -144,23 +135,13 @@ SIGN = {
 }
 
 
-def sign_repo(root: Path) -> Path:
-    root.mkdir(parents=True)
-    for rel, text in SIGN.items():
-        (root / rel).write_text(text)
-    sh_git(root, "init", "-q")
-    sh_git(root, "add", "-A")
-    sh_git(root, "commit", "-qm", "initial")
-    return root
-
-
 def narrow_fix(tmp_path: Path, body: str):
     lm = scripted_lm([f"def double(x):\n    return {body}\n", "```"])
     cfg = FixConfig(test_cmd="python -m pytest -x -q -p no:cacheprovider", narrow=True,
                     budget_tokens=100, max_attempts=2, seed=0,
                     retry=RetryConfig(strategy="restart", proposal_temperature=1.0))
     with TraceStore(tmp_path / "home" / "traces.db") as store:
-        return fix(sign_repo(tmp_path / "repo"), cfg, lm=lm, store=store)
+        return fix(make_repo(tmp_path / "repo", SIGN), cfg, lm=lm, store=store)
 
 
 def test_narrow_search_then_the_whole_command_once(tmp_path: Path) -> None:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 import re
 
-from test_fix import run_cli
-
 from decision_retry.tokens import Token
 from decision_retry.trace import Recorder, TraceStore
+from tests.helpers import run_cli
 
 RANKING = [{"file": f"pkg/m{i}.py", "function": f"f{i}", "line": 10 * i + 1, "score": s,
             "ochiai": s, "ef": 1, "ep": i} for i, s in enumerate([0.934, 0.41, 0.2, 0.15, 0.05])]

@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_fix import UNITS_SCRIPT, config, fixture_repo, run_cli, store  # noqa: F401
-from test_workspace import repo_state, sh_git
 
 from decision_retry.agent import pyenv
 from decision_retry.agent.locate import localise
@@ -22,6 +20,7 @@ from decision_retry.agent.sandbox import resolve
 from decision_retry.agent.testrun import run_tests
 from decision_retry.errors import BadInput
 from decision_retry.testing import scripted_lm
+from tests.helpers import UNITS_SCRIPT, fix_config, fixture_repo, git, repo_state, run_cli
 
 SITE = Path(pytest.__file__).resolve().parents[1]  # our site-packages
 PYTEST_PARTS = ("pytest", "_pytest", "pluggy", "iniconfig", "packaging", "pygments", "py.py")
@@ -68,8 +67,8 @@ def units_with_venv(tmp_path: Path, pytest_dir: Path) -> Path:
     code = (repo / "units.py").read_text()
     (repo / "units.py").write_text(f"import {VENV_ONLY}  # noqa: F401 - in .venv only\n" + code)
     (repo / ".gitignore").write_text(".venv/\n")
-    sh_git(repo, "add", "-A")
-    sh_git(repo, "commit", "-qm", "a dependency")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a dependency")
     make_venv(repo / ".venv", pytest_dir, {VENV_ONLY: "NAME = 'station'\n"})
     return repo
 
@@ -95,10 +94,10 @@ def test_cli_fixes_a_project_whose_code_needs_its_venv(tmp_path, pytest_only):
     assert result["fixed"] and "celsius * 9 / 5 + 32" in result["diff"]
     assert result["python"].startswith(f"python: {venv_python}")
     assert repo_state(repo) == before  # the fix is on its branch only
-    assert "+ 32" in sh_git(repo, "show", f"{result['branch']}:units.py")
+    assert "+ 32" in git(repo, "show", f"{result['branch']}:units.py")
 
 
-def test_fix_with_a_pytest_plugin_only_the_project_has(tmp_path, pytest_only, store,  # noqa: F811
+def test_fix_with_a_pytest_plugin_only_the_project_has(tmp_path, pytest_only, store,
                                                        monkeypatch):
     """A fixture from a plugin registered by entry point in the project's .venv: the tests
     fail on the bug (not on a missing fixture), and the fix is found."""
@@ -109,8 +108,8 @@ def test_fix_with_a_pytest_plugin_only_the_project_has(tmp_path, pytest_only, st
         "def test_station_reading(station):\n"
         "    assert station == 'Oslo' and celsius_to_fahrenheit(10) == 50\n")
     (repo / ".gitignore").write_text(".venv/\n")
-    sh_git(repo, "add", "-A")
-    sh_git(repo, "commit", "-qm", "station test")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "station test")
     make_venv(repo / ".venv", pytest_only, {"pytest_station": STATION_PLUGIN},
               plugins={"pytest_station": ""})
     found = pyenv.find(repo, environ={})
@@ -118,7 +117,7 @@ def test_fix_with_a_pytest_plugin_only_the_project_has(tmp_path, pytest_only, st
     first = run_tests("python -m pytest -q", clone_of(repo, tmp_path / "clone"), 60,
                       sandbox=resolve("auto"), python=found)
     assert first.failed >= 1 and "fixture 'station' not found" not in first.output_tail
-    result = fix(repo, config(seed=3), lm=scripted_lm(UNITS_SCRIPT), store=store, python=found)
+    result = fix(repo, fix_config(seed=3), lm=scripted_lm(UNITS_SCRIPT), store=store, python=found)
     assert result.fixed and "+    return celsius * 9 / 5 + 32" in result.diff
     recorded = store.load(result.run_id).run.config  # the trace names the interpreter
     assert recorded["interpreter"] == found.note and recorded["python"] is None

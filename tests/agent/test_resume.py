@@ -9,9 +9,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from resume_driver import TEST_TIMEOUT
-from test_fix import UNITS_SCRIPT, config, first_failing_seed, fixture_repo, run_cli, script_file  # noqa: F401
-from test_workspace import repo_state, sh_git
 
 from decision_retry.agent.localise.replay import recorded
 from decision_retry.agent.resume import resume
@@ -19,8 +16,20 @@ from decision_retry.agent.runner import fix
 from decision_retry.errors import BadInput
 from decision_retry.testing import scripted_lm
 from decision_retry.trace.store import TraceStore
+from tests.agent.resume_driver import TEST_TIMEOUT
+from tests.helpers import (
+    ROOT,
+    UNITS_SCRIPT,
+    first_failing_seed,
+    fix_config,
+    fixture_repo,
+    git,
+    repo_state,
+    run_cli,
+)
 
-DRIVER = Path(__file__).with_name("resume_driver.py")
+# the driver runs as a module of the tests package, from the repository root (cwd=ROOT)
+DRIVER = [sys.executable, "-m", "tests.agent.resume_driver"]
 
 
 def summary(tree) -> dict:
@@ -49,7 +58,7 @@ def baseline(tmp_path_factory):
     lm = scripted_lm(UNITS_SCRIPT)
     seed = first_failing_seed(lm)
     with TraceStore(tmp / "traces.db") as store:
-        result = fix(repo, config(seed=seed, test_timeout=TEST_TIMEOUT), lm=lm, store=store)
+        result = fix(repo, fix_config(seed=seed, test_timeout=TEST_TIMEOUT), lm=lm, store=store)
         tree = store.load(result.run_id)
     assert result.fixed and result.attempts >= 2 and len(tree.test_runs) >= 2
     return seed, summary(tree), result
@@ -65,8 +74,8 @@ def test_killed_then_resumed_equals_uninterrupted(tmp_path, baseline, nodes, sig
     repo = fixture_repo(tmp_path, "units")
     before = repo_state(repo)
     db = tmp_path / "traces.db"
-    proc = subprocess.run([sys.executable, str(DRIVER), str(repo), str(db), str(seed), str(nodes),
-                           sig], check=False, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([*DRIVER, str(repo), str(db), str(seed), str(nodes), sig], cwd=ROOT,
+                          check=False, capture_output=True, text=True, timeout=600)
     assert "finished without being killed" not in proc.stdout
     assert "Traceback" not in proc.stderr or sig == "SIGTERM", proc.stderr
     with TraceStore(db) as store:
@@ -86,7 +95,7 @@ def test_killed_then_resumed_equals_uninterrupted(tmp_path, baseline, nodes, sig
     assert (result.fixed, result.attempts, result.decode_tokens, result.diff) == (
         expected_result.fixed, expected_result.attempts, expected_result.decode_tokens,
         expected_result.diff)
-    assert sh_git(repo, "show", f"{result.branch}:units.py").count("+ 32") == 1
+    assert git(repo, "show", f"{result.branch}:units.py").count("+ 32") == 1
 
 
 def test_resume_refuses_what_cannot_be_resumed(tmp_path, baseline):
@@ -95,13 +104,13 @@ def test_resume_refuses_what_cannot_be_resumed(tmp_path, baseline):
     with TraceStore(tmp_path / "traces.db") as store:
         with pytest.raises(BadInput, match="no run"):
             resume("nonexistent", store=store, lm=scripted_lm(UNITS_SCRIPT))
-        done = fix(repo, config(seed=seed, test_timeout=TEST_TIMEOUT), lm=scripted_lm(UNITS_SCRIPT),
-                   store=store)
+        cfg = fix_config(seed=seed, test_timeout=TEST_TIMEOUT)
+        done = fix(repo, cfg, lm=scripted_lm(UNITS_SCRIPT), store=store)
         with pytest.raises(BadInput, match="already ended"):
             resume(done.run_id, store=store, lm=scripted_lm(UNITS_SCRIPT))
 
 
-def test_cli_resume_and_bad_combinations(tmp_path, script_file, baseline):  # noqa: F811
+def test_cli_resume_and_bad_combinations(tmp_path, script_file, baseline):
     home = tmp_path / "home"
     proc = run_cli("fix", home=home)
     assert proc.returncode == 2 and "--resume" in proc.stderr and "Traceback" not in proc.stderr
@@ -115,7 +124,7 @@ def test_resume_refuses_a_repository_that_changed(tmp_path, baseline):
     seed, _, _ = baseline
     repo = fixture_repo(tmp_path, "units")
     db = tmp_path / "traces.db"
-    subprocess.run([sys.executable, str(DRIVER), str(repo), str(db), str(seed), "9", "SIGKILL"],
+    subprocess.run([*DRIVER, str(repo), str(db), str(seed), "9", "SIGKILL"], cwd=ROOT,
                    check=False, capture_output=True, text=True, timeout=600)
     (repo / "units.py").write_text((repo / "units.py").read_text() + "\n# edited meanwhile\n")
     with TraceStore(db) as store:
@@ -133,14 +142,14 @@ def test_a_dirty_tree_resumes_from_the_same_starting_point(tmp_path, baseline):
     (repo / "pyproject.toml").write_text((repo / "pyproject.toml").read_text() + "\n# local edit\n")
     before = repo_state(repo)
     db = tmp_path / "traces.db"
-    subprocess.run([sys.executable, str(DRIVER), str(repo), str(db), str(seed), "9", "SIGKILL"],
+    subprocess.run([*DRIVER, str(repo), str(db), str(seed), "9", "SIGKILL"], cwd=ROOT,
                    check=False, capture_output=True, text=True, timeout=600)
     with TraceStore(db) as store:
         (run,) = store.list_runs()
         result = resume(run.id, store=store, lm=scripted_lm(UNITS_SCRIPT))
     assert result.fixed and not result.diverged and result.resumed >= 1
     assert repo_state(repo) == before
-    assert sh_git(repo, "show", f"{result.branch}:units.py").count("+ 32") == 1  # HEAD + the fix
+    assert git(repo, "show", f"{result.branch}:units.py").count("+ 32") == 1  # HEAD + the fix
 
 
 # One line per pytest session of the repository: under the coverage script (the localisation)
@@ -175,12 +184,12 @@ def test_resume_replays_the_recorded_localisation_instead_of_measuring_it(tmp_pa
     seed, _, _ = baseline
     repo = fixture_repo(tmp_path, "units")
     (repo / "conftest.py").write_text(SESSIONS_CONFTEST)
-    sh_git(repo, "add", "conftest.py")
-    sh_git(repo, "commit", "-qm", "log pytest sessions")
+    git(repo, "add", "conftest.py")
+    git(repo, "commit", "-qm", "log pytest sessions")
     log = tmp_path / "sessions.log"
     monkeypatch.setenv("SESSION_LOG", str(log))
-    cfg = config(seed=seed, sandbox="none", pass_env=("SESSION_LOG",),  # the log is outside
-                 test_timeout=TEST_TIMEOUT)
+    cfg = fix_config(seed=seed, sandbox="none", pass_env=("SESSION_LOG",),  # the log is outside
+                     test_timeout=TEST_TIMEOUT)
     with TraceStore(tmp_path / "traces.db") as store:
         with pytest.raises(KeyboardInterrupt):  # stopped after its first turn was recorded
             fix(repo, cfg, lm=scripted_lm(UNITS_SCRIPT), store=store, listeners=[InterruptAfter(4)])

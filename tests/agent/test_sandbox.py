@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 import pytest
-from test_workspace import repo_state, sh_git, write
 
 from decision_retry.agent import sandbox as sandboxes
 from decision_retry.agent.testrun import run_tests
 from decision_retry.agent.workspace import Workspace
 from decision_retry.errors import BadInput
+from tests.helpers import fix_config, fixture_repo, make_repo, repo_state, write
 
 FAST = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
 CMD = "python -m pytest -q -p no:cacheprovider"
@@ -37,14 +37,8 @@ needs_bwrap = pytest.mark.skipif(
 
 def attack_repo(tmp_path: Path, test_code: str) -> Path:
     """A user's repository whose test file is `test_code` (the attack)."""
-    repo = tmp_path / "user"
-    repo.mkdir()
-    sh_git(repo, "init", "-q")
-    write(repo / "units.py", "def f():\n    return 1\n")
-    write(repo / "test_attack.py", textwrap.dedent(test_code))
-    sh_git(repo, "add", "-A")
-    sh_git(repo, "commit", "-q", "-m", "initial")
-    return repo
+    return make_repo(tmp_path / "user", {"units.py": "def f():\n    return 1\n",
+                                         "test_attack.py": textwrap.dedent(test_code)})
 
 
 def run_attack(repo: Path, sandbox: sandboxes.Sandbox, **kw):
@@ -567,8 +561,6 @@ def test_limits_parse_and_bad_values_are_one_line() -> None:
 
 def test_a_reply_that_exits_early_is_not_a_fix(tmp_path: Path) -> None:
     """`os._exit(0)` in the function body was reported "fixed", exit 0."""
-    from test_fix import config, fixture_repo
-
     from decision_retry.agent.runner import fix
     from decision_retry.testing import scripted_lm
     from decision_retry.trace.store import TraceStore
@@ -578,7 +570,7 @@ def test_a_reply_that_exits_early_is_not_a_fix(tmp_path: Path) -> None:
     script = [("def celsius_to_fahrenheit(celsius: float) -> float:\n    import os\n"
                "    os._exit(0)\n"), "```"]
     with TraceStore(tmp_path / "home" / "traces.db") as store:
-        cfg = config().model_copy(update={"max_attempts": 2})
+        cfg = fix_config().model_copy(update={"max_attempts": 2})
         result = fix(repo, cfg, lm=scripted_lm(script), store=store)
     assert not result.fixed and result.branch is None
     assert repo_state(repo) == before

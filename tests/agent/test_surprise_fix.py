@@ -1,5 +1,7 @@
-"""`fix --cut-weights surprise` end to end: every reply scored under the no-body context, cuts and
-their MH corrections computed from those scores, the trace keeping them, resume replaying them."""
+"""`fix --cut-weights surprise` end to end: replies scored under the no-body context where the
+chain reads them (the first attempt, every state a cut is drawn from, every proposal whose
+delayed decision reaches its second stage), cuts and their MH corrections computed from those
+scores, the trace keeping them, resume replaying them."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import json
 
 import pytest
 import torch
-from test_fix import fixture_repo, run_cli
 
 from decision_retry.agent import nobody
 from decision_retry.agent.resume import resume
@@ -17,6 +18,7 @@ from decision_retry.retry import RetryConfig
 from decision_retry.samplers import cuts, surprise
 from decision_retry.testing import scripted_lm, tiny_llama
 from decision_retry.trace.store import TraceStore, db_path
+from tests.helpers import fixture_repo, run_cli
 
 # two choices: a docstring word and the bug; every other token is certain (surprise 0)
 SCRIPT = [
@@ -53,14 +55,28 @@ def _q():
     return Sampling(temperature=1.0, max_new_tokens=20)
 
 
+def scored(turn) -> bool:
+    """Was the turn scored under the no-body context (all its tokens, or none, are)?"""
+    have = {k.alt_logp is not None and k.alt_logq is not None for k in turn.tokens}
+    assert len(have) == 1, "a turn is scored whole or not at all"
+    return have == {True}
+
+
 def check_trace(tree, rule) -> int:
-    """Every token scored; every MH step's cut correction computed from the recorded surprises
-    of its two branches; returns the no-body positions the run must have scored."""
+    """The replies the chain read are scored: the first, every current attempt, every proposal
+    whose decision reached stage 2 (its cut correction computed from the recorded surprises of
+    both branches), and no other (a stage-1 rejection and the passing reply are never scored);
+    returns the no-body positions the run must have scored."""
     turns = {t.branch_id: t for t in tree.turns}
-    for t in tree.turns:
-        assert t.tokens and all(k.alt_logp is not None and k.alt_logq is not None for k in t.tokens)
+    root = next(b for b in tree.branches if b.parent_id is None)
+    want_scored = {root.id} | {s.current_branch_id for s in tree.mh_steps} | {
+        s.proposal_branch_id for s in tree.mh_steps if s.stage != 1}
+    assert {t.branch_id for t in tree.turns if scored(t)} == want_scored
     assert tree.mh_steps
     for s in tree.mh_steps:
+        if s.stage == 1:  # rejected before the cut correction: none computed
+            assert s.log_cut_correction == 0.0 and not s.accepted
+            continue
         x, y = turns[s.current_branch_id].tokens, turns[s.proposal_branch_id].tokens
         sx, sy = surprise.surprises(x), surprise.surprises(y)
         sx[-1], sy[-1] = 0.0, 0.0  # both replies ended at the stop string: the closing token
@@ -68,7 +84,7 @@ def check_trace(tree, rule) -> int:
         assert s.log_cut_correction == pytest.approx(want, abs=1e-9)
     # the first reply in full, each proposal from its cut on
     cut_at = {b.id: b.cut.position for b in tree.branches if b.cut is not None}
-    return sum(len(t.tokens) - cut_at.get(t.branch_id, 0) for t in tree.turns)
+    return sum(len(t.tokens) - cut_at.get(t.branch_id, 0) for t in tree.turns if scored(t))
 
 
 def test_surprise_cuts_in_fix_with_the_scripted_model(tmp_path):
@@ -81,7 +97,7 @@ def test_surprise_cuts_in_fix_with_the_scripted_model(tmp_path):
         res = fix(fixture_repo(tmp_path, "units"), cfg, lm=scripted_lm(SCRIPT), store=store)
         tree = store.load(res.run_id)
     assert res.fixed and res.attempts >= 2
-    for t in tree.turns:
+    for t in filter(scored, tree.turns):
         assert [k.alt_logp for k in t.tokens] == pytest.approx([k.logp for k in t.tokens])
     assert {s.cut_position for s in tree.mh_steps} <= {1, 3}  # the docstring word, the bug
     assert res.prefill_positions == check_trace(tree, cfg.retry.rule)
@@ -114,7 +130,7 @@ def test_surprise_scores_come_from_the_no_body_context(tmp_path):
                                                                abs=1e-3)
     rule = cfg.retry.rule
     turns = {t.branch_id: t for t in tree.turns}
-    for s in tree.mh_steps:  # no stop string: nothing zeroed
+    for s in (s for s in tree.mh_steps if s.stage != 1):  # no stop string: nothing zeroed
         x, y = turns[s.current_branch_id].tokens, turns[s.proposal_branch_id].tokens
         want = (cuts.log_prob(surprise.surprises(y), s.cut_position, rule)
                 - cuts.log_prob(surprise.surprises(x), s.cut_position, rule))
@@ -122,7 +138,7 @@ def test_surprise_scores_come_from_the_no_body_context(tmp_path):
         by_entropy = (cuts.log_prob([k.entropy for k in y], s.cut_position, RetryConfig().rule)
                       - cuts.log_prob([k.entropy for k in x], s.cut_position, RetryConfig().rule))
         assert s.log_cut_correction != pytest.approx(by_entropy, abs=1e-6)
-    assert tree.mh_steps
+    assert any(s.stage == 2 for s in tree.mh_steps)
 
 
 def test_an_interrupted_surprise_run_resumes_to_the_same_end(tmp_path):
@@ -130,6 +146,7 @@ def test_an_interrupted_surprise_run_resumes_to_the_same_end(tmp_path):
     cfg = surprise_config(seed)
     with TraceStore(tmp_path / "a.db") as store:
         whole = fix(fixture_repo(tmp_path / "a", "units"), cfg, lm=scripted_lm(SCRIPT), store=store)
+        whole_tree = store.load(whole.run_id)
     assert whole.fixed and len(whole.steps) >= 1
 
     def stop_after_first_step(kind, data):
@@ -146,7 +163,8 @@ def test_an_interrupted_surprise_run_resumes_to_the_same_end(tmp_path):
     assert again.fixed and again.diff == whole.diff
     assert [s.log_accept for s in again.steps] == [s.log_accept for s in whole.steps]
     assert again.prefill_positions == whole.prefill_positions
-    assert all(k.alt_logp is not None for t in tree.turns for k in t.tokens)
+    assert [scored(t) for t in tree.turns] == [scored(t) for t in whole_tree.turns]
+    assert any(scored(t) for t in tree.turns)
 
 
 def test_surprise_weights_need_the_patch_protocol_and_a_scoring_engine(tmp_path):
@@ -184,5 +202,6 @@ def test_fix_defaults_to_surprise_cuts_where_replies_can_be_scored(tmp_path):
         with TraceStore(db_path(home)) as store:
             tree = store.load(json.loads(out.stdout)["run_id"])
         assert tree.run.config["retry"]["cut_weights"] == want
-        scored = [k.alt_logp is not None for t in tree.turns for k in t.tokens]
-        assert scored and all(scored) == (want == "surprise") and any(scored) == all(scored)
+        first = next(t for t in tree.turns if tree.branch(t.branch_id).parent_id is None)
+        assert scored(first) == (want == "surprise")  # the first reply: a cut is drawn from it
+        assert want == "surprise" or not any(map(scored, tree.turns))

@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_fix import UNITS_SCRIPT, config, fixture_repo
-from test_workspace import sh_git, write
 
 from decision_retry.agent.runner import fix
 from decision_retry.agent.sandbox import resolve
@@ -20,10 +18,7 @@ from decision_retry.agent.testcache import TestCache
 from decision_retry.agent.workspace import Workspace
 from decision_retry.costs import CATEGORIES, metering
 from decision_retry.testing import scripted_lm
-from decision_retry.trace.store import TraceStore
-
-# the bug written again every time: every attempt's tree is the starting tree
-SAME_REPLY = [UNITS_SCRIPT[0], "- 32\n", "```"]
+from tests.helpers import SAME_REPLY, fix_config, fixture_repo, git, make_repo, write
 
 
 def counting_cmd(counter: Path, pytest_args: str = "-x -q") -> str:
@@ -38,20 +33,12 @@ def starts(counter: Path) -> int:
 
 
 @pytest.fixture
-def store(tmp_path):
-    with TraceStore(tmp_path / "home" / "traces.db") as s:
-        yield s
-
-
-@pytest.fixture
 def small_repo(tmp_path: Path) -> Path:
     repo = tmp_path / "small"
     write(repo / "calc.py", "def add(a, b):\n    return a - b\n")
     write(repo / "test_calc.py", "from calc import add\n\n\ndef test_add():\n    assert add(1, 2) == 3\n")
     write(repo / ".gitignore", "*.cfg\n")
-    sh_git(repo, "init", "-q")
-    sh_git(repo, "add", "-A")
-    sh_git(repo, "commit", "-qm", "initial")
+    make_repo(repo)
     return repo
 
 
@@ -93,8 +80,8 @@ def test_no_test_cache_runs_every_time(small_repo, tmp_path):
 
 def test_a_timed_out_run_is_not_reused(small_repo, tmp_path):
     write(small_repo / "test_slow.py", "import time\n\n\ndef test_slow():\n    time.sleep(30)\n")
-    sh_git(small_repo, "add", "-A")
-    sh_git(small_repo, "commit", "-qm", "slow")
+    git(small_repo, "add", "-A")
+    git(small_repo, "commit", "-qm", "slow")
     counter = tmp_path / "starts.txt"
     cmd = counting_cmd(counter, "-q test_slow.py")
     with Workspace(small_repo, "cache3", sandbox=resolve("none")) as ws:
@@ -109,8 +96,8 @@ def test_fix_with_the_same_reply_tests_each_tree_once(tmp_path, store):
     for cache in (True, False):
         repo = fixture_repo(tmp_path / str(cache), "units")
         counter = tmp_path / f"starts-{cache}.txt"
-        cfg = config(strategy="restart", test_cmd=counting_cmd(counter), sandbox="none",
-                     test_cache=cache).model_copy(update={"max_attempts": 4})
+        cfg = fix_config(strategy="restart", test_cmd=counting_cmd(counter), sandbox="none",
+                         test_cache=cache).model_copy(update={"max_attempts": 4})
         results[cache] = fix(repo, cfg, lm=scripted_lm(SAME_REPLY), store=store)
         counts[cache] = starts(counter)
     hit, miss = results[True], results[False]
@@ -134,7 +121,7 @@ def test_fix_with_the_same_reply_tests_each_tree_once(tmp_path, store):
 
 def test_costs_categories_sum_within_the_total(tmp_path, store):
     repo = fixture_repo(tmp_path, "units")
-    result = fix(repo, config(strategy="restart", sandbox="none").model_copy(
+    result = fix(repo, fix_config(strategy="restart", sandbox="none").model_copy(
         update={"max_attempts": 2}), lm=scripted_lm(SAME_REPLY), store=store)
     c = result.costs
     parts = [c[k]["cpu_s"] for k in (*CATEGORIES, "other")]
@@ -154,8 +141,8 @@ def test_the_cpu_of_a_sandboxed_test_run_is_counted(small_repo):
     if bwrap_problem() is not None:
         pytest.skip(f"bubblewrap cannot run here: {bwrap_problem()}")
     write(small_repo / "burn.py", "total = 0\nfor i in range(5_000_000):\n    total += i\n")
-    sh_git(small_repo, "add", "-A")
-    sh_git(small_repo, "commit", "-qm", "burn")
+    git(small_repo, "add", "-A")
+    git(small_repo, "commit", "-qm", "burn")
     with metering() as meter, Workspace(small_repo, "cpu1", sandbox=resolve("bwrap")) as ws:
         ws.run_tests("python burn.py", 120)
     assert meter.cpu["tests"] >= 0.2  # about 0.6 s of one core on a quiet machine

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 
-from test_fix import fixture_repo, run_cli
-from test_testcache import SAME_REPLY
-from test_workspace import sh_git, write
+from tests.helpers import SAME_REPLY, fixture_repo, git, run_cli, write
 
 BURN = "def test_burn():\n    total = 0\n    for i in range(3_000_000):\n        total += i\n"
 
@@ -14,8 +12,8 @@ BURN = "def test_burn():\n    total = 0\n    for i in range(3_000_000):\n       
 def test_time_limit_stops_the_run_and_records_why(tmp_path):
     repo = fixture_repo(tmp_path, "units")
     write(repo / "tests" / "test_burn.py", BURN)  # CPU in every test run (a sleep would use none)
-    sh_git(repo, "add", "-A")
-    sh_git(repo, "commit", "-qm", "burn")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "burn")
     script = tmp_path / "same.json"
     script.write_text(json.dumps({"segments": SAME_REPLY}))
     home = tmp_path / "home"

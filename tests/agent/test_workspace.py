@@ -1,75 +1,15 @@
 """The private clone: the user's repository stays byte-identical but for the fix branch; snapshots
 restore exactly; the branch is HEAD plus the fix; git calls ignore the user's executable config."""
 
-import hashlib
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from decision_retry.agent.workspace import PathError, Workspace
 from decision_retry.errors import BadInput, WorkspaceError
-
-
-def sh_git(cwd: Path, *args: str, input_text: str | None = None) -> str:
-    """Plain git as a user would run it (our own identity; no optional index refresh)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env["GIT_OPTIONAL_LOCKS"] = "0"
-    config = ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
-    proc = subprocess.run(
-        ["git", *config, *args],
-        cwd=cwd,
-        env=env,
-        input=input_text,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return proc.stdout
-
-
-def write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
-def tree_hashes(root: Path) -> dict[str, str]:
-    """Every file below root except .git, ignored ones included: path -> sha256 (or link target)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != ".git"]
-        for name in filenames:
-            p = Path(dirpath) / name
-            rel = p.relative_to(root).as_posix()
-            out[rel] = (
-                "link:" + os.readlink(p)
-                if p.is_symlink()
-                else hashlib.sha256(p.read_bytes()).hexdigest()
-            )
-    return out
-
-
-def repo_state(repo: Path) -> dict:
-    """Everything of the user's that must survive a run: files, HEAD, index, stash, branches."""
-    git_dir = repo / ".git"
-    return {
-        "files": tree_hashes(repo),
-        "HEAD": (git_dir / "HEAD").read_text(),
-        "head_sha": sh_git(repo, "rev-parse", "HEAD"),
-        "index": hashlib.sha256((git_dir / "index").read_bytes()).hexdigest(),
-        "stash": sh_git(repo, "stash", "list", "--format=%H %s"),
-        "branches": [
-            b
-            for b in sh_git(repo, "branch", "--format=%(refname)").split()
-            if not b.startswith("refs/heads/decision-retry/")
-        ],
-        "worktrees": sh_git(repo, "worktree", "list", "--porcelain"),
-        "refs": [r for r in sh_git(repo, "for-each-ref", "--format=%(refname) %(objectname)")
-                 .splitlines() if not r.startswith("refs/heads/decision-retry/")],
-        "config": (git_dir / "config").read_bytes(),
-    }
+from tests.helpers import git, repo_state, tree_hashes, write
 
 
 @pytest.fixture
@@ -77,20 +17,20 @@ def user_repo(tmp_path: Path) -> Path:
     """A repository in a messy state: stash entry, staged, modified, untracked and ignored files."""
     repo = tmp_path / "user"
     repo.mkdir()
-    sh_git(repo, "init", "-q")
+    git(repo, "init", "-q")
     write(repo / ".gitignore", "*.log\nsecrets/\n")
     write(repo / "calc.py", "def add(a, b):\n    return a - b\n")
     write(repo / "pkg" / "util.py", "X = 1\n")
     write(repo / "README.md", "hello\n")
-    sh_git(repo, "add", "-A")
-    sh_git(repo, "commit", "-q", "-m", "initial")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "initial")
     write(repo / "README.md", "stashed change\n")
-    sh_git(repo, "stash", "push", "-q", "-m", "user stash")
+    git(repo, "stash", "push", "-q", "-m", "user stash")
     write(repo / "pkg" / "util.py", "X = 2\n")  # staged ...
-    sh_git(repo, "add", "pkg/util.py")
+    git(repo, "add", "pkg/util.py")
     write(repo / "pkg" / "util.py", "X = 3\n")  # ... then modified again
     write(repo / "staged_new.py", "Y = 1\n")
-    sh_git(repo, "add", "staged_new.py")
+    git(repo, "add", "staged_new.py")
     write(repo / "calc.py", "def add(a, b):\n    return a - b  # user edit\n")  # unstaged
     write(repo / "notes.txt", "untracked\n")
     write(repo / "debug.log", "ignored\n")
@@ -100,7 +40,7 @@ def user_repo(tmp_path: Path) -> Path:
 
 def test_full_lifecycle_leaves_user_repo_byte_identical(user_repo: Path) -> None:
     before = repo_state(user_repo)
-    head = sh_git(user_repo, "rev-parse", "HEAD").strip()
+    head = git(user_repo, "rev-parse", "HEAD").strip()
     with Workspace(user_repo, "run1") as ws:
         # the starting point is the user's working tree, not HEAD
         assert ws.read_file("calc.py").endswith("# user edit\n")
@@ -124,15 +64,15 @@ def test_full_lifecycle_leaves_user_repo_byte_identical(user_repo: Path) -> None
     # nothing of the user's changed: files, HEAD, index, stash, refs, config, worktrees
     assert repo_state(user_repo) == before
     assert not root.parent.exists()
-    assert sh_git(user_repo, "rev-parse", "decision-retry/run1").strip() == fix
+    assert git(user_repo, "rev-parse", "decision-retry/run1").strip() == fix
     # the branch is HEAD plus the fix: one commit on HEAD; no untracked or staged file of the user's
-    assert sh_git(user_repo, "rev-parse", f"{fix}^").strip() == head
-    files = sh_git(user_repo, "ls-tree", "-r", "--name-only", fix).split()
+    assert git(user_repo, "rev-parse", f"{fix}^").strip() == head
+    files = git(user_repo, "ls-tree", "-r", "--name-only", fix).split()
     assert sorted(files) == [".gitignore", "README.md", "calc.py", "pkg/util.py"]
-    assert sh_git(user_repo, "show", f"{fix}:README.md") == "hello\nfixed\n"  # applied to HEAD's
-    assert sh_git(user_repo, "show", f"{fix}:pkg/util.py") == "X = 1\n"  # not the user's staged 2
+    assert git(user_repo, "show", f"{fix}:README.md") == "hello\nfixed\n"  # applied to HEAD's
+    assert git(user_repo, "show", f"{fix}:pkg/util.py") == "X = 1\n"  # not the user's staged 2
     # calc.py was not changed by the fix, so HEAD's version (not the user's edit) is on the branch
-    assert sh_git(user_repo, "show", f"{fix}:calc.py") == "def add(a, b):\n    return a - b\n"
+    assert git(user_repo, "show", f"{fix}:calc.py") == "def add(a, b):\n    return a - b\n"
 
 
 def test_untracked_files_never_enter_the_branch(user_repo: Path) -> None:
@@ -146,11 +86,11 @@ def test_untracked_files_never_enter_the_branch(user_repo: Path) -> None:
         ws.write_file("notes.txt", "the fix touched an untracked file\n")
         fix = ws.finish(success=True)
     assert repo_state(user_repo) == before
-    files = sh_git(user_repo, "ls-tree", "-r", "--name-only", fix).split()
+    files = git(user_repo, "ls-tree", "-r", "--name-only", fix).split()
     assert ".env" not in files and "dump.bin" not in files and "notes.txt" not in files
     assert ws.left_out == ["notes.txt"]
-    blobs = sh_git(user_repo, "rev-list", "--objects", f"{fix}^..{fix}")
-    secret = sh_git(user_repo, "hash-object", "--stdin-paths", input_text=str(user_repo / ".env"))
+    blobs = git(user_repo, "rev-list", "--objects", f"{fix}^..{fix}")
+    secret = git(user_repo, "hash-object", "--stdin-paths", input_text=str(user_repo / ".env"))
     assert secret.strip() not in blobs
 
 
@@ -161,20 +101,20 @@ def test_a_fix_of_only_untracked_files_adds_no_branch(user_repo: Path) -> None:
         assert ws.finish(success=True) is None
     assert ws.left_out == ["notes.txt"]
     assert repo_state(user_repo) == before
-    assert sh_git(user_repo, "branch", "--list", "decision-retry/*") == ""
+    assert git(user_repo, "branch", "--list", "decision-retry/*") == ""
 
 
 def test_no_maintenance_command_runs_on_the_user_repository(user_repo: Path, tmp_path: Path) -> None:
     """Defect 2: `git worktree prune` deregistered a user's worktree that was moved away."""
     elsewhere = tmp_path / "disk" / "feature"
-    sh_git(user_repo, "worktree", "add", "-q", str(elsewhere), "-b", "feature")
+    git(user_repo, "worktree", "add", "-q", str(elsewhere), "-b", "feature")
     elsewhere.rename(tmp_path / "disk" / "unplugged")  # moved, or on an unmounted disk
     before = repo_state(user_repo)
     with Workspace(user_repo, "prune") as ws:
         ws.write_file("calc.py", "def add(a, b):\n    return a + b\n")
         ws.finish(success=True)
     assert repo_state(user_repo) == before
-    assert str(elsewhere) in sh_git(user_repo, "worktree", "list", "--porcelain")
+    assert str(elsewhere) in git(user_repo, "worktree", "list", "--porcelain")
     assert (user_repo / ".git" / "worktrees" / "feature").is_dir()
 
 
@@ -201,16 +141,16 @@ def test_the_users_git_config_runs_nothing_and_changes_no_output(
     }
     globalrc = tmp_path / "gitconfig"
     for k, v in hostile.items():
-        sh_git(tmp_path, "config", "--file", str(globalrc), k, v)
+        git(tmp_path, "config", "--file", str(globalrc), k, v)
     repo = tmp_path / "hostile"
     repo.mkdir()
-    sh_git(repo, "init", "-q")
+    git(repo, "init", "-q")
     write(repo / "calc.py", "def add(a, b):\n    return a - b\n")
     write(repo / ".gitattributes", "* filter=spy diff=spy\n")
-    sh_git(repo, "add", "-A")
-    sh_git(repo, "commit", "-q", "-m", "initial")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "initial")
     for k, v in hostile.items():  # the repository's own config, and the user's global one
-        sh_git(repo, "config", k, v)
+        git(repo, "config", k, v)
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(globalrc))
     monkeypatch.setenv("GIT_EXTERNAL_DIFF", str(spy))
     monkeypatch.setenv("GIT_PAGER", str(spy))
@@ -284,15 +224,15 @@ def test_symlink_escape_is_rejected(tmp_path: Path) -> None:
     write(outside / "secret.txt", "outside\n")
     repo = tmp_path / "repo"
     repo.mkdir()
-    sh_git(repo, "init", "-q")
+    git(repo, "init", "-q")
     write(repo / "inside.txt", "inside\n")
     (repo / "out").symlink_to(outside, target_is_directory=True)
     (repo / "out_file").symlink_to(outside / "secret.txt")
     (repo / "in_link").symlink_to("inside.txt")
     (repo / "git_link").symlink_to(".git")
     (repo / "loop").symlink_to("loop")
-    sh_git(repo, "add", "-A")
-    sh_git(repo, "commit", "-q", "-m", "links")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "links")
 
     with Workspace(repo, "run5") as ws:
         for bad in ("out/secret.txt", "out/new.txt", "out_file"):
@@ -312,18 +252,18 @@ def test_symlink_escape_is_rejected(tmp_path: Path) -> None:
 def clean_repo(tmp_path: Path) -> Path:
     repo = tmp_path / "clean"
     repo.mkdir()
-    sh_git(repo, "init", "-q")
+    git(repo, "init", "-q")
     write(repo / "calc.py", "def add(a, b):\n    return a - b\n")
     write(repo / "run.sh", "#!/bin/sh\necho hi\n")
     (repo / "run.sh").chmod(0o755)
-    sh_git(repo, "add", "-A")
-    sh_git(repo, "commit", "-q", "-m", "initial")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "initial")
     return repo
 
 
 def test_apply_to_a_clean_user_tree(tmp_path: Path) -> None:
     repo = clean_repo(tmp_path)
-    head = sh_git(repo, "rev-parse", "HEAD")
+    head = git(repo, "rev-parse", "HEAD")
     with Workspace(repo, "run6") as ws:
         assert ws.base_sha == head.strip()  # a clean tree starts from HEAD itself
         ws.write_file("calc.py", "def add(a, b):\n    return a + b\n")
@@ -334,8 +274,8 @@ def test_apply_to_a_clean_user_tree(tmp_path: Path) -> None:
 
     assert (repo / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
     assert (repo / "new" / "file.py").read_text() == "N = 1\n" and not (repo / "run.sh").exists()
-    assert sh_git(repo, "rev-parse", "HEAD") == head
-    assert sh_git(repo, "diff", "--cached") == ""  # the index still matches HEAD
+    assert git(repo, "rev-parse", "HEAD") == head
+    assert git(repo, "diff", "--cached") == ""  # the index still matches HEAD
 
 
 @pytest.mark.parametrize("dirt", ["modified", "untracked", "staged", "mode"])
@@ -350,7 +290,7 @@ def test_apply_refuses_a_dirty_user_tree(tmp_path: Path, dirt: str) -> None:
             write(repo / "scratch.txt", "new\n")
         elif dirt == "staged":
             write(repo / "run.sh", "#!/bin/sh\necho staged\n")
-            sh_git(repo, "add", "run.sh")
+            git(repo, "add", "run.sh")
             write(repo / "run.sh", "#!/bin/sh\necho hi\n")
         else:
             (repo / "run.sh").unlink()
@@ -368,15 +308,15 @@ def test_finish_with_an_earlier_snapshot(user_repo: Path) -> None:
     good = ws.snapshot("")  # an empty label is fine
     ws.write_file("README.md", "worse\n")
     fix = ws.finish(success=True, sha=good)
-    assert sh_git(user_repo, "show", f"{fix}:README.md") == "good\n"
-    assert sh_git(user_repo, "rev-parse", f"{fix}^") == sh_git(user_repo, "rev-parse", "HEAD")
+    assert git(user_repo, "show", f"{fix}:README.md") == "good\n"
+    assert git(user_repo, "rev-parse", f"{fix}^") == git(user_repo, "rev-parse", "HEAD")
     with pytest.raises(WorkspaceError, match="already finished"):
         ws.open()
 
 
 def test_failed_run_leaves_nothing_behind(user_repo: Path) -> None:
     before = repo_state(user_repo)
-    objects = sh_git(user_repo, "count-objects")
+    objects = git(user_repo, "count-objects")
     with pytest.raises(RuntimeError), Workspace(user_repo, "run8") as ws:
         ws.write_file("calc.py", "broken\n")
         ws.snapshot("one")
@@ -384,17 +324,17 @@ def test_failed_run_leaves_nothing_behind(user_repo: Path) -> None:
         raise RuntimeError("agent crashed")
     assert not tmp.exists()
     assert repo_state(user_repo) == before
-    assert sh_git(user_repo, "branch", "--list", "decision-retry/*") == ""
-    assert sh_git(user_repo, "count-objects") == objects  # not even a loose object
+    assert git(user_repo, "branch", "--list", "decision-retry/*") == ""
+    assert git(user_repo, "count-objects") == objects  # not even a loose object
 
 
 def test_repository_without_commits(tmp_path: Path) -> None:
     repo = tmp_path / "fresh"
     repo.mkdir()
-    sh_git(repo, "init", "-q")
+    git(repo, "init", "-q")
     write(repo / "main.py", "print('hi')\n")
     write(repo / "scratch.py", "untracked\n")
-    sh_git(repo, "add", "main.py")  # staged: the user means it to be tracked
+    git(repo, "add", "main.py")  # staged: the user means it to be tracked
     before = tree_hashes(repo)
     with Workspace(repo, "run9") as ws:
         assert ws.read_file("main.py") == "print('hi')\n"
@@ -405,7 +345,7 @@ def test_repository_without_commits(tmp_path: Path) -> None:
     # main.py was never committed: its fix cannot be told from the user's staged text, so no
     # branch (issue 32 item 4; `fix` refuses a repository without commits before it starts)
     assert fix is None and ws.unseparated == ["main.py"]
-    assert sh_git(repo, "for-each-ref") == ""
+    assert git(repo, "for-each-ref") == ""
     assert "+print('bye')" in ws.fix_diff
     assert ws.left_out == ["scratch.py"]
 

@@ -36,6 +36,7 @@ from decision_retry.bench.suites import (
 )
 from decision_retry.cli.main import main
 from decision_retry.trace.store import TraceStore
+from tests.helpers import bench_config
 
 # One script for both fixtures: the patch protocol applies only the function named like the
 # suspect, so units takes the first function and combinatorics the second. Each has one choice
@@ -64,10 +65,7 @@ def cases():
 
 
 def config(script, **kw) -> BenchConfig:
-    base = {"suite": "fixtures", "strategies": STRATEGIES, "seeds": (0,), "budget_tokens": 30,
-            "model": f"scripted:{script}", "proposal_temperature": 1.0, "max_attempts": 4,
-            "workers": 1}
-    return BenchConfig(**{**base, **kw})
+    return bench_config(script, **{"strategies": STRATEGIES, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,13 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from test_bench import config
 
 from decision_retry.bench.harness import load_cells, run_bench
 from decision_retry.bench.report import summarize, write_report
 from decision_retry.bench.suites import fixtures_dir, load_suite
 from decision_retry.cli.bench import canonical_command
 from decision_retry.cli.main import main
+from tests.helpers import bench_config
 
 # the bug written again every time: every attempt after the first is the same tree
 SAME = {"segments": [("def celsius_to_fahrenheit(celsius: float) -> float:\n"
@@ -25,7 +25,7 @@ def units():
 def test_cells_record_compute_and_the_table_shows_it(tmp_path, units):
     script = tmp_path / "same.json"
     script.write_text(json.dumps(SAME))
-    cfg = config(script, strategies=("restart",), budget_tokens=200, max_attempts=3)
+    cfg = bench_config(script, strategies=("restart",), budget_tokens=200, max_attempts=3)
     cells = run_bench(units, cfg, tmp_path / "out")
     [cell] = cells
     assert cell.error is None and not cell.fixed and cell.attempts == 3
@@ -45,12 +45,12 @@ def test_cells_record_compute_and_the_table_shows_it(tmp_path, units):
 def test_budget_seconds_stops_each_cell_and_is_a_shared_setting(tmp_path, units):
     script = tmp_path / "same.json"
     script.write_text(json.dumps(SAME))
-    cfg = config(script, strategies=("restart",), budget_tokens=200, max_attempts=50,
-                 budget_seconds=0.01)
+    cfg = bench_config(script, strategies=("restart",), budget_tokens=200, max_attempts=50,
+                       budget_seconds=0.01)
     [cell] = run_bench(units, cfg, tmp_path / "out")
     assert cell.stop == "time limit" and cell.attempts == 1  # checked after each attempt
     assert cfg.shared()["budget_seconds"] == 0.01
-    assert "budget_seconds" not in config(script).shared()  # older directories stay valid
+    assert "budget_seconds" not in bench_config(script).shared()  # older directories stay valid
     words = canonical_command("fixtures", cfg, None, 1, "out").split()
     assert words[words.index("--budget-seconds") + 1] == "0.01"
 

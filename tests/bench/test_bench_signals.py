@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from decision_retry.bench.harness import CELLS_FILE
+from tests.helpers import no_bwrap_path, ours, wait_for, write
 
 SLOW_TEST = """\
 import subprocess
@@ -34,11 +33,6 @@ def test_slow():
 """
 
 
-def write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def suite(root: Path, marker: str) -> Path:
     """Two repositories: one whose tests pass, one whose test sleeps in a marked child."""
     for name in ("a_pass", "b_slow"):
@@ -49,49 +43,6 @@ def suite(root: Path, marker: str) -> Path:
     for name in ("a_pass", "b_slow"):
         write(root / name / "pyproject.toml", '[tool.pytest.ini_options]\npythonpath = ["."]\n')
     return root
-
-
-def no_bwrap_path(tmp: Path, more: tuple[str, ...] = ()) -> str:
-    """A PATH with the programs a bench needs (git, unshare), `more`, and no bubblewrap."""
-    bin_dir = tmp / "bin"
-    bin_dir.mkdir()
-    for prog in ("git", "unshare", *more):
-        found = shutil.which(prog)
-        if found:
-            (bin_dir / prog).symlink_to(found)
-    return str(bin_dir)
-
-
-def ours(marker: str, tmpdir: Path, session: int | None = None) -> list[int]:
-    """Live processes whose command line carries `marker`, whose cwd lies under `tmpdir`, or
-    that belong to `session` (the bench and its pool workers)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            state, sid = fields[0], int(fields[3])  # state ppid pgrp session ...
-            cwd = os.readlink(entry / "cwd") if marker not in cmdline else ""
-        except OSError:  # gone, or not ours to read
-            continue
-        if state == "Z":
-            continue
-        if marker in cmdline or cwd.startswith(str(tmpdir)) or sid == session:
-            found.append(int(entry.name))
-    return found
-
-
-def wait_for(check, limit_s: float, what: str):
-    """Poll `check` until it returns something true (a safety limit, not a timing assertion)."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc (Linux)")

@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
-from test_bench_signals import no_bwrap_path, ours, wait_for
 
 from decision_retry.bench.harness import CELLS_FILE
 from decision_retry.bench.workers import Died, Raised, imap_unordered
+from tests.helpers import no_bwrap_path, ours, wait_for
 
 NO_MARKER = "\0"  # ours(): match by working directory only
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,8 @@ from rich.console import Console
 
 from decision_retry.cli.fix import summary
 from decision_retry.trace.printable import visible
+from tests.helpers import fixture_repo, git
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 HIDDEN_CALL = 'os.system("true")'
 ERASE = "\x1b[1A\x1b[2K"  # cursor up one line, erase it: hides the line above on a terminal
 PAD = "x" * 240
@@ -32,13 +31,6 @@ HOSTILE = [
 ]
 
 
-def git(repo: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    return subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True,
-                          text=True).stdout
-
-
 def cli(*args, home: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DECISION_RETRY_HOME": str(home), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
            "COLUMNS": "80"}
@@ -51,11 +43,7 @@ def cli(*args, home: Path) -> subprocess.CompletedProcess[str]:
 def hostile_run(tmp_path_factory):
     """`fix` on the units fixture with a scripted reply that hides code: (result, home, repo)."""
     tmp = tmp_path_factory.mktemp("hostile")
-    repo = tmp / "units"
-    shutil.copytree(FIXTURES / "units", repo, ignore=shutil.ignore_patterns("FIXTURE.json"))
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "initial")
+    repo = fixture_repo(tmp, "units")
     script = tmp / "hostile.json"
     script.write_text(json.dumps({"segments": HOSTILE}))
     out = cli("fix", repo, "--model", f"scripted:{script}", home=tmp / "home")

@@ -21,12 +21,10 @@ from decision_retry.engines.llamacpp import LlamaCppBackend
 from decision_retry.engines.llamacpp import lib as L
 from decision_retry.lm import LM, Sampling
 from decision_retry.sampling import child_generators
+from tests.helpers import gen
 
 PROMPT = "Write a Python function that adds two numbers."
 
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.fixture(scope="module")

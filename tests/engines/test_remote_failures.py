@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import http.server
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -22,8 +20,8 @@ from decision_retry.engines.remote import RemoteError, connect
 from decision_retry.engines.remote.serve import LocalServer, free_port
 from decision_retry.errors import ModelLoadError
 from decision_retry.tokens import Sampling
+from tests.helpers import fixture_repo
 
-ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "decision_retry.cli"]
 SECRET = "sk-test-0123456789abcdef"
 
@@ -45,18 +43,10 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
-def units_repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "units"
-    shutil.copytree(ROOT / "fixtures" / "units", repo, ignore=shutil.ignore_patterns("FIXTURE.json"))
-    for args in (["init", "-q"], ["add", "-A"],
-                 ["-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "bug"]):
-        subprocess.run(["git", *args], cwd=repo, check=True)
-    return repo
-
-
 def test_server_down_at_start_is_one_line_and_exit_2(tmp_path):
     url = f"llamacpp+http://127.0.0.1:{free_port()}?retries=1"
-    r = run(["fix", str(units_repo(tmp_path)), "--model", url, "--home", str(tmp_path / "h")])
+    repo = fixture_repo(tmp_path, "units")
+    r = run(["fix", str(repo), "--model", url, "--home", str(tmp_path / "h")])
     assert r.returncode == 2
     line = one_line(r.stderr)
     assert line.startswith("error: cannot use llama.cpp server http://127.0.0.1:")
@@ -178,7 +168,7 @@ def test_api_key_from_the_environment_never_recorded(tmp_path):
 
 
 def test_server_dies_mid_run_stops_cleanly_with_the_trace_intact(tmp_path):
-    repo, home = units_repo(tmp_path), tmp_path / "home"
+    repo, home = fixture_repo(tmp_path, "units"), tmp_path / "home"
     with LocalServer("smollm2-135m", parallel=1, api_key_env="SERVER_KEY",
                      env={"SERVER_KEY": SECRET}) as doomed:
         proc = subprocess.Popen(

@@ -12,14 +12,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import pytest
-import torch
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import END, START, StateGraph
@@ -40,8 +37,8 @@ from decision_retry.langgraph import (
 )
 from decision_retry.retry import RetryConfig
 from decision_retry.tokens import Sampling, stop_reason
+from tests.helpers import fixture_repo, gen
 
-ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "decision_retry.cli"]
 PROMPT = "Write a Python function that reverses a string."
 
@@ -72,9 +69,6 @@ def local():
 class GraphState(DecisionRetryState):
     messages: Annotated[list, add_messages]
 
-
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 # -- --model URL forms ------------------------------------------------------------------------
@@ -195,11 +189,7 @@ def test_sample_marks_approximate_mh_decisions(server):
 
 
 def test_fix_a_fixture_through_the_server(server, tmp_path):
-    repo = tmp_path / "units"
-    shutil.copytree(ROOT / "fixtures" / "units", repo, ignore=shutil.ignore_patterns("FIXTURE.json"))
-    for args in (["init", "-q"], ["add", "-A"],
-                 ["-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "bug"]):
-        subprocess.run(["git", *args], cwd=repo, check=True)
+    repo = fixture_repo(tmp_path, "units")
     home = tmp_path / "home"
     r = run(["fix", str(repo), "--model", server.url, "--proposal-temperature", "0.7",
              "--budget-tokens", "600", "--seed", "0", "--test-timeout", "600", "--home", str(home),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,13 +24,13 @@ from decision_retry import catalogue, loading
 from decision_retry.engines.remote import connect
 from decision_retry.engines.remote.serve import free_port
 from decision_retry.tokens import Sampling
+from tests.helpers import fixture_repo, gen
 
 pytestmark = pytest.mark.vllm
 VLLM_PYTHON = os.environ.get("DECISION_RETRY_VLLM_PYTHON", "")
 if not (VLLM_PYTHON and os.access(VLLM_PYTHON, os.X_OK)):
     pytest.skip("needs a vLLM environment: make test-vllm", allow_module_level=True)
 
-ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "decision_retry.cli"]
 PROMPT = "Write a Python function that reverses a string."
 
@@ -99,9 +98,6 @@ def engine(server):
     return connect(server)
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
 
 def test_model_facts_and_tokenizer_from_the_server(engine, hf_dir):
     assert engine.name == "vllm:smollm2" and engine.info.vocab == 49152
@@ -160,11 +156,7 @@ def test_k_tries_in_one_request_and_the_prefix_cache(engine):
 
 
 def test_fix_a_fixture_through_vllm(server, tmp_path):
-    repo = tmp_path / "units"
-    shutil.copytree(ROOT / "fixtures" / "units", repo, ignore=shutil.ignore_patterns("FIXTURE.json"))
-    for args in (["init", "-q"], ["add", "-A"],
-                 ["-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "bug"]):
-        subprocess.run(["git", *args], cwd=repo, check=True)
+    repo = fixture_repo(tmp_path, "units")
     home = tmp_path / "home"
     r = subprocess.run([*CLI, "fix", str(repo), "--model", server, "--proposal-temperature", "0.7",
                         "--budget-tokens", "600", "--seed", "0", "--test-timeout", "600",

@@ -8,9 +8,6 @@ leaves a stray file that only a restored snapshot removes.
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 from langchain.agents import create_agent
 from langchain_core.tools import tool
 
@@ -35,23 +32,8 @@ SCRIPT = [
     ["I fixed the conversion."],
 ]
 TEST_COMMAND = "python -m pytest -q"
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t",
-                           *args], check=True, capture_output=True, text=True).stdout
-
-
-def make_repo(root: Path) -> Path:
-    """A git repository with the failing test, committed."""
-    repo = root / "units"
-    repo.mkdir(parents=True)
-    (repo / "units.py").write_text(BUGGY)
-    (repo / "test_units.py").write_text(TEST)
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "a failing test")
-    return repo
+# the repository (tests.helpers.make_repo(root / "units", UNITS)): the bug and its failing test
+UNITS = {"units.py": BUGGY, "test_units.py": TEST}
 
 
 def file_tools(ws: Workspace) -> list:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from langchain.agents import create_agent
-from lc_agent import OPERATORS, PATHS, SCRIPT, TEST_COMMAND, build, file_tools, make_repo, question
 
 from decision_retry.agent.workspace import Workspace
 from decision_retry.errors import BadInput
@@ -13,6 +12,17 @@ from decision_retry.langchain import ChatDecisionRetry, DecisionRetryMiddleware,
 from decision_retry.otel import listener_from_config
 from decision_retry.retry import RetryConfig
 from decision_retry.trace import Recorder, TraceStore
+from tests.helpers import make_repo
+from tests.langchain.lc_agent import (
+    OPERATORS,
+    PATHS,
+    SCRIPT,
+    TEST_COMMAND,
+    UNITS,
+    build,
+    file_tools,
+    question,
+)
 from tests.otel.receiver import HttpReceiver
 
 
@@ -49,7 +59,7 @@ def a_seed_that_rewinds_a_stray_write(repo, tmp_path) -> int:
 
 
 def test_create_agent_rewinds_a_real_repository(tmp_path):
-    repo = make_repo(tmp_path)
+    repo = make_repo(tmp_path / "units", UNITS)
     seed = a_seed_that_rewinds_a_stray_write(repo, tmp_path)
     with HttpReceiver() as receiver, TraceStore(tmp_path / "traces.db") as store:
         listener = listener_from_config(receiver.endpoint)
@@ -116,7 +126,7 @@ def test_create_agent_rewinds_a_real_repository(tmp_path):
 
 def test_a_rewind_continues_the_cut_call_from_the_kept_tokens(tmp_path):
     """After a rewind our chat model forks the cut call's decode state: no new prefill."""
-    repo = make_repo(tmp_path)
+    repo = make_repo(tmp_path / "units", UNITS)
     model = ChatDecisionRetry(engine=scripted_turns_lm(SCRIPT))
     with Workspace(repo, "kv") as ws:
         mw = DecisionRetryMiddleware(verifier=lambda s: verdict_of(ws), repository=ws, seed=3,
@@ -131,7 +141,7 @@ def test_a_rewind_continues_the_cut_call_from_the_kept_tokens(tmp_path):
 
 
 def test_restart_resamples_from_the_first_call(tmp_path):
-    repo = make_repo(tmp_path)
+    repo = make_repo(tmp_path / "units", UNITS)
     model = ChatDecisionRetry(engine=scripted_turns_lm(SCRIPT))
     with Workspace(repo, "restart") as ws:
         mw = DecisionRetryMiddleware(verifier=lambda s: verdict_of(ws), repository=ws, seed=0,
@@ -145,7 +155,7 @@ def test_restart_resamples_from_the_first_call(tmp_path):
 
 
 def test_exhausted_after_max_attempts(tmp_path):
-    repo = make_repo(tmp_path)
+    repo = make_repo(tmp_path / "units", UNITS)
     model = ChatDecisionRetry(engine=scripted_turns_lm(SCRIPT))
     with Workspace(repo, "never") as ws:
         mw = DecisionRetryMiddleware(verifier=lambda s: False, repository=ws, max_attempts=3)
@@ -174,7 +184,7 @@ def test_bad_arguments_are_one_clear_error(kwargs, message):
 def test_streaming_agent_rewinds_the_same_way(tmp_path):
     """stream_mode="messages" makes the agent stream our chat model token by token; the rewind
     still finds the cut call by its message id and the run matches the invoked one."""
-    repo = make_repo(tmp_path)
+    repo = make_repo(tmp_path / "units", UNITS)
     runs = {}
     for mode in ("invoke", "stream"):
         model = ChatDecisionRetry(engine=scripted_turns_lm(SCRIPT))

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 from langchain.agents import create_agent
-from lc_agent import TEST_COMMAND, file_tools, make_repo, question
 
 from decision_retry.agent.workspace import Workspace
 from decision_retry.langchain import ChatDecisionRetry, DecisionRetryMiddleware
 from decision_retry.trace import Recorder, TraceStore
+from tests.helpers import make_repo
+from tests.langchain.lc_agent import TEST_COMMAND, UNITS, file_tools, question
 
 
 @pytest.mark.slow
@@ -17,7 +18,7 @@ def test_real_model_rewinds_and_continues_from_the_cut_token(tmp_path):
     from decision_retry.loading import load_lm
 
     model = ChatDecisionRetry(engine=load_lm("smollm2-135m"), max_tokens=40, temperature=0.7)
-    repo = make_repo(tmp_path)
+    repo = make_repo(tmp_path / "units", UNITS)
     with TraceStore(tmp_path / "traces.db") as store, Workspace(repo, "real") as ws:
         recorder = Recorder(store)
         mw = DecisionRetryMiddleware(test_command=TEST_COMMAND, repository=ws, recorder=recorder,

@@ -8,10 +8,11 @@ from typing import ClassVar
 
 from langchain.agents import create_agent
 from langchain_core.outputs import ChatResult
-from lc_agent import OPERATORS, SCRIPT, file_tools, make_repo, question
 
 from decision_retry.agent.workspace import Workspace
 from decision_retry.langchain import ChatDecisionRetry, DecisionRetryMiddleware, scripted_turns_lm
+from tests.helpers import make_repo
+from tests.langchain.lc_agent import OPERATORS, SCRIPT, UNITS, file_tools, question
 
 
 class TopKOnly(ChatDecisionRetry):
@@ -35,7 +36,7 @@ def verdict(ws) -> float:
 
 
 def test_a_topk_only_model_is_rewound_by_whole_calls(tmp_path):
-    repo = make_repo(tmp_path)
+    repo = make_repo(tmp_path / "units", UNITS)
     model = TopKOnly(engine=scripted_turns_lm(SCRIPT), temperature=1.0)
     with Workspace(repo, "topk") as ws:
         mw = DecisionRetryMiddleware(verifier=lambda s: verdict(ws), repository=ws, seed=2,

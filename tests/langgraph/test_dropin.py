@@ -7,19 +7,17 @@ import re
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from langgraph.checkpoint.sqlite import SqliteSaver
-from lg_user_graph import OPERATOR, SCRIPT, build, fork_points, question
 
 from decision_retry.errors import BadInput
 from decision_retry.langgraph import KEY, attempts, fork_point, invoke, progress, rewind_node
 from decision_retry.retry import RetryConfig
 from decision_retry.testing import scripted_lm
 from decision_retry.trace import Recorder, TraceStore
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, make_repo
+from tests.langgraph.lg_user_graph import OPERATOR, SCRIPT, build, fork_points, question
 
 
 def thread(name: str) -> dict:
@@ -171,12 +169,7 @@ def test_cut_in_an_earlier_call_drops_the_later_ones():
 def test_workspace_files_are_restored_on_rewind(tmp_path):
     from decision_retry.agent.workspace import Workspace
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"]
-    (repo / "README").write_text("user repo\n")
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "initial"]):
-        subprocess.run([*git, *args], cwd=repo, check=True, capture_output=True)
+    repo = make_repo(tmp_path / "repo", {"README": "user repo\n"})
     lm = scripted_lm(SCRIPT)
     seed = first_failing_seed(lm)
     with Workspace(repo, "lg-test") as ws:

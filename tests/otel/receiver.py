@@ -2,7 +2,8 @@
 
 `HttpReceiver` accepts POST /v1/traces (protobuf), `GrpcReceiver` implements TraceService/Export;
 both listen on ephemeral ports and decode what they get into `Received` spans. `SilentServer`
-accepts connections and never answers; `closed_endpoint()` names a port nobody listens on.
+accepts connections and never answers; `closed_endpoint()` names a port nobody listens on;
+`in_memory()` is a provider whose spans stay in the process.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any, Self
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 
 def decode_value(value: AnyValue) -> Any:
@@ -212,3 +216,10 @@ def closed_endpoint() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+def in_memory() -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter

@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_spans import in_memory, record_live
 
 from decision_retry.otel import SpanListener
 from decision_retry.otel.attributes import CAPTURE_ENV
 from decision_retry.trace import Recorder
+from tests.otel.receiver import in_memory
+from tests.trace.sample_run import record_live
 
 CONTENT_KEYS = {
     "gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.tool.call.arguments",

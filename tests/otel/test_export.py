@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from receiver import GrpcReceiver, HttpReceiver, Received, SilentServer, closed_endpoint
 
 from decision_retry.errors import BadInput
 from decision_retry.otel import (
@@ -21,6 +19,14 @@ from decision_retry.otel import (
     tracer_provider_from_env,
 )
 from decision_retry.trace import Recorder, TraceStore
+from tests.otel.receiver import (
+    GrpcReceiver,
+    HttpReceiver,
+    Received,
+    SilentServer,
+    closed_endpoint,
+    in_memory,
+)
 from tests.trace.sample_run import EDIT_BAD, SampleRun, record_sample, tokens
 
 REPO = Path(__file__).resolve().parents[2]
@@ -346,12 +352,7 @@ def test_protocol_comes_from_argument_then_traces_variable_then_general(no_otel_
 
 
 def test_a_library_users_own_provider_is_used_and_not_shut_down(no_otel_env):
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider, exporter = in_memory()
     listener = listener_from_config(None, tracer_provider=provider)
     rec = Recorder(None, listeners=[listener])
     rec.start_run(model="m", strategy="restart")

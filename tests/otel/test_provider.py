@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from decision_retry import catalogue, loading
 from decision_retry.agent.runner import FixConfig, fix
@@ -21,8 +14,9 @@ from decision_retry.retry import RetryConfig
 from decision_retry.testing import scripted_lm, tiny_llama
 from decision_retry.trace import TraceStore
 from decision_retry.trace.models import Run
+from tests.helpers import fixture_repo
+from tests.otel.receiver import in_memory
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 UNITS_FIX = [  # the scripted model writes the fixture's function correctly
     ('def celsius_to_fahrenheit(celsius: float) -> float:\n    """Degrees Celsius to degrees '
      'Fahrenheit."""\n    return celsius * 9 / 5 + 32\n'),
@@ -69,22 +63,11 @@ def test_a_recorded_provider_wins_and_nothing_known_is_unknown():
     assert provider_name(Run(model="m", strategy="s", config={"alpha": 4.0}, seed=0)) == "unknown"
 
 
-def git_repo(tmp_path: Path, name: str) -> Path:
-    repo = tmp_path / name
-    shutil.copytree(FIXTURES / name, repo, ignore=shutil.ignore_patterns("FIXTURE.json"))
-    for args in (["init", "-q"], ["add", "-A"],
-                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "initial"]):
-        subprocess.run(["git", *args], cwd=repo, check=True)
-    return repo
-
-
 def test_a_fix_run_records_its_engine_and_every_span_says_it(tmp_path):
-    exporter = InMemorySpanExporter()
-    tracer = TracerProvider()
-    tracer.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer, exporter = in_memory()
     cfg = FixConfig(retry=RetryConfig(strategy="restart"), budget_tokens=200, max_attempts=2)
     with TraceStore(tmp_path / "home" / "traces.db") as store:
-        result = fix(git_repo(tmp_path, "units"), cfg, lm=scripted_lm(UNITS_FIX), store=store,
+        result = fix(fixture_repo(tmp_path, "units"), cfg, lm=scripted_lm(UNITS_FIX), store=store,
                      listeners=[SpanListener(tracer)])
         assert result.fixed
         tree = store.load(result.run_id)

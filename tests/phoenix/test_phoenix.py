@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import fixture_repo
+
 PHOENIX = os.environ.get("DECISION_RETRY_PHOENIX")
 SCREENSHOT = os.environ.get("DECISION_RETRY_PHOENIX_SCREENSHOT")
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 PROJECT = "decision-retry-test"
 SCRIPT = [
     ('def celsius_to_fahrenheit(celsius: float) -> float:\n    """Degrees Celsius to degrees '
@@ -88,11 +89,7 @@ def phoenix(tmp_path_factory):
 def fix_run(phoenix, tmp_path_factory):
     """`decision-retry fix` on a copy of the units fixture, exporting to Phoenix by environment."""
     tmp = tmp_path_factory.mktemp("fix")
-    repo = tmp / "units"
-    shutil.copytree(FIXTURES / "units", repo, ignore=shutil.ignore_patterns("FIXTURE.json"))
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "a failing test"]):
-        subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t",
-                        *args], check=True)
+    repo = fixture_repo(tmp, "units")
     script = tmp / "units.json"
     script.write_text(json.dumps({"segments": SCRIPT}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}

@@ -187,3 +187,61 @@ def record_sample(store: TraceStore) -> SampleRun:
     rec.finish_run("solved")
     sample.branches = [b0, b1, b2]
     return sample
+
+
+# The OpenTelemetry tests' run: tool calls with long observations, a branch left unfinished.
+LIVE_PARAMS = {"temperature": 0.25, "top_k": 20, "max_new_tokens": 64, "input_tokens": 120}
+
+
+def record_live_turn(rec: Recorder, branch, pieces, index: int, snapshot: str) -> Turn:
+    """A turn with its decision points and one tool call with a long observation."""
+    turn = rec.record_turn(branch, tokens=tokens(pieces), params=LIVE_PARAMS, index=index)
+    labels = {"read": "file", "edit": "function"}
+    rec.record_decisions(turn, RULE, spans_for(turn.text, labels), snapshot=snapshot)
+    action, _, rest = turn.text.partition(" ")
+    target = rest.split("\n")[0]
+    rec.record_tool_call(turn, action=action, arguments={"path": target}, observation="x" * 2000)
+    return turn
+
+
+def record_live(rec: Recorder) -> dict:
+    """Four branches: b0 fails; b1 (cut from b0 in turn 1) passes; b2 is cut from b1 in turn 0,
+    which b1 inherited from b0; b3 is cut where no decision point is and never finishes."""
+    run = rec.start_run(
+        model="scripted",
+        strategy="entropy-cut",
+        config={"alpha": 4.0, "provider": "local", "nested": {"x": 1}},
+        seed=3,
+    )
+    b0 = rec.start_branch()
+    t00 = record_live_turn(rec, b0, READ, 0, "sha0")
+    t01 = record_live_turn(rec, b0, EDIT_BAD, 1, "sha1")
+    rec.record_test_run(b0, command="pytest -q", exit_code=1, passed=3, failed=1, duration_s=0.5)
+    b0 = rec.finish_branch(b0, outcome="failed", passed=False, final_diff="--- a\n+++ b\n-x\n+y\n")
+    b1 = rec.start_branch(
+        parent=b0, cut=Cut(turn=1, position=6, entropy=3.1), strategy="entropy-cut"
+    )
+    record_live_turn(rec, b1, EDIT_GOOD, 1, "sha1")
+    rec.record_test_run(b1, command="pytest -q", exit_code=0, passed=4, output_tail="4 passed")
+    b1 = rec.finish_branch(b1, outcome="passed", passed=True, final_diff="")
+    step = rec.record_mh_step(
+        current=b0,
+        proposal=b1,
+        cut_turn=1,
+        cut_position=6,
+        cut_entropy=3.1,
+        proposal_length=2,
+        log_accept=1.2,
+        log_target=0.4,
+        log_proposal=0.1,
+        log_cut_correction=-0.1,
+        log_verifier=0.8,
+        accepted=True,
+        decode_tokens=2,
+    )
+    b2 = rec.start_branch(parent=b1, cut=Cut(turn=0, position=2, entropy=2.4))
+    record_live_turn(rec, b2, READ_OTHER, 0, "sha0")
+    b2 = rec.finish_branch(b2, outcome="failed", passed=False)
+    b3 = rec.start_branch(parent=b0, cut=Cut(turn=0, position=1, entropy=0.1))
+    run = rec.finish_run("solved")
+    return {"run": run, "b": [b0, b1, b2, b3], "t00": t00, "t01": t01, "step": step}

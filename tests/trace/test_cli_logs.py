@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import click
 import pytest
-from sample_run import record_sample
 
 from decision_retry.cli.main import main
 from decision_retry.trace import Recorder, TraceStore
-
-
-def cli(*args: str, home) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DECISION_RETRY_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "decision_retry.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+from tests.helpers import run_cli
+from tests.trace.sample_run import record_sample
 
 
 @pytest.fixture(scope="module")
@@ -39,27 +25,27 @@ def home(tmp_path_factory):
 
 def test_logs_lists_runs_newest_first(home):
     path, sample = home
-    out = cli("logs", home=path)
+    out = run_cli("logs", home=path)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith(sample.run_id)
     assert "solved" in lines[0] and "3 branches" in lines[0] and "unfinished" in lines[1]
-    assert cli("logs", "list", home=path).stdout == out.stdout  # `logs` = `logs list`
+    assert run_cli("logs", "list", home=path).stdout == out.stdout  # `logs` = `logs list`
 
 
 def test_logs_n_and_json(home):
     path, sample = home
-    out = cli("logs", "-n", "1", "--json", home=path)
+    out = run_cli("logs", "-n", "1", "--json", home=path)
     assert out.returncode == 0, out.stderr
     runs = json.loads(out.stdout)
     assert [r["id"] for r in runs] == [sample.run_id]
     assert runs[0]["outcome"] == "solved" and runs[0]["branches"] == 3 and runs[0]["seed"] == 7
-    assert len(json.loads(cli("logs", "--json", home=path).stdout)) == 2
+    assert len(json.loads(run_cli("logs", "--json", home=path).stdout)) == 2
 
 
 def test_logs_show_prints_one_line_per_attempt(home):
     path, sample = home
-    out = cli("logs", "show", sample.run_id[:8], home=path)
+    out = run_cli("logs", "show", sample.run_id[:8], home=path)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith(f"run {sample.run_id} · scripted · entropy-cut · cuts by entropy")
@@ -77,7 +63,7 @@ def test_logs_show_prints_one_line_per_attempt(home):
 
 def test_logs_show_full_prints_the_tree(home):
     path, sample = home
-    out = cli("logs", "show", sample.run_id[:8], "--full", home=path)
+    out = run_cli("logs", "show", sample.run_id[:8], "--full", home=path)
     assert out.returncode == 0, out.stderr
     text = out.stdout
     for branch in sample.branches:
@@ -94,7 +80,7 @@ def test_logs_show_full_prints_the_tree(home):
 
 def test_logs_show_json(home):
     path, sample = home
-    out = cli("logs", "show", "latest", "--json", home=path)
+    out = run_cli("logs", "show", "latest", "--json", home=path)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["run"]["id"] == sample.run_id
@@ -107,7 +93,7 @@ def test_logs_show_json(home):
 @pytest.mark.parametrize("args", [["logs", "show", "nope"], ["report", "nope", "-o", "x.html"]])
 def test_unknown_run_is_one_line_and_exit_2(home, args):
     path, _ = home
-    out = cli(*args, home=path)
+    out = run_cli(*args, home=path)
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith(
         "error: no run matches 'nope'"
@@ -117,21 +103,21 @@ def test_unknown_run_is_one_line_and_exit_2(home, args):
 
 def test_logs_path_follows_env_and_flag(home, tmp_path):
     path, _ = home
-    assert cli("logs", "path", home=path).stdout.strip() == str(path / "traces.db")
-    flagged = cli("logs", "path", "--home", str(tmp_path / "other"), home=path)
+    assert run_cli("logs", "path", home=path).stdout.strip() == str(path / "traces.db")
+    flagged = run_cli("logs", "path", "--home", str(tmp_path / "other"), home=path)
     assert flagged.stdout.strip() == str(tmp_path / "other" / "traces.db")
 
 
 def test_home_flag_on_list(home, tmp_path):
     path, _ = home
-    out = cli("logs", "--home", str(tmp_path / "empty"), "--json", home=path)
+    out = run_cli("logs", "--home", str(tmp_path / "empty"), "--json", home=path)
     assert out.returncode == 0 and json.loads(out.stdout) == []
 
 
 def test_report_writes_a_file(home, tmp_path):
     path, sample = home
     target = tmp_path / "r.html"
-    out = cli("report", sample.run_id[:10], "-o", str(target), home=path)
+    out = run_cli("report", sample.run_id[:10], "-o", str(target), home=path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(target)
     assert target.read_text().startswith("<!doctype html>")

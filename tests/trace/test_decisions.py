@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
-from sample_run import tokens
 
 from decision_retry.trace import (
     SpikeRule,
@@ -15,6 +14,7 @@ from decision_retry.trace import (
     entropy_spikes,
 )
 from decision_retry.trace.decisions import tool_choices
+from tests.trace.sample_run import tokens
 
 H = [0.2, 2.5, 2.6, 0.1, 1.0, 3.0]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
-from sample_run import tokens
 
 from decision_retry.trace import Branch, Cut, Run, RunTree, TestRun, Turn
+from tests.trace.sample_run import tokens
 
 
 def test_id_derives_from_parent_and_content():

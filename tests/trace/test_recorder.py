@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
-from sample_run import record_sample, tokens
 
 from decision_retry.trace import Cut, Recorder, Run
+from tests.trace.sample_run import record_sample, tokens
 
 
 class Collect:

@@ -2,110 +2,23 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from decision_retry.trace import render_report
+from tests.helpers import CHROMIUM, dump_dom
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(
     not Path(CHROMIUM).exists(),
     reason="chromium is not installed (`make install` adds it via apt-get)",
 )
-VOID = {
-    "area",
-    "base",
-    "br",
-    "col",
-    "embed",
-    "hr",
-    "img",
-    "input",
-    "link",
-    "meta",
-    "source",
-    "track",
-    "wbr",
-}
-
-
-class Element:
-    def __init__(self, tag: str, attrs: dict[str, str], ancestors: list[Element]) -> None:
-        self.tag, self.attrs, self.ancestors = tag, attrs, ancestors
-        self.classes = set(attrs.get("class", "").split())
-        self.text = ""
-
-
-class DomCollector(HTMLParser):
-    """Every element of a serialised DOM with its attributes, ancestors and own text."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.elements: list[Element] = []
-        self.stack: list[Element] = []
-
-    def handle_starttag(self, tag, attrs):
-        element = Element(tag, {k: v or "" for k, v in attrs}, list(self.stack))
-        self.elements.append(element)
-        if tag not in VOID:
-            self.stack.append(element)
-
-    def handle_endtag(self, tag):
-        while self.stack:  # tolerate implied closes
-            if self.stack.pop().tag == tag:
-                break
-
-    def handle_data(self, data):
-        if self.stack:
-            self.stack[-1].text += data
-
-    def select(
-        self, tag: str | None = None, cls: str | None = None, inside: str | None = None
-    ) -> list[Element]:
-        return [
-            e
-            for e in self.elements
-            if (tag is None or e.tag == tag)
-            and (cls is None or cls in e.classes)
-            and (inside is None or any(a.attrs.get("id") == inside for a in e.ancestors))
-        ]
-
-
-def dump_dom(page: Path, profile: Path) -> DomCollector:
-    """Load `page` in headless chromium and parse the DOM it serialises after scripts ran."""
-    out = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            f"--user-data-dir={profile}",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    dom = DomCollector()
-    dom.feed(out.stdout)
-    return dom
 
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    from sample_run import record_sample
-
     from decision_retry.trace import TraceStore
+    from tests.trace.sample_run import record_sample
 
     tmp = tmp_path_factory.mktemp("report")
     with TraceStore.open(tmp / "home") as store:

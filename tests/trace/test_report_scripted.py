@@ -7,19 +7,15 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
-from test_cli_logs import cli
-from test_report_browser import CHROMIUM, dump_dom
 
 from decision_retry.trace import TraceStore
 from decision_retry.trace.migrations import MIGRATIONS
+from tests.helpers import CHROMIUM, dump_dom, fixture_repo, run_cli
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 HEAD = 'def celsius_to_fahrenheit(celsius: float) -> float:\n    """'
 BODY = ' Celsius to degrees Fahrenheit."""\n    return celsius * 9 / 5 '
 DOC = {"choice": {"Degrees": 0.9, "Temperature in degrees": 0.1}}
@@ -28,13 +24,8 @@ NEVER = [HEAD, DOC, BODY, {"choice": {"-": 0.6, "*": 0.4}}, " 32\n", "```"]
 FIXABLE = [HEAD, DOC, BODY, {"choice": {"-": 0.6, "+": 0.4}}, " 32\n", "```"]
 
 
-def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
-                   check=True, capture_output=True)
-
-
 def runs(home: Path) -> list[dict]:
-    out = cli("logs", "--json", "-n", "0", home=home)
+    out = run_cli("logs", "--json", "-n", "0", home=home)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -43,20 +34,16 @@ def runs(home: Path) -> list[dict]:
 def recorded(tmp_path_factory):
     """(home, the 13-attempt run's id, a fixed run's id with at least one rewind)."""
     tmp = tmp_path_factory.mktemp("scripted")
-    repo, home = tmp / "units", tmp / "home"
-    shutil.copytree(FIXTURES / "units", repo, ignore=shutil.ignore_patterns("FIXTURE.json"))
-    git(repo, "init", "-q")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "initial")
+    repo, home = fixture_repo(tmp, "units"), tmp / "home"
     for name, script in (("never", NEVER), ("fixable", FIXABLE)):
         (tmp / f"{name}.json").write_text(json.dumps({"segments": script}))
-    out = cli("fix", repo, "--model", f"scripted:{tmp / 'never.json'}", "--max-attempts", "13",
-              home=home)
+    out = run_cli("fix", repo, "--model", f"scripted:{tmp / 'never.json'}", "--max-attempts", "13",
+                  home=home)
     assert out.returncode == 1, out.stderr[-2000:]
     never = runs(home)[0]["id"]
     for seed in range(8):  # a seed whose first attempt fails and a rewind then fixes it
-        out = cli("fix", repo, "--model", f"scripted:{tmp / 'fixable.json'}", "--max-attempts",
-                  "13", "--seed", str(seed), home=home)
+        out = run_cli("fix", repo, "--model", f"scripted:{tmp / 'fixable.json'}", "--max-attempts",
+                      "13", "--seed", str(seed), home=home)
         run = runs(home)[0]
         if out.returncode == 0 and run["branches"] >= 2:
             return home, never, run["id"]
@@ -65,7 +52,7 @@ def recorded(tmp_path_factory):
 
 def test_logs_show_fits_a_screen_and_says_where_each_attempt_cut(recorded):
     home, never, _ = recorded
-    out = cli("logs", "show", never, home=home)
+    out = run_cli("logs", "show", never, home=home)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert len(lines) <= 40
@@ -95,7 +82,7 @@ def report_dom(recorded, tmp_path_factory):
     doms = {}
     for name, run in (("never", never), ("fixed", fixed)):
         page = tmp / f"{name}.html"
-        out = cli("report", run, "-o", page, home=home)
+        out = run_cli("report", run, "-o", page, home=home)
         assert out.returncode == 0, out.stderr
         doms[name] = dump_dom(page, tmp / "profile")
     return doms
@@ -164,7 +151,7 @@ def test_report_marks_the_change_that_fixed_the_bug(report_dom):
 def test_an_old_store_still_shows(tmp_path):
     """A store from before the later migrations (and a run from before cut weights, surprise
     scores, cached tests and costs were recorded): `logs show` and `report` read it."""
-    from sample_run import record_sample
+    from tests.trace.sample_run import record_sample
 
     home = tmp_path / "home"
     with TraceStore.open(home) as store:
@@ -177,12 +164,12 @@ def test_an_old_store_still_shows(tmp_path):
         db.execute("DELETE FROM _migrations WHERE name = ?", (name,))
     db.commit()
     db.close()
-    out = cli("logs", "show", sample.run_id, home=home)
+    out = run_cli("logs", "show", sample.run_id, home=home)
     assert out.returncode == 0, out.stderr
     assert "cuts by entropy" in out.stdout and "#2 from #0: cut turn 0 token 2" in out.stdout
     assert len(out.stdout.splitlines()) == 6
     page = tmp_path / "r.html"
-    assert cli("report", sample.run_id, "-o", page, home=home).returncode == 0
+    assert run_cli("report", sample.run_id, "-o", page, home=home).returncode == 0
     assert 'data-signal="entropy"' in page.read_text()
 
 
@@ -197,7 +184,7 @@ TOGGLE = """<script>
 def test_the_toggle_switches_the_heat_map_and_plot_to_entropy(recorded, tmp_path):
     home, never, _ = recorded
     page = tmp_path / "r.html"
-    assert cli("report", never, "-o", page, home=home).returncode == 0
+    assert run_cli("report", never, "-o", page, home=home).returncode == 0
     before = dump_dom(page, tmp_path / "profile")
     assert before.select("html")[0].attrs.get("data-rendered") == "true"  # the script ran
     page.write_text(page.read_text(encoding="utf-8").replace("</body>", TOGGLE), encoding="utf-8")

@@ -8,14 +8,14 @@ import subprocess
 import sys
 import textwrap
 import threading
-from pathlib import Path
 
 import pytest
-from sample_run import tokens
 
 from decision_retry.errors import BadInput
 from decision_retry.trace import Recorder, TraceStore, Turn, UnknownRun, db_path, trace_home
 from decision_retry.trace.migrations import MIGRATIONS, migrate
+from tests.helpers import ROOT
+from tests.trace.sample_run import tokens
 
 
 def test_round_trip_gives_back_equal_nodes(sample):
@@ -153,9 +153,8 @@ def test_location_precedence(tmp_path, monkeypatch):
 WRITER = textwrap.dedent(
     """
     import sys
-    sys.path.insert(0, sys.argv[2])
-    from sample_run import tokens
     from decision_retry.trace import Cut, Recorder, SpikeRule, TraceStore
+    from tests.trace.sample_run import tokens
 
     rec = Recorder(TraceStore.open(sys.argv[1]))
     rec.start_run(model="m", strategy="entropy-cut", seed=0)
@@ -182,7 +181,8 @@ WRITER = textwrap.dedent(
 def test_a_killed_run_leaves_a_consistent_readable_trace(tmp_path):
     home = tmp_path / "home"
     proc = subprocess.Popen(
-        [sys.executable, "-c", WRITER, str(home), str(Path(__file__).parent)],
+        [sys.executable, "-c", WRITER, str(home)],
+        cwd=ROOT,  # `python -c` imports the tests package from the current directory
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from sample_run import tokens
-
 from decision_retry.trace import Cut, Recorder
 from decision_retry.trace.summary import attempt_line, attempts, diff_summary
+from tests.trace.sample_run import tokens
 
 BUG = "--- a/m.py\n+++ b/m.py\n@@ -1 +1 @@\n-    if y % 100 == 0:\n+    if y % 400 == 0:\n"
 
