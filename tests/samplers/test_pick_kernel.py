@@ -1,7 +1,7 @@
 """`mh.pick_kernel`, the kernel mixture of the fix loop and the sampler: its shares are the
 probabilities it draws with, and it draws nothing when there is no choice (so seeded chains without
-a mixture keep the cuts they had). That each kernel keeps the target is tests/test_samplers_exact.py's
-job; this is the mixture's own arithmetic."""
+a mixture keep the cuts they had). That each kernel keeps the target is the job of
+tests/samplers/test_samplers_exact.py; this is the mixture's own arithmetic."""
 
 from __future__ import annotations
 

@@ -75,9 +75,6 @@ def test_accept_parts_and_the_verifier_tilt():
 
 
 # -- moves: local, mixed, restart (the agent's rewind, end to end) ---------------------------
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
@@ -85,8 +82,8 @@ from decision_retry.agent.runner import FixConfig, fix
 from decision_retry.errors import BadInput
 from decision_retry.testing import scripted_lm
 from decision_retry.trace.store import TraceStore
+from tests.helpers import fixture_repo
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 # the units fixture's function with its bug choice on the return line and a tail of lines after it
 TAIL = ["    # scale first,\n", "    # then shift.\n", "    # (comment lines: kept by a local move)\n"]
 UNITS_LOCAL = [
@@ -97,22 +94,12 @@ UNITS_LOCAL = [
 ]
 
 
-def units_repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "units"
-    shutil.copytree(FIXTURES / "units", repo, ignore=shutil.ignore_patterns("FIXTURE.json"))
-    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "initial"]):
-        subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
-    return repo
-
-
 def run_fix(tmp_path, seed, events=None, **retry):
     cfg = FixConfig(retry=RetryConfig(proposal_temperature=1.0, **retry), seed=seed,
                     budget_tokens=40, max_attempts=6)
     with TraceStore(tmp_path / f"traces-{seed}.db") as store:
         on_event = (lambda kind, data: events.append((kind, data))) if events is not None else None
-        return fix(units_repo(tmp_path / f"s{seed}"), cfg, lm=scripted_lm(UNITS_LOCAL),
+        return fix(fixture_repo(tmp_path / f"s{seed}", "units"), cfg, lm=scripted_lm(UNITS_LOCAL),
                    store=store, on_event=on_event)
 
 
@@ -121,7 +108,8 @@ def test_local_move_resamples_the_line_and_keeps_the_tail(tmp_path):
     its line only (2 decode tokens, where a suffix move decodes all 6 after the cut); the kept
     comment lines and the closing fence (4 tokens) are teacher-forced, not decoded."""
     events = []
-    res = run_fix(tmp_path, 1, events, move="local", cut=CutRule(eps=0.0), exclude=False)
+    res = run_fix(tmp_path, 1, events, move="local", cut=CutRule(eps=0.0), exclude=False,
+                  delayed=False)  # the seeded scenario of one-stage decisions
     assert res.fixed and res.attempts >= 2
     assert "+    return celsius * 9 / 5 + 32" in res.diff
     assert res.steps and all(s.cut_position == 1 for s in res.steps)  # the one choice token
@@ -222,5 +210,5 @@ def test_egps_never_spends_more_than_the_budget(tmp_path, budget):
     cfg = FixConfig(retry=RetryConfig(strategy="egps", proposal_temperature=1.0), seed=1,
                     budget_tokens=budget, max_attempts=30)
     with TraceStore(tmp_path / "t.db") as store:
-        res = fix(units_repo(tmp_path), cfg, lm=scripted_lm(UNITS_LOCAL), store=store)
+        res = fix(fixture_repo(tmp_path, "units"), cfg, lm=scripted_lm(UNITS_LOCAL), store=store)
     assert res.attempts >= 2 and res.decode_tokens <= budget

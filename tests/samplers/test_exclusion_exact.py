@@ -4,7 +4,7 @@ An excluding move (samplers/mh.py) draws y_t from q(.) / (1 - q(x_t)) over y_t !
 log(1 - q(x_t)) - log(1 - q(y_t)) to log A; the chain (samplers/chain.py, `exclude=True`, what
 `fix` runs) cuts only where such a move exists (`chain.movable`: c restricted to positions where
 1 - q(x_t) >= NULL_MASS, computed for x and y alike). Checked on the toy of
-tests/test_samplers_exact.py (vocabulary {EOS, a, b, c}, at most 4 tokens, 121 finished
+tests/samplers/test_samplers_exact.py (vocabulary {EOS, a, b, c}, at most 4 tokens, 121 finished
 sequences, p^alpha enumerated):
 
 * the kernel itself, enumerated: pi P = pi to float precision, and without the term it is not;
