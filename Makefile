@@ -13,7 +13,7 @@ MODEL  ?= $(shell sed -n 's/^DEFAULT = "\(.*\)"$$/\1/p' decision_retry/catalogue
 # ignored") once per package. Real failures are still printed and stop make.
 PIPI   := $(PIP) install -qq
 
-.PHONY: install demo test test-phoenix test-vllm clean
+.PHONY: install demo test check test-phoenix test-vllm clean
 
 # Every run: models already installed are checked against their stamps and print nothing.
 install: $(STAMP)
@@ -51,8 +51,13 @@ demo: install
 	@echo "== the trace: $(VENV)/bin/decision-retry logs show latest --home .demo/home"
 	@-$(VENV)/bin/decision-retry report latest --home .demo/home -o .demo/report.html
 
+# The full suite (CI runs it: .ci/run). `make check` is the fast lane for people working on the
+# code: every test not marked `slow` (pyproject.toml), a few minutes on a 2-core machine.
 test: install
 	$(PY) -m pytest -q
+
+check: install
+	$(PY) -m pytest -q -m "not slow"
 
 # Arize Phoenix, a real trace viewer, in its own virtual environment (about 850 MB, two minutes to
 # install; never part of `make test`): tests/phoenix runs a `fix` against it and reads the spans
