@@ -2,7 +2,8 @@
 
 Tolerances, measured on this build (xllamacpp 2026.10.11549, x86-64 AVX2, 1 thread):
 * recorded logp / logq / entropy vs a scoring pass: bitwise equal (0.0) — score and re-prefill
-  run in chunks of at most `memory.SMALL` tokens, the kernels one-token decoding uses;
+  run in chunks of the size measured to equal one-token decoding (`exact.py`; 32 here, longer
+  sequences and a size that is not exact in test_llamacpp_exact.py);
 * K batched vs K single: bitwise equal (0.0) for K <= 8; asserted at 1e-5;
 * an evicted and re-prefilled state vs one never evicted: bitwise equal; asserted exactly.
 """
