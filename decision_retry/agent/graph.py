@@ -10,9 +10,12 @@
           lives in the graph state.
 A local move (samplers/chain.py, samplers/local.py) whose draw falls outside the support has no attempt to
 run: model routes straight to rewind, which records it as a rejected step.
-With surprise cut weights or the no-body cut token every reply is also scored under the no-body
+With surprise cut weights or the no-body cut token a reply is also scored under the no-body
 context (agent/nobody.py, samplers/surprise.py): one teacher-forced pass from the cut on, counted
-as prefill positions; the no-body cut token draws the first new token of a rewind there.
+as prefill positions; the no-body cut token draws the first new token of a rewind there. The pass
+runs when the chain reads the scores (`_complete`): a cut drawn from the reply, or the second
+stage of a delayed decision; a reply that passes the tests or that the first stage rejects is
+never scored there. Scores computed after a turn was recorded are recorded beside it.
 Routers are pure functions of the state. One loop serves every strategy.
 """
 
@@ -56,6 +59,10 @@ class AgentTurn:
     observation: str = ""
     trace: Turn | None = None  # the recorded turn
     alt: DecodeState | None = None  # the reply under the no-body context (surprise weights)
+    # not yet scored there: (the no-body state of a reply sharing this one's first t tokens, or
+    # None, t); FixAgent._complete scores it when the chain reads it (a delayed decision's
+    # second stage, or a cut drawn from it)
+    alt_from: tuple[DecodeState | None, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +159,7 @@ class FixAgent:
     on_event: Any = None
     _prompt_cache: dict = field(default_factory=dict)
     _alt: surprise.AltContext | None = None
+    _completed: dict = field(default_factory=dict)  # branch id -> (attempt scored, positions)
 
     def __post_init__(self) -> None:
         tools = hasattr(self.protocol, "observation_message")
@@ -190,15 +198,48 @@ class FixAgent:
             self._prompt_cache = {key: self.lm.prefill(self.lm.encode(list(messages)) + prefix)}
         return self._prompt_cache[key]
 
-    def _scored(self, turn: AgentTurn, base: AgentTurn | None = None, t: int = 0) -> tuple[AgentTurn, int]:
-        """`turn` with its reply scored under the no-body context (from `base`'s scores, which
-        share the reply's first t tokens), and the positions that pass teacher-forced."""
+    def _unscored(self, turn: AgentTurn, base: AgentTurn | None = None, t: int = 0) -> AgentTurn:
+        """`turn`, marked to be scored under the no-body context when the chain reads it (from
+        `base`'s scores, which share the reply's first t tokens)."""
         if not self.rc.scored or self.rc.strategy not in CUT_STRATEGIES:
-            return turn, 0
+            return turn
+        return replace(turn, alt_from=(base.alt if base else None, t))
+
+    def _complete(self, a: Attempt) -> Attempt:
+        """`a` with every reply scored under the no-body context (memoised with the positions
+        that pass teacher-forced, which `rewind` collects); the scores are recorded beside
+        each turn."""
+        if not any(turn.alt_from for turn in a.turns):
+            return a
+        if a.branch.id in self._completed:
+            return self._completed[a.branch.id][0]
         q = Sampling(temperature=self.rc.q_temperature, max_new_tokens=1, alternatives=0)
-        s = surprise.annotate(self._alt_context(), turn.state, q, base=base.alt if base else None,
-                              t=t)
-        return replace(turn, state=s.y, alt=s.alt), s.positions
+        turns, n = [], 0
+        for turn in a.turns:
+            if turn.alt_from is not None:
+                base, t = turn.alt_from
+                s = surprise.annotate(self._alt_context(), turn.state, q, base=base, t=t)
+                turn, n = replace(turn, state=s.y, alt=s.alt, alt_from=None), n + s.positions
+                self.recorder.record_scores(turn.trace, s.y.tokens)
+            turns.append(turn)
+        done = replace(a, turns=tuple(turns))
+        self._completed[a.branch.id] = (done, n)
+        return done
+
+    def _scored_in(self, attempts: list[Attempt]) -> int:
+        """The no-body positions `_complete` scored for `attempts`, each counted once."""
+        n = 0
+        for a in attempts:
+            if a.branch.id in self._completed:
+                done, k = self._completed[a.branch.id]
+                self._completed[a.branch.id], n = (done, 0), n + k
+        return n
+
+    def _trajectory(self, a: Attempt) -> Trajectory:
+        """What the chain reads of `a`: scored under the no-body context on demand."""
+        if not any(turn.alt_from for turn in a.turns):
+            return a.trajectory
+        return replace(a.trajectory, complete=lambda: self._complete(a).trajectory)
 
     def _alt_context(self) -> surprise.AltContext:
         if self._alt is None:  # built once per run, from what the patch prompt shows
@@ -275,9 +316,8 @@ class FixAgent:
         for out in outs:
             spent += decoded if decoded is not None else len(out.tokens) - len(prefix.tokens)
             att = Attempt(branch=self._branch(parent, c), turns=kept, cut=cut, decoded=decoded)
-            turn, n = self._scored(AgentTurn(messages, out, snap),
-                                   *((current.turns[cut.turn], cut.position) if cut else ()))
-            prefilled += n
+            turn = self._unscored(AgentTurn(messages, out, snap),
+                                  *((current.turns[cut.turn], cut.position) if cut else ()))
             new.append(self._with_turn(att, turn))
         self._event("model", attempt=state.get("attempts", 0) + 1, spent=spent, cut=cut,
                     **({"prefilled": prefilled} if self.rc.scored else {}))
@@ -307,8 +347,7 @@ class FixAgent:
         c = Cut(turn=cut.turn, position=cut.position, entropy=cut.entropy)
         att = Attempt(branch=self._branch(current, c), turns=current.turns[: cut.turn], cut=cut,
                       span=(offset + p.s, p.m), decoded=p.decode_tokens)
-        turn, n = self._scored(AgentTurn(base.messages, p.y, base.snapshot), base, cut.position)
-        out["prefilled"] += n
+        turn = self._unscored(AgentTurn(base.messages, p.y, base.snapshot), base, cut.position)
         new = self._with_turn(att, turn)
         return {**out, "pending": [new], "rejected": None}
 
@@ -376,7 +415,7 @@ class FixAgent:
         decoded = sum(a.decoded if a.decoded is not None else
                       sum(len(t) for t in a.tokens) - cut.index for a in proposals) if cut else 0
         d = self.chain.decide(current.trajectory if current else None,
-                              [a.trajectory for a in proposals], cut,
+                              [self._trajectory(a) for a in proposals], cut,
                               tried=state.get("tried", ()), generator=self.generator,
                               decode_tokens=decoded)
         new_current = current if d.moved_to is None else proposals[d.moved_to]
@@ -395,7 +434,8 @@ class FixAgent:
                 cut_turn=cut.turn, **_stored(d.step))
             self._decided(rewinds, d.step.accepted, d.step.log_accept)
         out = {"current": new_current, "pending": [], "steps": step, "tried": d.tried,
-               "rewinds": tuple(rewinds)}
+               "rewinds": tuple(rewinds),
+               "prefilled": state.get("prefilled", 0) + self._scored_in(proposals)}
 
         # 2) what next: out of budget, out of attempts, or the chain's next cut
         spent, attempts = state.get("spent", 0), state.get("attempts", 0)
@@ -405,6 +445,9 @@ class FixAgent:
             return {**out, "stop": "time limit"}
         if attempts >= self.config.max_attempts:
             return {**out, "stop": "attempts"}
+        out["current"] = new_current = self._complete(new_current)  # the next cut reads it
+        out["prefilled"] += self._scored_in([new_current])
+        self._completed.clear()  # a later decision reads the current one only (complete now)
         next_cut = self.chain.next_cut(new_current.trajectory, self.generator, d.tried)
         if next_cut is not None and self.rc.strategy == "restart":
             next_cut = None  # a fresh attempt: no parent, no cut to show

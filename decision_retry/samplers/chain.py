@@ -61,7 +61,8 @@ weights do, and works with any cut weights.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -112,6 +113,10 @@ class RetryConfig(BaseModel):
     exclude: bool | None = Field(None, description="cut moves ban the current cut token (no "
                                  "null moves); None: `resolved` decides (on where the engine "
                                  "can ban a token), unresolved it reads as off")
+    delayed: bool | None = Field(None, description="single-try cut moves decide in two stages, "
+                                 "the cut correction (and the scoring it needs) only after the "
+                                 "rest of log A accepts; None: `resolved` turns it on for new "
+                                 "runs, unresolved it reads as off (stored runs resume as run)")
 
     @model_validator(mode="before")
     @classmethod
@@ -138,11 +143,13 @@ class RetryConfig(BaseModel):
         that can score a kept tail, a single-try cut strategy), suffix elsewhere. Cut weights:
         surprise where the no-body context exists and can be scored (the patch protocol, an
         engine that scores, a cut strategy), entropy elsewhere. Exclusion: on where the engine
-        can ban a token (`excludes`) and the strategy makes single-try cut moves. Other values
-        are kept."""
+        can ban a token (`excludes`) and the strategy makes single-try cut moves. Delayed
+        acceptance: on (`Chain.decide`). Other values are kept."""
         update: dict = {}
         if self.exclude is None:
             update["exclude"] = excludes and self.strategy in SINGLE_TRY_CUTS
+        if self.delayed is None:
+            update["delayed"] = True
         if self.move == "auto":
             local = patch and teacher_forcing and self.strategy in SINGLE_TRY_CUTS
             update["move"] = "local" if local else "suffix"
@@ -318,19 +325,21 @@ def accept(
     decode_tokens: int,
     stops: tuple[Sequence[bool], Sequence[bool]] | None = None,
     span: tuple[int, int] | None = None,
+    corrected: bool = True,
 ) -> StepRecord:
     """The MH decision for replacing `current` by `proposal`, both cut at `cut`.
 
     `stops`: (current's, proposal's) per-turn stop flags, as given to `choose_cut`.
     `span`: for a local move, (s, m) in flattened positions: current's span [t, s) was replaced
-    by the proposal's [t, t + m) and the rest kept (only the spans enter the proposal terms)."""
+    by the proposal's [t, t + m) and the rest kept (only the spans enter the proposal terms).
+    `corrected=False`: log A without the cut correction (the first stage of `Chain.decide`)."""
     x, _ = flatten(current)
     y, _ = flatten(proposal)
     if not cut.kernel.fresh:  # the first-token policy's view (no-body: y_t was drawn from q_B)
         x, y = config.first.view(x, cut.index), config.first.view(y, cut.index)
     sx, sy = stops or (None, None)
     corr = 0.0  # restart: an independent proposal, no cut to reverse; argmax: uncorrected
-    if not cut.kernel.fresh and config.corrected:
+    if not cut.kernel.fresh and config.corrected and corrected:
         corr = _log_c(proposal, config, cut.index, sy) - _log_c(current, config, cut.index, sx)
     return cut.kernel.record(x, y, cut.index, alpha=config.alpha, correction=corr,
                              verifier_delta=config.verifier_weight * (r_proposal - r_current),
@@ -386,6 +395,12 @@ class Trajectory:
     stops: Sequence[bool] | None = None  # per turn: ended at a stop string
     span: tuple[int, int] | None = None  # local move: (s, m) in flattened positions
     passed: bool = False  # a passing proposal ends the run, whatever the draw
+    # the trajectory with what the cut correction reads that is computed on demand (the no-body
+    # scores: agent/graph.py), or None when it has it all already
+    complete: Callable[[], Trajectory] | None = field(default=None, compare=False, repr=False)
+
+    def completed(self) -> Trajectory:
+        return self if self.complete is None else self.complete()
 
 
 @dataclass(frozen=True)
@@ -418,25 +433,54 @@ class Chain:
                cut: CutPoint | None, *, tried: tuple[int, ...] = (),
                generator: torch.Generator, decode_tokens: int) -> Decision:
         """Does the chain move from `current` to one of `proposals` (made from `cut`)? A first
-        attempt, a strategy without a chain and a passing proposal always move."""
+        attempt, a strategy without a chain and a passing proposal always move. `current` must
+        be complete (`Trajectory.completed`); a proposal is completed only where the decision
+        reads its cut correction."""
         if current is None or cut is None or not self.compares:
             return Decision(None, 0, self.tried_after(tried, cut, moved=True))
         if not proposals:  # a local draw outside the support: nothing ran
             return Decision(None, None, self.tried_after(tried, cut, moved=False))
-        stops = (current.stops, [p.stops for p in proposals])
         if len(proposals) > 1:
+            proposals = [p.completed() for p in proposals]
             j, rec = multiple_try(
                 current.turns, [p.turns for p in proposals], cut, config=self.config,
-                stops=stops, r_current=current.r, r_proposals=[p.r for p in proposals],
-                generator=generator, decode_tokens=decode_tokens)
+                stops=(current.stops, [p.stops for p in proposals]), r_current=current.r,
+                r_proposals=[p.r for p in proposals], generator=generator,
+                decode_tokens=decode_tokens)
         else:
-            j, rec = 0, accept(current.turns, proposals[0].turns, cut, config=self.config,
-                               stops=(current.stops, proposals[0].stops), span=proposals[0].span,
-                               r_current=current.r, r_proposal=proposals[0].r,
-                               u=sampling.uniform(generator), decode_tokens=decode_tokens)
+            j, rec = 0, self._accept(current, proposals[0], cut, generator, decode_tokens)
         winner = next((k for k, p in enumerate(proposals) if p.passed), None)
         moved = winner if winner is not None else (j if rec.accepted else None)
         return Decision(rec, moved, self.tried_after(tried, cut, moved=moved is not None))
+
+    def _accept(self, current: Trajectory, p: Trajectory, cut: CutPoint,
+                generator: torch.Generator, decode_tokens: int) -> StepRecord:
+        """One proposal's MH decision. Delayed (`config.delayed`, a corrected cut move): stage 1
+        accepts with min(1, r1), r1 = log A without the cut correction, read from what decoding
+        and the tests gave; only then is the proposal completed (its no-body scoring pass) and
+        stage 2 accepts with min(1, c(t | y) / c(t | x)). Each stage's ratio inverts when x and y
+        swap, so the product of the two is pi-reversible (delayed acceptance, Christen and Fox
+        2005): exact, with a lower acceptance rate, and the scoring pass is skipped for every
+        proposal stage 1 rejects."""
+        delayed = bool(self.config.delayed) and not cut.kernel.fresh and self.config.corrected
+        kw = {"config": self.config, "r_current": current.r, "r_proposal": p.r,
+              "decode_tokens": decode_tokens, "span": p.span}
+        if not delayed:
+            return accept(current.turns, p.completed().turns, cut, stops=(current.stops, p.stops),
+                          u=sampling.uniform(generator), **kw)
+        first = accept(current.turns, p.turns, cut, stops=(current.stops, p.stops),
+                       u=sampling.uniform(generator), corrected=False, **kw)
+        if not first.accepted:
+            return first.model_copy(update={"stage": 1})
+        y = p.completed()
+        corr = (_log_c(y.turns, self.config, cut.index, y.stops)
+                - _log_c(current.turns, self.config, cut.index, current.stops))
+        u = sampling.uniform(generator)
+        shift = {k: v + corr for k in ("log_accept_lo", "log_accept_hi")
+                 if (v := getattr(first, k)) is not None}
+        return first.model_copy(update={
+            "log_cut_correction": corr, "log_accept": first.log_accept + corr,
+            "accepted": u == 0 or math.log(u) < corr, "stage": 2, **shift})
 
     def tried_after(self, tried: tuple[int, ...], cut: CutPoint | None, *, moved: bool) -> tuple[int, ...]:
         """The tried cuts after a decision: a new current attempt starts with none, except for

@@ -24,7 +24,7 @@ Tokens keep their unrestricted logq (lm.LM, sampling.without), so the term reads
 recorded as rejected without decoding (`null_record`). That is exact with c unchanged: the
 kernel is sum_t c(t | x) K_t(x, .), each K_t is pi-reversible on its own, and no y reaches such
 an x at t either, since its term log(1 - q(x_t)) = -inf (the same threshold reads the same
-stored logq both ways). tests/test_exclusion_exact.py checks it by enumeration.
+stored logq both ways). tests/samplers/test_exclusion_exact.py checks it by enumeration.
 """
 
 from __future__ import annotations
@@ -62,6 +62,10 @@ class StepRecord(BaseModel):
     log_accept_lo: float | None = None
     log_accept_hi: float | None = None
     approximate: bool | None = None
+    # a delayed decision (chain.Chain.decide): 1 = rejected before the cut correction, which was
+    # not computed (log_accept is the rest of log A), 2 = both stages drawn; None: one stage
+    stage: int | None = None
+
 
 
 # -- exclusion: the cut token always changes (module docstring) -----------------------------

@@ -96,6 +96,19 @@ def m003_cached_tests_and_costs(db: sqlite3.Connection) -> None:
         db.execute(sql)
 
 
+@migration
+def m004_delayed_steps_and_scores(db: sqlite3.Connection) -> None:
+    """MH steps decided in two stages (delayed acceptance: the stage that decided); the no-body
+    scores of a turn, recorded when they are computed, after the turn itself."""
+    for sql in (
+        "ALTER TABLE mh_steps ADD COLUMN stage INTEGER",
+        """CREATE TABLE turn_scores (
+            id TEXT PRIMARY KEY, turn_id TEXT NOT NULL REFERENCES turns(id),
+            scores JSON NOT NULL)""",
+    ):
+        db.execute(sql)
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply the migrations not yet recorded, each in its own transaction; return their names.
 

@@ -137,6 +137,25 @@ class Turn(Node):
     text: str = ""
 
 
+class TurnScores(Node):
+    """A turn's no-body scores (alt_logp, alt_logq per token: samplers/surprise.py), recorded
+    when they are computed, after the turn (a delayed decision scores a reply only when it
+    reads them). The store merges them into the turn's tokens on load."""
+
+    node_kind: ClassVar[str] = "turn_scores"
+
+    turn_id: str
+    scores: tuple[tuple[float | None, float | None], ...]
+
+    def merged(self, turn: Turn) -> Turn:
+        """`turn` with these scores on its tokens; its id stays the one it was recorded with."""
+        tokens = tuple(tok.model_copy(update={"alt_logp": a, "alt_logq": b})
+                       for tok, (a, b) in zip(turn.tokens, self.scores))
+        out = turn.model_copy(update={"tokens": tokens})
+        out.__dict__["id"] = turn.id  # scores are not part of what the turn is
+        return out
+
+
 class DecisionPoint(Node):
     """A token where the trajectory could have gone another way: entropy spike or tool choice."""
 
@@ -219,13 +238,17 @@ class MHStep(Node):
     log_accept_lo: float | None = None
     log_accept_hi: float | None = None
     approximate: bool | None = None
+    # a delayed decision: 1 = rejected before the cut correction (not computed: log_accept is
+    # the rest of log A), 2 = both stages drawn (samplers/chain.py Chain.decide)
+    stage: int | None = None
 
     @model_serializer(mode="wrap")
     def _omit_exact(self, handler):
-        # steps of exact engines serialise as before these fields existed: ids are unchanged
+        # steps of exact engines, and of one-stage decisions, serialise as before these fields
+        # existed: ids are unchanged
         data = handler(self)
         if isinstance(data, dict):
-            for key in ("log_accept_lo", "log_accept_hi", "approximate"):
+            for key in ("log_accept_lo", "log_accept_hi", "approximate", "stage"):
                 if key in data and data[key] is None:
                     del data[key]
         return data

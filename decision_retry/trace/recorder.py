@@ -24,6 +24,7 @@ from decision_retry.trace.models import (
     TestRun,
     ToolCall,
     Turn,
+    TurnScores,
     utcnow,
 )
 from decision_retry.trace.store import TraceStore
@@ -37,6 +38,7 @@ class TraceListener(Protocol):
     def start_run(self, run: Run) -> None: ...
     def start_branch(self, branch: Branch) -> None: ...
     def record_turn(self, turn: Turn) -> None: ...
+    def record_scores(self, scores: TurnScores) -> None: ...
     def record_decision(self, decision: DecisionPoint) -> None: ...
     def record_tool_call(self, call: ToolCall) -> None: ...
     def record_test_run(self, test_run: TestRun) -> None: ...
@@ -71,6 +73,8 @@ class Recorder:
             else:
                 self.store.add(node)
         for listener in self.listeners:
+            if not hasattr(listener, method):  # a listener made before the method existed
+                continue
             try:
                 getattr(listener, method)(node)
             except Exception:
@@ -180,6 +184,16 @@ class Recorder:
         for point in points:
             self._emit("record_decision", point)
         return points
+
+    def record_scores(self, turn: Turn | None, tokens: Sequence[Token]) -> TurnScores | None:
+        """Record the no-body scores of a recorded turn's tokens, computed after it (None when
+        the turn was not recorded)."""
+        if turn is None:
+            return None
+        scores = TurnScores(turn_id=turn.id,
+                            scores=tuple((t.alt_logp, t.alt_logq) for t in tokens))
+        self._emit("record_scores", scores)
+        return scores
 
     def record_tool_call(
         self,

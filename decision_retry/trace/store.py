@@ -29,6 +29,7 @@ from decision_retry.trace.models import (
     TestRun,
     ToolCall,
     Turn,
+    TurnScores,
 )
 
 DB_NAME = "traces.db"
@@ -42,6 +43,7 @@ TABLES: dict[type[Node], str] = {
     ToolCall: "tool_calls",
     TestRun: "test_runs",
     MHStep: "mh_steps",
+    TurnScores: "turn_scores",
 }
 N = TypeVar("N", bound=Node)
 
@@ -284,10 +286,14 @@ class TraceStore:
             " LEFT JOIN branch_ends e ON e.branch_id = x.id WHERE x.run_id = ? ORDER BY x.rowid",
             (run_id,),
         )
+        scores = {s.turn_id: s for s in self._load(
+            TurnScores, f"SELECT x.* FROM turn_scores x {in_turns}", (run_id,))}
+        turns = tuple(scores[t.id].merged(t) if t.id in scores else t for t in self._load(
+            Turn, f"SELECT x.* FROM turns x {in_run}", (run_id,)))
         return RunTree(
             run=runs[0],
             branches=branches,
-            turns=self._load(Turn, f"SELECT x.* FROM turns x {in_run}", (run_id,)),
+            turns=turns,
             decisions=self._load(
                 DecisionPoint, f"SELECT x.* FROM decisions x {in_turns}", (run_id,)
             ),
@@ -330,6 +336,7 @@ class TraceStore:
         turns = f"SELECT id FROM turns WHERE branch_id IN ({branches})"
         statements = [
             f"DELETE FROM decisions WHERE turn_id IN ({turns})",
+            f"DELETE FROM turn_scores WHERE turn_id IN ({turns})",
             f"DELETE FROM tool_calls WHERE turn_id IN ({turns})",
             "DELETE FROM mh_steps WHERE run_id = ?",
             f"DELETE FROM test_runs WHERE branch_id IN ({branches})",

@@ -56,10 +56,10 @@ def _q():
 
 
 def scored(turn) -> bool:
-    """Was the turn scored under the no-body context (all its tokens, or none, are)?"""
-    have = {k.alt_logp is not None and k.alt_logq is not None for k in turn.tokens}
-    assert len(have) == 1, "a turn is scored whole or not at all"
-    return have == {True}
+    """Was the turn scored under the no-body context? (An unscored rewind keeps the scores of
+    the tokens before its cut, which it shares with the attempt it was cut from.)"""
+    return bool(turn.tokens) and all(k.alt_logp is not None and k.alt_logq is not None
+                                     for k in turn.tokens)
 
 
 def check_trace(tree, rule) -> int:
