@@ -12,7 +12,7 @@ instruction set and the thread count (memory.py, "Exactness"), so the engine mea
    (a fork of it), each chunk's logits compared with the reference's by `torch.equal`; the
    first candidate whose every chunk is equal wins (1 if none is: one token per decode).
 
-About 1 s on SmolLM2-135M and 4 s on Qwen2.5-Coder-1.5B (1 thread), so the result is cached
+About 2 s on SmolLM2-135M and 10 s on Qwen2.5-Coder-1.5B (1 thread), so the result is cached
 in `<models cache>/exact-chunk/`, one JSON file per key: the model file (path, size, mtime),
 the library (version, size of its .so), the thread count, the CPU (model name, a hash of its
 flags) and the probe itself. A file that cannot be read, parsed or does not match is measured

@@ -23,21 +23,24 @@ from decision_retry.errors import DecisionRetryError, ModelLoadError
 
 N_BATCH = 512  # tokens per llama_decode when a prompt is first prefilled
 
-# Exactness. llama.cpp's CPU kernels take different arithmetic paths for different batch sizes
-# (a repacked Q4_K matrix goes through a gemm over blocks of 4 activation rows and a gemv for the
-# rest; other paths switch at 64 rows), so a token's logits in a batch of n are not always
-# bitwise those of a one-token decode. Measured on b11549, AMD EPYC, 1 thread: SmolLM2-135M Q4_1
-# gives equal logits for chunks of 8 and 32, not 64 (up to 1.3 nats); Qwen2.5-Coder-1.5B Q4_K_M
-# for chunks of 2 and 3, not 4 (0.03-0.046 nats mean |d logp| of the scored ids, max 0.29).
-# So everything but a prompt's first prefill, i.e. a scoring pass and the re-prefill of an
-# evicted row, goes in chunks of `Memory.chunk`, the largest size the engine measured to equal
-# one-token decoding bitwise on this model, library, thread count and CPU (`exact.py`), and what
-# is left over (fewer than `chunk` tokens) one token per decode: decoding's own arithmetic.
+# Exactness. llama.cpp's CPU kernels take different arithmetic paths for different numbers of
+# tokens in a decode (the 1.5B's threshold of 4 fits the repacked quantised matmuls, which run
+# blocks of 4 activation rows through a gemm and single rows through a gemv), so a token's logits
+# in a batch of n are not always bitwise those of a one-token decode. Measured on b11549, AMD
+# EPYC, 1 thread: SmolLM2-135M Q4_1 gives equal logits for chunks of 8 and 32, not 64 (up to 1.3
+# nats); Qwen2.5-Coder-1.5B Q4_K_M for chunks of 2 and 3, not 4 (0.03-0.046 nats mean |d logp| of
+# the scored ids, max 0.29). So everything but a prompt's first prefill, i.e. a scoring pass and
+# the re-prefill of an evicted row, goes in chunks of `Memory.chunk`, the largest size the engine
+# measured to equal one-token decoding bitwise on this model, library, thread count and CPU
+# (`exact.py`), and what is left over (fewer than `chunk` tokens) one token per decode: decoding's
+# own arithmetic.
+# Not covered: B rows of one token in one decode (`forward`, extend_many's K tries) are B
+# activation rows too, so on the 1.5B B >= 4 rows differ from B one-row decodes (up to 0.6 nats).
 
 
 class Row:
     """One sequence: `ids` covered by its KV, `seq` its llama.cpp id (None once evicted), and
-    `bulk`: how many leading ids were prefilled in large chunks (the rest went in small ones)."""
+    `bulk`: how many leading ids were prefilled in n_batch chunks (the rest in exact ones)."""
 
     __slots__ = ("__weakref__", "_memory", "bulk", "ids", "seq", "used")
 
