@@ -1,5 +1,6 @@
 """The chain every integration runs (samplers/chain.py): what it decides and what it tries next."""
 
+import pytest
 import torch
 
 from decision_retry.samplers.chain import Chain, RetryConfig, Trajectory, verdict
@@ -48,7 +49,7 @@ def test_a_rejected_cut_is_remembered_and_a_new_state_starts_afresh():
 
 def test_argmax_cut_keeps_its_tried_cuts_for_the_whole_run():
     """Else an accepted but failing proposal would send it back to the same token."""
-    chain = Chain(RetryConfig(strategy="argmax-cut"))
+    chain = Chain(RetryConfig(argmax=True))
     g = torch.Generator().manual_seed(0)
     tried: tuple[int, ...] = ()
     seen = []
@@ -80,17 +81,43 @@ def test_the_names_say_what_runs():
     from decision_retry.choices import DEFAULT_RUN, parse_variant
     from decision_retry.samplers.chain import describe
 
-    base, kw = parse_variant("default")
-    default = RetryConfig(strategy=base, **kw)
-    assert (base, kw) == ("entropy-cut", DEFAULT_RUN)
+    kw = parse_variant("default")
+    default = RetryConfig(**kw)
+    assert kw == DEFAULT_RUN and default.strategy == "rewind"
     resolved = default.resolved(patch=True, teacher_forcing=True)
-    assert describe(resolved) == "rewind: surprise cuts, local moves, def-line suffix moves"
+    assert describe(resolved) == "rewind (surprise cuts, local moves, def-line suffix moves)"
     assert describe(default.resolved(patch=False, teacher_forcing=True)) == \
-        "rewind: entropy cuts, suffix moves"
-    assert describe(RetryConfig(strategy="uniform-cut", restart_share=0.2)) == \
-        "rewind: uniform cuts, suffix moves, restart 0.2"
+        "rewind (entropy cuts, suffix moves)"
+    assert describe(RetryConfig(cut_weights="uniform", restart_share=0.2)) == \
+        "rewind (uniform cuts, suffix moves, restart 0.2)"
+    assert describe(RetryConfig(argmax=True, cut_weights="surprise")) == \
+        "rewind (argmax surprise cuts, suffix moves)"
+    assert describe(RetryConfig(strategy="egps")) == \
+        "egps (4 tries a cut, entropy cuts, suffix moves)"
     assert describe(RetryConfig(strategy="from-end")).startswith("from-end")
-    assert parse_variant("default+restart0.3")[1]["restart_share"] == 0.3
+    assert parse_variant("default+restart0.3")["restart_share"] == 0.3
+
+
+@pytest.mark.parametrize(("former", "today"), [
+    ({"strategy": "entropy-cut"}, {}),
+    ({"strategy": "argmax-cut", "cut_weights": "surprise"}, {"argmax": True,
+                                                             "cut_weights": "surprise"}),
+    ({"strategy": "uniform-cut"}, {"cut_weights": "uniform"}),
+    ({"strategy": "uniform-cut", "cut_weights": "auto"}, {"cut_weights": "uniform"}),
+    # a stored uniform-cut run that scored its replies (surprise) or scaled by code classes
+    ({"strategy": "uniform-cut", "cut_weights": "surprise", "cut": {"eps": 0.2}},
+     {"cut_weights": "surprise", "cut": {"kind": "uniform", "eps": 0.2}}),
+    ({"strategy": "uniform-cut", "cut_weights": "code"},
+     {"cut_weights": "code", "cut": {"kind": "uniform"}}),
+])
+def test_former_names_are_the_same_runs(former, today):
+    """A config naming a former strategy (a stored run, a caller) is today's run that ran the
+    same chain: the same cut rule, the same scoring, the same correction."""
+    old, new = RetryConfig.model_validate(former), RetryConfig(**today)
+    assert old == new and old.strategy == "rewind"
+    assert (old.rule, old.scored, old.corrected) == (new.rule, new.scored, new.corrected)
+    if former["strategy"] == "uniform-cut":
+        assert old.rule.kind == "uniform"
 
 
 def test_moves_are_objects_parsed_once():

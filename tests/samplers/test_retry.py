@@ -58,7 +58,7 @@ def test_accept_parts_and_the_verifier_tilt():
     x = [toks([1.0, 2.0, 0.5], logp=-1.0, logq=-0.8)]
     y = [toks([1.0, 0.2], logp=-0.5, logq=-0.3)]
     cfg = RetryConfig(alpha=4.0, verifier_weight=2.0, cut=CutRule(eps=0.1))
-    cut = choose_cut(x, cfg.model_copy(update={"strategy": "argmax-cut"}), torch.Generator())
+    cut = choose_cut(x, cfg.model_copy(update={"argmax": True}), torch.Generator())
     assert cut.index == 1
     rec = accept(x, y, cut, config=cfg, r_current=0.0, r_proposal=0.5, u=0.5, decode_tokens=1)
     # target: alpha * (sum logp y[1:] - sum logp x[1:]) = 4 * (-0.5 - -2.0)
@@ -69,7 +69,7 @@ def test_accept_parts_and_the_verifier_tilt():
     total = rec.log_target + rec.log_proposal + rec.log_cut_correction + rec.log_verifier
     assert math.isclose(rec.log_accept, total)
     assert rec.accepted == (math.log(0.5) < total)
-    heuristic = accept(x, y, cut, config=RetryConfig(strategy="argmax-cut"), r_current=0,
+    heuristic = accept(x, y, cut, config=RetryConfig(argmax=True), r_current=0,
                        r_proposal=0, u=0.5, decode_tokens=1)
     assert heuristic.log_cut_correction == 0.0
 
