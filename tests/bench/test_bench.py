@@ -176,7 +176,7 @@ def test_the_report_command_repeats_every_setting_off_its_default(script):
 @pytest.mark.parametrize("args, message", [
     (["--strategies", "entropy-cut,nope"], "unknown strategy 'nope'"),
     (["--strategies", "entropy-cut+sideways"], "unknown option +sideways"),
-    (["--strategies", "restart+local"], "options apply to entropy-cut"),
+    (["--strategies", "restart+local"], "shorthands apply to rewind and default"),
     (["--strategies", "entropy-cut+restart2"], "the share must be in [0, 1]"),
     (["--seeds", "0,x"], "--seeds must be comma-separated integers"),
     (["--budget-tokens", "0"], "--budget-tokens must be > 0"),
@@ -280,9 +280,9 @@ def test_paired_counts_only_cells_whose_first_attempt_failed_with_a_sign_test():
 
 
 def test_a_strategy_variant_carries_its_options():
-    cfg = BenchConfig(suite="fixtures", strategies=("entropy-cut+local+code",), seeds=(0,))
-    retry = cfg.fix_config("entropy-cut+local+code", 0).retry
-    assert (retry.strategy, retry.move, retry.cut_weights) == ("entropy-cut", "local", "code")
+    cfg = BenchConfig(suite="fixtures", strategies=("rewind+local+code",), seeds=(0,))
+    retry = cfg.fix_config("rewind+local+code", 0).retry
+    assert (retry.strategy, retry.move, retry.cut_weights) == ("rewind", "local", "code")
 
 
 FIXING = {"segments": [

@@ -110,12 +110,12 @@ def test_create_agent_rewinds_a_real_repository(tmp_path):
     spans = receiver.collected.spans
     names = [s.name for s in spans]
     assert names.count("invoke_agent decision-retry") == 1
-    assert names.count("branch entropy-cut") == dr["attempts"] - 1
+    assert names.count("branch rewind") == dr["attempts"] - 1
     assert names.count("chat scripted") == len(tree.turns)
     assert names.count("execute_tool write_file") == dr["attempts"]
     assert names.count("execute_tool run_tests") == dr["attempts"]
     decisions = {s.span_id: s for s in spans if s.name.startswith("decision ")}
-    for branch in (s for s in spans if s.name == "branch entropy-cut"):
+    for branch in (s for s in spans if s.name == "branch rewind"):
         (link,) = branch.links
         assert link[2] == {"decision_retry.link": "cut_from_decision"}
         target = decisions[link[1]]
