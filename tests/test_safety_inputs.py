@@ -42,12 +42,13 @@ def repo(tmp_path: Path) -> Path:
     return r
 
 
-@pytest.mark.parametrize("flag", ["--alpha", "--eps", "--test-timeout", "--verifier-weight",
-                                  "--proposal-temperature"])
+@pytest.mark.parametrize("flag", ["-o alpha", "-o cut.eps", "--test-timeout",
+                                  "-o verifier_weight", "--proposal-temperature"])
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_non_finite_numbers_are_bad_input(tmp_path, repo, flag, value):
     before = repo_state(repo)
-    proc = run_cli("fix", repo, "--model", "scripted:nowhere.json", flag, value,
+    option = ["-o", f"{flag[3:]}={value}"] if flag.startswith("-o ") else [flag, value]
+    proc = run_cli("fix", repo, "--model", "scripted:nowhere.json", *option,
                    home=tmp_path / "h")
     one_line_error(proc, "finite")
     assert repo_state(repo) == before
