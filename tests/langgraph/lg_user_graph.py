@@ -69,13 +69,15 @@ def check_node(state: dict) -> dict:
     return {"passed": tests_pass(state)}
 
 
-def build(lm, *, saver=None, seed=0, strategy="argmax-cut", recorder=None, calls=1,
+ARGMAX = RetryConfig(argmax=True)  # the argmax heuristic: a deterministic cut, easy to follow
+
+
+def build(lm, *, saver=None, seed=0, retry=ARGMAX, recorder=None, calls=1,
           verdict_key=None, state=UserState, workspace=None, kv_states=8, max_attempts=12):
     """The user's graph with decision-retry: model -> run_code [-> model -> run_code] -> rewind.
 
     Returns (compiled graph, model node, rewind node).
     """
-    retry = RetryConfig(strategy=strategy)
     model = model_node(lm, retry=retry, recorder=recorder, seed=seed, workspace=workspace,
                        kv_states=kv_states)
     if verdict_key:

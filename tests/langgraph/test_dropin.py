@@ -111,8 +111,8 @@ def test_sqlite_whole_run(tmp_path):
     lm = scripted_lm(SCRIPT)
     seed = first_failing_seed(lm)
     with sqlite3.connect(tmp_path / "c.sqlite", check_same_thread=False) as conn:
-        graph, _, _ = build(lm, saver=SqliteSaver(conn), seed=seed, strategy="entropy-cut")
-        config = thread("sqlite-entropy-cut")
+        graph, _, _ = build(lm, saver=SqliteSaver(conn), seed=seed, retry=RetryConfig())
+        config = thread("sqlite-rewind")
         final = invoke(graph, question(), config)
         assert final[KEY]["status"] == "passed" and fork_points(graph, config)
 
@@ -185,7 +185,7 @@ def test_workspace_files_are_restored_on_rewind(tmp_path):
 def test_restart_forks_before_the_first_call():
     lm = scripted_lm(SCRIPT)
     seed = first_failing_seed(lm)
-    graph, _, _ = build(lm, seed=seed, strategy="restart")
+    graph, _, _ = build(lm, seed=seed, retry=RetryConfig(strategy="restart"))
     config = thread("restart")
     final = invoke(graph, question(), config)
     assert final[KEY]["status"] == "passed"
@@ -204,7 +204,7 @@ def test_fork_point_is_none_without_a_pending_rewind():
 def test_gives_up_after_max_attempts_and_a_new_task_starts_a_new_episode():
     lm = scripted_lm(["def is_adult(age):\n    return age ", {"choice": {">": 0.6, "==": 0.4}},
                       " 18\n"])
-    graph, _, _ = build(lm, max_attempts=3, strategy="entropy-cut")
+    graph, _, _ = build(lm, max_attempts=3, retry=RetryConfig())
     config = thread("hopeless")
     final = invoke(graph, question(), config)
     assert final[KEY]["status"] == "exhausted" and final[KEY]["attempts"] == 3
