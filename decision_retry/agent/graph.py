@@ -63,6 +63,14 @@ class AgentTurn:
     # None, t); FixAgent._complete scores it when the chain reads it (a delayed decision's
     # second stage, or a cut drawn from it)
     alt_from: tuple[DecodeState | None, int] | None = None
+    # a local move's kept tail, not yet rescored under the new prefix: (local.LocalProposal,
+    # its length); `state` holds the tail as the attempt it was cut from had it until then
+    tail_from: tuple[Any, int] | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Does the chain still have to score something of this turn before it reads it?"""
+        return self.alt_from is not None or self.tail_from is not None
 
 
 @dataclass(frozen=True)
@@ -206,21 +214,27 @@ class FixAgent:
         return replace(turn, alt_from=(base.alt if base else None, t))
 
     def _complete(self, a: Attempt) -> Attempt:
-        """`a` with every reply scored under the no-body context (memoised with the positions
-        that pass teacher-forced, which `rewind` collects); the scores are recorded beside
-        each turn."""
-        if not any(turn.alt_from for turn in a.turns):
+        """`a` with every kept tail rescored and every reply scored under the no-body context
+        (memoised with the positions that pass teacher-forced, which `rewind` collects); the
+        scored tokens are recorded beside each turn."""
+        if not any(turn.pending for turn in a.turns):
             return a
         if a.branch.id in self._completed:
             return self._completed[a.branch.id][0]
         q = Sampling(temperature=self.rc.q_temperature, max_new_tokens=1, alternatives=0)
         turns, n = [], 0
         for turn in a.turns:
-            if turn.alt_from is not None:
+            if not turn.pending:
+                turns.append(turn)
+                continue
+            if turn.tail_from is not None:  # the kept tail under the new prefix
+                p, k = turn.tail_from
+                turn, n = replace(turn, state=p.rescored(), tail_from=None), n + k
+            if turn.alt_from is not None:  # the reply under the no-body context
                 base, t = turn.alt_from
                 s = surprise.annotate(self._alt_context(), turn.state, q, base=base, t=t)
                 turn, n = replace(turn, state=s.y, alt=s.alt, alt_from=None), n + s.positions
-                self.recorder.record_scores(turn.trace, s.y.tokens)
+            self.recorder.record_scores(turn.trace, turn.state.tokens)
             turns.append(turn)
         done = replace(a, turns=tuple(turns))
         self._completed[a.branch.id] = (done, n)
@@ -237,7 +251,7 @@ class FixAgent:
 
     def _trajectory(self, a: Attempt) -> Trajectory:
         """What the chain reads of `a`: scored under the no-body context on demand."""
-        if not any(turn.alt_from for turn in a.turns):
+        if not any(turn.pending for turn in a.turns):
             return a.trajectory
         return replace(a.trajectory, complete=lambda: self._complete(a).trajectory)
 
@@ -326,14 +340,15 @@ class FixAgent:
 
     def _local(self, state: FixState, current: Attempt, cut: CutPoint, spent: int) -> dict:
         """A local move: resample the cut turn from the cut to the next span boundary, keep and
-        rescore the rest (samplers/local.py)."""
+        rescore the rest (samplers/local.py; in a delayed decision only once its first stage
+        accepts)."""
         base = current.turns[cut.turn]
         q = self._sampling(spent)
         first = self._first_token(current, cut, q)
         p = cut.kernel.propose(self.lm, base.state, cut.position, q, self.generator,
                                cap=self.protocol.defn.limits["max_new_tokens"],
                                budget=self.config.budget_tokens - spent, first=first,
-                               exclude=cut.ban)
+                               exclude=cut.ban, defer=bool(self.rc.delayed))
         spent += p.decode_tokens
         out = {"spent": spent, "attempts": state.get("attempts", 0) + 1,  # + y_t's patch score
                "prefilled": state.get("prefilled", 0) + p.prefill_positions + (first is not None)}
@@ -347,7 +362,9 @@ class FixAgent:
         c = Cut(turn=cut.turn, position=cut.position, entropy=cut.entropy)
         att = Attempt(branch=self._branch(current, c), turns=current.turns[: cut.turn], cut=cut,
                       span=(offset + p.s, p.m), decoded=p.decode_tokens)
-        turn = self._unscored(AgentTurn(base.messages, p.y, base.snapshot), base, cut.position)
+        tail = (p, len(p.y) - cut.position - p.m) if p.rescore is not None else None
+        turn = self._unscored(AgentTurn(base.messages, p.y, base.snapshot, tail_from=tail), base,
+                              cut.position)
         new = self._with_turn(att, turn)
         return {**out, "pending": [new], "rejected": None}
 

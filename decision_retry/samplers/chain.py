@@ -457,10 +457,12 @@ class Chain:
                 generator: torch.Generator, decode_tokens: int) -> StepRecord:
         """One proposal's MH decision. Delayed (`config.delayed`, a corrected cut move): stage 1
         accepts with min(1, r1), r1 = log A without the cut correction, read from what decoding
-        and the tests gave; only then is the proposal completed (its no-body scoring pass) and
-        stage 2 accepts with min(1, c(t | y) / c(t | x)). Each stage's ratio inverts when x and y
+        and the tests gave (a local move whose kept tail is not scored yet carries x's tail
+        there, so r1 holds the span's target only); only then is the proposal completed (the
+        tail rescored, the no-body scoring pass) and stage 2 accepts with min(1, r2), r2 = A /
+        r1: the tail's target and the cut correction. Each stage's ratio inverts when x and y
         swap, so the product of the two is pi-reversible (delayed acceptance, Christen and Fox
-        2005): exact, with a lower acceptance rate, and the scoring pass is skipped for every
+        2005): exact, with a lower acceptance rate, and the scoring is skipped for every
         proposal stage 1 rejects."""
         delayed = bool(self.config.delayed) and not cut.kernel.fresh and self.config.corrected
         kw = {"config": self.config, "r_current": current.r, "r_proposal": p.r,
@@ -473,14 +475,11 @@ class Chain:
         if not first.accepted:
             return first.model_copy(update={"stage": 1})
         y = p.completed()
-        corr = (_log_c(y.turns, self.config, cut.index, y.stops)
-                - _log_c(current.turns, self.config, cut.index, current.stops))
+        full = accept(current.turns, y.turns, cut, stops=(current.stops, y.stops), u=1.0, **kw)
         u = sampling.uniform(generator)
-        shift = {k: v + corr for k in ("log_accept_lo", "log_accept_hi")
-                 if (v := getattr(first, k)) is not None}
-        return first.model_copy(update={
-            "log_cut_correction": corr, "log_accept": first.log_accept + corr,
-            "accepted": u == 0 or math.log(u) < corr, "stage": 2, **shift})
+        return full.model_copy(update={
+            "accepted": u == 0 or math.log(u) < full.log_accept - first.log_accept,
+            "approximate": first.approximate, "stage": 2})
 
     def tried_after(self, tried: tuple[int, ...], cut: CutPoint | None, *, moved: bool) -> tuple[int, ...]:
         """The tried cuts after a decision: a new current attempt starts with none, except for

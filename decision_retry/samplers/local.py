@@ -48,8 +48,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -124,8 +124,15 @@ class LocalProposal:
     m: int  # z = y[t : t + m]
     ended: str  # "boundary", "max_span", "finish" (EOS / stop / cap) or "budget"
     decode_tokens: int  # every forward that drew a token, the discarded look-ahead included
-    prefill_positions: int  # the kept tail, teacher-forced
+    prefill_positions: int  # the kept tail, teacher-forced (0 while `rescore` is pending)
     reason: str = ""  # why y is out of the support
+    # deferred (`propose(defer=True)`): y's kept tail still holds x's tokens and scores, and y
+    # has no cache past the span; this gives y rescored (a usable state). None: y is final.
+    rescore: Callable[[], DecodeState] | None = field(default=None, compare=False, repr=False)
+
+    def rescored(self) -> DecodeState | None:
+        """y with its kept tail scored under the new prefix."""
+        return self.y if self.rescore is None else self.rescore()
 
 
 def propose(
@@ -141,6 +148,7 @@ def propose(
     rescore: bool = True,
     first=None,
     exclude: int | None = None,
+    defer: bool = False,
 ) -> LocalProposal:
     """Draw z after x_<t by the span rule, keep x's tail rescored; check y is in the support.
 
@@ -149,7 +157,11 @@ def propose(
     bias it causes); `first(state)`, when given, draws the span's first token instead of q (the
     no-body cut token, surprise.draw_first: the rule reads it like any drawn token).
     `exclude`: an id the span's first token may not be (x_t for an excluding move: mh.py
-    `exclusion_term`, `log_weight(exclusion=True)`); with `first`, pass it to `first` instead."""
+    `exclusion_term`, `log_weight(exclusion=True)`); with `first`, pass it to `first` instead.
+    `defer`: do not score the tail yet: y keeps x's tail tokens (same ids and text, x's scores,
+    so every term of log A but the tail's target reads the same) until `rescored()` is called,
+    which a delayed decision does only when its first stage accepts (chain.Chain.decide). Such
+    a y can be tested, compared and recorded, but not forked or extended."""
     if first is not None and exclude is not None:
         raise ValueError("propose: give `exclude` to `first` (surprise.draw_first), not both")
     tokens = x.tokens
@@ -193,18 +205,24 @@ def propose(
         return LocalProposal(None, reason="the span stopped where the sequence had ended", **out)
     if len(tokens) - (s - t) + m > cap:
         return LocalProposal(None, reason="longer than the length cap", **out)
-    # 3) the kept tail, teacher-forced under the new prefix (one pass)
-    y = lm.score(cur, tail, q)
-    if not rescore:
-        y = replace(y, tokens=cur.tokens + tuple(tokens[s:]))
+    # 3) the kept tail, teacher-forced under the new prefix (one pass; deferred: on demand)
     if tail:
-        y = replace(y, finish=x.finish)
-        why = _junction(y.tokens, t, t + m, q, eos, cap)
+        why = _junction(cur.tokens + tuple(tokens[s:]), t, t + m, q, eos, cap)
         if why:
             return LocalProposal(None, reason=why, **out)
-    else:
-        y = replace(y, finish="length" if not ends_here(y.tokens, len(y) - 1, q, eos) else
-                    ("eos" if y.tokens[-1].id in eos else "stop"))
+
+        def scored() -> DecodeState:
+            y = lm.score(cur, tail, q)
+            if not rescore:
+                y = replace(y, tokens=cur.tokens + tuple(tokens[s:]))
+            return replace(y, finish=x.finish)
+
+        if defer:
+            held = replace(cur, tokens=cur.tokens + tuple(tokens[s:]), finish=x.finish)
+            return LocalProposal(held, rescore=scored, **{**out, "prefill_positions": 0})
+        return LocalProposal(scored(), **out)
+    y = replace(cur, finish="length" if not ends_here(cur.tokens, len(cur) - 1, q, eos) else
+                ("eos" if cur.tokens[-1].id in eos else "stop"))
     return LocalProposal(y, **out)
 
 

@@ -84,11 +84,12 @@ class Local:
 
     def propose(self, lm, x: DecodeState, t: int, q: Sampling, generator: torch.Generator, *,
                 cap: int, budget: int | None = None, first=None,
-                exclude: int | None = None) -> local.LocalProposal:
+                exclude: int | None = None, defer: bool = False) -> local.LocalProposal:
         """`exclude`: the id the span's first token may not be (with `first`, the first-token
-        policy bans it itself)."""
+        policy bans it itself); `defer`: the kept tail is scored on demand (local.propose)."""
         return local.propose(lm, x, t, self.span, q, generator, cap=cap, budget=budget,
-                             first=first, exclude=None if first is not None else exclude)
+                             first=first, exclude=None if first is not None else exclude,
+                             defer=defer)
 
     def record(self, x: Sequence[Token], y: Sequence[Token], t: int, *, alpha: float,
                correction: float, verifier_delta: float, u: float, decode_tokens: int,

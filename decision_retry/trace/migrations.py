@@ -98,8 +98,8 @@ def m003_cached_tests_and_costs(db: sqlite3.Connection) -> None:
 
 @migration
 def m004_delayed_steps_and_scores(db: sqlite3.Connection) -> None:
-    """MH steps decided in two stages (delayed acceptance: the stage that decided); the no-body
-    scores of a turn, recorded when they are computed, after the turn itself."""
+    """MH steps decided in two stages (delayed acceptance: the stage that decided); a turn's
+    tokens as scored after the turn was recorded (no-body scores, a kept tail rescored)."""
     for sql in (
         "ALTER TABLE mh_steps ADD COLUMN stage INTEGER",
         """CREATE TABLE turn_scores (

@@ -138,20 +138,18 @@ class Turn(Node):
 
 
 class TurnScores(Node):
-    """A turn's no-body scores (alt_logp, alt_logq per token: samplers/surprise.py), recorded
-    when they are computed, after the turn (a delayed decision scores a reply only when it
-    reads them). The store merges them into the turn's tokens on load."""
+    """A turn's tokens as scored after the turn was recorded (a delayed decision scores a reply
+    only when it reads it: its no-body scores, samplers/surprise.py, and a local move's kept
+    tail under the new prefix, samplers/local.py). The store puts them in the turn on load."""
 
     node_kind: ClassVar[str] = "turn_scores"
 
     turn_id: str
-    scores: tuple[tuple[float | None, float | None], ...]
+    scores: tuple[Token, ...]
 
     def merged(self, turn: Turn) -> Turn:
-        """`turn` with these scores on its tokens; its id stays the one it was recorded with."""
-        tokens = tuple(tok.model_copy(update={"alt_logp": a, "alt_logq": b})
-                       for tok, (a, b) in zip(turn.tokens, self.scores))
-        out = turn.model_copy(update={"tokens": tokens})
+        """`turn` with these tokens; its id stays the one it was recorded with."""
+        out = turn.model_copy(update={"tokens": self.scores})
         out.__dict__["id"] = turn.id  # scores are not part of what the turn is
         return out
 

@@ -186,12 +186,11 @@ class Recorder:
         return points
 
     def record_scores(self, turn: Turn | None, tokens: Sequence[Token]) -> TurnScores | None:
-        """Record the no-body scores of a recorded turn's tokens, computed after it (None when
-        the turn was not recorded)."""
+        """Record a recorded turn's tokens as scored after it (None when the turn was not
+        recorded): the same ids, with the values computed since."""
         if turn is None:
             return None
-        scores = TurnScores(turn_id=turn.id,
-                            scores=tuple((t.alt_logp, t.alt_logq) for t in tokens))
+        scores = TurnScores(turn_id=turn.id, scores=tuple(tokens))
         self._emit("record_scores", scores)
         return scores
 

@@ -100,14 +100,15 @@ class ToyChain:
         q = self.q(self.cap - t)
         first = None if cut.kernel.fresh else self.cfg.first.first(
             lambda: self.ctx, alt_x, self.lm, t, q, g, exclude=cut.ban)
-        span = None
+        span, lazy = None, bool(self.cfg.delayed)
+        rescore = None
         if cut.kernel.local:
             p = cut.kernel.propose(self.lm, x, t, self.q(), g, cap=self.cap, first=first,
-                                   exclude=cut.ban)
+                                   exclude=cut.ban, defer=lazy)
             if p.y is None:  # out of the support: rejected
                 return x, alt_x, local.step_record(x.tokens, p, alpha=ALPHA, correction=0.0,
                                                    verifier_delta=0.0, u=1.0)
-            y, span = p.y, (p.s, p.m)
+            y, span, rescore = p.y, (p.s, p.m), p.rescore
         elif first is not None:
             y, _ = surprise.first_then_extend(self.lm, first(self.lm.fork(x, t)), t, q, g)
         else:
@@ -115,21 +116,28 @@ class ToyChain:
         assert cut.ban is None or y.tokens[t].id != cut.ban
         scored = []
 
-        def complete() -> Trajectory:  # y under the second context, when the chain reads it
+        def complete() -> Trajectory:  # the tail rescored, y under the second context
             self.scorings += 1
-            scored.append(surprise.annotate(self.ctx, y, self.q(), base=alt_x, t=t))
-            return Trajectory([scored[-1].y.tokens], 0.0, span=span)
+            full = y if rescore is None else rescore()
+            if self.ctx is not None:
+                s = surprise.annotate(self.ctx, full, self.q(), base=alt_x, t=t)
+                full, alt = s.y, s.alt
+            else:
+                alt = None
+            scored.append((full, alt))
+            return Trajectory([full.tokens], 0.0, span=span)
 
-        lazy = self.ctx is not None and bool(self.cfg.delayed)
-        proposal = Trajectory([y.tokens], 0.0, span=span, complete=complete if lazy else None)
-        if self.ctx is not None and not lazy:
+        pending = self.ctx is not None or rescore is not None
+        proposal = Trajectory([y.tokens], 0.0, span=span,
+                              complete=complete if lazy and pending else None)
+        if pending and not lazy:
             proposal = complete()
         decided = cut if self.correct else replace(cut, ban=None)
         d = chain.decide(current, [proposal], decided, generator=g, decode_tokens=len(y) - t)
-        assert len(scored) == (self.ctx is not None and (not lazy or d.step.stage == 2))
+        assert len(scored) == (pending and (not lazy or d.step.stage == 2))
         if not d.accepted:
             return x, alt_x, d.step
-        return (scored[-1].y, scored[-1].alt, d.step) if scored else (y, None, d.step)
+        return (*scored[-1], d.step) if scored else (y, None, d.step)
 
 
 def stationary(lm, law: dict, chain: ToyChain, chains: int = CHAINS, moves: int = MOVES):
@@ -192,9 +200,13 @@ def kernel_residuals(lm, target: dict, cfg: retry.RetryConfig,
                     rec = retry.accept([tx], [ty], c, config=cfg, r_current=0.0, r_proposal=0.0,
                                        u=1.0, decode_tokens=0, span=span)
                     log_a = min(0.0, rec.log_accept)
-                    if delayed:  # stage 1 without the cut correction, stage 2 the correction
-                        rest = rec.log_accept - rec.log_cut_correction
-                        log_a = min(0.0, rest) + min(0.0, rec.log_cut_correction)
+                    if delayed:  # stage 1: no cut correction, a local move's tail not rescored
+                        held = [*ty[: t + 1], *tx[t + 1:]] if span else ty  # (local.propose)
+                        first = retry.accept([tx], [held], c, config=cfg, r_current=0.0,
+                                             r_proposal=0.0, u=1.0, decode_tokens=0, span=span,
+                                             corrected=False)
+                        log_a = min(0.0, first.log_accept) + min(
+                            0.0, rec.log_accept - first.log_accept)
                     move = math.exp(logc[t] + log_q + log_a)
                     out[k][y] += px * move
                     stay[k] -= move
@@ -323,9 +335,10 @@ def test_the_excluded_token_is_never_drawn_and_keeps_the_unrestricted_logq(toy):
     ("local", "surprise", "patch"), ("local", "surprise", "nobody"),
 ])
 def test_the_delayed_kernel_leaves_p_alpha_invariant(toy, target, move, cut_weights, cut_token):
-    """Every proposal enumerated, accepted with min(1, r1) * min(1, r2) (r2 the cut-correction
-    ratio, r1 the rest of A): pi P = pi up to float, as with one stage (the product of two
-    ratios that each invert when x and y swap is reversible; measured <= 3.3e-16)."""
+    """Every proposal enumerated, accepted with min(1, r1) * min(1, r2) (r1: A without the cut
+    correction, a local move's kept tail still x's; r2 = A / r1): pi P = pi up to float, as with
+    one stage (the product of two ratios that each invert when x and y swap is reversible;
+    measured <= 3.3e-16)."""
     cfg = config(move=move, span=ONE_TOKEN, cut_weights=cut_weights, cut_token=cut_token)
     exact, _ = kernel_residuals(toy, target, cfg, delayed=True)
     assert exact < 1e-12

@@ -187,7 +187,7 @@ def test_auto_cut_weights_are_surprise_only_where_replies_can_be_scored():
     for s in ("from-end", "restart"):
         assert RetryConfig(strategy=s, cut_weights="auto").resolved(
             patch=True, teacher_forcing=True).cut_weights == "entropy"
-    code = RetryConfig(cut_weights="code", exclude=False)
+    code = RetryConfig(cut_weights="code", exclude=False, delayed=True)
     assert code.resolved(patch=True, teacher_forcing=True) is code
     both = RetryConfig(move="auto", cut_weights="auto").resolved(patch=True, teacher_forcing=True)
     assert (both.move, both.cut_weights) == ("local", "surprise")

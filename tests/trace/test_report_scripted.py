@@ -69,7 +69,8 @@ def test_logs_show_fits_a_screen_and_says_where_each_attempt_cut(recorded):
             assert "fresh" in rest
         else:  # where it cut, the token, the signal and its value; what changed; tests
             assert re.search(r"cut units\.py:\d+ '.+'→'.+' \(surprise \d+\.\d\d\)", rest), line
-            assert re.search(r"\| (same code as #\d+|- .* / \+ .*|code unchanged) \|", rest), line
+            assert re.search(r"\| (same code as #\d+|- .* / \+ .*|[-+] .*… \(\d+ lines\)|"
+                             r"code unchanged) \|", rest), line
             assert re.search(r"\| (accepted|rejected)", rest), line
         assert re.search(r"\d+ passed, \d+ failed", rest), line
     assert covered == list(range(13))  # every attempt, collapsed or not
@@ -161,6 +162,8 @@ def test_an_old_store_still_shows(tmp_path):
         added = re.findall(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", inspect.getsource(fn))
         for table, column in added:
             db.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+        for table in re.findall(r"CREATE TABLE (\w+)", inspect.getsource(fn)):
+            db.execute(f"DROP TABLE {table}")
         db.execute("DELETE FROM _migrations WHERE name = ?", (name,))
     db.commit()
     db.close()

@@ -1,5 +1,5 @@
-"""Scores recorded after their turn (a delayed decision scores a reply only when it reads it):
-stored beside the turn, merged into its tokens on load, the turn's id unchanged; a step's stage."""
+"""Tokens scored after their turn was recorded (a delayed decision scores a reply only when it
+reads it): stored beside the turn, put in it on load, the turn's id unchanged; a step's stage."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def test_scores_recorded_after_a_turn_load_into_its_tokens(tmp_path):
         plain = rec.record_turn(branch, tokens=_tokens(3))
         other = rec.record_turn(rec.start_branch(parent=branch, cut=None, strategy="rewind"),
                                 tokens=_tokens(2))
-        scored = [t.model_copy(update={"alt_logp": -1.0 - t.id, "alt_logq": -2.0 - t.id})
+        scored = [t.model_copy(update={"alt_logp": -1.0 - t.id, "alt_logq": -2.0 - t.id,
+                                       "logp": -0.25})  # e.g. a kept tail, rescored
                   for t in _tokens(3)]
         rec.record_scores(plain, scored)
         rec.record_scores(plain, scored)  # idempotent, as every node (a resumed run records again)
@@ -37,6 +38,7 @@ def test_scores_recorded_after_a_turn_load_into_its_tokens(tmp_path):
     assert set(by_id) == {plain.id, other.id}  # ids as recorded
     assert [k.alt_logp for k in by_id[plain.id].tokens] == [-1.0, -2.0, -3.0]
     assert [k.alt_logq for k in by_id[plain.id].tokens] == [-2.0, -3.0, -4.0]
+    assert [k.logp for k in by_id[plain.id].tokens] == [-0.25] * 3
     assert all(k.alt_logp is None for k in by_id[other.id].tokens)  # never scored
     [step] = tree.mh_steps
     assert step.stage == 1 and math.isclose(step.log_accept, -2.5)
