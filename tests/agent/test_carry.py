@@ -137,6 +137,7 @@ def test_a_module_left_behind_is_a_plain_collection_error(tmp_path, store):
     assert repo_state(repo) == before
 
 
+@pytest.mark.slow
 def test_cli_says_what_it_carried(tmp_path):
     repo = scm_repo(tmp_path)
     script = tmp_path / "fix.json"
@@ -180,6 +181,7 @@ def test_the_limits_leave_the_rest_out_and_say_so(tmp_path):
         "pkg/big.py, pkg/gen_32.py, pkg/gen_33.py, ..." in note
 
 
+@pytest.mark.slow
 def test_a_conftest_that_does_not_import_is_named_as_such(tmp_path):
     from decision_retry.agent.carry import Carried
     from decision_retry.agent.runner import no_suspect_reason

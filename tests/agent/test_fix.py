@@ -23,6 +23,7 @@ from tests.helpers import (
 )
 
 
+@pytest.mark.slow
 def test_entropy_cut_rewinds_to_the_choice_and_fixes(tmp_path, store):
     repo = fixture_repo(tmp_path, "units")
     write(repo / "notes.txt", "untracked, must survive\n")
@@ -96,6 +97,7 @@ def test_bad_input_already_passing(tmp_path, store):
         fix(repo, fix_config(), lm=scripted_lm(UNITS_SCRIPT), store=store)
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, script_file):
     repo = fixture_repo(tmp_path, "units")
     before = repo_state(repo)
@@ -118,6 +120,7 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, script_file):
     assert proc.returncode == 2 and "not found" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_cli_fix_then_logs_and_apply(tmp_path, script_file):
     repo = fixture_repo(tmp_path, "units")
     home = tmp_path / "home"

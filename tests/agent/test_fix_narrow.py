@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from decision_retry.trace.store import TraceStore
 from tests.helpers import make_repo, repo_state, run_cli, write
 
@@ -43,6 +45,7 @@ def test_runs(home, run_id: str) -> list[tuple[str, int, int]]:
 test_runs.__test__ = False  # a helper, not a test
 
 
+@pytest.mark.slow
 def test_narrow_searches_the_failing_ids_then_checks_the_whole_command(tmp_path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "400")  # the summary's lines unwrapped
     repo = two_file_repo(tmp_path / "repo")

@@ -63,6 +63,7 @@ def seed_choosing(lm, name: str) -> int:
     raise AssertionError(f"no seed draws {name}")
 
 
+@pytest.mark.slow
 def test_all_suspects_are_shown_and_the_reply_picks_one(tmp_path: Path) -> None:
     root = make_repo(tmp_path / "repo", FILES)
     result = run_tests(TEST_CMD, root, 60)
@@ -105,6 +106,7 @@ def test_a_rewind_at_the_function_name_moves_the_edit(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("reply", ["def elsewhere(x):\n    return 0\n"])
+@pytest.mark.slow
 def test_a_reply_naming_no_suspect_is_not_applied(tmp_path: Path, reply: str) -> None:
     root = make_repo(tmp_path / "repo", FILES)
     result = run_tests(TEST_CMD, root, 60)

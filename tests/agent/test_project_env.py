@@ -79,6 +79,7 @@ def clone_of(repo: Path, dest: Path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_cli_fixes_a_project_whose_code_needs_its_venv(tmp_path, pytest_only):
     """The issue's new user: no flag, the repository's .venv is found, named, used, fixed."""
     repo = units_with_venv(tmp_path, pytest_only)

@@ -69,6 +69,7 @@ def _clones_of(run_id: str) -> list[Path]:
 
 
 @pytest.mark.parametrize(("nodes", "sig"), [(3, "SIGKILL"), (9, "SIGTERM"), (13, "SIGKILL")])
+@pytest.mark.slow
 def test_killed_then_resumed_equals_uninterrupted(tmp_path, baseline, nodes, sig):
     seed, expected, expected_result = baseline
     repo = fixture_repo(tmp_path, "units")
@@ -110,6 +111,7 @@ def test_resume_refuses_what_cannot_be_resumed(tmp_path, baseline):
             resume(done.run_id, store=store, lm=scripted_lm(UNITS_SCRIPT))
 
 
+@pytest.mark.slow
 def test_cli_resume_and_bad_combinations(tmp_path, script_file, baseline):
     home = tmp_path / "home"
     proc = run_cli("fix", home=home)
@@ -120,6 +122,7 @@ def test_cli_resume_and_bad_combinations(tmp_path, script_file, baseline):
     assert proc.returncode == 2 and "no runs" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_repository_that_changed(tmp_path, baseline):
     seed, _, _ = baseline
     repo = fixture_repo(tmp_path, "units")
@@ -133,6 +136,7 @@ def test_resume_refuses_a_repository_that_changed(tmp_path, baseline):
             resume(run.id, store=store, lm=scripted_lm(UNITS_SCRIPT))
 
 
+@pytest.mark.slow
 def test_a_dirty_tree_resumes_from_the_same_starting_point(tmp_path, baseline):
     """Uncommitted work (an edited tracked file, an untracked one) is part of the starting point,
     a commit made for the run: made again on resume, it must be the same commit."""

@@ -253,6 +253,7 @@ def test_no_orphans_without_bubblewrap_where_unshare_works(tmp_path: Path) -> No
 
 
 @needs_bwrap
+@pytest.mark.slow
 def test_a_timeout_kills_everything_in_the_sandbox(tmp_path: Path, bwrap) -> None:
     token = f"hang-{os.getpid()}-{time.monotonic_ns()}"
     repo = attack_repo(tmp_path, f"""

@@ -103,6 +103,7 @@ def test_surprise_cuts_in_fix_with_the_scripted_model(tmp_path):
     assert res.prefill_positions == check_trace(tree, cfg.retry.rule)
 
 
+@pytest.mark.slow
 def test_surprise_scores_come_from_the_no_body_context(tmp_path):
     """A tiny real transformer: the reply's scores under the no-body prompt (the patch prompt
     with the function's body replaced by `...`) differ from its own, equal a fresh scoring pass
@@ -141,6 +142,7 @@ def test_surprise_scores_come_from_the_no_body_context(tmp_path):
     assert any(s.stage == 2 for s in tree.mh_steps)
 
 
+@pytest.mark.slow
 def test_an_interrupted_surprise_run_resumes_to_the_same_end(tmp_path):
     seed = failing_seed()
     cfg = surprise_config(seed)
@@ -167,6 +169,7 @@ def test_an_interrupted_surprise_run_resumes_to_the_same_end(tmp_path):
     assert any(scored(t) for t in tree.turns)
 
 
+@pytest.mark.slow
 def test_surprise_weights_need_the_patch_protocol_and_a_scoring_engine(tmp_path):
     from decision_retry.agent import definitions
     from decision_retry.agent.graph import FixAgent
@@ -186,6 +189,7 @@ def test_surprise_weights_need_the_patch_protocol_and_a_scoring_engine(tmp_path)
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_fix_defaults_to_surprise_cuts_where_replies_can_be_scored(tmp_path):
     """`fix` without --cut-weights: the run records surprise weights on the patch protocol (and
     scores every reply under the no-body context), entropy weights with --protocol tools (which

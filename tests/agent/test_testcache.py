@@ -78,6 +78,7 @@ def test_no_test_cache_runs_every_time(small_repo, tmp_path):
             assert not ws.run_tests(cmd, 60).cached and starts(counter) == n
 
 
+@pytest.mark.slow
 def test_a_timed_out_run_is_not_reused(small_repo, tmp_path):
     write(small_repo / "test_slow.py", "import time\n\n\ndef test_slow():\n    time.sleep(30)\n")
     git(small_repo, "add", "-A")
@@ -89,6 +90,7 @@ def test_a_timed_out_run_is_not_reused(small_repo, tmp_path):
         assert not ws.run_tests(cmd, 1.5).cached and starts(counter) == 2
 
 
+@pytest.mark.slow
 def test_fix_with_the_same_reply_tests_each_tree_once(tmp_path, store):
     """The scripted reply writes the bug again every time: with the cache the test command
     starts only for what is new; --no-test-cache starts it for every attempt."""

@@ -92,6 +92,7 @@ def test_no_tests_collected(tmp_path: Path) -> None:
     assert result.fraction_passed == 0.0
 
 
+@pytest.mark.slow
 def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     token = f"grandchild-{os.getpid()}-{time.monotonic_ns()}"  # found by command line: a PID
     proj = project(                                            # namespace renumbers the child

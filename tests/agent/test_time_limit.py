@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.helpers import SAME_REPLY, fixture_repo, git, run_cli, write
 
 BURN = "def test_burn():\n    total = 0\n    for i in range(3_000_000):\n        total += i\n"
 
 
+@pytest.mark.slow
 def test_time_limit_stops_the_run_and_records_why(tmp_path):
     repo = fixture_repo(tmp_path, "units")
     write(repo / "tests" / "test_burn.py", BURN)  # CPU in every test run (a sleep would use none)

@@ -156,6 +156,7 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.slow
 def test_a_thousand_forks_and_batched_extends_leak_neither_ids_nor_memory(lm, backend):
     state = lm.extend(lm.prefill(PROMPT), Sampling(max_new_tokens=8), gen(0))
     s = Sampling(max_new_tokens=1, temperature=0.9)  # one batched decode of 4 rows per call

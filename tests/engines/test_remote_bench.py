@@ -32,6 +32,7 @@ def replicas():
         yield a, b
 
 
+@pytest.mark.slow
 def test_bench_cells_are_spread_over_two_servers(replicas, tmp_path):
     a, b = replicas
     suite, out = tmp_path / "suite", tmp_path / "bench"

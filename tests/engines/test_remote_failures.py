@@ -43,6 +43,7 @@ def one_line(stderr: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_server_down_at_start_is_one_line_and_exit_2(tmp_path):
     url = f"llamacpp+http://127.0.0.1:{free_port()}?retries=1"
     repo = fixture_repo(tmp_path, "units")
@@ -62,6 +63,7 @@ def test_unknown_model_name(server):
     assert "unknown model 'no-such-model'; the server has: " in line and "smollm2" in line
 
 
+@pytest.mark.slow
 def test_http_error_mid_run_is_one_line_and_exit_1():
     with LocalServer("smollm2-135m", parallel=1, ctx=64) as small:  # 256 tokens (its minimum)
         engine = connect(small.url)
@@ -130,6 +132,7 @@ class FlakyProxy:
         self.httpd.shutdown()
 
 
+@pytest.mark.slow
 def test_transient_errors_are_retried_with_backoff(server):
     proxy = FlakyProxy(f"http://127.0.0.1:{server.port}", fail=0)
     try:
@@ -146,6 +149,7 @@ def test_transient_errors_are_retried_with_backoff(server):
         proxy.close()
 
 
+@pytest.mark.slow
 def test_api_key_from_the_environment_never_recorded(tmp_path):
     with LocalServer("smollm2-135m", parallel=1, api_key_env="SERVER_KEY",
                      env={"SERVER_KEY": SECRET}) as locked:
@@ -167,6 +171,7 @@ def test_api_key_from_the_environment_never_recorded(tmp_path):
         assert SECRET not in r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_server_dies_mid_run_stops_cleanly_with_the_trace_intact(tmp_path):
     repo, home = fixture_repo(tmp_path, "units"), tmp_path / "home"
     with LocalServer("smollm2-135m", parallel=1, api_key_env="SERVER_KEY",

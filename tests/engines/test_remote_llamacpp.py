@@ -115,6 +115,7 @@ def test_per_token_logp_matches_the_in_process_engine(engine, local):
     assert "".join(t.text for t in out.tokens) == engine.decode(ids)  # pieces join to the text
 
 
+@pytest.mark.slow
 def test_bounds_contain_the_exact_values(server, engine):
     """Same prefix, same seed: top-20 answers against the whole vocabulary (exact mode)."""
     exact = connect(server.url + "?exact=1")
@@ -188,6 +189,7 @@ def test_sample_marks_approximate_mh_decisions(server):
     assert all(t["entropy_bounds"] for t in out["tokens"])
 
 
+@pytest.mark.slow
 def test_fix_a_fixture_through_the_server(server, tmp_path):
     repo = fixture_repo(tmp_path, "units")
     home = tmp_path / "home"

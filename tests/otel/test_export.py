@@ -250,6 +250,7 @@ def assert_one_warning(stderr: str) -> None:
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 @pytest.mark.parametrize("collector", ["refused", "silent"])
+@pytest.mark.slow
 def test_collector_down_export_ends_in_bounded_time_with_one_warning(stored, protocol, collector):
     home, sample = stored
     env = {"OTEL_EXPORTER_OTLP_PROTOCOL": protocol, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "8"}
@@ -270,6 +271,7 @@ def test_collector_down_export_ends_in_bounded_time_with_one_warning(stored, pro
 
 
 @pytest.mark.parametrize("status", [400, 503])
+@pytest.mark.slow
 def test_collector_refusing_with_an_error_status_gives_one_warning(stored, status):
     home, sample = stored
     with HttpReceiver(status=status) as collector:

@@ -244,6 +244,7 @@ def test_the_excluding_kernel_leaves_p_alpha_invariant(toy, target, move, cut_we
 
 
 # -- 2) chains that run the code `fix` runs -------------------------------------------------------
+@pytest.mark.slow
 def test_suffix_chains_with_exclusion_stay_at_p_alpha(toy, target):
     emp = stationary(toy, target, ToyChain(toy, config()))
     assert tv(emp, target) < BOUND
@@ -269,6 +270,7 @@ SCRIPT = ["def f(a, b):\n    return a ", {"choice": {"<": 0.6, "<=": 0.3, "==": 
           {"choice": {"\n": 0.7, " + 0\n": 0.3}}]
 
 
+@pytest.mark.slow
 def test_cuts_never_land_on_a_certain_token_and_the_chain_stays_at_p_alpha():
     """The scripted model writes its text with certainty (q = 1) and hesitates at two choices:
     the chain cuts only at the two choices (the three certain positions, EOS included, are not

@@ -101,16 +101,19 @@ def test_toy_target_is_not_trivial(toy, target):
     assert tv(low, target) > 0.3
 
 
+@pytest.mark.slow
 def test_ec_mh_matches_p_alpha(toy, target):
     emp = empirical(toy, config("ec-mh", cut=CutRule(kind="entropy-jump", beta=4, eps=0.1)))
     assert tv(emp, target) < BOUND
 
 
+@pytest.mark.slow
 def test_ec_mh_softmax_cut_matches_p_alpha(toy, target):
     emp = empirical(toy, config("ec-mh", cut=CutRule(kind="softmax", tau=0.5, eps=0.1)))
     assert tv(emp, target) < BOUND
 
 
+@pytest.mark.slow
 def test_ec_mh_without_cut_correction_samples_p_alpha_times_z(toy, target):
     """With eps = 0, c(t|x) = w_t / Z(x): the uncorrected chain's stationary law is p^alpha * Z."""
     rule = CutRule(kind="entropy-jump", beta=4, eps=0.0)
@@ -121,11 +124,13 @@ def test_ec_mh_without_cut_correction_samples_p_alpha_times_z(toy, target):
     assert tv(emp, target) > 2 * BOUND
 
 
+@pytest.mark.slow
 def test_uniform_mh_matches_p_alpha(toy, target):
     emp = empirical(toy, config("uniform-mh", steps=50))
     assert tv(emp, target) < BOUND
 
 
+@pytest.mark.slow
 def test_uniform_mh_needs_the_length_correction_when_lengths_vary(toy, target):
     """c(t|x) = 1/L(x): dropping log L(x) - log L(x') samples p^alpha * L(x) instead."""
     by_length = tilted(toy, lambda x, h: len(x))
@@ -134,11 +139,13 @@ def test_uniform_mh_needs_the_length_correction_when_lengths_vary(toy, target):
     assert tv(emp, target) > 0.2
 
 
+@pytest.mark.slow
 def test_egps_multiple_try_matches_p_alpha(toy, target):
     emp = empirical(toy, config("egps", tries=4, steps=8), chains=1000)
     assert tv(emp, target) < BOUND
 
 
+@pytest.mark.slow
 def test_verifier_tilt_matches_tilted_target(toy):
     """pi ~ p^alpha * exp(lam * r(x)) with r = 1 when the text contains 'c'."""
     lam = 1.5
@@ -203,11 +210,13 @@ def stationary(toy, law: dict, config: SamplerConfig, verifier=None, chains=STAT
 
 
 @pytest.mark.parametrize("span", [DECISION_SPANS, STATEMENT_SPANS], ids=["decision", "statement"])
+@pytest.mark.slow
 def test_local_move_keeps_p_alpha(toy, target, span):
     emp = stationary(toy, target, config("ec-mh", move="local", span=span))
     assert tv(emp, target) < BOUND
 
 
+@pytest.mark.slow
 def test_local_move_keeps_the_verifier_tilted_target(toy):
     lam = 1.5
     lm, _ = toy
@@ -219,11 +228,13 @@ def test_local_move_keeps_the_verifier_tilted_target(toy):
     assert tv(stationary(toy, want, cfg, verifier=r), want) < BOUND
 
 
+@pytest.mark.slow
 def test_mixed_local_suffix_and_restart_moves_keep_p_alpha(toy, target):
     cfg = config("ec-mh", move="mixed", local_share=0.5, restart_share=0.2, span=DECISION_SPANS)
     assert tv(stationary(toy, target, cfg), target) < BOUND
 
 
+@pytest.mark.slow
 def test_opening_suffix_moves_keep_p_alpha(toy, target):
     """A cut before the first "c" (the toy's first line) regenerates the whole suffix, later cuts
     are local: the kernel is chosen from (t, x_<t), shared by both directions, so pi stays.
@@ -260,6 +271,7 @@ class WrongLocal(PowerSampler):
     ("stale-tail", MOVES, 2 * BOUND),  # measured 0.14
     ("tail-as-proposal", 30, 0.06),  # measured 0.068; the exact kernel stays at 0.03 (600 chains)
 ])
+@pytest.mark.slow
 def test_local_move_without_its_accounting_leaves_p_alpha(toy, target, accounting, moves, gap):
     """Keeping the tail's old scores, or counting the kept tail as proposed (the suffix-move
     formula), is not a correct kernel: started on p^alpha, the chains drift off it."""

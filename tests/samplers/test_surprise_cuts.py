@@ -153,6 +153,7 @@ def test_the_cut_reads_the_surprises_not_the_entropies(toy):
 
 @pytest.mark.parametrize("mv,kind,moves", [("suffix", "entropy-jump", 5), ("suffix", "softmax", 5),
                                            ("local", "entropy-jump", 10)])
+@pytest.mark.slow
 def test_surprise_cuts_keep_p_alpha(toy, target, mv, kind, moves):
     """A kernel is exact for pi iff it leaves pi invariant: chains started from exact draws of
     p^alpha stay on it after several moves (suffix or local moves; s^beta or softmax(s / tau)
@@ -161,6 +162,7 @@ def test_surprise_cuts_keep_p_alpha(toy, target, mv, kind, moves):
     assert tv(chains(toy, cfg, target, 1000, moves, seed0=10_000), target) < BOUND
 
 
+@pytest.mark.slow
 def test_surprise_cuts_without_the_correction_leave_p_alpha(toy, target):
     """Dropping log c(t | x') - log c(t | x) is not a correct kernel: started on p^alpha, the
     chains drift off it (the same draws, only the decision differs)."""
@@ -174,6 +176,7 @@ def test_surprise_cuts_without_the_correction_leave_p_alpha(toy, target):
 # -- the cut token drawn from the no-body context (RetryConfig.cut_token = "nobody") -----------
 @pytest.mark.parametrize("mv,weights", [("suffix", "surprise"), ("suffix", "entropy"),
                                         ("local", "surprise")])
+@pytest.mark.slow
 def test_the_no_body_cut_token_keeps_p_alpha(toy, target, mv, weights):
     """y_t ~ q_B(. | B, x_<t), the rest from q: with position t's proposal terms read from B for
     both directions, chains started on p^alpha stay on it."""
