@@ -113,6 +113,7 @@ def test_continuation_keeps_the_prefix(kv_states):
     assert model.stats["forks" if kv_states else "rescored"] == 12
 
 
+@pytest.mark.slow
 def test_a_real_transformers_model_reports_the_entropies_it_scores():
     lm = tiny_llama(vocab=64, seed=0)
     model = ChatDecisionRetry(engine=lm, max_tokens=12, temperature=1.0)

@@ -37,6 +37,7 @@ def test_the_docs_have_the_examples():
 
 
 @pytest.mark.parametrize("index", range(2))
+@pytest.mark.slow
 def test_each_python_block_prints_what_the_docs_say(index, tmp_path):
     code, expected = blocks()[index]
     script = tmp_path / "example.py"

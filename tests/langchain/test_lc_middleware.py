@@ -58,6 +58,7 @@ def a_seed_that_rewinds_a_stray_write(repo, tmp_path) -> int:
     pytest.fail("no seed in 0..39 rewinds a stray write")
 
 
+@pytest.mark.slow
 def test_create_agent_rewinds_a_real_repository(tmp_path):
     repo = make_repo(tmp_path / "units", UNITS)
     seed = a_seed_that_rewinds_a_stray_write(repo, tmp_path)
