@@ -5,8 +5,8 @@ ones decoding recorded, one token per `llama_decode`, so both must be the same n
 chunk sizes give them depends on the model's tensor types, the library build, the CPU's
 instruction set and the thread count (memory.py, "Exactness"), so the engine measures it:
 
-1) a probe context over the loaded model (the engine's own context parameters, 256 cells),
-   a fixed text's first PREFIX ids prefilled in one decode, as a prompt is;
+1) a probe context over the loaded model (the engine's batch size, threads and unified KV
+   cache; 256 cells, 3 sequences), a fixed text's first PREFIX ids prefilled in one decode;
 2) the reference: the next 2 x max(candidates) ids decoded one per `llama_decode`;
 3) each candidate from the largest: the same ids in chunks of that size from the same prefix
    (a fork of it), each chunk's logits compared with the reference's by `torch.equal`; the
