@@ -28,9 +28,10 @@ from decision_retry.trace.decisions import SpikeRule
 from decision_retry.trace.models import Cut
 
 # `fix`'s run (choices.DEFAULT_RUN) as far as the nodes and the middleware run it: its `auto`
-# moves and cut weights resolve to suffix moves and entropy weights here (no kept tail to rescore,
-# no no-body context to score under), and no token is banned
-DEFAULT_RETRY = RetryConfig(**DEFAULT_RUN).resolved(patch=False, teacher_forcing=False)
+# moves and cut weights are what `resolved` makes them here, suffix moves and entropy weights (no
+# kept tail to rescore, no no-body context to score under); the levers `resolved` turns on for
+# `fix` (exclusion, delayed acceptance) stay unset, which reads as off, until the nodes run them
+DEFAULT_RETRY = RetryConfig(**{**DEFAULT_RUN, "move": "suffix", "cut_weights": "entropy"})
 DEFAULT_SPIKE = SpikeRule(threshold=SPIKE_THRESHOLD)  # as `fix`: a decision point
 UNSUPPORTED = {
     "egps": "each of its K tries would need its own graph run",
