@@ -145,7 +145,6 @@ def propose(
     *,
     cap: int,
     budget: int | None = None,
-    rescore: bool = True,
     first=None,
     exclude: int | None = None,
     defer: bool = False,
@@ -153,8 +152,7 @@ def propose(
     """Draw z after x_<t by the span rule, keep x's tail rescored; check y is in the support.
 
     `cap`: the length cap of a finished sequence; `budget`: decode tokens this draw may spend
-    (running out is a rejection); `rescore=False` keeps the tail's old scores (only to show the
-    bias it causes); `first(state)`, when given, draws the span's first token instead of q (the
+    (running out is a rejection); `first(state)`, when given, draws the span's first token instead of q (the
     no-body cut token, surprise.draw_first: the rule reads it like any drawn token).
     `exclude`: an id the span's first token may not be (x_t for an excluding move: mh.py
     `exclusion_term`, `log_weight(exclusion=True)`); with `first`, pass it to `first` instead.
@@ -212,10 +210,7 @@ def propose(
             return LocalProposal(None, reason=why, **out)
 
         def scored() -> DecodeState:
-            y = lm.score(cur, tail, q)
-            if not rescore:
-                y = replace(y, tokens=cur.tokens + tuple(tokens[s:]))
-            return replace(y, finish=x.finish)
+            return replace(lm.score(cur, tail, q), finish=x.finish)
 
         if defer:
             held = replace(cur, tokens=cur.tokens + tuple(tokens[s:]), finish=x.finish)
@@ -241,16 +236,14 @@ def _junction(tokens: Sequence[Token], t: int, k: int, q: Sampling, eos, cap: in
 
 def log_weight(
     x: Sequence[Token], y: Sequence[Token], t: int, s: int, m: int, alpha: float,
-    *, tail_as_proposal: bool = False, exclusion: bool = False,
+    *, exclusion: bool = False,
 ) -> tuple[float, float]:
-    """(target part, proposal part) of log A; `tail_as_proposal` counts the kept tail in the
-    proposal terms as a suffix move would (wrong here: only to show the bias it causes);
-    `exclusion`: z's first token was drawn with x_t banned (adds mh.exclusion_term)."""
+    """(target part, proposal part) of log A: the kept tail enters the target only (counting
+    it in the proposal terms, as a suffix move would, biases the chain:
+    tests/samplers/test_samplers_exact.py shows it); `exclusion`: z's first token was drawn
+    with x_t banned (adds mh.exclusion_term)."""
     target = alpha * (sum(k.logp for k in y[t:]) - sum(k.logp for k in x[t:]))
-    if tail_as_proposal:
-        proposal = sum(k.logq for k in x[t:]) - sum(k.logq for k in y[t:])
-    else:
-        proposal = sum(k.logq for k in x[t:s]) - sum(k.logq for k in y[t: t + m])
+    proposal = sum(k.logq for k in x[t:s]) - sum(k.logq for k in y[t: t + m])
     if exclusion:
         term = mh.exclusion_term(x, y, t)
         proposal = -math.inf if -math.inf in (proposal, term) else proposal + term
@@ -265,7 +258,6 @@ def step_record(
     correction: float,
     verifier_delta: float,
     u: float,
-    tail_as_proposal: bool = False,
     exclusion: bool = False,
 ) -> StepRecord:
     """The MH decision for a local proposal; out of the support means log A = -inf.
@@ -276,8 +268,7 @@ def step_record(
             cut_position=t, cut_entropy=x[t].entropy, proposal_length=p.m,
             log_accept=-math.inf, log_target=0.0, log_proposal=0.0, log_cut_correction=0.0,
             log_verifier=0.0, accepted=False, decode_tokens=p.decode_tokens)
-    target, proposal = log_weight(x, p.y.tokens, t, p.s, p.m, alpha,
-                                  tail_as_proposal=tail_as_proposal, exclusion=exclusion)
+    target, proposal = log_weight(x, p.y.tokens, t, p.s, p.m, alpha, exclusion=exclusion)
     log_a = target + proposal + correction + verifier_delta
     return StepRecord(
         cut_position=t, cut_entropy=x[t].entropy, proposal_length=p.m, log_accept=log_a,

@@ -13,6 +13,7 @@ chains have not converged yet — a mixing question, not a correctness one).
 from __future__ import annotations
 
 import collections
+import math
 from dataclasses import replace
 
 import pytest
@@ -258,12 +259,20 @@ class WrongLocal(PowerSampler):
 
     def _move(self, x, r, cap, tried, g):
         t = self.kernel.next_cut(Trajectory([x.tokens], r), g).index  # always local: no opening
-        p = local.propose(self.lm, x, t, self.cfg.span, self._q(cap), g, cap=cap,
-                          rescore=self.accounting != "stale-tail")
+        p = local.propose(self.lm, x, t, self.cfg.span, self._q(cap), g, cap=cap, defer=True)
+        if p.y is not None:  # rescored; "stale-tail": with the tail's scores from x
+            y = p.rescored()
+            p = replace(p, y=replace(y, tokens=p.y.tokens) if self.accounting == "stale-tail"
+                        else y, rescore=None)
         corr = 0.0 if p.y is None else mh.log_cut_correction(x.tokens, p.y.tokens, t, self.cfg.cut)
+        u = sampling.uniform(g)
         rec = local.step_record(x.tokens, p, alpha=self.cfg.alpha, correction=corr,
-                                verifier_delta=0.0, u=sampling.uniform(g),
-                                tail_as_proposal=self.accounting == "tail-as-proposal")
+                                verifier_delta=0.0, u=u)
+        if p.y is not None and self.accounting == "tail-as-proposal":  # the suffix formula
+            xs, ys = x.tokens[t:], p.y.tokens[t:]
+            log_a = (self.cfg.alpha * (sum(k.logp for k in ys) - sum(k.logp for k in xs))
+                     + sum(k.logq for k in xs) - sum(k.logq for k in ys) + corr)
+            rec = rec.model_copy(update={"accepted": u == 0 or math.log(u) < log_a})
         return (p.y if p.y is not None and rec.accepted else x), r, rec, tried
 
 
