@@ -30,6 +30,7 @@ def runs(home: Path) -> list[dict]:
     return json.loads(out.stdout)
 
 
+# up to ten `fix` runs through the CLI: the tests that read them are marked slow
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     """(home, the 13-attempt run's id, a fixed run's id with at least one rewind)."""
@@ -50,6 +51,7 @@ def recorded(tmp_path_factory):
     raise AssertionError("no seed in 0-7 gave a fix after a rewind")
 
 
+@pytest.mark.slow
 def test_logs_show_fits_a_screen_and_says_where_each_attempt_cut(recorded):
     home, never, _ = recorded
     out = run_cli("logs", "show", never, home=home)
@@ -90,6 +92,7 @@ def report_dom(recorded, tmp_path_factory):
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
+@pytest.mark.slow
 def test_report_shows_the_signal_the_run_cut_by(report_dom):
     dom = report_dom["never"]
     assert dom.select("body")[0].attrs["data-signal"] == "surprise"
@@ -104,6 +107,7 @@ def test_report_shows_the_signal_the_run_cut_by(report_dom):
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
+@pytest.mark.slow
 def test_report_collapses_identical_attempts(report_dom):
     dom = report_dom["never"]
     nodes = dom.select("li", "branch-node", inside="branch-tree")
@@ -124,6 +128,7 @@ def test_report_collapses_identical_attempts(report_dom):
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
+@pytest.mark.slow
 def test_turn_headers_and_tool_lines_are_words_not_json(report_dom):
     for dom in report_dom.values():
         heads = [e.text for e in dom.select("div", "turn-head")]
@@ -136,6 +141,7 @@ def test_turn_headers_and_tool_lines_are_words_not_json(report_dom):
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
+@pytest.mark.slow
 def test_report_marks_the_change_that_fixed_the_bug(report_dom):
     dom = report_dom["fixed"]
     [fix] = dom.select("li", "fix", inside="branch-tree")
@@ -184,6 +190,7 @@ TOGGLE = """<script>
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed")
+@pytest.mark.slow
 def test_the_toggle_switches_the_heat_map_and_plot_to_entropy(recorded, tmp_path):
     home, never, _ = recorded
     page = tmp_path / "r.html"
