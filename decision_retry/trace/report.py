@@ -257,8 +257,10 @@ def _mh_html(tree: RunTree, signal: str) -> str:
                     if st.proposal_branch_id else "none")
         logs = [st.log_target, st.log_proposal, st.log_cut_correction, st.log_verifier]
         log_a = "-inf" if st.log_accept <= -1e300 else f"{st.log_accept:.2f}"
+        if st.stage == 1:  # a delayed decision: no cut correction computed
+            logs[2], log_a = None, f"{log_a} (stage 1)"
         cells = [st.index, proposal, where, token, "" if value is None else f"{value:.2f}",
-                 f"{st.cut_entropy:.2f}", *(f"{x:.2f}" for x in logs), log_a,
+                 f"{st.cut_entropy:.2f}", *("-" if x is None else f"{x:.2f}" for x in logs), log_a,
                  st.decode_tokens, verdict]
         rows.append((f'class="mh-step {verdict}"', cells))
     head = ["step", "proposal", "cut at", "token", signal, "H", "target", "proposal",

@@ -215,6 +215,8 @@ def _decision(step: MHStep | None) -> str:
     if step.log_accept <= -1e300:  # a local draw outside the support: -inf stored as -max
         return f"{verdict} (outside the support)"
     text = f"{verdict}, log A {step.log_accept:.2f}"
+    if step.stage == 1:  # a delayed decision that stopped before the cut correction
+        text = f"{verdict} at stage 1, log A {step.log_accept:.2f} before the cut correction"
     if step.approximate:  # a remote engine's top-k: log A is an interval
         lo, hi = step.log_accept_lo, step.log_accept_hi
         text += (" (approximate)" if lo is None or hi is None
