@@ -1,4 +1,5 @@
-"""`fix --resume RUN`: continue an interrupted run from its trace store.
+"""`fix --resume RUN`: continue an interrupted run (or one whose engine was lost) from its trace
+store.
 
 The store holds everything a run depends on: its config (strategy, budget, seed, test command,
 sandbox), its repository and every node recorded before it stopped. Resuming replays the run
@@ -24,13 +25,15 @@ from pydantic import ValidationError
 from decision_retry.agent import leftovers
 from decision_retry.agent import sandbox as sandboxes
 from decision_retry.agent.localise.replay import recorded
-from decision_retry.agent.runner import FixConfig, FixResult, drive
+from decision_retry.agent.runner import ENGINE_LOST, FixConfig, FixResult, drive
 from decision_retry.agent.userrepo import repo_root
 from decision_retry.errors import BadInput
 from decision_retry.trace.recorder import Recorder
 from decision_retry.trace.store import TraceStore
 
-RESUMABLE = (None, "interrupted")  # unfinished (killed) or interrupted (Ctrl-C, SIGTERM, SIGHUP)
+# unfinished (killed), interrupted (Ctrl-C, SIGTERM, SIGHUP) or engine-lost (its server stopped
+# answering): each stopped before its end, with every node recorded so far in the store
+RESUMABLE = (None, "interrupted", ENGINE_LOST)
 
 
 def resume(run_ref: str, *, store: TraceStore, lm=None, listeners=(), on_event=None,

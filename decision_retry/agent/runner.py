@@ -27,13 +27,15 @@ from decision_retry.agent.testrun import TestResult
 from decision_retry.agent.userrepo import UserRepo
 from decision_retry.agent.workspace import Workspace, repo_root
 from decision_retry.choices import BUDGET_TOKENS, SPIKE_THRESHOLD
-from decision_retry.errors import BadInput
+from decision_retry.errors import BadInput, EngineLost
 from decision_retry.otel.attributes import engine_provider
 from decision_retry.samplers.chain import RetryConfig, describe
 from decision_retry.samplers.mh import StepRecord
 from decision_retry.trace.decisions import SpikeRule
 from decision_retry.trace.recorder import Recorder
 from decision_retry.trace.store import TraceStore
+
+ENGINE_LOST = "engine-lost"  # the outcome of a run whose engine stopped answering (EngineLost)
 
 
 class FixConfig(BaseModel):
@@ -309,6 +311,9 @@ def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandb
         raise
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP turned into it by the CLI
         recorder.finish_run("interrupted", costs=meter.summary())
+        raise
+    except EngineLost:  # the server died or hung past its retries: resumable once it is back
+        recorder.finish_run(ENGINE_LOST, costs=meter.summary())
         raise
     finally:
         ws.finish(False)  # removes the clone (a no-op once finished)

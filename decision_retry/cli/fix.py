@@ -180,8 +180,8 @@ class StrategyType(click.Choice):
 @click.option("--pass-env", multiple=True, metavar="NAME",
               help="Let this environment variable through to the tests (repeatable).")
 @click.option("--resume", "resume_ref", default=None, metavar="RUN",
-              help="Continue an interrupted run (id, prefix or `latest`) with its own config "
-              "and seed; takes no PATH.")
+              help="Continue an interrupted or engine-lost run (id, prefix or `latest`) with "
+              "its own config and seed; takes no PATH.")
 @threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @home_option
@@ -199,7 +199,8 @@ def fix(path, model, strategy, cut_weights, options, budget_tokens, max_attempts
     --resume RUN continues it.
 
     \b
-    Exit codes: 0 fixed, 1 ran but not fixed, 2 bad input, 130 interrupted.
+    Exit codes: 0 fixed, 1 ran but not fixed or engine lost (resumable), 2 bad input,
+    130 interrupted.
     Example:
       decision-retry fix fixtures/units --budget-tokens 800 --seed 1
     """
@@ -212,7 +213,7 @@ def fix(path, model, strategy, cut_weights, options, budget_tokens, max_attempts
     from decision_retry.agent.runner import fix as run_fix
     from decision_retry.agent.workspace import repo_root
     from decision_retry.cli.logs import open_store
-    from decision_retry.errors import BadInput
+    from decision_retry.errors import BadInput, EngineLost
     from decision_retry.loading import load_lm
 
     if "help" in options:
@@ -264,6 +265,11 @@ def fix(path, model, strategy, cut_weights, options, budget_tokens, max_attempts
         console.print(f"interrupted{why}: {run} is marked interrupted; continue it with "
                       f"`decision-retry fix --resume {run}`")
         raise SystemExit(130) from None
+    except EngineLost as lost:  # the run ended as engine-lost, its trace kept: one line, exit 1
+        run = started.id[:12] if started.id else "RUN"
+        click.echo(f"error: {lost}; resume with `decision-retry fix --resume {run}` once it is "
+                   "back", err=True)
+        raise SystemExit(lost.exit_code) from None
     finally:
         if listener is not None:
             listener.shutdown()  # bounded; a collector that is down costs one warning line

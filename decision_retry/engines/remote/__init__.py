@@ -15,6 +15,9 @@ vocabulary: exact entropy and log A, much larger answers), `vocab=N` (vLLM: the 
 when the server cannot tell), `api_key_env=NAME` (the variable holding the API key, default
 `DECISION_RETRY_API_KEY`; the key itself never goes into the URL).
 
+A server that stops answering mid-run past its retries raises `EngineLost`: `fix` ends the run
+as `engine-lost` and `fix --resume RUN` continues it once the server is back.
+
 Modules: `http` (timeouts, retries, the key), `llamacpp_server` and `vllm` (the two APIs),
 `bounds` (entropy and log Z from the top-k), `engine` (the contract), `serve` (a llama.cpp
 server from the xllamacpp wheel).
@@ -27,12 +30,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from decision_retry.engines.remote.engine import DEFAULT_TOP, RemoteEngine, RemoteStats
 from decision_retry.engines.remote.http import API_KEY_ENV, Http, RemoteError
-from decision_retry.errors import ModelLoadError
+from decision_retry.errors import EngineLost, ModelLoadError
 
 KINDS = {"llamacpp": "llama.cpp server", "vllm": "vLLM server"}
 OPTIONS = ("timeout", "retries", "top", "exact", "vocab", "api_key_env")
 
-__all__ = ["RemoteEngine", "RemoteError", "RemoteStats", "Target", "connect", "is_remote", "parse"]
+__all__ = ["EngineLost", "RemoteEngine", "RemoteError", "RemoteStats", "Target", "connect",
+           "is_remote", "parse"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,10 @@ def connect(spec: str) -> RemoteEngine:
         dialect = VllmServer(http, target.model, vocab=target.vocab)
     try:
         info = http.call(dialect.info)
+    except EngineLost as err:  # never answered: a bad --model before any work, not a lost run
+        http.close()
+        raise ModelLoadError(f"cannot use {label} {target.base}: {err.reason} ({err.tries} "
+                             f"{'try' if err.tries == 1 else 'tries'})") from None
     except RemoteError as err:
         http.close()
         raise ModelLoadError(f"cannot use {label} {target.base}: {str(err).split(': ', 1)[-1]}") from None

@@ -4,6 +4,8 @@
   seconds per try).
 * Transient failures (connection refused or reset, a read timeout, HTTP 429/502/503/504) are
   retried `retries` times with exponential backoff; any other HTTP error is final at once.
+  When the tries run out the server is lost: `EngineLost` (decision_retry.errors) names it, the
+  tries and the last failure, and `fix` ends the run as `engine-lost`, resumable.
 * The API key comes from an environment variable and goes only into the Authorization header:
   it is never part of a message, a repr, the trace or a span.
 """
@@ -19,7 +21,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from decision_retry.errors import DecisionRetryError
+from decision_retry.errors import DecisionRetryError, EngineLost
 
 API_KEY_ENV = "DECISION_RETRY_API_KEY"
 TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
@@ -109,7 +111,8 @@ class Http:
 
     # -- retries ---------------------------------------------------------------------------
     def call(self, fn: Callable[[], T], *, retries: int | None = None) -> T:
-        """fn() with retries on transient failures; fn restarts from scratch each try."""
+        """fn() with retries on transient failures; fn restarts from scratch each try. EngineLost
+        once the tries run out."""
         tries = 1 + (self.retries if retries is None else retries)
         for attempt in range(tries):
             try:
@@ -117,7 +120,7 @@ class Http:
                     return fn()
             except _Transient as err:
                 if attempt == tries - 1:
-                    raise RemoteError(f"{self._where()}: {err.reason} ({tries} tries)") from None
+                    raise EngineLost(self._where(), tries, err.reason) from None
                 time.sleep(self.backoff * 2**attempt)
         raise AssertionError("unreachable")
 
