@@ -223,6 +223,7 @@ def cli(*args: str, env_vars: dict) -> subprocess.CompletedProcess:
                           env=os.environ | env_vars, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_install_list_verify_and_errors(env):
     ev = {catalogue.CACHE_ENV: str(env["cache"]), catalogue.CATALOGUE_ENV: str(env["catalogue"])}
     r = cli("models", "path", "tiny", env_vars=ev)
@@ -262,6 +263,7 @@ def test_cli_install_list_verify_and_errors(env):
     assert r.returncode == 2 and r.stderr.startswith("error: bad catalogue file")
 
 
+@pytest.mark.slow
 def test_cli_load_of_a_missing_model_is_one_line(env):
     """At load time (`sample --model`), as in `models path`: one line, exit 2."""
     ev = {catalogue.CACHE_ENV: str(env["cache"])}

@@ -9,6 +9,8 @@ import os
 import subprocess
 import time
 
+import pytest
+
 from decision_retry.agent.runner import FixConfig, fix
 from decision_retry.retry import RetryConfig
 from decision_retry.testing import scripted_lm
@@ -36,6 +38,7 @@ def config(**kw) -> FixConfig:
                      max_attempts=2, sandbox="none", **kw)
 
 
+@pytest.mark.slow
 def test_uncommitted_lines_elsewhere_in_the_file_stay_off_the_branch(tmp_path, store):
     calc = "def add(a, b):\n    return a - b\n" + "".join(f"\n\ndef f{i}():\n    return {i}\n"
                                                           for i in range(4))
@@ -53,6 +56,7 @@ def test_uncommitted_lines_elsewhere_in_the_file_stay_off_the_branch(tmp_path, s
     assert repo_state(repo) == before
 
 
+@pytest.mark.slow
 def test_a_fix_that_overlaps_uncommitted_lines_gets_no_branch(tmp_path):
     repo = make_repo(tmp_path / "repo", CALC)
     write(repo / "calc.py", 'API_KEY = "sk-live-not-for-git"\ndef add(a, b):\n    return a - b\n')
@@ -128,6 +132,7 @@ def test_the_patch_protocol_never_rewrites_the_failing_tests_file(tmp_path, stor
 
 # -- item 8: the low items -----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_suspect_file_linked_outside_is_not_a_crash(tmp_path):
     outside = tmp_path / "outside"
     write(outside / "calc.py", "def add(a, b):\n    return a - b\n")
@@ -170,6 +175,7 @@ def test_a_repository_path_with_a_newline(tmp_path, store):
     assert result.fixed and "return a + b" in git(repo, "show", f"{result.branch}:calc.py")
 
 
+@pytest.mark.slow
 def test_seed_out_of_range_and_option_errors_are_one_line(tmp_path):
     repo = make_repo(tmp_path / "repo", CALC)
     before = repo_state(repo)
@@ -187,12 +193,14 @@ def test_seed_out_of_range_and_option_errors_are_one_line(tmp_path):
     assert "Usage:" in bare.stdout + bare.stderr and "fix" in bare.stdout + bare.stderr
 
 
+@pytest.mark.slow
 def test_the_largest_seed_runs(tmp_path, store):
     repo = make_repo(tmp_path / "repo", CALC)
     result = fix(repo, config(seed=2**63 - 1), lm=scripted_lm(FIXED_ADD), store=store)
     assert result.fixed and store.load(result.run_id).run.seed == 2**63 - 1
 
 
+@pytest.mark.slow
 def test_an_unborn_repository_is_refused_before_the_model(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -45,6 +45,7 @@ def repo(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("flag", ["-o alpha", "-o cut.eps", "--test-timeout",
                                   "-o verifier_weight", "--proposal-temperature"])
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.slow
 def test_non_finite_numbers_are_bad_input(tmp_path, repo, flag, value):
     before = repo_state(repo)
     option = ["-o", f"{flag[3:]}={value}"] if flag.startswith("-o ") else [flag, value]
@@ -124,6 +125,7 @@ def test_one_corrupt_row_hides_that_row_not_the_store(tmp_path):
         assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr)
 
 
+@pytest.mark.slow
 def test_a_corrupt_run_row_hides_that_run(tmp_path):
     home = tmp_path / "home"
     run_id, other_id, _ = _store_with_a_run(home)
@@ -189,6 +191,7 @@ def script(tmp_path: Path) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_a_latin1_source_file(tmp_path, script):
     repo = tmp_path / "latin1"
     repo.mkdir()
@@ -203,6 +206,7 @@ def test_a_latin1_source_file(tmp_path, script):
     assert repo_state(repo) == before
 
 
+@pytest.mark.slow
 def test_a_failure_traced_to_a_file_outside_the_repository(tmp_path, script):
     outside = tmp_path / "outside"
     write(outside / "helper.py", "def helper(x):\n    raise ValueError('outside')\n")

@@ -18,6 +18,9 @@ from decision_retry.trace.models import Branch, Run, Turn
 from decision_retry.trace.store import TraceStore
 from tests.helpers import git, repo_state, write
 
+# thousands of generated inputs: minutes on a 2-core machine (`make check` leaves them out)
+pytestmark = pytest.mark.slow
+
 SOURCE = "def add(a, b):\n    return a - b\n\n\nclass C:\n    def m(self):\n        return 1\n"
 FAST = settings(max_examples=400, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
