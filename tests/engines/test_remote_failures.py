@@ -1,16 +1,15 @@
 """Failure modes of the remote engine, each against a real llama.cpp server on 127.0.0.1 that the
 test stops, kills, pauses (SIGSTOP: hung), starves of context, locks with an API key, or puts
-behind a loopback proxy that answers 503 a few times first."""
+behind a loopback proxy that answers 503 a few times first. A server killed mid-run, and the
+run resumed: test_engine_lost.py."""
 
 from __future__ import annotations
 
 import http.server
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import pytest
@@ -18,7 +17,7 @@ import torch
 
 from decision_retry.engines.remote import RemoteError, connect
 from decision_retry.engines.remote.serve import LocalServer, free_port
-from decision_retry.errors import ModelLoadError
+from decision_retry.errors import EngineLost, ModelLoadError
 from decision_retry.tokens import Sampling
 from tests.helpers import fixture_repo
 
@@ -81,7 +80,7 @@ def test_a_hung_server_costs_at_most_the_timeout_per_try(server):
     s = Sampling(temperature=1.0, max_new_tokens=4)
     server.pause()
     try:
-        with pytest.raises(RemoteError, match=r"no answer within 1s \(2 tries\)"):
+        with pytest.raises(EngineLost, match=r"after 2 tries: no answer within 1s$"):
             engine.extend(state, s, torch.Generator().manual_seed(0))
     finally:
         server.resume()
@@ -143,7 +142,7 @@ def test_transient_errors_are_retried_with_backoff(server):
         out = engine.extend(state, s, torch.Generator().manual_seed(0))
         assert len(out.tokens) == 4 and proxy.seen == ["/completion"] * 3  # two 503s, then served
         proxy.fail = 3
-        with pytest.raises(RemoteError, match=r"HTTP 503: Loading model \(3 tries\)"):
+        with pytest.raises(EngineLost, match=r"after 3 tries: HTTP 503: Loading model$"):
             engine.extend(state, s, torch.Generator().manual_seed(0))
     finally:
         proxy.close()
@@ -169,48 +168,3 @@ def test_api_key_from_the_environment_never_recorded(tmp_path):
                 env={"DECISION_RETRY_API_KEY": SECRET})
         assert r.returncode == 0, r.stderr
         assert SECRET not in r.stdout + r.stderr
-
-
-@pytest.mark.slow
-def test_server_dies_mid_run_stops_cleanly_with_the_trace_intact(tmp_path):
-    repo, home = fixture_repo(tmp_path, "units"), tmp_path / "home"
-    with LocalServer("smollm2-135m", parallel=1, api_key_env="SERVER_KEY",
-                     env={"SERVER_KEY": SECRET}) as doomed:
-        proc = subprocess.Popen(
-            [*CLI, "fix", str(repo), "--model", doomed.url + "?retries=1", "--seed", "0",
-             "--proposal-temperature", "0.7", "--budget-tokens", "2000", "--max-attempts", "10",
-             "--test-timeout", "600",
-             "--home", str(home)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "DECISION_RETRY_API_KEY": SECRET})
-        db = home / "traces.db"
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and proc.poll() is None:  # until one turn is stored
-            if db.exists():
-                with sqlite3.connect(db) as con:
-                    try:
-                        if con.execute("SELECT count(*) FROM turns").fetchone()[0] >= 1:
-                            break
-                    except sqlite3.OperationalError:
-                        pass
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()
-        doomed.kill()
-        out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 1, err
-    line = _last_error(err)
-    assert line.startswith("error: llama.cpp server at http://127.0.0.1:")
-    # the trace: readable, the run unfinished, its first turn kept
-    r = run(["logs", "show", "latest", "--home", str(home)])
-    assert r.returncode == 0 and "llamacpp:SmolLM2" in r.stdout and "unfinished" in r.stdout
-    with sqlite3.connect(db) as con:
-        assert con.execute("SELECT count(*) FROM turns").fetchone()[0] >= 1
-    assert SECRET.encode() not in b"".join(p.read_bytes() for p in home.glob("traces.db*"))
-    assert SECRET not in out + err
-
-
-def _last_error(stderr: str) -> str:
-    """The `error:` line (the live progress line may precede it on stderr)."""
-    lines = [ln for ln in stderr.replace("\r", "\n").splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in stderr, stderr
-    return lines[0]
