@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import re
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from decision_retry.choices import DEF_HEADER, DEFAULT_RUN, FLAG_KEYS
-from decision_retry.cli.fix import REMOVED
+from decision_retry.cli.bench import bench
+from decision_retry.cli.fix import REMOVED, fix
 from decision_retry.cli.main import main
 from decision_retry.cli.options import option_keys, retry_config
 from decision_retry.errors import BadInput
 from decision_retry.retry import RetryConfig
-from tests.helpers import fixture_repo, repo_state, run_cli
+from tests.helpers import ROOT, fixture_repo, repo_state, run_cli
 
 HELP_LINES = 110  # `fix --help` at 80 columns: 155 lines with 31 options before -o
 
@@ -117,3 +119,11 @@ def test_the_real_command_refuses_before_touching_anything(tmp_path):
     proc = run_cli("fix", repo, "--alpha", "2", home=tmp_path / "home")
     assert proc.returncode == 2 and proc.stderr.startswith("error: --alpha is now -o alpha=VALUE")
     assert repo_state(repo) == before and not (tmp_path / "home").exists()
+
+
+@pytest.mark.parametrize("command", [fix, bench], ids=["fix", "bench"])
+def test_every_flag_is_in_the_docs(command: click.Command):
+    doc = (ROOT / "docs" / "cli.md").read_text()
+    flags = [o for p in command.params for o in (*p.opts, *p.secondary_opts) if o.startswith("-")]
+    missing = [f for f in flags if not re.search(rf"`{re.escape(f)}[ `=/]", doc)]
+    assert flags and not missing
