@@ -234,6 +234,7 @@ def test_local_moves_are_refused_by_the_nodes(move):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_fallback_prefill_matches_the_kv_fork_on_a_real_transformers_model():
     """Both ways to the prefix (KV fork, re-prefill) give the same next-token distribution."""
     from decision_retry.langgraph import model_node
@@ -262,6 +263,7 @@ def _last(state):
     return torch.tensor([state.ids[-1]])
 
 
+@pytest.mark.slow
 def test_docs_example_runs_as_written(tmp_path):
     text = (ROOT / "docs" / "langgraph.md").read_text()
     block = re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
@@ -276,6 +278,7 @@ def test_docs_example_runs_as_written(tmp_path):
     assert "return age >= 18" in proc.stdout
 
 
+@pytest.mark.slow
 def test_import_langgraph_is_the_real_library():
     import langgraph.graph
 
