@@ -60,8 +60,9 @@ def upgrade(data: Mapping) -> dict:
             data["cut_weights"] = "uniform"
         else:
             cut = data.get("cut") or {}
-            cut = cut.model_dump() if hasattr(cut, "model_dump") else dict(cut)
-            data["cut"] = {**cut, "kind": "uniform"}
+            cut = cut.model_dump() if hasattr(cut, "model_dump") else cut
+            if isinstance(cut, Mapping):  # else not a cut rule: the model says so
+                data["cut"] = {**cut, "kind": "uniform"}
     return data
 
 
