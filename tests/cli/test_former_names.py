@@ -80,6 +80,7 @@ def record_former_run(tmp_path, name: str, script_name: str) -> tuple[str, int]:
 
 
 @pytest.mark.parametrize("name", sorted(FORMER))
+@pytest.mark.slow
 def test_a_run_under_a_former_name_loads_and_resumes(tmp_path, script_file, name):
     home = tmp_path / "home"
     run_id, turns = record_former_run(tmp_path, name, f"scripted:{script_file.name}")
