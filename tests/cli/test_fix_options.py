@@ -110,6 +110,7 @@ def test_former_strategy_names_are_read(tmp_path):
         retry_config(DEFAULT_RUN, ["resume=1"])
 
 
+@pytest.mark.slow
 def test_the_real_command_refuses_before_touching_anything(tmp_path):
     repo = fixture_repo(tmp_path, "units")
     before = repo_state(repo)
