@@ -173,12 +173,12 @@ class FixAgent:
         tools = hasattr(self.protocol, "observation_message")
         scores = getattr(self.lm, "teacher_forcing", False)  # engines older than the attribute: no
         if self.rc.move != "suffix" and tools:  # (runner.fix has made `auto` concrete)
-            raise BadInput(f"--move {self.rc.move} needs --protocol patch (one turn per attempt)")
+            raise BadInput(f"-o move={self.rc.move} needs --protocol patch (one turn per attempt)")
         if self.rc.move != "suffix" and not scores:
-            raise BadInput(f"--move {self.rc.move} needs an engine that can score the kept "
-                           f"tail (teacher forcing); {self.lm.name} cannot: use --move suffix")
+            raise BadInput(f"-o move={self.rc.move} needs an engine that can score the kept "
+                           f"tail (teacher forcing); {self.lm.name} cannot: use -o move=suffix")
         what = (f"--cut-weights {self.rc.cut_weights}" if self.rc.surprise
-                else "--cut-token nobody")
+                else "-o cut_token=nobody")
         if self.rc.scored and tools:
             raise BadInput(f"{what} needs --protocol patch (the no-body context shows the "
                            "suspect functions without their bodies)")

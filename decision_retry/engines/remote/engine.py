@@ -105,7 +105,7 @@ class RemoteEngine:
         """Teacher forcing: a server that only samples cannot do it (exit 2, one line)."""
         raise BadInput(
             f"the {self.dialect.kind} engine cannot score a given text (teacher forcing), "
-            "which local moves need: use --move suffix with a remote --model"
+            "which local moves need: use -o move=suffix with a remote --model"
         )
 
     # -- decoding --------------------------------------------------------------------------
