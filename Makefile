@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml setup.py Makefile
 
 # The demo: a copy of fixtures/$(DEMO_FIXTURE) (the leap-year rule keeps century years) as a git
 # repository, fixed by the default model on llama.cpp. Measured (README): with seed 1 the first
-# attempt fails and rewinds (local moves and surprise cuts: the defaults --move auto
+# attempt fails and rewinds (local moves and surprise cuts: the defaults -o move=auto
 # --cut-weights auto) fix it.
 DEMO_FIXTURE := calendar_utils
 DEMO_FLAGS   := --proposal-temperature 0.7 --budget-tokens 600 --seed 1
