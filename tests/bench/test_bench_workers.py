@@ -89,6 +89,7 @@ def test_slow():
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc (Linux)")
+@pytest.mark.slow
 def test_bench_finishes_when_a_worker_is_killed_mid_cell(tmp_path):
     """`bench --workers 2`: b_slow's worker is SIGKILLed while its test runs; the bench still
     ends, stores b_slow as a crash that names the signal, keeps the other cells, and the test

@@ -69,6 +69,7 @@ def tiny(root: Path) -> Path:
     return root
 
 
+# builds the suite (seconds): the tests that read it are marked slow
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """One build of the tiny project (the expensive part), shared by the tests below."""
@@ -78,6 +79,7 @@ def built(tmp_path_factory):
     return tmp_path, src, before, build_from(TINY, src, tmp_path / "suite", per_project=2)
 
 
+@pytest.mark.slow
 def test_every_case_fails_its_own_suite_and_the_original_passes(built) -> None:
     tmp_path, src, before, cases = built
     assert len(cases) == 2
@@ -98,6 +100,7 @@ def test_every_case_fails_its_own_suite_and_the_original_passes(built) -> None:
         assert run_tests(meta["test_cmd"], case, 60).ok, name
 
 
+@pytest.mark.slow
 def test_the_mutant_plan_is_deterministic(built) -> None:
     _, src, _, cases = built
     data, why = coverage_run(src, None, pytest_options(TINY.test_cmd), timeout=120)
@@ -135,6 +138,7 @@ def test_one_pinned_sdist_builds_from_pypi(tmp_path: Path) -> None:
     assert real_repos(tmp_path, per_project=1, projects=(small,)) == cases  # cached
 
 
+@pytest.mark.slow
 def test_a_relative_source_and_suite_path_build_the_same_cases(built, monkeypatch) -> None:
     tmp_path, src, _, cases = built
     monkeypatch.chdir(tmp_path)  # `bench --out bench-out/x` hands the builder relative paths

@@ -44,6 +44,7 @@ def fails(path: Path, module: Path, src: str) -> bool:
 
 
 @pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.slow
 def test_every_mutation_of_a_k_case_is_needed_under_real_pytest(tmp_path, problems, k):
     cases = humaneval_bugs(suite_dir(tmp_path, k), problems=problems, workers=2, mutations=k)
     assert cases and all(c.path.parent == tmp_path / "suites" / f"humaneval-bugs-k{k}" for c in cases)
@@ -75,6 +76,7 @@ def test_every_mutation_of_a_k_case_is_needed_under_real_pytest(tmp_path, proble
     assert (suite_dir(tmp_path, k) / "index.json").read_text() == index
 
 
+@pytest.mark.slow
 def test_two_builds_write_identical_sources(tmp_path, problems):
     built = []
     for run in ("a", "b"):
@@ -85,6 +87,7 @@ def test_two_builds_write_identical_sources(tmp_path, problems):
     assert built[0] == built[1]
 
 
+@pytest.mark.slow
 def test_k1_keeps_its_directory_names_and_fixture_format(tmp_path, problems):
     cases = humaneval_bugs(suite_dir(tmp_path, 1), problems=problems[1:], workers=1)
     assert suite_dir(tmp_path, 1) == tmp_path / "suites" / "humaneval-bugs"
@@ -132,6 +135,7 @@ ENV = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     (["humaneval-bugs", "--mutations", "0"], "--mutations must be 1..5, got 0"),
     (["humaneval-bugs", "--mutations", "6"], "--mutations must be 1..5, got 6"),
 ])
+@pytest.mark.slow
 def test_bad_mutations_are_one_line_exit_2(tmp_path, args, needle):
     proc = subprocess.run([sys.executable, "-m", "decision_retry.cli", "bench", *args, "--out",
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
@@ -142,6 +146,7 @@ def test_bad_mutations_are_one_line_exit_2(tmp_path, args, needle):
     assert not (tmp_path / "out").exists()  # refused before any work
 
 
+@pytest.mark.slow
 def test_mutations_appear_in_help_and_the_default_model_is_named():
     from decision_retry.catalogue import DEFAULT
 
