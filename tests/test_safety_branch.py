@@ -115,14 +115,12 @@ def test_code_that_rewrites_a_test_file_while_the_tests_run_is_not_a_fix(tmp_pat
 def test_the_patch_protocol_never_rewrites_the_failing_tests_file(tmp_path, store):
     repo = tmp_path / "repo"
     repo.mkdir()
-    git(repo, "init", "-q")
     # a test file by the project's own naming (not test_*.py): its helper is the spec, not a suspect
     write(repo / "pytest.ini", "[pytest]\npython_files = check_*.py\n")
     write(repo / "calc.py", "def add(a, b):\n    return a - b\n")
     write(repo / "check_calc.py", "from calc import add\n\ndef expected():\n    return 3\n\n"
           "def test_add():\n    assert add(1, 2) == expected()\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "initial")
+    make_repo(repo)
     weaken = ["def expected():\n    return -1\n", "```"]  # rewrites the spec to fit the bug
     result = fix(repo, config(), lm=scripted_lm(weaken), store=store)
     assert not result.fixed and result.branch is None
@@ -138,11 +136,9 @@ def test_a_suspect_file_linked_outside_is_not_a_crash(tmp_path):
     write(outside / "calc.py", "def add(a, b):\n    return a - b\n")
     repo = tmp_path / "repo"
     repo.mkdir()
-    git(repo, "init", "-q")
     (repo / "calc.py").symlink_to(outside / "calc.py")
     write(repo / "test_calc.py", "from calc import add\n\ndef test_add():\n    assert add(1, 2) == 3\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "initial")
+    make_repo(repo)
     script = tmp_path / "fix.json"
     script.write_text(json.dumps({"segments": FIXED_ADD}))
     home = tmp_path / "h"

@@ -34,11 +34,9 @@ def one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
 def repo(tmp_path: Path) -> Path:
     r = tmp_path / "repo"
     r.mkdir()
-    git(r, "init", "-q")
     write(r / "calc.py", "def add(a, b):\n    return a - b\n")
     write(r / "test_calc.py", "from calc import add\n\ndef test_add():\n    assert add(1, 2) == 3\n")
-    git(r, "add", "-A")
-    git(r, "commit", "-q", "-m", "initial")
+    make_repo(r)
     return r
 
 

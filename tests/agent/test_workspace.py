@@ -9,7 +9,7 @@ import pytest
 
 from decision_retry.agent.workspace import PathError, Workspace
 from decision_retry.errors import BadInput, WorkspaceError
-from tests.helpers import git, repo_state, tree_hashes, write
+from tests.helpers import git, make_repo, repo_state, tree_hashes, write
 
 
 @pytest.fixture
@@ -17,13 +17,11 @@ def user_repo(tmp_path: Path) -> Path:
     """A repository in a messy state: stash entry, staged, modified, untracked and ignored files."""
     repo = tmp_path / "user"
     repo.mkdir()
-    git(repo, "init", "-q")
     write(repo / ".gitignore", "*.log\nsecrets/\n")
     write(repo / "calc.py", "def add(a, b):\n    return a - b\n")
     write(repo / "pkg" / "util.py", "X = 1\n")
     write(repo / "README.md", "hello\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "initial")
+    make_repo(repo)
     write(repo / "README.md", "stashed change\n")
     git(repo, "stash", "push", "-q", "-m", "user stash")
     write(repo / "pkg" / "util.py", "X = 2\n")  # staged ...
@@ -144,11 +142,9 @@ def test_the_users_git_config_runs_nothing_and_changes_no_output(
         git(tmp_path, "config", "--file", str(globalrc), k, v)
     repo = tmp_path / "hostile"
     repo.mkdir()
-    git(repo, "init", "-q")
     write(repo / "calc.py", "def add(a, b):\n    return a - b\n")
     write(repo / ".gitattributes", "* filter=spy diff=spy\n")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "initial")
+    make_repo(repo)
     for k, v in hostile.items():  # the repository's own config, and the user's global one
         git(repo, "config", k, v)
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(globalrc))
@@ -252,12 +248,10 @@ def test_symlink_escape_is_rejected(tmp_path: Path) -> None:
 def clean_repo(tmp_path: Path) -> Path:
     repo = tmp_path / "clean"
     repo.mkdir()
-    git(repo, "init", "-q")
     write(repo / "calc.py", "def add(a, b):\n    return a - b\n")
     write(repo / "run.sh", "#!/bin/sh\necho hi\n")
     (repo / "run.sh").chmod(0o755)
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "initial")
+    make_repo(repo)
     return repo
 
 
