@@ -93,11 +93,17 @@ class Local:
 
     def record(self, x: Sequence[Token], y: Sequence[Token], t: int, *, alpha: float,
                correction: float, verifier_delta: float, u: float, decode_tokens: int,
-               span: tuple[int, int] | None = None, exclusion: bool = False) -> StepRecord:
+               span: tuple[int, ...] | None = None, exclusion: bool = False) -> StepRecord:
         """The MH decision for a local proposal: only the spans [t, s) and [t, t + m) enter the
-        proposal terms (`span` = (s, m), flattened)."""
-        s, m = span
+        proposal terms (`span` = (s, m), flattened). `span` = (s, m, e): the cut turn's kept
+        tail is e tokens long and the turns after it (an agent's later model calls, drawn
+        afresh from q by both directions) enter the proposal terms too: x[s + e:], y[t + m + e:]
+        (the LangGraph and LangChain integrations; docs/langgraph.md)."""
+        s, m, *kept = span
         target, prop = local.log_weight(x, y, t, s, m, alpha, exclusion=exclusion)
+        if kept and prop != -math.inf:
+            e = kept[0]
+            prop += sum(k.logq for k in x[s + e:]) - sum(k.logq for k in y[t + m + e:])
         log_a = target + prop + correction + verifier_delta
         return StepRecord(
             cut_position=t, cut_entropy=x[t].entropy, proposal_length=m, log_accept=log_a,
