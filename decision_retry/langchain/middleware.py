@@ -239,7 +239,10 @@ class DecisionRetryMiddleware(AgentMiddleware):
         config = dict(dr.get("config") or self._config())
         if "retry" in config:
             return RetryConfig.model_validate(config["retry"])
-        engine = model.engine if isinstance(model, ChatDecisionRetry) else None
+        # only a chat model that remakes a reply from a token (ours) can run the moves that
+        # read the engine; any other is cut by whole calls (rewind.accept_call)
+        ours = isinstance(model, ChatDecisionRetry) and getattr(model, "continues_replies", False)
+        engine = model.engine if ours else None
         run = chainstate.resolve(self.retry, engine=engine, second_context=self.nobody is not None)
         chainstate.refuse(run, engine=engine, second_context=self.nobody is not None,
                           model=model_name(model))
