@@ -27,11 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from decision_retry.agent.localise.code import functions, is_test_file
-from decision_retry.agent.localise.spectrum import coverage_run, pytest_options
-from decision_retry.agent.testrun import run_tests
 from decision_retry.bench.suites import KINDS, Case, _parses, mutation_sites
 from decision_retry.errors import BadInput
+from decision_retry.localise.code import functions, is_test_file
+from decision_retry.localise.spectrum import coverage_run, pytest_options
+from decision_retry.repo.testrun import run_tests
 
 BUILD_VERSION = 2  # bump when projects or mutation rules change: cached suites are rebuilt
 PER_PROJECT = 3

@@ -271,7 +271,7 @@ def _screen_main(timeout_s: int) -> None:
 
 def _verify(path: Path, module_file: str, canonical: str, mutant: str) -> tuple[bool, bool]:
     """(mutant fails, canonical passes), each by a real pytest run; the mutant is left in place."""
-    from decision_retry.agent.testrun import run_tests
+    from decision_retry.repo.testrun import run_tests
 
     (path / module_file).write_text(canonical)
     good = run_tests(_TEST_CMD, path, 30).ok

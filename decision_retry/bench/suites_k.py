@@ -93,7 +93,7 @@ def _screen_all(jobs: list[dict], workers: int) -> list:
 
 def _verify_k(path: Path, module_file: str, canonical: str, loo: list[str], mutant: str) -> dict:
     """Real pytest runs: canonical passes, each leave-one-out fails, the K-mutant fails (kept)."""
-    from decision_retry.agent.testrun import run_tests
+    from decision_retry.repo.testrun import run_tests
 
     env = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # plain asserts: the venv's plugins (langsmith,
     # hypothesis, anyio) cost ~3 s of CPU per run and change nothing here

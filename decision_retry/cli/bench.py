@@ -150,7 +150,7 @@ def bench(suite, strategies, budget_tokens, budget_seconds, seeds, limit, mutati
     """
     from decision_retry.agent.runner import signals_as_interrupt
     from decision_retry.bench.harness import BenchConfig, load_cells
-    from decision_retry.bench.report import strategy_table, write_report
+    from decision_retry.bench.results import strategy_table, write_report
 
     # 1) check every input before any work
     names, seed_list = parse_strategies(strategies), parse_seeds(seeds)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from decision_retry.agent.carry import exclude_lines
 from decision_retry.agent.runner import FixConfig, fix
-from decision_retry.agent.workspace import Workspace
 from decision_retry.errors import BadInput
+from decision_retry.repo.carry import exclude_lines
+from decision_retry.repo.workspace import Workspace
 from decision_retry.retry import RetryConfig
 from decision_retry.testing import scripted_lm
 from tests.helpers import git, make_repo, repo_state, write
@@ -183,9 +183,9 @@ def test_the_limits_leave_the_rest_out_and_say_so(tmp_path):
 
 @pytest.mark.slow
 def test_a_conftest_that_does_not_import_is_named_as_such(tmp_path):
-    from decision_retry.agent.carry import Carried
     from decision_retry.agent.runner import no_suspect_reason
-    from decision_retry.agent.testrun import run_tests
+    from decision_retry.repo.carry import Carried
+    from decision_retry.repo.testrun import run_tests
 
     repo = tmp_path / "conf"
     write(repo / "tests/conftest.py", "import pkg_generated_settings\n")

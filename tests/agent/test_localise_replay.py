@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from decision_retry.agent import sandbox as sandboxes
-from decision_retry.agent.localise.replay import replayed
-from decision_retry.agent.localise.spectrum import select_tests
-from decision_retry.agent.locate import failing_test, localise
-from decision_retry.agent.testrun import TestResult, run_tests
 from decision_retry.errors import BadInput
+from decision_retry.localise.locate import failing_test, localise
+from decision_retry.localise.replay import replayed
+from decision_retry.localise.spectrum import select_tests
+from decision_retry.repo import sandbox as sandboxes
+from decision_retry.repo.testrun import TestResult, run_tests
 from tests.helpers import NO_PLUGINS, SHOP, TEST_CMD, write_files
 
 NODES = ("tests/a/test_x.py::test_3", "tests/a/test_x.py::test_1", "tests/a/test_y.py::test_2",

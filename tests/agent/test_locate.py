@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from decision_retry.agent.localise.spectrum import ochiai, pytest_options, select_tests
-from decision_retry.agent.locate import failing_test, functions_in, localise
-from decision_retry.agent.testrun import TestResult, run_tests
+from decision_retry.localise.locate import failing_test, functions_in, localise
+from decision_retry.localise.spectrum import ochiai, pytest_options, select_tests
+from decision_retry.repo.testrun import TestResult, run_tests
 from tests.helpers import NO_PLUGINS, SHOP, TEST_CMD, write_files
 
 
@@ -91,7 +91,7 @@ def test_duplicate_test_names_show_the_failing_definition(tmp_path: Path) -> Non
 
 def test_module_level_redefinition_shows_the_last_one() -> None:
     # Python keeps the last `def`, so pytest runs it; a text search would find the first
-    from decision_retry.agent.localise.tests import called_names
+    from decision_retry.localise.failing_test import called_names
 
     src = "def test_a():\n    one()\n\n\ndef test_a():\n    two(); self.assertEqual(1, 1)\n"
     tree = __import__("ast").parse(src)
@@ -129,7 +129,7 @@ def test_qualnames_tell_methods_apart() -> None:
 
 
 def test_narrow_command_keeps_options_and_names_the_failing_node_ids() -> None:
-    from decision_retry.agent.localise.command import narrow_command
+    from decision_retry.localise.command import narrow_command
 
     r = TestResult(command=("x",), exit_code=1,
                    failing_tests=("tests/test_a.py::T::test_b[1 2]", "tests/test_c.py"))

@@ -1,4 +1,4 @@
-"""The project's own Python (agent/pyenv.py): real virtualenvs made by `python -m venv` in tmp
+"""The project's own Python (repo/pyenv.py): real virtualenvs made by `python -m venv` in tmp
 dirs (under /tmp and so under the sandbox's mask), holding packages decision-retry's environment
 lacks; `fix` end to end with the scripted model; bad environments are one line, exit 2."""
 
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from decision_retry.agent import pyenv
-from decision_retry.agent.locate import localise
 from decision_retry.agent.runner import fix
-from decision_retry.agent.sandbox import resolve
-from decision_retry.agent.testrun import run_tests
 from decision_retry.errors import BadInput
+from decision_retry.localise.locate import localise
+from decision_retry.repo import pyenv
+from decision_retry.repo.sandbox import resolve
+from decision_retry.repo.testrun import run_tests
 from decision_retry.testing import scripted_lm
 from tests.helpers import UNITS_SCRIPT, fix_config, fixture_repo, git, repo_state, run_cli
 

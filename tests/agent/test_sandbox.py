@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from decision_retry.agent import sandbox as sandboxes
-from decision_retry.agent.testrun import run_tests
-from decision_retry.agent.workspace import Workspace
 from decision_retry.errors import BadInput
+from decision_retry.repo import sandbox as sandboxes
+from decision_retry.repo.testrun import run_tests
+from decision_retry.repo.workspace import Workspace
 from tests.helpers import fix_config, fixture_repo, make_repo, repo_state, write
 
 FAST = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
@@ -435,8 +435,8 @@ def test_a_user_keeps_no_capability_either(nobody_dir: Path) -> None:
         "assert os.getuid() != 0 and os.geteuid() != 0", "pass"))
     for p in (repo, repo / "test_escape.py"):
         os.chown(p, NOBODY, NOBODY)
-    code = ("import sys; from pathlib import Path; from decision_retry.agent import sandbox; "
-            "from decision_retry.agent.testrun import run_tests; "
+    code = ("import sys; from pathlib import Path; from decision_retry.repo import sandbox; "
+            "from decision_retry.repo.testrun import run_tests; "
             f"r = run_tests({CMD!r}, Path({str(repo)!r}), 120, env={FAST!r}, "
             "sandbox=sandbox.resolve('bwrap')); print(r.passed, r.failed, r.errors); "
             "print(r.output_tail)")
@@ -477,7 +477,7 @@ LIMITS_TEST = """
 
 @needs_bwrap
 def test_memory_and_file_size_are_limited(tmp_path: Path) -> None:
-    from decision_retry.agent.limits import Limits
+    from decision_retry.repo.limits import Limits
 
     limits = Limits(memory=2**30, file_size=512 * 2**20, cpu=30, processes=4096)
     repo = attack_repo(tmp_path, LIMITS_TEST)
@@ -519,9 +519,9 @@ def test_a_fork_bomb_is_stopped_for_a_user(nobody_dir: Path) -> None:
     (repo / "test_bomb.py").write_text(textwrap.dedent(FORK_BOMB))
     for p in (repo, repo / "test_bomb.py"):
         os.chown(p, NOBODY, NOBODY)
-    code = ("from pathlib import Path; from decision_retry.agent import sandbox; "
-            "from decision_retry.agent.limits import Limits; "
-            "from decision_retry.agent.testrun import run_tests; "
+    code = ("from pathlib import Path; from decision_retry.repo import sandbox; "
+            "from decision_retry.repo.limits import Limits; "
+            "from decision_retry.repo.testrun import run_tests; "
             f"r = run_tests({CMD + ' -s'!r}, Path({str(repo)!r}), 120, env={FAST!r}, "
             "sandbox=sandbox.resolve('bwrap', limits=Limits(processes=64))); "
             "print(r.passed, r.failed); print(r.output_tail)")
@@ -533,7 +533,7 @@ def test_a_fork_bomb_is_stopped_for_a_user(nobody_dir: Path) -> None:
 @needs_bwrap
 def test_a_fork_bomb_is_stopped_for_root(tmp_path: Path) -> None:
     """As root RLIMIT_NPROC does not apply: the run's pids cgroup holds the limit instead."""
-    from decision_retry.agent.limits import Limits, pids_cgroup_root
+    from decision_retry.repo.limits import Limits, pids_cgroup_root
 
     if os.geteuid() != 0:
         pytest.skip("root only (test_a_fork_bomb_is_stopped_for_a_user covers other users)")
@@ -548,7 +548,7 @@ def test_a_fork_bomb_is_stopped_for_root(tmp_path: Path) -> None:
 
 
 def test_limits_parse_and_bad_values_are_one_line() -> None:
-    from decision_retry.agent.limits import Limits
+    from decision_retry.repo.limits import Limits
 
     lim = Limits().parse("memory=2G, processes=512,file-size=none,cpu=60")
     assert (lim.memory, lim.processes, lim.file_size, lim.cpu) == (2**31, 512, None, 60)

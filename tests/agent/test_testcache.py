@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from decision_retry.agent.runner import fix
-from decision_retry.agent.sandbox import resolve
-from decision_retry.agent.testcache import TestCache
-from decision_retry.agent.workspace import Workspace
 from decision_retry.costs import CATEGORIES, metering
+from decision_retry.repo.sandbox import resolve
+from decision_retry.repo.testcache import TestCache
+from decision_retry.repo.workspace import Workspace
 from decision_retry.testing import scripted_lm
 from tests.helpers import SAME_REPLY, fix_config, fixture_repo, git, make_repo, write
 
@@ -138,7 +138,7 @@ def test_costs_categories_sum_within_the_total(tmp_path, store):
 def test_the_cpu_of_a_sandboxed_test_run_is_counted(small_repo):
     """bubblewrap's own PID 1 would reap the tests without passing their CPU time on: the
     command runs as PID 1 (--as-pid-1), so RUSAGE_CHILDREN sees it."""
-    from decision_retry.agent.sandbox import bwrap_problem
+    from decision_retry.repo.sandbox import bwrap_problem
 
     if bwrap_problem() is not None:
         pytest.skip(f"bubblewrap cannot run here: {bwrap_problem()}")

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from decision_retry.agent.junit import nodeid, parse_junit
-from decision_retry.agent.testrun import (
+from decision_retry.errors import BadInput
+from decision_retry.repo.junit import nodeid, parse_junit
+from decision_retry.repo.testrun import (
     TestResult,
     parse_counts,
     parse_failing,
     parse_result,
     run_tests,
 )
-from decision_retry.errors import BadInput
 
 PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
 FAST = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # our venv's langsmith plugin costs ~2 s per start
@@ -480,7 +480,7 @@ def test_a_plain_command_is_judged_by_its_exit_code_and_says_so(tmp_path: Path) 
 
 
 def test_a_fifo_junit_report_is_refused_at_once(tmp_path: Path) -> None:
-    from decision_retry.agent.junit import read_report
+    from decision_retry.repo.junit import read_report
 
     fifo = tmp_path / "junit.xml"
     os.mkfifo(fifo)
@@ -490,7 +490,7 @@ def test_a_fifo_junit_report_is_refused_at_once(tmp_path: Path) -> None:
 
 
 def test_a_huge_or_linked_junit_report_is_not_read(tmp_path: Path) -> None:
-    from decision_retry.agent.junit import read_report
+    from decision_retry.repo.junit import read_report
 
     sparse = tmp_path / "sparse.xml"
     with open(sparse, "wb") as f:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from decision_retry.agent.workspace import PathError, Workspace
 from decision_retry.errors import BadInput, WorkspaceError
+from decision_retry.repo.workspace import PathError, Workspace
 from tests.helpers import git, make_repo, repo_state, tree_hashes, write
 
 

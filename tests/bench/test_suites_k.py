@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from decision_retry.agent.testrun import run_tests
 from decision_retry.bench.suites import _screen, humaneval_bugs, mutation_sites, suite_dir
 from decision_retry.bench.suites_k import MAX_SETS, apply_all, k_sets
+from decision_retry.repo.testrun import run_tests
 
 TEST_CMD = "python -m pytest -x -q"
 SOURCE = '''def f(xs, k):

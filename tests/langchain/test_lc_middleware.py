@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from langchain.agents import create_agent
 
-from decision_retry.agent.workspace import Workspace
 from decision_retry.errors import BadInput
 from decision_retry.langchain import ChatDecisionRetry, DecisionRetryMiddleware, scripted_turns_lm
 from decision_retry.otel import listener_from_config
+from decision_retry.repo.workspace import Workspace
 from decision_retry.retry import RetryConfig
 from decision_retry.trace import Recorder, TraceStore
 from tests.helpers import make_repo

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from langchain.agents import create_agent
 
-from decision_retry.agent.workspace import Workspace
 from decision_retry.langchain import ChatDecisionRetry, DecisionRetryMiddleware
+from decision_retry.repo.workspace import Workspace
 from decision_retry.trace import Recorder, TraceStore
 from tests.helpers import make_repo
 from tests.langchain.lc_agent import TEST_COMMAND, UNITS, file_tools, question

@@ -167,7 +167,7 @@ def test_cut_in_an_earlier_call_drops_the_later_ones():
 
 
 def test_workspace_files_are_restored_on_rewind(tmp_path):
-    from decision_retry.agent.workspace import Workspace
+    from decision_retry.repo.workspace import Workspace
 
     repo = make_repo(tmp_path / "repo", {"README": "user repo\n"})
     lm = scripted_lm(SCRIPT)
@@ -258,8 +258,8 @@ def _last(state):
 def test_docs_example_runs_as_written(tmp_path):
     text = (ROOT / "docs" / "langgraph.md").read_text()
     block = re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
-    example = (ROOT / "agents" / "examples" / "langgraph_user_graph.py").read_text()
-    assert block == example  # the docs and agents/examples show the same program
+    example = (ROOT / "examples" / "langgraph_user_graph.py").read_text()
+    assert block == example  # the docs and examples/ show the same program
     script = tmp_path / "example.py"
     script.write_text(block)
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,

@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from decision_retry.agent.localise.code import Suspect, functions
-from decision_retry.agent.localise.rank import Candidate
-from decision_retry.agent.localise.tests import TestSource
 from decision_retry.errors import BadInput
+from decision_retry.localise.code import Suspect, functions
+from decision_retry.localise.failing_test import TestSource
+from decision_retry.localise.rank import Candidate
 
 _PLACE = ("file", "function", "line", "score")  # the rest of a ranking entry is its evidence
 

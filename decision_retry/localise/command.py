@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from decision_retry.agent.testrun import TestResult
+from decision_retry.repo.testrun import TestResult
 
 MAX_NODE_IDS = 20
 # pytest options that take a separate value (`-k EXPR`); the rest are flags or `--opt=value`

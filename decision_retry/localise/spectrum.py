@@ -19,10 +19,10 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from decision_retry.agent.localise.code import Suspect, functions, innermost, is_test_file
-from decision_retry.agent.localise.command import VALUED, split_pytest
-from decision_retry.agent.localise.covrun import borrowed_coverage
-from decision_retry.agent.testrun import TestResult, run_tests
+from decision_retry.localise.code import Suspect, functions, innermost, is_test_file
+from decision_retry.localise.command import VALUED, split_pytest
+from decision_retry.localise.covrun import borrowed_coverage
+from decision_retry.repo.testrun import TestResult, run_tests
 
 MAX_FAILING = 10
 MAX_PASSING = 300

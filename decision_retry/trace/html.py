@@ -19,10 +19,10 @@ from typing import Any
 from decision_retry.choices import current_name
 from decision_retry.trace import summary as s
 from decision_retry.trace.compare import StrategyChange, compare_all
+from decision_retry.trace.html_assets import CSS, JS
 from decision_retry.trace.models import Branch, RunTree, Turn
 from decision_retry.trace.printable import visible
 from decision_retry.trace.readable import call_text, params_text, settings
-from decision_retry.trace.report_assets import CSS, JS
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 SURPRISE_CAP = 8.0  # nats: a very unlikely token must not wash out the rest of the heat map

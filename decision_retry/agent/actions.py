@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from decision_retry.agent import patch
 from decision_retry.agent.definitions import AgentDefinition
-from decision_retry.agent.locate import Candidate, Suspect, functions, functions_in, is_test_file
-from decision_retry.agent.testrun import TestResult
-from decision_retry.agent.workspace import Workspace
 from decision_retry.errors import BadInput, WorkspaceError
+from decision_retry.localise.locate import Candidate, Suspect, functions, functions_in, is_test_file
+from decision_retry.repo.testrun import TestResult
+from decision_retry.repo.workspace import Workspace
 from decision_retry.trace.decisions import ToolSpan
 
 

@@ -33,9 +33,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from decision_retry.agent import seccomp
-from decision_retry.agent.limits import Limits, pids_cgroup, pids_cgroup_root
 from decision_retry.errors import BadInput
+from decision_retry.repo import seccomp
+from decision_retry.repo.limits import Limits, pids_cgroup, pids_cgroup_root
 
 SANDBOXES = ("auto", "bwrap", "none")
 

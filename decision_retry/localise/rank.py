@@ -7,9 +7,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from decision_retry.agent.localise.code import Suspect, functions, innermost, is_test_file
-from decision_retry.agent.localise.spectrum import Spectrum
-from decision_retry.agent.localise.tests import TestSource
+from decision_retry.localise.code import Suspect, functions, innermost, is_test_file
+from decision_retry.localise.failing_test import TestSource
+from decision_retry.localise.spectrum import Spectrum
 
 # pytest's `path.py:12: in f` / `path.py:12: Error`, and Python's `File "path.py", line 12`
 _FRAME = re.compile(r"^([\w./\\-]+\.py):(\d+)(?::|\s|$)|File \"([^\"]+\.py)\", line (\d+)",

@@ -13,8 +13,8 @@ from pathlib import Path
 from langchain.agents import create_agent
 from langchain_core.tools import tool
 
-from decision_retry.agent.workspace import Workspace
 from decision_retry.langchain import ChatDecisionRetry, DecisionRetryMiddleware, scripted_turns_lm
+from decision_retry.repo.workspace import Workspace
 from decision_retry.trace import Recorder, TraceStore
 
 # 1) A repository with a failing test (yours would already exist).

@@ -16,8 +16,8 @@ import json
 import os
 from pathlib import Path
 
-from decision_retry.agent.sandbox import Sandbox
-from decision_retry.agent.testrun import TestResult
+from decision_retry.repo.sandbox import Sandbox
+from decision_retry.repo.testrun import TestResult
 
 
 def test_key(tree: str, ignored: list[tuple[str, bytes]], cmd: str, timeout: float,

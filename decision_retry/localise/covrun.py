@@ -1,6 +1,6 @@
 """Run selected pytest tests under coverage, one coverage context per test node id.
 
-    python -m decision_retry.agent.localise.covrun OUT.json SELECTION.json
+    python -m decision_retry.localise.covrun OUT.json SELECTION.json
     python /a/copy/of/covrun.py OUT.json SELECTION.json   (what spectrum.py runs, in the sandbox)
 
 SELECTION.json: {"root": str, "tests": [node ids] or null (all), "args": [pytest args]}.

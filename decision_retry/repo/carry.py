@@ -23,7 +23,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from decision_retry.agent.userrepo import UserRepo, UserTree
+from decision_retry.repo.userrepo import UserRepo, UserTree
 
 MAX_FILES = 32
 MAX_FILE = 256 * 1024  # bytes

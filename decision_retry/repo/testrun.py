@@ -23,11 +23,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from decision_retry.agent import verdict
-from decision_retry.agent.junit import FailedTest, JUnitReport, junit_addopts, read_report
-from decision_retry.agent.pyenv import ProjectPython
-from decision_retry.agent.sandbox import Sandbox, unshare_works
 from decision_retry.errors import BadInput
+from decision_retry.repo import verdict
+from decision_retry.repo.junit import FailedTest, JUnitReport, junit_addopts, read_report
+from decision_retry.repo.pyenv import ProjectPython
+from decision_retry.repo.sandbox import Sandbox, unshare_works
 
 TAIL_CHARS = 4000
 _PARSE_BYTES = 64_000  # the summary and short test summary sit at the end of the output
@@ -66,7 +66,7 @@ class TestResult(BaseModel):
 
     @property
     def ok(self) -> bool:
-        """Every collected test passed, with evidence (see `doubt` and agent/verdict.py)."""
+        """Every collected test passed, with evidence (see `doubt` and repo/verdict.py)."""
         return (
             self.exit_code == 0
             and not self.timed_out
@@ -133,7 +133,7 @@ def run_tests(
     with `isolate_network`, runs under `unshare` where that works (no network but loopback, own
     PID namespace), else as it is; `network_isolated` records which.
     `writable`: more directories the command may write to in the sandbox (the coverage data of
-    agent/localise). `python`: the project's interpreter (pyenv.py), what a leading `python`
+    localise/). `python`: the project's interpreter (pyenv.py), what a leading `python`
     means, with its environment activated and visible read-only in the sandbox; without it, the
     one we run in. Raises BadInput when the command (or the `-m` module of `python -m`) cannot
     be found. `TestResult.judged` then checks the tests that failed at the start.

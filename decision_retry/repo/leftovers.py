@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from decision_retry.agent.gitexec import git
 from decision_retry.errors import BadInput, WorkspaceError
+from decision_retry.repo.gitexec import git
 
 TMP_PREFIX = "decision-retry-"
 _LEGACY_AGE_S = 3600  # an old version's worktree without an owner file, untouched this long

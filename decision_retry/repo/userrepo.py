@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from decision_retry.agent.gitexec import git, git_bytes, show_toplevel, user_git_config
 from decision_retry.errors import BadInput, WorkspaceError
+from decision_retry.repo.gitexec import git, git_bytes, show_toplevel, user_git_config
 
 
 def repo_root(path: str | Path) -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from decision_retry.agent.localise.code import (  # noqa: F401 - the public names of this module
+from decision_retry.localise.code import (  # noqa: F401 - the public names of this module
     Suspect,
     functions,
     functions_in,
@@ -19,10 +19,10 @@ from decision_retry.agent.localise.code import (  # noqa: F401 - the public name
     is_test_file,
     source_files,
 )
-from decision_retry.agent.localise.rank import Candidate, rank
-from decision_retry.agent.localise.spectrum import Spectrum, run_spectrum
-from decision_retry.agent.localise.tests import TestSource, line_names, test_source
-from decision_retry.agent.testrun import TestResult
+from decision_retry.localise.failing_test import TestSource, line_names, test_source
+from decision_retry.localise.rank import Candidate, rank
+from decision_retry.localise.spectrum import Spectrum, run_spectrum
+from decision_retry.repo.testrun import TestResult
 
 
 @dataclass(frozen=True)

@@ -23,13 +23,13 @@ from pathlib import Path, PurePosixPath
 from typing import Self
 
 from decision_retry import costs
-from decision_retry.agent import sandbox as sandboxes
-from decision_retry.agent.carry import Carried, exclude_lines, ignored_sources
-from decision_retry.agent.gitexec import PATCH_FLAGS, alternates_line, commit_date, git, git_bytes
-from decision_retry.agent.leftovers import TMP_PREFIX, owner_stamp
-from decision_retry.agent.testcache import TestCache, ignored_files, test_key
-from decision_retry.agent.userrepo import UserRepo, UserTree, repo_root
 from decision_retry.errors import BadInput, WorkspaceError
+from decision_retry.repo import sandbox as sandboxes
+from decision_retry.repo.carry import Carried, exclude_lines, ignored_sources
+from decision_retry.repo.gitexec import PATCH_FLAGS, alternates_line, commit_date, git, git_bytes
+from decision_retry.repo.leftovers import TMP_PREFIX, owner_stamp
+from decision_retry.repo.testcache import TestCache, ignored_files, test_key
+from decision_retry.repo.userrepo import UserRepo, UserTree, repo_root
 
 __all__ = ["TMP_PREFIX", "PathError", "Workspace", "git", "repo_root"]
 
@@ -181,7 +181,7 @@ class Workspace:
         `branch` whose result `replay` holds (a resumed run), that recorded result; for files
         tested before in this run with the same command (`test_cache`), that result, `cached`.
         Counted as tests in the run's cost meter (costs.py)."""
-        from decision_retry.agent.testrun import TestResult, run_tests
+        from decision_retry.repo.testrun import TestResult, run_tests
 
         meter = costs.current()
         recorded = self.replay.get(branch) if branch else None
