@@ -7,6 +7,8 @@
   are cached under the output directory. With `mutations=K` > 1, K mutations each (bench/suites_k.py);
 * `real-repos`: single-token bugs in real projects from pinned PyPI sdists, tested by their own
   suites (bench/real_repos.py);
+* `real-bugs`: bugs developers made and fixed in real projects (their fix commits), each built from
+  a pinned PyPI sdist, the developer's test and the case's own `.venv` (bench/real_bugs.py);
 * any other directory: each subdirectory holding Python files is a repository.
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 
 from decision_retry.errors import BadInput
 
-SUITES = ("fixtures", "humaneval-bugs", "real-repos")
+SUITES = ("fixtures", "humaneval-bugs", "real-repos", "real-bugs")
 BUILD_VERSION = 1  # bump when the mutation or test rules change: cached suites are rebuilt
 KINDS = ("comparison-flipped", "operator-swapped", "off-by-one", "constant-changed",
          "boolean-swapped", "negation-dropped")
@@ -84,6 +86,10 @@ def load_suite(spec: str, out: Path, *, limit: int | None = None, workers: int =
         from decision_retry.bench.real_repos import real_repos
 
         cases = real_repos(Path(out) / "suites" / "real-repos", limit=limit, on_build=on_build)
+    elif spec == "real-bugs":
+        from decision_retry.bench.real_bugs import real_bugs
+
+        cases = real_bugs(Path(out) / "suites" / "real-bugs", limit=limit, on_build=on_build)
     elif Path(spec).is_dir():
         cases = directory_suite(Path(spec))
     else:
