@@ -21,7 +21,6 @@ from decision_retry.langgraph import (
     rewind_node,
     route_after_rewind,
 )
-from decision_retry.retry import RetryConfig
 from decision_retry.testing import scripted_lm
 
 
@@ -60,12 +59,12 @@ lm = scripted_lm([
     " 18\n",
 ])
 
-# 3) decision-retry: the model node, the rewind node after the verifier, and its router.
-retry = RetryConfig(strategy="entropy-cut")
+# 3) decision-retry: the model node, the rewind node after the verifier, and its router. They
+#    run `decision-retry fix`'s default (local moves, no null moves, delayed acceptance).
 builder = StateGraph(State)
-builder.add_node("model", model_node(lm, retry=retry, seed=0))
+builder.add_node("model", model_node(lm, seed=0))
 builder.add_node("run_code", run_code)
-builder.add_node("rewind", rewind_node(verifier=tests_pass, retry=retry, max_attempts=8))
+builder.add_node("rewind", rewind_node(verifier=tests_pass, max_attempts=8))
 builder.add_node("report", report)
 builder.add_edge(START, "model")
 builder.add_edge("model", "run_code")
@@ -80,7 +79,8 @@ final = invoke(graph, {"messages": [HumanMessage("Write is_adult(age).")]}, conf
 # 4) What happened: every attempt, where it was cut, and the fork in the checkpoint history.
 for a in attempts(graph, config):
     cut = a["cut"]  # where this attempt was cut from the chain (None: a fresh attempt)
-    where = f"resampled from {cut['token']!r} (entropy {cut['entropy']:.2f})" if cut else "fresh"
+    where = f"{cut['move']} move from {cut['token']!r} (entropy {cut['entropy']:.2f})" \
+        if cut else "fresh"
     print(f"attempt {a['attempt']}: {where} -> {a['status']}")
     print("   " + a["texts"][-1].strip().splitlines()[-1].strip())
 history = list(graph.get_state_history(config))
