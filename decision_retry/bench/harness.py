@@ -30,7 +30,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from decision_retry.bench.suites import Case
+from decision_retry.bench.cases import Case
 from decision_retry.bench.workers import Died, Raised, imap_unordered
 from decision_retry.choices import BENCH_STRATEGIES
 from decision_retry.errors import BadInput

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from decision_retry.agent import definitions, patch
+from decision_retry.bench.cases import Case
 from decision_retry.bench.real_repos import load_index, real_repos
-from decision_retry.bench.suites import Case
 from decision_retry.localise.locate import localise
 from decision_retry.repo.testrun import run_tests
 
