@@ -67,8 +67,8 @@ final = agent.invoke({"messages": [{"role": "user", "content": "Make the tests p
 # 5) What happened: every attempt and where it was cut, then the fix as a branch of the repo.
 dr = final["decision_retry"]
 for step in dr["steps"]:
-    print(f"attempt {step['attempt']}: resampled call {step['cut_turn']} from {step['token']!r} "
-          f"-> {'accepted' if step['accepted'] else 'rejected'}")
+    print(f"attempt {step['attempt']}: a {step['move']} move in call {step['cut_turn']} from "
+          f"{step['token']!r} -> {'accepted' if step['accepted'] else 'rejected'}")
 print("status:", dr["status"], "after", dr["attempts"], "attempts")
 print([m.type for m in final["messages"]])
 print(ws.read_file("units.py").strip().splitlines()[-1].strip())

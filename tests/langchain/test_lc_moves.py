@@ -11,8 +11,12 @@ from langchain.agents import create_agent
 
 from decision_retry.choices import DEFAULT_RUN
 from decision_retry.errors import BadInput
-from decision_retry.langchain import ChatDecisionRetry, DecisionRetryMiddleware, scripted_turns_lm
-from decision_retry.langchain.middleware import hide_tool_output
+from decision_retry.langchain import (
+    ChatDecisionRetry,
+    DecisionRetryMiddleware,
+    hide_tool_output,
+    scripted_turns_lm,
+)
 from decision_retry.langchain.rewind import tokens_of
 from decision_retry.repo.workspace import Workspace
 from decision_retry.samplers.chain import RetryConfig, cut_entropies
