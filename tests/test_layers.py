@@ -1,5 +1,5 @@
 """The package's layering, read from the source with ast: imports only go down, and no two modules
-import each other, directly or around a loop.
+import each other, directly or around a loop; and no two modules share a name.
 
 LAYERS lists the packages (a subpackage, or a top-level module) from the bottom up. A package may
 import any package of a lower layer, never one of its own layer or above: the packages of one
@@ -142,6 +142,31 @@ def test_no_import_cycles():
     assert cycles(import_graph(ROOT)) == []
 
 
+# Module names that may repeat: the CLI's modules are named after their commands (`cli/models.py`
+# is `decision-retry models`), and each in-process or remote engine package has its `engine.py`.
+# The LangGraph and LangChain pairs are still to be renamed (the integrations are being rewritten).
+SHARED_NAMES = {
+    "cli/models.py": "trace/models.py",
+    "engines/remote/engine.py": "engines/llamacpp/engine.py",
+    "langchain/rewind.py": "langgraph/rewind.py",
+    "langchain/scripted.py": "engines/scripted.py",
+}
+
+
+def collisions(root: Path) -> list[tuple[str, ...]]:
+    """The groups of modules (not `__init__`/`__main__`) that share a file name, as paths."""
+    by_name: dict[str, list[str]] = {}
+    for p in sorted(root.rglob("*.py")):
+        if p.name not in ("__init__.py", "__main__.py"):
+            by_name.setdefault(p.name, []).append(p.relative_to(root).as_posix())
+    return [tuple(paths) for paths in by_name.values() if len(paths) > 1]
+
+
+def test_no_two_modules_share_a_name():
+    allowed = {frozenset(pair) for pair in SHARED_NAMES.items()}
+    assert [c for c in collisions(ROOT) if frozenset(c) not in allowed] == []
+
+
 # -- the checks themselves, on a small package written for the test ---------------------------
 
 
@@ -183,3 +208,9 @@ def test_an_upward_import_and_a_cycle_are_reported(tmp_path):
     ]
     assert cycles(graph) == [["pkg.high", "pkg.low"]]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_a_shared_module_name_is_reported(tmp_path):
+    pkg = _write(tmp_path / "pkg", {"__init__.py": "", "a/__init__.py": "", "a/report.py": "",
+                                    "b/report.py": "", "b/__init__.py": "", "c.py": ""})
+    assert collisions(pkg) == [("a/report.py", "b/report.py")]
