@@ -48,6 +48,7 @@ from decision_retry.langchain import rewind
 from decision_retry.langchain.chat_model import NOBODY_KEY, PREFIX_KEY, ChatDecisionRetry
 from decision_retry.langchain.logprobs import DEFAULT_VOCAB, reply_tokens
 from decision_retry.langchain.trace import AgentTrace, model_name
+from decision_retry.langgraph import chainstate
 from decision_retry.langgraph.model import (
     DEFAULT_RETRY,
     DEFAULT_SPIKE,
@@ -55,7 +56,6 @@ from decision_retry.langgraph.model import (
     check_strategy,
     derived_generator,
 )
-from decision_retry.langgraph import chainstate
 from decision_retry.langgraph.state import KEY, merge, progress
 from decision_retry.samplers.chain import RetryConfig, verdict
 from decision_retry.samplers.mh import StepRecord

@@ -30,7 +30,6 @@ from decision_retry.errors import BadInput, DecisionRetryError
 from decision_retry.langgraph import chainstate
 from decision_retry.langgraph.state import (
     KEY,
-    alt_columns,
     progress,
     prompt_hash,
     tokens_of,

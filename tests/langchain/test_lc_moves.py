@@ -143,7 +143,7 @@ def test_a_local_draw_outside_the_support_ends_the_attempt_unverified(tmp_path):
 
 
 def test_surprise_cuts_with_the_read_tool_output_hidden(tmp_path):
-    out, model, _, _ = agent_run(tmp_path, retry=LOCAL, nobody=hide_tool_output("read_file"))
+    out, _, _, _ = agent_run(tmp_path, retry=LOCAL, nobody=hide_tool_output("read_file"))
     dr = out["decision_retry"]
     run = RetryConfig.model_validate(dr["config"]["retry"])
     assert (run.move, run.cut_weights) == ("local", "surprise")

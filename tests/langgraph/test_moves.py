@@ -5,6 +5,7 @@ surprise cuts, through the nodes (scripted model, real checkpointer), and every 
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pytest
 
@@ -54,7 +55,7 @@ def test_default_run_makes_local_moves_that_keep_the_tail_and_change_the_cut_tok
     assert (run_.move, run_.cut_weights, run_.excluding, run_.delayed) == (
         "local", "entropy", True, True)
     assert model.stats["local"] >= 1 and model.stats["local"] + model.stats["suffix"] == len(done) - 1
-    for before, after in zip(done, done[1:]):
+    for before, after in pairwise(done):
         cut, x = after["cut"], before["chain"]["turns"][0]
         y = after["turns"][0]
         t = cut["position"]
@@ -87,7 +88,7 @@ def test_every_decision_is_chain_decide_with_log_a_term_by_term():
                               for d in done[1:]))
     cfg = RetryConfig.model_validate(final[KEY]["config"]["retry"])
     checked_local = 0
-    for n, (before, after) in enumerate(zip(done, done[1:]), start=2):
+    for n, (before, after) in enumerate(pairwise(done), start=2):
         chain, cut, step = before["chain"], after["cut"], after["steps"][-1]
         xs, ys = [tokens_of(t) for t in chain["turns"]], [tokens_of(t) for t in after["turns"]]
         x, y = [k for t in xs for k in t], [k for t in ys for k in t]
@@ -160,7 +161,7 @@ def test_surprise_cuts_score_every_reply_under_the_second_context():
     def nobody(state: dict) -> list[dict]:  # the request as the user states it, no code shown
         return [{"role": "user", "content": "Write is_adult(age) (18 or older)."}]
 
-    final, done, model, _ = run(lm, "surprise", nobody=nobody)
+    final, done, _, _ = run(lm, "surprise", nobody=nobody)
     dr = final[KEY]
     run_ = RetryConfig.model_validate(dr["config"]["retry"])
     assert (run_.move, run_.cut_weights, run_.excluding) == ("local", "surprise", True)
