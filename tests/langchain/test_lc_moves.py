@@ -194,3 +194,44 @@ def test_a_model_that_cannot_continue_runs_the_default_as_whole_calls(tmp_path):
     run = RetryConfig.model_validate(dr["config"]["retry"])
     assert (run.move, run.cut_weights, run.excluding) == ("suffix", "entropy", False)
     assert dr["steps"] and all(s["cut_token"] == 0 and s["move"] == "suffix" for s in dr["steps"])
+
+
+def test_every_decision_is_chain_decide_on_the_recorded_values(tmp_path):
+    """The middleware's decisions are `Chain.decide`'s: each recorded step, re-decided from the
+    chain and the attempt as the verifier saw them, with the middleware's generator."""
+    from decision_retry.langgraph import chainstate
+    from decision_retry.langgraph.model import derived_generator
+    from decision_retry.samplers.chain import Chain
+
+    seen = []
+
+    def verifier(state):
+        seen.append((state["decision_retry"], verdict_of(ws)))
+        return seen[-1][1]
+
+    repo = make_repo(tmp_path / "units", UNITS)
+    for seed in range(40):
+        seen.clear()
+        with Workspace(repo, f"decide-{seed}") as ws:
+            mw = DecisionRetryMiddleware(verifier=verifier, repository=ws, seed=seed,
+                                         retry=LOCAL, max_attempts=6)
+            model = ChatDecisionRetry(engine=scripted_turns_lm(SCRIPT))
+            out = create_agent(model, file_tools(ws), middleware=[mw]).invoke(question())
+        dr = out["decision_retry"]
+        if len(dr["steps"]) >= 3 and {s["accepted"] for s in dr["steps"]} == {True, False}:
+            break
+    else:
+        pytest.fail("no seed in 0..39 makes 3 decisions, accepted and rejected")
+    config = RetryConfig.model_validate(dr["config"]["retry"])
+    assert len(seen) == dr["attempts"] and len(dr["steps"]) == dr["attempts"] - 1
+    for n, ((state, r), step) in enumerate(zip(seen[1:], dr["steps"], strict=True), start=2):
+        chain = state["chain"]
+        d = Chain(config).decide(
+            chainstate.trajectory(chain, tokens_of),
+            [chainstate.trajectory({**state, "r": r}, tokens_of, r == 1.0)],
+            chainstate.cut_point(state["cut"], config), tried=tuple(chain["tried"]),
+            generator=derived_generator(seed, "rewind", n), decode_tokens=step["decode_tokens"])
+        mine = d.step.model_dump()
+        assert mine == {k: step[k] for k in mine}
+        assert d.accepted == (n < len(seen) and seen[n][0]["chain"]["turns"] == state["turns"]
+                              or n == len(seen) and dr["status"] == "passed")
