@@ -14,6 +14,8 @@ the model can do (`resolve`):
 * surprise cuts where, besides, the user gives a second context to score every reply under
   (`nobody=`: the conversation without what the model copies from, docs/langgraph.md); entropy
   cuts elsewhere, as the graph alone does not say what the model should not have seen;
+* the no-body cut token (`cut_token="nobody"`, never a default) where surprise cuts can run: the
+  cut's new token drawn under the second context;
 * delayed acceptance always. The scoring a decision reads (the kept tail, the second context)
   is done at the model call, so the state holds all of it: the two-stage rule runs, but unlike
   `fix` it skips no scoring pass.
@@ -70,14 +72,14 @@ def refuse(retry: RetryConfig, *, engine: Any, second_context: bool, model: str)
         raise BadInput(f"RetryConfig move={retry.move!r} needs a model that can teacher-force the "
                        f"kept tail (an in-process decision-retry engine); {model} cannot: use "
                        "move='suffix'")
+    need = "a second context to score every reply under (nobody=...)" if scores else \
+        f"a model that can score a reply (teacher forcing); {model} cannot"
     if retry.surprise and not (scores and second_context):
-        need = "a second context to score every reply under (nobody=...)" if scores else \
-            f"a model that can score a reply (teacher forcing); {model} cannot"
         raise BadInput(f"RetryConfig cut_weights={retry.cut_weights!r} needs {need}: use "
                        "cut_weights='entropy'")
-    if retry.cut_token != "patch":
-        raise BadInput(f"RetryConfig cut_token={retry.cut_token!r} is not run by the integrations "
-                       "yet: use cut_token='patch'")
+    if retry.first.scored and not (scores and second_context):
+        raise BadInput(f"RetryConfig cut_token={retry.cut_token!r} needs {need}: use "
+                       "cut_token='patch'")
     if retry.excluding and not excludes:
         raise BadInput(f"RetryConfig exclude=True needs a model that can ban a token at a draw; "
                        f"{model} cannot: use exclude=False")

@@ -158,7 +158,8 @@ class ModelNode:
         if resume is not None:
             base = self._cut_turn(dr, resume, k)
             snapshot = self._restore(base)
-            out, new_tokens, kept = self._move(dr, base, resume, prompt_ids, gen, update)
+            out, new_tokens, kept, scored = self._move(state, base, resume, prompt_ids, gen,
+                                                       update)
             if out is None:
                 replay = base
         elif dr.get("rejected") and k < len((dr.get("chain") or {}).get("turns") or []):
@@ -180,7 +181,8 @@ class ModelNode:
             text, finish = replay["text"], replay["finish"]
         else:
             if self.run.scored:
-                out, scored = self._score_nobody(state, out)
+                out, positions = self._score_nobody(state, out)
+                scored += positions
             self._remember(message_id, out)
             trace_turn = self._trace(dr, update, resume, k, out, messages, snapshot)
             rec = turn_record(out, message_id=message_id, index=k, kept=kept,
@@ -194,34 +196,43 @@ class ModelNode:
         return {self.messages_key: [message], KEY: update}
 
     # -- rewinds ---------------------------------------------------------------------------
-    def _move(self, dr: dict, base: dict, resume: dict, prompt_ids: list[int], gen,
-              update: dict) -> tuple[DecodeState | None, int, int]:
+    def _move(self, state: dict, base: dict, resume: dict, prompt_ids: list[int], gen,
+              update: dict) -> tuple[DecodeState | None, int, int, int]:
         """The cut's move from the chain's call `base`: (reply or None when a local draw fell
-        outside the support, decode tokens, tokens kept before the cut)."""
-        t, move = resume["position"], resume.get("move", "suffix")
+        outside the support, decode tokens, tokens kept before the cut, positions scored)."""
+        t, move, ban = resume["position"], resume.get("move", "suffix"), resume.get("ban")
         self.stats[move] += 1
+        x = self._whole(base, t, prompt_ids)
+        first = None  # the no-body cut token: y_t drawn under the second context
+        if self.run.first.scored and move != "restart":
+            ctx = self._alt_context(state)
+            ids = [tok.id for tok in x.tokens[:t]]
+            alt_x = ctx.lm.score(ctx.state, ids, self.sampling)  # B over x_<t
+            first = self.run.first.first(lambda: ctx, alt_x, self.lm, t, self.sampling, gen,
+                                         exclude=ban)
         if move != "local":  # 1) suffix (restart: from position 0): draw from the cut to the end
-            start = self._prefix(base, t, prompt_ids)
-            cap = max(1, self.sampling.max_new_tokens - t)  # same total cap
-            ban = {} if resume.get("ban") is None else {"exclude": resume["ban"]}
-            out = self.lm.extend(start, self.sampling.model_copy(update={"max_new_tokens": cap}),
-                                 gen, **ban)
-            return out, len(out.tokens) - t, t
+            start = self.lm.fork(x, t)
+            q = self.sampling.model_copy(  # the same total cap
+                update={"max_new_tokens": max(1, self.sampling.max_new_tokens - t)})
+            if first is not None:
+                out, more = surprise.first_then_extend(self.lm, first(start), t, q, gen)
+                return out, 1 + more, t, 1  # y_t scored in the call's own context
+            out = self.lm.extend(start, q, gen, **({} if ban is None else {"exclude": ban}))
+            return out, len(out.tokens) - t, t, 0
         # 2) local: draw to the span boundary, keep the call's tail rescored (samplers/local.py)
         point = chainstate.cut_point(resume, self.run)
-        x = self._whole(base, t, prompt_ids)
-        p = point.kernel.propose(self.lm, x, t, self.sampling, gen,
+        p = point.kernel.propose(self.lm, x, t, self.sampling, gen, first=first,
                                  cap=self.sampling.max_new_tokens, exclude=point.ban)
-        update["prefilled"] = dr.get("prefilled", 0) + p.prefill_positions
+        scored = p.prefill_positions + (first is not None)
         if p.y is None:  # out of the support: no proposal, the chain's calls replay
             self.stats["out_of_support"] += 1
             step = chainstate.rejected_step(tokens_of(base), resume, m=p.m,
                                             decode_tokens=p.decode_tokens)
             update["rejected"] = {"reason": p.reason, "step": step.model_dump()}
-            return None, p.decode_tokens, t
+            return None, p.decode_tokens, t, scored
         offset = resume["index"] - t  # flattened position of the cut call's first token
         update["span"] = [offset + p.s, p.m, len(x.tokens) - p.s]
-        return p.y, p.decode_tokens, t
+        return p.y, p.decode_tokens, t, scored
 
     def _cut_turn(self, dr: dict, resume: dict, k: int) -> dict:
         chain = dr.get("chain") or {}
@@ -267,12 +278,16 @@ class ModelNode:
         ids = [*prompt_ids, *(tok.id for tok in tokens[:t])]
         return DecodeState(tuple(prompt_ids), tokens, base["finish"], self.lm.prefill(ids).cache)
 
-    def _score_nobody(self, state: dict, out: DecodeState) -> tuple[DecodeState, int]:
-        """The reply scored under the second context (surprise.annotate); positions scored."""
+    def _alt_context(self, state: dict) -> surprise.AltContext:
+        """The second context of this call (`nobody(state)`), prefilled."""
         ids = tuple(self.lm.encode(self.nobody(state)))
         if self._alt is None or self._alt[0] != ids:  # one prefill per distinct second context
             self._alt = (ids, surprise.AltContext(self.lm, self.lm.prefill(list(ids))))
-        s = surprise.annotate(self._alt[1], out, self.sampling)
+        return self._alt[1]
+
+    def _score_nobody(self, state: dict, out: DecodeState) -> tuple[DecodeState, int]:
+        """The reply scored under the second context (surprise.annotate); positions scored."""
+        s = surprise.annotate(self._alt_context(state), out, self.sampling)
         return s.y, s.positions
 
     def _remember(self, message_id: str, out: DecodeState) -> None:

@@ -46,7 +46,7 @@ def test_a_model_that_cannot_score_or_ban_runs_suffix_moves_and_entropy_cuts():
     (RetryConfig(move="local"), "move='local' needs a model that can teacher-force"),
     (RetryConfig(cut_weights="surprise"), "cut_weights='surprise' needs a model that can score"),
     (RetryConfig(exclude=True), "exclude=True needs a model that can ban a token"),
-    (RetryConfig(cut_token="nobody"), "cut_token='nobody' is not run by the integrations"),
+    (RetryConfig(cut_token="nobody"), "cut_token='nobody' needs a model that can score"),
 ])
 def test_a_lever_the_model_cannot_run_is_one_clear_line(retry, message):
     run = chainstate.resolve(retry, engine=None, second_context=False)

@@ -9,11 +9,13 @@ from itertools import pairwise
 
 import pytest
 
+from decision_retry.choices import DEFAULT_RUN
 from decision_retry.langgraph import KEY, chainstate, invoke, progress, tokens_of
 from decision_retry.langgraph.model import DEFAULT_RETRY, derived_generator
+from decision_retry.lm import Sampling
 from decision_retry.samplers import cuts
 from decision_retry.samplers.chain import Chain, RetryConfig, cut_entropies, movable
-from decision_retry.testing import scripted_lm
+from decision_retry.testing import scripted_lm, table_lm
 from tests.langgraph.lg_user_graph import OPERATOR, SCRIPT, build, question
 
 
@@ -76,29 +78,28 @@ def test_default_run_makes_local_moves_that_keep_the_tail_and_change_the_cut_tok
     assert all(s.get("stage") in (1, 2) for s in steps)  # delayed acceptance: the stage reached
 
 
-def test_every_decision_is_chain_decide_with_log_a_term_by_term():
+def check_decisions(final: dict, done: list[dict], seed: int) -> int:
     """Recompute each recorded step from the recorded tokens (independently of the chain's code
-    but for the cut probabilities): target, proposal (span, later calls, exclusion), cut
-    correction, verifier; and re-run `Chain.decide` on the same values with the node's
-    generator: the same decision."""
-    lm = scripted_lm(SCRIPT)
-    final, done, _, seed = run(
-        lm, "terms", calls=2,
-        want=lambda done: any(d["cut"]["move"] == "local" and d["cut"]["turn"] == 0
-                              for d in done[1:]))
+    but for the cut probabilities): target, proposal (span, later calls, exclusion; position t's
+    log q read under the second context with the no-body cut token), cut correction, verifier;
+    and re-run `Chain.decide` on the same values with the node's generator: the same decision.
+    Returns how many local moves were followed by a later call."""
     cfg = RetryConfig.model_validate(final[KEY]["config"]["retry"])
-    checked_local = 0
+    later = 0
     for n, (before, after) in enumerate(pairwise(done), start=2):
         chain, cut, step = before["chain"], after["cut"], after["steps"][-1]
         xs, ys = [tokens_of(t) for t in chain["turns"]], [tokens_of(t) for t in after["turns"]]
         x, y = [k for t in xs for k in t], [k for t in ys for k in t]
         i = cut["index"]
+        if cfg.cut_token == "nobody":  # y_t was drawn under the second context
+            x[i] = x[i].model_copy(update={"logq": x[i].alt_logq})
+            y[i] = y[i].model_copy(update={"logq": y[i].alt_logq})
         target = cfg.alpha * (sum(k.logp for k in y[i:]) - sum(k.logp for k in x[i:]))
         if cut["move"] == "local":
             s, m, e = after["span"]
             prop = (sum(k.logq for k in x[i:s]) + sum(k.logq for k in x[s + e:])
                     - sum(k.logq for k in y[i:i + m]) - sum(k.logq for k in y[i + m + e:]))
-            checked_local += cut["turn"] == 0 and len(xs) == 2
+            later += len(xs) > cut["turn"] + 1
         else:
             prop = sum(k.logq for k in x[i:]) - sum(k.logq for k in y[i:])
         prop += math.log1p(-math.exp(x[i].logq)) - math.log1p(-math.exp(y[i].logq))
@@ -123,7 +124,41 @@ def test_every_decision_is_chain_decide_with_log_a_term_by_term():
         assert d.step.model_dump() == {k: v for k, v in step.items()
                                        if k in d.step.model_dump()}
         assert d.accepted == (after["chain"]["turns"] == after["turns"])
-    assert checked_local >= 1  # a local move in call 0, with call 1 drawn afresh after it
+    return later
+
+
+def test_every_decision_is_chain_decide_with_log_a_term_by_term():
+    lm = scripted_lm(SCRIPT)
+    final, done, _, seed = run(
+        lm, "terms", calls=2,
+        want=lambda done: any(d["cut"]["move"] == "local" and d["cut"]["turn"] == 0
+                              for d in done[1:]))
+    assert check_decisions(final, done, seed) >= 1  # a local move in call 0, call 1 after it
+
+
+def test_the_no_body_cut_token_draws_under_the_second_context():
+    """cut_token="nobody": the cut's new token comes from the second context (with the current
+    one banned there), and log A reads its log q there for both directions. On a toy model whose
+    next-token table depends on the prompt, so the second context really differs."""
+    lm = table_lm(vocab=4, seed=35, sharpness=1.5, spread=1.0)
+
+    def nobody(state: dict) -> str:
+        return "c"
+
+    retry = RetryConfig(**{**DEFAULT_RUN, "cut_token": "nobody", "span": {"opening": None}})
+    final, done, model, seed = run(lm, "nbtoken", retry=retry, nobody=nobody,
+                                   sampling=Sampling(temperature=1.0, max_new_tokens=4),
+                                   want=lambda done: len(done) >= 4)
+    run_ = RetryConfig.model_validate(final[KEY]["config"]["retry"])
+    assert (run_.cut_token, run_.cut_weights, run_.move) == ("nobody", "surprise", "local")
+    assert final[KEY]["status"] == "exhausted"  # the toy writes no is_adult: every check fails
+    x = tokens_of(done[0]["chain"]["turns"][0])
+    assert any(k.alt_logq != pytest.approx(k.logq) for k in x)  # the two contexts disagree
+    check_decisions(final, done, seed)
+    for before, after in pairwise(done):
+        t, x, y = after["cut"]["position"], before["chain"]["turns"][0], after["turns"][0]
+        assert y["ids"][t] != x["ids"][t]
+    assert model.stats["local"] >= 1
 
 
 # A reply whose only movable token cannot be remade by a local move: with the current token
