@@ -10,12 +10,13 @@ Every reply carries, in `response_metadata`:
 
 Tool calls use the Hermes `<tool_call>` JSON format (toolcalls.py). A call may remake an earlier
 reply from token t (`decision_retry_prefix={"message_id", "position", "ids", "move", "ban",
-"span", "finish"}`, set by the middleware after a rewind): the kept tokens come from a fork of
-that reply's decode state while it is in memory (no re-prefill), else from one teacher-forced pass
-over them; `move` "suffix" draws from t to the end, "local" only to the next span boundary and
-keeps the rest of the reply, teacher-forced under the new prefix (samplers/local.py; a draw
-outside the support returns an empty reply marked `rejected`); `ban` is an id the token at t may
-not be. `decision_retry_nobody=[messages]` scores the reply under that second context too
+"span", "finish", "cut_token"}`, set by the middleware after a rewind): the kept tokens come from
+a fork of that reply's decode state while it is in memory (no re-prefill), else from one
+teacher-forced pass over them; `move` "suffix" draws from t to the end, "local" only to the next
+span boundary and keeps the rest of the reply, teacher-forced under the new prefix
+(samplers/local.py; a draw outside the support returns an empty reply marked `rejected`); `ban`
+is an id the token at t may not be; `cut_token` "nobody" draws the token at t under the second
+context. `decision_retry_nobody=[messages]` scores the reply under that second context too
 (`alt_logp`, `alt_logq`: surprise cuts). `seed=N` makes a call's draws reproducible.
 """
 
@@ -57,6 +58,11 @@ def reply_text(state: DecodeState) -> str:
 
 def new_message_id() -> str:
     return f"dr-{uuid.uuid4()}"
+
+
+def _remade(prefix: dict | None) -> bool:
+    """Is the call remade by more than a continuation (a local move, the no-body cut token)?"""
+    return bool(prefix) and (prefix.get("move") == "local" or prefix.get("cut_token") == "nobody")
 
 
 class ChatDecisionRetry(BaseChatModel):
@@ -149,23 +155,42 @@ class ChatDecisionRetry(BaseChatModel):
         whole = self.engine.score(self.engine.prefill(prompt_ids), ids, sampling)
         return DecodeState(whole.prompt_ids, whole.tokens, prefix.get("finish"), whole.cache)
 
-    def _local(self, prefix: dict, prompt_ids: list[int], sampling: Sampling,
-               gen: torch.Generator):
-        """A local move from the earlier reply (samplers/local.py), with the length cap of
-        the whole reply; its LocalProposal."""
+    def _move(self, prefix: dict, prompt_ids: list[int], sampling: Sampling, kwargs: dict,
+              gen: torch.Generator) -> tuple[DecodeState | None, dict]:
+        """The cut's move from the earlier reply when it needs more than a continuation: a local
+        move (samplers/local.py, the length cap of the whole reply) and/or the cut's token drawn
+        under the second context (`cut_token` "nobody", surprise.draw_first). (the reply, or None
+        for a local draw outside the support; what the metadata says of the move)."""
         x = self._base_state(prefix, prompt_ids, sampling)
+        t, ban = int(prefix["position"]), prefix.get("ban")
+        first = None
+        if prefix.get("cut_token") == "nobody":
+            ctx = self._alt_context(kwargs)
+            alt_x = self.engine.score(ctx.state, [tok.id for tok in x.tokens[:t]], sampling)
+            first = moves.NoBody().first(lambda: ctx, alt_x, self.engine, t, sampling, gen,
+                                         exclude=ban)
+        if prefix.get("move") != "local":  # a suffix move whose first token came from B
+            q = sampling.model_copy(update={"max_new_tokens": max(1, self.max_tokens - t)})
+            y, more = surprise.first_then_extend(self.engine, first(self.engine.fork(x, t)), t,
+                                                 q, gen)
+            return y, {"decode_tokens": 1 + more, "prefilled": 1}
         move = moves.Local(SpanRule.model_validate(prefix.get("span") or {}))
-        return move.propose(self.engine, x, int(prefix["position"]), sampling, gen,
-                            cap=self.max_tokens, exclude=prefix.get("ban"))
+        p = move.propose(self.engine, x, t, sampling, gen, cap=self.max_tokens, first=first,
+                         exclude=ban)
+        extra = {"decode_tokens": p.decode_tokens, "span": [p.s, p.m],
+                 "prefilled": p.prefill_positions + (first is not None)}
+        return p.y, extra if p.y is not None else {**extra, "rejected": p.reason}
+
+    def _alt_context(self, kwargs: dict) -> surprise.AltContext:
+        """The second context of this call (`decision_retry_nobody`, with the call's tools)."""
+        ids = self.engine.encode(toolcalls.render(kwargs[NOBODY_KEY], kwargs.get("tools") or ()))
+        return surprise.AltContext(self.engine, self.engine.prefill(ids))
 
     def _nobody(self, state: DecodeState, kwargs: dict, sampling: Sampling) -> DecodeState:
         """The reply with its scores under the second context (`decision_retry_nobody`)."""
-        second = kwargs.get(NOBODY_KEY)
-        if not second:
+        if not kwargs.get(NOBODY_KEY):
             return state
-        ids = self.engine.encode(toolcalls.render(second, kwargs.get("tools") or ()))
-        ctx = surprise.AltContext(self.engine, self.engine.prefill(ids))
-        return surprise.annotate(ctx, state, sampling).y
+        return surprise.annotate(self._alt_context(kwargs), state, sampling).y
 
     def _remember(self, message_id: str, out: DecodeState) -> None:
         if self.kv_states == 0:
@@ -215,8 +240,8 @@ class ChatDecisionRetry(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         prefix = kwargs.get(PREFIX_KEY)
-        if prefix and prefix.get("move") == "local":
-            return self._generate_local(messages, stop, kwargs)
+        if _remade(prefix):
+            return self._generate_move(messages, stop, kwargs)
         prompt_ids, start, sampling, gen = self._start(messages, stop, kwargs)
         ban = {} if not prefix or prefix.get("ban") is None else {"exclude": int(prefix["ban"])}
         out = self._nobody(self.engine.extend(start, sampling, gen, **ban), kwargs, sampling)
@@ -224,9 +249,9 @@ class ChatDecisionRetry(BaseChatModel):
         meta, usage = self._finish_call(out, prompt_ids, len(start.tokens), message_id)
         return self._result(out, meta, usage, message_id)
 
-    def _generate_local(self, messages, stop, kwargs) -> ChatResult:
-        """A local move (`decision_retry_prefix` with move "local"); an empty reply marked
-        `rejected` when the draw fell outside the support."""
+    def _generate_move(self, messages, stop, kwargs) -> ChatResult:
+        """A call remade by `_move`; an empty reply marked `rejected` when a local draw fell
+        outside the support."""
         chat = toolcalls.render(messages, kwargs.get("tools") or ())
         prompt_ids = self.engine.encode(chat)
         prefix, t = kwargs[PREFIX_KEY], int(kwargs[PREFIX_KEY]["position"])
@@ -234,18 +259,17 @@ class ChatDecisionRetry(BaseChatModel):
         seed = kwargs.get("seed")
         if seed is None:
             seed, self._calls = zlib.crc32(f"{self.seed}/{self._calls}".encode()), self._calls + 1
-        p = self._local(prefix, prompt_ids, sampling, torch.Generator().manual_seed(int(seed)))
+        y, extra = self._move(prefix, prompt_ids, sampling, kwargs,
+                              torch.Generator().manual_seed(int(seed)))
         message_id = new_message_id()
-        extra = {"decode_tokens": p.decode_tokens, "span": [p.s, p.m],
-                 "prefilled": p.prefill_positions}
-        if p.y is None:  # out of the support: no reply to run (the middleware rejects it)
+        if y is None:  # out of the support: no reply to run (the middleware rejects it)
             self.stats["calls"] += 1
             meta = {"model_name": self.name_of_model, "finish_reason": "stop",
-                    "decision_retry": {"message_id": message_id, "kept": t, "rejected": p.reason,
+                    "decision_retry": {"message_id": message_id, "kept": t,
                                        "prompt_hash": prompt_hash(prompt_ids), **extra}}
             return ChatResult(generations=[ChatGeneration(message=AIMessage(
                 content="", id=message_id, response_metadata=meta))])
-        out = self._nobody(p.y, kwargs, sampling)
+        out = self._nobody(y, kwargs, sampling)
         meta, usage = self._finish_call(out, prompt_ids, t, message_id, extra)
         return self._result(out, meta, usage, message_id)
 
@@ -265,10 +289,10 @@ class ChatDecisionRetry(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         """Token by token; text that may open a tool call is held back until it is known. A
-        local move is drawn whole and comes as one chunk."""
+        local move or a no-body cut token is drawn whole and comes as one chunk."""
         prefix = kwargs.get(PREFIX_KEY)
-        if prefix and prefix.get("move") == "local":
-            message = self._generate_local(messages, stop, kwargs).generations[0].message
+        if _remade(prefix):
+            message = self._generate_move(messages, stop, kwargs).generations[0].message
             yield ChatGenerationChunk(message=AIMessageChunk(
                 content=message.content, id=message.id, response_metadata=message.response_metadata,
                 usage_metadata=message.usage_metadata, chunk_position="last",

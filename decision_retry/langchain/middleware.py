@@ -180,7 +180,8 @@ class DecisionRetryMiddleware(AgentMiddleware):
                                         "position": resume["position"], "ids": base["ids"],
                                         "move": resume.get("move", "suffix"),
                                         "ban": resume.get("ban"), "finish": base.get("finish"),
-                                        "span": run.span.model_dump(mode="json")}
+                                        "span": run.span.model_dump(mode="json"),
+                                        "cut_token": run.cut_token}
         else:
             snapshot = self.repository.snapshot(f"before model call {k}") if self.repository else None
         if run.scored:

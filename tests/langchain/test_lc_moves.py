@@ -235,3 +235,54 @@ def test_every_decision_is_chain_decide_on_the_recorded_values(tmp_path):
         assert mine == {k: step[k] for k in mine}
         assert d.accepted == (n < len(seen) and seen[n][0]["chain"]["turns"] == state["turns"]
                               or n == len(seen) and dr["status"] == "passed")
+
+
+def test_the_no_body_cut_token_draws_the_cut_token_under_the_second_context(tmp_path):
+    """cut_token="nobody": the write call's new token at the cut is drawn under the second
+    context (here one where the scripted model prefers other files and operators), and log A
+    reads its log q there, for the current token and the proposal's alike."""
+    from langchain_core.messages import AIMessage
+
+    from decision_retry.langchain.rewind import calls_tokens
+
+    write_b = [SCRIPT[1][0], {"choice": {"units.py": 0.2, "units_fixed.py": 0.4, "units2.py": 0.4}},
+               SCRIPT[1][2], {"choice": {"+": 0.6, "-": 0.2, "*": 0.2}}, SCRIPT[1][4]]
+
+    def nobody(messages: list) -> list:  # the write call's second context: script 3 (write_b)
+        if sum(m.type == "ai" for m in messages) != 1:
+            return messages
+        return [*messages, AIMessage(""), AIMessage("")]
+
+    retry = RetryConfig(**{**DEFAULT_RUN, "cut_token": "nobody"})
+    repo = make_repo(tmp_path / "units", UNITS)
+    seen = []
+
+    def verifier(state):
+        seen.append(state["decision_retry"])
+        return verdict_of(ws)
+
+    for seed in range(40):
+        seen.clear()
+        with Workspace(repo, f"nbtoken-{seed}") as ws:
+            model = ChatDecisionRetry(engine=scripted_turns_lm([*SCRIPT, write_b]))
+            mw = DecisionRetryMiddleware(verifier=verifier, repository=ws, seed=seed,
+                                         retry=retry, nobody=nobody, max_attempts=6)
+            out = create_agent(model, file_tools(ws), middleware=[mw]).invoke(question())
+        if len(out["decision_retry"]["steps"]) >= 2:
+            break
+    dr = out["decision_retry"]
+    run = RetryConfig.model_validate(dr["config"]["retry"])
+    assert (run.cut_token, run.cut_weights) == ("nobody", "surprise")
+    write = tokens_of(dr["turns"][1])
+    assert any(k.alt_logq != pytest.approx(k.logq) for k in write)  # the contexts disagree
+    # every decision, its proposal terms by hand: position t's log q is the second context's
+    for state, step in zip(seen[1:], dr["steps"], strict=True):
+        cut = state["cut"]
+        x = [k for t in calls_tokens(state["chain"]["turns"]) for k in t]
+        y = [k for t in calls_tokens(state["turns"]) for k in t]
+        i = cut["index"]
+        assert cut["move"] == "suffix" and y[i].id != x[i].id == cut["ban"]
+        prop = (x[i].alt_logq + sum(k.logq for k in x[i + 1:])
+                - y[i].alt_logq - sum(k.logq for k in y[i + 1:])
+                + math.log1p(-math.exp(x[i].alt_logq)) - math.log1p(-math.exp(y[i].alt_logq)))
+        assert step["log_proposal"] == pytest.approx(prop, abs=1e-9)
