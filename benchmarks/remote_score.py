@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 if __package__ in (None, ""):  # run as a script: make `benchmarks` and `decision_retry` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -31,8 +33,6 @@ from benchmarks.common import REPO, markdown_table, median, write_json
 from decision_retry.engines.remote import connect
 from decision_retry.sampling import child_generators
 from decision_retry.tokens import Sampling
-
-import torch
 
 
 def main(argv: list[str] | None = None) -> dict:

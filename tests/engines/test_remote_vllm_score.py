@@ -225,3 +225,46 @@ def test_auto_resolves_to_surprise_cuts_and_local_moves_on_vllm_only(fake):
     assert (run.move, run.cut_weights) == ("suffix", "entropy")
     with pytest.raises(BadInput, match="cannot score"):
         server.score(server.prefill([1, 2]), [3], Sampling())
+
+
+def test_token_texts_where_a_character_spans_tokens():
+    """`VllmServer.texts`: pieces asked one id at a time join to the text unless a character is
+    split over tokens (SmolLM2 writes '✓' as two byte tokens); then the text grows token by
+    token, the unfinished character waiting for the token that completes it."""
+    from transformers import AutoTokenizer
+
+    from decision_retry import catalogue
+    from decision_retry.engines.remote.vllm import VllmServer
+
+    gguf = catalogue.resolve("smollm2-135m")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    asked: list[list[int]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):  # vLLM's /detokenize: the Hugging Face tokenizer's decode
+            ids = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["tokens"]
+            asked.append(ids)
+            data = json.dumps({"prompt": tokenizer.decode(ids)}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        dialect = VllmServer(Http(f"http://127.0.0.1:{server.server_address[1]}", retries=0))
+        plain = tokenizer.encode("x = 'ok' # done", add_special_tokens=False)
+        assert "".join(dialect.texts(plain)) == "x = 'ok' # done"
+        assert len(asked) == len(plain) + 1  # one piece per id, one check of the whole
+        ids = tokenizer.encode("x = '✓ é 🙂' # ok", add_special_tokens=False)
+        texts = dialect.texts(ids)
+        assert "".join(texts) == "x = '✓ é 🙂' # ok" and len(texts) == len(ids)
+        split = [i for i, t in enumerate(texts) if t == ""]
+        assert split and texts[split[0] + 1].startswith("✓")  # the first byte token waits
+    finally:
+        server.shutdown()
+        server.server_close()
