@@ -36,7 +36,7 @@ class RewindNode:
         *,
         verifier: Callable[[dict], bool | float] | None = None,
         verdict_key: str | None = None,
-        retry: RetryConfig = DEFAULT_RETRY,
+        retry: RetryConfig | None = None,
         recorder: Any = None,
         max_attempts: int = 8,
         budget_tokens: int | None = None,
@@ -48,7 +48,8 @@ class RewindNode:
             raise BadInput(f"max_attempts={max_attempts}: give 1 or more")
         if budget_tokens is not None and budget_tokens < 1:
             raise BadInput(f"budget_tokens={budget_tokens}: give 1 or more, or None for no limit")
-        check_strategy(retry)
+        if retry is not None:
+            check_strategy(retry)
         self.verifier = verifier
         self.verdict_key = verdict_key
         self.retry = retry
@@ -102,12 +103,14 @@ class RewindNode:
 
     def config_of(self, dr: dict) -> RetryConfig:
         """What runs: the model node's resolved settings, recorded in the state; the rewind
-        node's own `retry` must be the one the model node was given."""
+        node's own `retry`, if given, must be the one the model node was given."""
         config = dr.get("config") or {}
         if "retry" not in config:  # a state written without our model node
-            return chainstate.resolve(self.retry, engine=None, second_context=False)
+            return chainstate.resolve(self.retry or DEFAULT_RETRY, engine=None,
+                                      second_context=False)
         asked = config.get("asked")
-        if asked is not None and RetryConfig.model_validate(asked) != self.retry:
+        if self.retry is not None and asked is not None and \
+                RetryConfig.model_validate(asked) != self.retry:
             raise RewindError("model_node and rewind_node were given different RetryConfigs: "
                               "give both the same retry=")
         return RetryConfig.model_validate(config["retry"])
@@ -148,7 +151,7 @@ def rewind_node(
     *,
     verifier: Callable[[dict], bool | float] | None = None,
     verdict_key: str | None = None,
-    retry: RetryConfig = DEFAULT_RETRY,
+    retry: RetryConfig | None = None,
     recorder: Any = None,
     max_attempts: int = 8,
     budget_tokens: int | None = None,
@@ -157,8 +160,9 @@ def rewind_node(
     """A LangGraph node that decides what a failed attempt leads to; place it after the verifier.
 
     verifier: a callable state -> bool or fraction in [0, 1] (1 passes), or verdict_key: the
-    state key where the user's own verifier node wrote it. retry: the same RetryConfig as the
-    model node (strategy, alpha, cut rule, verifier weight). max_attempts / budget_tokens: when
+    state key where the user's own verifier node wrote it. retry: None (what the model node
+    runs, recorded in the state), or the same RetryConfig as the model node's `retry` (a
+    different one is one clear error). max_attempts / budget_tokens: when
     to give up (status "exhausted"). The node sets `state["decision_retry"]["status"]` to
     "passed", "rewind" or "exhausted"; `route_after_rewind` routes on it and `invoke` forks.
     """

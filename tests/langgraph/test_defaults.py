@@ -63,5 +63,20 @@ def test_surprise_cuts_without_a_second_context_are_refused_by_the_node():
 def test_every_entry_point_reads_it():
     from decision_retry.langchain.middleware import DecisionRetryMiddleware
 
-    for entry in (model_node, rewind_node, DecisionRetryMiddleware.__init__):
+    for entry in (model_node, DecisionRetryMiddleware.__init__):
         assert inspect.signature(entry).parameters["retry"].default is DEFAULT_RETRY
+    # the rewind node reads what the model node resolved, from the state
+    assert inspect.signature(rewind_node).parameters["retry"].default is None
+
+
+def test_the_rewind_node_refuses_a_retry_other_than_the_model_nodes():
+    from decision_retry.langgraph import RewindError
+
+    lm = scripted_lm(["a", {"choice": {"b": 0.5, "c": 0.5}}])
+    out = model_node(lm)({"messages": [{"role": "user", "content": "x"}]})
+    state = {"messages": [], **out}
+    rewind_node(verifier=lambda s: 0.0)(state)  # None: the model node's
+    rewind_node(verifier=lambda s: 0.0, retry=DEFAULT_RETRY)(state)  # the same
+    with pytest.raises(RewindError, match="given different RetryConfigs") as err:
+        rewind_node(verifier=lambda s: 0.0, retry=RetryConfig(alpha=2.0))(state)
+    assert "\n" not in str(err.value)
