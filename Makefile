@@ -20,7 +20,7 @@ install: $(STAMP)
 	@$(VENV)/bin/decision-retry models install --quiet smollm2-135m $(MODEL)
 
 # torch pinned: 2.13.0 is the local CPU wheel; another version may pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml setup.py Makefile
+$(STAMP): pyproject.toml Makefile
 	@for pkg in $(DEBS); do \
 	  if ! dpkg -s $$pkg >/dev/null 2>&1; then \
 	    echo "installing Debian package $$pkg"; \

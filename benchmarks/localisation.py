@@ -46,10 +46,10 @@ import torch
 
 from benchmarks.common import load, markdown_table, write_json
 from decision_retry.agent import definitions, nobody, patch
-from decision_retry.agent.locate import failing_test, functions
-from decision_retry.agent.testrun import run_tests
 from decision_retry.bench.suites import load_suite
 from decision_retry.lm import Sampling
+from decision_retry.localise.locate import failing_test, functions
+from decision_retry.repo.testrun import run_tests
 from decision_retry.samplers import codeweights, cuts
 from decision_retry.samplers.cuts import CutRule
 

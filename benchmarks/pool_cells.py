@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from decision_retry.bench.harness import CONFIG_FILE, load_cells
-from decision_retry.bench.report import (
+from decision_retry.bench.results import (
     first_attempts,
     first_solved,
     paired,

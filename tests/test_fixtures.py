@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from decision_retry.agent.testrun import run_tests
+from decision_retry.repo.testrun import run_tests
 from tests.helpers import FIXTURES, NO_PLUGINS, fixture_repo
 
 NAMES = sorted(p.parent.name for p in FIXTURES.glob("*/FIXTURE.json"))

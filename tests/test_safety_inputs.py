@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from decision_retry.agent import definitions
-from decision_retry.agent.protocols import Task, ToolsProtocol
-from decision_retry.agent.testrun import TestResult
-from decision_retry.agent.workspace import Workspace
+from decision_retry.agent.actions import Task, ToolsProtocol
+from decision_retry.repo.testrun import TestResult
+from decision_retry.repo.workspace import Workspace
 from decision_retry.trace.models import Branch, Run, Turn
 from decision_retry.trace.store import TraceStore
 from tests.helpers import git, make_repo, repo_state, run_cli, write

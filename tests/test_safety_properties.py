@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from decision_retry.agent import definitions, patch
-from decision_retry.agent.locate import functions_in
-from decision_retry.agent.protocols import Task, ToolsProtocol
-from decision_retry.agent.testrun import TestResult
-from decision_retry.agent.workspace import PathError, Workspace
+from decision_retry.agent.actions import Task, ToolsProtocol
+from decision_retry.localise.locate import functions_in
+from decision_retry.repo.testrun import TestResult
+from decision_retry.repo.workspace import PathError, Workspace
 from decision_retry.trace.models import Branch, Run, Turn
 from decision_retry.trace.store import TraceStore
 from tests.helpers import git, repo_state, write

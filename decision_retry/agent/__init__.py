@@ -1,1 +1,1 @@
-"""The agent: workspace, test runner and the loop that drives the model."""
+"""The `fix` agent loop: the graph, the runner, the patch and tools protocols, the second context."""

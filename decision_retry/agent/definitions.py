@@ -1,9 +1,11 @@
-"""Agent definitions (prompts, action format, limits) loaded from the `agents/` data files."""
+"""Agent definitions (prompts, action format, limits) loaded from the package data in
+`decision_retry/prompts/`."""
 
 from __future__ import annotations
 
 import tomllib
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -31,16 +33,14 @@ class AgentDefinition(BaseModel):
         return self.format.get("stop_regex")
 
 
-def agents_dir() -> Path:
-    """A wheel carries agents/ as decision_retry/agents_data/ (setup.py copies it); a checkout
-    or an editable install reads the top-level agents/ in place."""
-    packaged = Path(__file__).resolve().parents[1] / "agents_data"
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "agents"
+def prompts_dir() -> Traversable:
+    """The package data directory `decision_retry/prompts/` (in a checkout, a wheel or a zip)."""
+    return resources.files("decision_retry.prompts")
 
 
 def load(name: str) -> AgentDefinition:
-    """The definition `agents/<name>.toml`."""
-    path = agents_dir() / f"{name}.toml"
+    """The definition `decision_retry/prompts/<name>.toml`."""
+    path = prompts_dir() / f"{name}.toml"
     if not path.is_file():
-        raise BadInput(f"unknown agent protocol {name!r} (no {path})")
+        raise BadInput(f"unknown agent protocol {name!r} (no {name}.toml in decision_retry/prompts)")
     return AgentDefinition.model_validate(tomllib.loads(path.read_text()))

@@ -32,10 +32,10 @@ from langgraph.graph import END, START, StateGraph
 
 from decision_retry import sampling
 from decision_retry.agent import nobody
-from decision_retry.agent.testrun import TestResult
 from decision_retry.costs import out_of_time  # COST: fix --time-limit
 from decision_retry.errors import BadInput
 from decision_retry.lm import DecodeState, Sampling
+from decision_retry.repo.testrun import TestResult
 from decision_retry.samplers import local, surprise
 from decision_retry.samplers.chain import (
     CUT_STRATEGIES,

@@ -15,8 +15,8 @@ from dataclasses import replace
 
 from decision_retry.agent import patch
 from decision_retry.agent.definitions import AgentDefinition
-from decision_retry.agent.locate import Suspect
-from decision_retry.agent.testrun import TestResult
+from decision_retry.localise.locate import Suspect
+from decision_retry.repo.testrun import TestResult
 
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef)
 

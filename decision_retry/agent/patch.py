@@ -11,8 +11,8 @@ import re
 import textwrap
 
 from decision_retry.agent.definitions import AgentDefinition
-from decision_retry.agent.locate import Suspect
-from decision_retry.agent.testrun import TestResult
+from decision_retry.localise.locate import Suspect
+from decision_retry.repo.testrun import TestResult
 
 
 def error_lines(result: TestResult, limit: int) -> str:

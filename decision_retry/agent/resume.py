@@ -22,12 +22,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from decision_retry.agent import leftovers
-from decision_retry.agent import sandbox as sandboxes
-from decision_retry.agent.localise.replay import recorded
 from decision_retry.agent.runner import ENGINE_LOST, FixConfig, FixResult, drive
-from decision_retry.agent.userrepo import repo_root
 from decision_retry.errors import BadInput
+from decision_retry.localise.replay import recorded
+from decision_retry.repo import leftovers
+from decision_retry.repo import sandbox as sandboxes
+from decision_retry.repo.userrepo import repo_root
 from decision_retry.trace.recorder import Recorder
 from decision_retry.trace.store import TraceStore
 

@@ -14,21 +14,22 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from decision_retry import costs
-from decision_retry.agent import definitions, leftovers, pyenv
-from decision_retry.agent import sandbox as sandboxes
-from decision_retry.agent.carry import Carried
+from decision_retry.agent import definitions
+from decision_retry.agent.actions import PatchProtocol, Task, ToolsProtocol
 from decision_retry.agent.graph import Attempt, FixAgent, build_graph
-from decision_retry.agent.localise.command import narrow_command
-from decision_retry.agent.localise.replay import replayed
-from decision_retry.agent.locate import failing_test, localise, source_files
-from decision_retry.agent.protocols import PatchProtocol, Task, ToolsProtocol
-from decision_retry.agent.testcache import TestCache
-from decision_retry.agent.testrun import TestResult
-from decision_retry.agent.userrepo import UserRepo
-from decision_retry.agent.workspace import Workspace, repo_root
 from decision_retry.choices import BUDGET_TOKENS, SPIKE_THRESHOLD
 from decision_retry.errors import BadInput, EngineLost
+from decision_retry.localise.command import narrow_command
+from decision_retry.localise.locate import failing_test, localise, source_files
+from decision_retry.localise.replay import replayed
 from decision_retry.otel.attributes import engine_provider
+from decision_retry.repo import leftovers, pyenv
+from decision_retry.repo import sandbox as sandboxes
+from decision_retry.repo.carry import Carried
+from decision_retry.repo.testcache import TestCache
+from decision_retry.repo.testrun import TestResult
+from decision_retry.repo.userrepo import UserRepo
+from decision_retry.repo.workspace import Workspace, repo_root
 from decision_retry.samplers.chain import RetryConfig, describe
 from decision_retry.samplers.mh import StepRecord
 from decision_retry.trace.decisions import SpikeRule

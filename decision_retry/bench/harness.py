@@ -30,7 +30,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from decision_retry.bench.suites import Case
+from decision_retry.bench.cases import Case
 from decision_retry.bench.workers import Died, Raised, imap_unordered
 from decision_retry.choices import BENCH_STRATEGIES
 from decision_retry.errors import BadInput
@@ -189,7 +189,9 @@ def git_repo(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, ignore=_IGNORE)
     env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
-    for args in (["init", "-q"], ["add", "-A", "--force"], ["commit", "-q", "--no-gpg-sign", "-m", "bench"]):
+    # (a case's own environment, `.venv`, is copied but never committed: real-bugs)
+    for args in (["init", "-q"], ["add", "-A", "--force", "--", ".", ":(exclude).venv"],
+                 ["commit", "-q", "--no-gpg-sign", "-m", "bench"]):
         subprocess.run(["git", *args], cwd=dst, env=env, check=True, capture_output=True)
     return dst
 

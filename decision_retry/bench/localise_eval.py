@@ -3,9 +3,9 @@
     python -m decision_retry.bench.localise_eval --out DIR [--limit N] [--no-spectrum]
 
 For each case of the real-repos suite (built under DIR/suites/real-repos when missing): run the
-case's own test command on a copy, localise (agent/locate.py) exactly as `fix` does, and find the
-rank of the function the mutation is in. "shown" is whether the patch protocol's prompt holds it
-(agents/patch.toml: `suspects` and `suspect_chars`). Prints a table, writes DIR/localise.json.
+case's own test command on a copy, localise (localise/locate.py) exactly as `fix` does, and find
+the rank of the function the mutation is in. "shown" is whether the patch protocol's prompt holds
+it (prompts/patch.toml: `suspects` and `suspect_chars`). Prints a table, writes DIR/localise.json.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 from decision_retry.agent import definitions, patch
-from decision_retry.agent.locate import localise
-from decision_retry.agent.testrun import run_tests
+from decision_retry.bench.cases import Case
 from decision_retry.bench.real_repos import load_index, real_repos
-from decision_retry.bench.suites import Case
+from decision_retry.localise.locate import localise
+from decision_retry.repo.testrun import run_tests
 
 
 def evaluate_case(case: Case, meta: dict, *, spectrum: bool = True) -> dict:

@@ -27,11 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from decision_retry.agent.localise.code import functions, is_test_file
-from decision_retry.agent.localise.spectrum import coverage_run, pytest_options
-from decision_retry.agent.testrun import run_tests
-from decision_retry.bench.suites import KINDS, Case, _parses, mutation_sites
+from decision_retry.bench.cases import KINDS, Case, mutation_sites, parses
 from decision_retry.errors import BadInput
+from decision_retry.localise.code import functions, is_test_file
+from decision_retry.localise.spectrum import coverage_run, pytest_options
+from decision_retry.repo.testrun import run_tests
 
 BUILD_VERSION = 2  # bump when projects or mutation rules change: cached suites are rebuilt
 PER_PROJECT = 3
@@ -127,7 +127,7 @@ def plan_mutants(project: Project, src: Path, data: dict):
     fns.sort(key=lambda t: _order(project, t[1].key))
     for n, (rel, fn, body) in enumerate(fns):
         text = (src / rel).read_text()
-        sites = [m for m in mutation_sites(text, fn.start) if m.line in body and _parses(m.apply(text))]
+        sites = [m for m in mutation_sites(text, fn.start) if m.line in body and parses(m.apply(text))]
         rotated = KINDS[n % len(KINDS):] + KINDS[: n % len(KINDS)]
         for m in sorted(sites, key=lambda m: (rotated.index(m.kind), m.line, m.start))[:1]:
             inner = [f for f in functions(src, rel) if f.start <= m.line <= f.end]

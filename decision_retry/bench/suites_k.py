@@ -5,7 +5,7 @@ It is kept only when the K-mutant fails its tests, the canonical form passes, an
 leave-one-out version (K-1 of the mutations applied) still fails: no mutation is redundant.
 
 Search, per problem, deterministic and bounded:
-  1) singles: the first MAX_SINGLES candidates of `suites.candidates` (kinds rotated by the problem
+  1) singles: the first MAX_SINGLES candidates of `cases.candidates` (kinds rotated by the problem
      index), interleaved by kind, each screened alone; keep those that fail the tests;
   2) K-sets of the first MAX_POOL failing singles, in trial order (distinct lines first, then the
      smallest sum of ranks), at most MAX_SETS screened; the first whose K-mutant and K
@@ -21,14 +21,14 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from decision_retry.bench.suites import (
-    _PYPROJECT,
-    _TEST_CMD,
+from decision_retry.bench.cases import (
+    PYPROJECT,
+    TEST_CMD,
     Mutation,
-    _parses,
-    _screen,
     candidates,
     module_name,
+    parses,
+    screen,
     test_file,
 )
 
@@ -76,7 +76,7 @@ def k_sets(source: str, singles: list[Mutation], k: int) -> list[tuple[Mutation,
     out = []
     for *_, idx in sorted(ranked):
         ms = tuple(pool[i] for i in idx)
-        if all(map(_parses, [apply_all(source, ms), *leave_one_out(source, ms)])):
+        if all(map(parses, [apply_all(source, ms), *leave_one_out(source, ms)])):
             out.append(tuple(sorted(ms, key=lambda m: (m.line, m.start))))  # source order
             if len(out) == MAX_SETS:
                 break
@@ -84,27 +84,27 @@ def k_sets(source: str, singles: list[Mutation], k: int) -> list[tuple[Mutation,
 
 
 def _screen_all(jobs: list[dict], workers: int) -> list:
-    """`_screen` over `workers` subprocesses at once (jobs split in contiguous chunks)."""
+    """`screen` over `workers` subprocesses at once (jobs split in contiguous chunks)."""
     n = max(1, min(workers, len(jobs)))
     chunks = [jobs[i * len(jobs) // n : (i + 1) * len(jobs) // n] for i in range(n)]
     with ThreadPoolExecutor(n) as pool:
-        return [r for part in pool.map(_screen, chunks) for r in part]
+        return [r for part in pool.map(screen, chunks) for r in part]
 
 
 def _verify_k(path: Path, module_file: str, canonical: str, loo: list[str], mutant: str) -> dict:
     """Real pytest runs: canonical passes, each leave-one-out fails, the K-mutant fails (kept)."""
-    from decision_retry.agent.testrun import run_tests
+    from decision_retry.repo.testrun import run_tests
 
     env = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}  # plain asserts: the venv's plugins (langsmith,
     # hypothesis, anyio) cost ~3 s of CPU per run and change nothing here
 
     def fails(src: str) -> bool:
         (path / module_file).write_text(src)
-        r = run_tests(_TEST_CMD, path, 120, env=env)  # generous: a loaded machine is slow
+        r = run_tests(TEST_CMD, path, 120, env=env)  # generous: a loaded machine is slow
         return not r.ok and not r.timed_out and not r.no_tests
 
     (path / module_file).write_text(canonical)
-    good = run_tests(_TEST_CMD, path, 120, env=env).ok
+    good = run_tests(TEST_CMD, path, 120, env=env).ok
     loo_fail = [fails(src) for src in loo]
     return {"mutant_fails": fails(mutant), "canonical_passes": good, "leave_one_out_fail": loo_fail}
 
@@ -138,7 +138,7 @@ def build_k(root: Path, problems: list[tuple[int, dict]], workers: int, k: int) 
         ms, name = sets[n][j], f"he{i:03d}k{k}_{p['entry_point']}"
         path, module_file = root / name, f"{b['module']}.py"
         (path / "tests").mkdir(parents=True, exist_ok=True)
-        (path / "pyproject.toml").write_text(_PYPROJECT.format(name=name.replace("_", "-")))
+        (path / "pyproject.toml").write_text(PYPROJECT.format(name=name.replace("_", "-")))
         (path / "tests" / f"test_{b['module']}.py").write_text(b["test"])
         mutant, loo = jobs[n]["sets"][j][0], jobs[n]["sets"][j][1:]
         verified = _verify_k(path, module_file, b["source"], loo, mutant)

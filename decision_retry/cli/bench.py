@@ -139,7 +139,9 @@ def bench(suite, strategies, budget_tokens, budget_seconds, seeds, limit, mutati
     SUITE is `fixtures` (our repositories), `humaneval-bugs` (HumanEval canonical solutions with
     one verified mutation each, built on first use and cached under --out), `real-repos` (single-
     token bugs in 11 real projects from pinned PyPI sdists, tested by their own suites, built on
-    first use) or a directory whose subdirectories are repositories. `humaneval-bugs --mutations K`
+    first use), `real-bugs` (developers' bugs from 6 projects' git history, each case a release's
+    sdist with the developer's new test and its own .venv, built and verified on first use) or a
+    directory whose subdirectories are repositories. `humaneval-bugs --mutations K`
     holds K needed mutations per case instead of one. Finished cells are stored under --out as they finish: a
     rerun skips them. Writes cells.json, results.md and fix_rate.png under --out.
 
@@ -150,7 +152,7 @@ def bench(suite, strategies, budget_tokens, budget_seconds, seeds, limit, mutati
     """
     from decision_retry.agent.runner import signals_as_interrupt
     from decision_retry.bench.harness import BenchConfig, load_cells
-    from decision_retry.bench.report import strategy_table, write_report
+    from decision_retry.bench.results import strategy_table, write_report
 
     # 1) check every input before any work
     names, seed_list = parse_strategies(strategies), parse_seeds(seeds)

@@ -9,7 +9,6 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from decision_retry.agent.sandbox import SANDBOXES
 from decision_retry.choices import (
     BUDGET_TOKENS,
     CUT_WEIGHTS,
@@ -28,6 +27,7 @@ from decision_retry.cli.options import (
     threads_option,
 )
 from decision_retry.costs import costs_line
+from decision_retry.repo.sandbox import SANDBOXES
 from decision_retry.trace.printable import visible_text
 
 
@@ -206,15 +206,15 @@ def fix(path, model, strategy, cut_weights, options, budget_tokens, max_attempts
     """
     from pydantic import ValidationError
 
-    from decision_retry.agent import pyenv
-    from decision_retry.agent import sandbox as sandboxes
     from decision_retry.agent.resume import resume
     from decision_retry.agent.runner import FixConfig, signals_as_interrupt
     from decision_retry.agent.runner import fix as run_fix
-    from decision_retry.agent.workspace import repo_root
     from decision_retry.cli.logs import open_store
     from decision_retry.errors import BadInput, EngineLost
     from decision_retry.loading import load_lm
+    from decision_retry.repo import pyenv
+    from decision_retry.repo import sandbox as sandboxes
+    from decision_retry.repo.workspace import repo_root
 
     if "help" in options:
         click.echo(options_help())

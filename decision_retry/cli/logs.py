@@ -374,7 +374,7 @@ def gc(older_than: str | None, dry_run: bool, home: str | None) -> None:
     worktree registrations older versions left are removed. Fix branches are yours: listed,
     never deleted.
     """
-    from decision_retry.agent import leftovers
+    from decision_retry.repo import leftovers
 
     age = leftovers.parse_duration(older_than) if older_than is not None else None
     with open_store(home) as store:

@@ -8,7 +8,7 @@ import click
 
 from decision_retry.cli.logs import home_option, open_store, user_errors
 from decision_retry.errors import BadInput
-from decision_retry.trace.report import render_report
+from decision_retry.trace.html import render_report
 
 
 @click.command("report")

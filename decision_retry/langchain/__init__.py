@@ -7,17 +7,22 @@
 `ChatDecisionRetry` is a chat model over our engines with exact per-token logp, logq, entropy
 and top alternatives in `response_metadata`, Hermes-style tool calls and streaming.
 `DecisionRetryMiddleware` records every model call, runs the verifier when the agent finishes,
-and on failure rewinds conversation and repository to a high-entropy token and resamples there,
-with the cut and acceptance rule of `decision-retry fix`.
+and on failure rewinds conversation and repository to a token and remakes the call from there,
+with `decision-retry fix`'s chain and defaults (docs/langchain.md).
 """
 
 from decision_retry.langchain.chat_model import ChatDecisionRetry
-from decision_retry.langchain.middleware import DecisionRetryAgentState, DecisionRetryMiddleware
+from decision_retry.langchain.middleware import (
+    DecisionRetryAgentState,
+    DecisionRetryMiddleware,
+    hide_tool_output,
+)
 from decision_retry.langchain.scripted import scripted_turns_lm
 
 __all__ = [
     "ChatDecisionRetry",
     "DecisionRetryAgentState",
     "DecisionRetryMiddleware",
+    "hide_tool_output",
     "scripted_turns_lm",
 ]

@@ -43,11 +43,14 @@ class Reply:
 
 
 def _exact(meta: dict) -> Reply:
+    n = len(meta["ids"])
+    alt_p, alt_q = meta.get("alt_logp") or [None] * n, meta.get("alt_logq") or [None] * n
     tokens = tuple(
-        Token(id=i, text=s, logp=p, logq=q, entropy=h,
+        Token(id=i, text=s, logp=p, logq=q, entropy=h, alt_logp=ap, alt_logq=aq,
               top=tuple(Alternative(id=-1, text=t, prob=pr) for t, pr in top))
-        for i, s, p, q, h, top in zip(meta["ids"], meta["pieces"], meta["logp"], meta["logq"],
-                                      meta["entropy"], meta.get("top") or [[]] * len(meta["ids"]))
+        for i, s, p, q, h, top, ap, aq in zip(
+            meta["ids"], meta["pieces"], meta["logp"], meta["logq"], meta["entropy"],
+            meta.get("top") or [[]] * n, alt_p, alt_q)
     )
     return Reply(tokens, int(meta.get("kept", 0)), True, meta.get("prompt_hash"), 0.0,
                  meta.get("finish"))

@@ -15,6 +15,13 @@ The hooks (langchain >= 1.0):
    failure pick a cut with `fix`'s rule, restore the repository snapshot taken before the cut
    call, replace the conversation by the one before that call (`RemoveMessage(REMOVE_ALL)`) and
    jump back to the model.
+
+What runs is `fix`'s run resolved for the chat model at the episode's first call
+(langgraph/chainstate.py): with ChatDecisionRetry local moves, no null moves and delayed
+acceptance, and surprise cuts when `nobody=` gives the second context; with any other chat
+model suffix moves of whole calls and entropy cuts. A local draw outside the support comes back
+as an empty reply: the agent ends at once and `after_agent` records the rejection without
+running the verifier.
 """
 
 from __future__ import annotations
@@ -26,15 +33,22 @@ from typing import Annotated, Any, NotRequired
 
 from langchain.agents.middleware import AgentMiddleware, AgentState, hook_config
 from langchain.agents.middleware.types import ExtendedModelResponse, ModelResponse, OmitFromInput
-from langchain_core.messages import AIMessage, RemoveMessage, messages_from_dict, messages_to_dict
+from langchain_core.messages import (
+    AIMessage,
+    RemoveMessage,
+    ToolMessage,
+    messages_from_dict,
+    messages_to_dict,
+)
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import Command
 
 from decision_retry.errors import BadInput
 from decision_retry.langchain import rewind
-from decision_retry.langchain.chat_model import PREFIX_KEY, ChatDecisionRetry
+from decision_retry.langchain.chat_model import NOBODY_KEY, PREFIX_KEY, ChatDecisionRetry
 from decision_retry.langchain.logprobs import DEFAULT_VOCAB, reply_tokens
 from decision_retry.langchain.trace import AgentTrace, model_name
+from decision_retry.langgraph import chainstate
 from decision_retry.langgraph.model import (
     DEFAULT_RETRY,
     DEFAULT_SPIKE,
@@ -44,6 +58,7 @@ from decision_retry.langgraph.model import (
 )
 from decision_retry.langgraph.state import KEY, merge, progress
 from decision_retry.samplers.chain import RetryConfig, verdict
+from decision_retry.samplers.mh import StepRecord
 from decision_retry.trace.decisions import SpikeRule
 
 
@@ -53,19 +68,15 @@ class DecisionRetryAgentState(AgentState):
     decision_retry: NotRequired[Annotated[dict, OmitFromInput, merge]]  # reducer last
 
 
-def check_levers(retry: RetryConfig) -> None:
-    """The middleware's moves are suffix moves with entropy (or uniform) cut weights and the
-    patch-context cut token (whole-call resampling has no local or restart kernel, no code
-    weights and no second context to score under, yet)."""
-    extra = {"move": ("suffix",), "restart_share": (0.0,), "cut_weights": ("entropy", "uniform"),
-             "cut_token": ("patch",)}
-    for name, plain in extra.items():
-        if getattr(retry, name, plain[0]) not in plain:
-            raise BadInput(f"RetryConfig {name}={getattr(retry, name)!r} is not supported by "
-                           f"DecisionRetryMiddleware: use {name}={plain[0]!r}")
-    if retry.exclude:  # None (unresolved) and False: the whole-call moves ban no token
-        raise BadInput("RetryConfig exclude=True is not supported by DecisionRetryMiddleware "
-                       "(its calls do not ban the cut token yet): use exclude=False")
+def hide_tool_output(*tools: str, placeholder: str = "(not shown)") -> Callable[[list], list]:
+    """A second context for surprise cuts (`nobody=`): the conversation with the results of the
+    named tools (e.g. the one that reads the code) replaced by `placeholder`, so a token the
+    model copies from what they showed stands out there."""
+    def second(messages: list) -> list:
+        return [m.model_copy(update={"content": placeholder})
+                if isinstance(m, ToolMessage) and m.name in tools else m for m in messages]
+
+    return second
 
 
 def _seed(seed: int, *parts: object) -> int:
@@ -82,8 +93,10 @@ class DecisionRetryMiddleware(AgentMiddleware):
     verifier: a callable state -> bool or fraction in [0, 1] (1 passes), or test_command: run in
     the repository (its `run_tests`), r = the fraction of tests passing. repository: where the
     tools work, with `snapshot(label) -> id` and `restore(id)` (an agent `Workspace`); None when
-    the tools change nothing outside the conversation. retry: strategy, alpha, cut rule and
-    verifier weight, as for `fix`. recorder: a trace `Recorder` (run, branches, calls, decision
+    the tools change nothing outside the conversation. retry: what runs, `fix`'s run by
+    default, resolved for the chat model (module docstring; a value it cannot run is one clear
+    error at its first call). nobody: a callable messages -> messages, the second context that
+    surprise cuts score every reply under (e.g. `hide_tool_output("read_file")`). recorder: a trace `Recorder` (run, branches, calls, decision
     points, tool calls, tests, MH steps; its listeners export OTLP). max_attempts / budget_tokens:
     when to give up. temperature / vocab: what a chat model other than ours samples at and its
     vocabulary size (for the top-k bounds); ours reports exact numbers.
@@ -98,6 +111,7 @@ class DecisionRetryMiddleware(AgentMiddleware):
         test_command: str | None = None,
         repository: Any = None,
         retry: RetryConfig = DEFAULT_RETRY,
+        nobody: Callable[[list], list] | None = None,
         recorder: Any = None,
         max_attempts: int = 8,
         budget_tokens: int | None = None,
@@ -121,7 +135,7 @@ class DecisionRetryMiddleware(AgentMiddleware):
         if budget_tokens is not None and budget_tokens < 1:
             raise BadInput(f"budget_tokens={budget_tokens}: give 1 or more, or None for no limit")
         check_strategy(retry)
-        check_levers(retry)
+        self.nobody = nobody
         self.verifier, self.test_command, self.repository = verifier, test_command, repository
         self.retry, self.recorder, self.spike, self.seed = retry, recorder, spike, seed
         self.max_attempts, self.budget_tokens = max_attempts, budget_tokens
@@ -141,7 +155,7 @@ class DecisionRetryMiddleware(AgentMiddleware):
         return {KEY: {"episode": str(uuid.uuid4()), "turns": [], "attempts": 1, "spent": 0,
                       "attempt_tokens": 0, "status": "running", "chain": None, "steps": [],
                       "cut": None, "resume": None, "verdict": None, "run": None, "branch": None,
-                      "config": self._config()}}
+                      "span": None, "rejected": None, "config": self._config()}}
 
     def wrap_model_call(self, request, handler):
         dr = progress(request.state)
@@ -152,18 +166,26 @@ class DecisionRetryMiddleware(AgentMiddleware):
         settings = dict(request.model_settings)
         if ours:
             settings["seed"] = _seed(self.seed, "model", attempt, k)
+        update: dict[str, Any] = {"resume": None}
+        run = self._run(dr, request.model, update)
 
-        # 1) the repository before this call, and the kept tokens of a cut call
+        # 1) the repository before this call, and how a cut call is remade (its move, from the
+        #    kept tokens; the second context to score the reply under)
         base = None
         if resume is not None:
             base = self._cut_call(dr, resume, k)
             snapshot = base.get("snapshot")  # restored by after_agent
-            if continues and not resume["whole_call"] and resume["position"] > 0:
+            if continues and not resume["whole_call"]:
                 settings[PREFIX_KEY] = {"message_id": base["message_id"],
-                                        "position": resume["position"],
-                                        "ids": base["ids"][: resume["position"]]}
+                                        "position": resume["position"], "ids": base["ids"],
+                                        "move": resume.get("move", "suffix"),
+                                        "ban": resume.get("ban"), "finish": base.get("finish"),
+                                        "span": run.span.model_dump(mode="json")}
         else:
             snapshot = self.repository.snapshot(f"before model call {k}") if self.repository else None
+        if run.scored:
+            system = [request.system_message] if request.system_message is not None else []
+            settings[NOBODY_KEY] = [*system, *self.nobody(list(request.messages))]
 
         # 2) the call
         response = handler(request.override(model_settings=settings))
@@ -174,13 +196,27 @@ class DecisionRetryMiddleware(AgentMiddleware):
             raise RewindError("the model call returned no AI message")
         if not ai.id:
             ai.id = f"dr-{uuid.uuid4()}"
+        meta = (ai.response_metadata or {}).get("decision_retry") or {}
+        if meta.get("rejected"):  # a local draw outside the support: the agent ends here
+            step = chainstate.rejected_step(rewind.tokens_of(base), resume, m=meta["span"][1],
+                                            decode_tokens=meta["decode_tokens"])
+            update["rejected"] = {"reason": meta["rejected"], "step": step.model_dump()}
+            rec = {**base, "message_id": ai.id, "index": k, "trace_turn": None}
+            new_tokens = meta["decode_tokens"]
+            update.update(turns=[*turns, rec], spent=dr.get("spent", 0) + new_tokens,
+                          attempt_tokens=dr.get("attempt_tokens", 0) + new_tokens)
+            return ExtendedModelResponse(model_response=response,
+                                         command=Command(update={KEY: update}))
         reply = reply_tokens(ai, temperature=self._temperature(request.model), vocab=self.vocab)
         if PREFIX_KEY in settings:
             self._check_continuation(base, resume, reply)
+        if meta.get("span") and resume is not None and resume.get("move") == "local":
+            s, m = meta["span"]  # in the call; the attempt's span is flattened (chainstate.py)
+            offset = resume["index"] - resume["position"]
+            update["span"] = [offset + s, m, len(base["ids"]) - s]
 
         # 3) record: the trace, then the state (through the response's command)
-        new_tokens = len(reply.tokens) - reply.kept
-        update: dict[str, Any] = {"resume": None}
+        new_tokens = meta.get("decode_tokens", len(reply.tokens) - reply.kept)
         trace_turn = None
         if self.trace is not None:
             params = {"model": model_name(request.model), "seed": settings.get("seed"),
@@ -196,6 +232,22 @@ class DecisionRetryMiddleware(AgentMiddleware):
         update.update(turns=[*turns, rec], spent=dr.get("spent", 0) + new_tokens,
                       attempt_tokens=dr.get("attempt_tokens", 0) + new_tokens)
         return ExtendedModelResponse(model_response=response, command=Command(update={KEY: update}))
+
+    def _run(self, dr: dict, model: Any, update: dict) -> RetryConfig:
+        """What runs this episode: `retry` resolved for the chat model at its first call
+        (chainstate.resolve; recorded in the state's config), or one clear error."""
+        config = dict(dr.get("config") or self._config())
+        if "retry" in config:
+            return RetryConfig.model_validate(config["retry"])
+        # only a chat model that remakes a reply from a token (ours) can run the moves that
+        # read the engine; any other is cut by whole calls (rewind.accept_call)
+        ours = isinstance(model, ChatDecisionRetry) and getattr(model, "continues_replies", False)
+        engine = model.engine if ours else None
+        run = chainstate.resolve(self.retry, engine=engine, second_context=self.nobody is not None)
+        chainstate.refuse(run, engine=engine, second_context=self.nobody is not None,
+                          model=model_name(model))
+        update["config"] = {**config, "retry": run.model_dump(mode="json")}
+        return run
 
     def _cut_call(self, dr: dict, resume: dict, k: int) -> dict:
         chain_turns = (dr.get("chain") or {}).get("turns") or []
@@ -234,7 +286,9 @@ class DecisionRetryMiddleware(AgentMiddleware):
         turns = dr.get("turns") or []
         if dr.get("status") != "running" or not turns:
             return None
-        r, passed = self.score(state, dr.get("branch"))
+        config = self._run(dr, None, {})
+        rejected = dr.get("rejected")  # a local draw outside the support: nothing to verify
+        r, passed = (0.0, False) if rejected else self.score(state, dr.get("branch"))
         n = dr.get("attempts", 1)
         chain, cut = dr.get("chain"), dr.get("cut")
         gen = derived_generator(self.seed, "rewind", n)
@@ -243,12 +297,15 @@ class DecisionRetryMiddleware(AgentMiddleware):
 
         # 1) the chain's decision: does it move to this attempt? (a first attempt always does)
         steps = list(dr.get("steps") or [])
-        d = rewind.decide(chain, attempt, cut, config=self.retry, generator=gen, passed=passed,
-                          decode_tokens=dr.get("attempt_tokens", 0))
-        step = d.step
+        d = rewind.decide(chain, attempt, cut, config=config, generator=gen, passed=passed,
+                          decode_tokens=dr.get("attempt_tokens", 0), span=dr.get("span"),
+                          rejected=bool(rejected))
+        step = StepRecord(**rejected["step"]) if rejected else d.step
         if step is not None:
             steps.append({**step.model_dump(), "attempt": n, "cut_turn": cut["turn"],
-                          "cut_token": cut["position"], "token": cut["token"]})
+                          "cut_token": cut["position"], "token": cut["token"],
+                          "move": cut.get("move", "suffix"),
+                          **({"rejected": rejected["reason"]} if rejected else {})})
         new_chain = {**(attempt if d.accepted else chain), "tried": list(d.tried)}
 
         # 2) done, out of budget, or the next cut of the chain's current attempt
@@ -258,13 +315,13 @@ class DecisionRetryMiddleware(AgentMiddleware):
         elif n >= self.max_attempts or (self.budget_tokens and dr.get("spent", 0) >= self.budget_tokens):
             status = "exhausted"
         else:
-            point = rewind.next_cut(new_chain, self.retry, gen)
+            point = rewind.next_cut(new_chain, config, gen)
             status = "rewind" if point is not None else "exhausted"
         if self.trace is not None:
             diff = self.repository.diff() if hasattr(self.repository, "diff") else None
             verifier = self._config()["verifier"] if self.verifier is not None else None
             self.trace.verdict(dr, chain, cut, step, passed=passed, status=status,
-                               verifier=verifier, diff=diff)
+                               verifier=verifier, diff=diff, rejected=bool(rejected))
         update = {"verdict": r, "status": status, "chain": new_chain, "steps": steps}
         if point is None:
             return {KEY: update}
@@ -278,7 +335,7 @@ class DecisionRetryMiddleware(AgentMiddleware):
         branch = self.trace.branch(new_chain, point) if self.trace is not None else None
         update.update(turns=new_chain["turns"][: point["turn"]], resume=point, cut=point,
                       attempts=n + 1, attempt_tokens=0, status="running", verdict=None,
-                      branch=branch)
+                      branch=branch, span=None, rejected=None)
         return {"messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), *messages[:before]],
                 KEY: update, "jump_to": "model"}
 
@@ -296,6 +353,8 @@ class DecisionRetryMiddleware(AgentMiddleware):
         return verdict(result.ok, result.fraction_passed), result.ok
 
     def _config(self) -> dict:
-        return {"retry": self.retry.model_dump(mode="json"), "seed": self.seed,
+        """What the state records of this middleware (the retry settings as given; `_run` adds
+        them as they run)."""
+        return {"asked": self.retry.model_dump(mode="json"), "seed": self.seed,
                 "max_attempts": self.max_attempts, "budget_tokens": self.budget_tokens,
                 "verifier": self.test_command or getattr(self.verifier, "__name__", "verifier")}

@@ -5,7 +5,8 @@ message_id, index, kept, exact, continuable, prompt_hash, the token columns (ids
 logq, entropy, and the bounds where they are estimates), finish, decisions, snapshot (the
 repository before the call), trace_turn.
 
-Cuts and acceptance are `fix`'s (`Chain`, samplers/chain.py). A chat model that cannot continue a
+Cuts and acceptance are `fix`'s (`Chain.decide`, `Chain.next_cut`, samplers/chain.py, through
+langgraph/chainstate.py, as the LangGraph nodes call them). A chat model that cannot continue a
 partial message (anything but ChatDecisionRetry) resamples the cut call from its first token; the
 move then picks a whole call, with probability c_call(k | x) = sum of c(t | x) over the call's
 tokens, and the reverse move needs the same sum on the proposal: `accept_call`.
@@ -17,13 +18,14 @@ import math
 from collections.abc import Sequence
 
 from decision_retry.langchain.logprobs import Reply
+from decision_retry.langgraph import chainstate
+from decision_retry.langgraph.state import alt_columns
 from decision_retry.samplers import cuts, mh
 from decision_retry.samplers.chain import (
     Chain,
     CutPoint,
     Decision,
     RetryConfig,
-    Trajectory,
     cut_entropies,
     flatten,
 )
@@ -42,7 +44,7 @@ def call_record(reply: Reply, *, message_id: str, index: int, continuable: bool,
         "continuable": continuable, "prompt_hash": reply.prompt_hash,
         "ids": [t.id for t in toks], "pieces": [t.text for t in toks],
         "logp": [t.logp for t in toks], "logq": [t.logq for t in toks],
-        "entropy": [t.entropy for t in toks],
+        "entropy": [t.entropy for t in toks], **alt_columns(toks),
         "logq_bounds": None if reply.exact else [list(t.logq_bounds or ()) for t in toks],
         "entropy_gap": reply.entropy_gap, "finish": reply.finish,
         "decisions": [{"position": i, "entropy": toks[i].entropy, "token": toks[i].text,
@@ -53,11 +55,14 @@ def call_record(reply: Reply, *, message_id: str, index: int, continuable: bool,
 
 def tokens_of(record: dict) -> tuple[Token, ...]:
     """The Token values of a call record (with log q bounds where they are estimates)."""
-    qb = record.get("logq_bounds") or [None] * len(record["ids"])
+    n = len(record["ids"])
+    qb = record.get("logq_bounds") or [None] * n
+    alt_p, alt_q = record.get("alt_logp") or [None] * n, record.get("alt_logq") or [None] * n
     return tuple(
-        Token(id=i, text=s, logp=p, logq=q, entropy=h, logq_bounds=tuple(b) if b else None)
-        for i, s, p, q, h, b in zip(record["ids"], record["pieces"], record["logp"],
-                                    record["logq"], record["entropy"], qb)
+        Token(id=i, text=s, logp=p, logq=q, entropy=h, logq_bounds=tuple(b) if b else None,
+              alt_logp=ap, alt_logq=aq)
+        for i, s, p, q, h, b, ap, aq in zip(record["ids"], record["pieces"], record["logp"],
+                                            record["logq"], record["entropy"], qb, alt_p, alt_q)
     )
 
 
@@ -103,41 +108,38 @@ def accept_call(
     )
 
 
-def trajectory(attempt: dict, passed: bool = False) -> Trajectory:
-    return Trajectory(calls_tokens(attempt["turns"]), attempt["r"], passed=passed)
-
-
 def decide(chain: dict | None, attempt: dict, cut: dict | None, *, config: RetryConfig,
-           generator, decode_tokens: int, passed: bool = False) -> Decision:
-    """Does the chain move from its current attempt to `attempt`, cut at `cut`? (`Chain.decide`;
-    a whole-call cut has its own cut correction, `accept_call`.)"""
+           generator, decode_tokens: int, passed: bool = False,
+           span: Sequence[int] | None = None, rejected: bool = False) -> Decision:
+    """Does the chain move from its current attempt to `attempt`, cut at `cut`?
+    (`chainstate.decide`: `Chain.decide`; a whole-call cut has its own cut correction,
+    `accept_call`.)"""
     from decision_retry import sampling
 
-    chain_, tried = Chain(config), tuple((chain or {}).get("tried", ()))
-    point = None if cut is None else CutPoint(cut["turn"], cut["position"], cut["entropy"],
-                                              cut["token"], cut["index"])
-    if chain is None or point is None or not cut.get("whole_call") or not chain_.compares:
-        return chain_.decide(None if chain is None else trajectory(chain),
-                             [trajectory(attempt, passed)], point, tried=tried,
-                             generator=generator, decode_tokens=decode_tokens)
+    if chain is None or cut is None or not cut.get("whole_call") or not Chain(config).compares:
+        return chainstate.decide(config, chain, attempt, cut, tokens_of=tokens_of, passed=passed,
+                                 generator=generator, decode_tokens=decode_tokens, span=span,
+                                 rejected=rejected)
+    tried = tuple(chain.get("tried", ()))
     step = accept_call(calls_tokens(chain["turns"]), calls_tokens(attempt["turns"]), cut["turn"],
                        config=config, r_current=chain["r"], r_proposal=attempt["r"],
                        u=sampling.uniform(generator), decode_tokens=decode_tokens)
     moved = step.accepted or passed
-    return Decision(step, 0 if moved else None, chain_.tried_after(tried, point, moved=moved))
+    point = chainstate.cut_point(cut, config)
+    return Decision(step, 0 if moved else None,
+                    Chain(config).tried_after(tried, point, moved=moved))
 
 
 def next_cut(chain: dict, config: RetryConfig, generator) -> dict | None:
     """Where the next attempt starts: `Chain.next_cut` over the chain's calls (restart: the first
     token); a call that cannot be continued is resampled from its first token."""
-    turns = calls_tokens(chain["turns"])
-    if not any(turns):
+    if not any(calls_tokens(chain["turns"])):
         return None
-    point = Chain(config).next_cut(trajectory(chain), generator, tuple(chain.get("tried", ())))
-    if point is None:
+    out = chainstate.next_cut(config, chain, tokens_of=tokens_of, generator=generator)
+    if out is None:
         return None
-    whole = point.kernel.fresh or not chain["turns"][point.turn].get("continuable")
-    out = {"turn": point.turn, "position": 0 if whole else point.position, "index": point.index,
-           "entropy": point.entropy, "token": point.token, "whole_call": whole,
-           "message_id": chain["turns"][point.turn]["message_id"]}
-    return out
+    whole = out["move"] == "restart" or not chain["turns"][out["turn"]].get("continuable")
+    if whole:  # the whole call is drawn again: no token to keep or ban, no span
+        out.update(position=0, move="restart" if out["move"] == "restart" else "suffix",
+                   ban=None)
+    return {**out, "whole_call": whole}

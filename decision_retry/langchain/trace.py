@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from decision_retry.langchain.chat_model import ChatDecisionRetry
+from decision_retry.langgraph import chainstate
 from decision_retry.otel.attributes import engine_provider
 from decision_retry.trace.decisions import SpikeRule
 from decision_retry.trace.models import Cut
@@ -46,7 +47,9 @@ class AgentTrace:
         if rec.run is None or rec.run.id != dr.get("run"):
             extra = {"provider": p} if (p := provider(model)) else {}
             update["run"] = rec.start_run(model=model_name(model), strategy=self.strategy,
-                                          config={**self.config, **extra}, seed=self.seed,
+                                          config={**self.config, **(update.get("config") or
+                                                                    dr.get("config") or {}),
+                                                  **extra}, seed=self.seed,
                                           repo=self.repo).id
             branch = None
         if branch not in rec.branches:
@@ -84,17 +87,19 @@ class AgentTrace:
                                 strategy=self.strategy).id
 
     def verdict(self, dr: dict, chain: dict | None, cut: dict | None, step: Any, *,
-                passed: bool, status: str, verifier: str | None, diff: str | None) -> None:
-        """The attempt's verdict (a callable verifier's as a test run), its MH step, its end."""
+                passed: bool, status: str, verifier: str | None, diff: str | None,
+                rejected: bool = False) -> None:
+        """The attempt's verdict (a callable verifier's as a test run), its MH step, its end;
+        `rejected`: a local draw outside the support, which ran nothing."""
         rec, branch = self.rec, dr.get("branch")
         if branch not in rec.branches:
             return
-        if verifier is not None:
+        if verifier is not None and not rejected:
             rec.record_test_run(branch, command=verifier, exit_code=0 if passed else 1,
                                 passed=int(passed), failed=int(not passed))
         if step is not None:
             current = (chain or {}).get("branch")
-            fields = {k: v for k, v in step.model_dump(exclude={"tries"}).items() if v is not None}
+            fields = {k: v for k, v in chainstate.stored(step).items() if v is not None}
             rec.record_mh_step(current=current if current in rec.branches else None,
                                proposal=branch, cut_turn=cut["turn"], **fields)
         outcome = "passed" if passed else (

@@ -8,8 +8,10 @@
     final = invoke(graph, inputs, {"configurable": {"thread_id": "t1"}})
 
 A failed attempt becomes a fork in the thread's history at the checkpoint before the model call
-holding the chosen cut; the model resamples from the cut token on, keeping the tokens before it.
-The cut and the acceptance rule are the ones `fix` uses (decision_retry.retry).
+holding the chosen cut; the model remakes the call from the cut token, keeping the tokens before it.
+The chain is the one `fix` runs (samplers/chain.py, through chainstate.py), with `fix`'s defaults
+resolved for the model: local moves, no null moves, delayed acceptance, surprise cuts with a
+second context (`model_node(..., nobody=...)`).
 """
 
 from decision_retry.langgraph.model import ModelNode, RewindError, model_node

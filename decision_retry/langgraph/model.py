@@ -6,6 +6,13 @@ before the cut turn), the state carries `resume`: the node then keeps the cut tu
 the cut verbatim and resamples from the cut token on. The prefix's KV cache is reused with
 `LM.fork` while the turn's `DecodeState` is still in this process (a small registry keyed by
 message id); after a restore from disk it is rebuilt with one prefill of prompt + prefix.
+
+The cut's move says how the call is remade (chainstate.py): a suffix move draws from the cut to
+the end, a local move (samplers/local.py) only to the next span boundary and keeps the rest of
+the call, teacher-forced under the new prefix; an excluding cut bans the current token at the
+cut. A local draw outside the support makes no proposal: the call and the attempt's later calls
+replay the chain's current attempt (no decoding) and the rewind node records the rejection. With
+surprise cuts every reply is scored under the second context (`nobody`) when it is written.
 """
 
 from __future__ import annotations
@@ -20,18 +27,25 @@ import torch
 
 from decision_retry.choices import DEFAULT_RUN, SPIKE_THRESHOLD
 from decision_retry.errors import BadInput, DecisionRetryError
-from decision_retry.langgraph.state import KEY, progress, prompt_hash, tokens_of, turn_record
+from decision_retry.langgraph import chainstate
+from decision_retry.langgraph.state import (
+    KEY,
+    progress,
+    prompt_hash,
+    tokens_of,
+    turn_record,
+)
 from decision_retry.lm import LM, DecodeState, Sampling
 from decision_retry.otel.attributes import engine_provider
-from decision_retry.retry import RetryConfig
+from decision_retry.samplers import surprise
+from decision_retry.samplers.chain import RetryConfig
 from decision_retry.trace.decisions import SpikeRule
 from decision_retry.trace.models import Cut
 
-# `fix`'s run (choices.DEFAULT_RUN) as far as the nodes and the middleware run it: its `auto`
-# moves and cut weights are what `resolved` makes them here, suffix moves and entropy weights (no
-# kept tail to rescore, no no-body context to score under); the levers `resolved` turns on for
-# `fix` (exclusion, delayed acceptance) stay unset, which reads as off, until the nodes run them
-DEFAULT_RETRY = RetryConfig(**{**DEFAULT_RUN, "move": "suffix", "cut_weights": "entropy"})
+# `fix`'s run (choices.DEFAULT_RUN): `auto` moves and cut weights, def-line suffix moves; each
+# node resolves it for its model (chainstate.resolve): local moves, exclusion and delayed
+# acceptance with an in-process engine, surprise cuts where a second context is given
+DEFAULT_RETRY = RetryConfig(**DEFAULT_RUN)
 DEFAULT_SPIKE = SpikeRule(threshold=SPIKE_THRESHOLD)  # as `fix`: a decision point
 UNSUPPORTED = {
     "egps": "each of its K tries would need its own graph run",
@@ -44,19 +58,12 @@ class RewindError(DecisionRetryError):
 
 
 def check_strategy(retry: RetryConfig) -> None:
-    """The strategies the LangGraph nodes run: rewind (any cut rule) and restart, with suffix
-    moves (a rewound call is regenerated whole from the cut: no local kernel here)."""
+    """The strategies the integrations run: rewind (any cut rule, any move) and restart."""
     if retry.strategy in UNSUPPORTED:
         raise BadInput(
             f"strategy {retry.strategy!r} is not supported by the LangGraph nodes "
             f"({UNSUPPORTED[retry.strategy]}); use rewind or restart"
         )
-    if retry.move != "suffix":
-        raise BadInput(f"RetryConfig move={retry.move!r} is not supported by the LangGraph "
-                       "nodes (they regenerate from the cut to the end): use move='suffix'")
-    if retry.exclude:
-        raise BadInput("RetryConfig exclude=True is not supported by the LangGraph nodes yet "
-                       "(their model node does not ban the cut token): use exclude=False")
 
 
 def derived_generator(seed: int, *parts: object) -> torch.Generator:
@@ -87,6 +94,7 @@ class ModelNode:
         messages_key: str = "messages",
         system: str | None = None,
         prompt: Callable[[dict], str | list[dict]] | None = None,
+        nobody: Callable[[dict], str | list[dict]] | None = None,
         sampling: Sampling | None = None,
         retry: RetryConfig = DEFAULT_RETRY,
         recorder: Any = None,
@@ -99,10 +107,14 @@ class ModelNode:
         check_strategy(retry)
         if kv_states < 0:
             raise BadInput(f"kv_states={kv_states}: give 0 (no KV reuse) or more")
+        self.run = chainstate.resolve(retry, engine=lm, second_context=nobody is not None)
+        chainstate.refuse(self.run, engine=lm, second_context=nobody is not None,
+                          model=getattr(lm, "name", "the model"))
         self.lm = lm
         self.messages_key = messages_key
         self.system = system
         self.prompt = prompt
+        self.nobody = nobody
         self.sampling = sampling or Sampling(temperature=retry.q_temperature)
         self.retry = retry
         self.recorder = recorder
@@ -112,7 +124,11 @@ class ModelNode:
         self.message_format = message_format
         self.kv_states = kv_states
         self._states: OrderedDict[str, DecodeState] = OrderedDict()  # message id -> decode state
-        self.stats = {"calls": 0, "forks": 0, "prefills": 0}  # how each resample got its prefix
+        self._alt: tuple[tuple[int, ...], surprise.AltContext] | None = None  # the last one
+        # how each resample got its prefix, and which moves ran (local draws out of the support
+        # included)
+        self.stats = {"calls": 0, "forks": 0, "prefills": 0, "suffix": 0, "local": 0,
+                      "restart": 0, "out_of_support": 0, "replayed": 0}
 
     # -- the node --------------------------------------------------------------------------
     def __call__(self, state: dict) -> dict:
@@ -128,42 +144,96 @@ class ModelNode:
         prompt_ids = self.lm.encode(prompt)
         update: dict[str, Any] = {"resume": None}
         if not dr:
-            update.update(chain=None, steps=[], spent=0, run=None, branch=None,
+            update.update(chain=None, steps=[], spent=0, prefilled=0, run=None, branch=None,
                           episode=str(uuid.uuid4()), config=self._config())
         if new_attempt:
             update.update(attempts=attempt, attempt_tokens=0, cut=resume, verdict=None,
-                          status="running", next_cut=None)
+                          status="running", next_cut=None, span=None, rejected=None)
+        gen = derived_generator(self.seed, "model", attempt, k)
+        message_id = str(uuid.uuid4())
 
-        # 1) the prefix: a cut of the chain's turn k (after a rewind), or the prompt alone
-        sampling = self.sampling
+        # 1) the reply: a move from the chain's turn k (after a rewind), a replay of it (after a
+        #    local draw outside the support), or a fresh call from the prompt
+        scored, replay = 0, None
         if resume is not None:
             base = self._cut_turn(dr, resume, k)
             snapshot = self._restore(base)
-            start = self._prefix(base, resume["position"], prompt_ids)
-            cap = max(1, self.sampling.max_new_tokens - resume["position"])  # same total cap
-            sampling = self.sampling.model_copy(update={"max_new_tokens": cap})
+            out, new_tokens, kept, scored = self._move(state, base, resume, prompt_ids, gen,
+                                                       update)
+            if out is None:
+                replay = base
+        elif dr.get("rejected") and k < len((dr.get("chain") or {}).get("turns") or []):
+            replay = dr["chain"]["turns"][k]
+            snapshot = self.workspace.snapshot(f"before turn {k}") if self.workspace else None
+            new_tokens = kept = 0
         else:
             snapshot = self.workspace.snapshot(f"before turn {k}") if self.workspace else None
-            start = self.lm.prefill(prompt_ids)
-
-        # 2) decode from the prefix
-        out = self.lm.extend(start, sampling, derived_generator(self.seed, "model", attempt, k))
-        new_tokens = len(out.tokens) - len(start.tokens)
+            out = self.lm.extend(self.lm.prefill(prompt_ids), self.sampling, gen)
+            new_tokens, kept = len(out.tokens), 0
         self.stats["calls"] += 1
 
-        # 3) record: the registry (for KV forks), the trace, the state and the message
-        message_id = str(uuid.uuid4())
-        self._remember(message_id, out)
-        trace_turn = self._trace(dr, update, resume, k, out, messages, snapshot)
-        rec = turn_record(out, message_id=message_id, index=k, kept=len(start.tokens),
-                          spike=self.spike, snapshot=snapshot, trace_turn=trace_turn)
+        # 2) record: the registry (for KV forks), the scores under the second context, the
+        #    trace, the state and the message
+        if replay is not None:  # the chain's call as it was (the rewind node rejects it)
+            self.stats["replayed"] += 1
+            rec = {**replay, "message_id": message_id, "index": k, "snapshot": snapshot,
+                   "trace_turn": None}
+            text, finish = replay["text"], replay["finish"]
+        else:
+            if self.run.scored:
+                out, positions = self._score_nobody(state, out)
+                scored += positions
+            self._remember(message_id, out)
+            trace_turn = self._trace(dr, update, resume, k, out, messages, snapshot)
+            rec = turn_record(out, message_id=message_id, index=k, kept=kept,
+                              spike=self.spike, snapshot=snapshot, trace_turn=trace_turn)
+            text, finish = out.text, out.finish
         update["turns"] = [*turns, rec]
         update["spent"] = dr.get("spent", 0) + new_tokens
+        update["prefilled"] = dr.get("prefilled", 0) + scored
         update["attempt_tokens"] = (0 if new_attempt else dr.get("attempt_tokens", 0)) + new_tokens
-        message = self._message(messages, out, message_id, rec, attempt)
+        message = self._message(messages, text, finish, message_id, rec, attempt)
         return {self.messages_key: [message], KEY: update}
 
     # -- rewinds ---------------------------------------------------------------------------
+    def _move(self, state: dict, base: dict, resume: dict, prompt_ids: list[int], gen,
+              update: dict) -> tuple[DecodeState | None, int, int, int]:
+        """The cut's move from the chain's call `base`: (reply or None when a local draw fell
+        outside the support, decode tokens, tokens kept before the cut, positions scored)."""
+        t, move, ban = resume["position"], resume.get("move", "suffix"), resume.get("ban")
+        self.stats[move] += 1
+        x = self._whole(base, t, prompt_ids)
+        first = None  # the no-body cut token: y_t drawn under the second context
+        if self.run.first.scored and move != "restart":
+            ctx = self._alt_context(state)
+            ids = [tok.id for tok in x.tokens[:t]]
+            alt_x = ctx.lm.score(ctx.state, ids, self.sampling)  # B over x_<t
+            first = self.run.first.first(lambda: ctx, alt_x, self.lm, t, self.sampling, gen,
+                                         exclude=ban)
+        if move != "local":  # 1) suffix (restart: from position 0): draw from the cut to the end
+            start = self.lm.fork(x, t)
+            q = self.sampling.model_copy(  # the same total cap
+                update={"max_new_tokens": max(1, self.sampling.max_new_tokens - t)})
+            if first is not None:
+                out, more = surprise.first_then_extend(self.lm, first(start), t, q, gen)
+                return out, 1 + more, t, 1  # y_t scored in the call's own context
+            out = self.lm.extend(start, q, gen, **({} if ban is None else {"exclude": ban}))
+            return out, len(out.tokens) - t, t, 0
+        # 2) local: draw to the span boundary, keep the call's tail rescored (samplers/local.py)
+        point = chainstate.cut_point(resume, self.run)
+        p = point.kernel.propose(self.lm, x, t, self.sampling, gen, first=first,
+                                 cap=self.sampling.max_new_tokens, exclude=point.ban)
+        scored = p.prefill_positions + (first is not None)
+        if p.y is None:  # out of the support: no proposal, the chain's calls replay
+            self.stats["out_of_support"] += 1
+            step = chainstate.rejected_step(tokens_of(base), resume, m=p.m,
+                                            decode_tokens=p.decode_tokens)
+            update["rejected"] = {"reason": p.reason, "step": step.model_dump()}
+            return None, p.decode_tokens, t, scored
+        offset = resume["index"] - t  # flattened position of the cut call's first token
+        update["span"] = [offset + p.s, p.m, len(x.tokens) - p.s]
+        return p.y, p.decode_tokens, t, scored
+
     def _cut_turn(self, dr: dict, resume: dict, k: int) -> dict:
         chain = dr.get("chain") or {}
         turns = chain.get("turns") or []
@@ -188,6 +258,11 @@ class ModelNode:
 
     def _prefix(self, base: dict, t: int, prompt_ids: list[int]) -> DecodeState:
         """The cut turn's state holding tokens[:t]: a KV fork if still in memory, else a prefill."""
+        return self.lm.fork(self._whole(base, t, prompt_ids), t)
+
+    def _whole(self, base: dict, t: int, prompt_ids: list[int]) -> DecodeState:
+        """The cut turn's whole reply as a state that forks at t: the decode state still in
+        memory, else its tokens over one prefill of prompt + tokens[:t]."""
         if prompt_hash(prompt_ids) != base["prompt_hash"]:
             raise RewindError(
                 "the restored state prompts the model differently from the turn being cut "
@@ -197,11 +272,23 @@ class ModelNode:
         if live is not None:
             self._states.move_to_end(base["message_id"])  # the chain may cut it again
             self.stats["forks"] += 1
-            return self.lm.fork(live, t)  # 1) reuse the prefix KV cache, no re-prefill
+            return live  # 1) reuse the prefix KV cache, no re-prefill
         self.stats["prefills"] += 1  # 2) restored from disk: one prefill of prompt + prefix
-        prefix = tokens_of(base)[:t]
-        ids = [*prompt_ids, *(tok.id for tok in prefix)]
-        return DecodeState(tuple(prompt_ids), prefix, None, self.lm.prefill(ids).cache)
+        tokens = tokens_of(base)
+        ids = [*prompt_ids, *(tok.id for tok in tokens[:t])]
+        return DecodeState(tuple(prompt_ids), tokens, base["finish"], self.lm.prefill(ids).cache)
+
+    def _alt_context(self, state: dict) -> surprise.AltContext:
+        """The second context of this call (`nobody(state)`), prefilled."""
+        ids = tuple(self.lm.encode(self.nobody(state)))
+        if self._alt is None or self._alt[0] != ids:  # one prefill per distinct second context
+            self._alt = (ids, surprise.AltContext(self.lm, self.lm.prefill(list(ids))))
+        return self._alt[1]
+
+    def _score_nobody(self, state: dict, out: DecodeState) -> tuple[DecodeState, int]:
+        """The reply scored under the second context (surprise.annotate); positions scored."""
+        s = surprise.annotate(self._alt_context(state), out, self.sampling)
+        return s.y, s.positions
 
     def _remember(self, message_id: str, out: DecodeState) -> None:
         if self.kv_states == 0:
@@ -211,21 +298,25 @@ class ModelNode:
             self._states.popitem(last=False)  # the least recently used goes first
 
     # -- output ----------------------------------------------------------------------------
-    def _message(self, messages: list, out: DecodeState, message_id: str, rec: dict, attempt: int):
+    def _message(self, messages: list, text: str, finish: str | None, message_id: str,
+                 rec: dict, attempt: int):
         meta = {"turn": rec["index"], "attempt": attempt, "kept_tokens": rec["kept"],
                 "decision_points": [d["position"] for d in rec["decisions"]]}
         dicts = bool(messages) and all(isinstance(m, dict) for m in messages)
         as_dict = self.message_format == "dict" or (self.message_format == "auto" and dicts)
         if as_dict:
-            return {"role": "assistant", "content": out.text, "id": message_id,
+            return {"role": "assistant", "content": text, "id": message_id,
                     "decision_retry": meta}
         from langchain_core.messages import AIMessage
 
-        return AIMessage(content=out.text, id=message_id, response_metadata={
-            "model_name": self.lm.name, "finish_reason": out.finish, "decision_retry": meta})
+        return AIMessage(content=text, id=message_id, response_metadata={
+            "model_name": self.lm.name, "finish_reason": finish, "decision_retry": meta})
 
     def _config(self) -> dict:
-        return {"model": self.lm.name, "provider": engine_provider(self.lm), "retry": self.retry.model_dump(mode="json"),
+        """What the state records of this node: the retry settings as given and as they run."""
+        return {"model": self.lm.name, "provider": engine_provider(self.lm),
+                "asked": self.retry.model_dump(mode="json"),
+                "retry": self.run.model_dump(mode="json"),
                 "sampling": self.sampling.model_dump(mode="json"), "seed": self.seed}
 
     def _trace(self, dr, update, resume, k, out, messages, snapshot) -> str | None:
@@ -235,7 +326,7 @@ class ModelNode:
             return None
         run_id = update.get("run", dr.get("run"))
         if rec.run is None or rec.run.id != run_id:  # a new episode, or restored in a new process
-            run = rec.start_run(model=self.lm.name, strategy=self.retry.strategy,
+            run = rec.start_run(model=self.lm.name, strategy=self.run.strategy,
                                 config={**self._config(), "continues": run_id}, seed=self.seed)
             update["run"] = run.id
         branch = dr.get("branch")
@@ -245,7 +336,7 @@ class ModelNode:
             cut = Cut(turn=resume["turn"], position=resume["position"],
                       entropy=resume["entropy"]) if resume is not None and known else None
             branch = rec.start_branch(parent=parent if known else None, cut=cut,
-                                      strategy=self.retry.strategy if cut else "initial").id
+                                      strategy=self.run.strategy if cut else "initial").id
             update["branch"] = branch
         last = messages[-1] if messages else None
         prompt = "" if last is None else (
@@ -263,6 +354,7 @@ def model_node(
     messages_key: str = "messages",
     system: str | None = None,
     prompt: Callable[[dict], str | list[dict]] | None = None,
+    nobody: Callable[[dict], str | list[dict]] | None = None,
     sampling: Sampling | None = None,
     retry: RetryConfig = DEFAULT_RETRY,
     recorder: Any = None,
@@ -280,14 +372,20 @@ def model_node(
     `state["decision_retry"]` and, with a `recorder`, in the trace.
 
     system / prompt: a system prompt, or a callable state -> prompt replacing the messages.
+    nobody: a callable state -> the second context (a prompt, as `prompt` returns), the same
+    request without what the model copies from (the code it was shown): every reply is scored
+    under it and `retry`'s auto cut weights become surprise cuts (docs/langgraph.md).
     sampling: how tokens are drawn (default: the proposal of `retry`, temperature 1/alpha).
-    retry: the same RetryConfig as the rewind node. workspace: an agent Workspace, snapshot
+    retry: what runs (default `fix`'s run, resolved for `lm`: local moves, no null moves and
+    delayed acceptance with an in-process engine; a value `lm` cannot run is one clear error);
+    the same RetryConfig as the rewind node. workspace: an agent Workspace, snapshot
     before each call and restored on a rewind. spike: which tokens count as decision points.
     seed: draws derive from (seed, attempt, call), so a restored thread draws the same.
     kv_states: decode states kept in memory for KV-cache forks (0: always re-prefill).
     """
     return ModelNode(
-        lm, messages_key=messages_key, system=system, prompt=prompt, sampling=sampling,
+        lm, messages_key=messages_key, system=system, prompt=prompt, nobody=nobody,
+        sampling=sampling,
         retry=retry, recorder=recorder, workspace=workspace, spike=spike, seed=seed,
         message_format=message_format, kv_states=kv_states,
     )

@@ -2,31 +2,30 @@
 
 The rewind node runs after the user's verifier. It scores the attempt, makes the MH decision
 against the chain's current attempt and on failure picks the next cut (`Chain.decide` and
-`Chain.next_cut`, samplers/chain.py: the code `fix` runs) and sets status "rewind". The graph run then ends; `invoke`
-(or `fork_point` for a hand-written loop) finds the checkpoint before the model call holding the
-cut and invokes the graph there with `Command(update=...)`: a new branch in the thread's history,
-so the whole graph state as it was before that call comes back, and the model node resamples
-from the cut token on.
+`Chain.next_cut`, samplers/chain.py, through chainstate.py: the code `fix` runs, with the
+settings the model node resolved and recorded in the state) and sets status "rewind". The
+graph run then ends; `invoke` (or `fork_point` for a hand-written loop) finds the checkpoint
+before the model call holding the cut and invokes the graph there with `Command(update=...)`:
+a new branch in the thread's history, so the whole graph state as it was before that call comes
+back, and the model node remakes the call by the cut's move (suffix, local or restart).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any, Literal
 
 from decision_retry.errors import BadInput
+from decision_retry.langgraph import chainstate
 from decision_retry.langgraph.model import (
     DEFAULT_RETRY,
     RewindError,
     check_strategy,
     derived_generator,
 )
-from decision_retry.langgraph.state import KEY, progress, turns_tokens
-from decision_retry.samplers import moves
-from decision_retry.samplers.chain import Chain, CutPoint, RetryConfig, Trajectory
-
-CUT_FIELDS = tuple(f.name for f in dataclasses.fields(CutPoint) if f.name != "kernel")
+from decision_retry.langgraph.state import KEY, progress, tokens_of
+from decision_retry.samplers.chain import RetryConfig
+from decision_retry.samplers.mh import StepRecord
 
 
 class RewindNode:
@@ -57,7 +56,6 @@ class RewindNode:
         self.max_attempts = max_attempts
         self.budget_tokens = budget_tokens
         self.seed = seed
-        self.chain = Chain(retry)
         self.name = (getattr(verifier, "__name__", "verifier") if verifier
                      else f"state[{verdict_key!r}]")
 
@@ -68,23 +66,24 @@ class RewindNode:
             raise RewindError("the rewind node ran before any model call: put it after the model")
         if dr.get("status") != "running":
             return {}  # this attempt was decided already
-        r = self.score(state)
+        config = self.config_of(dr)
+        rejected = dr.get("rejected")  # a local draw outside the support: nothing to verify
+        r = 0.0 if rejected else self.score(state)
         passed = r >= 1.0
         chain, cut, n = dr.get("chain"), dr.get("cut"), dr.get("attempts", 1)
         gen = derived_generator(self.seed, "rewind", n)
         attempt = {"turns": turns, "r": r, "branch": dr.get("branch"), "tried": []}
-        point = None if cut is None else CutPoint(
-            **{f: cut[f] for f in CUT_FIELDS}, kernel=moves.named(cut.get("move", "suffix")))
 
         # 1) the chain's decision: does it move to this attempt? (a first attempt always does)
         steps = list(dr.get("steps") or [])
-        d = self.chain.decide(
-            None if chain is None else _trajectory(chain), [_trajectory(attempt, passed)], point,
-            tried=tuple((chain or {}).get("tried", ())), generator=gen,
-            decode_tokens=dr.get("attempt_tokens", 0))
-        step = d.step
+        d = chainstate.decide(config, chain, attempt, cut, tokens_of=tokens_of, passed=passed,
+                              generator=gen, decode_tokens=dr.get("attempt_tokens", 0),
+                              span=dr.get("span"), rejected=bool(rejected))
+        step = StepRecord(**rejected["step"]) if rejected else d.step
         if step is not None:
-            steps.append({**step.model_dump(), "cut_turn": point.turn, "attempt": n})
+            steps.append({**step.model_dump(), "cut_turn": cut["turn"], "attempt": n,
+                          "move": cut.get("move", "suffix"),
+                          **({"rejected": rejected["reason"]} if rejected else {})})
         new_chain = {**(attempt if d.accepted else chain), "tried": list(d.tried)}
 
         # 2) what next: done, out of budget, or the next cut of the chain's current attempt
@@ -95,11 +94,23 @@ class RewindNode:
         elif n >= self.max_attempts or (self.budget_tokens and spent >= self.budget_tokens):
             status = "exhausted"
         else:
-            next_cut = self.next_cut(new_chain, gen)
+            next_cut = chainstate.next_cut(config, new_chain, tokens_of=tokens_of, generator=gen)
             status = "rewind" if next_cut is not None else "exhausted"
-        self._trace(dr, chain, cut, step, passed, status)
+        self._trace(dr, chain, cut, step, passed, status, rejected)
         return {KEY: {"verdict": r, "status": status, "chain": new_chain, "steps": steps,
                       "next_cut": next_cut}}
+
+    def config_of(self, dr: dict) -> RetryConfig:
+        """What runs: the model node's resolved settings, recorded in the state; the rewind
+        node's own `retry` must be the one the model node was given."""
+        config = dr.get("config") or {}
+        if "retry" not in config:  # a state written without our model node
+            return chainstate.resolve(self.retry, engine=None, second_context=False)
+        asked = config.get("asked")
+        if asked is not None and RetryConfig.model_validate(asked) != self.retry:
+            raise RewindError("model_node and rewind_node were given different RetryConfigs: "
+                              "give both the same retry=")
+        return RetryConfig.model_validate(config["retry"])
 
     def score(self, state: dict) -> float:
         """r in [0, 1] from the verifier (True/False count as 1/0); 1 passes."""
@@ -111,34 +122,26 @@ class RewindNode:
             raise RewindError(f"verdict {value!r} from {self.name} is outside [0, 1]")
         return r
 
-    def next_cut(self, chain: dict, gen) -> dict | None:
-        """Where the next attempt starts (`Chain.next_cut`; restart: the very start)."""
-        point = self.chain.next_cut(_trajectory(chain), gen, tuple(chain.get("tried", ())))
-        if point is None:
-            return None
-        return {**{f: getattr(point, f) for f in CUT_FIELDS}, "move": point.move,
-                "message_id": chain["turns"][point.turn]["message_id"]}
-
-    def _trace(self, dr, chain, cut, step, passed, status) -> None:
+    def _trace(self, dr, chain, cut, step, passed, status, rejected) -> None:
         rec, branch = self.recorder, dr.get("branch")
-        if rec is None or branch not in rec.branches:
+        if rec is None:
             return
-        rec.record_test_run(branch, command=self.name, exit_code=0 if passed else 1,
-                            passed=int(passed), failed=int(not passed))
-        if step is not None:
-            current = chain.get("branch")
-            rec.record_mh_step(current=current if current in rec.branches else None,
-                               proposal=branch, cut_turn=cut["turn"],
-                               **step.model_dump(exclude={"tries"}))
-        outcome = "passed" if passed else (
-            "failed" if step is None else ("accepted" if step.accepted else "rejected"))
-        rec.finish_branch(branch, outcome=outcome, passed=passed)
+        current = (chain or {}).get("branch")
+        current = current if current in rec.branches else None
+        if rejected:  # no proposal ran: the step alone, as `fix` records it
+            rec.record_mh_step(current=current, proposal=None, cut_turn=cut["turn"],
+                               **chainstate.stored(step))
+        elif branch in rec.branches:
+            rec.record_test_run(branch, command=self.name, exit_code=0 if passed else 1,
+                                passed=int(passed), failed=int(not passed))
+            if step is not None:
+                rec.record_mh_step(current=current, proposal=branch, cut_turn=cut["turn"],
+                                   **chainstate.stored(step))
+            outcome = "passed" if passed else (
+                "failed" if step is None else ("accepted" if step.accepted else "rejected"))
+            rec.finish_branch(branch, outcome=outcome, passed=passed)
         if status != "rewind" and rec.run is not None and rec.run.id == dr.get("run"):
             rec.finish_run("solved" if passed else "exhausted")
-
-
-def _trajectory(attempt: dict, passed: bool = False) -> Trajectory:
-    return Trajectory(turns_tokens(attempt["turns"]), attempt["r"], passed=passed)
 
 
 def rewind_node(
@@ -207,9 +210,9 @@ def fork_point(graph, config: dict) -> tuple[dict, dict] | None:
     update = {
         "resume": cut, "turns": chain["turns"][: cut["turn"]], "chain": chain,
         "steps": dr.get("steps") or [], "attempts": dr.get("attempts", 0),
-        "spent": dr.get("spent", 0), "run": dr.get("run"), "config": dr.get("config"),
-        "episode": dr.get("episode"),
-        "branch": None, "cut": None, "status": "running", "verdict": None, "next_cut": None,
+        "spent": dr.get("spent", 0), "prefilled": dr.get("prefilled", 0), "run": dr.get("run"),
+        "config": dr.get("config"), "episode": dr.get("episode"), "branch": None, "cut": None,
+        "status": "running", "verdict": None, "next_cut": None, "span": None, "rejected": None,
     }
     return where, update
 

@@ -8,19 +8,25 @@ Its value is a plain dict (JSON-able, so any checkpointer stores it):
     resume         set by a fork: the cut this attempt starts from; the model node consumes it
     cut            the cut this attempt was started from (None for a fresh attempt)
     chain          the chain's current attempt: {"turns", "r", "branch", "tried"}
+    span           a local move's (s, m, e) in flattened positions (chainstate.py), else None
+    rejected       a local draw outside the support: {"reason", "step"}; the calls replay the
+                   chain's, and the rewind node records the step without asking the verifier
     verdict        r of this attempt in [0, 1], once the rewind node has run
     status         "running" | "passed" | "rewind" | "exhausted"
     next_cut       on "rewind": where the next attempt starts (a cut of `chain`)
     steps          every MH step of the thread (StepRecord dicts)
     episode        an id per task on the thread (see below)
     run, branch    trace ids (when a Recorder is given)
-    config         the model, retry and sampling settings and the seed, recorded with the state
+    config         the model, the retry settings as given ("asked") and as they run ("retry",
+                   resolved for the model: chainstate.resolve), sampling, the seed
+    prefilled      positions teacher-forced (kept tails, the second context)
 
 An episode is one task: it ends when the rewind node says "passed" or "exhausted". A model call
 after that with no rewind pending (the user sent a new message on the same thread) starts a new
 episode: the turns, the chain and the counters start afresh.
 
-A turn record holds the tokens as columns (ids, pieces, logp, logq, entropy), the decision points
+A turn record holds the tokens as columns (ids, pieces, logp, logq, entropy, and alt_logp /
+alt_logq under the second context with surprise cuts), the decision points
 (entropy spikes with their top alternatives), the message id it was written as, a hash of the
 prompt it saw, and the workspace snapshot taken before it (when the graph edits files).
 """
@@ -83,6 +89,7 @@ def turn_record(
         "logp": [t.logp for t in toks],
         "logq": [t.logq for t in toks],
         "entropy": [t.entropy for t in toks],
+        **alt_columns(toks),
         "finish": out.finish,
         "text": out.text,
         "decisions": [
@@ -99,16 +106,26 @@ def turn_record(
     }
 
 
+def alt_columns(tokens: Sequence[Token]) -> dict[str, list[float]]:
+    """The scores under the second context (surprise cuts), where the reply has them."""
+    if not tokens or tokens[0].alt_logp is None:
+        return {}
+    return {"alt_logp": [t.alt_logp for t in tokens], "alt_logq": [t.alt_logq for t in tokens]}
+
+
 def tokens_of(record: dict) -> tuple[Token, ...]:
-    """The Token values of a turn record (without top alternatives)."""
+    """The Token values of a turn record (without top alternatives; with the scores under the
+    second context where it has them)."""
+    n = len(record["ids"])
+    alt_p, alt_q = record.get("alt_logp") or [None] * n, record.get("alt_logq") or [None] * n
     return tuple(
-        Token(id=i, text=s, logp=p, logq=q, entropy=h)
-        for i, s, p, q, h in zip(
-            record["ids"], record["pieces"], record["logp"], record["logq"], record["entropy"]
-        )
+        Token(id=i, text=s, logp=p, logq=q, entropy=h, alt_logp=ap, alt_logq=aq)
+        for i, s, p, q, h, ap, aq in zip(
+            record["ids"], record["pieces"], record["logp"], record["logq"], record["entropy"],
+            alt_p, alt_q)
     )
 
 
 def turns_tokens(turns: Sequence[dict]) -> list[tuple[Token, ...]]:
-    """Per-turn tokens of an attempt, the shape `retry.choose_cut` / `retry.accept` take."""
+    """Per-turn tokens of an attempt, the shape `Chain` reads."""
     return [tokens_of(t) for t in turns]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from decision_retry.samplers import local, mh, surprise
+from decision_retry.samplers import intervals, local, mh, surprise
 from decision_retry.samplers.local import SpanRule
 from decision_retry.samplers.mh import StepRecord
 from decision_retry.tokens import DecodeState, Sampling, Token
@@ -93,17 +93,27 @@ class Local:
 
     def record(self, x: Sequence[Token], y: Sequence[Token], t: int, *, alpha: float,
                correction: float, verifier_delta: float, u: float, decode_tokens: int,
-               span: tuple[int, int] | None = None, exclusion: bool = False) -> StepRecord:
+               span: tuple[int, ...] | None = None, exclusion: bool = False) -> StepRecord:
         """The MH decision for a local proposal: only the spans [t, s) and [t, t + m) enter the
-        proposal terms (`span` = (s, m), flattened)."""
-        s, m = span
+        proposal terms (`span` = (s, m), flattened). `span` = (s, m, e): the cut turn's kept
+        tail is e tokens long and the turns after it (an agent's later model calls, drawn
+        afresh from q by both directions) enter the proposal terms too: x[s + e:], y[t + m + e:]
+        (the LangGraph and LangChain integrations; docs/langgraph.md)."""
+        s, m, *kept = span
         target, prop = local.log_weight(x, y, t, s, m, alpha, exclusion=exclusion)
+        xs, ys = list(x[t:s]), list(y[t: t + m])  # the tokens in the proposal terms
+        if kept and prop != -math.inf:
+            e = kept[0]
+            prop += sum(k.logq for k in x[s + e:]) - sum(k.logq for k in y[t + m + e:])
+            xs, ys = xs + list(x[s + e:]), ys + list(y[t + m + e:])
         log_a = target + prop + correction + verifier_delta
+        # estimated log q (a remote engine's top-k): log A's interval and the approximate flag
+        b = intervals.proposal_bounds(xs, ys, 0) if prop != -math.inf else None
         return StepRecord(
             cut_position=t, cut_entropy=x[t].entropy, proposal_length=m, log_accept=log_a,
             log_target=target, log_proposal=prop, log_cut_correction=correction,
             log_verifier=verifier_delta, accepted=u == 0 or math.log(u) < log_a,
-            decode_tokens=decode_tokens)
+            decode_tokens=decode_tokens, **intervals.step_fields(log_a, prop, b, u))
 
 
 Move = Suffix | Local  # Restart is a Suffix

@@ -10,6 +10,7 @@ from decision_retry.trace.decisions import (
     entropy_spikes,
     tool_choices,
 )
+from decision_retry.trace.html import render_report
 from decision_retry.trace.models import (
     Branch,
     Cut,
@@ -22,7 +23,6 @@ from decision_retry.trace.models import (
     Turn,
 )
 from decision_retry.trace.recorder import Recorder, TraceListener
-from decision_retry.trace.report import render_report
 from decision_retry.trace.store import TraceStore, UnknownRun, db_path, trace_home
 
 __all__ = [

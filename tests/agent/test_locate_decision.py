@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from decision_retry.agent import definitions, patch
-from decision_retry.agent.locate import localise
-from decision_retry.agent.protocols import PatchProtocol, Task
+from decision_retry.agent.actions import PatchProtocol, Task
 from decision_retry.agent.runner import FixConfig, fix
-from decision_retry.agent.testrun import run_tests
 from decision_retry.lm import Sampling
+from decision_retry.localise.locate import localise
+from decision_retry.repo.testrun import run_tests
 from decision_retry.retry import RetryConfig
 from decision_retry.testing import scripted_lm
 from decision_retry.trace.store import TraceStore

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from decision_retry.agent import definitions, patch
-from decision_retry.agent.locate import functions_in
+from decision_retry.localise.locate import functions_in
 
 SOURCE = '''"""Module."""
 

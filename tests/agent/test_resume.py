@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from decision_retry.agent.localise.replay import recorded
 from decision_retry.agent.resume import resume
 from decision_retry.agent.runner import fix
 from decision_retry.errors import BadInput
+from decision_retry.localise.replay import recorded
 from decision_retry.testing import scripted_lm
 from decision_retry.trace.store import TraceStore
 from tests.agent.resume_driver import TEST_TIMEOUT

@@ -177,8 +177,8 @@ def test_an_interrupted_surprise_run_resumes_to_the_same_end(tmp_path):
 @pytest.mark.slow
 def test_surprise_weights_need_the_patch_protocol_and_a_scoring_engine(tmp_path):
     from decision_retry.agent import definitions
+    from decision_retry.agent.actions import ToolsProtocol
     from decision_retry.agent.graph import FixAgent
-    from decision_retry.agent.protocols import ToolsProtocol
 
     cfg = FixConfig(protocol="tools", retry=RetryConfig(cut_weights="surprise"))
     tools = ToolsProtocol(definitions.load("tools"), task=None)

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from click.testing import CliRunner
 
-from decision_retry.agent.testrun import run_tests
+from decision_retry.bench.cases import KINDS, candidates, mutation_sites
 from decision_retry.bench.harness import (
     CELLS_FILE,
     BenchConfig,
@@ -17,7 +17,7 @@ from decision_retry.bench.harness import (
     load_cells,
     run_bench,
 )
-from decision_retry.bench.report import (
+from decision_retry.bench.results import (
     first_agreement,
     paired,
     sign_test,
@@ -25,16 +25,9 @@ from decision_retry.bench.report import (
     wilson,
     write_report,
 )
-from decision_retry.bench.suites import (
-    KINDS,
-    candidates,
-    directory_suite,
-    fixtures_dir,
-    humaneval_bugs,
-    load_suite,
-    mutation_sites,
-)
+from decision_retry.bench.suites import directory_suite, fixtures_dir, humaneval_bugs, load_suite
 from decision_retry.cli.main import main
+from decision_retry.repo.testrun import run_tests
 from decision_retry.trace.store import TraceStore
 from tests.helpers import bench_config
 

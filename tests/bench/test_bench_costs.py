@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from decision_retry.bench.harness import load_cells, run_bench
-from decision_retry.bench.report import summarize, write_report
+from decision_retry.bench.results import summarize, write_report
 from decision_retry.bench.suites import fixtures_dir, load_suite
 from decision_retry.cli.bench import canonical_command
 from decision_retry.cli.main import main

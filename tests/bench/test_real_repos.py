@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from decision_retry.agent.localise.spectrum import coverage_run, pytest_options
-from decision_retry.agent.testrun import run_tests
 from decision_retry.bench.real_repos import (
     BUILD_VERSION,
     PER_PROJECT,
@@ -21,6 +19,8 @@ from decision_retry.bench.real_repos import (
 )
 from decision_retry.bench.suites import SUITES
 from decision_retry.errors import BadInput
+from decision_retry.localise.spectrum import coverage_run, pytest_options
+from decision_retry.repo.testrun import run_tests
 
 LIB = {
     "pyproject.toml": "[tool.pytest.ini_options]\npythonpath = ['src']\ntestpaths = ['tests']\n",

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from decision_retry.agent.testrun import run_tests
-from decision_retry.bench.suites import _screen, humaneval_bugs, mutation_sites, suite_dir
+from decision_retry.bench.cases import mutation_sites, screen
+from decision_retry.bench.suites import humaneval_bugs, suite_dir
 from decision_retry.bench.suites_k import MAX_SETS, apply_all, k_sets
+from decision_retry.repo.testrun import run_tests
 
 TEST_CMD = "python -m pytest -x -q"
 SOURCE = '''def f(xs, k):
@@ -121,7 +122,7 @@ def test_screening_keeps_a_set_only_when_every_version_fails():
     job = {"module": "m", "source": SOURCE, "test": test}
     passing = SOURCE.replace("total - 1", "total + 0 - 1")  # an equivalent version: passes
     broken = SOURCE.replace("x * 2", "x * 3")
-    out = _screen([{**job, "sets": [[broken, passing], [broken], [passing]], "all": True},
+    out = screen([{**job, "sets": [[broken, passing], [broken], [passing]], "all": True},
                    {**job, "sets": [[broken, passing], [passing], [broken, broken]]},
                    {**job, "source": broken, "sets": [[broken]], "all": True}])
     assert out == [[1], 2, None]  # None: the canonical source itself fails

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from decision_retry.agent import sandbox as sandboxes
 from decision_retry.agent.runner import FixConfig, drive
+from decision_retry.repo import sandbox as sandboxes
 from decision_retry.retry import RetryConfig
 from decision_retry.testing import scripted_lm
 from decision_retry.trace.recorder import Recorder

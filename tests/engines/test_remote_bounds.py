@@ -126,6 +126,30 @@ def test_the_interval_of_log_a_and_the_approximate_flag():
     assert rec.approximate is True
 
 
+def test_a_local_move_bounds_its_spans_not_its_kept_tail():
+    """moves.Local.record: the spans [t, s) and [t, t + m) are the proposal terms, so only their
+    log q intervals widen log A; the kept tail (rescored by `score`) enters the target only."""
+    from decision_retry.samplers.moves import Local
+
+    x = [tok(1, -1.0, -0.5), tok(2, -2.0, -1.0, 0.1), tok(5, -0.3, -0.2, 5.0)]
+    y = [tok(1, -1.0, -0.5), tok(3, -1.5, -0.7, 0.2), tok(5, -0.4, -0.3, 5.0)]
+    # log A = 4 * ((-1.5 - 0.4) - (-2.0 - 0.3)) + (-1.0 + 0.7) = 1.3, the spans +-0.3
+    rec = Local().record(x, y, 1, alpha=4.0, correction=0.0, verifier_delta=0.0,
+                         u=math.exp(1.2), decode_tokens=1, span=(2, 1))
+    assert rec.log_accept == pytest.approx(1.3)
+    assert (rec.log_accept_lo, rec.log_accept_hi) == pytest.approx((1.0, 1.6))
+    assert rec.approximate is True and rec.accepted
+    exact = [t.model_copy(update={"logq_bounds": None}) for t in x]
+    rec = Local().record(exact, [*y[:1], exact[1], y[2]], 1, alpha=4.0, correction=0.0,
+                         verifier_delta=0.0, u=0.5, decode_tokens=1, span=(2, 1))
+    assert rec.approximate is None  # exact spans: the tail's interval does not count
+    # (s, m, e): the turns after the kept tail (drawn afresh by both) count too
+    later_x, later_y = tok(7, -1.0, -1.0, 0.5), tok(8, -1.0, -1.0, 0.25)
+    rec = Local().record([*x, later_x], [*y, later_y], 1, alpha=4.0, correction=0.0,
+                         verifier_delta=0.0, u=0.5, decode_tokens=1, span=(2, 1, 1))
+    assert rec.log_accept_hi - rec.log_accept_lo == pytest.approx(2 * (0.3 + 0.75))
+
+
 def test_mtm_interval_contains_log_a_for_any_log_q_inside_the_bounds():
     g = torch.Generator().manual_seed(0)
     x = [tok(0, -1.0, -0.5, 0.05), tok(1, -2.0, -1.2, 0.1)]

@@ -11,8 +11,8 @@ from __future__ import annotations
 from langchain.agents import create_agent
 from langchain_core.tools import tool
 
-from decision_retry.agent.workspace import Workspace
 from decision_retry.langchain import ChatDecisionRetry, DecisionRetryMiddleware, scripted_turns_lm
+from decision_retry.repo.workspace import Workspace
 
 BUGGY = 'def celsius_to_fahrenheit(c):\n    return c * 9 / 5 - 32\n'
 TEST = (

@@ -1,5 +1,5 @@
 """docs/langchain.md runs as written: every ```python block in a fresh interpreter, its output
-compared with the ```text block that follows it; the agent example is agents/examples' file."""
+compared with the ```text block that follows it; the agent example is examples/langchain_agent.py."""
 
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ def test_the_docs_have_the_examples():
     assert len(codes) == 2
     assert any("DecisionRetryMiddleware(" in c for c in codes)
     assert any("ChatDecisionRetry(" in c and "stream(" in c for c in codes)
-    example = (ROOT / "agents" / "examples" / "langchain_agent.py").read_text()
-    assert example.rstrip("\n") + "\n" in codes  # the docs and agents/examples: one program
+    example = (ROOT / "examples" / "langchain_agent.py").read_text()
+    assert example.rstrip("\n") + "\n" in codes  # the docs and examples/: one program
 
 
 @pytest.mark.parametrize("index", range(2))

@@ -9,8 +9,8 @@ from typing import ClassVar
 from langchain.agents import create_agent
 from langchain_core.outputs import ChatResult
 
-from decision_retry.agent.workspace import Workspace
 from decision_retry.langchain import ChatDecisionRetry, DecisionRetryMiddleware, scripted_turns_lm
+from decision_retry.repo.workspace import Workspace
 from tests.helpers import make_repo
 from tests.langchain.lc_agent import OPERATORS, SCRIPT, UNITS, file_tools, question
 

@@ -167,7 +167,7 @@ def test_cut_in_an_earlier_call_drops_the_later_ones():
 
 
 def test_workspace_files_are_restored_on_rewind(tmp_path):
-    from decision_retry.agent.workspace import Workspace
+    from decision_retry.repo.workspace import Workspace
 
     repo = make_repo(tmp_path / "repo", {"README": "user repo\n"})
     lm = scripted_lm(SCRIPT)
@@ -225,15 +225,6 @@ def test_unsupported_strategies_fail_in_one_line(strategy):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("move", ["local", "mixed", "auto"])
-def test_local_moves_are_refused_by_the_nodes(move):
-    """The nodes regenerate a rewound call from the cut to its end: a local move would be run as
-    a suffix move under the wrong name, so it is refused."""
-    with pytest.raises(BadInput, match=f"move='{move}' is not supported") as err:
-        rewind_node(verifier=lambda s: True, retry=RetryConfig(move=move))
-    assert "\n" not in str(err.value)
-
-
 @pytest.mark.slow
 def test_fallback_prefill_matches_the_kv_fork_on_a_real_transformers_model():
     """Both ways to the prefix (KV fork, re-prefill) give the same next-token distribution."""
@@ -250,7 +241,7 @@ def test_fallback_prefill_matches_the_kv_fork_on_a_real_transformers_model():
     live = node._prefix(rec, t, prompt)
     node._states.clear()
     cold = node._prefix(rec, t, prompt)
-    assert node.stats == {"calls": 1, "forks": 1, "prefills": 1}
+    assert [node.stats[k] for k in ("calls", "forks", "prefills")] == [1, 1, 1]
     assert [x.id for x in live.tokens] == [x.id for x in cold.tokens] == rec["ids"][:t]
     a = lm.backend.forward(lm.backend.slice(live.cache, len(live.ids) - 1), _last(live))
     b = lm.backend.forward(lm.backend.slice(cold.cache, len(cold.ids) - 1), _last(cold))
@@ -267,8 +258,8 @@ def _last(state):
 def test_docs_example_runs_as_written(tmp_path):
     text = (ROOT / "docs" / "langgraph.md").read_text()
     block = re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
-    example = (ROOT / "agents" / "examples" / "langgraph_user_graph.py").read_text()
-    assert block == example  # the docs and agents/examples show the same program
+    example = (ROOT / "examples" / "langgraph_user_graph.py").read_text()
+    assert block == example  # the docs and examples/ show the same program
     script = tmp_path / "example.py"
     script.write_text(block)
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,

@@ -144,8 +144,8 @@ def test_local_moves_need_the_patch_protocol_and_a_single_try_strategy():
     with pytest.raises(ValueError, match="single-try"):
         RetryConfig(strategy="egps", move="local")
     from decision_retry.agent import definitions
+    from decision_retry.agent.actions import ToolsProtocol
     from decision_retry.agent.graph import FixAgent
-    from decision_retry.agent.protocols import ToolsProtocol
 
     cfg = FixConfig(protocol="tools", retry=RetryConfig(move="local"))
     tools = ToolsProtocol(definitions.load("tools"), task=None)

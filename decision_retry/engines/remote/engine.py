@@ -10,7 +10,11 @@ by the prompt it sees. So
 * each token's logp is the server's (temperature 1); logq and the entropy come from the top-k
   with the missing mass bounded (bounds.py): the estimates are the middles of intervals kept
   on the token (`logq_bounds`, `entropy_bounds`), exact when the whole vocabulary is listed
-  (`exact=True`).
+  (`exact=True`);
+* `score` (teacher forcing) is one request whose prompt is the state's ids and the given ids,
+  asking the server for the prompt's log-probs (vLLM's `prompt_logprobs`); its tokens carry
+  the same estimates and bounds as decoded ones. A dialect without `score` (the llama.cpp
+  server) leaves `teacher_forcing` False.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class RemoteStats:
     reported_prompt_tokens: int = 0  # prompt tokens the server reported on (per row)
     cached_tokens: int = 0  # of those, served from its prefix cache
     generated_tokens: int = 0  # tokens kept (a row's tokens after its stop are dropped)
+    scored_tokens: int = 0  # tokens teacher-forced by `score`
 
     @property
     def cache_hit_rate(self) -> float | None:
@@ -57,7 +62,6 @@ class _Row:
 class RemoteEngine:
     """A model served by llama.cpp or vLLM, behind the `Engine` protocol."""
 
-    teacher_forcing = False  # `score` would need prompt logprobs: not wired (docs/scaling.md)
     # `extend(..., exclude=id)` would need a one-token request with the id banned and log A's
     # exclusion term from estimated logq: not wired, so chains keep the plain kernel here
     excludes = False
@@ -70,6 +74,8 @@ class RemoteEngine:
         self.eos_ids = info.eos_ids
         self.exact, self.top = exact, top
         self.stats = RemoteStats()
+        # `score` needs the prompt's log-probs: vLLM returns them, the llama.cpp server does not
+        self.teacher_forcing = callable(getattr(dialect, "score", None))
 
     def __repr__(self) -> str:
         return f"RemoteEngine({self.name!r}, {self.http!r}, exact={self.exact})"
@@ -104,11 +110,31 @@ class RemoteEngine:
 
     def score(self, state: DecodeState, ids: Sequence[int], sampling: Sampling, *,
               exact: bool = True) -> DecodeState:
-        """Teacher forcing: a server that only samples cannot do it (exit 2, one line)."""
-        raise BadInput(
-            f"the {self.dialect.kind} engine cannot score a given text (teacher forcing), "
-            "which local moves need: use -o move=suffix with a remote --model"
-        )
+        """`state` extended by `ids`, teacher-forced in one request; tokens recorded as if drawn
+        with `sampling` (logq and entropy with bounds from the top-k, as decoded tokens). A
+        server that only samples cannot do it (exit 2, one line). `exact`: one request either
+        way (the server batches as it does)."""
+        if not self.teacher_forcing:
+            raise BadInput(
+                f"the {self.dialect.kind} engine cannot score a given text (teacher forcing), "
+                "which local moves need: use -o move=suffix with a remote --model"
+            )
+        if not ids:
+            return state
+        ids = [int(i) for i in ids]
+        whole = (*state.ids, *ids)
+        steps, usage = self.dialect.score(whole, len(state.ids), self._listed(sampling))
+        texts = self.http.call(lambda: self.dialect.texts(ids))
+        self.stats.requests += 1 if usage is not None else len(ids)
+        self.stats.prompt_tokens_sent += len(whole)
+        self.stats.scored_tokens += len(ids)
+        if usage is not None:
+            self.stats.reported_prompt_tokens += usage.prompt_tokens
+            self.stats.cached_tokens += usage.cached_tokens
+        tokens = tuple(self._token(st, text, sampling) for st, text in zip(steps, texts))
+        finish = "eos" if tokens[-1].id in self.eos_ids else None  # as lm.LM.score
+        return DecodeState(state.prompt_ids, state.tokens + tokens, finish,
+                           (*_pieces(state), *texts))
 
     # -- decoding --------------------------------------------------------------------------
     def extend(self, state: DecodeState, sampling: Sampling, generator: torch.Generator,

@@ -11,6 +11,18 @@ What the engine needs from the deployment (docs/scaling.md):
 Requests: `/v1/completions` with the prompt as token ids, `n` rows, `seed`, `logprobs`,
 streamed, ids as `token_id:N` (`return_tokens_as_token_ids`). Tokenizer: `/tokenize` (chat
 messages through the model's template) and `/detokenize`.
+
+Teacher forcing (`score`): the same endpoint, not streamed, with `prompt_logprobs` (read from
+vLLM 0.32's source: `v1/worker/gpu_model_runner.py` `_get_prompt_logprobs_dict`, which the CPU
+runner inherits, and `sampling_params.py`):
+* the prompt path skips the sampling processors: its log-probs are the raw logits'
+  log-softmax whatever `--logprobs-mode` (raw_* and processed_* give the same numbers);
+* each position lists the prompt token and the top k (rank <= k), or all V with -1;
+* a request with `prompt_logprobs` does not read the prefix cache (`skip_reading_prefix_cache`
+  defaults to True, and the OpenAI endpoint cannot change it): cached positions would have no
+  log-probs. So a scoring pass prefills the whole prompt, prefix included (it still writes the
+  cache), and the answer lists every prompt position: its cost grows with the prefix, not only
+  with the scored span (docs/scaling.md has the measurement).
 """
 
 from __future__ import annotations
@@ -44,7 +56,7 @@ class VllmServer:
             self.model = ids[0]
         elif self.model not in ids:
             raise LookupError(f"unknown model {self.model!r}; the server has: {', '.join(ids)}")
-        vocab = self.vocab or self._probe_vocab()
+        self.vocab = vocab = self.vocab or self._probe_vocab()
         eos = self._eos()
         return ModelInfo(name=self.model, vocab=vocab, eos_ids=eos)
 
@@ -147,6 +159,55 @@ class VllmServer:
                 if choice.get("finish_reason"):
                     yield End(row, "eos" if choice["finish_reason"] == "stop" else "length")
 
+    # -- teacher forcing (score) ----------------------------------------------------------
+    def score(self, ids: Sequence[int], start: int, logprobs: int) -> tuple[list[Step], Usage | None]:
+        """Log-probs (temperature 1) of ids[start:], each after the ids before it, with the top
+        `logprobs` candidates at each position: one request's `prompt_logprobs` (module
+        docstring). The whole vocabulary (`logprobs` >= V) is asked position by position."""
+        if self.vocab is not None and logprobs >= self.vocab:
+            return self._score_whole(ids, start, logprobs), None
+        body = {**self._sampling(1, 1.0, None, 0, 0), "prompt": list(ids), "stream": False,
+                "prompt_logprobs": logprobs}
+        del body["logprobs"]  # none for the one token the request must generate
+        out = self.http.post("/v1/completions", body)
+        rows = out["choices"][0].get("prompt_logprobs") or []
+        if len(rows) != len(ids):
+            raise ValueError(f"prompt_logprobs lists {len(rows)} positions for a prompt of "
+                             f"{len(ids)} tokens")
+        steps = [_prompt_step(ids[i], rows[i], logprobs) for i in range(start, len(ids))]
+        usage = out.get("usage") or {}
+        cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+        return steps, Usage(0, int(usage.get("prompt_tokens", len(ids))), int(cached))
+
+    def _score_whole(self, ids: Sequence[int], start: int, logprobs: int) -> list[Step]:
+        """Exact mode: a one-token decode per position, listing all V log-probs (the decode
+        path reads the prefix cache; a prompt_logprobs answer of V per prompt position would
+        be V times the prompt's length)."""
+        steps = []
+        for i in range(start, len(ids)):
+            body = {**self._sampling(1, 1.0, None, 0, logprobs), "prompt": list(ids[:i]),
+                    "stream": False}
+            out = self.http.post("/v1/completions", body)
+            listed = out["choices"][0]["logprobs"]["top_logprobs"][0]
+            top = tuple(Candidate(_id(t), float(v), "") for t, v in listed.items())
+            steps.append(Step(0, int(ids[i]), float(listed[f"token_id:{int(ids[i])}"]), top, ""))
+        return steps
+
+    def texts(self, ids: Sequence[int]) -> list[str]:
+        """Each token's text in the run `ids`: its own piece where the pieces join to the run's
+        text (one /detokenize more), else the growth of the text token by token (a character
+        split over tokens, or a tokenizer that drops a piece's leading space)."""
+        pieces = [self.piece(t) for t in ids]
+        if "".join(pieces) == self.detokenize(ids):
+            return pieces
+        out, prev = [], ""
+        for i in range(len(ids)):
+            cur = self.detokenize(ids[: i + 1]).rstrip("\ufffd")  # an unfinished character waits
+            same = len(prev) if cur.startswith(prev) else _common(prev, cur)
+            out.append(cur[same:])
+            prev = cur
+        return out
+
     def _split(self, text: str, ids: list[int]) -> list[str]:
         """A chunk's text over its tokens: one token takes it all; several take their own
         pieces, the last one the rest (so the pieces always join to the server's text)."""
@@ -155,6 +216,24 @@ class VllmServer:
         head = [self.piece(t) for t in ids[:-1]]
         joined = "".join(head)
         return [*head, text[len(joined):]] if text.startswith(joined) else [""] * (len(ids) - 1) + [text]
+
+
+def _prompt_step(tid: int, row: dict | None, k: int) -> Step:
+    """One prompt position of `prompt_logprobs`: {"id": {"logprob", "rank", ...}} holding the
+    prompt token and the top k (rank <= k); the token is listed outside them when its rank > k."""
+    if not row or str(tid) not in row:
+        raise ValueError(f"prompt_logprobs has no entry for token {tid}")
+    ranked = [(int(t), float(v["logprob"])) for t, v in row.items()
+              if v.get("rank") is None or int(v["rank"]) <= k]
+    top = tuple(Candidate(t, lp, "") for t, lp in sorted(ranked, key=lambda c: -c[1])[:k])
+    return Step(0, int(tid), float(row[str(tid)]["logprob"]), top, "")
+
+
+def _common(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def _id(name: str) -> int:

@@ -87,3 +87,13 @@ class Dialect(Protocol):
     def detokenize(self, ids: Sequence[int]) -> str: ...
 
     def generate(self, request: Request) -> AbstractContextManager[Iterator[Step | Usage | End]]: ...
+
+
+class Scorer(Protocol):
+    """What a dialect adds when its server returns log-probs of prompt tokens (vLLM): the
+    engine's `score` and `teacher_forcing` read it."""
+
+    def score(self, ids: Sequence[int], start: int,
+              logprobs: int) -> tuple[list[Step], Usage | None]: ...
+
+    def texts(self, ids: Sequence[int]) -> list[str]: ...

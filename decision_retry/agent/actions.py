@@ -1,0 +1,207 @@
+"""Agent protocols: what the model is shown and how its reply acts on the repository.
+
+`patch`: one turn; the reply is the corrected function, applied by name. Several suspects may be
+shown (locate.py ranks them): which one the reply rewrites is its tool decision ("function").
+`tools`: several turns of `ACTION: read|list|edit|test|submit`, one action per turn.
+Unparseable output becomes an observation (tools) or a failed attempt (patch), never a crash.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from decision_retry.agent import patch
+from decision_retry.agent.definitions import AgentDefinition
+from decision_retry.errors import BadInput, WorkspaceError
+from decision_retry.localise.locate import Candidate, Suspect, functions, functions_in, is_test_file
+from decision_retry.repo.testrun import TestResult
+from decision_retry.repo.workspace import Workspace
+from decision_retry.trace.decisions import ToolSpan
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one reply did: the observation, whether the attempt is over, what it chose."""
+
+    action: str
+    arguments: dict
+    observation: str
+    done: bool
+    spans: tuple[ToolSpan, ...] = ()
+
+
+@dataclass(frozen=True)
+class Task:
+    """What every attempt starts from."""
+
+    suspect: Suspect | None
+    test_src: str
+    result: TestResult
+    files: tuple[str, ...]
+    test_cmd: str
+    test_timeout: float
+    candidates: tuple[Candidate, ...] = ()  # the ranking, best first (suspect is the first)
+    localisation: dict | None = None  # locate.Localisation.summary(): kept in the trace
+    allow_test_edits: bool = False  # else test files are read-only: the tests are the spec
+
+    @property
+    def suspects(self) -> list[Suspect]:
+        if self.candidates:
+            found = [c.suspect for c in self.candidates]
+        else:
+            found = [self.suspect] if self.suspect else []
+        return [s for s in found if not self.read_only(s.file)]
+
+    def is_test(self, path: str) -> bool:
+        """A test file (`test_*.py`, `*_test.py`, `conftest.py`, under `tests/`) or the file of a
+        test that failed at the start."""
+        failing = {nodeid.split("::", 1)[0] for nodeid in self.result.failing_tests}
+        return is_test_file(path) or path in failing
+
+    def read_only(self, path: str) -> bool:
+        """Whether a fix may not change `path`: a test file, unless `allow_test_edits`."""
+        return not self.allow_test_edits and self.is_test(path)
+
+
+READ_ONLY = "test files are read-only: fix the code, not the tests (--allow-test-edits)"
+
+
+class PatchProtocol:
+    """One turn: rewrite one of the suspect functions shown."""
+
+    def __init__(self, defn: AgentDefinition, task: Task) -> None:
+        if task.suspect is None and not task.candidates:
+            raise ValueError("the patch protocol needs a suspect function")
+        if not task.suspects:  # every suspect is in a test file
+            raise BadInput(f"the only suspect functions are in test files; {READ_ONLY}")
+        self.defn, self.task = defn, task
+        self.shown = patch.shown(task.suspects, defn.limits.get("suspects", 1),
+                                 defn.limits.get("suspect_chars", 4000))
+
+    def first_messages(self) -> list[dict]:
+        return patch.messages(self.defn, self.shown, self.task.test_src, self.task.result)
+
+    def retry_messages(self, history: list[dict], result: TestResult) -> list[dict]:
+        err = patch.error_lines(result, self.defn.limits["error_lines"])
+        return [*history, {"role": "user", "content": self.defn.prompt["retry"].format(error=err)}]
+
+    def where(self, reply: str, position: int, tokens) -> tuple[str | None, int | None]:
+        """File and line of the token at `position` of a reply (in the function it rewrites)."""
+        s = patch.chosen(reply, self.shown) or self.shown[0]
+        before = "".join(t.text for t in tokens[:position])
+        return s.file, s.start + before.count("\n")
+
+    def act(self, ws: Workspace, reply: str, turn_index: int) -> Outcome:
+        code = patch.reply_code(reply, self.defn.stop_regex)
+        s = patch.chosen(code, self.shown)
+        span = patch.function_name_span(reply, s.name if s else "")
+        spans = (ToolSpan(span[0], span[1], "function"),) if span else ()
+        shown = [c.summary() for c in self.task.candidates if c.suspect in self.shown]
+        args = {"file": s.file if s else None, "function": (s.qualname or s.name) if s else None,
+                "shown": shown or [{"file": x.file, "function": x.qualname or x.name}
+                                   for x in self.shown]}
+        if turn_index == 0 and self.task.localisation:
+            args["localisation"] = self.task.localisation
+        if s is None:
+            names = ", ".join(x.name for x in self.shown)
+            return Outcome("apply_patch", args,
+                           f"not applied: your reply defines none of the functions shown ({names})",
+                           True, spans)
+        try:
+            now = _relocated(functions(ws.root, s.file), s)
+            ws.write_file(s.file, patch.apply(ws.read_file(s.file), now, code))
+        except (ValueError, WorkspaceError) as err:  # WorkspaceError: a link leading outside
+            return Outcome("apply_patch", args, f"not applied: {err}", True, spans)
+        return Outcome("apply_patch", args, f"replaced {s.qualname or s.name} in {s.file}", True,
+                       spans)
+
+
+def _relocated(current: list[Suspect], s: Suspect) -> Suspect:
+    """`s` in the file as it is now: same qualified name, the nearest to where it was."""
+    same = [f for f in current if (f.qualname or f.name) == (s.qualname or s.name)]
+    same = same or [f for f in current if f.name == s.name]
+    return min(same, key=lambda f: abs(f.start - s.start)) if same else s
+
+
+_ACTION = re.compile(r"^\s*(read|list|edit|test|submit)\b[ \t]*([^\n`]*)", re.IGNORECASE)
+
+
+class ToolsProtocol:
+    """Several turns of read / list / edit / test / submit actions."""
+
+    def __init__(self, defn: AgentDefinition, task: Task) -> None:
+        self.defn, self.task = defn, task
+
+    def first_messages(self) -> list[dict]:
+        err = patch.error_lines(self.task.result, self.defn.limits["error_lines"])
+        files = ", ".join(self.task.files[:40])
+        user = self.defn.prompt["user"].format(error=err, files=files)
+        ranked = self.task.candidates[: self.defn.limits.get("suspects", 5)]
+        if ranked:  # which file to read first stays the model's choice
+            user += "\nMost suspicious functions: " + ", ".join(
+                f"{c.suspect.file}:{c.suspect.start} {c.suspect.qualname or c.suspect.name}"
+                for c in ranked)
+        return [
+            {"role": "system", "content": self.defn.prompt["system"]},
+            {"role": "user", "content": user},
+        ]
+
+    def retry_messages(self, history: list[dict], result: TestResult) -> list[dict]:
+        err = patch.error_lines(result, self.defn.limits["error_lines"])
+        return [*history, {"role": "user", "content": f"The tests still fail:\n{err}"}]
+
+    def observation_message(self, observation: str) -> dict:
+        cut = observation[: self.defn.limits["observation_chars"]]
+        return {"role": "user", "content": self.defn.prompt["observation"].format(observation=cut)}
+
+    def where(self, reply: str, position: int, tokens) -> tuple[str | None, int | None]:
+        """The file the reply names, if any (a tools turn has no line)."""
+        m = _ACTION.match(reply)
+        return (m.group(2).strip() or None, None) if m else (None, None)
+
+    def act(self, ws: Workspace, reply: str, turn_index: int) -> Outcome:
+        m = _ACTION.match(reply)
+        last = turn_index + 1 >= self.defn.limits["max_turns"]
+        if m is None:
+            names = "|".join(self.defn.format["actions"])
+            return Outcome("invalid", {}, f"no action found; reply with ACTION: {names}", last)
+        verb, arg = m.group(1).lower(), m.group(2).strip()
+        spans = (ToolSpan(m.start(1), m.end(1), "action"),)
+        if arg:
+            spans += (ToolSpan(m.start(2), m.start(2) + len(arg), "file"),)
+        try:
+            obs, done = self._run(ws, verb, arg, reply)
+        except WorkspaceError as err:  # a path outside the repository, a missing file
+            obs, done = f"error: {err}", False
+        return Outcome(verb, {"path": arg} if arg else {}, obs, done or last, spans)
+
+    def _run(self, ws: Workspace, verb: str, arg: str, reply: str) -> tuple[str, bool]:
+        if verb == "submit":
+            return "submitted", True
+        if verb == "read":
+            return ws.read_file(arg), False
+        if verb == "list":
+            return "\n".join(ws.list_files(arg)), False
+        if verb == "test":
+            r = ws.run_tests(self.task.test_cmd, self.task.test_timeout)
+            return r.output_tail[-1500:], False
+        # edit PATH + a python block: replace each function it defines, by name
+        target = ws.resolve(arg).relative_to(ws.root).as_posix()  # a link to a test is one too
+        if self.task.read_only(arg) or self.task.read_only(target):
+            return f"not applied: {arg}: {READ_ONLY}", False
+        code = reply.split("```python", 1)[-1] if "```python" in reply else reply.split("\n", 1)[-1]
+        code = patch.reply_code(code)
+        text = ws.read_file(arg)
+        names = list(dict.fromkeys(f.name for f in functions_in(text, arg)
+                                   if re.search(rf"def\s+{re.escape(f.name)}\s*\(", code)))
+        if not names:
+            return "not applied: the block defines no function of that file", False
+        for name in names:  # re-locate after each replacement: lines shift
+            target = next(f for f in functions_in(text, arg) if f.name == name)
+            try:
+                text = patch.apply(text, target, code)
+            except ValueError as err:
+                return f"not applied: {err}", False
+        ws.write_file(arg, text)
+        return f"replaced {', '.join(names)} in {arg}", False
