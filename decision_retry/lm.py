@@ -8,7 +8,9 @@ covers every position except the last one (that last id is fed on the next step)
   the original state stays usable (an MH rejection needs it);
 * `extend_many` replicates one prefix cache K times and decodes K tries in one batched forward
   per step, each row with its own generator;
-* `score` teacher-forces given ids in one pass (prefill cost) and records them like sampled ones;
+* `score` teacher-forces given ids in one pass (prefill cost) and records them like sampled ones
+  (`exact=False`: in whatever batches are cheapest, for numbers that need only be a function of
+  the sequence, such as cut weights; decoding's own numbers otherwise);
 * `extend(..., exclude=id)` bans one id at the first drawn position (an MH move that must change
   the cut token, samplers/mh.py `exclusion_term`); every token keeps its unrestricted logq.
 
@@ -46,6 +48,11 @@ class LM:
     @property
     def eos_ids(self) -> frozenset[int]:
         return self.backend.eos_ids
+
+    @property
+    def inexact_chunk(self) -> int:
+        """An inexact `score` continues only from a multiple of this many scored positions."""
+        return getattr(self.backend, "inexact_chunk", 1)  # 1: backends that score in one pass
 
     def encode_text(self, text: str) -> list[int]:
         return self.backend.encode_text(text)
@@ -134,15 +141,20 @@ class LM:
             for row in rows
         ]
 
-    def score(self, state: DecodeState, ids: Sequence[int], sampling_: Sampling) -> DecodeState:
+    def score(self, state: DecodeState, ids: Sequence[int], sampling_: Sampling, *,
+              exact: bool = True) -> DecodeState:
         """`state` extended by `ids`, teacher-forced in one pass; tokens recorded as if drawn
-        with `sampling_` (logq is the log-probability of each given id under that proposal)."""
+        with `sampling_` (logq is the log-probability of each given id under that proposal).
+
+        `exact=False`: the backend may batch as it likes, so the numbers are a function of
+        (state, ids) but not decoding's; the state it returns cannot be extended, and only its
+        forks at multiples of `inexact_chunk` scored positions can be scored inexactly again."""
         if not ids:
             return state
         n = len(state.prompt_ids) + len(state.tokens) - 1
         cache = self.backend.slice(state.cache, n)  # own copy; `state` is never mutated
         fed = [state.ids[-1], *ids[:-1]]
-        logits = self.backend.score(cache, fed)  # (T, V): row i predicts ids[i]
+        logits = self.backend.score(cache, fed, exact=exact)  # (T, V): row i predicts ids[i]
         want = torch.tensor(list(ids)).unsqueeze(-1)  # (T, 1)
         logp = sampling.base_logprobs(logits)  # (T, V)
         h = sampling.entropy(logp)  # (T,)

@@ -58,8 +58,10 @@ class Backend(Protocol):
         """Feed ids (B,) at the next position; returns fp32 logits (B, V)."""
         ...
 
-    def score(self, cache: Any, ids: Sequence[int]) -> torch.Tensor:
-        """Feed T ids to a one-row cache in one pass (teacher forcing); fp32 logits (T, V)."""
+    def score(self, cache: Any, ids: Sequence[int], *, exact: bool = True) -> torch.Tensor:
+        """Feed T ids to a one-row cache in one pass (teacher forcing); fp32 logits (T, V).
+        `exact`: bitwise the logits one-token decoding gives; False: any batching whose numbers
+        depend on (cache, ids) alone, and the cache is not used afterwards."""
         ...
 
     def slice(self, cache: Any, n: int) -> Any: ...
@@ -80,6 +82,7 @@ class Engine(Protocol):
     name: str
     eos_ids: frozenset[int]
     teacher_forcing: bool  # can `score` run? False for a server that only samples
+    inexact_chunk: int  # an inexact `score` continues only from a multiple of this many positions
 
     def encode(self, prompt: Prompt) -> list[int]: ...
 
@@ -101,9 +104,12 @@ class Engine(Protocol):
         """K continuations of one prefix, decoded together, one generator per row."""
         ...
 
-    def score(self, state: DecodeState, ids: Sequence[int], sampling: Sampling) -> DecodeState:
+    def score(self, state: DecodeState, ids: Sequence[int], sampling: Sampling, *,
+              exact: bool = True) -> DecodeState:
         """`state` extended by the given ids (teacher forcing, prefill cost): each token's logp,
-        entropy and alternatives exact, logq as if drawn with `sampling`."""
+        entropy and alternatives exact, logq as if drawn with `sampling`. `exact=False`: the
+        numbers need only be a function of (state, ids), not decoding's (an engine may batch
+        more cheaply), and the state returned may have no cache to extend."""
         ...
 
 

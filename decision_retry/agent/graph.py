@@ -232,7 +232,8 @@ class FixAgent:
                 turn, n = replace(turn, state=p.rescored(), tail_from=None), n + k
             if turn.alt_from is not None:  # the reply under the no-body context
                 base, t = turn.alt_from
-                s = surprise.annotate(self._alt_context(), turn.state, q, base=base, t=t)
+                s = surprise.annotate(self._alt_context(), turn.state, q, base=base, t=t,
+                                      exact=self.rc.nobody_exact)
                 turn, n = replace(turn, state=s.y, alt=s.alt, alt_from=None), n + s.positions
             self.recorder.record_scores(turn.trace, turn.state.tokens)
             turns.append(turn)

@@ -71,7 +71,7 @@ class HFBackend:
         return cache
 
     @torch.inference_mode()
-    def score(self, cache, ids: Sequence[int]) -> torch.Tensor:
+    def score(self, cache, ids: Sequence[int], *, exact: bool = True) -> torch.Tensor:
         x = torch.tensor([list(ids)], dtype=torch.long)  # (1, T)
         out = self.model(input_ids=x, cache=cache, use_cache=True)
         return out.logits[0].float()  # (T, V)

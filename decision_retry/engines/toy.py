@@ -35,8 +35,8 @@ class IdRowsCache:
     def select(self, cache: torch.Tensor, rows: Sequence[int]) -> torch.Tensor:
         return cache[list(rows)].clone()
 
-    def score(self, cache: torch.Tensor, ids: Sequence[int]) -> torch.Tensor:
-        """Teacher forcing one id at a time (a toy has no faster path): logits (T, V)."""
+    def score(self, cache: torch.Tensor, ids: Sequence[int], *, exact: bool = True) -> torch.Tensor:
+        """Teacher forcing one id at a time (a toy has no faster path, so always exact)."""
         return torch.cat([self.forward(cache, torch.tensor([i])) for i in ids])
 
 
@@ -211,5 +211,5 @@ class DecisionTreeBackend:
     def select(self, cache: _Positions, rows: Sequence[int]) -> _Positions:
         return _Positions(cache.n, len(rows), cache.prompt)
 
-    def score(self, cache: _Positions, ids: Sequence[int]) -> torch.Tensor:
+    def score(self, cache: _Positions, ids: Sequence[int], *, exact: bool = True) -> torch.Tensor:
         return torch.cat([self.forward(cache, torch.tensor([i])) for i in ids])  # (T, V)

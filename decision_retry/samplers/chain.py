@@ -117,6 +117,11 @@ class RetryConfig(BaseModel):
                                  "the cut correction (and the scoring it needs) only after the "
                                  "rest of log A accepts; None: `resolved` turns it on for new "
                                  "runs, unresolved it reads as off (stored runs resume as run)")
+    nobody_scoring: Literal["exact", "bulk"] | None = Field(
+        None, description="how replies are scored under the no-body context: exact (decoding's "
+        "numbers, each proposal from its cut) or bulk (one cheaper pass per reply, for cut "
+        "weights only); None: `resolved` picks bulk unless the cut token is drawn there, "
+        "unresolved it reads as exact (stored runs resume as run)")
 
     @model_validator(mode="before")
     @classmethod
@@ -134,6 +139,9 @@ class RetryConfig(BaseModel):
             raise ValueError("argmax is a rewind's cut rule: use it with rewind")
         if self.argmax and self.rule.kind == "uniform":
             raise ValueError("argmax ranks by the cut weights: uniform weights have no maximum")
+        if self.nobody_scoring == "bulk" and self.cut_token == "nobody":
+            raise ValueError("cut_token 'nobody' draws from the no-body scores: they must be "
+                             "exact (nobody_scoring=exact)")
         return self
 
     def resolved(self, *, patch: bool, teacher_forcing: bool,
@@ -144,12 +152,15 @@ class RetryConfig(BaseModel):
         surprise where the no-body context exists and can be scored (the patch protocol, an
         engine that scores, a cut strategy), entropy elsewhere. Exclusion: on where the engine
         can ban a token (`excludes`) and the strategy makes single-try cut moves. Delayed
-        acceptance: on (`Chain.decide`). Other values are kept."""
+        acceptance: on (`Chain.decide`). No-body scoring: bulk (cut weights need only a
+        function of the sequence) unless the cut token is drawn from it. Other values are kept."""
         update: dict = {}
         if self.exclude is None:
             update["exclude"] = excludes and self.strategy in SINGLE_TRY_CUTS
         if self.delayed is None:
             update["delayed"] = True
+        if self.nobody_scoring is None:
+            update["nobody_scoring"] = "exact" if self.cut_token == "nobody" else "bulk"
         if self.move == "auto":
             local = patch and teacher_forcing and self.strategy in SINGLE_TRY_CUTS
             update["move"] = "local" if local else "suffix"
@@ -167,6 +178,11 @@ class RetryConfig(BaseModel):
     def scored(self) -> bool:
         """Is every reply scored under the no-body context (surprise weights or cut token)?"""
         return self.surprise or self.cut_token == "nobody"
+
+    @property
+    def nobody_exact(self) -> bool:
+        """Are replies scored under the no-body context with decoding's numbers (surprise.py)?"""
+        return self.nobody_scoring != "bulk"
 
     @property
     def excluding(self) -> bool:

@@ -66,7 +66,8 @@ def check_trace(tree, rule) -> int:
     """The replies the chain read are scored: the first, every current attempt, every proposal
     whose decision reached stage 2 (its cut correction computed from the recorded surprises of
     both branches), and no other (a stage-1 rejection and the passing reply are never scored);
-    returns the no-body positions the run must have scored."""
+    returns the no-body positions the run must have scored (the scripted engine's inexact
+    passes continue from any position, so bulk and exact scoring both score from the cut)."""
     turns = {t.branch_id: t for t in tree.turns}
     root = next(b for b in tree.branches if b.parent_id is None)
     want_scored = {root.id} | {s.current_branch_id for s in tree.mh_steps} | {
@@ -87,12 +88,15 @@ def check_trace(tree, rule) -> int:
     return sum(len(t.tokens) - cut_at.get(t.branch_id, 0) for t in tree.turns if scored(t))
 
 
-def test_surprise_cuts_in_fix_with_the_scripted_model(tmp_path):
+@pytest.mark.parametrize("scoring", ["bulk", "exact"])
+def test_surprise_cuts_in_fix_with_the_scripted_model(tmp_path, scoring):
     """The scripted model ignores its prompt, so under the no-body context each token's score is
     its own logp: the certain tokens have surprise 0, and with eps = 0 every cut lands on one of
-    the two choices; the trace holds the scores; the scoring passes count as prefill."""
+    the two choices; the trace holds the scores; the scoring passes count as prefill; exact and
+    bulk (fix's default) scoring alike."""
     seed = failing_seed()
-    cfg = surprise_config(seed, cut=cuts.CutRule(eps=0.0))
+    cfg = surprise_config(seed, cut=cuts.CutRule(eps=0.0),
+                          **({} if scoring == "bulk" else {"nobody_scoring": "exact"}))
     with TraceStore(tmp_path / "traces.db") as store:
         res = fix(fixture_repo(tmp_path, "units"), cfg, lm=scripted_lm(SCRIPT), store=store)
         tree = store.load(res.run_id)
@@ -100,6 +104,7 @@ def test_surprise_cuts_in_fix_with_the_scripted_model(tmp_path):
     for t in filter(scored, tree.turns):
         assert [k.alt_logp for k in t.tokens] == pytest.approx([k.logp for k in t.tokens])
     assert {s.cut_position for s in tree.mh_steps} <= {1, 3}  # the docstring word, the bug
+    assert tree.run.config["retry"]["nobody_scoring"] == scoring  # bulk: fix's default
     assert res.prefill_positions == check_trace(tree, cfg.retry.rule)
 
 

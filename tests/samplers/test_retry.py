@@ -187,11 +187,18 @@ def test_auto_cut_weights_are_surprise_only_where_replies_can_be_scored():
     for s in ("from-end", "restart"):
         assert RetryConfig(strategy=s, cut_weights="auto").resolved(
             patch=True, teacher_forcing=True).cut_weights == "entropy"
-    code = RetryConfig(cut_weights="code", exclude=False, delayed=True)
+    code = RetryConfig(cut_weights="code", exclude=False, delayed=True, nobody_scoring="exact")
     assert code.resolved(patch=True, teacher_forcing=True) is code
     both = RetryConfig(move="auto", cut_weights="auto").resolved(patch=True, teacher_forcing=True)
     assert (both.move, both.cut_weights) == ("local", "surprise")
     assert not auto.surprise and not auto.scored
+    # the no-body scores: bulk (cut weights only) unless the cut token is drawn from them;
+    # unresolved, exact (a stored run resumes as it ran)
+    assert auto.resolved(patch=True, teacher_forcing=True).nobody_scoring == "bulk"
+    nb = RetryConfig(cut_token="nobody").resolved(patch=True, teacher_forcing=True)
+    assert nb.nobody_scoring == "exact" and auto.nobody_exact and not both.nobody_exact
+    with pytest.raises(ValueError, match="nobody_scoring=exact"):
+        RetryConfig(cut_token="nobody", nobody_scoring="bulk")
     assert cut_scale([toks([1.0, 2.0, 0.5])], auto) is None
 
     from decision_retry.agent.graph import FixAgent

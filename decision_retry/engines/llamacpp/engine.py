@@ -32,6 +32,8 @@ from decision_retry.engines.llamacpp.memory import (
     Row,
     load_model,
     new_context,
+    BULK,
+    bulk_spans,
     spans,
 )
 from decision_retry.engines.llamacpp.text import Vocab
@@ -58,6 +60,8 @@ class LlamaCppBackend:
 
     `exact_chunk`: tokens per decode for `score` and re-prefills, forced (default: measured, see
     above); `exact_cache`: the folder of measured sizes (default `<models cache>/exact-chunk`)."""
+
+    inexact_chunk = BULK  # score(exact=False) feeds chunks of this size (memory.BULK)
 
     def __init__(
         self,
@@ -124,6 +128,8 @@ class LlamaCppBackend:
         rows, toks = cache.rows, ids.tolist()
         if len(toks) != len(rows):
             raise ValueError(f"{len(toks)} ids for a cache of {len(rows)} rows")
+        for r in rows:
+            _decodable(r, True)
         self.memory.ready(rows)
         pos = [len(r.ids) for r in rows]
         self.memory.feed(rows, toks, pos, outputs=True)  # ONE decode: a sequence id per row
@@ -131,11 +137,25 @@ class LlamaCppBackend:
             r.ids.append(t)
         return self.memory.logits(len(rows), self.n_vocab)  # (B, V)
 
-    def score(self, cache: LlamaCache, ids: Sequence[int]) -> torch.Tensor:
+    def score(self, cache: LlamaCache, ids: Sequence[int], *, exact: bool = True) -> torch.Tensor:
         (row,) = cache.rows
+        _decodable(row, exact)
         self.memory.ready([row])
         ids, out = list(ids), []
-        for start, stop in spans(len(ids), self.memory.chunk):  # exact chunks: decoding's numbers
+        # exact: decoding's numbers (exact chunks, the rest one token per decode). Inexact:
+        # chunks of BULK on a grid from where the row's first inexact pass began, the last one
+        # shorter: numbers that depend on (the row's ids, ids) alone, a third cheaper a position
+        # on the 1.5B, but not decoding's (memory.Row.grid)
+        if exact:
+            parts = spans(len(ids), self.memory.chunk)
+        else:
+            if row.grid is None:
+                row.grid = len(row.ids)
+            elif (len(row.ids) - row.grid) % BULK:
+                raise ValueError(f"an inexact pass continues from a multiple of {BULK} scored "
+                                 f"positions, not {len(row.ids) - row.grid}")
+            parts = bulk_spans(len(ids))
+        for start, stop in parts:
             chunk, n = ids[start:stop], len(row.ids)
             self.memory.feed([row] * len(chunk), chunk, range(n, n + len(chunk)), outputs=True)
             row.ids.extend(chunk)
@@ -152,3 +172,11 @@ class LlamaCppBackend:
     def select(self, cache: LlamaCache, rows: Sequence[int]) -> LlamaCache:
         # the source is not fed again after select (protocol), so the rows move, not copy
         return LlamaCache([cache.rows[i] for i in rows])
+
+
+def _decodable(row: Row, exact: bool) -> None:
+    """A row an inexact pass fed cannot be decoded from or scored exactly: its cells are not
+    decoding's, so neither would the numbers be."""
+    if exact and row.grid is not None:
+        raise ValueError("this state was scored inexactly (score(exact=False)): it cannot be "
+                         "decoded from or scored exactly; fork it before its inexact positions")

@@ -22,6 +22,14 @@ from decision_retry.engines.llamacpp.seqs import SeqIds
 from decision_retry.errors import DecisionRetryError, ModelLoadError
 
 N_BATCH = 512  # tokens per llama_decode when a prompt is first prefilled
+BULK = 32  # tokens per llama_decode of an inexact scoring pass (`score(exact=False)`), whose
+# numbers must depend on (the row's ids, the ids scored) alone: at 64 rows SmolLM2's logits also
+# depend on what else the KV cache holds (up to 1.6 nats after other rows were prefilled), at 8-32
+# (48 on the 1.5B) they do not. On the 1.5B at 1 thread a scored position costs 28 ms at 32, 42 in
+# exact chunks of 3, 25 at 64, 20 in a prefill with no logits (notebook/2026-12-07-bulk-scoring.md).
+# Not covered, here as for exact chunks: a row re-prefilled after eviction whose prompt cells are
+# copied from a row that computed them anew (not the cells it first shared) can come out different
+# in its later chunks (measured: SmolLM2, 0.0007 nats); a run keeps its prompts' rows alive.
 
 # Exactness. llama.cpp's CPU kernels take different arithmetic paths for different numbers of
 # tokens in a decode (the 1.5B's threshold of 4 fits the repacked quantised matmuls, which run
@@ -39,13 +47,17 @@ N_BATCH = 512  # tokens per llama_decode when a prompt is first prefilled
 
 
 class Row:
-    """One sequence: `ids` covered by its KV, `seq` its llama.cpp id (None once evicted), and
-    `bulk`: how many leading ids were prefilled in n_batch chunks (the rest in exact ones)."""
+    """One sequence: `ids` covered by its KV, `seq` its llama.cpp id (None once evicted),
+    `bulk`: how many leading ids were prefilled in n_batch chunks (the rest in exact ones), and
+    `grid`: None, or the position from which an inexact scoring pass fed the ids in chunks of
+    BULK (its cells are not decoding's: never decoded from, re-prefilled in the same chunks)."""
 
-    __slots__ = ("__weakref__", "_memory", "bulk", "ids", "seq", "used")
+    __slots__ = ("__weakref__", "_memory", "bulk", "grid", "ids", "seq", "used")
 
-    def __init__(self, memory: Memory, ids: list[int], bulk: int = 0) -> None:
+    def __init__(self, memory: Memory, ids: list[int], bulk: int = 0,
+                 grid: int | None = None) -> None:
         self.ids, self.seq, self.bulk, self.used, self._memory = ids, None, bulk, 0, memory
+        self.grid = grid
 
     def __del__(self) -> None:  # the one place a row gives its sequence back
         if self.seq is not None:
@@ -57,6 +69,11 @@ def spans(n: int, chunk: int) -> list[tuple[int, int]]:
     per decode for the rest (a shorter chunk was not measured, a single token is the reference)."""
     full = n - n % chunk
     return [(s, s + chunk) for s in range(0, full, chunk)] + [(s, s + 1) for s in range(full, n)]
+
+
+def bulk_spans(n: int) -> list[tuple[int, int]]:
+    """[start, stop) of n tokens in chunks of BULK from the first, the last one shorter."""
+    return [(s, min(n, s + BULK)) for s in range(0, n, BULK)]
 
 
 def load_model(path: str) -> int:
@@ -78,8 +95,9 @@ def new_context(model: int, *, n_ctx: int, n_seq_max: int, chunk: int, threads: 
     lib = L.load()
     p = lib.llama_context_default_params()
     p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = n_ctx, N_BATCH, N_BATCH, n_seq_max
-    p.n_outputs_max = max(chunk, n_seq_max)  # logits rows per decode: B rows, or a score chunk
-    p.n_outputs_max_per_seq = chunk
+    # logits rows per decode: B rows, or a score chunk (exact, or BULK for an inexact pass)
+    p.n_outputs_max = max(chunk, n_seq_max, BULK)
+    p.n_outputs_max_per_seq = max(chunk, BULK)
     p.n_threads = p.n_threads_batch = threads
     p.kv_unified, p.no_perf = True, True
     return lib.llama_init_from_model(model, p) or None
@@ -156,7 +174,8 @@ class Memory:
         """A new row over src.ids[:n], sharing src's KV cells (no recompute); src stays usable."""
         if not 0 <= n <= len(src.ids):
             raise ValueError(f"slice to {n} positions of a cache over {len(src.ids)}")
-        dst = Row(self, src.ids[:n], min(src.bulk, n))
+        dst = Row(self, src.ids[:n], min(src.bulk, n),
+                  src.grid if src.grid is not None and n > src.grid else None)
         self._touch(dst)  # newest: evicting for a sibling fork takes older rows first
         if src.seq is not None and n > 0:
             self._touch(src)
@@ -176,14 +195,17 @@ class Memory:
     def ready(self, rows: Sequence[Row]) -> None:
         """Give every row a sequence holding its ids, re-prefilling evicted ones: the longest
         prefix a live row holds is copied, the rest decoded in the chunks it first was (so the
-        cells come out bitwise equal, unless its first prefill shared a prefix that is gone); what
-        was decoded or scored goes in exact chunks (`spans`), so it comes out as decoding made it."""
+        cells come out bitwise equal, unless its first prefill shared a prefix that is gone): the
+        prompt in n_batch chunks, what was decoded or scored in exact chunks (`spans`), so it
+        comes out as decoding made it, and an inexact pass's ids in chunks of BULK from `grid`."""
         for row in rows:
             self._touch(row)
         for row in rows:
             if row.seq is None:
                 self._give_seq(row, pinned=rows)
                 donor, n = self._longest_prefix(row)
+                if row.grid is not None:  # copy no cell an inexact pass made; replay them
+                    n = min(n, row.grid)
                 if n < row.bulk:  # recompute the prompt in the same n_batch chunks as at first
                     n -= n % self.n_batch
                 if n:
@@ -192,9 +214,13 @@ class Memory:
                     todo = row.ids[n:row.bulk]
                     self.feed([row] * len(todo), todo, range(n, row.bulk), chunk=self.n_batch, pinned=rows)
                 rest = max(n, row.bulk)  # decoded or scored at first: exact chunks, as scoring does
-                for start, stop in spans(len(row.ids) - rest, self.chunk):
-                    todo = row.ids[rest + start:rest + stop]
-                    self.feed([row] * len(todo), todo, range(rest + start, rest + stop), pinned=rows)
+                end = len(row.ids) if row.grid is None else row.grid
+                parts = [(rest + a, rest + b) for a, b in spans(end - rest, self.chunk)]
+                if row.grid is not None:
+                    parts += [(end + a, end + b) for a, b in bulk_spans(len(row.ids) - end)]
+                for start, stop in parts:
+                    todo = row.ids[start:stop]
+                    self.feed([row] * len(todo), todo, range(start, stop), pinned=rows)
 
     # -- decoding --------------------------------------------------------------------------
     def feed(self, rows: Sequence[Row], tokens: Sequence[int], pos: Sequence[int], *,
@@ -273,6 +299,8 @@ class Memory:
             if other is None or other is row or other.seq is None:
                 continue
             n, limit = 0, min(len(other.ids), len(row.ids))
+            if other.grid is not None:  # an inexact pass's cells are not decoding's
+                limit = min(limit, other.grid)
             a, b = other.ids, row.ids
             while n < limit and a[n] == b[n]:
                 n += 1

@@ -65,6 +65,7 @@ class RemoteEngine:
     # `extend(..., exclude=id)` would need a one-token request with the id banned and log A's
     # exclusion term from estimated logq: not wired, so chains keep the plain kernel here
     excludes = False
+    inexact_chunk = 1  # a server scores a request in one pass: any prefix can be continued
 
     def __init__(self, dialect: Dialect, http: Http, info: ModelInfo, *, exact: bool = False,
                  top: int = DEFAULT_TOP) -> None:
@@ -107,10 +108,12 @@ class RemoteEngine:
             raise ValueError(f"fork position {t} outside 0..{len(state.tokens)}")
         return DecodeState(state.prompt_ids, state.tokens[:t], None, _pieces(state)[:t])
 
-    def score(self, state: DecodeState, ids: Sequence[int], sampling: Sampling) -> DecodeState:
+    def score(self, state: DecodeState, ids: Sequence[int], sampling: Sampling, *,
+              exact: bool = True) -> DecodeState:
         """`state` extended by `ids`, teacher-forced in one request; tokens recorded as if drawn
         with `sampling` (logq and entropy with bounds from the top-k, as decoded tokens). A
-        server that only samples cannot do it (exit 2, one line)."""
+        server that only samples cannot do it (exit 2, one line). `exact`: one request either
+        way (the server batches as it does)."""
         if not self.teacher_forcing:
             raise BadInput(
                 f"the {self.dialect.kind} engine cannot score a given text (teacher forcing), "
