@@ -36,7 +36,6 @@ from langchain.agents.middleware.types import ExtendedModelResponse, ModelRespon
 from langchain_core.messages import (
     AIMessage,
     RemoveMessage,
-    ToolMessage,
     messages_from_dict,
     messages_to_dict,
 )
@@ -68,17 +67,6 @@ class DecisionRetryAgentState(AgentState):
     decision_retry: NotRequired[Annotated[dict, OmitFromInput, merge]]  # reducer last
 
 
-def hide_tool_output(*tools: str, placeholder: str = "(not shown)") -> Callable[[list], list]:
-    """A second context for surprise cuts (`nobody=`): the conversation with the results of the
-    named tools (e.g. the one that reads the code) replaced by `placeholder`, so a token the
-    model copies from what they showed stands out there."""
-    def second(messages: list) -> list:
-        return [m.model_copy(update={"content": placeholder})
-                if isinstance(m, ToolMessage) and m.name in tools else m for m in messages]
-
-    return second
-
-
 def _seed(seed: int, *parts: object) -> int:
     return zlib.crc32("/".join(map(str, (seed, *parts))).encode())
 
@@ -96,8 +84,9 @@ class DecisionRetryMiddleware(AgentMiddleware):
     the tools change nothing outside the conversation. retry: what runs, `fix`'s run by
     default, resolved for the chat model (module docstring; a value it cannot run is one clear
     error at its first call). nobody: a callable messages -> messages, the second context that
-    surprise cuts score every reply under (e.g. `hide_tool_output("read_file")`). recorder: a trace `Recorder` (run, branches, calls, decision
-    points, tool calls, tests, MH steps; its listeners export OTLP). max_attempts / budget_tokens:
+    surprise cuts score every reply under (e.g. `hide_tool_output("read_file")`). recorder: a
+    trace `Recorder` (run, branches, calls, decision points, tool calls, tests, MH steps; its
+    listeners export OTLP). max_attempts / budget_tokens:
     when to give up. temperature / vocab: what a chat model other than ours samples at and its
     vocabulary size (for the top-k bounds); ours reports exact numbers.
     """

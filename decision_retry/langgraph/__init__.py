@@ -14,7 +14,7 @@ resolved for the model: local moves, no null moves, delayed acceptance, surprise
 second context (`model_node(..., nobody=...)`).
 """
 
-from decision_retry.langgraph.model import ModelNode, RewindError, model_node
+from decision_retry.langgraph.model import ModelNode, RewindError, hide_tool_output, model_node
 from decision_retry.langgraph.rewind import (
     RewindNode,
     attempts,
@@ -33,6 +33,7 @@ __all__ = [
     "RewindNode",
     "attempts",
     "fork_point",
+    "hide_tool_output",
     "invoke",
     "merge",
     "model_node",

@@ -84,6 +84,25 @@ def chat(messages: Sequence[Any], system: str | None = None) -> list[dict]:
     return out
 
 
+def hide_tool_output(*tools: str, placeholder: str = "(not shown)") -> Callable[[list], list]:
+    """A second context for surprise cuts: the messages with the results of the named tools
+    (e.g. the one that reads the code) replaced by `placeholder`, so a token the model copies
+    from what they showed stands out there. LangChain `ToolMessage`s or dicts with role "tool"
+    and a "name"; `model_node(nobody=lambda s: hide(s["messages"]))`, or the middleware's
+    `nobody=hide` as it is."""
+    def hidden(m: Any) -> bool:
+        if isinstance(m, dict):
+            return m.get("role") == "tool" and m.get("name") in tools
+        return getattr(m, "type", None) == "tool" and getattr(m, "name", None) in tools
+
+    def second(messages: list) -> list:
+        return [({**m, "content": placeholder} if isinstance(m, dict)
+                 else m.model_copy(update={"content": placeholder})) if hidden(m) else m
+                for m in messages]
+
+    return second
+
+
 class ModelNode:
     """A graph node that calls a local model and records its tokens (built by `model_node`)."""
 
@@ -279,8 +298,12 @@ class ModelNode:
         return DecodeState(tuple(prompt_ids), tokens, base["finish"], self.lm.prefill(ids).cache)
 
     def _alt_context(self, state: dict) -> surprise.AltContext:
-        """The second context of this call (`nobody(state)`), prefilled."""
-        ids = tuple(self.lm.encode(self.nobody(state)))
+        """The second context of this call (`nobody(state)`: a prompt, or messages as the
+        state holds them, rendered with the system prompt as the call's own), prefilled."""
+        second = self.nobody(state)
+        if not isinstance(second, str) and any(not isinstance(m, dict) for m in second):
+            second = chat(second, self.system)
+        ids = tuple(self.lm.encode(second))
         if self._alt is None or self._alt[0] != ids:  # one prefill per distinct second context
             self._alt = (ids, surprise.AltContext(self.lm, self.lm.prefill(list(ids))))
         return self._alt[1]
@@ -372,9 +395,10 @@ def model_node(
     `state["decision_retry"]` and, with a `recorder`, in the trace.
 
     system / prompt: a system prompt, or a callable state -> prompt replacing the messages.
-    nobody: a callable state -> the second context (a prompt, as `prompt` returns), the same
-    request without what the model copies from (the code it was shown): every reply is scored
-    under it and `retry`'s auto cut weights become surprise cuts (docs/langgraph.md).
+    nobody: a callable state -> the second context (a prompt, as `prompt` returns, or messages
+    such as `hide_tool_output("read_file")(state["messages"])`), the same request without what
+    the model copies from (the code it was shown): every reply is scored under it and `retry`'s
+    auto cut weights become surprise cuts (docs/langgraph.md).
     sampling: how tokens are drawn (default: the proposal of `retry`, temperature 1/alpha).
     retry: what runs (default `fix`'s run, resolved for `lm`: local moves, no null moves and
     delayed acceptance with an in-process engine; a value `lm` cannot run is one clear error);

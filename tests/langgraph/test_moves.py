@@ -211,3 +211,29 @@ def test_surprise_cuts_score_every_reply_under_the_second_context():
     # read these values (`level` weights on surprises, not entropy jumps)
     x = tokens_of(done[0]["chain"]["turns"][0])
     assert cut_entropies([x], run_) == pytest.approx([min(-k.logp, 50.0) for k in x])
+
+
+def test_the_second_context_can_be_the_messages_with_a_tools_output_hidden():
+    """`nobody` may return messages as the state holds them (LangChain messages or dicts): they
+    are rendered as the call's own prompt is, with its system prompt; `hide_tool_output` blanks
+    the named tools' results and nothing else."""
+    from langchain_core.messages import HumanMessage, ToolMessage
+
+    from decision_retry.langgraph import hide_tool_output, model_node
+    from decision_retry.langgraph.model import chat
+
+    lm = table_lm(vocab=4, seed=35)  # its prompt ids follow the text
+    hide = hide_tool_output("read_file")
+    messages = [HumanMessage("fix f"), ToolMessage("def f(): return 1", tool_call_id="1",
+                                                   name="read_file"),
+                ToolMessage("ok", tool_call_id="2", name="run")]
+    node = model_node(lm, system="be brief", nobody=lambda s: hide(s["messages"]),
+                      sampling=Sampling(temperature=1.0, max_new_tokens=3))
+    out = node({"messages": messages})
+    shown = chat([messages[0], ToolMessage("(not shown)", tool_call_id="1", name="read_file"),
+                  messages[2]], "be brief")
+    assert node._alt[0] == tuple(lm.encode(shown)) != tuple(lm.encode(chat(messages, "be brief")))
+    assert len(out[KEY]["turns"][0]["alt_logp"]) == len(out[KEY]["turns"][0]["ids"])
+    assert messages[1].content == "def f(): return 1"  # the state itself is not changed
+    dicts = [{"role": "tool", "name": "read_file", "content": "x"}, {"role": "tool", "content": "y"}]
+    assert [m["content"] for m in hide(dicts)] == ["(not shown)", "y"]
