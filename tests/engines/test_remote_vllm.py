@@ -10,6 +10,7 @@ the flags below instead of starting one (5-8 minutes here).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -168,7 +169,7 @@ def test_score_equals_the_in_process_engines(engine, hf_dir):
     transformers, 1.5e-5 against vLLM's decoding; llama.cpp computes the quantised model
     (Q8 activations): mean 0.046, max 0.26 nats."""
     hf = loading.load_transformers(hf_dir, str(hf_dir), name="local", threads=1)
-    gguf = loading.load_lm("smollm2-135m")
+    gguf = loading.load_llamacpp(catalogue.resolve("smollm2-135m"), name="gguf", threads=1)
     d_hf, d_decode, d_gguf = [], [], []
     for i, prompt in enumerate([PROMPT, "def fib(n):\n    \"\"\"The n-th Fibonacci number.\"\"\""]):
         state = engine.prefill(prompt)
@@ -185,6 +186,10 @@ def test_score_equals_the_in_process_engines(engine, hf_dir):
             assert a.entropy_bounds[0] - 1e-3 <= b.entropy <= a.entropy_bounds[1] + 1e-3
             lo, hi = a.logq_bounds or (a.logq, a.logq)
             assert lo - 1e-3 <= b.logq <= hi + 1e-3
+    # free llama.cpp here (not `load_lm`, which keeps it cached to the end): freed by the
+    # collector at exit, it calls its log callback after Python has torn it down (segfault)
+    del gguf, ref_gguf
+    gc.collect()
     print(f"score through vLLM, max |d logp|: transformers {max(d_hf):.1e}, its decoding "
           f"{max(d_decode):.1e}; llama.cpp GGUF mean {sum(d_gguf) / len(d_gguf):.3f} max {max(d_gguf):.2f}")
     assert max(d_hf) <= 2e-4 and max(d_decode) <= 2e-4
