@@ -286,3 +286,26 @@ def test_the_no_body_cut_token_draws_the_cut_token_under_the_second_context(tmp_
                 - y[i].alt_logq - sum(k.logq for k in y[i + 1:])
                 + math.log1p(-math.exp(x[i].alt_logq)) - math.log1p(-math.exp(y[i].alt_logq)))
         assert step["log_proposal"] == pytest.approx(prop, abs=1e-9)
+
+
+def test_streaming_makes_the_same_local_moves(tmp_path):
+    """With stream_mode="messages" a local move comes as one chunk; the run is the invoked one."""
+    repo = make_repo(tmp_path / "units", UNITS)
+    runs = {}
+    for mode in ("invoke", "stream"):
+        model = ChatDecisionRetry(engine=scripted_turns_lm(SCRIPT))
+        with Workspace(repo, f"stream-local-{mode}") as ws:
+            mw = DecisionRetryMiddleware(verifier=lambda s, ws=ws: verdict_of(ws), repository=ws,
+                                         seed=2, retry=LOCAL, max_attempts=6)
+            agent = create_agent(model, file_tools(ws), middleware=[mw])
+            if mode == "invoke":
+                runs[mode] = agent.invoke(question())
+            else:
+                for kind, item in agent.stream(question(), stream_mode=["messages", "values"]):
+                    if kind == "values":
+                        runs[mode] = item
+    a, b = runs["invoke"]["decision_retry"], runs["stream"]["decision_retry"]
+    assert any(s["move"] == "local" for s in a["steps"])
+    assert b["attempts"] == a["attempts"] and b["status"] == a["status"]
+    assert [t["ids"] for t in b["turns"]] == [t["ids"] for t in a["turns"]]
+    assert [s["log_accept"] for s in b["steps"]] == [s["log_accept"] for s in a["steps"]]
