@@ -1,11 +1,14 @@
 """How often localisation puts the buggy function where the model sees it: top-1/3/5 and shown.
 
-    python -m decision_retry.bench.localise_eval --out DIR [--limit N] [--no-spectrum]
+    python -m decision_retry.bench.localise_eval --out DIR [--suite real-bugs] [--limit N]
+        [--no-spectrum]
 
-For each case of the real-repos suite (built under DIR/suites/real-repos when missing): run the
-case's own test command on a copy, localise (localise/locate.py) exactly as `fix` does, and find
-the rank of the function the mutation is in. "shown" is whether the patch protocol's prompt holds
-it (prompts/patch.toml: `suspects` and `suspect_chars`). Prints a table, writes DIR/localise.json.
+For each case of the real-repos suite, or real-bugs (built under DIR/suites/SUITE when missing):
+run the case's own test command on a copy, in the case's own environment where it has one,
+localise (localise/locate.py) exactly as `fix` does, and find the rank of the function the
+mutation is in (real-bugs: the best rank of the functions the developer changed). "shown" is
+whether the patch protocol's prompt holds it (prompts/patch.toml: `suspects` and `suspect_chars`).
+Prints a table, writes DIR/localise.json (real-bugs: DIR/real-bugs-localise.json).
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import time
 from pathlib import Path
 
 from decision_retry.agent import definitions, patch
+from decision_retry.bench import real_bugs, real_repos
 from decision_retry.bench.cases import Case
-from decision_retry.bench.real_repos import load_index, real_repos
 from decision_retry.localise.locate import localise
+from decision_retry.repo import pyenv
 from decision_retry.repo.testrun import run_tests
 
 
@@ -32,13 +36,17 @@ def evaluate_case(case: Case, meta: dict, *, spectrum: bool = True) -> dict:
         root = Path(tmp) / case.name
         shutil.copytree(case.path, root)
         start = time.monotonic()
-        result = run_tests(meta["test_cmd"], root, 600)
+        python = pyenv.find(root, test_cmd=meta["test_cmd"])  # real-bugs: the case's .venv
+        result = run_tests(meta["test_cmd"], root, 600, python=python)
         tested = time.monotonic()
-        loc = localise(root, result, test_cmd=meta["test_cmd"], timeout=600, spectrum=spectrum)
+        loc = localise(root, result, test_cmd=meta["test_cmd"], timeout=600, spectrum=spectrum,
+                       python=python)
         done = time.monotonic()
     keys = [(c.suspect.file, c.suspect.qualname) for c in loc.candidates]
-    want = (meta["bug_file"], meta["bug_function"])
-    rank = keys.index(want) + 1 if want in keys else None
+    wants = [tuple(f.split(":", 1)) for f in meta.get("functions", [])] or \
+        [(meta["bug_file"], meta["bug_function"])]
+    ranks = [keys.index(w) + 1 for w in wants if w in keys]
+    want, rank = (wants[0], None) if not ranks else (keys[min(ranks) - 1], min(ranks))
     shown = patch.shown([c.suspect for c in loc.candidates], defn.limits.get("suspects", 1),
                         defn.limits.get("suspect_chars", 4000))
     return {"case": case.name, "bug": f"{want[0]}::{want[1]}", "rank": rank,
@@ -71,18 +79,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m decision_retry.bench.localise_eval",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True, type=Path, help="where the suite and results go")
+    ap.add_argument("--suite", choices=("real-repos", "real-bugs"), default="real-repos")
     ap.add_argument("--limit", type=int, default=None, help="the first N cases only")
     ap.add_argument("--no-spectrum", action="store_true", help="traceback and called names only")
     args = ap.parse_args(argv)
-    root = args.out / "suites" / "real-repos"
-    cases = real_repos(root, limit=args.limit, on_build=lambda s: print(s, file=sys.stderr))
-    index = load_index(root)
+    root = args.out / "suites" / args.suite
+    suite = real_bugs.real_bugs if args.suite == "real-bugs" else real_repos.real_repos
+    cases = suite(root, limit=args.limit, on_build=lambda s: print(s, file=sys.stderr))
+    index = real_repos.load_index(root)
     rows = []
     for case in cases:
         row = evaluate_case(case, index[case.name], spectrum=not args.no_spectrum)
         rows.append(row)
         print(f"{case.name}: rank {row['rank']} ({row['localise_s']}s)", file=sys.stderr)
     name = "localise-nospectrum.json" if args.no_spectrum else "localise.json"
+    name = name if args.suite == "real-repos" else f"{args.suite}-{name}"
     (args.out / name).write_text(json.dumps(rows, indent=1) + "\n")
     print(table(rows))
     return 0
