@@ -13,7 +13,7 @@ with `decision-retry fix`'s chain and defaults (docs/langchain.md).
 
 from decision_retry.langchain.chat_model import ChatDecisionRetry
 from decision_retry.langchain.middleware import DecisionRetryAgentState, DecisionRetryMiddleware
-from decision_retry.langchain.scripted import scripted_turns_lm
+from decision_retry.langchain.scripted_turns import scripted_turns_lm
 from decision_retry.langgraph.model import hide_tool_output
 
 __all__ = [

@@ -43,7 +43,7 @@ from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import Command
 
 from decision_retry.errors import BadInput
-from decision_retry.langchain import rewind
+from decision_retry.langchain import calls
 from decision_retry.langchain.chat_model import NOBODY_KEY, PREFIX_KEY, ChatDecisionRetry
 from decision_retry.langchain.logprobs import DEFAULT_VOCAB, reply_tokens
 from decision_retry.langchain.trace import AgentTrace, model_name
@@ -188,7 +188,7 @@ class DecisionRetryMiddleware(AgentMiddleware):
             ai.id = f"dr-{uuid.uuid4()}"
         meta = (ai.response_metadata or {}).get("decision_retry") or {}
         if meta.get("rejected"):  # a local draw outside the support: the agent ends here
-            step = chainstate.rejected_step(rewind.tokens_of(base), resume, m=meta["span"][1],
+            step = chainstate.rejected_step(calls.tokens_of(base), resume, m=meta["span"][1],
                                             decode_tokens=meta["decode_tokens"])
             update["rejected"] = {"reason": meta["rejected"], "step": step.model_dump()}
             rec = {**base, "message_id": ai.id, "index": k, "trace_turn": None}
@@ -217,7 +217,7 @@ class DecisionRetryMiddleware(AgentMiddleware):
             human = next((m.text for m in reversed(request.messages) if m.type == "human"), "")
             trace_turn = self.trace.call(dr, update, model=request.model, prompt=human, index=k,
                                          reply=reply, params=params, snapshot=snapshot)
-        rec = rewind.call_record(reply, message_id=ai.id, index=k, continuable=continues,
+        rec = calls.call_record(reply, message_id=ai.id, index=k, continuable=continues,
                                  spike=self.spike, snapshot=snapshot, trace_turn=trace_turn)
         update.update(turns=[*turns, rec], spent=dr.get("spent", 0) + new_tokens,
                       attempt_tokens=dr.get("attempt_tokens", 0) + new_tokens)
@@ -230,7 +230,7 @@ class DecisionRetryMiddleware(AgentMiddleware):
         if "retry" in config:
             return RetryConfig.model_validate(config["retry"])
         # only a chat model that remakes a reply from a token (ours) can run the moves that
-        # read the engine; any other is cut by whole calls (rewind.accept_call)
+        # read the engine; any other is cut by whole calls (calls.accept_call)
         ours = isinstance(model, ChatDecisionRetry) and getattr(model, "continues_replies", False)
         engine = model.engine if ours else None
         run = chainstate.resolve(self.retry, engine=engine, second_context=self.nobody is not None)
@@ -287,7 +287,7 @@ class DecisionRetryMiddleware(AgentMiddleware):
 
         # 1) the chain's decision: does it move to this attempt? (a first attempt always does)
         steps = list(dr.get("steps") or [])
-        d = rewind.decide(chain, attempt, cut, config=config, generator=gen, passed=passed,
+        d = calls.decide(chain, attempt, cut, config=config, generator=gen, passed=passed,
                           decode_tokens=dr.get("attempt_tokens", 0), span=dr.get("span"),
                           rejected=bool(rejected))
         step = StepRecord(**rejected["step"]) if rejected else d.step
@@ -305,7 +305,7 @@ class DecisionRetryMiddleware(AgentMiddleware):
         elif n >= self.max_attempts or (self.budget_tokens and dr.get("spent", 0) >= self.budget_tokens):
             status = "exhausted"
         else:
-            point = rewind.next_cut(new_chain, config, gen)
+            point = calls.next_cut(new_chain, config, gen)
             status = "rewind" if point is not None else "exhausted"
         if self.trace is not None:
             diff = self.repository.diff() if hasattr(self.repository, "diff") else None

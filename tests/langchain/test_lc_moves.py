@@ -17,7 +17,7 @@ from decision_retry.langchain import (
     hide_tool_output,
     scripted_turns_lm,
 )
-from decision_retry.langchain.rewind import tokens_of
+from decision_retry.langchain.calls import tokens_of
 from decision_retry.repo.workspace import Workspace
 from decision_retry.samplers.chain import RetryConfig, cut_entropies
 from tests.helpers import make_repo
@@ -243,7 +243,7 @@ def test_the_no_body_cut_token_draws_the_cut_token_under_the_second_context(tmp_
     reads its log q there, for the current token and the proposal's alike."""
     from langchain_core.messages import AIMessage
 
-    from decision_retry.langchain.rewind import calls_tokens
+    from decision_retry.langchain.calls import calls_tokens
 
     write_b = [SCRIPT[1][0], {"choice": {"units.py": 0.2, "units_fixed.py": 0.4, "units2.py": 0.4}},
                SCRIPT[1][2], {"choice": {"+": 0.6, "-": 0.2, "*": 0.2}}, SCRIPT[1][4]]
