@@ -144,12 +144,9 @@ def test_no_import_cycles():
 
 # Module names that may repeat: the CLI's modules are named after their commands (`cli/models.py`
 # is `decision-retry models`), and each in-process or remote engine package has its `engine.py`.
-# The LangGraph and LangChain pairs are still to be renamed (the integrations are being rewritten).
 SHARED_NAMES = {
     "cli/models.py": "trace/models.py",
     "engines/remote/engine.py": "engines/llamacpp/engine.py",
-    "langchain/rewind.py": "langgraph/rewind.py",
-    "langchain/scripted.py": "engines/scripted.py",
 }
 
 
