@@ -172,9 +172,10 @@ class FixAgent:
     def __post_init__(self) -> None:
         tools = hasattr(self.protocol, "observation_message")
         scores = getattr(self.lm, "teacher_forcing", False)  # engines older than the attribute: no
-        if self.rc.move != "suffix" and tools:  # (runner.fix has made `auto` concrete)
+        local = self.rc.kernel.base.local  # (runner.fix has made `auto` concrete)
+        if local and tools:
             raise BadInput(f"-o move={self.rc.move} needs --protocol patch (one turn per attempt)")
-        if self.rc.move != "suffix" and not scores:
+        if local and not scores:
             raise BadInput(f"-o move={self.rc.move} needs an engine that can score the kept "
                            f"tail (teacher forcing); {self.lm.name} cannot: use -o move=suffix")
         what = (f"--cut-weights {self.rc.cut_weights}" if self.rc.surprise
