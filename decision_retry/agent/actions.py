@@ -1,7 +1,8 @@
 """Agent protocols: what the model is shown and how its reply acts on the repository.
 
-`patch`: one turn; the reply is the corrected function, applied by name. Several suspects may be
-shown (locate.py ranks them): which one the reply rewrites is its tool decision ("function").
+`patch`: one turn; the reply is the corrected function (or functions), each applied by name.
+Several suspects may be shown (locate.py ranks them): which ones the reply rewrites are its tool
+decisions ("function", one per `def`).
 `tools`: several turns of `ACTION: read|list|edit|test|submit`, one action per turn.
 Unparseable output becomes an observation (tools) or a failed attempt (patch), never a crash.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from decision_retry.agent import patch
 from decision_retry.agent.definitions import AgentDefinition
 from decision_retry.errors import BadInput, WorkspaceError
-from decision_retry.localise.locate import Candidate, Suspect, functions, functions_in, is_test_file
+from decision_retry.localise.locate import Candidate, Suspect, functions_in, is_test_file
 from decision_retry.repo.testrun import TestResult
 from decision_retry.repo.workspace import Workspace
 from decision_retry.trace.decisions import ToolSpan
@@ -68,7 +69,7 @@ READ_ONLY = "test files are read-only: fix the code, not the tests (--allow-test
 
 
 class PatchProtocol:
-    """One turn: rewrite one of the suspect functions shown."""
+    """One turn: rewrite one or more of the suspect functions shown."""
 
     def __init__(self, defn: AgentDefinition, task: Task) -> None:
         if task.suspect is None and not task.candidates:
@@ -87,34 +88,53 @@ class PatchProtocol:
         return [*history, {"role": "user", "content": self.defn.prompt["retry"].format(error=err)}]
 
     def where(self, reply: str, position: int, tokens) -> tuple[str | None, int | None]:
-        """File and line of the token at `position` of a reply (in the function it rewrites)."""
-        s = patch.chosen(reply, self.shown) or self.shown[0]
-        before = "".join(t.text for t in tokens[:position])
-        return s.file, s.start + before.count("\n")
+        """File and line of the token at `position` of a reply (in the function it rewrites
+        there: the last one beginning at or before the token's line)."""
+        line = "".join(t.text for t in tokens[:position]).count("\n")
+        named = {s.name: s for s in reversed(self.shown)}  # a name picks its first suspect
+        found = [d for d in patch.defs(reply) if d.name in named]
+        d = next((d for d in reversed(found) if d.line <= line), found[0] if found else None)
+        if d is None:
+            return self.shown[0].file, self.shown[0].start + line
+        return named[d.name].file, named[d.name].start + line - d.line
 
     def act(self, ws: Workspace, reply: str, turn_index: int) -> Outcome:
         code = patch.reply_code(reply, self.defn.stop_regex)
-        s = patch.chosen(code, self.shown)
-        span = patch.function_name_span(reply, s.name if s else "")
-        spans = (ToolSpan(span[0], span[1], "function"),) if span else ()
+        targets, ignored = patch.rewrites(code, self.shown)
+        found = patch.defs(reply)
+        spans = tuple(ToolSpan(d.start, d.end, "function") for d in found)  # one per choice
         shown = [c.summary() for c in self.task.candidates if c.suspect in self.shown]
-        args = {"file": s.file if s else None, "function": (s.qualname or s.name) if s else None,
+        first = targets[0] if targets else None
+        args = {"file": first.file if first else None,
+                "function": (first.qualname or first.name) if first else None,
                 "shown": shown or [{"file": x.file, "function": x.qualname or x.name}
                                    for x in self.shown]}
+        if len(targets) > 1:  # every function the reply rewrites, where it is in the reply
+            at = {d.name: d.line for d in reversed(found)}
+            args["functions"] = [{"file": s.file, "function": s.qualname or s.name,
+                                  "line": s.start, "reply_line": at[s.name]} for s in targets]
+        if ignored:
+            args["ignored"] = ignored
         if turn_index == 0 and self.task.localisation:
             args["localisation"] = self.task.localisation
-        if s is None:
+        left_out = (f"; left out {', '.join(ignored)}: not among the functions shown"
+                    if ignored else "")
+        if not targets:
             names = ", ".join(x.name for x in self.shown)
             return Outcome("apply_patch", args,
                            f"not applied: your reply defines none of the functions shown ({names})",
                            True, spans)
-        try:
-            now = _relocated(functions(ws.root, s.file), s)
-            ws.write_file(s.file, patch.apply(ws.read_file(s.file), now, code))
+        try:  # every function or none: each file rewritten in memory first
+            texts: dict[str, str] = {}
+            for s in targets:  # re-located in the text as it is now: earlier rewrites shift lines
+                text = texts[s.file] if s.file in texts else ws.read_file(s.file)
+                texts[s.file] = patch.apply(text, _relocated(functions_in(text, s.file), s), code)
+            for rel, text in texts.items():
+                ws.write_file(rel, text)
         except (ValueError, WorkspaceError) as err:  # WorkspaceError: a link leading outside
-            return Outcome("apply_patch", args, f"not applied: {err}", True, spans)
-        return Outcome("apply_patch", args, f"replaced {s.qualname or s.name} in {s.file}", True,
-                       spans)
+            return Outcome("apply_patch", args, f"not applied: {err}{left_out}", True, spans)
+        done = ", ".join(f"{s.qualname or s.name} in {s.file}" for s in targets)
+        return Outcome("apply_patch", args, f"replaced {done}{left_out}", True, spans)
 
 
 def _relocated(current: list[Suspect], s: Suspect) -> Suspect:

@@ -1,7 +1,9 @@
 """The `patch` protocol: show the failing test and the suspect functions; apply the rewrite by name.
 
-With several suspects shown, the function the reply rewrites (the name after its `def`) is the
-model's choice of where the bug is: a tool-decision point that a rewind can cut at.
+With several suspects shown, the functions the reply rewrites (the names after its `def`s) are
+the model's choice of where the bug is: each a tool-decision point that a rewind can cut at. A
+reply may rewrite several of the shown functions (a helper and its caller); each replaces the
+suspect of its name, and a function that was not shown is left out (the observation says so).
 """
 
 from __future__ import annotations
@@ -9,17 +11,71 @@ from __future__ import annotations
 import ast
 import re
 import textwrap
+from typing import NamedTuple
 
 from decision_retry.agent.definitions import AgentDefinition
 from decision_retry.localise.locate import Suspect
 from decision_retry.repo.testrun import TestResult
 
+_HEADER = re.compile(r"^(?:_{3,} .* _{3,}|={3,}.*)$")  # a failure's title, a section rule
+_ARGUMENT = re.compile(r"^[A-Za-z_]\w* = \S")  # pytest's `x = None`: a frame's argument values
+_WHERE = re.compile(r"^\S+:\d+: (in )?\w")  # `calc.py:2: TypeError`, a frame `calc.py:6: in f`
+_NOISE = re.compile(r"^E\s*$|^E\s+(?:Use -v|Full diff:)|^\s*[~^]+\s*$")
+LINE_CHARS = 200  # a longer line (a big repr) is cut, so the others still fit
+
+
+def _failure(lines: list[str]) -> list[str]:
+    """The first failure's report: the lines between two titles (or rules) that hold `E `
+    lines (the output's tail may begin inside it)."""
+    chunks, chunk = [], []
+    for ln in lines:
+        if _HEADER.match(ln):
+            chunks, chunk = [*chunks, chunk], []
+        else:
+            chunk.append(ln)
+    return next((c for c in [*chunks, chunk] if any(ln.startswith("E ") for ln in c)), [])
+
+
+def _rank(lines: list[str]) -> list[int | None]:
+    """How much each line of a failure's report says about the values (0 most; None: nothing):
+    0 the test's failing line (`>`), the exception and assertion lines (`E` lines starting a
+    block) and pytest's `where` introspection; 1 the other `E` lines and the line that raised;
+    2 the frames' argument values and the other `>` lines; 3 where it was raised; 4 the frames
+    pytest reports in short (`calc.py:6: in total`)."""
+    arrows = [i for i, ln in enumerate(lines) if ln.startswith(">")]
+    ranks = []
+    for i, ln in enumerate(lines):
+        if ln.startswith("E ") and not _NOISE.match(ln):
+            starts = i == 0 or not re.match(r"E(\s|$)", lines[i - 1])
+            ranks.append(0 if starts or re.match(r"E\s+\+\s+where ", ln) else 1)
+        elif ln.startswith(">"):
+            ranks.append(0 if i == arrows[0] else 1 if i == arrows[-1] else 2)
+        elif _ARGUMENT.match(ln):
+            ranks.append(2)
+        elif m := _WHERE.match(ln):
+            ranks.append(4 if m.group(1) else 3)
+        else:
+            ranks.append(None)
+    return ranks
+
 
 def error_lines(result: TestResult, limit: int) -> str:
-    """The assertion lines of the failure (pytest's `E ` lines), else the output's last lines."""
+    """The failure as the model sees it, at most `limit` lines in their order: of the first
+    failure pytest reports, the lines that carry values (the failing assertion, its message,
+    the compared values and `where` lines, the arguments of the frames, where it was raised)
+    before the rest; else the output's last lines."""
     lines = result.output_tail.splitlines()
-    errors = [ln for ln in lines if ln.startswith("E ")]
-    return "\n".join((errors or lines[-limit:])[:limit])
+    failure = _failure(lines)
+    if not failure:
+        return "\n".join(lines[-limit:])
+    ranks = _rank(failure)
+    order = sorted((r, i) for i, r in enumerate(ranks) if r is not None)
+    keep = sorted(i for _, i in order[:limit])
+    return "\n".join(_clip(failure[i].rstrip()) for i in keep)
+
+
+def _clip(line: str) -> str:
+    return line if len(line) <= LINE_CHARS else line[: LINE_CHARS - 1] + "…"
 
 
 def shown(suspects: list[Suspect], limit: int, chars: int) -> list[Suspect]:
@@ -53,10 +109,50 @@ def messages(defn: AgentDefinition, suspects: Suspect | list[Suspect], test_src:
     return [{"role": "user", "content": user}]
 
 
+class Def(NamedTuple):
+    """A function the reply defines at its outermost level."""
+
+    name: str
+    start: int  # the name's character span in the reply (a tool-decision point)
+    end: int
+    line: int  # the reply's line (0-based) where the function begins, decorators included
+
+
+_DEF = re.compile(r"^([ \t]*)(?:async[ \t]+)?def[ \t]+(\w+)", re.MULTILINE)
+
+
+def defs(reply: str) -> list[Def]:
+    """The functions the reply defines at its outermost indentation, in order (read from the
+    text before a closing fence, so a reply that does not parse still names its choices)."""
+    text = reply.split("```")[0]
+    found = list(_DEF.finditer(text))
+    top = min((len(m.group(1)) for m in found), default=0)
+    lines = text.splitlines()
+    out = []
+    for m in (m for m in found if len(m.group(1)) == top):
+        line = text.count("\n", 0, m.start())
+        while line > 0 and lines[line - 1].strip().startswith("@"):
+            line -= 1  # its decorators
+        out.append(Def(m.group(2), m.start(2), m.end(2), line))
+    return out
+
+
+def rewrites(reply: str, suspects: list[Suspect]) -> tuple[list[Suspect], list[str]]:
+    """The shown suspects the reply rewrites, in its order (a name picks the first suspect of
+    that name, once), and the names of the functions it defines that match none of them."""
+    chosen, ignored = [], []
+    for d in defs(reply):
+        s = next((s for s in suspects if s.name == d.name), None)
+        if s is None:
+            ignored.append(d.name)
+        elif s not in chosen:
+            chosen.append(s)
+    return chosen, ignored
+
+
 def chosen(reply_text: str, suspects: list[Suspect]) -> Suspect | None:
-    """The suspect the reply rewrites: the first shown one named by the reply's first `def`."""
-    m = re.search(r"def\s+(\w+)", reply_text)
-    return next((s for s in suspects if m and s.name == m.group(1)), None)
+    """The first shown suspect the reply rewrites."""
+    return next(iter(rewrites(reply_text, suspects)[0]), None)
 
 
 def reply_code(text: str, stop_regex: str | None = None) -> str:
@@ -101,9 +197,3 @@ def apply(file_text: str, suspect: Suspect, code: str) -> str:
     except SyntaxError as err:
         raise ValueError(f"the patched file does not parse: {err.msg} (line {err.lineno})") from None
     return out
-
-
-def function_name_span(text: str, name: str) -> tuple[int, int] | None:
-    """Character span of the function name the reply defines (a tool-decision point)."""
-    m = re.search(r"def\s+(\w+)", text)
-    return (m.start(1), m.end(1)) if m else None

@@ -208,13 +208,18 @@ def _where(entry: object) -> str:
 
 
 def _arguments(args: dict, top: int = 3) -> str:
-    """A tool call's arguments on one line; a localisation ranking (apply_patch, first turn) and
-    the candidates shown are summarised, not dumped: `--json` has them whole."""
-    loc, shown = args.get("localisation"), args.get("shown")
-    if not isinstance(loc, dict) and not isinstance(shown, list):
+    """A tool call's arguments on one line; a localisation ranking (apply_patch, first turn),
+    the candidates shown and the functions a reply rewrote are summarised, not dumped: `--json`
+    has them whole."""
+    loc, shown, several = args.get("localisation"), args.get("shown"), args.get("functions")
+    if not isinstance(loc, dict) and not isinstance(shown, list) and not isinstance(several, list):
         return json.dumps(args)
-    rest = {k: v for k, v in args.items() if k not in ("localisation", "shown")}
+    named = ("localisation", "shown", "functions",
+             *(("file", "function") if isinstance(several, list) else ()))
+    rest = {k: v for k, v in args.items() if k not in named}
     out = json.dumps(rest)
+    if isinstance(several, list):
+        out += " · rewrote " + ", ".join(_where(e) for e in several)
     if isinstance(shown, list):
         out += " · shown " + ", ".join(_where(e) for e in shown)
     if isinstance(loc, dict):

@@ -34,9 +34,14 @@ def params_text(params: dict[str, Any]) -> str:
 
 
 def call_text(call: ToolCall) -> str:
-    """A tool call in words: `apply_patch units.py::f (shown: units.py::f, units.py::g)`."""
+    """A tool call in words: `apply_patch units.py::f (shown: units.py::f, units.py::g)`; a
+    reply that rewrote several functions names each: `units.py::f, units.py::g`."""
     args = call.arguments
-    if args.get("file") and "function" in args:
+    several = args.get("functions")
+    if isinstance(several, list) and several:
+        text = ", ".join(f"{e.get('file')}::{e.get('function')}" for e in several
+                         if isinstance(e, dict))
+    elif args.get("file") and "function" in args:
         text = f"{args['file']}::{args['function']}"
     else:
         text = " ".join(f"{k} {v}" for k, v in args.items() if _scalar(v))

@@ -69,6 +69,13 @@ def where(tree: RunTree, turn: Turn, position: int) -> str:
     newlines before the token, as `fix` prints it), the file a tools turn names, else
     `turn T token P`."""
     args = _patch_call(tree, turn)
+    before = "".join(t.text for t in turn.tokens[:position])
+    line = before.count(chr(10))
+    functions = [e for e in args.get("functions") or [] if isinstance(e, dict)
+                 and isinstance(e.get("line"), int) and isinstance(e.get("reply_line"), int)]
+    if functions:  # a reply that rewrote several: the last function beginning at or before it
+        e = next((e for e in reversed(functions) if e["reply_line"] <= line), functions[0])
+        return f"{visible(str(e.get('file')))}:{e['line'] + line - e['reply_line']}"
     file = args.get("file") or args.get("path")
     if not isinstance(file, str) or not file:
         return f"turn {turn.index} token {position}"
@@ -79,8 +86,7 @@ def where(tree: RunTree, turn: Turn, position: int) -> str:
             start = entry.get("line")
     if not isinstance(start, int):
         return visible(file)
-    before = "".join(t.text for t in turn.tokens[:position])
-    return f"{visible(file)}:{start + before.count(chr(10))}"
+    return f"{visible(file)}:{start + line}"
 
 
 def changed_lines(diff: str) -> list[str]:
