@@ -21,6 +21,7 @@ its sdist (version and sha256); the source trees are never vendored.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -35,7 +36,8 @@ from decision_retry.bench.cases import Case
 from decision_retry.bench.real_repos import Project, enclosing_pytest_config, fetch
 from decision_retry.errors import BadInput
 
-BUILD_VERSION = 1  # bump when the recipes or the build rules change: cached cases are rebuilt
+BUILD_VERSION = 1  # bump when the build rules change: every cached case is rebuilt (a case
+# whose recipe changed is rebuilt by itself: its entry records the recipe's digest)
 RECIPES = Path(__file__).resolve().parent / "data" / "real_bugs.json"
 VENV = ".venv"
 INSTALL_TIMEOUT_S = 600
@@ -68,6 +70,13 @@ class Recipe:
     @property
     def test_cmd(self) -> str:
         return f"python -m pytest -x -q -p no:cacheprovider -o addopts= {self.options}".strip()
+
+    @property
+    def digest(self) -> str:
+        """What the built case depends on, hashed: a cached case with another digest is stale."""
+        parts = (self.version, self.sha256, *self.deps, self.options, *self.failing,
+                 self.test_patch, self.fix_patch)
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def load_recipes(path: Path = RECIPES) -> list[Recipe]:
@@ -125,6 +134,8 @@ def apply_patch(root: Path, patch: str, *, reverse: bool = False) -> list[str]:
         if reverse:
             old, new = new, old
         target = root / (new or old)
+        if old and not (root / old).is_file():
+            raise BadInput(f"patch does not apply: {old} is missing")
         text = (root / old).read_text() if old else ""
         src = text.splitlines(keepends=True)
         out, at = [], 0
@@ -242,7 +253,7 @@ def build_case(recipe: Recipe, cache: Path, root: Path) -> dict:
             "subject": recipe.subject, "test_cmd": recipe.test_cmd,
             "functions": list(recipe.functions),
             "fix_lines": recipe.fix_lines, "bug_file": first[0], "bug_function": first[1],
-            "failing": list(recipe.failing), "verified": checks}
+            "failing": list(recipe.failing), "verified": checks, "recipe": recipe.digest}
 
 
 def real_bugs(root: Path, *, limit: int | None = None, recipes: list[Recipe] | None = None,
@@ -268,16 +279,21 @@ def real_bugs(root: Path, *, limit: int | None = None, recipes: list[Recipe] | N
     for r in order:
         if limit is not None and len(cases) >= limit:
             break
-        if r.name not in index["cases"] and r.name not in index["failed"]:
+        built = index["cases"].get(r.name) or index["failed"].get(r.name) or {}
+        if built.get("recipe") != r.digest or (r.name in index["cases"]
+                                              and not (root / r.name).is_dir()):
+            index["cases"].pop(r.name, None)
+            index["failed"].pop(r.name, None)
+            shutil.rmtree(root / r.name, ignore_errors=True)  # built from an older recipe
             say(f"real-bugs: {r.name}: {r.sdist} + the developer's test, its .venv, then verify")
             try:
                 index["cases"][r.name] = build_case(r, root / "cache", root)
             except BadInput as err:  # one case that cannot build here must not end the build
-                index["failed"][r.name] = str(err)
+                index["failed"][r.name] = {"error": str(err), "recipe": r.digest}
                 say(f"real-bugs: {r.name}: left out: {err}")
             root.mkdir(parents=True, exist_ok=True)
             index_file.write_text(json.dumps(index, indent=1) + "\n")
-        if r.name in index["cases"] and (root / r.name).is_dir():
+        if r.name in index["cases"]:
             cases.append(Case(r.name, root / r.name, r.test_cmd))
     return cases
 

@@ -150,3 +150,9 @@ def test_two_cases_build_from_pypi(tmp_path: Path) -> None:
         apply_patch(case.path, r.fix_patch)
         apply_patch(case.path, r.fix_patch, reverse=True)
     assert real_bugs(tmp_path, recipes=two) == cases  # cached
+    # a changed recipe is built again; one whose fix does not apply is left out, named
+    broken = replace(two[0], fix_patch=two[1].fix_patch)
+    assert real_bugs(tmp_path, recipes=[broken]) == []
+    index = json.loads((tmp_path / "index.json").read_text())
+    assert "patch does not apply" in index["failed"][broken.name]["error"]
+    assert broken.name not in index["cases"] and not (tmp_path / broken.name).exists()
