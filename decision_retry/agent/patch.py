@@ -17,7 +17,8 @@ from decision_retry.agent.definitions import AgentDefinition
 from decision_retry.localise.locate import Suspect
 from decision_retry.repo.testrun import TestResult
 
-_HEADER = re.compile(r"^(?:_{3,} .* _{3,}|={3,}.*)$")  # a failure's title, a section rule
+# a failure's title, a section rule, the test's captured output (no values of the failure)
+_HEADER = re.compile(r"^(?:_{3,} .* _{3,}|={3,}.*|-{3,} Captured .* -{3,})$")
 _ARGUMENT = re.compile(r"^[A-Za-z_]\w* = \S")  # pytest's `x = None`: a frame's argument values
 _WHERE = re.compile(r"^\S+:\d+: (in )?\w")  # `calc.py:2: TypeError`, a frame `calc.py:6: in f`
 _NOISE = re.compile(r"^E\s*$|^E\s+(?:Use -v|Full diff:)|^\s*[~^]+\s*$")

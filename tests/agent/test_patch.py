@@ -130,6 +130,7 @@ def test_total():
 
 
 def test_none():
+    print("result = 0 expected")
     assert total([None]) == 0
 
 
@@ -164,6 +165,8 @@ def test_the_error_of_a_deeper_frame_keeps_the_arguments_and_where_it_raised(pyt
                  "TypeError: unsupported operand type(s) for *: 'NoneType' and 'int'"):
         assert line in shown, shown
     assert "calc.py:2: TypeError" in shown  # where it raised, before the frames between
+    assert "Captured stdout" in pytest_failures["test_none"].output_tail
+    assert "result = " not in shown  # the test's own output is no value of the failure
     assert "^^^" not in shown and "_ _ _" not in shown  # markers and separators are no values
     # at a tighter limit the frames' arguments and locations go first, the exception stays
     tight = patch.error_lines(pytest_failures["test_none"], 3).splitlines()
