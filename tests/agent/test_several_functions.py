@@ -158,3 +158,21 @@ def test_logs_show_lists_every_function_a_reply_rewrote(tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "rewrote conf.py::parse, conf.py::load" in shown.stdout
     assert "replaced parse in conf.py, load in conf.py" in shown.stdout
+
+
+def test_functions_in_two_files_are_each_replaced_in_their_own(tmp_path: Path) -> None:
+    files = {"util.py": FILES["conf.py"].split("\n\n\n")[0] + "\n",
+             "conf.py": "from util import parse\n\n\n" + FILES["conf.py"].split("\n\n\n")[1],
+             "test_conf.py": FILES["test_conf.py"].replace("from conf import load, parse",
+                                                           "from conf import load\nfrom util import parse")}
+    lm = scripted_lm([LOAD + "\n\n", PARSE, "```"])  # the caller first, then the helper
+    cfg = FixConfig(test_cmd=TEST_CMD, seed=0, budget_tokens=400, max_attempts=1,
+                    retry=RetryConfig(strategy="restart", proposal_temperature=1.0))
+    with TraceStore(tmp_path / "home" / "traces.db") as store:
+        res = fix(make_repo(tmp_path / "repo", files), cfg, lm=lm, store=store)
+        (call,) = patch_calls(store.load(res.run_id))
+    assert res.fixed, call.observation
+    assert call.observation == "replaced load in conf.py, parse in util.py"
+    assert [(e["file"], e["line"], e["reply_line"]) for e in call.arguments["functions"]] == [
+        ("conf.py", 4, 0), ("util.py", 1, 4)]
+    assert "+++ b/conf.py" in res.diff and "+++ b/util.py" in res.diff
