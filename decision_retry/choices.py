@@ -30,8 +30,12 @@ FORMER = {"entropy-cut": "rewind", "uniform-cut": "rewind", "argmax-cut": "rewin
 BUDGET_TOKENS = 1500  # decode tokens of a `fix` run, accepted or not
 SPIKE_THRESHOLD = 0.5  # nats: a token at least this uncertain is recorded as a decision point
 
-SamplerName = Literal["plain", "low-temp", "uniform-mh", "ec-mh", "egps", "argmax-cut"]
+# `sample --sampler`: draw once (plain, low-temp), or a chain of `fix`'s strategies over one turn
+SamplerName = Literal["plain", "low-temp", "rewind", "egps"]
 SAMPLERS: tuple[str, ...] = SamplerName.__args__  # type: ignore[attr-defined]
+# former sampler names, read as today's: (sampler, the cut kind or None, argmax)
+FORMER_SAMPLERS = {"ec-mh": ("rewind", None, False), "uniform-mh": ("rewind", "uniform", False),
+                   "argmax-cut": ("rewind", None, True)}
 
 # the opening of a patch reply (SpanRule.opening): through its first def/class header closed by
 # ":" at a line end, imports before it and multi-line signatures included

@@ -52,7 +52,7 @@ def test_forks_and_batched_tries_keep_positions():
 
 def test_verifier_tilted_ec_mh_finds_the_right_decisions():
     lm = decision_tree_lm(32, 3)
-    cfg = SamplerConfig(sampler="ec-mh", max_tokens=32, block=32, steps=500, alternatives=0,
+    cfg = SamplerConfig(sampler="rewind", max_tokens=32, block=32, steps=500, alternatives=0,
                         verifier_weight=10.0)
     result = sample(lm, "x", cfg, seed=0, verifier=lm.backend.verify)
     assert result.passed and lm.backend.verify(result.text) == 1.0

@@ -1,14 +1,16 @@
 """Block-wise power sampling: grow the answer B tokens at a time, N MH steps after each block.
 
-Samplers (`SamplerConfig.sampler`):
+Samplers (`SamplerConfig.sampler`), `fix`'s vocabulary:
   plain       draw from the model at `temperature`, no MH;
   low-temp    draw from the proposal (temperature 1/alpha), no MH;
-  uniform-mh  Uniform-Cut MH targeting p^alpha;
-  ec-mh       Entropy-Cut MH: cut from entropy weights mixed with eps-uniform, reverse-cut corrected;
+  rewind      MH targeting p^alpha: cut from the cut rule's weights (`cut`: entropy-jump or
+              softmax over entropies, or uniform), mixed with eps-uniform, reverse-cut corrected;
   egps        entropy cuts + K tries in one batch (multiple-try Metropolis) + skipping blocks
-              whose entropy mass is below `skip_entropy`;
-  argmax-cut  HEURISTIC, not a sampler: cut deterministically at the highest-weight position not
-              yet tried on the current sequence; the acceptance test has no cut correction.
+              whose entropy mass is below `skip_entropy`.
+`argmax=True` (rewind) is a HEURISTIC, not a sampler: cut deterministically at the highest-weight
+position not yet tried on the current sequence; the acceptance test has no cut correction. The
+former names read as today's: ec-mh is rewind, uniform-mh rewind with a uniform cut rule,
+argmax-cut rewind with argmax.
 
 Moves (`SamplerConfig.move`), for the single-try samplers: `suffix` regenerates from the cut to the
 end; `local` resamples only to the next span boundary and rescores the kept tail (local.py);
@@ -30,7 +32,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from decision_retry import sampling
-from decision_retry.choices import SAMPLERS, SamplerName
+from decision_retry.choices import FORMER_SAMPLERS, SAMPLERS, SamplerName
 from decision_retry.lm import LM, DecodeState, Sampling
 from decision_retry.samplers import local
 from decision_retry.samplers.chain import Chain, RetryConfig, Trajectory
@@ -44,7 +46,9 @@ class SamplerConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    sampler: SamplerName = "ec-mh"
+    sampler: SamplerName = "rewind"
+    argmax: bool = Field(False, description="cut at the highest-weight position not yet tried "
+                         "(a heuristic, not a sampler: no cut correction)")
     alpha: float = Field(4.0, gt=0, description="target exponent: pi ~ p^alpha")
     proposal_temperature: float | None = Field(None, gt=0, description="default 1/alpha")
     temperature: float = Field(1.0, ge=0, description="for the plain sampler")
@@ -65,13 +69,29 @@ class SamplerConfig(BaseModel):
     restart_share: float = Field(0.0, ge=0, le=1, description="probability of a restart move")
     exclude: bool = Field(False, description="cut moves ban the current cut token (no null moves)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _former_names(cls, data):
+        """ec-mh is rewind, uniform-mh rewind with uniform cuts, argmax-cut rewind with argmax."""
+        if not isinstance(data, dict) or data.get("sampler") not in FORMER_SAMPLERS:
+            return data
+        sampler, kind, argmax = FORMER_SAMPLERS[data["sampler"]]
+        data = {**data, "sampler": sampler, "argmax": argmax or bool(data.get("argmax"))}
+        if kind is not None:
+            cut = data.get("cut") or CutRule()
+            cut = cut if isinstance(cut, CutRule) else CutRule(**cut)
+            data["cut"] = cut.model_copy(update={"kind": kind})
+        return data
+
     @model_validator(mode="after")
-    def _uniform_for_uniform(self) -> SamplerConfig:
-        if self.sampler == "uniform-mh" and self.cut.kind != "uniform":
-            object.__setattr__(self, "cut", self.cut.model_copy(update={"kind": "uniform"}))
+    def _single_try_moves(self) -> SamplerConfig:
         if self.move != "suffix" and self.sampler == "egps":
-            raise ValueError(f"move={self.move!r}: local moves are single-try; use ec-mh, "
-                             "uniform-mh or argmax-cut, or move='suffix' for egps")
+            raise ValueError(f"move={self.move!r}: local moves are single-try; use rewind, "
+                             "or move='suffix' for egps")
+        if self.argmax and self.sampler != "rewind":
+            raise ValueError("argmax is a rewind's cut rule: use it with sampler='rewind'")
+        if self.argmax and self.cut.kind == "uniform":
+            raise ValueError("argmax ranks by the cut weights: uniform weights have no maximum")
         return self
 
     @property
@@ -81,9 +101,9 @@ class SamplerConfig(BaseModel):
     @property
     def retry(self) -> RetryConfig:
         """The chain's configuration (`fix`'s): one turn, entropy cut weights."""
-        strategy = {"uniform-mh": "uniform-cut", "egps": "egps", "argmax-cut": "argmax-cut"}
         return RetryConfig(
-            strategy=strategy.get(self.sampler, "entropy-cut"), alpha=self.alpha,
+            strategy="egps" if self.sampler == "egps" else "rewind", alpha=self.alpha,
+            argmax=self.argmax,
             proposal_temperature=self.proposal_temperature, verifier_weight=self.verifier_weight,
             cut=self.cut, tries=self.tries, skip_entropy=0.0,  # blocks are skipped in `run`
             move=self.move, span=self.span, local_share=self.local_share,

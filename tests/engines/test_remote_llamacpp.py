@@ -178,7 +178,7 @@ def run(args, **kw):
 
 
 def test_sample_marks_approximate_mh_decisions(server):
-    r = run(["sample", "def reverse(s):", "--model", server.url, "--sampler", "ec-mh",
+    r = run(["sample", "def reverse(s):", "--model", server.url, "--sampler", "rewind",
              "--max-tokens", "24", "--block", "12", "--steps", "3", "--json"])
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)

@@ -104,13 +104,13 @@ def test_toy_target_is_not_trivial(toy, target):
 
 @pytest.mark.slow
 def test_ec_mh_matches_p_alpha(toy, target):
-    emp = empirical(toy, config("ec-mh", cut=CutRule(kind="entropy-jump", beta=4, eps=0.1)))
+    emp = empirical(toy, config("rewind", cut=CutRule(kind="entropy-jump", beta=4, eps=0.1)))
     assert tv(emp, target) < BOUND
 
 
 @pytest.mark.slow
 def test_ec_mh_softmax_cut_matches_p_alpha(toy, target):
-    emp = empirical(toy, config("ec-mh", cut=CutRule(kind="softmax", tau=0.5, eps=0.1)))
+    emp = empirical(toy, config("rewind", cut=CutRule(kind="softmax", tau=0.5, eps=0.1)))
     assert tv(emp, target) < BOUND
 
 
@@ -120,7 +120,7 @@ def test_ec_mh_without_cut_correction_samples_p_alpha_times_z(toy, target):
     rule = CutRule(kind="entropy-jump", beta=4, eps=0.0)
     biased = tilted(toy, lambda x, h: sum(cuts.weights(h, rule)))
     assert tv(biased, target) > 0.1  # the toy separates the two laws
-    emp = empirical(toy, config("ec-mh", cut=rule), correct=False)
+    emp = empirical(toy, config("rewind", cut=rule), correct=False)
     assert tv(emp, biased) < BOUND
     assert tv(emp, target) > 2 * BOUND
 
@@ -154,7 +154,7 @@ def test_verifier_tilt_matches_tilted_target(toy):
     lm, _ = toy
     names = lm.backend.names
     want = tilted(toy, lambda x, h: float(torch.tensor(lam * r("".join(names[i] for i in x))).exp()))
-    cfg = config("ec-mh", verifier_weight=lam, stop_on_pass=False)
+    cfg = config("rewind", verifier_weight=lam, stop_on_pass=False)
     counts = collections.Counter(
         tuple(t.id for t in sample(lm, PROMPT, cfg, seed=s, verifier=r).state.tokens)
         for s in range(CHAINS)
@@ -168,7 +168,7 @@ def test_a_passing_proposal_ends_the_run(toy):
     lm, _ = toy
     names = lm.backend.names
     r = lambda text: 1.0 if text.startswith("b") else 0.0
-    for sampler in ("ec-mh", "egps"):
+    for sampler in ("rewind", "egps"):
         cfg = config(sampler, tries=4, steps=30, verifier_weight=0.0)
         ended = [sample(lm, PROMPT, cfg, seed=s, verifier=r) for s in range(40)]
         for res in ended:
@@ -213,7 +213,7 @@ def stationary(toy, law: dict, config: SamplerConfig, verifier=None, chains=STAT
 @pytest.mark.parametrize("span", [DECISION_SPANS, STATEMENT_SPANS], ids=["decision", "statement"])
 @pytest.mark.slow
 def test_local_move_keeps_p_alpha(toy, target, span):
-    emp = stationary(toy, target, config("ec-mh", move="local", span=span))
+    emp = stationary(toy, target, config("rewind", move="local", span=span))
     assert tv(emp, target) < BOUND
 
 
@@ -224,14 +224,14 @@ def test_local_move_keeps_the_verifier_tilted_target(toy):
     names = lm.backend.names
     r = lambda text: 1.0 if "c" in text else 0.0
     want = tilted(toy, lambda x, h: float(torch.tensor(lam * r("".join(names[i] for i in x))).exp()))
-    cfg = config("ec-mh", move="local", span=DECISION_SPANS, verifier_weight=lam,
+    cfg = config("rewind", move="local", span=DECISION_SPANS, verifier_weight=lam,
                  stop_on_pass=False)
     assert tv(stationary(toy, want, cfg, verifier=r), want) < BOUND
 
 
 @pytest.mark.slow
 def test_mixed_local_suffix_and_restart_moves_keep_p_alpha(toy, target):
-    cfg = config("ec-mh", move="mixed", local_share=0.5, restart_share=0.2, span=DECISION_SPANS)
+    cfg = config("rewind", move="mixed", local_share=0.5, restart_share=0.2, span=DECISION_SPANS)
     assert tv(stationary(toy, target, cfg), target) < BOUND
 
 
@@ -247,7 +247,7 @@ def test_opening_suffix_moves_keep_p_alpha(toy, target):
     kinds = collections.Counter(local.kernel_at([tok(names[i]) for i in x], t, first)
                                 for x in target for t in range(len(x)))
     assert kinds["suffix"] > 0 and kinds["local"] > 0  # both kernels have work on this toy
-    cfg = config("ec-mh", move="local", span=first, restart_share=0.1)
+    cfg = config("rewind", move="local", span=first, restart_share=0.1)
     assert tv(stationary(toy, target, cfg), target) < BOUND
 
 
@@ -284,7 +284,7 @@ class WrongLocal(PowerSampler):
 def test_local_move_without_its_accounting_leaves_p_alpha(toy, target, accounting, moves, gap):
     """Keeping the tail's old scores, or counting the kept tail as proposed (the suffix-move
     formula), is not a correct kernel: started on p^alpha, the chains drift off it."""
-    cfg = config("ec-mh", move="local", span=DECISION_SPANS)
+    cfg = config("rewind", move="local", span=DECISION_SPANS)
     wrong = type("Wrong", (WrongLocal,), {"accounting": accounting})
     assert tv(stationary(toy, target, cfg, chains=600, moves=moves, sampler=wrong), target) > gap
 
