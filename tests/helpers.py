@@ -6,6 +6,7 @@ and the DOM a headless chromium serialises. Test modules import from here, never
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import textwrap
 import time
 from collections.abc import Mapping
 from html.parser import HTMLParser
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import torch
@@ -327,3 +329,18 @@ def dump_dom(page: Path, profile: Path) -> DomCollector:
     dom.feed(out.stdout)
     return dom
 
+
+class JsonHandler(BaseHTTPRequestHandler):
+    """A quiet loopback request handler that answers JSON (`reply`): the base of the fake
+    servers the remote-engine tests run on 127.0.0.1."""
+
+    def log_message(self, *a):
+        pass
+
+    def reply(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 
 from decision_retry import catalogue
 from decision_retry.engines.remote.http import Http
 from decision_retry.engines.remote.vllm import VllmServer
+from tests.helpers import JsonHandler
 
 PLAIN_TEMPLATE = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"  # no end marker
 
@@ -32,17 +33,7 @@ def tokenizer():
 def serve(tokenizer, *, info: bool, template: str | None = None):
     """A loopback server with vLLM's tokenizer endpoints; `info`: --enable-tokenizer-info-endpoint."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):  # quiet
-            pass
-
-        def reply(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    class Handler(JsonHandler):
 
         def do_GET(self):
             if self.path == "/v1/models":

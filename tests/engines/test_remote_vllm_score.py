@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
 import torch
@@ -29,7 +29,7 @@ from decision_retry.errors import BadInput
 from decision_retry.samplers.chain import RetryConfig
 from decision_retry.testing import tiny_llama
 from decision_retry.tokens import Sampling
-from tests.helpers import gen
+from tests.helpers import JsonHandler, gen
 
 VOCAB = 64
 
@@ -109,17 +109,7 @@ def local():
 def fake(local):
     state = FakeVllm(local)
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def reply(self, status: int, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    class Handler(JsonHandler):
 
         def do_GET(self):
             if self.path == "/v1/models":
@@ -240,18 +230,11 @@ def test_token_texts_where_a_character_spans_tokens():
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     asked: list[list[int]] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
+    class Handler(JsonHandler):
         def do_POST(self):  # vLLM's /detokenize: the Hugging Face tokenizer's decode
             ids = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["tokens"]
             asked.append(ids)
-            data = json.dumps({"prompt": tokenizer.decode(ids)}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.reply(200, {"prompt": tokenizer.decode(ids)})
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
