@@ -13,6 +13,10 @@ attempts and decode tokens, the pairs where the strategies disagree first. `--de
 strategy table over the deciding pairs alone (their cost per cell is not diluted by the shared
 first attempts that passed).
 
+`--within 15,20,25,30` adds, per baseline, the pairs fixed within each hard CPU budget (a cell
+counts if its passing test run ended by B CPU seconds; one run at the largest budget answers
+the smaller ones exactly, since a run's limit changes nothing before it is reached).
+
 `--other DIR:LABEL` adds the cells of a run at *other* settings under renamed strategies
 (`restart` -> `restart@LABEL`), e.g. restart at a larger token budget on the same (repo, seed)
 pairs, for a comparison at equal wall time; name it in `--baselines` to pair against it. A larger
@@ -34,6 +38,7 @@ from decision_retry.bench.results import (
     paired,
     strategy_table,
     summarize,
+    within_seconds,
 )
 
 
@@ -81,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="cells of a run at other settings, strategies renamed NAME@LABEL")
     ap.add_argument("--baselines", default="restart,from-end",
                     help="comma-separated strategies to pair every other one against")
+    ap.add_argument("--within", default=None, metavar="S1,S2,...",
+                    help="also pair them on the cells fixed within each of these CPU seconds")
     args = ap.parse_args(argv)
     cells, shared = pooled(args.outs)
     names = args.strategies.split(",") if args.strategies else list(
@@ -108,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         if base in names:  # against the strategies that ran some (repo, seed) the baseline ran
             mates = [n for n in names if any((r, sd, base) in ran for r, sd, st in ran if st == n)]
             print("\n".join(paired(cells, mates, base)))
+            if args.within:
+                budgets = [float(b) for b in args.within.split(",")]
+                print("\nFixed within B CPU seconds (hard):\n")
+                print("\n".join(within_seconds(cells, mates, base, budgets)) + "\n")
     if args.cases:
         print("\n" + "\n".join(deciding_cases(cells, names)))
     if args.json:

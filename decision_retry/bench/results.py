@@ -186,6 +186,42 @@ def paired(cells: Sequence[Cell], strategies: Sequence[str], baseline: str) -> l
     return out
 
 
+def within_seconds(cells: Sequence[Cell], strategies: Sequence[str], baseline: str,
+                   budgets: Sequence[float]) -> list[str]:
+    """Each strategy against `baseline` under hard CPU budgets: a cell counts as fixed within B
+    when its passing test run ended by B CPU seconds of its process tree (`cpu_s` of a fixed cell
+    is the time to fix: the run stops there). A run's limit changes nothing before it is reached,
+    so one run at the largest budget answers every smaller one exactly. Paired over every
+    (repo, seed) both ran (a first attempt that passed within B counts for both), exact sign
+    test on the discordant pairs. A Markdown table; no lines when no cell has `cpu_s`."""
+    by = {c.key: c for c in cells if c.error is None and c.cpu_s is not None}
+    if not by or baseline not in strategies:
+        return []
+
+    def fixed(c: Cell, b: float) -> bool:
+        return c.fixed and c.cpu_s <= b
+
+    out = ["| strategy | CPU s | fixed | " + f"{baseline} fixed | paired | sign test p |",
+           "|---|---|---|---|---|---|"]
+    for s in strategies:
+        if s == baseline:
+            continue
+        keys = [(r, sd) for (r, st, sd) in by if st == s and (r, baseline, sd) in by]
+        for b in budgets:
+            mine = [fixed(by[(r, s, sd)], b) for r, sd in keys]
+            base = [fixed(by[(r, baseline, sd)], b) for r, sd in keys]
+            win = sum(m and not o for m, o in zip(mine, base))
+            loss = sum(o and not m for m, o in zip(mine, base))
+            out.append(f"| {s} | {b:g} | {sum(mine)} / {len(keys)} | {sum(base)} | "
+                       f"+{win} / -{loss} | {sign_test(win, loss):.3g} |")
+    return out
+
+
+def budget_grid(limit: float, steps: int = 4) -> list[float]:
+    """`steps` budgets evenly up to `limit` CPU seconds (the run's own limit last)."""
+    return [round(limit * i / steps, 1) for i in range(1, steps + 1)]
+
+
 def plot(cells: Sequence[Cell], strategies: Sequence[str], budget: int, path: Path) -> None:
     """Fraction of cells fixed within x decode tokens, one line per strategy."""
     import matplotlib
@@ -285,6 +321,12 @@ def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
         if base in cfg.strategies:
             md += [f"## Paired with {base} (same repo and seed)", "",
                    *paired(cells, cfg.strategies, base), ""]
+            if cfg.budget_seconds:
+                md += [f"### Fixed within B CPU seconds, paired with {base}", "",
+                       "A cell counts only if its passing test run ended by B CPU seconds (a hard "
+                       "limit; `--budget-seconds` itself is checked between attempts).", "",
+                       *within_seconds(cells, cfg.strategies, base,
+                                       budget_grid(cfg.budget_seconds)), ""]
     errors = [c for c in cells if c.error]
     if errors:
         md += ["## Errors", "", *[f"- {c.repo} / {c.strategy} / seed {c.seed}: {c.error}"

@@ -5,8 +5,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from decision_retry.bench.harness import load_cells, run_bench
-from decision_retry.bench.results import summarize, write_report
+from decision_retry.bench.harness import Cell, load_cells, run_bench
+from decision_retry.bench.results import summarize, within_seconds, write_report
 from decision_retry.bench.suites import fixtures_dir, load_suite
 from decision_retry.cli.bench import canonical_command
 from decision_retry.cli.main import main
@@ -60,3 +60,32 @@ def test_a_bad_budget_seconds_is_one_line_and_exit_2(tmp_path):
                                     "--out", str(tmp_path)])
     assert res.exit_code == 2
     assert res.stderr.strip().count("\n") == 0 and "--budget-seconds" in res.stderr
+
+
+def test_fixed_within_seconds_counts_a_fix_only_if_it_ended_by_the_budget():
+    def cell(repo, strategy, fixed, cpu_s):
+        return Cell(repo=repo, strategy=strategy, seed=0, fixed=fixed, cpu_s=cpu_s)
+
+    cells = [cell("a", "default", True, 12.0), cell("a", "restart", True, 21.0),  # both, at 25
+             cell("b", "default", True, 18.0), cell("b", "restart", False, 31.0),
+             cell("c", "default", False, 30.5), cell("c", "restart", True, 26.0),
+             cell("d", "default", True, 9.0), cell("d", "restart", True, 9.0),  # a shared first
+             cell("e", "default", True, 5.0)]  # no restart cell: not paired
+    head, rule, at_20, at_30 = within_seconds(cells, ["default", "restart"], "restart", [20, 30])
+    assert at_20 == "| default | 20 | 3 / 4 | 1 | +2 / -0 | 0.5 |"  # a, b; d for both
+    assert at_30 == "| default | 30 | 3 / 4 | 3 | +1 / -1 | 1 |"  # b against c
+    assert within_seconds([c.model_copy(update={"cpu_s": None}) for c in cells],
+                          ["default", "restart"], "restart", [20]) == []
+
+
+def test_the_report_pairs_fixes_within_the_cpu_budget(tmp_path, units):
+    script = tmp_path / "same.json"
+    script.write_text(json.dumps(SAME))
+    cfg = bench_config(script, strategies=("default", "restart"), budget_tokens=200,
+                       max_attempts=2, budget_seconds=40)
+    cells = run_bench(units, cfg, tmp_path / "out")
+    write_report(tmp_path / "out", cells, cfg, command="decision-retry bench ...")
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "### Fixed within B CPU seconds, paired with restart" in md
+    assert [line.split(" | ")[1] for line in md.splitlines()
+            if line.startswith("| default | ") and "+0 / -0" in line] == ["10", "20", "30", "40"]
