@@ -36,7 +36,7 @@ from decision_retry.costs import out_of_time  # COST: fix --time-limit
 from decision_retry.errors import BadInput
 from decision_retry.lm import DecodeState, Sampling
 from decision_retry.repo.testrun import TestResult
-from decision_retry.samplers import local, surprise
+from decision_retry.samplers import deferred, local, surprise
 from decision_retry.samplers.chain import (
     CUT_STRATEGIES,
     Chain,
@@ -228,14 +228,14 @@ class FixAgent:
             if not turn.pending:
                 turns.append(turn)
                 continue
-            if turn.tail_from is not None:  # the kept tail under the new prefix
-                p, k = turn.tail_from
-                turn, n = replace(turn, state=p.rescored(), tail_from=None), n + k
-            if turn.alt_from is not None:  # the reply under the no-body context
-                base, t = turn.alt_from
-                s = surprise.annotate(self._alt_context(), turn.state, q, base=base, t=t,
-                                      exact=self.rc.nobody_exact)
-                turn, n = replace(turn, state=s.y, alt=s.alt, alt_from=None), n + s.positions
+            base, t = turn.alt_from or (None, 0)  # the kept tail, then the no-body pass
+            d = deferred.Deferred(tail=turn.tail_from[0] if turn.tail_from else None,
+                                  nobody=turn.alt_from is not None, base=base, t=t)
+            c = deferred.complete(turn.state, d, context=self._alt_context, q=q,
+                                  exact=self.rc.nobody_exact)
+            turn = replace(turn, state=c.y, alt=c.alt if d.nobody else turn.alt, alt_from=None,
+                           tail_from=None)
+            n += c.positions
             self.recorder.record_scores(turn.trace, turn.state.tokens)
             turns.append(turn)
         done = replace(a, turns=tuple(turns))
