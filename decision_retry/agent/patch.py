@@ -119,13 +119,14 @@ class Def(NamedTuple):
     line: int  # the reply's line (0-based) where the function begins, decorators included
 
 
+_FENCE = re.compile(r"^```", re.MULTILINE)  # the closing fence (one in a docstring is indented)
 _DEF = re.compile(r"^([ \t]*)(?:async[ \t]+)?def[ \t]+(\w+)", re.MULTILINE)
 
 
 def defs(reply: str) -> list[Def]:
     """The functions the reply defines at its outermost indentation, in order (read from the
     text before a closing fence, so a reply that does not parse still names its choices)."""
-    text = reply.split("```")[0]
+    text = _FENCE.split(reply, 1)[0]
     found = list(_DEF.finditer(text))
     top = min((len(m.group(1)) for m in found), default=0)
     lines = text.splitlines()
@@ -159,7 +160,7 @@ def chosen(reply_text: str, suspects: list[Suspect]) -> Suspect | None:
 def reply_code(text: str, stop_regex: str | None = None) -> str:
     """The code the model wrote: everything before a closing fence (the opening one is prefilled)
     or before the line at which `stop_regex` ended the reply."""
-    text = text.split("```")[0]
+    text = _FENCE.split(text, 1)[0]
     if stop_regex and (m := re.search(stop_regex, text)):
         text = text[: m.start()]
     return re.sub(r"<\|[^|>]*\|>|</?s>|<eos>", "", text).rstrip() + "\n"

@@ -1,0 +1,73 @@
+"""Replies shaped as real projects write functions: a signature one parameter a line (its `)` at
+column 0) and a Markdown docstring with an indented ``` fence. Neither may end the reply (issue 30:
+on real-bugs both cut every reply of two projects short). Real git, real pytest, the scripted model."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+from decision_retry.agent import definitions, patch
+from decision_retry.agent.runner import FixConfig, fix
+from decision_retry.retry import RetryConfig
+from decision_retry.testing import scripted_lm
+from decision_retry.trace.store import TraceStore
+from tests.helpers import make_repo
+
+FILES = {
+    "scale.py": '''
+        def scale(
+            x: int,
+            k: int = 2,
+        ) -> int:
+            """Scale x by k.
+
+            Examples:
+                ```pycon
+                >>> scale(2)
+                4
+                ```
+            """
+            return x + k
+    ''',
+    "test_scale.py": """
+        from scale import scale
+
+
+        def test_scale():
+            assert scale(3) == 6
+    """,
+}
+FILES = {rel: textwrap.dedent(text).lstrip() for rel, text in FILES.items()}
+
+# The corrected function as the model streams it, one segment a token: ")" arrives alone at column
+# 0, and the docstring's fence lines are tokens of their own, as a real tokenizer splits them.
+REPLY = ["def", " scale", "(\n", "    x", ": int", ",\n", "    k", ": int", " = ", "2", ",\n",
+         ")", " ->", " int", ":\n", '    """', "Scale x by k.", "\n\n", "    Examples:\n",
+         "        ", "```", "pycon\n", "        >>> scale(2)\n", "        4\n", "        ", "```",
+         "\n", '    """\n', "    return", " x", " *", " k", "\n", "```"]
+
+
+def test_a_multiline_signature_and_a_docstring_fence_reach_the_patch(tmp_path: Path) -> None:
+    cfg = FixConfig(test_cmd="python -m pytest -q -p no:cacheprovider", seed=0, budget_tokens=200,
+                    max_attempts=1, retry=RetryConfig(strategy="restart"))
+    with TraceStore(tmp_path / "home" / "traces.db") as store:
+        res = fix(make_repo(tmp_path / "repo", FILES), cfg, lm=scripted_lm(REPLY), store=store)
+        tree = store.load(res.run_id)
+    (turn,) = tree.turns
+    assert turn.text.startswith("def scale(\n") and "        ```pycon" in turn.text
+    assert res.fixed and res.attempts == 1
+    assert "+    return x * k" in res.diff
+    assert "```pycon" not in res.diff  # the docstring is kept as it was
+
+
+def test_the_stop_rule_and_the_reply_code_skip_indented_fences_and_closing_brackets():
+    defn = definitions.load("patch")
+    reply = "".join(REPLY)
+    code = patch.reply_code(reply, defn.stop_regex)
+    assert code.endswith("    return x * k\n") and "        ```\n" in code
+    assert [d.name for d in patch.defs(reply)] == ["scale"]
+    # what still ends a reply: the closing fence at column 0, and prose at column 0
+    assert not any(s in reply[:-3] for s in defn.stop) and reply.endswith(defn.stop[0])
+    assert patch.reply_code("def f(\n    x,\n):\n    return x\nThat fixes it.", defn.stop_regex) \
+        == "def f(\n    x,\n):\n    return x\n"
