@@ -12,13 +12,15 @@ import time
 import pytest
 
 from decision_retry.agent.runner import FixConfig, fix
+from decision_retry.hermes import call_text
 from decision_retry.retry import RetryConfig
 from decision_retry.testing import scripted_lm
 from decision_retry.trace.store import TraceStore
 from tests.helpers import git, make_repo, repo_state, run_cli, write
 
 FIXED_ADD = ["def add(a, b):\n    return a + b\n", "```"]
-HOLLOW_TEST = ["edit test_calc.py\n```python\ndef test_add():\n    pass\n```"]
+HOLLOW_TEST = [call_text("edit_function", {"path": "test_calc.py", "function": "test_add",
+                                            "code": "def test_add():\n    pass\n"})]
 
 
 def one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
@@ -99,15 +101,16 @@ def test_allow_test_edits_lets_it_through_and_says_so(tmp_path, store):
 
 def test_code_that_rewrites_a_test_file_while_the_tests_run_is_not_a_fix(tmp_path, store):
     repo = make_repo(tmp_path / "repo", CALC)
-    # an edit whose code, once a `test` action runs it, hollows out the test file: the next
+    # an edit whose code, once a `run_tests` call runs it, hollows out the test file: the next
     # snapshot holds the hollow test, and the final run passes
-    edit = ("edit calc.py\n```python\ndef add(a, b):\n    import pathlib\n"
-            "    pathlib.Path('test_calc.py').write_text('def test_add():\\n    pass\\n')\n"
-            "    return a - b\n```")
-    script = [{"choice": {edit: 0.5, "test": 0.5}}]
+    edit = call_text("edit_function", {"path": "calc.py", "function": "add", "code": (
+        "def add(a, b):\n    import pathlib\n"
+        "    pathlib.Path('test_calc.py').write_text('def test_add():\\n    pass\\n')\n"
+        "    return a - b\n")})
+    script = [{"choice": {edit: 0.5, call_text("run_tests", {}): 0.5}}]
     result = fix(repo, config(protocol="tools", seed=3), lm=scripted_lm(script), store=store)
     calls = [c.action for c in store.load(result.run_id).tool_calls]
-    assert "test" in calls[calls.index("edit"):]  # the order this seed draws
+    assert "run_tests" in calls[calls.index("edit_function"):]  # the order this seed draws
     assert not result.fixed and result.stop == "changed test files"
     assert git(repo, "branch", "--list", "decision-retry/*") == ""
 

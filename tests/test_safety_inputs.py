@@ -15,6 +15,7 @@ import pytest
 
 from decision_retry.agent import definitions
 from decision_retry.agent.actions import Task, ToolsProtocol
+from decision_retry.hermes import call_text
 from decision_retry.repo.testrun import TestResult
 from decision_retry.repo.workspace import Workspace
 from decision_retry.trace.models import Branch, Run, Turn
@@ -77,13 +78,15 @@ def tools(ws: Workspace) -> ToolsProtocol:
 
 
 @pytest.mark.parametrize("reply", [
-    "read " + "x" * 300,
-    "read " + "a/" * 3000,
-    "read \ud800.py",
-    "read calc.py\x00",
-    "list " + "y" * 300,
-    "edit " + "z" * 300 + "\n```python\ndef add(a, b):\n    return a + b\n```",
-    "edit calc.py\n```python\ndef add(a, b):\n    return '\ud800'\n```",
+    call_text("read_file", {"path": "x" * 300}),
+    call_text("read_file", {"path": "a/" * 3000}),
+    call_text("read_file", {"path": "\ud800.py"}),
+    call_text("read_file", {"path": "calc.py\x00"}),
+    call_text("list_files", {"directory": "y" * 300}),
+    call_text("edit_function", {"path": "z" * 300, "function": "add",
+                                "code": "def add(a, b):\n    return a + b\n"}),
+    call_text("edit_function", {"path": "calc.py", "function": "add",
+                                "code": "def add(a, b):\n    return '\ud800'\n"}),
 ])
 def test_tools_actions_on_hostile_paths_are_observations(repo, reply):
     before = repo_state(repo)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from decision_retry.agent import definitions, patch
 from decision_retry.agent.actions import Task, ToolsProtocol
+from decision_retry.hermes import call_text
 from decision_retry.localise.locate import functions_in
 from decision_retry.repo.testrun import TestResult
 from decision_retry.repo.workspace import PathError, Workspace
@@ -64,13 +65,15 @@ def test_path_guard_returns_a_path_inside_or_refuses(workspace, rel):
 
 
 @FAST
-@given(verb=st.sampled_from(["read", "list", "edit", "submit", "READ", "delete", ""]),
-       arg=PATHISH, body=st.text(max_size=200))
-def test_action_parser_never_raises(workspace, verb, arg, body):
+@given(name=st.sampled_from(["read_file", "list_files", "edit_function", "submit", "READ",
+                             "delete", ""]),
+       arg=PATHISH, body=st.text(max_size=200), cut=st.integers(0, 400))
+def test_tool_call_parser_never_raises(workspace, name, arg, body, cut):
     result = TestResult(command=("pytest",), exit_code=1, failed=1)
     proto = ToolsProtocol(definitions.load("tools"),
                           Task(None, "", result, ("calc.py",), "python -m pytest -q", 30))
-    reply = f"{verb} {arg}\n```python\n{body}\n```"
+    whole = call_text(name, {"path": arg, "directory": arg, "function": body[:20], "code": body})
+    reply = whole[:cut]  # whole, or broken off anywhere
     out = proto.act(workspace, reply, 0)
     assert isinstance(out.observation, str)
     workspace.restore(workspace.base_sha)  # each example starts from the same tree

@@ -3,7 +3,9 @@
 `patch`: one turn; the reply is the corrected function (or functions), each applied by name.
 Several suspects may be shown (locate.py ranks them): which ones the reply rewrites are its tool
 decisions ("function", one per `def`).
-`tools`: several turns of `ACTION: read|list|edit|test|submit`, one action per turn.
+`tools`: several turns, one tool call per turn in the model's native `<tool_call>` JSON
+(hermes.py): read_file, list_files, edit_function, run_tests, submit; which tool, file and
+function each call names are its tool decisions.
 Unparseable output becomes an observation (tools) or a failed attempt (patch), never a crash.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from decision_retry import hermes
 from decision_retry.agent import patch
 from decision_retry.agent.definitions import AgentDefinition
 from decision_retry.errors import BadInput, WorkspaceError
@@ -144,14 +147,13 @@ def _relocated(current: list[Suspect], s: Suspect) -> Suspect:
     return min(same, key=lambda f: abs(f.start - s.start)) if same else s
 
 
-_ACTION = re.compile(r"^\s*(read|list|edit|test|submit)\b[ \t]*([^\n`]*)", re.IGNORECASE)
-
-
 class ToolsProtocol:
-    """Several turns of read / list / edit / test / submit actions."""
+    """Several turns, one `<tool_call>` per turn (hermes.py): read_file, list_files,
+    edit_function, run_tests, submit (prompts/tools.toml lists them to the model)."""
 
     def __init__(self, defn: AgentDefinition, task: Task) -> None:
         self.defn, self.task = defn, task
+        self.tools = {t["name"]: t for t in defn.format["tools"]}
 
     def first_messages(self) -> list[dict]:
         err = patch.error_lines(self.task.result, self.defn.limits["error_lines"])
@@ -162,10 +164,9 @@ class ToolsProtocol:
             user += "\nMost suspicious functions: " + ", ".join(
                 f"{c.suspect.file}:{c.suspect.start} {c.suspect.qualname or c.suspect.name}"
                 for c in ranked)
-        return [
-            {"role": "system", "content": self.defn.prompt["system"]},
-            {"role": "user", "content": user},
-        ]
+        schemas = [{"type": "function", "function": t} for t in self.defn.format["tools"]]
+        system = f"{self.defn.prompt['system']}\n\n{hermes.tools_text(schemas)}"
+        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
     def retry_messages(self, history: list[dict], result: TestResult) -> list[dict]:
         err = patch.error_lines(result, self.defn.limits["error_lines"])
@@ -176,52 +177,95 @@ class ToolsProtocol:
         return {"role": "user", "content": self.defn.prompt["observation"].format(observation=cut)}
 
     def where(self, reply: str, position: int, tokens) -> tuple[str | None, int | None]:
-        """The file the reply names, if any (a tools turn has no line)."""
-        m = _ACTION.match(reply)
-        return (m.group(2).strip() or None, None) if m else (None, None)
+        """The file the turn's call names, if any (a tools turn has no line)."""
+        _, calls = hermes.parse(reply)
+        path = calls[0].arguments.get("path") if calls else None
+        return (path if isinstance(path, str) else None), None
 
     def act(self, ws: Workspace, reply: str, turn_index: int) -> Outcome:
-        m = _ACTION.match(reply)
         last = turn_index + 1 >= self.defn.limits["max_turns"]
-        if m is None:
-            names = "|".join(self.defn.format["actions"])
-            return Outcome("invalid", {}, f"no action found; reply with ACTION: {names}", last)
-        verb, arg = m.group(1).lower(), m.group(2).strip()
-        spans = (ToolSpan(m.start(1), m.end(1), "action"),)
-        if arg:
-            spans += (ToolSpan(m.start(2), m.start(2) + len(arg), "file"),)
+        _, calls = hermes.parse(reply)
+        if not calls:
+            return Outcome("invalid", {"error": "no tool call"}, self._format_error(
+                f"no {hermes.OPEN} found"), last)
+        call = calls[0]  # one call per turn: the stop string ends the reply after it
+        if call.name is None:
+            return Outcome("invalid", {"error": call.error}, self._format_error(
+                f"the tool call is not valid JSON ({call.error})"), last)
+        spans = tuple(ToolSpan(*call.spans[key], label) for key, label in SPAN_LABELS
+                      if key in call.spans and call.spans[key][0] < call.spans[key][1])
+        if call.name not in self.tools:
+            return Outcome(call.name, call.arguments, self._format_error(
+                f"no tool named {call.name!r}"), last, spans)
         try:
-            obs, done = self._run(ws, verb, arg, reply)
+            obs, done = self._run(ws, call.name, call.arguments)
         except WorkspaceError as err:  # a path outside the repository, a missing file
             obs, done = f"error: {err}", False
-        return Outcome(verb, {"path": arg} if arg else {}, obs, done or last, spans)
+        return Outcome(call.name, call.arguments, obs, done or last, spans)
 
-    def _run(self, ws: Workspace, verb: str, arg: str, reply: str) -> tuple[str, bool]:
-        if verb == "submit":
+    def _format_error(self, what: str) -> str:
+        names = ", ".join(self.tools)
+        return (f"error: {what}. Call one tool ({names}) as {hermes.OPEN}\n"
+                f'{{"name": <tool>, "arguments": {{...}}}}\n{hermes.CLOSE}')
+
+    def _run(self, ws: Workspace, name: str, args: dict) -> tuple[str, bool]:
+        missing = [k for k in self.tools[name]["parameters"].get("required", ())
+                   if not isinstance(args.get(k), str)]
+        if missing:
+            return f"error: {name} needs the string argument(s) {', '.join(missing)}", False
+        if name == "submit":
             return "submitted", True
-        if verb == "read":
-            return ws.read_file(arg), False
-        if verb == "list":
-            return "\n".join(ws.list_files(arg)), False
-        if verb == "test":
+        if name == "run_tests":
             r = ws.run_tests(self.task.test_cmd, self.task.test_timeout)
             return r.output_tail[-1500:], False
-        # edit PATH + a python block: replace each function it defines, by name
-        target = ws.resolve(arg).relative_to(ws.root).as_posix()  # a link to a test is one too
-        if self.task.read_only(arg) or self.task.read_only(target):
-            return f"not applied: {arg}: {READ_ONLY}", False
-        code = reply.split("```python", 1)[-1] if "```python" in reply else reply.split("\n", 1)[-1]
+        if name == "list_files":
+            under = args.get("directory") if isinstance(args.get("directory"), str) else ""
+            return "\n".join(ws.list_files(under.strip())), False
+        path, function = args["path"], args.get("function")
+        if name == "read_file":
+            text = ws.read_file(path)
+            if not isinstance(function, str) or not function.strip():
+                return text, False
+            found = _named(functions_in(text, path), function)
+            if found is None:
+                return f"error: {path} defines no function {function!r}", False
+            return found.source, False
+        return self._edit(ws, path, function, args["code"]), False
+
+    def _edit(self, ws: Workspace, path: str, function: str, code: str) -> str:
+        """Replace `function` of `path`, and any other function of that file `code` defines."""
+        target = ws.resolve(path).relative_to(ws.root).as_posix()  # a link to a test is one too
+        if self.task.read_only(path) or self.task.read_only(target):
+            return f"not applied: {path}: {READ_ONLY}"
         code = patch.reply_code(code)
-        text = ws.read_file(arg)
-        names = list(dict.fromkeys(f.name for f in functions_in(text, arg)
-                                   if re.search(rf"def\s+{re.escape(f.name)}\s*\(", code)))
-        if not names:
-            return "not applied: the block defines no function of that file", False
+        text = ws.read_file(path)
+        here = functions_in(text, path)
+        if _named(here, function) is None:
+            return f"not applied: {path} defines no function {function!r}"
+        short = function.rsplit(".", 1)[-1].strip()
+        if not _defines(code, short):
+            return f"not applied: the code does not define {short}"
+        names = list(dict.fromkeys(f.name for f in here if _defines(code, f.name)))
         for name in names:  # re-locate after each replacement: lines shift
-            target = next(f for f in functions_in(text, arg) if f.name == name)
+            target_fn = next(f for f in functions_in(text, path) if f.name == name)
             try:
-                text = patch.apply(text, target, code)
+                text = patch.apply(text, target_fn, code)
             except ValueError as err:
-                return f"not applied: {err}", False
-        ws.write_file(arg, text)
-        return f"replaced {', '.join(names)} in {arg}", False
+                return f"not applied: {err}"
+        ws.write_file(path, text)
+        return f"replaced {', '.join(names)} in {path}"
+
+
+# the values that are a turn's tool decisions: which tool, which file, which function
+SPAN_LABELS = (("name", "action"), ("path", "file"), ("function", "function"))
+
+
+def _defines(code: str, name: str) -> bool:
+    return re.search(rf"def\s+{re.escape(name)}\s*\(", code) is not None
+
+
+def _named(functions: list[Suspect], name: str) -> Suspect | None:
+    """The function `name` (a bare or a qualified name) among `functions`."""
+    name = name.strip()
+    exact = [f for f in functions if (f.qualname or f.name) == name]
+    return (exact or [f for f in functions if f.name == name.rsplit(".", 1)[-1]] or [None])[0]

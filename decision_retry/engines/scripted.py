@@ -72,7 +72,7 @@ class ScriptedBackend(IdRowsCache):
         return [PROMPT]
 
     def encode_text(self, text: str) -> list[int]:
-        return [PROMPT]
+        return [PROMPT] if text else []  # an empty assistant prefix adds no token
 
     def piece(self, ids: Sequence[int]) -> str:
         return "" if ids[-1] in (PROMPT, EOS) else self.names[ids[-1]]

@@ -8,6 +8,7 @@ import pytest
 
 from decision_retry.agent.runner import FixConfig, fix
 from decision_retry.errors import BadInput
+from decision_retry.hermes import call_text
 from decision_retry.retry import STRATEGIES, RetryConfig
 from decision_retry.testing import scripted_lm
 from decision_retry.trace.store import TraceStore
@@ -79,10 +80,9 @@ def test_budget_is_respected_and_unfixable_output_is_not_a_crash(tmp_path, store
 
 def test_tools_protocol_reads_edits_and_submits(tmp_path, store):
     repo = fixture_repo(tmp_path, "units")
-    script = [
-        "edit units.py\n```python\ndef celsius_to_fahrenheit(celsius: float) -> float:\n"
-        "    return celsius * 9 / 5 + 32\n```",
-    ]
+    script = [call_text("edit_function", {
+        "path": "units.py", "function": "celsius_to_fahrenheit",
+        "code": "def celsius_to_fahrenheit(celsius: float) -> float:\n    return celsius * 9 / 5 + 32\n"})]
     result = fix(repo, fix_config(protocol="tools"), lm=scripted_lm(script), store=store)
     # the scripted model repeats its edit every turn; the attempt ends at max_turns, then tests pass
     assert result.fixed

@@ -27,6 +27,7 @@ from decision_retry.bench.results import (
 )
 from decision_retry.bench.suites import directory_suite, fixtures_dir, humaneval_bugs, load_suite
 from decision_retry.cli.main import main
+from decision_retry.hermes import call_text
 from decision_retry.repo.testrun import run_tests
 from decision_retry.trace.store import TraceStore
 from tests.helpers import bench_config
@@ -137,8 +138,9 @@ def test_the_cli_resumes_and_reports(finished, script, tmp_path):
     assert len((out / CELLS_FILE).read_text().splitlines()) == 4
 
 
-TOOLS_EDIT = ["edit units.py\n```python\ndef celsius_to_fahrenheit(celsius: float) -> float:\n"
-              "    return celsius * 9 / 5 + 32\n```"]
+TOOLS_EDIT = [call_text("edit_function", {
+    "path": "units.py", "function": "celsius_to_fahrenheit",
+    "code": "def celsius_to_fahrenheit(celsius: float) -> float:\n    return celsius * 9 / 5 + 32\n"})]
 
 
 def test_the_tools_protocol_runs_every_cell_and_is_a_shared_setting(tmp_path, cases):
