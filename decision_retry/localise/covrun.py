@@ -46,6 +46,22 @@ class _Contexts:
             self.outcomes[report.nodeid] = "skipped" if report.skipped else "passed"
 
 
+def _reports_unmeasured(pytest, cov):
+    """pytest plugin: what pytest runs to describe a failure (the reprs of the arguments in its
+    traceback: a project's `__repr__` and what that calls) is measured in no test's context.
+    Only failing tests print those, so each would score as the bug."""
+
+    class Reports:
+        @pytest.hookimpl(hookwrapper=True)
+        def pytest_runtest_makereport(self, item, call):
+            cov.switch_context("")
+            yield
+            if call.when != "teardown":
+                cov.switch_context(item.nodeid)
+
+    return Reports()
+
+
 def borrowed_coverage(dest: str | os.PathLike) -> str:
     """`dest`, made to hold only our `coverage` package (a link to it): the PYTHONPATH entry
     that lends it to another interpreter. coverage needs no other package; on another Python
@@ -72,8 +88,11 @@ def main(out_path: str, selection_path: str) -> int:
     cov.start()
     plugin = _Contexts(cov, None if sel["tests"] is None else set(sel["tests"]))
     try:
-        code = pytest.main(["-p", "no:cacheprovider", "-p", "no:cov", "-q", *sel["args"]],
-                           plugins=[plugin])
+        # --assert=plain: a failing assert does not render its operands (their reprs are the
+        # report's, not the test's); the test passes or fails as it does rewritten
+        code = pytest.main(["-p", "no:cacheprovider", "-p", "no:cov", "-q", *sel["args"],
+                            "--assert=plain"],
+                           plugins=[plugin, _reports_unmeasured(pytest, cov)])
     finally:
         cov.stop()
     data = cov.get_data()

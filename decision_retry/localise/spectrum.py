@@ -4,7 +4,8 @@
    same folder, then the rest; by node id within each), a fixed rule so two localisations of one
    repository run the same tests; the plain run's timings only enforce a safety budget, and when
    that leaves tests out the spectrum says so (`Spectrum.cut`);
-2) run them under coverage with one context per test (covrun.py), in the test sandbox;
+2) run them under coverage with one context per test (covrun.py), in the test sandbox; what
+   pytest runs to report a failure (the reprs it renders) is in no test's context;
 3) score every executed line by Ochiai, ef / sqrt(F * (ef + ep)) (F failing tests, ef/ep failing/
    passing tests that ran the line), and every function by its best line.
 """
