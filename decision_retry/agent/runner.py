@@ -47,7 +47,7 @@ class FixConfig(BaseModel):
     test_cmd: str = "python -m pytest -x -q"
     test_timeout: float = Field(60.0, gt=0)
     model: str | None = None
-    protocol: Literal["patch", "tools"] = "patch"
+    protocol: Literal["patch", "tools", "auto"] = "patch"  # auto: choose_protocol, per run
     retry: RetryConfig = RetryConfig()
     budget_tokens: int = Field(BUDGET_TOKENS, ge=1)
     max_attempts: int = Field(10, ge=1)
@@ -151,6 +151,32 @@ def no_suspect_reason(result: TestResult, carried: Carried) -> str:
     return msg
 
 
+def choose_protocol(suspect, result: TestResult) -> tuple[str, str]:
+    """`--protocol auto`: (protocol, why). The patch protocol wherever it has a function to show
+    the model (docs/results.md, "The agent loop (--protocol tools)": why); the tools loop where
+    localisation found none and the tests did collect (patch could not run at all). A collection error stays the patch protocol's one-line error: an import the
+    project's environment lacks is not something an edit fixes."""
+    if suspect is not None:
+        return "patch", "a suspect function was found"
+    if collection_error(result) is not None:
+        return "patch", "the tests fail at collection"
+    return "tools", "no suspect function was found"
+
+
+def for_tools(rc: RetryConfig) -> RetryConfig:
+    """`rc` for the tools protocol, once `auto` chose it after `rc` was resolved for patch: suffix
+    moves and entropy cuts, as `--protocol tools` resolves them (local moves and the no-body
+    context need the patch protocol's single turn)."""
+    update: dict = {}
+    if rc.kernel.base.local:
+        update["move"] = "suffix"
+    if rc.surprise:
+        update["cut_weights"] = "entropy"
+    if rc.cut_token == "nobody":
+        update["cut_token"] = "patch"
+    return rc.model_copy(update=update) if update else rc
+
+
 def collection_error(result: TestResult) -> tuple[str, str] | None:
     """(where, first error line) of the first collection error pytest reported, or None."""
     for f in result.failures:  # JUnit: a testcase whose error is "collection failure"
@@ -191,7 +217,7 @@ def fix(repo: str | Path, cfg: FixConfig, *, lm=None, store: TraceStore | None =
         lm = load_lm(cfg.model)
     leftovers.sweep(store)  # what runs killed with SIGKILL left: their clones; mark them
     cfg = cfg.model_copy(update={"retry": cfg.retry.resolved(  # recorded as it will run
-        patch=cfg.protocol == "patch", teacher_forcing=getattr(lm, "teacher_forcing", False),
+        patch=cfg.protocol != "tools", teacher_forcing=getattr(lm, "teacher_forcing", False),
         excludes=getattr(lm, "excludes", False))})
     recorder = Recorder(store, listeners)
     runs = describe(cfg.retry)  # what runs, in words: "rewind: surprise cuts, local moves, ..."
@@ -226,7 +252,6 @@ def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandb
            python: pyenv.ProjectPython | None = None) -> FixResult:
     run = recorder.run
     assert run is not None
-    defn = definitions.load(cfg.protocol)
     ws = Workspace(root, run.id[:12], sandbox=sandbox, test_cache=TestCache(cfg.test_cache))
     ws.replay = replay or {}
     try:
@@ -259,6 +284,13 @@ def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandb
         task = Task(suspect, test_src, result, tuple(source_files(ws.root)), cfg.test_cmd,
                     cfg.test_timeout, loc.candidates, summary,
                     allow_test_edits=cfg.allow_test_edits)
+        if cfg.protocol == "auto":  # recorded as auto: a resume decides again, the same way
+            chosen, why = choose_protocol(suspect, result)
+            cfg = cfg.model_copy(update={"protocol": chosen} | (
+                {"retry": for_tools(cfg.retry)} if chosen == "tools" else {}))
+            if on_event:
+                on_event("protocol", {"note": f"protocol: {chosen} ({why})"})
+        defn = definitions.load(cfg.protocol)
         if cfg.protocol == "tools":
             protocol = ToolsProtocol(defn, task)
         elif suspect is None:

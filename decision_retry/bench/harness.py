@@ -60,7 +60,7 @@ class BenchConfig(BaseModel):
     proposal_temperature: float | None = Field(None, gt=0)
     max_attempts: int = Field(100, ge=1)
     test_timeout: float = Field(30.0, gt=0)
-    protocol: Literal["patch", "tools"] = "patch"
+    protocol: Literal["patch", "tools", "auto"] = "patch"
     workers: int = Field(default_factory=default_workers, ge=1)
     threads: int | None = Field(None, ge=1, description="torch threads per worker")
     share_first: bool = Field(True, description="reuse a first attempt that passed across strategies")

@@ -122,10 +122,11 @@ def canonical_command(suite: str, cfg, limit: int | None, mutations: int, out) -
               help="Attempts per cell; high, so that the token budget is what ends a cell.")
 @click.option("--test-timeout", type=float, default=30.0, show_default=True,
               help="Seconds before a test run is killed.")
-@click.option("--protocol", type=click.Choice(["patch", "tools"]), default="patch",
+@click.option("--protocol", type=click.Choice(["patch", "tools", "auto"]), default="patch",
               show_default=True, help="The agent's protocol in every cell, as in `fix`: patch "
-              "(one turn rewriting the failing function) or tools (read/edit/test/submit "
-              "actions over several turns; rewinds make suffix moves there).")
+              "(one turn rewriting the failing function), tools (read_file/edit_function/"
+              "run_tests/submit tool calls over several turns; rewinds make suffix moves there) "
+              "or auto (patch where a suspect function is found, else tools).")
 @click.option("--share-first-attempt/--no-share-first-attempt", default=True, show_default=True,
               help="At one seed every strategy makes the same first attempt: when it passes, "
               "record it for every strategy instead of running it again.")

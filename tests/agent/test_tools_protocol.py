@@ -136,3 +136,29 @@ def test_a_scripted_native_session_reads_edits_tests_and_submits(tmp_path, store
     snaps = {turn_index[d.turn_id]: d.snapshot for d in tree.decisions if d.kind == "tool"}
     assert all(snaps.values()) and len(set(snaps.values())) == 4
     assert repo_state(repo) == before
+
+
+def test_auto_takes_patch_where_a_function_is_suspect_and_tools_where_none_is(tmp_path, store):
+    from decision_retry.agent.runner import fix
+    from decision_retry.testing import scripted_lm
+    from tests.helpers import UNITS_SCRIPT, make_repo
+
+    events = []
+    units = fixture_repo(tmp_path, "units")
+    result = fix(units, fix_config(protocol="auto", seed=1), lm=scripted_lm(UNITS_SCRIPT),
+                 store=store, on_event=lambda kind, data: events.append((kind, data)))
+    assert {c.action for c in store.load(result.run_id).tool_calls} == {"apply_patch"}
+    # a bug in a module-level constant: no function to show, so the patch protocol cannot run
+    consts = make_repo(tmp_path / "consts", {
+        "limits.py": "LIMIT = 4\n",
+        "test_limits.py": "from limits import LIMIT\n\ndef test_limit():\n    assert LIMIT == 5\n"})
+    turns = [call("read_file", path="limits.py"), call("submit")]
+    result = fix(consts, fix_config(protocol="auto"), lm=scripted_turns_lm(turns), store=store,
+                 on_event=lambda kind, data: events.append((kind, data)))
+    tree = store.load(result.run_id)
+    assert [c.action for c in tree.tool_calls][:2] == ["read_file", "submit"]
+    assert "LIMIT = 4" in tree.tool_calls[0].observation
+    assert tree.run.config["protocol"] == "auto"  # a resume decides again, the same way
+    notes = [d["note"] for kind, d in events if kind == "protocol"]
+    assert notes == ["protocol: patch (a suspect function was found)",
+                     "protocol: tools (no suspect function was found)"]
