@@ -16,9 +16,14 @@ the model can do (`resolve`):
   cuts elsewhere, as the graph alone does not say what the model should not have seen;
 * the no-body cut token (`cut_token="nobody"`, never a default) where surprise cuts can run: the
   cut's new token drawn under the second context;
-* delayed acceptance always. The scoring a decision reads (the kept tail, the second context)
-  is done at the model call, so the state holds all of it: the two-stage rule runs, but unlike
-  `fix` it skips no scoring pass.
+* delayed acceptance always, and as in `fix` the scoring a decision reads beyond decoding and
+  the verdict (a local move's kept tail, the second context's pass) waits until the chain reads
+  the reply (samplers/deferred.py): the model that wrote the reply keeps that work in memory
+  and `Completion` asks it for a turn when `Chain.decide` reaches the second stage or a cut is
+  drawn from the reply, so a proposal the first stage rejects, or one that passes, is never
+  scored;
+* the second context's pass in bulk (`nobody_scoring="bulk"`, `Engine.score(exact=False)`)
+  unless the cut token is drawn from it.
 
 A value set explicitly that the model cannot run is refused with one line (`refuse`).
 
@@ -98,24 +103,65 @@ def cut_point(cut: dict, config: RetryConfig) -> CutPoint:
                     kernel=moves.named(cut.get("move", "suffix"), config.span))
 
 
-def trajectory(attempt: dict, tokens_of: TokensOf, passed: bool = False) -> Trajectory:
-    """What the chain reads of an attempt: its calls' tokens, r, stop flags, a local move's span."""
+class Completion:
+    """An attempt's turns completed on demand by the model that wrote them (`complete_turn`:
+    a turn record -> (the record completed, positions scored); None: no model to ask, so a
+    record marked `unscored` is an error). Memoised per message; `positions` sums the work."""
+
+    def __init__(self, complete_turn: Callable[[dict], tuple[dict, int]] | None) -> None:
+        self.complete_turn = complete_turn
+        self.done: dict[str, dict] = {}
+        self.positions = 0
+
+    def __call__(self, attempt: dict) -> dict:
+        """`attempt` with every turn complete."""
+        turns = []
+        for t in attempt["turns"]:
+            if t.get("unscored") and t["message_id"] not in self.done:
+                if self.complete_turn is None:
+                    raise BadInput("a reply's scoring was left to the decision, but no model "
+                                   "to score it was given: rewind_node(model=<the model node>)")
+                self.done[t["message_id"]], n = self.complete_turn(t)
+                self.positions += n
+            turns.append(self.done.get(t["message_id"], t))
+        return {**attempt, "turns": turns}
+
+    def known(self, attempt: dict) -> dict:
+        """`attempt` with the turns completed so far (no scoring)."""
+        return {**attempt, "turns": [self.done.get(t["message_id"], t) for t in attempt["turns"]]}
+
+    def pending(self, attempt: dict) -> bool:
+        """Does `attempt` hold a turn whose scoring still waits?"""
+        return any(t.get("unscored") and t["message_id"] not in self.done
+                   for t in attempt["turns"])
+
+
+def trajectory(attempt: dict, tokens_of: TokensOf, passed: bool = False,
+               complete: Completion | None = None) -> Trajectory:
+    """What the chain reads of an attempt: its calls' tokens, r, stop flags, a local move's span;
+    with `complete`, completed when the chain reads what its scoring waits for."""
     turns = attempt["turns"]
     span = attempt.get("span")
+    later = None
+    if complete is not None and complete.pending(attempt):
+        def later() -> Trajectory:
+            return trajectory(complete(attempt), tokens_of, passed)
     return Trajectory([tokens_of(t) for t in turns], attempt["r"],
                       [t.get("finish") == "stop" for t in turns],
-                      None if span is None else tuple(span), passed=passed)
+                      None if span is None else tuple(span), passed=passed, complete=later)
 
 
 def decide(config: RetryConfig, chain: dict | None, attempt: dict, cut: dict | None, *,
            tokens_of: TokensOf, passed: bool, generator: torch.Generator, decode_tokens: int,
-           span: Sequence[int] | None = None, rejected: bool = False) -> Decision:
-    """`Chain.decide` between the chain's current attempt and `attempt`, made from `cut` (`span`:
-    a local move's (s, m, e)); a local draw outside the support (`rejected`) is no proposal."""
+           span: Sequence[int] | None = None, rejected: bool = False,
+           complete: Completion | None = None) -> Decision:
+    """`Chain.decide` between the chain's current attempt (complete) and `attempt`, made from
+    `cut` (`span`: a local move's (s, m, e)); a local draw outside the support (`rejected`) is
+    no proposal; `complete` completes the proposal where the decision reads it."""
     proposal = {**attempt, "span": span}
     return Chain(config).decide(
         None if chain is None else trajectory(chain, tokens_of),
-        [] if rejected else [trajectory(proposal, tokens_of, passed)],
+        [] if rejected else [trajectory(proposal, tokens_of, passed, complete)],
         None if cut is None else cut_point(cut, config),
         tried=tuple((chain or {}).get("tried", ())), generator=generator,
         decode_tokens=decode_tokens)

@@ -11,8 +11,16 @@ The cut's move says how the call is remade (chainstate.py): a suffix move draws 
 the end, a local move (samplers/local.py) only to the next span boundary and keeps the rest of
 the call, teacher-forced under the new prefix; an excluding cut bans the current token at the
 cut. A local draw outside the support makes no proposal: the call and the attempt's later calls
-replay the chain's current attempt (no decoding) and the rewind node records the rejection. With
-surprise cuts every reply is scored under the second context (`nobody`) when it is written.
+replay the chain's current attempt (no decoding) and the rewind node records the rejection.
+
+With surprise cuts every reply is scored under the second context (`nobody`), in bulk unless the
+cut token is drawn there (`RetryConfig.nobody_scoring`), from the no-body state of the call it
+was cut from where that is still in memory. When a rewind node scores through this node
+(`rewind_node(model=...)`) and the run is delayed, that pass and a local move's kept tail wait
+until the chain reads the reply, as in `fix` (samplers/deferred.py): the record is marked
+`unscored`, the node keeps the work in memory, and the rewind node calls `complete` only for a
+first attempt that does not pass and a proposal whose first stage accepts. Without such a rewind
+node the same work is done when the reply is written.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from typing import Any, Literal
 
 import torch
 
-from decision_retry.choices import DEFAULT_RUN, SPIKE_THRESHOLD
+from decision_retry.choices import CUT_STRATEGIES, DEFAULT_RUN, SPIKE_THRESHOLD
 from decision_retry.errors import BadInput, DecisionRetryError
 from decision_retry.langgraph import chainstate
 from decision_retry.langgraph.state import (
@@ -37,7 +45,7 @@ from decision_retry.langgraph.state import (
 )
 from decision_retry.lm import LM, DecodeState, Sampling
 from decision_retry.otel.attributes import engine_provider
-from decision_retry.samplers import surprise
+from decision_retry.samplers import deferred, surprise
 from decision_retry.samplers.chain import RetryConfig
 from decision_retry.trace.decisions import SpikeRule
 from decision_retry.trace.models import Cut
@@ -144,6 +152,10 @@ class ModelNode:
         self.kv_states = kv_states
         self._states: OrderedDict[str, DecodeState] = OrderedDict()  # message id -> decode state
         self._alt: tuple[tuple[int, ...], surprise.AltContext] | None = None  # the last one
+        self._alts: OrderedDict[str, DecodeState] = OrderedDict()  # message id -> no-body state
+        # message id -> the work a reply's scoring waits for (a rewind node completes it)
+        self._pending: dict[str, tuple[DecodeState, deferred.Deferred, dict, Any]] = {}
+        self.deferring = False  # set by rewind_node(model=self) on a delayed run
         # how each resample got its prefix, and which moves ran (local draws out of the support
         # included)
         self.stats = {"calls": 0, "forks": 0, "prefills": 0, "suffix": 0, "local": 0,
@@ -173,12 +185,12 @@ class ModelNode:
 
         # 1) the reply: a move from the chain's turn k (after a rewind), a replay of it (after a
         #    local draw outside the support), or a fresh call from the prompt
-        scored, replay = 0, None
+        scored, replay, tail = 0, None, None
         if resume is not None:
             base = self._cut_turn(dr, resume, k)
             snapshot = self._restore(base)
-            out, new_tokens, kept, scored = self._move(state, base, resume, prompt_ids, gen,
-                                                       update)
+            out, new_tokens, kept, scored, tail = self._move(state, base, resume, prompt_ids,
+                                                             gen, update)
             if out is None:
                 replay = base
         elif dr.get("rejected") and k < len((dr.get("chain") or {}).get("turns") or []):
@@ -199,13 +211,22 @@ class ModelNode:
                    "trace_turn": None}
             text, finish = replay["text"], replay["finish"]
         else:
-            if self.run.scored:
-                out, positions = self._score_nobody(state, out)
+            d = self._deferred(resume, tail)
+            if d.pending and not self.deferring:  # scored now (no rewind node scores later)
+                out, alt, positions = self._completed(state, out, d)
                 scored += positions
-            self._remember(message_id, out)
+                d = deferred.Deferred()
+                if alt is not None:
+                    self._remember(message_id, alt, self._alts)
+            if d.tail is None:  # a deferred tail: no usable state before it is rescored
+                self._remember(message_id, out)
             trace_turn = self._trace(dr, update, resume, k, out, messages, snapshot)
             rec = turn_record(out, message_id=message_id, index=k, kept=kept,
-                              spike=self.spike, snapshot=snapshot, trace_turn=trace_turn)
+                              spike=self.spike, snapshot=snapshot,
+                              trace_turn=None if trace_turn is None else trace_turn.id)
+            if d.pending:
+                self._pending[message_id] = (out, d, state, trace_turn)
+                rec["unscored"] = True
             text, finish = out.text, out.finish
         update["turns"] = [*turns, rec]
         update["spent"] = dr.get("spent", 0) + new_tokens
@@ -216,9 +237,10 @@ class ModelNode:
 
     # -- rewinds ---------------------------------------------------------------------------
     def _move(self, state: dict, base: dict, resume: dict, prompt_ids: list[int], gen,
-              update: dict) -> tuple[DecodeState | None, int, int, int]:
+              update: dict) -> tuple[DecodeState | None, int, int, int, Any]:
         """The cut's move from the chain's call `base`: (reply or None when a local draw fell
-        outside the support, decode tokens, tokens kept before the cut, positions scored)."""
+        outside the support, decode tokens, tokens kept before the cut, positions scored, a
+        local move's proposal whose tail is still to be rescored or None)."""
         t, move, ban = resume["position"], resume.get("move", "suffix"), resume.get("ban")
         self.stats[move] += 1
         x = self._whole(base, t, prompt_ids)
@@ -235,23 +257,24 @@ class ModelNode:
                 update={"max_new_tokens": max(1, self.sampling.max_new_tokens - t)})
             if first is not None:
                 out, more = surprise.first_then_extend(self.lm, first(start), t, q, gen)
-                return out, 1 + more, t, 1  # y_t scored in the call's own context
+                return out, 1 + more, t, 1, None  # y_t scored in the call's own context
             out = self.lm.extend(start, q, gen, **({} if ban is None else {"exclude": ban}))
-            return out, len(out.tokens) - t, t, 0
+            return out, len(out.tokens) - t, t, 0, None
         # 2) local: draw to the span boundary, keep the call's tail rescored (samplers/local.py)
         point = chainstate.cut_point(resume, self.run)
         p = point.kernel.propose(self.lm, x, t, self.sampling, gen, first=first,
-                                 cap=self.sampling.max_new_tokens, exclude=point.ban)
+                                 cap=self.sampling.max_new_tokens, exclude=point.ban,
+                                 defer=self.deferring)
         scored = p.prefill_positions + (first is not None)
         if p.y is None:  # out of the support: no proposal, the chain's calls replay
             self.stats["out_of_support"] += 1
             step = chainstate.rejected_step(tokens_of(base), resume, m=p.m,
                                             decode_tokens=p.decode_tokens)
             update["rejected"] = {"reason": p.reason, "step": step.model_dump()}
-            return None, p.decode_tokens, t, scored
+            return None, p.decode_tokens, t, scored, None
         offset = resume["index"] - t  # flattened position of the cut call's first token
         update["span"] = [offset + p.s, p.m, len(x.tokens) - p.s]
-        return p.y, p.decode_tokens, t, scored
+        return p.y, p.decode_tokens, t, scored, (p if p.rescore is not None else None)
 
     def _cut_turn(self, dr: dict, resume: dict, k: int) -> dict:
         chain = dr.get("chain") or {}
@@ -308,17 +331,65 @@ class ModelNode:
             self._alt = (ids, surprise.AltContext(self.lm, self.lm.prefill(list(ids))))
         return self._alt[1]
 
-    def _score_nobody(self, state: dict, out: DecodeState) -> tuple[DecodeState, int]:
-        """The reply scored under the second context (surprise.annotate); positions scored."""
-        s = surprise.annotate(self._alt_context(state), out, self.sampling)
-        return s.y, s.positions
+    # -- scoring the chain reads (samplers/deferred.py) -----------------------------------------
+    def _deferred(self, resume: dict | None, tail) -> deferred.Deferred:
+        """What a new reply's scoring needs: a local move's kept tail (`tail`, deferred), and
+        with surprise cuts its no-body pass, from the cut call's no-body state where it is in
+        memory (the reply shares its first t tokens)."""
+        nobody = self.run.scored and self.run.strategy in CUT_STRATEGIES  # as agent/graph.py
+        base = None
+        if nobody and resume is not None and resume.get("move") != "restart":
+            base = self._alts.get(resume["message_id"])
+        return deferred.Deferred(tail=tail, nobody=bool(nobody), base=base,
+                                 t=0 if base is None else resume["position"])
 
-    def _remember(self, message_id: str, out: DecodeState) -> None:
+    def _completed(self, state: dict, out: DecodeState,
+                   d: deferred.Deferred) -> tuple[DecodeState, DecodeState | None, int]:
+        """`out` completed (deferred.complete) under this call's second context (`state`: the
+        graph state the call saw): (reply, its no-body state, positions scored)."""
+        ctx = self._alt_context(state) if d.nobody else None
+        if d.base is not None and tuple(d.base.prompt_ids) != tuple(ctx.state.prompt_ids):
+            d = deferred.Deferred(tail=d.tail, nobody=True)  # another second context: in full
+        c = deferred.complete(out, d, context=lambda: ctx, q=self.sampling,
+                              exact=self.run.nobody_exact)
+        return c.y, c.alt, c.positions
+
+    def complete(self, record: dict) -> tuple[dict, int]:
+        """A turn record this node wrote `unscored`, completed (its kept tail rescored, its
+        no-body scores; recorded in the trace beside the turn), and the positions scored; a
+        record with nothing pending as it is. The rewind node calls it where the chain reads
+        the reply."""
+        entry = self._pending.pop(record["message_id"], None)
+        if entry is None:
+            if record.get("unscored"):
+                raise RewindError("the reply's scoring was left to the rewind node, but this "
+                                  "model node no longer holds it (a new process between the "
+                                  "model call and the rewind node?)")
+            return record, 0
+        out, d, state, trace_turn = entry
+        y, alt, positions = self._completed(state, out, d)
+        self._remember(record["message_id"], y)
+        if alt is not None:
+            self._remember(record["message_id"], alt, self._alts)
+        if self.recorder is not None and trace_turn is not None:
+            self.recorder.record_scores(trace_turn, y.tokens)
+        done = turn_record(y, message_id=record["message_id"], index=record["index"],
+                           kept=record["kept"], spike=self.spike, snapshot=record["snapshot"],
+                           trace_turn=record["trace_turn"])
+        return done, positions
+
+    def release(self, message_ids) -> None:
+        """Drop the pending work of replies the chain did not read (a first stage rejected them)."""
+        for mid in message_ids:
+            self._pending.pop(mid, None)
+
+    def _remember(self, message_id: str, out: DecodeState, registry=None) -> None:
+        registry = self._states if registry is None else registry
         if self.kv_states == 0:
             return
-        self._states[message_id] = out
-        while len(self._states) > self.kv_states:
-            self._states.popitem(last=False)  # the least recently used goes first
+        registry[message_id] = out
+        while len(registry) > self.kv_states:
+            registry.popitem(last=False)  # the least recently used goes first
 
     # -- output ----------------------------------------------------------------------------
     def _message(self, messages: list, text: str, finish: str | None, message_id: str,
@@ -342,8 +413,8 @@ class ModelNode:
                 "retry": self.run.model_dump(mode="json"),
                 "sampling": self.sampling.model_dump(mode="json"), "seed": self.seed}
 
-    def _trace(self, dr, update, resume, k, out, messages, snapshot) -> str | None:
-        """Record the turn (and a new run or branch when this call starts one); its trace id."""
+    def _trace(self, dr, update, resume, k, out, messages, snapshot):
+        """Record the turn (and a new run or branch when this call starts one); the Turn."""
         rec = self.recorder
         if rec is None:
             return None
@@ -368,7 +439,7 @@ class ModelNode:
             "model": self.lm.name, "temperature": self.sampling.temperature,
             "top_k": self.sampling.top_k, "seed": self.seed})
         rec.record_decisions(turn, self.spike, snapshot=snapshot)
-        return turn.id
+        return turn
 
 
 def model_node(

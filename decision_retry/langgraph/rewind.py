@@ -8,6 +8,11 @@ graph run then ends; `invoke` (or `fork_point` for a hand-written loop) finds th
 before the model call holding the cut and invokes the graph there with `Command(update=...)`:
 a new branch in the thread's history, so the whole graph state as it was before that call comes
 back, and the model node remakes the call by the cut's move (suffix, local or restart).
+
+Given the model node (`rewind_node(model=...)`), the rewind node scores what the chain reads
+where it reads it, as `fix` does (chainstate.Completion, samplers/deferred.py): a proposal whose
+first stage accepts, and an attempt the next cut is drawn from. The model node then writes
+replies without that scoring.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ class RewindNode:
         max_attempts: int = 8,
         budget_tokens: int | None = None,
         seed: int = 0,
+        model: Any = None,
     ) -> None:
         if (verifier is None) == (verdict_key is None):
             raise BadInput("rewind_node needs one of verifier=callable or verdict_key='key'")
@@ -57,6 +63,11 @@ class RewindNode:
         self.max_attempts = max_attempts
         self.budget_tokens = budget_tokens
         self.seed = seed
+        self.model = model
+        if model is not None:  # the model node leaves the scoring a delayed decision reads to us
+            if not hasattr(model, "complete"):
+                raise BadInput("rewind_node(model=...) takes the model node (model_node(lm, ...))")
+            model.deferring = bool(model.run.delayed)
         self.name = (getattr(verifier, "__name__", "verifier") if verifier
                      else f"state[{verdict_key!r}]")
 
@@ -74,17 +85,20 @@ class RewindNode:
         chain, cut, n = dr.get("chain"), dr.get("cut"), dr.get("attempts", 1)
         gen = derived_generator(self.seed, "rewind", n)
         attempt = {"turns": turns, "r": r, "branch": dr.get("branch"), "tried": []}
+        complete = chainstate.Completion(None if self.model is None else self.model.complete)
 
-        # 1) the chain's decision: does it move to this attempt? (a first attempt always does)
+        # 1) the chain's decision: does it move to this attempt? (a first attempt always does;
+        #    the attempt is scored where the decision reads it)
         steps = list(dr.get("steps") or [])
         d = chainstate.decide(config, chain, attempt, cut, tokens_of=tokens_of, passed=passed,
                               generator=gen, decode_tokens=dr.get("attempt_tokens", 0),
-                              span=dr.get("span"), rejected=bool(rejected))
+                              span=dr.get("span"), rejected=bool(rejected), complete=complete)
         step = StepRecord(**rejected["step"]) if rejected else d.step
         if step is not None:
             steps.append({**step.model_dump(), "cut_turn": cut["turn"], "attempt": n,
                           "move": cut.get("move", "suffix"),
                           **({"rejected": rejected["reason"]} if rejected else {})})
+        attempt = complete.known(attempt)  # as far as the decision completed it
         new_chain = {**(attempt if d.accepted else chain), "tried": list(d.tried)}
 
         # 2) what next: done, out of budget, or the next cut of the chain's current attempt
@@ -94,12 +108,19 @@ class RewindNode:
             status = "passed"
         elif n >= self.max_attempts or (self.budget_tokens and spent >= self.budget_tokens):
             status = "exhausted"
-        else:
+        else:  # the next cut reads the chain's current attempt: complete it
+            new_chain = complete(new_chain)
             next_cut = chainstate.next_cut(config, new_chain, tokens_of=tokens_of, generator=gen)
             status = "rewind" if next_cut is not None else "exhausted"
+        if self.model is not None:  # what the chain did not read is never scored
+            self.model.release(t["message_id"] for t in turns)
         self._trace(dr, chain, cut, step, passed, status, rejected)
-        return {KEY: {"verdict": r, "status": status, "chain": new_chain, "steps": steps,
-                      "next_cut": next_cut}}
+        out = {"verdict": r, "status": status, "chain": new_chain, "steps": steps,
+               "next_cut": next_cut}
+        if complete.done:  # the attempt's turns as completed, and the positions it cost
+            out["turns"] = complete.known(attempt)["turns"]
+            out["prefilled"] = dr.get("prefilled", 0) + complete.positions
+        return {KEY: out}
 
     def config_of(self, dr: dict) -> RetryConfig:
         """What runs: the model node's resolved settings, recorded in the state; the rewind
@@ -156,6 +177,7 @@ def rewind_node(
     max_attempts: int = 8,
     budget_tokens: int | None = None,
     seed: int = 0,
+    model: Any = None,
 ) -> RewindNode:
     """A LangGraph node that decides what a failed attempt leads to; place it after the verifier.
 
@@ -165,9 +187,13 @@ def rewind_node(
     different one is one clear error). max_attempts / budget_tokens: when
     to give up (status "exhausted"). The node sets `state["decision_retry"]["status"]` to
     "passed", "rewind" or "exhausted"; `route_after_rewind` routes on it and `invoke` forks.
+    model: the model node (`model_node(...)`): then, as in `fix`, a reply is scored (a local
+    move's kept tail, the second context's pass) only where the chain reads it, here; without
+    it the model node scores every reply when it writes it.
     """
     return RewindNode(verifier=verifier, verdict_key=verdict_key, retry=retry, recorder=recorder,
-                      max_attempts=max_attempts, budget_tokens=budget_tokens, seed=seed)
+                      max_attempts=max_attempts, budget_tokens=budget_tokens, seed=seed,
+                      model=model)
 
 
 def route_after_rewind(state: dict) -> Literal["passed", "__end__"]:

@@ -74,22 +74,24 @@ ARGMAX = RetryConfig(argmax=True)  # the argmax heuristic: a deterministic cut, 
 
 def build(lm, *, saver=None, seed=0, retry=ARGMAX, recorder=None, calls=1,
           verdict_key=None, state=UserState, workspace=None, kv_states=8, max_attempts=12,
-          nobody=None, verifier=None, sampling=None):
+          nobody=None, verifier=None, sampling=None, linked=True):
     """The user's graph with decision-retry: model -> run_code [-> model -> run_code] -> rewind.
 
     nobody: the second context (model_node's), verifier: instead of `tests_pass`, sampling: the
-    model node's.
+    model node's; linked: the rewind node is given the model node (it scores what the chain
+    reads, where it reads it; False: the model node scores every reply when it writes it).
     Returns (compiled graph, model node, rewind node).
     """
     model = model_node(lm, retry=retry, recorder=recorder, seed=seed, workspace=workspace,
                        kv_states=kv_states, nobody=nobody, sampling=sampling)
     tests_pass_ = verifier or tests_pass
+    link = {"model": model} if linked else {}
     if verdict_key:
         rewind = rewind_node(verdict_key=verdict_key, retry=retry, recorder=recorder,
-                             max_attempts=max_attempts)
+                             max_attempts=max_attempts, **link)
     else:
         rewind = rewind_node(verifier=tests_pass_, retry=retry, recorder=recorder,
-                             max_attempts=max_attempts)
+                             max_attempts=max_attempts, **link)
     g = StateGraph(state)
     g.add_node("model", model)
     g.add_node("run_code", run_code if workspace is None else workspace_tool(workspace))

@@ -103,13 +103,13 @@ def check_decisions(final: dict, done: list[dict], seed: int) -> int:
         else:
             prop = sum(k.logq for k in x[i:]) - sum(k.logq for k in y[i:])
         prop += math.log1p(-math.exp(x[i].logq)) - math.log1p(-math.exp(y[i].logq))
-        corr = (cuts.log_prob(cut_entropies(ys, cfg), i, cfg.rule, None, movable(ys, cfg))
-                - cuts.log_prob(cut_entropies(xs, cfg), i, cfg.rule, None, movable(xs, cfg)))
         verifier = cfg.verifier_weight * (after["verdict"] - chain["r"])
         assert step["log_target"] == pytest.approx(target, abs=1e-9)
         assert step["log_proposal"] == pytest.approx(prop, abs=1e-9)
         assert step["log_verifier"] == pytest.approx(verifier)
-        if step["stage"] == 2:
+        if step["stage"] == 2:  # the proposal was scored (as `fix`: only where stage 2 is reached)
+            corr = (cuts.log_prob(cut_entropies(ys, cfg), i, cfg.rule, None, movable(ys, cfg))
+                    - cuts.log_prob(cut_entropies(xs, cfg), i, cfg.rule, None, movable(xs, cfg)))
             assert step["log_cut_correction"] == pytest.approx(corr, abs=1e-9)
             assert step["log_accept"] == pytest.approx(target + prop + corr + verifier, abs=1e-9)
         else:  # rejected by the first stage: the correction was not computed
