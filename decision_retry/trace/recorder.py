@@ -185,12 +185,12 @@ class Recorder:
             self._emit("record_decision", point)
         return points
 
-    def record_scores(self, turn: Turn | None, tokens: Sequence[Token]) -> TurnScores | None:
-        """Record a recorded turn's tokens as scored after it (None when the turn was not
-        recorded): the same ids, with the values computed since."""
+    def record_scores(self, turn: Turn | str | None, tokens: Sequence[Token]) -> TurnScores | None:
+        """Record a recorded turn's tokens (the turn or its id) as scored after it (None when the
+        turn was not recorded): the same ids, with the values computed since."""
         if turn is None:
             return None
-        scores = TurnScores(turn_id=turn.id, scores=tuple(tokens))
+        scores = TurnScores(turn_id=_id(turn), scores=tuple(tokens))
         self._emit("record_scores", scores)
         return scores
 
