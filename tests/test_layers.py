@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1] / "decision_retry"
 
 LAYERS = (
     # the vocabulary: imports nothing of ours (the package root holds __version__)
-    ("decision_retry", "errors", "tokens", "sampling", "choices", "costs", "prompts"),
+    ("decision_retry", "errors", "tokens", "sampling", "choices", "costs", "prompts", "hermes"),
     # contracts and records: the engine protocols, the trace store, the model catalogue,
     # and the repository's safety and test runs (which know nothing of models)
     ("protocols", "trace", "catalogue", "repo"),
