@@ -19,7 +19,7 @@ from pathlib import Path
 
 from decision_retry.trace.store import TraceStore
 
-TOOLS = {"read_file", "list_files", "edit_function", "run_tests", "submit"}
+TOOLS = {"read_file", "list_files", "edit_function", "replace_text", "run_tests", "submit"}
 
 
 def run_stats(tree) -> dict:

@@ -4,8 +4,8 @@
 Several suspects may be shown (locate.py ranks them): which ones the reply rewrites are its tool
 decisions ("function", one per `def`).
 `tools`: several turns, one tool call per turn in the model's native `<tool_call>` JSON
-(hermes.py): read_file, list_files, edit_function, run_tests, submit; which tool, file and
-function each call names are its tool decisions.
+(hermes.py): read_file, list_files, edit_function, replace_text, run_tests, submit; which tool,
+file and function each call names are its tool decisions.
 Unparseable output becomes an observation (tools) or a failed attempt (patch), never a crash.
 """
 
@@ -149,7 +149,7 @@ def _relocated(current: list[Suspect], s: Suspect) -> Suspect:
 
 class ToolsProtocol:
     """Several turns, one `<tool_call>` per turn (hermes.py): read_file, list_files,
-    edit_function, run_tests, submit (prompts/tools.toml lists them to the model)."""
+    edit_function, replace_text, run_tests, submit (prompts/tools.toml lists them)."""
 
     def __init__(self, defn: AgentDefinition, task: Task) -> None:
         self.defn, self.task = defn, task
@@ -230,13 +230,33 @@ class ToolsProtocol:
             if found is None:
                 return f"error: {path} defines no function {function!r}", False
             return found.source, False
+        if name == "replace_text":
+            return self._replace(ws, path, args["old"], args["new"]), False
         return self._edit(ws, path, function, args["code"]), False
 
-    def _edit(self, ws: Workspace, path: str, function: str, code: str) -> str:
-        """Replace `function` of `path`, and any other function of that file `code` defines."""
+    def _writable(self, ws: Workspace, path: str) -> str | None:
+        """Why `path` may not be changed (a test file), or None."""
         target = ws.resolve(path).relative_to(ws.root).as_posix()  # a link to a test is one too
         if self.task.read_only(path) or self.task.read_only(target):
             return f"not applied: {path}: {READ_ONLY}"
+        return None
+
+    def _replace(self, ws: Workspace, path: str, old: str, new: str) -> str:
+        """Replace the one occurrence of `old` in `path` by `new`."""
+        if refused := self._writable(ws, path):
+            return refused
+        text = ws.read_file(path)
+        n = text.count(old) if old else 0
+        if n != 1:
+            return (f"not applied: the text to replace occurs {n} times in {path}"
+                    + ("; give more of its lines" if n else ""))
+        ws.write_file(path, text.replace(old, new, 1))
+        return f"replaced {len(old.splitlines()) or 1} line(s) in {path}"
+
+    def _edit(self, ws: Workspace, path: str, function: str, code: str) -> str:
+        """Replace `function` of `path`, and any other function of that file `code` defines."""
+        if refused := self._writable(ws, path):
+            return refused
         code = patch.reply_code(code)
         text = ws.read_file(path)
         here = functions_in(text, path)

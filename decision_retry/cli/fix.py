@@ -62,7 +62,7 @@ class Progress:
             self.note = visible_text(f"rewind to {data['file']}:{data['line']} token "
                                      f"{cut.token!r} ({_scores(cut.entropy, cut.surprise)})").plain
             self.console.print(Text(f"  rewind  {self.note[10:]}", style="dim"))  # escaped
-        elif kind in ("carried", "python", "verdict", "protocol"):  # gitignored modules carried; the project's Python
+        elif kind in ("carried", "python", "verdict", "protocol", "localisation"):  # gitignored modules carried; the project's Python
             self.console.print(Text(data["note"]), soft_wrap=True)  # whole: paths, no markup
         self.live.update(self.render())
 
@@ -167,7 +167,7 @@ class StrategyType(click.Choice):
 @click.option("--protocol", type=click.Choice(["patch", "tools", "auto"]), default="patch",
               show_default=True,
               help="patch: one turn rewriting the failing function (small models); tools: "
-              "read_file/edit_function/run_tests/submit calls in the model's <tool_call> JSON "
+              "read_file/edit_function/replace_text/run_tests/submit calls in the model's <tool_call> JSON "
               "over several turns (larger models); auto: patch where a suspect function is "
               "found, else tools (the choice is printed).")
 @click.option("--allow-test-edits", is_flag=True,

@@ -70,7 +70,7 @@ def test_the_system_message_lists_the_tools_as_qwen_does():
     assert hermes.TOOLS_HEADER in system and system.endswith(hermes.TOOLS_FOOTER)
     listed = [json.loads(line) for line in system.splitlines() if line.startswith('{"type"')]
     assert [t["function"]["name"] for t in listed] == [
-        "read_file", "list_files", "edit_function", "run_tests", "submit"]
+        "read_file", "list_files", "edit_function", "replace_text", "run_tests", "submit"]
 
 
 def test_malformed_calls_and_unknown_tools_are_observations(tmp_path):
@@ -81,12 +81,14 @@ def test_malformed_calls_and_unknown_tools_are_observations(tmp_path):
                '<tool_call>{"name": "read_file", "arguments": {"path": 3}}</tool_call>',
                '<tool_call>{"name": "read_file", "arguments": {"path": "../x"}}</tool_call>',
                ('<tool_call>{"name": "edit_function", "arguments": {"path": "units.py", '
-                '"function": "kmh_to_ms", "code": "def other(): pass"}}</tool_call>')]
+                '"function": "kmh_to_ms", "code": "def other(): pass"}}</tool_call>'),
+               hermes.call_text("replace_text", {"path": "units.py", "old": "32", "new": "0"}),
+               hermes.call_text("replace_text", {"path": "units.py", "old": "x = 1", "new": ""})]
     with Workspace(repo, "malformed") as ws:
         outs = [protocol().act(ws, r, 0) for r in replies]
         assert ws.read_file("units.py") == (repo / "units.py").read_text()
     assert [o.action for o in outs] == ["invalid", "invalid", "delete", "read_file", "read_file",
-                                        "edit_function"]
+                                        "edit_function", "replace_text", "replace_text"]
     assert not any(o.done for o in outs)
     assert "no <tool_call> found" in outs[0].observation
     assert "not valid JSON" in outs[1].observation and "<tool_call>" in outs[1].observation
@@ -94,6 +96,8 @@ def test_malformed_calls_and_unknown_tools_are_observations(tmp_path):
     assert "needs the string argument(s) path" in outs[3].observation
     assert outs[4].observation.startswith("error:")
     assert "does not define kmh_to_ms" in outs[5].observation
+    assert "occurs 2 times in units.py; give more" in outs[6].observation
+    assert "occurs 0 times" in outs[7].observation
     assert [s.label for s in outs[2].spans] == ["action", "file"]
     assert repo_state(repo) == before
 
@@ -152,11 +156,14 @@ def test_auto_takes_patch_where_a_function_is_suspect_and_tools_where_none_is(tm
     consts = make_repo(tmp_path / "consts", {
         "limits.py": "LIMIT = 4\n",
         "test_limits.py": "from limits import LIMIT\n\ndef test_limit():\n    assert LIMIT == 5\n"})
-    turns = [call("read_file", path="limits.py"), call("submit")]
+    turns = [call("read_file", path="limits.py"),
+             call("replace_text", path="limits.py", old="LIMIT = 4", new="LIMIT = 5"),
+             call("submit")]
     result = fix(consts, fix_config(protocol="auto"), lm=scripted_turns_lm(turns), store=store,
                  on_event=lambda kind, data: events.append((kind, data)))
     tree = store.load(result.run_id)
-    assert [c.action for c in tree.tool_calls][:2] == ["read_file", "submit"]
+    assert result.fixed and "+LIMIT = 5" in result.diff
+    assert [c.action for c in tree.tool_calls] == ["read_file", "replace_text", "submit"]
     assert "LIMIT = 4" in tree.tool_calls[0].observation
     assert tree.run.config["protocol"] == "auto"  # a resume decides again, the same way
     notes = [d["note"] for kind, d in events if kind == "protocol"]
