@@ -62,6 +62,9 @@ class FixConfig(BaseModel):
     test_cache: bool = True  # an identical tree is tested once per run (exact for deterministic tests)
     time_limit_s: float | None = Field(None, gt=0)  # CPU seconds of the process tree (costs.py)
     allow_test_edits: bool = False  # a fix may change test files (else they are read-only)
+    # the coverage pass: passing tests worth this many seconds of the plain run (the failing
+    # tests always), its wall time capped at 3x that (localise/spectrum.py); a cut is announced
+    localise_budget_s: float = Field(20.0, gt=0)
 
 
 class Rewind(BaseModel):
@@ -135,6 +138,14 @@ def check_input(ws: Workspace, cfg: FixConfig):
     if result.ok:
         raise BadInput(f"the tests already pass (`{cfg.test_cmd}` in {root}): nothing to fix")
     return result
+
+
+def spectrum_note(loc) -> str | None:
+    """One line when the coverage spectrum was cut short or could not be measured."""
+    sp = loc.spectrum
+    if sp is None or not (sp.cut or sp.note):
+        return None
+    return f"localisation: {sp.note or 'coverage spectrum cut'}" + (f" ({sp.cut})" if sp.cut else "")
 
 
 def no_suspect_reason(result: TestResult, carried: Carried) -> str:
@@ -272,7 +283,9 @@ def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandb
             with meter.timed("localisation"):
                 loc = localise(ws.root, result, test_cmd=cfg.test_cmd,
                                timeout=3 * cfg.test_timeout, sandbox=ws.sandbox,
-                               python=ws.python)
+                               python=ws.python, budget_s=cfg.localise_budget_s)
+            if on_event and (note := spectrum_note(loc)):  # a big repository: say what was cut
+                on_event("localisation", {"note": note})
         else:  # resume: the ranking the run recorded, not a new (maybe different) measurement
             loc = replayed(ws.root, localisation, failing_test(ws.root, result))
         suspect, test_src = loc.suspect, loc.test.source if loc.test else ""

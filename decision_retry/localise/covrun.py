@@ -3,9 +3,11 @@
     python -m decision_retry.localise.covrun OUT.json SELECTION.json
     python /a/copy/of/covrun.py OUT.json SELECTION.json   (what spectrum.py runs, in the sandbox)
 
-SELECTION.json: {"root": str, "tests": [node ids] or null (all), "args": [pytest args]}.
+SELECTION.json: {"root": str, "tests": [node ids] or null (all), "args": [pytest args],
+"first": [node ids run before the rest: the failing tests], "deadline_s": wall seconds after which
+no further test starts once every `first` test has run (null: none)}.
 OUT.json: {"outcomes": {nodeid: "passed"|"failed"}, "files": {relpath: {line: [test index]}},
-"tests": [nodeid, ...]}. Runs in the test sandbox like any test command; imports only the standard
+"tests": [nodeid, ...], "unrun": how many selected tests the deadline left out}. Runs in the test sandbox like any test command; imports only the standard
 library, coverage and pytest before coverage starts, so the project's modules are measured.
 Where the project's interpreter lacks `coverage`, the caller lends it ours (`borrowed_coverage`:
 a directory holding only that package, first on PYTHONPATH for this run): nothing is installed.
@@ -16,22 +18,37 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 
 class _Contexts:
-    """pytest plugin: deselect what was not asked for; one coverage context per test."""
+    """pytest plugin: deselect what was not asked for, run the `first` tests first; one coverage
+    context per test; once past the deadline (and every `first` test done) start no other."""
 
-    def __init__(self, cov, wanted: set[str] | None) -> None:
+    def __init__(self, cov, wanted: set[str] | None, first: tuple[str, ...] = (),
+                 deadline_s: float | None = None) -> None:
         self.cov, self.wanted, self.outcomes = cov, wanted, {}
+        self.first, self.deadline_s, self.unrun = set(first), deadline_s, 0
+        self.started = time.monotonic()
 
     def pytest_collection_modifyitems(self, config, items):
-        if self.wanted is None:
-            return
-        keep = [i for i in items if i.nodeid in self.wanted]
-        drop = [i for i in items if i.nodeid not in self.wanted]
+        keep = items if self.wanted is None else [i for i in items if i.nodeid in self.wanted]
+        drop = [] if self.wanted is None else [i for i in items if i.nodeid not in self.wanted]
         if drop:
             config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+        items[:] = sorted(keep, key=lambda i: i.nodeid not in self.first)  # stable: the first first
+        self.pending = len(items)
+
+    def pytest_runtest_logfinish(self, nodeid, location):
+        self.pending -= 1
+        self.first.discard(nodeid)
+        late = self.deadline_s is not None and time.monotonic() - self.started > self.deadline_s
+        if late and not self.first and self.pending and not self.unrun:
+            self.unrun = self.pending
+            self.session.shouldstop = f"decision-retry: coverage cap of {self.deadline_s:g}s"
+
+    def pytest_sessionstart(self, session):
+        self.session = session
 
     def pytest_runtest_setup(self, item):
         self.cov.switch_context(item.nodeid)
@@ -86,7 +103,8 @@ def main(out_path: str, selection_path: str) -> int:
     cov = coverage.Coverage(data_file=None, config_file=False, include=[os.path.join(root, "*")],
                             omit=["*/site-packages/*", "*/.venv/*"])
     cov.start()
-    plugin = _Contexts(cov, None if sel["tests"] is None else set(sel["tests"]))
+    plugin = _Contexts(cov, None if sel["tests"] is None else set(sel["tests"]),
+                       tuple(sel.get("first", ())), sel.get("deadline_s"))
     try:
         # --assert=plain: a failing assert does not render its operands (their reprs are the
         # report's, not the test's); the test passes or fails as it does rewritten
@@ -112,7 +130,7 @@ def main(out_path: str, selection_path: str) -> int:
             files[rel.replace(os.sep, "/")] = lines
     with open(out_path, "w") as f:
         json.dump({"outcomes": plugin.outcomes, "tests": tests, "files": files,
-                   "exit_code": int(code)}, f)
+                   "exit_code": int(code), "unrun": plugin.unrun}, f)
     return 0
 
 

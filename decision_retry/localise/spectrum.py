@@ -4,6 +4,8 @@
    same folder, then the rest; by node id within each), a fixed rule so two localisations of one
    repository run the same tests; the plain run's timings only enforce a safety budget, and when
    that leaves tests out the spectrum says so (`Spectrum.cut`);
+   the coverage run itself starts no passing test after CAP_FACTOR x that budget of wall time
+   (the failing tests run first, always), and says so too;
 2) run them under coverage with one context per test (covrun.py), in the test sandbox; what
    pytest runs to report a failure (the reprs it renders) is in no test's context;
 3) score every executed line by Ochiai, ef / sqrt(F * (ef + ep)) (F failing tests, ef/ep failing/
@@ -27,6 +29,7 @@ from decision_retry.repo.testrun import TestResult, run_tests
 
 MAX_FAILING = 10
 MAX_PASSING = 300
+CAP_FACTOR = 3.0  # the coverage run's wall-time cap, in units of the selection's budget
 
 
 @dataclass(frozen=True)
@@ -133,17 +136,27 @@ def run_spectrum(root: Path, result: TestResult, *, timeout: float, budget_s: fl
         return Spectrum((), (), (), "no failing test node id to run")
     tests = [*sel.failing, *sel.passing]
     files = sorted({_test_file(t) for t in tests if (root / _test_file(t)).is_file()})
+    cap = min(CAP_FACTOR * budget_s, timeout / 2)  # stop early rather than be killed at timeout
     data, why = coverage_run(root, tests, [*pytest_options(test_cmd), *files], timeout=timeout,
-                             env=env, sandbox=sandbox, python=python)
+                             env=env, sandbox=sandbox, python=python, first=sel.failing,
+                             deadline_s=cap)
     if data is None:
         return Spectrum(sel.failing, sel.passing, (), f"coverage run {why}", sel.cut)
-    return replace(score(root, data), cut=sel.cut)
+    cut = sel.cut
+    if data.get("unrun"):
+        capped = (f"wall-time cap {cap:g}s: {data['unrun']} of the {len(sel.passing)} passing "
+                  f"tests selected not run")
+        cut = f"{cut}; {capped}" if cut else capped
+    return replace(score(root, data), cut=cut)
 
 
 def coverage_run(root: Path, tests: list[str] | None, args: list[str], *, timeout: float,
-                 env: dict | None = None, sandbox=None, python=None) -> tuple[dict | None, str]:
+                 env: dict | None = None, sandbox=None, python=None, first: tuple[str, ...] = (),
+                 deadline_s: float | None = None) -> tuple[dict | None, str]:
     """(covrun's data, "") for `tests` (None: every test pytest collects from `args`), or
     (None, why) when it timed out or crashed. Runs in `sandbox` (testrun.run_tests) when given.
+    The `first` tests run before the others; past `deadline_s` seconds no other starts (the
+    data's `unrun` counts them).
 
     covrun.py runs as a copy in the run's own temporary directory: the sandbox hides /tmp and
     home, so an installed decision_retry living there (an editable install in a clone under /tmp)
@@ -151,7 +164,8 @@ def coverage_run(root: Path, tests: list[str] | None, args: list[str], *, timeou
     (pyenv.py) runs it, borrowing our `coverage` when the project's environment lacks it."""
     with tempfile.TemporaryDirectory(prefix="decision-retry-spectrum-") as tmp:
         sel, out = Path(tmp) / "selection.json", Path(tmp) / "spectrum.json"
-        sel.write_text(json.dumps({"root": str(root), "tests": tests, "args": args}))
+        sel.write_text(json.dumps({"root": str(root), "tests": tests, "args": args,
+                                   "first": list(first), "deadline_s": deadline_s}))
         script = Path(tmp) / "covrun.py"
         shutil.copyfile(Path(__file__).with_name("covrun.py"), script)
         cmd = [python.executable if python else sys.executable, str(script), str(out), str(sel)]

@@ -371,6 +371,7 @@ def localisation_line(tree: RunTree, top: int = 3) -> str | None:
     sp = loc.get("spectrum") if loc else None
     if isinstance(sp, dict):
         text += f"; spectrum {sp.get('failing')} failing, {sp.get('passing')} passing"
+        text += "".join(f" ({sp[k]})" for k in ("note", "cut") if sp.get(k))
     return text
 
 
