@@ -110,16 +110,18 @@ def accept_call(
 
 def decide(chain: dict | None, attempt: dict, cut: dict | None, *, config: RetryConfig,
            generator, decode_tokens: int, passed: bool = False,
-           span: Sequence[int] | None = None, rejected: bool = False) -> Decision:
+           span: Sequence[int] | None = None, rejected: bool = False,
+           complete: chainstate.Completion | None = None) -> Decision:
     """Does the chain move from its current attempt to `attempt`, cut at `cut`?
-    (`chainstate.decide`: `Chain.decide`; a whole-call cut has its own cut correction,
+    (`chainstate.decide`: `Chain.decide`, `complete` completing the proposal where it reads
+    it; a whole-call cut, of a chat model that is not ours, has its own cut correction,
     `accept_call`.)"""
     from decision_retry import sampling
 
     if chain is None or cut is None or not cut.get("whole_call") or not Chain(config).compares:
         return chainstate.decide(config, chain, attempt, cut, tokens_of=tokens_of, passed=passed,
                                  generator=generator, decode_tokens=decode_tokens, span=span,
-                                 rejected=rejected)
+                                 rejected=rejected, complete=complete)
     tried = tuple(chain.get("tried", ()))
     step = accept_call(calls_tokens(chain["turns"]), calls_tokens(attempt["turns"]), cut["turn"],
                        config=config, r_current=chain["r"], r_proposal=attempt["r"],

@@ -17,7 +17,13 @@ span boundary and keeps the rest of the reply, teacher-forced under the new pref
 (samplers/local.py; a draw outside the support returns an empty reply marked `rejected`); `ban`
 is an id the token at t may not be; `cut_token` "nobody" draws the token at t under the second
 context. `decision_retry_nobody=[messages]` scores the reply under that second context too
-(`alt_logp`, `alt_logq`: surprise cuts). `seed=N` makes a call's draws reproducible.
+(`alt_logp`, `alt_logq`: surprise cuts), from the earlier reply's no-body state when a remade
+reply shares its first tokens and that state is in memory. `decision_retry_scoring={"exact",
+"defer"}` says how (samplers/deferred.py): that pass exact (decoding's numbers, the default) or
+in bulk (`Engine.score(exact=False)`); `defer` leaves it, and a local move's kept tail, undone
+until `complete(message_id)` is called (the middleware calls it where the MH chain reads the
+reply; the metadata then says `unscored`, and the tail carries the earlier reply's scores).
+`seed=N` makes a call's draws reproducible.
 """
 
 from __future__ import annotations
@@ -41,12 +47,13 @@ from pydantic import ConfigDict, Field, PrivateAttr
 from decision_retry.errors import BadInput
 from decision_retry.langchain import toolcalls
 from decision_retry.langgraph.state import alt_columns, prompt_hash
-from decision_retry.samplers import moves, surprise
+from decision_retry.samplers import deferred, moves, surprise
 from decision_retry.samplers.local import SpanRule
 from decision_retry.tokens import DecodeState, Sampling
 
 PREFIX_KEY = "decision_retry_prefix"
 NOBODY_KEY = "decision_retry_nobody"
+SCORING_KEY = "decision_retry_scoring"
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}
 
 
@@ -89,6 +96,8 @@ class ChatDecisionRetry(BaseChatModel):
     _states: OrderedDict = PrivateAttr(default_factory=OrderedDict)  # message id -> DecodeState
     _calls: int = PrivateAttr(default=0)
     _stats: dict = PrivateAttr(default_factory=lambda: {"calls": 0, "forks": 0, "rescored": 0})
+    _alts: OrderedDict = PrivateAttr(default_factory=OrderedDict)  # message id -> no-body state
+    _pending: dict = PrivateAttr(default_factory=dict)  # message id -> scoring left to `complete`
 
     @property
     def _llm_type(self) -> str:
@@ -156,11 +165,12 @@ class ChatDecisionRetry(BaseChatModel):
         return DecodeState(whole.prompt_ids, whole.tokens, prefix.get("finish"), whole.cache)
 
     def _move(self, prefix: dict, prompt_ids: list[int], sampling: Sampling, kwargs: dict,
-              gen: torch.Generator) -> tuple[DecodeState | None, dict]:
+              gen: torch.Generator) -> tuple[DecodeState | None, dict, Any]:
         """The cut's move from the earlier reply when it needs more than a continuation: a local
         move (samplers/local.py, the length cap of the whole reply) and/or the cut's token drawn
         under the second context (`cut_token` "nobody", surprise.draw_first). (the reply, or None
-        for a local draw outside the support; what the metadata says of the move)."""
+        for a local draw outside the support; what the metadata says of the move; a local
+        proposal whose kept tail is still to be rescored, or None)."""
         x = self._base_state(prefix, prompt_ids, sampling)
         t, ban = int(prefix["position"]), prefix.get("ban")
         first = None
@@ -173,31 +183,75 @@ class ChatDecisionRetry(BaseChatModel):
             q = sampling.model_copy(update={"max_new_tokens": max(1, self.max_tokens - t)})
             y, more = surprise.first_then_extend(self.engine, first(self.engine.fork(x, t)), t,
                                                  q, gen)
-            return y, {"decode_tokens": 1 + more, "prefilled": 1}
+            return y, {"decode_tokens": 1 + more, "prefilled": 1}, None
         move = moves.Local(SpanRule.model_validate(prefix.get("span") or {}))
         p = move.propose(self.engine, x, t, sampling, gen, cap=self.max_tokens, first=first,
-                         exclude=ban)
+                         exclude=ban, defer=bool((kwargs.get(SCORING_KEY) or {}).get("defer")))
         extra = {"decode_tokens": p.decode_tokens, "span": [p.s, p.m],
                  "prefilled": p.prefill_positions + (first is not None)}
-        return p.y, extra if p.y is not None else {**extra, "rejected": p.reason}
+        if p.y is None:
+            return None, {**extra, "rejected": p.reason}, None
+        return p.y, extra, (p if p.rescore is not None else None)
 
     def _alt_context(self, kwargs: dict) -> surprise.AltContext:
         """The second context of this call (`decision_retry_nobody`, with the call's tools)."""
         ids = self.engine.encode(toolcalls.render(kwargs[NOBODY_KEY], kwargs.get("tools") or ()))
         return surprise.AltContext(self.engine, self.engine.prefill(ids))
 
-    def _nobody(self, state: DecodeState, kwargs: dict, sampling: Sampling) -> DecodeState:
-        """The reply with its scores under the second context (`decision_retry_nobody`)."""
-        if not kwargs.get(NOBODY_KEY):
-            return state
-        return surprise.annotate(self._alt_context(kwargs), state, sampling).y
+    # -- the scoring the MH chain reads (samplers/deferred.py) --------------------------------
+    def _scored(self, y: DecodeState, kwargs: dict, sampling: Sampling, message_id: str,
+                kept: int, tail=None) -> tuple[DecodeState, dict]:
+        """`y` with the scoring the call asks for: a local move's kept tail (`tail`) and the
+        pass under the second context; now, or left to `complete` (`defer`). What the metadata
+        says of it: `unscored`, or the positions scored."""
+        prefix = kwargs.get(PREFIX_KEY)
+        base = None if not prefix else self._alts.get(prefix.get("message_id"))
+        d = deferred.Deferred(tail=tail, nobody=bool(kwargs.get(NOBODY_KEY)), base=base,
+                              t=0 if base is None else int(prefix["position"]))
+        if not d.pending:
+            return y, {}
+        if (kwargs.get(SCORING_KEY) or {}).get("defer"):
+            self._pending[message_id] = (y, d, kwargs, sampling, kept)
+            return y, {"unscored": True}
+        c = self._complete(y, d, kwargs, sampling, message_id)
+        return c.y, {"prefilled": c.positions}
 
-    def _remember(self, message_id: str, out: DecodeState) -> None:
+    def _complete(self, y: DecodeState, d: deferred.Deferred, kwargs: dict, sampling: Sampling,
+                  message_id: str) -> deferred.Completed:
+        """deferred.complete under the call's second context; its no-body state is kept."""
+        ctx = self._alt_context(kwargs) if d.nobody else None
+        if d.base is not None and tuple(d.base.prompt_ids) != tuple(ctx.state.prompt_ids):
+            d = deferred.Deferred(tail=d.tail, nobody=True)  # another second context: in full
+        exact = (kwargs.get(SCORING_KEY) or {}).get("exact", True)
+        c = deferred.complete(y, d, context=lambda: ctx, q=sampling, exact=exact)
+        if c.alt is not None:
+            self._remember(message_id, c.alt, self._alts)
+        return c
+
+    def complete(self, message_id: str) -> tuple[dict, int] | None:
+        """A reply written with `defer`, completed: its `decision_retry` metadata as it would
+        have been (the kept tail rescored, the no-body scores) and the positions scored; None
+        when nothing of it waits here (never deferred, completed, released or forgotten)."""
+        entry = self._pending.pop(message_id, None)
+        if entry is None:
+            return None
+        y, d, kwargs, sampling, kept = entry
+        c = self._complete(y, d, kwargs, sampling, message_id)
+        self._remember(message_id, c.y)
+        return self._metadata(c.y, c.y.prompt_ids, kept, message_id)["decision_retry"], c.positions
+
+    def release(self, message_ids) -> None:
+        """Forget the deferred scoring of replies the chain did not read."""
+        for mid in message_ids:
+            self._pending.pop(mid, None)
+
+    def _remember(self, message_id: str, out: DecodeState, registry=None) -> None:
+        registry = self._states if registry is None else registry
         if self.kv_states == 0:
             return
-        self._states[message_id] = out
-        while len(self._states) > self.kv_states:
-            self._states.popitem(last=False)  # least recently used first
+        registry[message_id] = out
+        while len(registry) > self.kv_states:
+            registry.popitem(last=False)  # least recently used first
 
     def _metadata(self, out: DecodeState, prompt_ids, kept: int, message_id: str,
                   extra: dict | None = None) -> dict:
@@ -225,7 +279,8 @@ class ChatDecisionRetry(BaseChatModel):
 
     def _finish_call(self, out, prompt_ids, kept, message_id: str,
                      extra: dict | None = None) -> tuple[dict, dict]:
-        self._remember(message_id, out)
+        if message_id not in self._pending or self._pending[message_id][1].tail is None:
+            self._remember(message_id, out)  # (a tail not yet rescored: no usable state)
         self.stats["calls"] += 1
         new = (extra or {}).get("decode_tokens", len(out.tokens) - kept)
         usage = {"input_tokens": len(prompt_ids), "output_tokens": new,
@@ -244,9 +299,10 @@ class ChatDecisionRetry(BaseChatModel):
             return self._generate_move(messages, stop, kwargs)
         prompt_ids, start, sampling, gen = self._start(messages, stop, kwargs)
         ban = {} if not prefix or prefix.get("ban") is None else {"exclude": int(prefix["ban"])}
-        out = self._nobody(self.engine.extend(start, sampling, gen, **ban), kwargs, sampling)
-        message_id = new_message_id()
-        meta, usage = self._finish_call(out, prompt_ids, len(start.tokens), message_id)
+        message_id, kept = new_message_id(), len(start.tokens)
+        out, extra = self._scored(self.engine.extend(start, sampling, gen, **ban), kwargs,
+                                  sampling, message_id, kept)
+        meta, usage = self._finish_call(out, prompt_ids, kept, message_id, extra)
         return self._result(out, meta, usage, message_id)
 
     def _generate_move(self, messages, stop, kwargs) -> ChatResult:
@@ -259,8 +315,8 @@ class ChatDecisionRetry(BaseChatModel):
         seed = kwargs.get("seed")
         if seed is None:
             seed, self._calls = zlib.crc32(f"{self.seed}/{self._calls}".encode()), self._calls + 1
-        y, extra = self._move(prefix, prompt_ids, sampling, kwargs,
-                              torch.Generator().manual_seed(int(seed)))
+        y, extra, tail = self._move(prefix, prompt_ids, sampling, kwargs,
+                                    torch.Generator().manual_seed(int(seed)))
         message_id = new_message_id()
         if y is None:  # out of the support: no reply to run (the middleware rejects it)
             self.stats["calls"] += 1
@@ -269,7 +325,8 @@ class ChatDecisionRetry(BaseChatModel):
                                        "prompt_hash": prompt_hash(prompt_ids), **extra}}
             return ChatResult(generations=[ChatGeneration(message=AIMessage(
                 content="", id=message_id, response_metadata=meta))])
-        out = self._nobody(y, kwargs, sampling)
+        out, scoring = self._scored(y, kwargs, sampling, message_id, t, tail)
+        extra = {**extra, **scoring, "prefilled": extra["prefilled"] + scoring.get("prefilled", 0)}
         meta, usage = self._finish_call(out, prompt_ids, t, message_id, extra)
         return self._result(out, meta, usage, message_id)
 
@@ -323,8 +380,8 @@ class ChatDecisionRetry(BaseChatModel):
             state = DecodeState(state.prompt_ids, state.tokens, "length", state.cache)
         elif state.finish != "eos":
             state = DecodeState(state.prompt_ids, state.tokens, "stop", state.cache)
-        state = self._nobody(state, kwargs, sampling)
-        meta, usage = self._finish_call(state, prompt_ids, kept, message_id)
+        state, extra = self._scored(state, kwargs, sampling, message_id, kept)
+        meta, usage = self._finish_call(state, prompt_ids, kept, message_id, extra)
         content, calls, _ = toolcalls.parse(reply_text(state))
         if calls:
             meta["finish_reason"] = "tool_calls"

@@ -21,7 +21,10 @@ What runs is `fix`'s run resolved for the chat model at the episode's first call
 acceptance, and surprise cuts when `nobody=` gives the second context; with any other chat
 model suffix moves of whole calls and entropy cuts. A local draw outside the support comes back
 as an empty reply: the agent ends at once and `after_agent` records the rejection without
-running the verifier.
+running the verifier. As in `fix`, ChatDecisionRetry leaves a reply's no-body pass (in bulk,
+unless the cut token is drawn there) and a local move's kept tail undone (`defer`), and
+`after_agent` asks it for them only where the chain reads the reply (chainstate.Completion): a
+proposal that the first stage rejects, or a first attempt that passes, is never scored.
 """
 
 from __future__ import annotations
@@ -42,9 +45,15 @@ from langchain_core.messages import (
 from langgraph.graph.message import REMOVE_ALL_MESSAGES
 from langgraph.types import Command
 
+from decision_retry.choices import CUT_STRATEGIES
 from decision_retry.errors import BadInput
 from decision_retry.langchain import calls
-from decision_retry.langchain.chat_model import NOBODY_KEY, PREFIX_KEY, ChatDecisionRetry
+from decision_retry.langchain.chat_model import (
+    NOBODY_KEY,
+    PREFIX_KEY,
+    SCORING_KEY,
+    ChatDecisionRetry,
+)
 from decision_retry.langchain.logprobs import DEFAULT_VOCAB, reply_tokens
 from decision_retry.langchain.trace import AgentTrace, model_name
 from decision_retry.langgraph import chainstate
@@ -130,6 +139,7 @@ class DecisionRetryMiddleware(AgentMiddleware):
         self.max_attempts, self.budget_tokens = max_attempts, budget_tokens
         self.temperature, self.vocab, self.test_timeout = temperature, vocab, test_timeout
         self.last_test = None  # the latest TestResult, when test_command runs
+        self._model: ChatDecisionRetry | None = None  # ours, last seen: it completes replies
         repo = getattr(repository, "repo", None)
         self.trace = None if recorder is None else AgentTrace(
             recorder, strategy=retry.strategy, spike=spike, seed=seed, config=self._config(),
@@ -173,9 +183,12 @@ class DecisionRetryMiddleware(AgentMiddleware):
                                         "cut_token": run.cut_token}
         else:
             snapshot = self.repository.snapshot(f"before model call {k}") if self.repository else None
-        if run.scored:
+        if run.scored and run.strategy in CUT_STRATEGIES:  # as agent/graph.py
             system = [request.system_message] if request.system_message is not None else []
             settings[NOBODY_KEY] = [*system, *self.nobody(list(request.messages))]
+        if continues:  # how the reply is scored: left to `after_agent` on a delayed run
+            settings[SCORING_KEY] = {"exact": run.nobody_exact, "defer": bool(run.delayed)}
+            self._model = request.model
 
         # 2) the call
         response = handler(request.override(model_settings=settings))
@@ -219,6 +232,8 @@ class DecisionRetryMiddleware(AgentMiddleware):
                                          reply=reply, params=params, snapshot=snapshot)
         rec = calls.call_record(reply, message_id=ai.id, index=k, continuable=continues,
                                  spike=self.spike, snapshot=snapshot, trace_turn=trace_turn)
+        if meta.get("unscored"):  # completed by after_agent where the chain reads it
+            rec["unscored"] = True
         update.update(turns=[*turns, rec], spent=dr.get("spent", 0) + new_tokens,
                       attempt_tokens=dr.get("attempt_tokens", 0) + new_tokens)
         return ExtendedModelResponse(model_response=response, command=Command(update={KEY: update}))
@@ -284,18 +299,21 @@ class DecisionRetryMiddleware(AgentMiddleware):
         gen = derived_generator(self.seed, "rewind", n)
         attempt = {"turns": turns, "r": r, "branch": dr.get("branch"), "tried": [],
                    "messages": messages_to_dict(state["messages"])}
+        complete = chainstate.Completion(self._complete_call)
 
-        # 1) the chain's decision: does it move to this attempt? (a first attempt always does)
+        # 1) the chain's decision: does it move to this attempt? (a first attempt always does;
+        #    the attempt is scored where the decision reads it)
         steps = list(dr.get("steps") or [])
         d = calls.decide(chain, attempt, cut, config=config, generator=gen, passed=passed,
                           decode_tokens=dr.get("attempt_tokens", 0), span=dr.get("span"),
-                          rejected=bool(rejected))
+                          rejected=bool(rejected), complete=complete)
         step = StepRecord(**rejected["step"]) if rejected else d.step
         if step is not None:
             steps.append({**step.model_dump(), "attempt": n, "cut_turn": cut["turn"],
                           "cut_token": cut["position"], "token": cut["token"],
                           "move": cut.get("move", "suffix"),
                           **({"rejected": rejected["reason"]} if rejected else {})})
+        attempt = complete.known(attempt)  # as far as the decision completed it
         new_chain = {**(attempt if d.accepted else chain), "tried": list(d.tried)}
 
         # 2) done, out of budget, or the next cut of the chain's current attempt
@@ -304,15 +322,20 @@ class DecisionRetryMiddleware(AgentMiddleware):
             status = "passed"
         elif n >= self.max_attempts or (self.budget_tokens and dr.get("spent", 0) >= self.budget_tokens):
             status = "exhausted"
-        else:
+        else:  # the next cut reads the chain's current attempt: complete it
+            new_chain = complete(new_chain)
             point = calls.next_cut(new_chain, config, gen)
             status = "rewind" if point is not None else "exhausted"
+        if self._model is not None:  # what the chain did not read is never scored
+            self._model.release(t["message_id"] for t in turns)
         if self.trace is not None:
             diff = self.repository.diff() if hasattr(self.repository, "diff") else None
             verifier = self._config()["verifier"] if self.verifier is not None else None
             self.trace.verdict(dr, chain, cut, step, passed=passed, status=status,
                                verifier=verifier, diff=diff, rejected=bool(rejected))
         update = {"verdict": r, "status": status, "chain": new_chain, "steps": steps}
+        if complete.done:  # the attempt's calls as completed
+            update["turns"] = complete.known(attempt)["turns"]
         if point is None:
             return {KEY: update}
 
@@ -328,6 +351,24 @@ class DecisionRetryMiddleware(AgentMiddleware):
                       branch=branch, span=None, rejected=None)
         return {"messages": [RemoveMessage(id=REMOVE_ALL_MESSAGES), *messages[:before]],
                 KEY: update, "jump_to": "model"}
+
+    def _complete_call(self, record: dict) -> tuple[dict, int]:
+        """A call record written `unscored`, completed by the chat model that wrote it (its
+        kept tail rescored, its no-body scores; recorded in the trace beside the call), and the
+        positions scored."""
+        got = None if self._model is None else self._model.complete(record["message_id"])
+        if got is None:
+            raise RewindError("a reply's scoring was left to the decision, but the chat model no "
+                              "longer holds it (was the agent resumed in a new process?)")
+        meta, positions = got
+        reply = reply_tokens(AIMessage(content="", response_metadata={"decision_retry": meta}))
+        if self.trace is not None:
+            self.trace.rec.record_scores(record.get("trace_turn"), reply.tokens)
+        done = calls.call_record(reply, message_id=record["message_id"], index=record["index"],
+                                 continuable=record["continuable"], spike=self.spike,
+                                 snapshot=record.get("snapshot"),
+                                 trace_turn=record.get("trace_turn"))
+        return done, positions
 
     def score(self, state: dict, branch: str | None = None) -> tuple[float, bool]:
         """(r in [0, 1], passed): the verifier's verdict (1 passes), or the tests' (`verdict`:
