@@ -60,11 +60,13 @@ lm = scripted_lm([
 ])
 
 # 3) decision-retry: the model node, the rewind node after the verifier, and its router. They
-#    run `decision-retry fix`'s default (local moves, no null moves, delayed acceptance).
+#    run `decision-retry fix`'s default (local moves, no null moves, delayed acceptance); given
+#    the model node, the rewind node scores a reply only where the chain reads it, as fix does.
 builder = StateGraph(State)
-builder.add_node("model", model_node(lm, seed=0))
+model = model_node(lm, seed=0)
+builder.add_node("model", model)
 builder.add_node("run_code", run_code)
-builder.add_node("rewind", rewind_node(verifier=tests_pass, max_attempts=8))
+builder.add_node("rewind", rewind_node(verifier=tests_pass, model=model, max_attempts=8))
 builder.add_node("report", report)
 builder.add_edge(START, "model")
 builder.add_edge("model", "run_code")
