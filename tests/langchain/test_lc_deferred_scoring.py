@@ -16,6 +16,7 @@ from decision_retry.langchain.scripted_turns import ScriptedTurnsBackend
 from decision_retry.lm import LM
 from decision_retry.repo.workspace import Workspace
 from decision_retry.samplers.chain import RetryConfig
+from decision_retry.trace import Recorder, TraceStore
 from tests.helpers import make_repo
 from tests.langchain.lc_agent import SCRIPT, UNITS, file_tools, question
 from tests.langchain.test_lc_moves import LOCAL
@@ -59,10 +60,15 @@ def test_a_proposal_the_first_stage_rejects_is_never_scored(tmp_path):
         lm = CountingLM()
         lm.completed = []
         model = Completing(engine=lm)
+        store = TraceStore(tmp_path / f"t{seed}.db")
+        recorder = Recorder(store)
         with Workspace(repo, f"deferred-{seed}") as ws:
             mw = DecisionRetryMiddleware(verifier=verifier, repository=ws, seed=seed, retry=LOCAL,
-                                         nobody=hide_tool_output("read_file"), max_attempts=5)
+                                         nobody=hide_tool_output("read_file"), max_attempts=5,
+                                         recorder=recorder)
             out = create_agent(model, file_tools(ws), middleware=[mw]).invoke(question())
+        tree = store.load(recorder.run.id)
+        store.close()
         dr = out["decision_retry"]
         stages = [s["stage"] for s in dr["steps"]]
         if len(seen) == dr["attempts"] and 1 in stages and 2 in stages:  # no local draw rejected
@@ -84,6 +90,10 @@ def test_a_proposal_the_first_stage_rejects_is_never_scored(tmp_path):
     # 2) one no-body pass per call read, in bulk (the kept tails, rescored when read, and the
     #    kept tokens of a call no longer in memory are decoding's numbers)
     assert lm.scores.count(False) == len(read)
-    # 3) the chain holds its calls scored under the second context
+    # 3) the chain holds its calls scored under the second context, and the trace holds the
+    #    scores of exactly the calls read, recorded beside each
     for t in dr["chain"]["turns"]:
         assert None not in t["alt_logp"] and "unscored" not in t
+    trace_of = {t["message_id"]: t["trace_turn"] for a in seen for t in a["turns"]}
+    assert {t.id for t in tree.turns if all(k.alt_logp is not None for k in t.tokens)} == {
+        trace_of[m] for m in read}
