@@ -4,8 +4,9 @@
     python /a/copy/of/covrun.py OUT.json SELECTION.json   (what spectrum.py runs, in the sandbox)
 
 SELECTION.json: {"root": str, "tests": [node ids] or null (all), "args": [pytest args],
-"first": [node ids run before the rest: the failing tests], "deadline_s": wall seconds after which
-no further test starts once every `first` test has run (null: none)}.
+"first": [node ids run before the rest: the failing tests; then file by file in the order "tests"
+names them], "deadline_s": wall seconds after which no further test starts once every `first`
+test has run (null: none)}.
 OUT.json: {"outcomes": {nodeid: "passed"|"failed"}, "files": {relpath: {line: [test index]}},
 "tests": [nodeid, ...], "unrun": how many selected tests the deadline left out}. Runs in the test sandbox like any test command; imports only the standard
 library, coverage and pytest before coverage starts, so the project's modules are measured.
@@ -25,9 +26,10 @@ class _Contexts:
     """pytest plugin: deselect what was not asked for, run the `first` tests first; one coverage
     context per test; once past the deadline (and every `first` test done) start no other."""
 
-    def __init__(self, cov, wanted: set[str] | None, first: tuple[str, ...] = (),
+    def __init__(self, cov, wanted: list[str] | None, first: tuple[str, ...] = (),
                  deadline_s: float | None = None) -> None:
-        self.cov, self.wanted, self.outcomes = cov, wanted, {}
+        self.cov, self.outcomes = cov, {}
+        self.wanted, self.order = (None if wanted is None else set(wanted)), wanted or []
         self.first, self.deadline_s, self.unrun = set(first), deadline_s, 0
         self.started = time.monotonic()
 
@@ -36,7 +38,14 @@ class _Contexts:
         drop = [] if self.wanted is None else [i for i in items if i.nodeid not in self.wanted]
         if drop:
             config.hook.pytest_deselected(items=drop)
-        items[:] = sorted(keep, key=lambda i: i.nodeid not in self.first)  # stable: the first first
+        # the `first` tests, then file by file in the order the selection names them (nearest
+        # first: what a cap leaves out is the farthest), each file's tests in pytest's order
+        self.first &= {i.nodeid for i in keep}  # a name pytest did not collect never runs
+        files: dict[str, int] = {}
+        for nodeid in self.order:
+            files.setdefault(nodeid.split("::")[0], len(files))
+        items[:] = sorted(keep, key=lambda i: (i.nodeid not in self.first,
+                                               files.get(i.nodeid.split("::")[0], len(files))))
         self.pending = len(items)
 
     def pytest_runtest_logfinish(self, nodeid, location):
@@ -103,7 +112,7 @@ def main(out_path: str, selection_path: str) -> int:
     cov = coverage.Coverage(data_file=None, config_file=False, include=[os.path.join(root, "*")],
                             omit=["*/site-packages/*", "*/.venv/*"])
     cov.start()
-    plugin = _Contexts(cov, None if sel["tests"] is None else set(sel["tests"]),
+    plugin = _Contexts(cov, sel["tests"],
                        tuple(sel.get("first", ())), sel.get("deadline_s"))
     try:
         # --assert=plain: a failing assert does not render its operands (their reprs are the

@@ -23,9 +23,11 @@ TRACED = "import sys\n\n\ndef traced():\n    return \"coverage\" in sys.modules\
 FILES = {
     "calc.py": ("def double(x):\n    return x + 2\n\n\n"
                 "def square(x):\n    return x * x\n"),
-    # the failing test's file sorts last: only the ordering puts it in before the cap
+    # the failing test's file sorts last: only the ordering puts it, and the passing test next to
+    # it, in before the cap
     "tests/test_z_double.py": "from calc import double\n\n\ndef test_double():\n"
-                              "    assert double(3) == 6\n",
+                              "    assert double(3) == 6\n\n\ndef test_double_two():\n"
+                              "    assert double(2) == 4\n",
     "tests/helpers.py": TRACED,
     "tests/test_a_square.py": "import time\n\nfrom calc import double, square\n"
                               "from tests.helpers import traced\n\n" + "".join(
@@ -40,14 +42,15 @@ def test_the_cap_keeps_the_failing_test_and_says_how_many_passing_ones_it_left(t
     root = make_repo(tmp_path / "repo", FILES)
     result = run_tests(CMD, root, 60, env=NO_PLUGINS)
     assert result.failing_tests == ("tests/test_z_double.py::test_double",)
-    assert len(result.passed_tests) == N
+    assert len(result.passed_tests) == N + 1
     start = time.monotonic()
     sp = run_spectrum(root, result, timeout=120, budget_s=1.0, test_cmd=CMD, env=NO_PLUGINS)
     took = time.monotonic() - start
     assert sp.failing == ("tests/test_z_double.py::test_double",)  # ran, first, despite the cap
-    assert 0 < len(sp.passing) < N  # some ran, the cap left the rest out
-    assert sp.cut == f"wall-time cap 3s: {N - len(sp.passing)} of the {N} passing tests selected " \
-                     f"not run"
+    assert 1 < len(sp.passing) < N  # some ran, the cap left the rest out
+    assert "tests/test_z_double.py::test_double_two" in sp.passing  # the nearest, first
+    assert sp.cut == f"wall-time cap 3s: {N + 1 - len(sp.passing)} of the {N + 1} passing tests " \
+                     f"selected not run"
     assert took < N * 0.1  # it stopped, rather than sleeping through all of them
     assert sp.scores[0].suspect.key == "calc.py::double"
 
