@@ -7,17 +7,26 @@ current call does not touch are evicted: their ids go back, their cells are remo
 token ids stay, so the next use re-prefills them (from the longest prefix another live row still
 holds, so a fork of a prompt costs only its own tail). A run never sees "out of sequence ids" or
 "no KV slot"; only a single request larger than the whole context fails, with one clear line.
+
+Cell order. A row's logits are decoding's only while its cells lie in position order (cells.py:
+flash attention visits them in buffer order; llama.cpp puts a token in the lowest free cell). So
+`Cells` mirrors where llama.cpp puts every token; a row released while a cell only it holds lies
+below a live row's cells keeps them as a zombie (no hole for the live row's next token to fall
+into) until nothing live lies above them or the memory needs them; a re-prefill shares only what
+lies before the cells its next tokens take. `disordered` counts the decodes that still broke a
+row's order (after an eviction or a zombie freed for room: holes below live rows).
 """
 
 from __future__ import annotations
 
 import ctypes
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from decision_retry.engines.llamacpp import lib as L
+from decision_retry.engines.llamacpp.cells import Cells
 from decision_retry.engines.llamacpp.seqs import SeqIds
 from decision_retry.errors import DecisionRetryError, ModelLoadError
 
@@ -27,9 +36,9 @@ BULK = 32  # tokens per llama_decode of an inexact scoring pass (`score(exact=Fa
 # depend on what else the KV cache holds (up to 1.6 nats after other rows were prefilled), at 8-32
 # (48 on the 1.5B) they do not. On the 1.5B at 1 thread a scored position costs 28 ms at 32, 42 in
 # exact chunks of 3, 25 at 64, 20 in a prefill with no logits (notebook/2026-12-07-bulk-scoring.md).
-# Not covered, here as for exact chunks: a row re-prefilled after eviction whose prompt cells are
-# copied from a row that computed them anew (not the cells it first shared) can come out different
-# in its later chunks (measured: SmolLM2, 0.0007 nats); a run keeps its prompts' rows alive.
+# A re-prefill whose tokens landed in holes below its donor's cells came out different in its
+# later chunks (SmolLM2: 0.4 nats exact, 0.69 in chunks of BULK): cell order, see "Cell order"
+# above and notebook/2026-12-07-reprefill.md.
 
 # Exactness. llama.cpp's CPU kernels take different arithmetic paths for different numbers of
 # tokens in a decode (the 1.5B's threshold of 4 fits the repacked quantised matmuls, which run
@@ -125,6 +134,14 @@ class Memory:
         self.live: dict[int, weakref.ref[Row]] = {}  # seq id -> the row holding it
         self.clock = 0
         self.evictions = 0
+        # where llama.cpp puts each token (cells.py): a row's numbers are decoding's only while
+        # its cells lie in position order; `disordered` counts the decodes that broke it
+        self.cells = Cells(self.lib.llama_n_ctx(ctx))
+        self.disordered = 0
+        # released rows whose cells stay (see `release`): seq id -> the lowest cell only it holds
+        # (an upper bound: it only falls as other holders go); `reclaimed`: those freed for room
+        self.zombies: dict[int, int] = {}
+        self.reclaimed = 0
         # one batch, allocated once: n_batch slots, one sequence id per token
         self._token = (L.llama_token * n_batch)()
         self._pos = (L.llama_pos * n_batch)()
@@ -164,8 +181,9 @@ class Memory:
         row = self.row(ids, bulk=len(ids))
         self._give_seq(row, pinned=(row,))
         donor, n = self._longest_prefix(row)
+        n = self._in_order(donor, n, lambda k: min(len(row.ids) - k, self.n_batch))
         if n:
-            self.lib.llama_memory_seq_cp(self.mem, donor.seq, row.seq, 0, n)
+            self._cp(donor.seq, row.seq, n)
         self.feed([row] * (len(row.ids) - n), row.ids[n:], range(n, len(row.ids)), chunk=self.n_batch,
                   pinned=(row,))
         return row
@@ -180,17 +198,49 @@ class Memory:
         if src.seq is not None and n > 0:
             self._touch(src)
             self._give_seq(dst, pinned=(src,))
-            self.lib.llama_memory_seq_cp(self.mem, src.seq, dst.seq, 0, n)  # positions [0, n)
+            self._cp(src.seq, dst.seq, n)
         return dst  # from an evicted source, the fork is evicted too: re-prefilled when used
 
-    def release(self, row: Row) -> None:
-        """Remove the row's cells and return its id (the row keeps its token ids)."""
+    def release(self, row: Row, evict: bool = False) -> None:
+        """The row gives up its sequence (it keeps its token ids). Its id and cells go back, unless
+        a cell only it holds lies below a live row's last cell and this is no eviction: freed, that
+        cell is where llama.cpp puts the next token it places (the lowest free cell, cells.py), so
+        the live row's next token could land before its earlier ones. Then the sequence stays, a
+        zombie, until no live row lies above it or the memory needs its id or cells (`_evict_one`)."""
         seq, row.seq = row.seq, None
         if self.ctx is None:  # the context is gone already (see `close`)
             return
-        self.lib.llama_memory_seq_rm(self.mem, seq, -1, -1)
         self.live.pop(seq, None)
+        lo = self._lowest_own(seq)
+        if evict or lo > self._live_top():
+            self._free(seq)
+        else:
+            self.zombies[seq] = lo
+        self._reap()
+
+    def _free(self, seq: int) -> None:
+        self.lib.llama_memory_seq_rm(self.mem, seq, -1, -1)
+        self.cells.rm(seq)
         self.seqs.give(seq)
+
+    def _lowest_own(self, seq: int) -> int:
+        """The lowest cell seq holds alone (size of the cache: none)."""
+        c = self.cells
+        return min((i for i in c.of.get(seq, ()) if len(c.seqs[i]) == 1), default=c.size)
+
+    def _live_top(self) -> int:
+        """The highest cell of any live row (-1: none)."""
+        return max((self.cells.top(seq) for seq in self.live), default=-1)
+
+    def _reap(self) -> None:
+        """Free the zombies no live row lies above any more."""
+        top = self._live_top()
+        for seq, lo in list(self.zombies.items()):
+            if lo > top:
+                lo = self.zombies[seq] = self._lowest_own(seq)
+                if lo > top:
+                    del self.zombies[seq]
+                    self._free(seq)
 
     def ready(self, rows: Sequence[Row]) -> None:
         """Give every row a sequence holding its ids, re-prefilling evicted ones: the longest
@@ -208,8 +258,10 @@ class Memory:
                     n = min(n, row.grid)
                 if n < row.bulk:  # recompute the prompt in the same n_batch chunks as at first
                     n -= n % self.n_batch
+                n = self._in_order(donor, n, lambda k: self._first_chunk(row, k),
+                                   lambda k: k - k % self.n_batch if k < row.bulk else k)
                 if n:
-                    self.lib.llama_memory_seq_cp(self.mem, donor.seq, row.seq, 0, n)
+                    self._cp(donor.seq, row.seq, n)
                 if row.bulk > n:
                     todo = row.ids[n:row.bulk]
                     self.feed([row] * len(todo), todo, range(n, row.bulk), chunk=self.n_batch, pinned=rows)
@@ -252,8 +304,20 @@ class Memory:
 
     def _decode(self, pinned: Sequence[Row]) -> None:
         while True:
+            n = self._batch.n_tokens
+            idxs = self.cells.slot(n)  # where llama.cpp will put the batch's tokens
             rc = self.lib.llama_decode(self.ctx, self._batch)
+            if (rc == 0) != (idxs is not None) and rc in (0, 1):
+                raise RuntimeError(f"the KV cell mirror (cells.py) disagrees with llama.cpp {L.VERSION}: "
+                                   f"decode of {n} tokens returned {rc}")
             if rc == 0:
+                pos, seqs = self._pos[:n], self._seq[:n]
+                mine: dict[int, list[int]] = {}
+                for i, s in zip(idxs, seqs):
+                    mine.setdefault(s, []).append(i)
+                if not all(self.cells.ordered(s, cells) for s, cells in mine.items()):
+                    self.disordered += 1
+                self.cells.apply(idxs, pos, seqs)
                 return
             if rc != 1 or not self._evict_one(pinned):  # 1: no KV slot; the call was undone
                 if rc == 1:
@@ -281,15 +345,54 @@ class Memory:
         self.live[seq] = weakref.ref(row)
 
     def _evict_one(self, pinned: Sequence[Row]) -> bool:
-        """Evict the least recently used row not in `pinned`; False when there is none."""
+        """Free the oldest zombie, else evict the least recently used row not in `pinned`;
+        False when there is neither."""
+        if self.zombies:
+            seq = next(iter(self.zombies))
+            del self.zombies[seq]
+            self._free(seq)  # its cells may now be holes below a live row's
+            self.reclaimed += 1
+            return True
         keep = {id(r) for r in pinned}
         rows = [r for r in (ref() for ref in list(self.live.values())) if r is not None]
         idle = [r for r in rows if id(r) not in keep and r.seq is not None]
         if not idle:
             return False
-        self.release(min(idle, key=lambda r: r.used))
+        self.release(min(idle, key=lambda r: r.used), evict=True)
         self.evictions += 1
         return True
+
+    def _cp(self, src: int, dst: int, n: int) -> None:
+        """dst shares src's cells at positions [0, n) (no recompute)."""
+        self.lib.llama_memory_seq_cp(self.mem, src, dst, 0, n)
+        self.cells.cp(src, dst, 0, n)
+
+    def _in_order(self, donor: Row | None, n: int, first: Callable[[int], int],
+                  align: Callable[[int], int] = lambda k: k) -> int:
+        """How much of donor's first n positions a new row shares, so that the tokens it is fed
+        next (`first(k)`: how many in the first decode after sharing k) land in cells after the
+        shared ones (cells.py: else its numbers are not decoding's): n, else the part of it in
+        cells before the first new one (`align`ed down: the prompt's n_batch chunks), else 0."""
+        while n:
+            k = first(n)
+            idxs = self.cells.slot(k) if k else None
+            if idxs is None or self.cells.ordered(donor.seq, idxs, below=n):
+                return n
+            after = [p for i, p in self.cells.cells(donor.seq) if p < n and i > idxs[0]]
+            if not after:  # the new cells themselves wrap around: sharing less does not help
+                return n
+            n = align(min(after))
+        return 0
+
+    def _first_chunk(self, row: Row, n: int) -> int:
+        """How many tokens `ready` decodes first when an evicted row shares n positions."""
+        if row.bulk > n:
+            return min(row.bulk - n, self.n_batch)
+        end = len(row.ids) if row.grid is None else row.grid
+        if end > n:
+            return spans(end - n, self.chunk)[0][1]
+        # what the row is fed next (it is readied to be fed): at least one token
+        return max(1, min(len(row.ids) - end, BULK))
 
     def _longest_prefix(self, row: Row) -> tuple[Row | None, int]:
         """The live row sharing the longest prefix of row.ids, and the length of that prefix."""
