@@ -204,9 +204,9 @@ class ChatDecisionRetry(BaseChatModel):
         """`y` with the scoring the call asks for: a local move's kept tail (`tail`) and the
         pass under the second context; now, or left to `complete` (`defer`). What the metadata
         says of it: `unscored`, or the positions scored."""
-        prefix = kwargs.get(PREFIX_KEY)
-        base = None if not prefix else self._alts.get(prefix.get("message_id"))
-        d = deferred.Deferred(tail=tail, nobody=bool(kwargs.get(NOBODY_KEY)), base=base,
+        prefix, nobody = kwargs.get(PREFIX_KEY), bool(kwargs.get(NOBODY_KEY))
+        base = None if not (prefix and nobody) else self._alts.get(prefix.get("message_id"))
+        d = deferred.Deferred(tail=tail, nobody=nobody, base=base,
                               t=0 if base is None else int(prefix["position"]))
         if not d.pending:
             return y, {}
