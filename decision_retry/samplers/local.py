@@ -166,32 +166,51 @@ def propose(
     s = span_end(tokens, t, rule)
     tail = [tok.id for tok in tokens[s:]]
     eos = lm.eos_ids
-    one = q.model_copy(update={"max_new_tokens": 1, "stop": (), "stop_regex": None})
-    # 1) draw z one token at a time; the stopping rule is the span rule evaluated on y
+    plain = q.model_copy(update={"stop": (), "stop_regex": None})  # stops: `stop` reads them
+    one = plain.model_copy(update={"max_new_tokens": 1})
+
+    def stop(seq: Sequence[Token]) -> str:
+        """The span rule on y after its last token, seq[-1], was drawn (the module docstring):
+        "before" (a decision point: that draw is discarded), an `ended` word, or "" (go on)."""
+        j = len(seq) - 1
+        if j > t and rule.decision is not None and seq[j].entropy >= rule.decision:
+            return "before"
+        if ends_here(seq, j, q, eos) or len(seq) >= cap:
+            return "finish"
+        if j + 1 - t >= rule.max_span:
+            return "max_span"
+        return "boundary" if any(e in seq[j].text for e in rule.ends) else ""
+
+    # 1) draw z, stopping where the span rule ends it on y: token by token, or in one streamed
+    # request that the rule stops (an engine with `extend_until`: the remote engine, where a
+    # request per token would cost a round trip and a prompt each); a first token drawn
+    # differently (`first`, `exclude`) is drawn alone first
+    stream = getattr(lm, "extend_until", None)
     cur, spent, ended = lm.fork(x, t), 0, ""
-    while True:
+    while not ended:
         if budget is not None and spent >= budget:
             ended = "budget"
             break
+        if stream is not None and (spent > 0 or (first is None and exclude is None)):
+            room = min(rule.max_span - (len(cur) - t), cap - len(cur))
+            if budget is not None:
+                room = min(room, budget - spent)
+            cur, drawn, why = stream(cur, plain.model_copy(update={"max_new_tokens": room}),
+                                     generator, stop)
+            spent += drawn
+            # no word: the budget binds (checked above), or the server ended the sequence
+            ended = "boundary" if why == "before" else why or (
+                "" if budget is not None and spent >= budget else "finish")
+            continue
         if spent == 0 and first is not None:
             nxt = first(cur)
         else:
             nxt = lm.extend(cur, one, generator, **({"exclude": exclude} if spent == 0 else {}))
         spent += 1
-        j = len(nxt) - 1
-        if j > t and rule.decision is not None and nxt.tokens[j].entropy >= rule.decision:
-            ended = "boundary"  # j is a decision point: the span ends before it
-            break
-        cur = nxt
-        m = len(cur) - t
-        if ends_here(cur.tokens, j, q, eos) or len(cur) >= cap:
-            ended = "finish"
-        elif m >= rule.max_span:
-            ended = "max_span"
-        elif any(e in cur.tokens[j].text for e in rule.ends):
-            ended = "boundary"
-        if ended:
-            break
+        why = stop(nxt.tokens)
+        if why != "before":
+            cur = nxt
+        ended = "boundary" if why == "before" else why
     m = len(cur) - t
     out = dict(t=t, s=s, m=m, ended=ended, decode_tokens=spent, prefill_positions=len(tail))
     # 2) is y a sequence the model could finish?

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict
 from decision_retry import sampling
 from decision_retry.samplers import cuts, intervals
 from decision_retry.samplers.cuts import CutRule
+from decision_retry.samplers.intervals import Interval
 from decision_retry.tokens import Token
 
 
@@ -95,6 +96,35 @@ def exclusion_term(x: Sequence[Token], y: Sequence[Token], t: int) -> float:
     if lx == -math.inf or ly == -math.inf:
         return -math.inf
     return lx - ly
+
+
+def exclusion_bounds(x: Sequence[Token], y: Sequence[Token], t: int) -> Interval | None:
+    """(lo, hi) of `exclusion_term` where x_t's or y_t's logq is an estimate (a remote engine's
+    top-k: `logq_bounds`); None when both are exact. log(1 - q) falls as log q grows, so the
+    term falls with q(x_t) and grows with q(y_t) up to the null threshold, where it is -inf."""
+    bx, by = x[t].logq_bounds, y[t].logq_bounds
+    if bx is None and by is None:
+        return None
+    (x_lo, x_hi), (y_lo, y_hi) = bx or (x[t].logq,) * 2, by or (y[t].logq,) * 2
+    least_other = math.log(NULL_MASS)  # log(1 - q(y_t)) just short of the null threshold
+    lo_x, hi_x = log_other(x_hi), log_other(x_lo)
+    lo_y, hi_y = log_other(y_hi), log_other(y_lo)
+    lo = -math.inf if -math.inf in (lo_x, lo_y) else lo_x - hi_y
+    hi = -math.inf if hi_x == -math.inf else hi_x - (lo_y if lo_y > -math.inf else least_other)
+    return lo, max(lo, hi)
+
+
+def with_exclusion(bounds: Interval | None, proposal: float, x: Sequence[Token],
+                   y: Sequence[Token], t: int) -> Interval | None:
+    """The interval of a proposal part that includes `exclusion_term`: `bounds` (its log q
+    sums' interval, None when exact) plus the term's interval; `proposal` is the point value."""
+    term = exclusion_bounds(x, y, t)
+    if term is None or proposal == -math.inf:
+        return bounds
+    if bounds is None:  # the sums are exact: the point value less the term's point value
+        rest = proposal - exclusion_term(x, y, t)
+        bounds = (rest, rest)
+    return bounds[0] + term[0], bounds[1] + term[1]
 
 
 def null_record(x: Sequence[Token], t: int) -> StepRecord:
@@ -171,8 +201,14 @@ def mh_step_record(
         log_verifier=verifier_delta,
         accepted=math.log(u) < log_a if u > 0 else True,
         decode_tokens=decode_tokens,
-        **intervals.step_fields(log_a, proposal, intervals.proposal_bounds(x, y, t), u),
+        **intervals.step_fields(log_a, proposal, _bounds(x, y, t, proposal, exclusion), u),
     )
+
+
+def _bounds(x: Sequence[Token], y: Sequence[Token], t: int, proposal: float,
+            exclusion: bool) -> Interval | None:
+    b = intervals.proposal_bounds(x, y, t)
+    return with_exclusion(b, proposal, x, y, t) if exclusion else b
 
 
 def pick_kernel(move: str, restart_share: float, local_share: float,

@@ -109,6 +109,8 @@ class Local:
         log_a = target + prop + correction + verifier_delta
         # estimated log q (a remote engine's top-k): log A's interval and the approximate flag
         b = intervals.proposal_bounds(xs, ys, 0) if prop != -math.inf else None
+        if exclusion:  # the exclusion term's own interval (estimated log q at t)
+            b = mh.with_exclusion(b, prop, x, y, t)
         return StepRecord(
             cut_position=t, cut_entropy=x[t].entropy, proposal_length=m, log_accept=log_a,
             log_target=target, log_proposal=prop, log_cut_correction=correction,

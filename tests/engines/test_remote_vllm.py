@@ -233,3 +233,53 @@ def test_fix_a_fixture_through_vllm(server, tmp_path):
     print(f"fix through vLLM: fixed={result['fixed']} attempts={result['attempts']} "
           f"tokens={result['decode_tokens']} MH steps={len(tree.mh_steps)} "
           f"approximate={sum(bool(s.approximate) for s in tree.mh_steps)}")
+
+
+def test_an_excluding_draw_bans_the_token_and_keeps_raw_logprobs(engine):
+    """`extend(..., exclude=id)`: vLLM's logit_bias -100 on the id (engine.py `_banned_step`);
+    the listing is taken before the bias (raw_logprobs), so the drawn token's log-probs are the
+    unrestricted ones that the exclusion term reads."""
+    state = engine.prefill(PROMPT)
+    one = Sampling(temperature=0.3, max_new_tokens=1)
+    free = [engine.extend(state, one, gen(i)).tokens[0] for i in range(6)]
+    ban = free[0].top[0].id  # the most likely next token
+    before = engine.stats.requests
+    drawn = [engine.extend(state, one, gen(i), exclude=ban).tokens[0] for i in range(6)]
+    assert engine.stats.requests - before == 6  # a one-token row: one request
+    assert all(t.id != ban for t in drawn)
+    for t in drawn:
+        assert [a.id for a in t.top] == [a.id for a in free[0].top]
+        assert [a.prob for a in t.top] == pytest.approx([a.prob for a in free[0].top], abs=1e-5)
+    longer = engine.extend(state, Sampling(temperature=0.3, max_new_tokens=6), gen(9), exclude=ban)
+    assert longer.tokens[0].id != ban and (len(longer) == 6 or longer.finish == "eos")
+    print(f"excluding draw: unbanned draws hit the banned id {sum(t.id == ban for t in free)}/6, "
+          f"banned draws 0/6; p(ban) {free[0].top[0].prob:.3f}")
+
+
+def test_a_local_span_is_one_streamed_request(server, engine):
+    """samplers/local.py through vLLM: the span in one streamed request that the span rule
+    stops, the kept tail in one scoring pass; against one request per token (the engine
+    without `extend_until`), at equal decode tokens counted the same way."""
+    import time as clock
+
+    from decision_retry.samplers import local
+    from decision_retry.samplers.local import SpanRule
+
+    q = Sampling(temperature=0.7, max_new_tokens=48)
+    x = engine.extend(engine.prefill("Write a Python function that adds two numbers."), q, gen(2))
+    rule = SpanRule(ends=("\n",), max_span=12)
+    stepped = connect(server)
+    stepped.extend_until = None
+    cost = {}
+    for name, eng in (("streamed", engine), ("per token", stepped)):
+        before, tic, tokens = eng.stats.requests, clock.perf_counter(), 0
+        for t in range(2, len(x) - 4, 4):
+            p = local.propose(eng, x, t, rule, q, gen(t), cap=48)
+            tokens += p.decode_tokens
+        cost[name] = (eng.stats.requests - before, tokens, clock.perf_counter() - tic)
+    moves = len(range(2, len(x) - 4, 4))
+    assert cost["streamed"][0] <= 2 * moves  # a span request and at most one scoring pass
+    assert cost["per token"][0] >= cost["per token"][1]
+    for name, (n, tokens, wall) in cost.items():
+        print(f"local moves through vLLM, {name}: {moves} moves, {n} requests, {tokens} decode "
+              f"tokens, {wall:.2f} s ({wall / moves:.3f} s a move)")

@@ -14,19 +14,25 @@ by the prompt it sees. So
 * `score` (teacher forcing) is one request whose prompt is the state's ids and the given ids,
   asking the server for the prompt's log-probs (vLLM's `prompt_logprobs`); its tokens carry
   the same estimates and bounds as decoded ones. A dialect without `score` (the llama.cpp
-  server) leaves `teacher_forcing` False.
+  server) leaves `teacher_forcing` False;
+* `extend_until` is one streamed request that a caller's rule stops token by token (a local
+  move's span, samplers/local.py): the stream is closed at the stop, the server's look-ahead is
+  not read;
+* `extend(..., exclude=id)` (a dialect with `bans`: vLLM) draws the first token with the id
+  banned in a one-token request, then the rest in a second one; every token keeps its
+  unrestricted log-probs, as lm.LM's (samplers/mh.py adds the exclusion term).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from decision_retry.engines.remote import bounds
-from decision_retry.engines.remote.http import Http
+from decision_retry.engines.remote.http import Http, RemoteError
 from decision_retry.engines.remote.wire import Dialect, End, ModelInfo, Request, Step, Usage
 from decision_retry.errors import BadInput
 from decision_retry.tokens import Alternative, DecodeState, Finish, Sampling, Token, stop_reason
@@ -57,13 +63,15 @@ class _Row:
     pieces: list  # bytes or str per generated token, prefix included
     tokens: list[Token] = field(default_factory=list)
     finish: Finish | None = None
+    drawn: int = 0  # tokens the server drew for `extend_until`, a dropped one included
+    stop: str = ""  # extend_until's rule stopped the row here
 
 
 class RemoteEngine:
     """A model served by llama.cpp or vLLM, behind the `Engine` protocol."""
 
-    # `extend(..., exclude=id)` would need a one-token request with the id banned and log A's
-    # exclusion term from estimated logq: not wired, so chains keep the plain kernel here
+    # `extend(..., exclude=id)`: a dialect that can ban an id (vLLM's logit_bias) sets it per
+    # instance; the llama.cpp server's chains keep the plain kernel
     excludes = False
     inexact_chunk = 1  # a server scores a request in one pass: any prefix can be continued
 
@@ -76,6 +84,7 @@ class RemoteEngine:
         self.stats = RemoteStats()
         # `score` needs the prompt's log-probs: vLLM returns them, the llama.cpp server does not
         self.teacher_forcing = callable(getattr(dialect, "score", None))
+        self.excludes = bool(getattr(dialect, "bans", False))
 
     def __repr__(self) -> str:
         return f"RemoteEngine({self.name!r}, {self.http!r}, exact={self.exact})"
@@ -145,12 +154,15 @@ class RemoteEngine:
         self, state: DecodeState, sampling: Sampling, generators: Sequence[torch.Generator],
         *, exclude: int | None = None,
     ) -> list[DecodeState]:
-        """K continuations of one prefix: one request, `n` rows, seeded from the generators."""
-        if exclude is not None:
+        """K continuations of one prefix: one request, `n` rows, seeded from the generators;
+        `exclude`: an id the first new token may not be (two requests a row: module docstring)."""
+        if exclude is not None and not self.excludes:
             raise ValueError(f"the {self.dialect.kind} engine cannot ban a token (excludes is "
-                             "False): use the plain kernel with remote engines")
+                             "False): use the plain kernel with this engine")
         if state.finish in ("eos", "stop"):
             return [state for _ in generators]  # "length" only paused: it may grow again
+        if exclude is not None:
+            return [self._extend_banned(state, sampling, g, exclude) for g in generators]
         seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=g)) for g in generators]
         k, per = len(generators), self.info.max_rows or len(generators)
         rows: list[_Row] = []
@@ -169,6 +181,88 @@ class RemoteEngine:
             for r in rows
         ]
 
+    def extend_until(self, state: DecodeState, sampling: Sampling, generator: torch.Generator,
+                     until: Callable[[Sequence[Token]], str]) -> tuple[DecodeState, int, str]:
+        """Continue `state` by one streamed request (up to `max_new_tokens`) that `until` stops:
+        it reads the whole sequence after each drawn token and says "" (go on), "before" (drop
+        that token and stop) or another word (keep it and stop). Returns the state, the tokens
+        drawn (a dropped one included) and `until`'s word ("" when the row ended first)."""
+        if state.finish in ("eos", "stop"):
+            return state, 0, ""
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+        req = Request(ids=tuple(state.ids), n=1, seed=seed, max_new_tokens=sampling.max_new_tokens,
+                      temperature=sampling.temperature, top_k=sampling.top_k,
+                      logprobs=self._listed(sampling))
+        row = self.http.call(lambda: self._decode(req, state, sampling, until=until))[0]
+        self.stats.requests += 1
+        self.stats.prompt_tokens_sent += len(req.ids)
+        self.stats.generated_tokens += len(row.tokens)
+        return (DecodeState(state.prompt_ids, state.tokens + tuple(row.tokens), row.finish,
+                            tuple(row.pieces)), row.drawn, row.stop)
+
+    def _extend_banned(self, state: DecodeState, sampling: Sampling, generator: torch.Generator,
+                       ban: int) -> DecodeState:
+        """One row whose first token may not be `ban`: that token in a one-token request
+        (`_banned_step`), the rest from it in a second, the stop window and the length counted
+        from the first token as one `extend` would."""
+        seeds = [int(torch.randint(0, 2**31 - 1, (1,), generator=generator)) for _ in range(2)]
+        step = self.http.call(lambda: self._banned_step(state, sampling, ban, seeds[0]))
+        head = _Row(list(_pieces(state)))
+        self._append(head, step, sampling)
+        self.stats.requests += 1
+        self.stats.prompt_tokens_sent += len(state.ids)
+        if head.finish is None:
+            ids = (*state.ids, step.id)
+            req = Request(ids=ids, n=1, seed=seeds[1], max_new_tokens=sampling.max_new_tokens - 1,
+                          temperature=sampling.temperature, top_k=sampling.top_k,
+                          logprobs=self._listed(sampling))
+            head = self.http.call(lambda: self._decode(req, state, sampling, head=head))[0]
+            self.stats.requests += 1
+            self.stats.prompt_tokens_sent += len(ids)
+        self.stats.generated_tokens += len(head.tokens)
+        return DecodeState(state.prompt_ids, state.tokens + tuple(head.tokens), head.finish,
+                           tuple(head.pieces))
+
+    def _banned_step(self, state: DecodeState, sampling: Sampling, ban: int, seed: int) -> Step:
+        """The first token with `ban` excluded, drawn from q(.) / (1 - q(ban)):
+        * no top-k: the server draws it with the id banned (`Request.ban`, vllm.py);
+        * a top-k proposal: a ban would let the (k+1)-th token in, so the server only lists the
+          top k (`_listed` asks for at least k) and the draw is made here, over those k but
+          `ban`, with q proportional to p^(1/T): exact;
+        * temperature 0: the argmax, which must not be `ban` (q has no other token).
+        Its log-prob and listing stay the unrestricted ones; `seed` seeds the draw either way
+        (a retried exchange draws the same token)."""
+        client = sampling.top_k is not None and sampling.temperature > 0
+        req = Request(ids=tuple(state.ids), n=1, seed=seed, max_new_tokens=1,
+                      temperature=sampling.temperature, top_k=sampling.top_k,
+                      logprobs=self._listed(sampling),
+                      ban=None if client or sampling.temperature == 0 else ban)
+        step = None
+        with self.dialect.generate(req) as events:
+            for ev in events:
+                if isinstance(ev, Step):
+                    step = ev
+                    break
+        if step is None:
+            raise RemoteError(f"{self.dialect.kind} server returned no token for a one-token draw")
+        if client:
+            ranked = sorted(step.top, key=lambda c: -c.logprob)[: sampling.top_k]
+            allowed = [c for c in ranked if c.id != ban]
+            if not allowed:
+                raise ValueError(f"no token left once id {ban} is excluded (top-k {sampling.top_k})")
+            weights = torch.tensor([c.logprob / sampling.temperature for c in allowed],
+                                   dtype=torch.float64)
+            rng = torch.Generator().manual_seed(seed)
+            pick = allowed[int(torch.multinomial(torch.softmax(weights, -1), 1, generator=rng))]
+            return Step(step.row, pick.id, pick.logprob, step.top,
+                        pick.piece if pick.piece else self._piece(pick.id))
+        if step.id == ban:
+            if sampling.temperature == 0:
+                raise ValueError("cannot exclude the argmax at temperature 0: q has no other token")
+            raise RemoteError(f"{self.dialect.kind} server drew the banned id {ban}: is its "
+                              "logit_bias ignored?")
+        return step
+
     def _listed(self, sampling: Sampling) -> int:
         """Candidates to ask for per position: the whole vocabulary in exact mode."""
         if self.exact:
@@ -180,10 +274,16 @@ class RemoteEngine:
                              f"token; the server allows {cap} (--max-logprobs)")
         return min(want, cap) if cap is not None else want
 
-    def _decode(self, req: Request, state: DecodeState, sampling: Sampling) -> list[_Row]:
-        """One exchange (restarted from scratch by `http.call` on a transient failure)."""
+    def _decode(self, req: Request, state: DecodeState, sampling: Sampling, *,
+                head: _Row | None = None, until=None) -> list[_Row]:
+        """One exchange (restarted from scratch by `http.call` on a transient failure).
+        `head`: the one row's tokens drawn before this request (they count towards the stop
+        window and the length); `until`: extend_until's rule (one row)."""
         base = list(_pieces(state))
-        rows = [_Row(list(base)) for _ in range(req.n)]
+        if head is not None:
+            rows = [_Row(list(head.pieces), list(head.tokens))]
+        else:
+            rows = [_Row(list(base)) for _ in range(req.n)]
         usage: list[Usage] = []
         with self.dialect.generate(req) as events:
             for ev in events:
@@ -197,10 +297,20 @@ class RemoteEngine:
                     row.finish = ev.reason if ev.reason == "eos" else "length"
                 elif isinstance(ev, Step):
                     self._append(row, ev, sampling)
+                    if until is not None:
+                        row.drawn += 1
+                        row.stop = until((*state.tokens, *row.tokens))
+                        if row.stop == "before":  # the drawn token is not kept
+                            row.tokens.pop()
+                            row.pieces.pop()
+                            row.finish = None
+                        if row.stop:
+                            break  # closes the stream: the server stops generating
                 if all(r.finish is not None for r in rows) and any(r.finish == "stop" for r in rows):
                     break  # leaving the block closes the stream: the server stops generating
         for row in rows:
-            row.finish = row.finish or "length"
+            if not row.stop:
+                row.finish = row.finish or "length"
         self.stats.reported_prompt_tokens += sum(u.prompt_tokens for u in usage)
         self.stats.cached_tokens += sum(u.cached_tokens for u in usage)
         return rows

@@ -23,6 +23,17 @@ runner inherits, and `sampling_params.py`):
   log-probs. So a scoring pass prefills the whole prompt, prefix included (it still writes the
   cache), and the answer lists every prompt position: its cost grows with the prefix, not only
   with the scored span (docs/scaling.md has the measurement).
+
+Banning a token (`Request.ban`, an excluding move's first draw: samplers/mh.py): `logit_bias`
+{id: -100} (read from 0.32's source: `SamplingParams` clamps a bias to [-100, 100], so no -inf;
+`v1/sample/sampler.py` adds it to the logits before temperature and top-k, and the raw log-probs
+are taken before it). At temperature T the banned id keeps at most e^(-100/T) q(x) / (1 - q(x))
+of the mass; the chain bans only where 1 - q(x) >= mh.NULL_MASS = 1e-6, so that is below 4e-38
+for T <= 1 (2e-16 at T = 2): the draw is q(.) / (1 - q(x)) far below fp32 resolution, and the
+reported log-probs stay the unrestricted ones the exclusion term reads. `allowed_token_ids` (all V ids but one, a ~1 MB
+request) is exact but no better in fp32; `bad_words` bans strings, not ids. A bias moves the
+banned id out of the top-k before the cut, so with a top-k proposal the engine draws from the
+listed top-k itself (engine.py `_banned_step`) instead.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ from contextlib import contextmanager
 from decision_retry.engines.remote.http import Http, HttpStatusError
 from decision_retry.engines.remote.wire import Candidate, End, ModelInfo, Request, Step, Usage
 
+BAN = -100.0  # vLLM clamps logit_bias to [-100, 100]: the strongest ban its API takes
 NEUTRAL = {"top_p": 1.0, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
            "frequency_penalty": 0.0}
 
@@ -42,6 +54,7 @@ class VllmServer:
     """`Dialect` for a vLLM server at `http.base` serving `model` (default: the first listed)."""
 
     kind = "vllm"
+    bans = True  # `Request.ban`: logit_bias (module docstring)
 
     def __init__(self, http: Http, model: str | None = None, *, vocab: int | None = None) -> None:
         self.http, self.model, self.vocab = http, model, vocab
@@ -135,6 +148,8 @@ class VllmServer:
         body = self._sampling(req.n, req.temperature, req.top_k, req.seed, req.logprobs)
         body.update(prompt=list(req.ids), max_tokens=req.max_new_tokens, stream=True,
                     stream_options={"include_usage": True, "continuous_usage_stats": True})
+        if req.ban is not None:
+            body["logit_bias"] = {str(req.ban): BAN}
         return body
 
     @contextmanager

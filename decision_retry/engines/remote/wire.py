@@ -71,6 +71,7 @@ class Request:
     top_k: int | None
     seed: int
     logprobs: int  # alternatives listed per position (the vocabulary size in exact mode)
+    ban: int | None = None  # an id no row may draw (a dialect with `bans`: vLLM's logit_bias)
 
 
 class Dialect(Protocol):
