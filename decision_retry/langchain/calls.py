@@ -3,7 +3,9 @@
 A call record is a plain dict (JSON-able, so any checkpointer stores the agent state):
 message_id, index, kept, exact, continuable, prompt_hash, the token columns (ids, pieces, logp,
 logq, entropy, and the bounds where they are estimates), finish, decisions, snapshot (the
-repository before the call), trace_turn.
+repository before the call), trace_turn; `unscored` when ChatDecisionRetry left its scoring to
+`after_agent` (chat_model.py `defer`), which replaces it by the completed record where the chain
+reads it.
 
 Cuts and acceptance are `fix`'s (`Chain.decide`, `Chain.next_cut`, samplers/chain.py, through
 langgraph/chainstate.py, as the LangGraph nodes call them). A chat model that cannot continue a

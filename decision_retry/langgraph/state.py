@@ -28,7 +28,10 @@ episode: the turns, the chain and the counters start afresh.
 A turn record holds the tokens as columns (ids, pieces, logp, logq, entropy, and alt_logp /
 alt_logq under the second context with surprise cuts), the decision points
 (entropy spikes with their top alternatives), the message id it was written as, a hash of the
-prompt it saw, and the workspace snapshot taken before it (when the graph edits files).
+prompt it saw, and the workspace snapshot taken before it (when the graph edits files). A record
+marked `unscored` was written with its scoring left to the rewind node (its second-context
+scores, a local move's kept tail rescored: model.py); the rewind node's update replaces it by
+the completed record where the chain read it.
 """
 
 from __future__ import annotations
