@@ -53,7 +53,7 @@ def test_a_proposal_the_first_stage_rejects_is_never_scored(tmp_path):
     for seed in range(40):
         seen = []
 
-        def verifier(state):
+        def verifier(state, seen=seen):
             seen.append(state["decision_retry"])
             return never(state)
 
