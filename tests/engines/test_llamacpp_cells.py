@@ -52,7 +52,7 @@ def test_a_rows_logits_depend_on_the_order_of_its_cells_not_their_place(smol_pat
         row = m.prefill(prompt)
         if layout == "foreign cells between":
             pad = m.prefill(ids[:5])
-        if layout == "later tokens first":  # cells 0..4 freed (evicted: no zombie kept)
+        if layout == "later tokens first":  # cells 0..4 freed (evicted: nothing kept)
             m.release(pad, evict=True)
         got = teacher_forced(b, row, ids)
         cells = m.cells.cells(row.seq)
@@ -155,8 +155,8 @@ def decode_from(b, cache, ids):
 def test_an_accepted_proposal_keeps_its_next_fork_in_order(smol_path):
     """The MH step's shape: a proposal forks the state, decodes above it, is accepted and the
     old state dropped. Freed, the old state's own cells would be a hole below the proposal's,
-    where the next proposal's tokens land (up to 1.8 nats off). Kept as a zombie until no live
-    row lies above it, they are not: the next fork decodes bitwise as in a fresh cache."""
+    where the next proposal's tokens land (up to 1.8 nats off). Kept in the grave until no live
+    row lies above them, they are not: the next fork decodes bitwise as in a fresh cache."""
     b = engine(smol_path, n_seq_max=8)
     prompt, ids = b.encode_prompt("Explain this code."), b.encode_text(TEXT)[:36]
     base = b.prefill(prompt)
@@ -165,7 +165,7 @@ def test_an_accepted_proposal_keeps_its_next_fork_in_order(smol_path):
     proposal = b.slice(state, len(base) + 5)
     decode_from(b, proposal, ids[5:25])  # cut at 5, 20 new tokens (the same ids: any ids do)
     del state  # accepted: the old state goes
-    assert len(b.memory.zombies) == 1 and b.memory.reclaimed == 0
+    assert (b.memory.buried, b.memory.reclaimed, b.memory.seqs.in_use) == (1, 0, 2)  # no id kept
     nxt = b.slice(proposal, len(base) + 15)
     got = decode_from(b, nxt, ids[15:36])
     assert b.memory.disordered == 0
@@ -173,24 +173,27 @@ def test_an_accepted_proposal_keeps_its_next_fork_in_order(smol_path):
     want = decode_from(fresh, fresh.slice(fresh.prefill(prompt), len(base)), ids[:36])[15:]
     assert torch.equal(got, want)
     del nxt, proposal
-    assert not b.memory.zombies and b.memory.seqs.in_use == 1  # only `base` holds an id now
+    assert b.memory.buried == 0 and b.memory.seqs.in_use == 1  # nothing lies above the grave
 
 
-def test_a_zombie_gives_its_id_and_cells_when_the_memory_needs_them(smol_path):
-    """Known, not covered: with no id left, a zombie is freed (oldest first) before any live
-    row is evicted; its cells become holes below the live row above them, whose next tokens
-    then land out of order, and `disordered` says so."""
-    b = engine(smol_path, n_seq_max=3)
+def test_the_grave_gives_its_cells_when_the_memory_needs_them(smol_path):
+    """Known, not covered: with no free cell left, the grave is emptied before any live row is
+    evicted; its cells become holes below the live rows above them, whose next tokens land out
+    of order when the holes outnumber what the decode that needed the room took, and
+    `disordered` says so."""
+    b = engine(smol_path, n_seq_max=4, n_ctx=256)
+    m = b.memory
     prompt, ids = b.encode_prompt("Explain this code."), b.encode_text(TEXT)[:30]
     base = b.prefill(prompt)
     state = b.slice(base, len(base))
     decode_from(b, state, ids[:20])
     proposal = b.slice(state, len(base) + 5)
     decode_from(b, proposal, ids[5:25])
-    del state
-    assert len(b.memory.zombies) == 1
-    other = b.prefill(b.encode_prompt("Count to 3."))  # the third id: the zombie's
-    assert (b.memory.reclaimed, b.memory.evictions, len(b.memory.zombies)) == (1, 0, 0)
-    del other
-    decode_from(b, b.slice(proposal, len(base) + 15), ids[15:20])
-    assert b.memory.disordered > 0
+    del state  # its 15 own cells go to the grave
+    assert m.buried == 1
+    filler = b.prefill((ids * 20)[:m.cells.size - m.cells.used - 6])  # all but 6 cells
+    other = b.prefill(ids[::-1][:10])  # 10 > 6: the grave is emptied, 10 of its 15 cells reused
+    assert (m.reclaimed, m.evictions, m.buried, m.disordered) == (1, 0, 0, 0)
+    decode_from(b, b.slice(proposal, len(base) + 15), ids[15:18])
+    assert m.disordered == 3  # into the 5 holes left below the proposal's cells
+    assert len(filler.rows) == len(other.rows) == 1

@@ -13,7 +13,8 @@ not on Qwen2.5-Coder-1.5B Q4_K_M), so at load the engine measures the largest ex
 (`exact.py`: a probe of a few seconds, cached on disk per model file, library, thread count and
 CPU) and scores and re-prefills in chunks of that size, the remainder one token per decode.
 `exact_chunk=` or `$DECISION_RETRY_EXACT_CHUNK` forces a size (no probe); `self.exact` says
-which size is used and where it came from.
+which size is used and where it came from. The numbers also depend on the order of a row's KV
+cells, which the memory keeps in position order while it has room (memory.py, cells.py).
 """
 
 from __future__ import annotations
@@ -75,8 +76,8 @@ class LlamaCppBackend:
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads={threads}: need at least 1")
-        if not 1 <= n_seq_max <= L.LLAMA_MAX_SEQ:
-            raise ValueError(f"n_seq_max={n_seq_max}: need 1..{L.LLAMA_MAX_SEQ}")
+        if not 1 <= n_seq_max < L.LLAMA_MAX_SEQ:  # one more for the memory's grave
+            raise ValueError(f"n_seq_max={n_seq_max}: need 1..{L.LLAMA_MAX_SEQ - 1}")
         path = Path(path)
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
@@ -103,7 +104,7 @@ class LlamaCppBackend:
         if not ctx:
             lib.llama_model_free(model)
             raise ModelLoadError(f"llama.cpp could not create a context (n_ctx={n_ctx}) for {path}")
-        self.memory = Memory(model, ctx, n_seq=lib.llama_n_seq_max(ctx), n_batch=N_BATCH,
+        self.memory = Memory(model, ctx, n_seq=lib.llama_n_seq_max(ctx) - 1, n_batch=N_BATCH,
                              chunk=self.exact.size)
         self.n_ctx, self.threads = lib.llama_n_ctx(ctx), threads
 

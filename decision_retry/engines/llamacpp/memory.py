@@ -11,10 +11,11 @@ holds, so a fork of a prompt costs only its own tail). A run never sees "out of 
 Cell order. A row's logits are decoding's only while its cells lie in position order (cells.py:
 flash attention visits them in buffer order; llama.cpp puts a token in the lowest free cell). So
 `Cells` mirrors where llama.cpp puts every token; a row released while a cell only it holds lies
-below a live row's cells keeps them as a zombie (no hole for the live row's next token to fall
-into) until nothing live lies above them or the memory needs them; a re-prefill shares only what
-lies before the cells its next tokens take. `disordered` counts the decodes that still broke a
-row's order (after an eviction or a zombie freed for room: holes below live rows).
+below a live row's cells hands its cells to the grave, one sequence no row decodes (no hole for
+the live row's next token to fall into), emptied when nothing live lies above them or the memory
+needs the room; a re-prefill shares only what lies before the cells its next tokens take.
+`disordered` counts the decodes that still broke a row's order (after an eviction, or the grave
+emptied for room: holes below live rows).
 """
 
 from __future__ import annotations
@@ -100,12 +101,14 @@ def load_model(path: str) -> int:
 
 def new_context(model: int, *, n_ctx: int, n_seq_max: int, chunk: int, threads: int) -> int | None:
     """A `llama_context *` over model (None when llama.cpp refuses): a unified KV cache of n_ctx
-    cells shared by n_seq_max sequences, logits for B rows of one token or one row of `chunk`."""
+    cells shared by n_seq_max sequences and the grave (`Memory.grave`), logits for B rows of one
+    token or one row of `chunk`."""
     lib = L.load()
     p = lib.llama_context_default_params()
-    p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = n_ctx, N_BATCH, N_BATCH, n_seq_max
-    # logits rows per decode: B rows, or a score chunk (exact, or BULK for an inexact pass)
-    p.n_outputs_max = max(chunk, n_seq_max, BULK)
+    p.n_ctx, p.n_batch, p.n_ubatch, p.n_seq_max = n_ctx, N_BATCH, N_BATCH, n_seq_max + 1
+    # logits rows per decode: B rows, or a score chunk (exact, or BULK for an inexact pass); at
+    # least n_seq_max (llama.cpp reserves that many at creation)
+    p.n_outputs_max = max(chunk, n_seq_max + 1, BULK)
     p.n_outputs_max_per_seq = max(chunk, BULK)
     p.n_threads = p.n_threads_batch = threads
     p.kv_unified, p.no_perf = True, True
@@ -122,6 +125,7 @@ class Memory:
     one row a scoring pass or a re-prefill decodes at once (see "Exactness" above)."""
 
     def __init__(self, model: int | None, ctx: int, n_seq: int, n_batch: int, chunk: int) -> None:
+        """n_seq: the rows' sequence ids; the context has one more, the grave (`new_context`)."""
         if not 1 <= chunk <= n_batch:
             raise ValueError(f"chunk={chunk}: need 1..{n_batch}")
         self.lib = L.load()
@@ -138,10 +142,10 @@ class Memory:
         # its cells lie in position order; `disordered` counts the decodes that broke it
         self.cells = Cells(self.lib.llama_n_ctx(ctx))
         self.disordered = 0
-        # released rows whose cells stay (see `release`): seq id -> the lowest cell only it holds
-        # (an upper bound: it only falls as other holders go); `reclaimed`: those freed for room
-        self.zombies: dict[int, int] = {}
-        self.reclaimed = 0
+        # the grave: a sequence no row decodes, holding released rows' cells (see `release`);
+        # `buried`: rows whose cells it holds, `grave_lo`: the lowest cell only it holds (an upper
+        # bound: it only falls as other holders go), `reclaimed`: times it was emptied for room
+        self.grave, self.buried, self.grave_lo, self.reclaimed = n_seq, 0, 0, 0
         # one batch, allocated once: n_batch slots, one sequence id per token
         self._token = (L.llama_token * n_batch)()
         self._pos = (L.llama_pos * n_batch)()
@@ -202,26 +206,28 @@ class Memory:
         return dst  # from an evicted source, the fork is evicted too: re-prefilled when used
 
     def release(self, row: Row, evict: bool = False) -> None:
-        """The row gives up its sequence (it keeps its token ids). Its id and cells go back, unless
-        a cell only it holds lies below a live row's last cell and this is no eviction: freed, that
-        cell is where llama.cpp puts the next token it places (the lowest free cell, cells.py), so
-        the live row's next token could land before its earlier ones. Then the sequence stays, a
-        zombie, until no live row lies above it or the memory needs its id or cells (`_evict_one`)."""
+        """The row gives back its sequence id (it keeps its token ids) and its cells, unless a
+        cell only it holds lies below a live row's last cell and this is no eviction: freed, that
+        cell is where llama.cpp puts the next token (the lowest free cell, cells.py), before the
+        live row's earlier ones. Then the grave takes the row's cells, until no live row lies
+        above them or the memory needs the room (`_evict_one`)."""
         seq, row.seq = row.seq, None
         if self.ctx is None:  # the context is gone already (see `close`)
             return
         self.live.pop(seq, None)
         lo = self._lowest_own(seq)
-        if evict or lo > self._live_top():
-            self._free(seq)
-        else:
-            self.zombies[seq] = lo
+        if not evict and lo <= self._live_top():
+            self.lib.llama_memory_seq_cp(self.mem, seq, self.grave, -1, -1)
+            self.cells.cp(seq, self.grave, 0, 1 << 31)
+            self.grave_lo = min(self.grave_lo, lo) if self.buried else lo
+            self.buried += 1
+        self._free(seq)
+        self.seqs.give(seq)
         self._reap()
 
     def _free(self, seq: int) -> None:
         self.lib.llama_memory_seq_rm(self.mem, seq, -1, -1)
         self.cells.rm(seq)
-        self.seqs.give(seq)
 
     def _lowest_own(self, seq: int) -> int:
         """The lowest cell seq holds alone (size of the cache: none)."""
@@ -233,14 +239,15 @@ class Memory:
         return max((self.cells.top(seq) for seq in self.live), default=-1)
 
     def _reap(self) -> None:
-        """Free the zombies no live row lies above any more."""
-        top = self._live_top()
-        for seq, lo in list(self.zombies.items()):
-            if lo > top:
-                lo = self.zombies[seq] = self._lowest_own(seq)
-                if lo > top:
-                    del self.zombies[seq]
-                    self._free(seq)
+        """Empty the grave once no live row lies above a cell only it holds."""
+        if self.buried and self.grave_lo > (top := self._live_top()):
+            self.grave_lo = self._lowest_own(self.grave)
+            if self.grave_lo > top:
+                self._bury_nothing()
+
+    def _bury_nothing(self) -> None:
+        self._free(self.grave)
+        self.buried = 0
 
     def ready(self, rows: Sequence[Row]) -> None:
         """Give every row a sequence holding its ids, re-prefilling evicted ones: the longest
@@ -345,12 +352,10 @@ class Memory:
         self.live[seq] = weakref.ref(row)
 
     def _evict_one(self, pinned: Sequence[Row]) -> bool:
-        """Free the oldest zombie, else evict the least recently used row not in `pinned`;
-        False when there is neither."""
-        if self.zombies:
-            seq = next(iter(self.zombies))
-            del self.zombies[seq]
-            self._free(seq)  # its cells may now be holes below a live row's
+        """Empty the grave, else evict the least recently used row not in `pinned`; False when
+        there is neither."""
+        if self.buried:
+            self._bury_nothing()  # its cells may now be holes below live rows' cells
             self.reclaimed += 1
             return True
         keep = {id(r) for r in pinned}
