@@ -17,6 +17,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from decision_retry import hermes
 from decision_retry.trace.store import TraceStore
 
 TOOLS = {"read_file", "list_files", "edit_function", "replace_text", "run_tests", "submit"}
@@ -37,7 +38,7 @@ def run_stats(tree) -> dict:
         return chain(branches[b.parent_id])[:keep] + own.get(b.id, [])
 
     protocol = tree.run.config.get("protocol", "patch")
-    turns = errors = loops = edits_applied = 0
+    turns = errors = loops = edits_applied = untagged = 0
     actions: Counter = Counter()
     first: dict = {}
     for i, b in enumerate(sorted(tree.branches, key=lambda b: b.index)):
@@ -47,11 +48,14 @@ def run_stats(tree) -> dict:
             c = calls.get(t.id)
             if c is None:
                 continue
-            key = (c.action, json.dumps(c.arguments, sort_keys=True, default=str))
+            key = (c.action, t.text if _format_error(c) else  # an error: the same reply again
+                   json.dumps(c.arguments, sort_keys=True, default=str))
             if t.branch_id == b.id:  # count each recorded turn once (in its own branch)
                 turns += 1
                 actions[c.action] += 1
                 errors += _format_error(c)
+                untagged += c.action in TOOLS and not any(
+                    x.name for x in hermes.parse(t.text)[1])  # valid only read loosely
                 loops += key == prev
                 edits_applied += c.observation.startswith("replaced")
             prev = key
@@ -62,7 +66,7 @@ def run_stats(tree) -> dict:
     return {"run": tree.run.id[:12], "protocol": protocol, "strategy": tree.run.strategy,
             "fixed": tree.run.outcome == "fixed", "outcome": tree.run.outcome,
             "attempts": len(tree.branches), "turns": turns, "format_errors": errors,
-            "loops": loops, "edits_applied": edits_applied, "actions": dict(actions),
+            "untagged": untagged, "loops": loops, "edits_applied": edits_applied, "actions": dict(actions),
             "first_attempt": first}
 
 
@@ -93,13 +97,13 @@ def main() -> None:
         tree = store.load(run.id)
         name = Path(tree.run.repo or "?").name
         rows.append({"case": name, **run_stats(tree)})
-    print("| case | protocol | fixed | attempts | turns | format errors | loops | edits applied |"
-          " first attempt |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| case | protocol | fixed | attempts | turns | format errors | untagged | loops |"
+          " edits applied | first attempt |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         f = r["first_attempt"]
         print(f"| {r['case']} | {r['protocol']} | {'yes' if r['fixed'] else 'no'} | "
-              f"{r['attempts']} | {r['turns']} | {r['format_errors']} | {r['loops']} | "
+              f"{r['attempts']} | {r['turns']} | {r['format_errors']} | {r['untagged']} | {r['loops']} | "
               f"{r['edits_applied']} | {' '.join(f.get('actions', []))} ({f.get('end')}) |")
     for proto in sorted({r["protocol"] for r in rows}):
         rs = [r for r in rows if r["protocol"] == proto]
@@ -107,7 +111,8 @@ def main() -> None:
         print(f"\n{proto}: {len(rs)} runs, fixed {sum(r['fixed'] for r in rs)}, "
               f"{n_turns} turns, format errors {sum(r['format_errors'] for r in rs)} "
               f"({sum(r['format_errors'] for r in rs) / max(1, n_turns):.2f} per turn), "
-              f"loops {sum(r['loops'] for r in rs)}, edits applied "
+              f"untagged {sum(r['untagged'] for r in rs)}, loops {sum(r['loops'] for r in rs)}, "
+              f"edits applied "
               f"{sum(r['edits_applied'] for r in rs)}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=1))

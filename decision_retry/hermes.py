@@ -60,32 +60,53 @@ class Call:
     arguments: dict = field(default_factory=dict)
     error: str | None = None
     spans: dict[str, tuple[int, int]] = field(default_factory=dict)
+    tagged: bool = True  # False: found by `loose` parsing, without the <tool_call> tags
 
 
-def parse(text: str) -> tuple[str, list[Call]]:
+def parse(text: str, *, loose: bool = False) -> tuple[str, list[Call]]:
     """(content before the first call, the calls in order) of a reply; never raises.
 
     A block that is not a JSON object with a string "name" and an object "arguments" (or
-    "parameters") is a Call with its `error`. An unclosed last block is read to the end."""
+    "parameters") is a Call with its `error`. An unclosed last block is read to the end.
+    `loose`: a reply with no <tool_call> tag may hold its call untagged, the first JSON object
+    with "name" and "arguments" keys, bare or in a ```json block: how Qwen2.5-Coder-1.5B writes
+    its calls (docs/notebook/2026-12-07-tools-protocol.md)."""
     start = text.find(OPEN)
     if start < 0:
-        return text, []
+        found = _untagged(text) if loose else None
+        return (text, []) if found is None else (text[: found[0]].rstrip(), [found[1]])
     calls = []
     for match in _CALL.finditer(text, start):
-        body, at = match.group(1), match.start(1)
-        try:
-            data = _DECODER.decode(body)
-            if not isinstance(data, dict):
-                raise TypeError("a tool call is a JSON object")
-            name, args = data["name"], data.get("arguments", data.get("parameters", {}))
-            if not isinstance(name, str) or not isinstance(args, dict):
-                raise TypeError("name must be a string and arguments an object")
-        except (ValueError, KeyError, TypeError) as err:
-            error = f"missing {err}" if isinstance(err, KeyError) else str(err)
-            calls.append(Call(body, error=error))
-            continue
-        calls.append(Call(body, name, args, spans=_value_spans(body, at)))
+        calls.append(_call(match.group(1), match.start(1)))
     return text[:start].rstrip(), calls
+
+
+def _call(body: str, at: int, tagged: bool = True) -> Call:
+    """The call whose JSON is `body`, found at offset `at` of the reply."""
+    try:
+        data = _DECODER.decode(body)
+        if not isinstance(data, dict):
+            raise TypeError("a tool call is a JSON object")
+        name, args = data["name"], data.get("arguments", data.get("parameters", {}))
+        if not isinstance(name, str) or not isinstance(args, dict):
+            raise TypeError("name must be a string and arguments an object")
+    except (ValueError, KeyError, TypeError) as err:
+        error = f"missing {err}" if isinstance(err, KeyError) else str(err)
+        return Call(body, error=error, tagged=tagged)
+    return Call(body, name, args, spans=_value_spans(body, at), tagged=tagged)
+
+
+def _untagged(text: str) -> tuple[int, Call] | None:
+    """(offset, call) of the first JSON object in `text` with "name" and "arguments" keys."""
+    for m in re.finditer(r"\{", text):
+        try:
+            data, end = _DECODER.raw_decode(text, m.start())
+        except ValueError:
+            continue
+        if isinstance(data, dict) and "name" in data and ("arguments" in data
+                                                          or "parameters" in data):
+            return m.start(), _call(text[m.start():end], m.start(), tagged=False)
+    return None
 
 
 def _value_spans(body: str, offset: int) -> dict[str, tuple[int, int]]:

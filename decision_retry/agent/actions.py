@@ -178,13 +178,13 @@ class ToolsProtocol:
 
     def where(self, reply: str, position: int, tokens) -> tuple[str | None, int | None]:
         """The file the turn's call names, if any (a tools turn has no line)."""
-        _, calls = hermes.parse(reply)
+        _, calls = hermes.parse(reply, loose=True)
         path = calls[0].arguments.get("path") if calls else None
         return (path if isinstance(path, str) else None), None
 
     def act(self, ws: Workspace, reply: str, turn_index: int) -> Outcome:
         last = turn_index + 1 >= self.defn.limits["max_turns"]
-        _, calls = hermes.parse(reply)
+        _, calls = hermes.parse(reply, loose=True)  # the 1.5B writes ```json blocks, untagged
         if not calls:
             return Outcome("invalid", {"error": "no tool call"}, self._format_error(
                 f"no {hermes.OPEN} found"), last)

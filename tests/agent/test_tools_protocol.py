@@ -50,6 +50,17 @@ def test_parse_reads_raw_newlines_an_unclosed_call_and_reports_bad_ones():
     assert all(c.error for c in bad[1]) and "name" in bad[1][1].error
 
 
+def test_loose_parsing_reads_the_untagged_json_block_the_1_5b_writes():
+    # a reply of the 1.5B's, verbatim: the call as a ```json block, without <tool_call>
+    reply = '```json\n{\n  "name": "read_file",\n  "arguments": {\n    "path": "audio.py"\n  }\n}\n```'
+    assert hermes.parse(reply) == (reply, [])  # strict, as the LangChain chat model reads
+    content, (c,) = hermes.parse(reply, loose=True)
+    assert content == "```json" and not c.tagged and c.arguments == {"path": "audio.py"}
+    assert {k: reply[a:b] for k, (a, b) in c.spans.items()} == {"name": "read_file",
+                                                                 "path": "audio.py"}
+    assert hermes.parse('{"name": "Bob", "age": 3}', loose=True)[1] == []  # data, not a call
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=120), st.sampled_from(["", "<tool_call>", '<tool_call>{"name": "a", ']))
 def test_parse_never_raises(text, head):
@@ -76,7 +87,7 @@ def test_the_system_message_lists_the_tools_as_qwen_does():
 def test_malformed_calls_and_unknown_tools_are_observations(tmp_path):
     repo = fixture_repo(tmp_path, "units")
     before = repo_state(repo)
-    replies = ["I would read units.py", '<tool_call>{"name": "read_file", "arguments": </tool_call>',
+    replies = ['I would read units.py {"path": "units.py"}', '<tool_call>{"name": "read_file", "arguments": </tool_call>',
                '<tool_call>{"name": "delete", "arguments": {"path": "units.py"}}</tool_call>',
                '<tool_call>{"name": "read_file", "arguments": {"path": 3}}</tool_call>',
                '<tool_call>{"name": "read_file", "arguments": {"path": "../x"}}</tool_call>',
