@@ -28,13 +28,13 @@ from decision_retry import catalogue
 from decision_retry.engines.llamacpp import exact
 from decision_retry.engines.llamacpp import lib as L
 from decision_retry.engines.llamacpp.memory import (
+    BULK,
     N_BATCH,
     Memory,
     Row,
+    bulk_spans,
     load_model,
     new_context,
-    BULK,
-    bulk_spans,
     spans,
 )
 from decision_retry.engines.llamacpp.text import Vocab

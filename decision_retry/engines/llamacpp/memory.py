@@ -243,9 +243,9 @@ class Memory:
         if self.buried and self.grave_lo > (top := self._live_top()):
             self.grave_lo = self._lowest_own(self.grave)
             if self.grave_lo > top:
-                self._bury_nothing()
+                self._empty_grave()
 
-    def _bury_nothing(self) -> None:
+    def _empty_grave(self) -> None:
         self._free(self.grave)
         self.buried = 0
 
@@ -265,8 +265,8 @@ class Memory:
                     n = min(n, row.grid)
                 if n < row.bulk:  # recompute the prompt in the same n_batch chunks as at first
                     n -= n % self.n_batch
-                n = self._in_order(donor, n, lambda k: self._first_chunk(row, k),
-                                   lambda k: k - k % self.n_batch if k < row.bulk else k)
+                n = self._in_order(donor, n, lambda k, r=row: self._first_chunk(r, k),
+                                   lambda k, r=row: k - k % self.n_batch if k < r.bulk else k)
                 if n:
                     self._cp(donor.seq, row.seq, n)
                 if row.bulk > n:
@@ -355,7 +355,7 @@ class Memory:
         """Empty the grave, else evict the least recently used row not in `pinned`; False when
         there is neither."""
         if self.buried:
-            self._bury_nothing()  # its cells may now be holes below live rows' cells
+            self._empty_grave()  # its cells may now be holes below live rows' cells
             self.reclaimed += 1
             return True
         keep = {id(r) for r in pinned}
