@@ -5,8 +5,9 @@
 For every run of the store (a bench's `<out>/traces`, or a `--home`): its protocol, whether it
 was fixed, attempts, model turns, and per turn what the call was. A format error is a turn whose
 reply held no valid call (`invalid`), named no known tool, or (patch) rewrote none of the
-functions shown; a loop is a turn whose call (tool and arguments) repeats the one before it in
-the same trajectory (the kept turns of a rewind included). Prints one table (a row per run and
+functions shown; a loop is a turn whose call (tool and arguments; a format error: the same
+reply) repeats one of the two before it in the same trajectory (the kept turns of a rewind
+included): the same call again, or an A B A B cycle. Prints one table (a row per run and
 a total per protocol) and writes JSON.
 """
 
@@ -43,7 +44,7 @@ def run_stats(tree) -> dict:
     first: dict = {}
     for i, b in enumerate(sorted(tree.branches, key=lambda b: b.index)):
         seen = chain(b)
-        prev = None
+        recent: list = []  # the two calls before this one
         for t in seen:
             c = calls.get(t.id)
             if c is None:
@@ -56,9 +57,9 @@ def run_stats(tree) -> dict:
                 errors += _format_error(c)
                 untagged += c.action in TOOLS and not any(
                     x.name for x in hermes.parse(t.text)[1])  # valid only read loosely
-                loops += key == prev
+                loops += key in recent
                 edits_applied += c.observation.startswith("replaced")
-            prev = key
+            recent = [*recent[-1:], key]
         if i == 0:
             first = {"turns": len(seen), "actions": [calls[t.id].action for t in seen
                                                       if t.id in calls],
