@@ -186,8 +186,10 @@ class ToolsProtocol:
         last = turn_index + 1 >= self.defn.limits["max_turns"]
         _, calls = hermes.parse(reply, loose=True)  # the 1.5B writes ```json blocks, untagged
         if not calls:
-            return Outcome("invalid", {"error": "no tool call"}, self._format_error(
-                f"no {hermes.OPEN} found"), last)
+            what = (f"no {hermes.OPEN} found" if '"name"' not in reply else "the call is not "
+                    "valid JSON (in a string, write a newline as \\n and a double quote as \\\", "
+                    "no triple quotes)")
+            return Outcome("invalid", {"error": "no tool call"}, self._format_error(what), last)
         call = calls[0]  # one call per turn: the stop string ends the reply after it
         if call.name is None:
             return Outcome("invalid", {"error": call.error}, self._format_error(

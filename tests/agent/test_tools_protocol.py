@@ -94,12 +94,15 @@ def test_malformed_calls_and_unknown_tools_are_observations(tmp_path):
                ('<tool_call>{"name": "edit_function", "arguments": {"path": "units.py", '
                 '"function": "kmh_to_ms", "code": "def other(): pass"}}</tool_call>'),
                hermes.call_text("replace_text", {"path": "units.py", "old": "32", "new": "0"}),
-               hermes.call_text("replace_text", {"path": "units.py", "old": "x = 1", "new": ""})]
+               hermes.call_text("replace_text", {"path": "units.py", "old": "x = 1", "new": ""}),
+               # the 1.5B's edit: code as a Python triple-quoted string, which JSON has not
+               ('```json\n{"name": "edit_function", "arguments": {"path": "units.py", '
+               '"function": "kmh_to_ms", "code": """\ndef kmh_to_ms(kmh):\n    return 0\n"""}}\n```')]
     with Workspace(repo, "malformed") as ws:
         outs = [protocol().act(ws, r, 0) for r in replies]
         assert ws.read_file("units.py") == (repo / "units.py").read_text()
     assert [o.action for o in outs] == ["invalid", "invalid", "delete", "read_file", "read_file",
-                                        "edit_function", "replace_text", "replace_text"]
+                                        "edit_function", "replace_text", "replace_text", "invalid"]
     assert not any(o.done for o in outs)
     assert "no <tool_call> found" in outs[0].observation
     assert "not valid JSON" in outs[1].observation and "<tool_call>" in outs[1].observation
@@ -109,6 +112,7 @@ def test_malformed_calls_and_unknown_tools_are_observations(tmp_path):
     assert "does not define kmh_to_ms" in outs[5].observation
     assert "occurs 2 times in units.py; give more" in outs[6].observation
     assert "occurs 0 times" in outs[7].observation
+    assert "not valid JSON (in a string, write a newline as \\n" in outs[8].observation
     assert [s.label for s in outs[2].spans] == ["action", "file"]
     assert repo_state(repo) == before
 
