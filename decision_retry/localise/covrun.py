@@ -4,9 +4,8 @@
     python /a/copy/of/covrun.py OUT.json SELECTION.json   (what spectrum.py runs, in the sandbox)
 
 SELECTION.json: {"root": str, "tests": [node ids] or null (all), "args": [pytest args],
-"first": [node ids run before the rest: the failing tests; then file by file in the order "tests"
-names them], "deadline_s": wall seconds after which no further test starts once every `first`
-test has run (null: none)}.
+"first": [node ids that run whatever the time: the failing tests], "deadline_s": wall seconds
+after which no other test starts (null: none)}. Tests run in pytest's order.
 OUT.json: {"outcomes": {nodeid: "passed"|"failed"}, "files": {relpath: {line: [test index]}},
 "tests": [nodeid, ...], "unrun": how many selected tests the deadline left out}. Runs in the test sandbox like any test command; imports only the standard
 library, coverage and pytest before coverage starts, so the project's modules are measured.
@@ -23,41 +22,20 @@ import time
 
 
 class _Contexts:
-    """pytest plugin: deselect what was not asked for, run the `first` tests first; one coverage
-    context per test; once past the deadline (and every `first` test done) start no other."""
+    """pytest plugin: deselect what was not asked for; one coverage context per test."""
 
-    def __init__(self, cov, wanted: list[str] | None, first: tuple[str, ...] = (),
-                 deadline_s: float | None = None) -> None:
+    def __init__(self, cov, wanted: list[str] | None) -> None:
         self.cov, self.outcomes = cov, {}
-        self.wanted, self.order = (None if wanted is None else set(wanted)), wanted or []
-        self.first, self.deadline_s, self.unrun = set(first), deadline_s, 0
-        self.started = time.monotonic()
+        self.wanted = None if wanted is None else set(wanted)
 
     def pytest_collection_modifyitems(self, config, items):
-        keep = items if self.wanted is None else [i for i in items if i.nodeid in self.wanted]
-        drop = [] if self.wanted is None else [i for i in items if i.nodeid not in self.wanted]
+        if self.wanted is None:
+            return
+        keep = [i for i in items if i.nodeid in self.wanted]
+        drop = [i for i in items if i.nodeid not in self.wanted]
         if drop:
             config.hook.pytest_deselected(items=drop)
-        # the `first` tests, then file by file in the order the selection names them (nearest
-        # first: what a cap leaves out is the farthest), each file's tests in pytest's order
-        self.first &= {i.nodeid for i in keep}  # a name pytest did not collect never runs
-        files: dict[str, int] = {}
-        for nodeid in self.order:
-            files.setdefault(nodeid.split("::")[0], len(files))
-        items[:] = sorted(keep, key=lambda i: (i.nodeid not in self.first,
-                                               files.get(i.nodeid.split("::")[0], len(files))))
-        self.pending = len(items)
-
-    def pytest_runtest_logfinish(self, nodeid, location):
-        self.pending -= 1
-        self.first.discard(nodeid)
-        late = self.deadline_s is not None and time.monotonic() - self.started > self.deadline_s
-        if late and not self.first and self.pending and not self.unrun:
-            self.unrun = self.pending
-            self.session.shouldstop = f"decision-retry: coverage cap of {self.deadline_s:g}s"
-
-    def pytest_sessionstart(self, session):
-        self.session = session
+        items[:] = keep
 
     def pytest_runtest_setup(self, item):
         self.cov.switch_context(item.nodeid)
@@ -70,6 +48,27 @@ class _Contexts:
             self.outcomes[report.nodeid] = "failed"
         elif report.when == "call" and report.nodeid not in self.outcomes:
             self.outcomes[report.nodeid] = "skipped" if report.skipped else "passed"
+
+
+def _capped(pytest, first: tuple[str, ...], deadline_s: float | None):
+    """pytest plugin: past `deadline_s` seconds no test starts but the `first` ones (the failing
+    tests run wherever pytest's order puts them; the rest keep that order, so the first test to
+    run, which pays for a project's one-time set-up, is the one it always was)."""
+
+    class Capped:
+        unrun = 0
+        started = time.monotonic()
+
+        @pytest.hookimpl(tryfirst=True)
+        def pytest_runtest_protocol(self, item, nextitem):
+            if deadline_s is None or item.nodeid in first:
+                return None
+            if time.monotonic() - self.started > deadline_s:
+                self.unrun += 1  # skipped at its set-up: pytest still tears down what ran before
+                item.add_marker(pytest.mark.skip(reason="decision-retry: past the coverage cap"))
+            return None
+
+    return Capped()
 
 
 def _reports_unmeasured(pytest, cov):
@@ -112,14 +111,14 @@ def main(out_path: str, selection_path: str) -> int:
     cov = coverage.Coverage(data_file=None, config_file=False, include=[os.path.join(root, "*")],
                             omit=["*/site-packages/*", "*/.venv/*"])
     cov.start()
-    plugin = _Contexts(cov, sel["tests"],
-                       tuple(sel.get("first", ())), sel.get("deadline_s"))
+    plugin = _Contexts(cov, sel["tests"])
+    capped = _capped(pytest, tuple(sel.get("first", ())), sel.get("deadline_s"))
     try:
         # --assert=plain: a failing assert does not render its operands (their reprs are the
         # report's, not the test's); the test passes or fails as it does rewritten
         code = pytest.main(["-p", "no:cacheprovider", "-p", "no:cov", "-q", *sel["args"],
                             "--assert=plain"],
-                           plugins=[plugin, _reports_unmeasured(pytest, cov)])
+                           plugins=[plugin, capped, _reports_unmeasured(pytest, cov)])
     finally:
         cov.stop()
     data = cov.get_data()
@@ -139,7 +138,7 @@ def main(out_path: str, selection_path: str) -> int:
             files[rel.replace(os.sep, "/")] = lines
     with open(out_path, "w") as f:
         json.dump({"outcomes": plugin.outcomes, "tests": tests, "files": files,
-                   "exit_code": int(code), "unrun": plugin.unrun}, f)
+                   "exit_code": int(code), "unrun": capped.unrun}, f)
     return 0
 
 

@@ -5,7 +5,8 @@
    repository run the same tests; the plain run's timings only enforce a safety budget, and when
    that leaves tests out the spectrum says so (`Spectrum.cut`);
    the coverage run itself starts no passing test after CAP_FACTOR x that budget of wall time
-   (the failing tests run first, always), and says so too;
+   (the failing tests always run; pytest's order is kept: the first test pays for a project's
+   one-time set-up, and a failing test that ran first would score it), and says so too;
 2) run them under coverage with one context per test (covrun.py), in the test sandbox; what
    pytest runs to report a failure (the reprs it renders) is in no test's context;
 3) score every executed line by Ochiai, ef / sqrt(F * (ef + ep)) (F failing tests, ef/ep failing/
@@ -142,6 +143,11 @@ def run_spectrum(root: Path, result: TestResult, *, timeout: float, budget_s: fl
                              deadline_s=cap)
     if data is None:
         return Spectrum(sel.failing, sel.passing, (), f"coverage run {why}", sel.cut)
+    # a test that passed in the plain run and fails under coverage (a timing limit the tracer
+    # breaks) is no evidence either way: the plain run says which tests fail
+    plain = set(sel.failing)
+    data = {**data, "outcomes": {t: o for t, o in data["outcomes"].items()
+                                 if o != "failed" or t in plain}}
     cut = sel.cut
     if data.get("unrun"):
         capped = (f"wall-time cap {cap:g}s: {data['unrun']} of the {len(sel.passing)} passing "
@@ -155,8 +161,8 @@ def coverage_run(root: Path, tests: list[str] | None, args: list[str], *, timeou
                  deadline_s: float | None = None) -> tuple[dict | None, str]:
     """(covrun's data, "") for `tests` (None: every test pytest collects from `args`), or
     (None, why) when it timed out or crashed. Runs in `sandbox` (testrun.run_tests) when given.
-    The `first` tests run before the others; past `deadline_s` seconds no other starts (the
-    data's `unrun` counts them).
+    Past `deadline_s` seconds no test starts but the `first` ones (the data's `unrun` counts
+    those left out).
 
     covrun.py runs as a copy in the run's own temporary directory: the sandbox hides /tmp and
     home, so an installed decision_retry living there (an editable install in a clone under /tmp)

@@ -66,3 +66,28 @@ def test_the_reprs_of_a_failure_report_are_not_suspects(tmp_path: Path) -> None:
     keys = [c.suspect.key for c in loc.candidates]
     assert keys[0] == "names.py::last_name"
     assert "names.py::Name.__repr__" not in keys and "names.py::Name._shown" not in keys
+
+
+def test_a_test_that_fails_only_under_coverage_is_no_evidence(tmp_path: Path) -> None:
+    # a timing limit the tracer breaks, as sqlparse's DoS tests under load: the plain run passes
+    files = dict(FILES)
+    files["timing.py"] = """
+        def budget():
+            return 1
+    """
+    files["tests/test_timing.py"] = """
+        import sys
+
+        from timing import budget
+
+
+        def test_fast_enough():
+            assert budget() == 1 and "coverage" not in sys.modules
+    """
+    root = write_files(tmp_path, files, dedent=True)
+    result = run_tests(TEST_CMD + " -o pythonpath=.", root, 60, env=NO_PLUGINS)
+    assert "tests/test_timing.py::test_fast_enough" not in result.failing_tests
+    loc = localise(root, result, test_cmd=TEST_CMD + " -o pythonpath=.", env=NO_PLUGINS)
+    assert "tests/test_timing.py::test_fast_enough" not in loc.spectrum.failing
+    keys = [c.suspect.key for c in loc.candidates]
+    assert keys[0] == "names.py::last_name" and "timing.py::budget" not in keys
