@@ -217,8 +217,8 @@ def test_fix_a_fixture_through_vllm(server, tmp_path):
                         "--budget-tokens", "600", "--seed", "0", "--test-timeout", "600",
                         "--home", str(home), "--json"],
                        check=False, capture_output=True, text=True, timeout=3000)
-    # measured: fixed after 6 attempts, 70 decode tokens (204 with entropy cuts and suffix
-    # moves, before vLLM could score)
+    # measured: fixed after 2 attempts, 46 decode tokens with no null moves and one-request
+    # spans (2026-12-07); 6 and 70 before them; 204 with entropy cuts and suffix moves
     assert r.returncode == 0, r.stderr[-2000:]
     result = json.loads(r.stdout)
     assert result["fixed"] and "+ 32" in result["diff"]
