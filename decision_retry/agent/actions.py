@@ -101,7 +101,10 @@ class PatchProtocol:
             return self.shown[0].file, self.shown[0].start + line
         return named[d.name].file, named[d.name].start + line - d.line
 
-    def act(self, ws: Workspace, reply: str, turn_index: int) -> Outcome:
+    def act(self, ws: Workspace, reply: str, turn_index: int, *, cut_short: bool = False) -> Outcome:
+        """Apply the reply's functions, every one or none. A reply `cut_short` (it reached the
+        token cap before its end) is not applied: text cut mid-function may still parse, and
+        applying it would delete the rest of the function."""
         code = patch.reply_code(reply, self.defn.stop_regex)
         targets, ignored = patch.rewrites(code, self.shown)
         found = patch.defs(reply)
@@ -122,6 +125,9 @@ class PatchProtocol:
             args["localisation"] = self.task.localisation
         left_out = (f"; left out {', '.join(ignored)}: not among the functions shown"
                     if ignored else "")
+        if cut_short:
+            return Outcome("apply_patch", args, "not applied: the reply reached the token cap "
+                           "before it ended; nothing was changed", True, spans)
         if not targets:
             names = ", ".join(x.name for x in self.shown)
             return Outcome("apply_patch", args,
@@ -182,7 +188,9 @@ class ToolsProtocol:
         path = calls[0].arguments.get("path") if calls else None
         return (path if isinstance(path, str) else None), None
 
-    def act(self, ws: Workspace, reply: str, turn_index: int) -> Outcome:
+    def act(self, ws: Workspace, reply: str, turn_index: int, *, cut_short: bool = False) -> Outcome:
+        """Run the reply's one tool call (`cut_short` needs no check here: a call cut at the
+        token cap has no closing brace, so it is not valid JSON and is reported as such)."""
         last = turn_index + 1 >= self.defn.limits["max_turns"]
         _, calls = hermes.parse(reply, loose=True)  # the 1.5B writes ```json blocks, untagged
         if not calls:

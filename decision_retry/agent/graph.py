@@ -390,7 +390,8 @@ class FixAgent:
         for a in state["pending"]:
             turn = a.turns[-1]
             self.ws.restore(turn.snapshot)
-            out = self.protocol.act(self.ws, turn.state.text, len(a.turns) - 1)
+            out = self.protocol.act(self.ws, turn.state.text, len(a.turns) - 1,
+                                    cut_short=turn.state.finish == "length")
             self.recorder.record_decisions(turn.trace, self.config.spike, out.spans,
                                            snapshot=turn.snapshot)
             self.recorder.record_tool_call(turn.trace, action=out.action, arguments=out.arguments,

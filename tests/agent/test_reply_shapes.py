@@ -71,3 +71,22 @@ def test_the_stop_rule_and_the_reply_code_skip_indented_fences_and_closing_brack
     assert not any(s in reply[:-3] for s in defn.stop) and reply.endswith(defn.stop[0])
     assert patch.reply_code("def f(\n    x,\n):\n    return x\nThat fixes it.", defn.stop_regex) \
         == "def f(\n    x,\n):\n    return x\n"
+
+
+def test_a_reply_cut_at_the_token_cap_is_not_applied(tmp_path: Path) -> None:
+    """Cut after `return x * k` of the first branch, the text still parses: applied, it would
+    delete the function's last line. It is not applied, and the repository keeps its code."""
+    files = {"scale.py": "def scale(x, k=2):\n    if x > 100:\n        return 0\n    return x + k\n",
+             "test_scale.py": FILES["test_scale.py"]}
+    reply = ["def", " scale", "(x", ", k", "=2", "):\n", "    if", " x", " >", " 100", ":\n",
+             "        return", " 0", "\n", "    return", " x", " *", " k", "\n", "```"]
+    cfg = FixConfig(test_cmd="python -m pytest -q -p no:cacheprovider", seed=0, budget_tokens=14,
+                    max_attempts=1, retry=RetryConfig(strategy="restart"))
+    with TraceStore(tmp_path / "home" / "traces.db") as store:
+        res = fix(make_repo(tmp_path / "repo", files), cfg, lm=scripted_lm(reply), store=store)
+        tree = store.load(res.run_id)
+    (turn,) = tree.turns
+    assert turn.text.endswith("return 0\n") and not res.fixed
+    (call,) = tree.tool_calls_of(turn.id)
+    assert call.observation.startswith("not applied: the reply reached the token cap")
+    assert not res.diff
