@@ -15,6 +15,7 @@ from langgraph.graph.message import add_messages
 from decision_retry.langgraph import (
     DecisionRetryState,
     model_node,
+    progress,
     rewind_node,
     route_after_rewind,
 )
@@ -134,6 +135,17 @@ def question(as_dict: bool = False) -> dict:
     if as_dict:
         return {"messages": [{"role": "user", "content": QUESTION}]}
     return {"messages": [HumanMessage(QUESTION)]}
+
+
+def decided(graph, config) -> list[dict]:
+    """Every decided attempt of the thread, in order: its decision_retry value right after the
+    rewind node ran (turns, cut, span, the chain after the decision, the steps so far)."""
+    found = {}
+    for snap in graph.get_state_history(config):
+        dr = progress(snap.values)
+        if dr.get("status") in ("passed", "rewind", "exhausted") and dr.get("turns"):
+            found[dr["attempts"]] = dr
+    return [found[n] for n in sorted(found)]
 
 
 def fork_points(graph, config) -> list[str]:

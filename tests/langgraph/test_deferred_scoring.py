@@ -8,11 +8,11 @@ import pytest
 
 from decision_retry.choices import DEFAULT_RUN
 from decision_retry.engines.scripted import ScriptedBackend
-from decision_retry.langgraph import KEY, invoke, progress
+from decision_retry.langgraph import KEY, invoke
 from decision_retry.lm import LM
 from decision_retry.samplers.chain import RetryConfig
 from decision_retry.trace import Recorder, TraceStore
-from tests.langgraph.lg_user_graph import SCRIPT, build, question
+from tests.langgraph.lg_user_graph import SCRIPT, build, decided, question
 
 
 class CountingLM(LM):
@@ -33,16 +33,6 @@ def nobody(state: dict) -> list[dict]:  # the request without the code (the seco
 
 def never(state: dict) -> bool:  # a verifier nothing passes: the chain keeps deciding
     return False
-
-
-def decided(graph, config) -> list[dict]:
-    """The decision_retry value right after each rewind node ran, by attempt."""
-    found = {}
-    for snap in graph.get_state_history(config):
-        dr = progress(snap.values)
-        if dr.get("status") in ("passed", "rewind", "exhausted") and dr.get("turns"):
-            found[dr["attempts"]] = dr
-    return [found[n] for n in sorted(found)]
 
 
 def scored(turn: dict) -> bool:

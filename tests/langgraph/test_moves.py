@@ -10,28 +10,17 @@ from itertools import pairwise
 import pytest
 
 from decision_retry.choices import DEFAULT_RUN
-from decision_retry.langgraph import KEY, chainstate, invoke, progress, tokens_of
+from decision_retry.langgraph import KEY, chainstate, invoke, tokens_of
 from decision_retry.langgraph.model import DEFAULT_RETRY, derived_generator
 from decision_retry.lm import Sampling
 from decision_retry.samplers import cuts
 from decision_retry.samplers.chain import Chain, RetryConfig, cut_entropies, movable
 from decision_retry.testing import scripted_lm, table_lm
-from tests.langgraph.lg_user_graph import OPERATOR, SCRIPT, build, question
+from tests.langgraph.lg_user_graph import OPERATOR, SCRIPT, build, decided, question
 
 
 def thread(name: str) -> dict:
     return {"configurable": {"thread_id": name}}
-
-
-def decided(graph, config) -> list[dict]:
-    """Every decided attempt of the thread, in order: its decision_retry value right after the
-    rewind node ran (turns, cut, span, the chain after the decision, the steps so far)."""
-    found = {}
-    for snap in graph.get_state_history(config):
-        dr = progress(snap.values)
-        if dr.get("status") in ("passed", "rewind", "exhausted") and dr.get("turns"):
-            found[dr["attempts"]] = dr
-    return [found[n] for n in sorted(found)]
 
 
 def run(lm, name: str, *, seeds=range(40), want=lambda done: True, **kw):
