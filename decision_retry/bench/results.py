@@ -323,8 +323,8 @@ def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
                    *paired(cells, cfg.strategies, base), ""]
             if cfg.budget_seconds:
                 md += [f"### Fixed within B CPU seconds, paired with {base}", "",
-                       "A cell counts only if its passing test run ended by B CPU seconds (a hard "
-                       "limit; `--budget-seconds` itself is checked between attempts).", "",
+                       ("A cell counts only if its passing test run ended by B CPU seconds (a "
+                        "hard limit; `--budget-seconds` itself is checked between attempts)."), "",
                        *within_seconds(cells, cfg.strategies, base,
                                        budget_grid(cfg.budget_seconds)), ""]
     errors = [c for c in cells if c.error]
