@@ -48,12 +48,17 @@ REPLY = ["def", " scale", "(\n", "    x", ": int", ",\n", "    k", ": int", " = 
          "\n", '    """\n', "    return", " x", " *", " k", "\n", "```"]
 
 
-def test_a_multiline_signature_and_a_docstring_fence_reach_the_patch(tmp_path: Path) -> None:
-    cfg = FixConfig(test_cmd="python -m pytest -q -p no:cacheprovider", seed=0, budget_tokens=200,
-                    max_attempts=1, retry=RetryConfig(strategy="restart"))
+def one_attempt(tmp_path: Path, files: dict, reply: list[str], budget: int):
+    """`fix` with one attempt of the scripted reply on a real repo: (its result, its trace)."""
+    cfg = FixConfig(test_cmd="python -m pytest -q -p no:cacheprovider", seed=0,
+                    budget_tokens=budget, max_attempts=1, retry=RetryConfig(strategy="restart"))
     with TraceStore(tmp_path / "home" / "traces.db") as store:
-        res = fix(make_repo(tmp_path / "repo", FILES), cfg, lm=scripted_lm(REPLY), store=store)
-        tree = store.load(res.run_id)
+        res = fix(make_repo(tmp_path / "repo", files), cfg, lm=scripted_lm(reply), store=store)
+        return res, store.load(res.run_id)
+
+
+def test_a_multiline_signature_and_a_docstring_fence_reach_the_patch(tmp_path: Path) -> None:
+    res, tree = one_attempt(tmp_path, FILES, REPLY, 200)
     (turn,) = tree.turns
     assert turn.text.startswith("def scale(\n") and "        ```pycon" in turn.text
     assert res.fixed and res.attempts == 1
@@ -74,17 +79,13 @@ def test_the_stop_rule_and_the_reply_code_skip_indented_fences_and_closing_brack
 
 
 def test_a_reply_cut_at_the_token_cap_is_not_applied(tmp_path: Path) -> None:
-    """Cut after `return x * k` of the first branch, the text still parses: applied, it would
+    """Cut after the first branch's `return 0`, the text still parses: applied, it would
     delete the function's last line. It is not applied, and the repository keeps its code."""
     files = {"scale.py": "def scale(x, k=2):\n    if x > 100:\n        return 0\n    return x + k\n",
              "test_scale.py": FILES["test_scale.py"]}
     reply = ["def", " scale", "(x", ", k", "=2", "):\n", "    if", " x", " >", " 100", ":\n",
              "        return", " 0", "\n", "    return", " x", " *", " k", "\n", "```"]
-    cfg = FixConfig(test_cmd="python -m pytest -q -p no:cacheprovider", seed=0, budget_tokens=14,
-                    max_attempts=1, retry=RetryConfig(strategy="restart"))
-    with TraceStore(tmp_path / "home" / "traces.db") as store:
-        res = fix(make_repo(tmp_path / "repo", files), cfg, lm=scripted_lm(reply), store=store)
-        tree = store.load(res.run_id)
+    res, tree = one_attempt(tmp_path, files, reply, 14)  # the cap: 14 tokens, after `return 0`
     (turn,) = tree.turns
     assert turn.text.endswith("return 0\n") and not res.fixed
     (call,) = tree.tool_calls_of(turn.id)
