@@ -66,12 +66,16 @@ class RewindError(DecisionRetryError):
 
 
 def check_strategy(retry: RetryConfig) -> None:
-    """The strategies the integrations run: rewind (any cut rule, any move) and restart."""
+    """The strategies the integrations run: rewind (any cut rule, any move, one chain) and
+    restart."""
     if retry.strategy in UNSUPPORTED:
         raise BadInput(
             f"strategy {retry.strategy!r} is not supported by the LangGraph nodes "
             f"({UNSUPPORTED[retry.strategy]}); use rewind or restart"
         )
+    if retry.new_chain_after is not None:
+        raise BadInput("new_chain_after is not supported by the LangGraph nodes or the LangChain "
+                       "middleware (fix and bench run it); leave it unset")
 
 
 def derived_generator(seed: int, *parts: object) -> torch.Generator:

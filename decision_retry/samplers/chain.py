@@ -103,6 +103,10 @@ class RetryConfig(BaseModel):
     span: SpanRule = SpanRule()
     local_share: float = Field(0.5, ge=0, le=1, description="mixed: probability of a local move")
     restart_share: float = Field(0.0, ge=0, le=1, description="probability of a restart move")
+    new_chain_after: int | None = Field(
+        None, ge=1, description="after this many proposals in a row from one state did not move "
+        "the chain, the next attempt is a fresh one that starts a new chain (a restart schedule "
+        "for runs that stop at a pass; None: one chain)")
     cut_weights: CutWeights = "entropy"
     argmax: bool = Field(False, description="cut at the highest-weight position not yet tried "
                          "instead of drawing one (a heuristic: no cut correction)")
@@ -137,6 +141,9 @@ class RetryConfig(BaseModel):
             raise ValueError("cut_token 'nobody' is a single-try cut move: use it with rewind")
         if self.argmax and self.strategy not in SINGLE_TRY_CUTS:
             raise ValueError("argmax is a rewind's cut rule: use it with rewind")
+        if self.new_chain_after is not None and (self.argmax or self.strategy not in CUT_STRATEGIES):
+            raise ValueError("new_chain_after counts the proposals tried from one state: use it "
+                             "with a rewind or egps that draws its cuts")
         if self.argmax and self.rule.kind == "uniform":
             raise ValueError("argmax ranks by the cut weights: uniform weights have no maximum")
         if self.nobody_scoring == "bulk" and self.cut_token == "nobody":
@@ -452,7 +459,7 @@ class Chain:
         attempt, a strategy without a chain and a passing proposal always move. `current` must
         be complete (`Trajectory.completed`); a proposal is completed only where the decision
         reads its cut correction."""
-        if current is None or cut is None or not self.compares:
+        if current is None or cut is None or not self.compares or cut.kernel.starts_chain:
             return Decision(None, 0, self.tried_after(tried, cut, moved=True))
         if not proposals:  # a local draw outside the support: nothing ran
             return Decision(None, None, self.tried_after(tried, cut, moved=False))
@@ -510,14 +517,17 @@ class Chain:
     def next_cut(self, current: Trajectory, generator: torch.Generator,
                  tried: tuple[int, ...] = ()) -> CutPoint | None:
         """Where the next proposal starts: a cut of `current`, a restart (the first token, move
-        "restart"), or None for from-end (it appends to the end)."""
-        if self.config.strategy == "restart":
+        "restart"; "new-chain" once `new_chain_after` proposals in a row left `current` where
+        it was), or None for from-end (it appends to the end)."""
+        after = self.config.new_chain_after
+        if self.config.strategy == "restart" or (after is not None and len(tried) >= after):
             flat, _ = flatten(current.turns)
             if not flat:
                 return None
             k = next(i for i, t in enumerate(current.turns) if t)
             first = current.turns[k][0]
-            return CutPoint(k, 0, first.entropy, first.text, 0, moves.RESTART)
+            kernel = moves.RESTART if self.config.strategy == "restart" else moves.NEW_CHAIN
+            return CutPoint(k, 0, first.entropy, first.text, 0, kernel)
         return choose_cut(current.turns, self.config, generator, frozenset(tried),
                           stops=current.stops)
 

@@ -4,6 +4,7 @@
     Local      resample to the next span boundary, keep and rescore the rest (local.py); its
                opening rule (`SpanRule.opening`) makes a cut in the reply's opening a Suffix move;
     Restart    a fresh attempt from the prompt: a Suffix move at 0 with no cut to reverse;
+    NewChain   a fresh attempt that starts a new chain (no MH decision: `new_chain_after`);
     Mixture    which move runs next, drawn with fixed probabilities (a valid MH mixture);
     Patch / NoBody   where the cut's first new token is drawn from (samplers/surprise.py).
 
@@ -34,6 +35,7 @@ class Suffix:
 
     name = "suffix"
     fresh = False  # a fresh attempt from the prompt (no cut to reverse)
+    starts_chain = False  # the proposal becomes the state without an MH decision
     local = False
 
     def at(self, tokens: Sequence[Token], t: int) -> Suffix | Local:
@@ -69,12 +71,21 @@ class Restart(Suffix):
 
 
 @dataclass(frozen=True)
+class NewChain(Restart):
+    """A fresh attempt that is the first state of a new chain: taken, not decided."""
+
+    name = "new-chain"
+    starts_chain = True
+
+
+@dataclass(frozen=True)
 class Local:
     """Resample only to the next span boundary; the rest is kept and rescored."""
 
     span: SpanRule = ANY_SPAN
     name = "local"
     fresh = False
+    starts_chain = False
     local = True
 
     def at(self, tokens: Sequence[Token], t: int) -> Suffix | Local:
@@ -119,7 +130,7 @@ class Local:
 
 
 Move = Suffix | Local  # Restart is a Suffix
-SUFFIX, RESTART = Suffix(), Restart()
+SUFFIX, RESTART, NEW_CHAIN = Suffix(), Restart(), NewChain()
 
 
 @dataclass(frozen=True)
@@ -187,7 +198,8 @@ def parse(move: str, *, span: SpanRule = ANY_SPAN, restart_share: float = 0.0,
 
 def named(name: str, span: SpanRule = ANY_SPAN) -> Move:
     """The move a stored cut names (a cut kept in a graph or agent state as plain values)."""
-    return {"suffix": SUFFIX, "restart": RESTART, "local": Local(span)}[name]
+    return {"suffix": SUFFIX, "restart": RESTART, "new-chain": NEW_CHAIN,
+            "local": Local(span)}[name]
 
 
 def first_token(name: str) -> Patch:

@@ -47,6 +47,33 @@ def test_a_rejected_cut_is_remembered_and_a_new_state_starts_afresh():
     assert accepted.moved_to == 0 and accepted.tried == ()
 
 
+def test_a_new_chain_starts_after_n_proposals_in_a_row_left_the_state():
+    """new_chain_after = 2: two proposals from X that did not move the chain, then the next
+    attempt is a fresh one (position 0) that the chain takes without an MH decision, however
+    unlikely, and starts with no tried cuts; one rejection short of it, the usual cut."""
+    chain = Chain(RetryConfig(cut=CutRule(eps=0.0), new_chain_after=2))
+    g = torch.Generator().manual_seed(1)
+    tried: tuple[int, ...] = ()
+    for _ in range(2):
+        cut = chain.next_cut(X, g, tried)
+        assert cut.move == "suffix" and cut.index > 0
+        d = chain.decide(X, [WORSE], cut, tried=tried, generator=g, decode_tokens=2)
+        assert d.moved_to is None
+        tried = d.tried
+    cut = chain.next_cut(X, g, tried)
+    assert (cut.index, cut.move, cut.kernel.fresh) == (0, "new-chain", True)
+    d = chain.decide(X, [WORSE], cut, tried=tried, generator=g, decode_tokens=4)
+    assert d.moved_to == 0 and d.step is None and d.tried == ()
+    assert chain.next_cut(WORSE, g, d.tried).move == "suffix"  # the new chain cuts as usual
+
+
+@pytest.mark.parametrize("bad", [{"strategy": "restart"}, {"strategy": "from-end"},
+                                 {"argmax": True}])
+def test_new_chains_need_a_chain_that_draws_its_cuts(bad):
+    with pytest.raises(ValueError, match="new_chain_after"):
+        RetryConfig(new_chain_after=3, **bad)
+
+
 def test_argmax_cut_keeps_its_tried_cuts_for_the_whole_run():
     """Else an accepted but failing proposal would send it back to the same token."""
     chain = Chain(RetryConfig(argmax=True))

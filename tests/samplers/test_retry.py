@@ -130,6 +130,26 @@ def test_an_excluding_rewind_always_changes_the_token_it_cuts(tmp_path):
     assert res.decode_tokens == len(UNITS_LOCAL) + 2
 
 
+def test_a_new_chain_is_a_fresh_root_attempt_after_n_rejected_proposals(tmp_path):
+    """Every reply fails ('*' or '/', never '+'), and from the likely '*' the excluded draw '/'
+    is rejected (log A = 4 log(0.02 / 0.98) < -15): with new_chain_after = 2, each chain is its
+    first reply and two rejected proposals, and the next attempt is a fresh reply with no
+    parent, taken without an MH step."""
+    wrong = [UNITS_LOCAL[0], {"choice": {"*": 0.98, "/": 0.02}}, *UNITS_LOCAL[2:]]
+    cfg = FixConfig(retry=RetryConfig(proposal_temperature=1.0, move="local", exclude=True,
+                                      cut=CutRule(eps=0.0), new_chain_after=2),
+                    seed=3, budget_tokens=200, max_attempts=7)
+    with TraceStore(tmp_path / "traces.db") as store:
+        res = fix(fixture_repo(tmp_path / "repo", "units"), cfg, lm=scripted_lm(wrong),
+                  store=store)
+        tree = store.load(res.run_id)
+    assert not res.fixed and res.attempts == 7
+    roots = [b.index for b in tree.branches if b.parent_id is None]
+    assert roots == [0, 3, 6]
+    assert len(res.steps) == 4 and not any(s.accepted for s in res.steps)
+    assert all(s.cut_position == 1 for s in res.steps)  # the one uncertain token
+
+
 def test_restart_moves_start_over_inside_the_chain(tmp_path):
     """restart_share = 1: every move is a fresh attempt from the prompt (cut at 0), accepted by
     MH with no cut correction."""
