@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, ClassVar
@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 CATEGORIES = ("decode", "prefill", "tests", "localisation")
 LABELS = {"decode": "decode", "prefill": "prefill+scoring", "tests": "tests",
           "localisation": "localisation", "other": "other"}
+COUNTERS = {"kv_disordered": "decodes with KV cells out of order", "kv_evictions": "KV evictions"}
 
 
 def process_cpu() -> float:
@@ -33,9 +34,12 @@ def process_cpu() -> float:
 
 
 class Meter:
-    """Seconds per category for one run, from the moment it is made."""
+    """Seconds per category for one run, from the moment it is made; with `counters` (the
+    engine's own, e.g. llama.cpp's decodes whose KV cells came out of order), their change."""
 
-    def __init__(self) -> None:
+    def __init__(self, counters: Callable[[], dict[str, int]] | None = None) -> None:
+        self.counters = counters
+        self.counters0 = counters() if counters else {}
         self.cpu0, self.wall0 = process_cpu(), time.monotonic()
         self.cpu = dict.fromkeys(CATEGORIES, 0.0)
         self.wall = dict.fromkeys(CATEGORIES, 0.0)
@@ -69,7 +73,8 @@ class Meter:
         self.cached_runs += cached
 
     def summary(self) -> dict[str, Any]:
-        """{cpu_s, wall_s, <category>: {cpu_s, wall_s}, other: ..., test_runs, cached_runs}."""
+        """{cpu_s, wall_s, <category>: {cpu_s, wall_s}, other: ..., test_runs, cached_runs} and,
+        with counters, engine: {name: change}."""
         cpu, wall = self.cpu_s(), time.monotonic() - self.wall0
         out: dict[str, Any] = {"cpu_s": round(cpu, 6), "wall_s": round(wall, 6)}
         for c in CATEGORIES:  # microseconds: a scripted model's prefill takes less than 1 ms
@@ -77,6 +82,9 @@ class Meter:
         out["other"] = {"cpu_s": round(max(0.0, cpu - sum(self.cpu.values())), 6),
                         "wall_s": round(max(0.0, wall - sum(self.wall.values())), 6)}
         out["test_runs"], out["cached_runs"] = self.test_runs, self.cached_runs
+        if self.counters:
+            now = self.counters()
+            out["engine"] = {k: v - self.counters0.get(k, 0) for k, v in now.items()}
         return out
 
 
@@ -126,8 +134,10 @@ def costs_line(costs: dict[str, Any] | None) -> str:
         if c == "tests":
             part += f" ({costs.get('test_runs', 0)} runs, {costs.get('cached_runs', 0)} cached)"
         parts.append(part)
+    odd = {k: v for k, v in (costs.get("engine") or {}).items() if v}
+    tail = "; " + ", ".join(f"{COUNTERS.get(k, k)} {v}" for k, v in odd.items()) if odd else ""
     return (f"cpu {costs.get('cpu_s', 0.0):.1f} s (wall {costs.get('wall_s', 0.0):.1f} s): "
-            + ", ".join(parts))
+            + ", ".join(parts) + tail)
 
 
 class TimedEngine:

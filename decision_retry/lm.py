@@ -49,6 +49,11 @@ class LM:
     def eos_ids(self) -> frozenset[int]:
         return self.backend.eos_ids
 
+    def counters(self) -> dict[str, int]:
+        """The backend's own event counts (llama.cpp: `kv_disordered`, `kv_evictions`), if any."""
+        counters = getattr(self.backend, "counters", None)
+        return counters() if counters else {}
+
     @property
     def inexact_chunk(self) -> int:
         """An inexact `score` continues only from a multiple of this many scored positions."""

@@ -251,7 +251,8 @@ def drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandbo
     turn recorded. The same seed and config give the same trace: node ids derive from content,
     so a replayed node is the recorded one. Tests run with `python` (default: pyenv.find for
     `root` and `cfg.python`), named in one `python` event."""
-    with costs.metering() as meter:  # CPU and wall seconds per category, for the trace
+    meter = costs.Meter(counters=getattr(lm, "counters", None))  # and the engine's counters
+    with costs.metering(meter):  # CPU and wall seconds per category, for the trace
         return _drive(root, cfg, lm=costs.TimedEngine(lm), recorder=recorder, sandbox=sandbox,
                       meter=meter, on_event=on_event, apply=apply, replay=replay,
                       expect_base=expect_base, localisation=localisation, python=python)

@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from decision_retry.bench.harness import BenchConfig, Cell
+from decision_retry.costs import COUNTERS
 
 Z95 = 1.959964
 
@@ -280,6 +281,20 @@ def first_attempts(cells: Sequence[Cell]) -> str:
             f"{checked} pairs.")
 
 
+def engine_counts(cells: Sequence[Cell]) -> str:
+    """The engine's counters summed over the cells that recorded them (costs.Meter), e.g. the
+    llama.cpp decodes whose KV cells came out of order: nonzero, decoding's numbers there are
+    not those `score` reproduces; "" when no cell recorded any."""
+    totals: dict[str, int] = {}
+    for c in cells:
+        for k, v in ((c.costs or {}).get("engine") or {}).items():
+            totals[k] = totals.get(k, 0) + v
+    if not totals:
+        return ""
+    return "Engine counters over all cells: " + ", ".join(
+        f"{COUNTERS.get(k, k)} {v}" for k, v in totals.items()) + "."
+
+
 def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
                  command: str = "") -> list[StrategySummary]:
     """Write cells.json, results.md and fix_rate.png under `out`; return the summary rows."""
@@ -317,6 +332,8 @@ def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
         "## Per repository (seeds fixed)", "", repo_table(cells, cfg.strategies), "",
     ]
     md += [first_attempts(cells), ""]
+    if counts := engine_counts(cells):
+        md += [counts, ""]
     for base in ("restart", "from-end"):
         if base in cfg.strategies:
             md += [f"## Paired with {base} (same repo and seed)", "",

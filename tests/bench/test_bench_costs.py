@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from decision_retry.bench.harness import Cell, load_cells, run_bench
-from decision_retry.bench.results import summarize, within_seconds, write_report
+from decision_retry.bench.results import engine_counts, summarize, within_seconds, write_report
 from decision_retry.bench.suites import fixtures_dir, load_suite
 from decision_retry.cli.bench import canonical_command
 from decision_retry.cli.main import main
@@ -89,3 +89,14 @@ def test_the_report_pairs_fixes_within_the_cpu_budget(tmp_path, units):
     assert "### Fixed within B CPU seconds, paired with restart" in md
     assert [line.split(" | ")[1] for line in md.splitlines()
             if line.startswith("| default | ") and "+0 / -0" in line] == ["10", "20", "30", "40"]
+
+
+def test_the_engines_counters_are_summed_over_the_cells_that_recorded_them():
+    def cell(repo, engine):
+        return Cell(repo=repo, strategy="default", seed=0, costs={"engine": engine} if engine else None)
+
+    cells = [cell("a", {"kv_disordered": 2, "kv_evictions": 0}), cell("b", None),
+             cell("c", {"kv_disordered": 1, "kv_evictions": 4})]
+    assert engine_counts(cells) == ("Engine counters over all cells: decodes with KV cells out of "
+                                    "order 3, KV evictions 4.")
+    assert engine_counts([cell("b", None)]) == ""

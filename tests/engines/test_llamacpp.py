@@ -194,6 +194,8 @@ def test_an_evicted_state_continues_exactly_as_one_never_evicted(smol_path):
     expect = lm.extend(state, s, gen(6))  # the reference, while `state` still holds its sequence
     others = [lm.extend(lm.prefill(f"Count to {i}."), s, gen(i)) for i in range(6)]  # > 4 live
     assert state.cache.rows[0].seq is None and small.memory.evictions > 0
+    assert lm.counters() == {"kv_disordered": small.memory.disordered,  # what a run records
+                             "kv_evictions": small.memory.evictions}
     again = lm.extend(state, s, gen(6))
     assert [t.id for t in again.tokens] == [t.id for t in expect.tokens]
     assert [t.logp for t in again.tokens] == [t.logp for t in expect.tokens]

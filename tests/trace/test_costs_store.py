@@ -70,3 +70,17 @@ def test_cached_and_costs_round_trip(tmp_path):
     assert costs_line(tree.run.costs) == (
         "cpu 12.5 s (wall 20.0 s): decode 4.0, prefill+scoring 1.0, tests 6.0 (9 runs, 7 cached), "
         "localisation 1.0, other 0.5")
+
+
+def test_a_meter_records_the_change_of_the_engines_counters():
+    """What the engine counted during the run (here 2 of 5 decodes out of order), not since
+    load; the one-line summary names a counter only when it is not zero."""
+    from decision_retry.costs import Meter
+
+    seen = {"kv_disordered": 3, "kv_evictions": 1}
+    meter = Meter(counters=lambda: dict(seen))
+    seen["kv_disordered"] = 5
+    summary = meter.summary()
+    assert summary["engine"] == {"kv_disordered": 2, "kv_evictions": 0}
+    assert costs_line(summary).endswith("; decodes with KV cells out of order 2")
+    assert "engine" not in Meter().summary()

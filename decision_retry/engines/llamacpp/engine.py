@@ -108,6 +108,11 @@ class LlamaCppBackend:
                              chunk=self.exact.size)
         self.n_ctx, self.threads = lib.llama_n_ctx(ctx), threads
 
+    def counters(self) -> dict[str, int]:
+        """Since load: decodes whose new KV cells came before a row's earlier ones (their logits
+        are not those `score` reproduces; memory.py) and rows evicted for room."""
+        return {"kv_disordered": self.memory.disordered, "kv_evictions": self.memory.evictions}
+
     # -- text (decision_retry.engines.llamacpp.text) -----------------------------------------
     def encode_prompt(self, prompt: str | Sequence[dict]) -> list[int]:
         return self.vocab.encode_prompt(prompt)
