@@ -469,6 +469,9 @@ class FixAgent:
         out["prefilled"] += self._scored_in([new_current])
         self._completed.clear()  # a later decision reads the current one only (complete now)
         next_cut = self.chain.next_cut(new_current.trajectory, self.generator, d.tried)
+        if next_cut is not None and next_cut.kernel.starts_chain:
+            self._event("new-chain", note=f"  new chain  {len(d.tried)} proposals in a row left "
+                        "the attempt as it was: a fresh reply starts a new chain")
         if next_cut is not None and next_cut.kernel.fresh and (
                 self.rc.strategy == "restart" or next_cut.kernel.starts_chain):
             next_cut = None  # a fresh attempt that is a new root: no parent, no cut to show

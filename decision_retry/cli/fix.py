@@ -62,6 +62,8 @@ class Progress:
             self.note = visible_text(f"rewind to {data['file']}:{data['line']} token "
                                      f"{cut.token!r} ({_scores(cut.entropy, cut.surprise)})").plain
             self.console.print(Text(f"  rewind  {self.note[10:]}", style="dim"))  # escaped
+        elif kind == "new-chain":
+            self.console.print(Text(data["note"], style="dim"))
         elif kind in ("carried", "python", "verdict", "protocol", "localisation"):  # gitignored modules carried; the project's Python
             self.console.print(Text(data["note"]), soft_wrap=True)  # whole: paths, no markup
         self.live.update(self.render())

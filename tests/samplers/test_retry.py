@@ -139,10 +139,12 @@ def test_a_new_chain_is_a_fresh_root_attempt_after_n_rejected_proposals(tmp_path
     cfg = FixConfig(retry=RetryConfig(proposal_temperature=1.0, move="local", exclude=True,
                                       cut=CutRule(eps=0.0), new_chain_after=2),
                     seed=3, budget_tokens=200, max_attempts=7)
+    events = []
     with TraceStore(tmp_path / "traces.db") as store:
         res = fix(fixture_repo(tmp_path / "repo", "units"), cfg, lm=scripted_lm(wrong),
-                  store=store)
+                  store=store, on_event=lambda kind, data: events.append(kind))
         tree = store.load(res.run_id)
+    assert events.count("new-chain") == 2
     assert not res.fixed and res.attempts == 7
     roots = [b.index for b in tree.branches if b.parent_id is None]
     assert roots == [0, 3, 6]
