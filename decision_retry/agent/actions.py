@@ -82,6 +82,8 @@ class PatchProtocol:
         self.defn, self.task = defn, task
         self.shown = patch.shown(task.suspects, defn.limits.get("suspects", 1),
                                  defn.limits.get("suspect_chars", 4000))
+        # a rewrite without a docstring keeps the one it replaces (patch.kept_docstring)
+        self.keep_docstring = bool(defn.format.get("keep_docstring", False))
 
     def first_messages(self) -> list[dict]:
         return patch.messages(self.defn, self.shown, self.task.test_src, self.task.result)
@@ -99,7 +101,11 @@ class PatchProtocol:
         d = next((d for d in reversed(found) if d.line <= line), found[0] if found else None)
         if d is None:
             return self.shown[0].file, self.shown[0].start + line
-        return named[d.name].file, named[d.name].start + line - d.line
+        s = named[d.name]
+        kept = self.keep_docstring and patch.kept_docstring(
+            patch.reply_code(reply, self.defn.stop_regex), s)
+        shift = len(kept.lines) if kept and line > kept.after else 0  # the body is below it
+        return s.file, s.start + line - d.line + shift
 
     def act(self, ws: Workspace, reply: str, turn_index: int, *, cut_short: bool = False) -> Outcome:
         """Apply the reply's functions, every one or none. A reply `cut_short` (it reached the
@@ -133,16 +139,24 @@ class PatchProtocol:
             return Outcome("apply_patch", args,
                            f"not applied: your reply defines none of the functions shown ({names})",
                            True, spans)
+        kept: dict[Suspect, patch.Kept] = {}
         try:  # every function or none: each file rewritten in memory first
             texts: dict[str, str] = {}
             for s in targets:  # re-located in the text as it is now: earlier rewrites shift lines
                 text = texts[s.file] if s.file in texts else ws.read_file(s.file)
-                texts[s.file] = patch.apply(text, _relocated(functions_in(text, s.file), s), code)
+                here = _relocated(functions_in(text, s.file), s)
+                texts[s.file] = patch.apply(text, here, code, keep_docstring=self.keep_docstring)
+                if self.keep_docstring and (k := patch.kept_docstring(code, here)):
+                    kept[s] = k
             for rel, text in texts.items():
                 ws.write_file(rel, text)
         except (ValueError, WorkspaceError) as err:  # WorkspaceError: a link leading outside
             return Outcome("apply_patch", args, f"not applied: {err}{left_out}", True, spans)
-        done = ", ".join(f"{s.qualname or s.name} in {s.file}" for s in targets)
+        if kept:  # the lines the file has and the reply has not (summary.where reads them)
+            args["kept_docstrings"] = [{"function": s.qualname or s.name, "reply_line": k.after,
+                                        "lines": len(k.lines)} for s, k in kept.items()]
+        done = ", ".join(f"{s.qualname or s.name} in {s.file}"
+                         + (" (docstring kept)" if s in kept else "") for s in targets)
         return Outcome("apply_patch", args, f"replaced {done}{left_out}", True, spans)
 
 

@@ -4,13 +4,17 @@ With several suspects shown, the functions the reply rewrites (the names after i
 the model's choice of where the bug is: each a tool-decision point that a rewind can cut at. A
 reply may rewrite several of the shown functions (a helper and its caller); each replaces the
 suspect of its name, and a function that was not shown is left out (the observation says so).
+A rewritten function without a docstring keeps the one it replaces (`kept_docstring`), so a
+reply need not spend its tokens copying prose the tests cannot see.
 """
 
 from __future__ import annotations
 
 import ast
+import io
 import re
 import textwrap
+import tokenize
 from typing import NamedTuple
 
 from decision_retry.agent.definitions import AgentDefinition
@@ -101,7 +105,10 @@ def messages(defn: AgentDefinition, suspects: Suspect | list[Suspect], test_src:
     """The one user message of a patch attempt: one suspect, or several (most likely first)."""
     many = [suspects] if isinstance(suspects, Suspect) else list(suspects)
     fields = {"test": test_src or "(see the error)",
-              "error": error_lines(result, defn.limits["error_lines"])}
+              "error": error_lines(result, defn.limits["error_lines"]), "docstring": ""}
+    if defn.format.get("keep_docstring") and any(original_docstring(s.source) for s in many):
+        key = "docstring" if len(many) == 1 else "docstring_many"
+        fields["docstring"] = defn.prompt.get(key, defn.prompt.get("docstring", ""))
     if len(many) == 1 or "user_many" not in defn.prompt:
         user = defn.prompt["user"].format(**fields, file=many[0].file, code=code(many[0]))
     else:
@@ -173,9 +180,81 @@ def _function_node(tree: ast.Module, name: str):
     return None
 
 
-def apply(file_text: str, suspect: Suspect, code: str) -> str:
+def _docstring(node) -> ast.Expr | None:
+    """The function's docstring statement, if its body opens with one."""
+    first = node.body[0] if node.body else None
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+            and isinstance(first.value.value, str):
+        return first
+    return None
+
+
+def _cols(line: str, start: int, end: int | None = None) -> str:
+    """`line` from byte column `start` to `end` (ast's offsets count UTF-8 bytes)."""
+    return line.encode()[start:end].decode()
+
+
+def original_docstring(source: str) -> list[str] | None:
+    """The docstring of the function `source` (its lines as in the file, indented or not), as
+    text lines: the first from the string's opening quote, the others as they are in the file
+    (a docstring's continuation lines are its content), the last up to the closing quote. None
+    when the function has no docstring or its source does not parse."""
+    lines = source.splitlines()
+    text = textwrap.dedent(source)
+    try:
+        tree, shift = ast.parse(text), 0
+    except SyntaxError:  # a method whose docstring has a line left of its `def`: dedent is no-op
+        try:
+            tree, shift = ast.parse("if 1:\n" + source), 1
+        except SyntaxError:
+            return None
+    fns = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    doc = _docstring(fns[0]) if fns else None
+    if doc is None:
+        return None
+    first, last = doc.lineno - 1 - shift, doc.end_lineno - 1 - shift
+    # dedent took the same margin off every line that is not blank (the docstring's first is not)
+    margin = 0 if shift else len(lines[first]) - len(text.splitlines()[first])
+    if first == last:
+        return [_cols(lines[first], doc.col_offset + margin, doc.end_col_offset + margin)]
+    return [_cols(lines[first], doc.col_offset + margin), *lines[first + 1 : last],
+            _cols(lines[last], 0, doc.end_col_offset + margin)]
+
+
+class Kept(NamedTuple):
+    """The docstring a rewrite keeps: after which line of the reply it goes, and its lines."""
+
+    after: int  # 0-based line of the reply (the `def ...:` line's end; the signature may be long)
+    lines: list[str]
+
+
+def kept_docstring(code: str, suspect: Suspect) -> Kept | None:
+    """Where `suspect`'s docstring goes when the reply's function of its name has none: after
+    the line that ends its `def ...:` (read with tokenize: a signature may span lines and end in a
+    comment). None when the reply writes a docstring (it replaces the old one), the suspect has
+    none, the reply does not parse or defines no such function, or the body shares the `def`'s
+    line (`def f(x): return x`: nowhere to put it)."""
+    lines = original_docstring(suspect.source)
+    if lines is None:
+        return None
+    code = textwrap.dedent(code)
+    try:
+        node = _function_node(ast.parse(code), suspect.name)
+        tokens = list(tokenize.generate_tokens(io.StringIO(code).readline))
+    except (SyntaxError, tokenize.TokenError):
+        return None
+    if node is None or not node.body or _docstring(node) is not None:
+        return None
+    end = next(t.start[0] for t in tokens
+               if t.type == tokenize.NEWLINE and t.start[0] >= node.lineno)
+    return Kept(end - 1, lines) if node.body[0].lineno > end else None
+
+
+def apply(file_text: str, suspect: Suspect, code: str, *, keep_docstring: bool = False) -> str:
     """The file with `suspect` replaced by the function of the same name in `code`.
 
+    With `keep_docstring`, a function that comes back without a docstring gets the suspect's,
+    as it was (`kept_docstring`): its first line at the body's indentation, the rest verbatim.
     Raises ValueError with a message fit to show the model when the code does not parse or
     defines no function of that name.
     """
@@ -188,11 +267,15 @@ def apply(file_text: str, suspect: Suspect, code: str) -> str:
     if node is None:
         raise ValueError(f"your reply defines no function named {suspect.name}")
     start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
-    new = "\n".join(code.splitlines()[start - 1 : node.end_lineno])
     lines = file_text.splitlines()
     indent = re.match(r"\s*", lines[suspect.start - 1]).group(0)
-    new = textwrap.indent(new, indent)
-    out = "\n".join([*lines[: suspect.start - 1], new, *lines[suspect.end :]])
+    new = [indent + ln if ln.strip() else ln  # textwrap.indent's rule, line by line
+           for ln in code.splitlines()[start - 1 : node.end_lineno]]
+    if keep_docstring and (kept := kept_docstring(code, suspect)):
+        body = re.match(r"[ \t]*", new[node.body[0].lineno - start]).group(0)
+        at = kept.after + 1 - (start - 1)  # the line after the signature's end, in `new`
+        new[at:at] = [body + kept.lines[0], *kept.lines[1:]]
+    out = "\n".join([*lines[: suspect.start - 1], *new, *lines[suspect.end :]])
     out += "\n" if file_text.endswith("\n") else ""
     try:
         ast.parse(out)

@@ -73,9 +73,14 @@ def where(tree: RunTree, turn: Turn, position: int) -> str:
     line = before.count(chr(10))
     functions = [e for e in args.get("functions") or [] if isinstance(e, dict)
                  and isinstance(e.get("line"), int) and isinstance(e.get("reply_line"), int)]
+    # a docstring the reply left out and the file kept: the lines below it move down
+    kept = [e for e in args.get("kept_docstrings") or [] if isinstance(e, dict)
+            and isinstance(e.get("reply_line"), int) and isinstance(e.get("lines"), int)]
     if functions:  # a reply that rewrote several: the last function beginning at or before it
         e = next((e for e in reversed(functions) if e["reply_line"] <= line), functions[0])
-        return f"{visible(str(e.get('file')))}:{e['line'] + line - e['reply_line']}"
+        shift = sum(k["lines"] for k in kept if k.get("function") == e.get("function")
+                    and e["reply_line"] <= k["reply_line"] < line)
+        return f"{visible(str(e.get('file')))}:{e['line'] + line - e['reply_line'] + shift}"
     file = args.get("file") or args.get("path")
     if not isinstance(file, str) or not file:
         return f"turn {turn.index} token {position}"
@@ -86,7 +91,8 @@ def where(tree: RunTree, turn: Turn, position: int) -> str:
             start = entry.get("line")
     if not isinstance(start, int):
         return visible(file)
-    return f"{visible(file)}:{start + line}"
+    shift = sum(k["lines"] for k in kept if k["reply_line"] < line)
+    return f"{visible(file)}:{start + line + shift}"
 
 
 def changed_lines(diff: str) -> list[str]:
