@@ -210,10 +210,10 @@ def test_auto_resolves_to_surprise_cuts_and_local_moves_on_vllm_only(fake):
     assert (run.move, run.cut_weights, run.exclude) == ("local", "surprise", True)  # logit_bias
     http = Http("http://127.0.0.1:9", retries=0)  # never contacted
     server = RemoteEngine(LlamaCppServer(http), http, ModelInfo("m", VOCAB, frozenset()))
-    assert not server.teacher_forcing and not server.excludes
+    assert not server.teacher_forcing and server.excludes  # logit_bias [[id, false]]
     run = RetryConfig(**DEFAULT_RUN).resolved(patch=True, teacher_forcing=server.teacher_forcing,
                                               excludes=server.excludes)
-    assert (run.move, run.cut_weights, run.exclude) == ("suffix", "entropy", False)
+    assert (run.move, run.cut_weights, run.exclude) == ("suffix", "entropy", True)
     with pytest.raises(BadInput, match="cannot score"):
         server.score(server.prefill([1, 2]), [3], Sampling())
 

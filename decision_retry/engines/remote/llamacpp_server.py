@@ -7,6 +7,18 @@
   proposal is exactly softmax(logits / T) (cut to the top-k when asked).
 * Tokenizer and chat template from `/apply-template`, `/tokenize`, `/detokenize`; the
   vocabulary size from `/v1/models`.
+
+Banning a token (`Request.ban`, an excluding move's first draw: samplers/mh.py): `logit_bias`
+[[id, false]], read from the server's source at the pinned build (b11549,
+`tools/server/server-task.cpp` `params_from_json_cmpl`: a `false` bias is -INFINITY, ids outside
+the vocabulary are dropped; `common/sampling.cpp` puts the logit-bias sampler first in the chain,
+before `top_k` and `temperature`). So the banned id gets no mass at all and the draw is exactly
+q(.) / (1 - q(ban)) with no top-k; the listing (`n_probs` without `post_sampling_probs`) is the
+softmax of the raw logits (`get_token_probabilities`), untouched by the bias, so the drawn token
+keeps the unrestricted log-probs the exclusion term reads. With a top-k proposal the ban acts
+before the cut and the (k+1)-th token enters: the engine draws from the listed top k itself
+(engine.py `_banned_step`), as on vLLM. Checked against the real server in
+tests/engines/test_remote_llamacpp_ban.py.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ class LlamaCppServer:
     """`Dialect` for a llama.cpp server at `http.base`; `model` selects one of a router's models."""
 
     kind = "llamacpp"
+    bans = True  # `Request.ban`: logit_bias [[id, false]] (module docstring)
 
     def __init__(self, http: Http, model: str | None = None) -> None:
         self.http, self.model = http, model
@@ -86,6 +99,8 @@ class LlamaCppServer:
         }
         if req.n > 1:
             body["n_cmpl"] = req.n
+        if req.ban is not None:
+            body["logit_bias"] = [[req.ban, False]]  # -INFINITY on the server
         if self.model is not None:
             body["model"] = self.model
         return body
