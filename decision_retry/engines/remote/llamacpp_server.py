@@ -9,16 +9,16 @@
   vocabulary size from `/v1/models`.
 
 Banning a token (`Request.ban`, an excluding move's first draw: samplers/mh.py): `logit_bias`
-[[id, false]], read from the server's source at the pinned build (b11549,
-`tools/server/server-task.cpp` `params_from_json_cmpl`: a `false` bias is -INFINITY, ids outside
-the vocabulary are dropped; `common/sampling.cpp` puts the logit-bias sampler first in the chain,
-before `top_k` and `temperature`). So the banned id gets no mass at all and the draw is exactly
-q(.) / (1 - q(ban)) with no top-k; the listing (`n_probs` without `post_sampling_probs`) is the
-softmax of the raw logits (`get_token_probabilities`), untouched by the bias, so the drawn token
-keeps the unrestricted log-probs the exclusion term reads. With a top-k proposal the ban acts
-before the cut and the (k+1)-th token enters: the engine draws from the listed top k itself
-(engine.py `_banned_step`), as on vLLM. Checked against the real server in
-tests/engines/test_remote_llamacpp_ban.py.
+[[id, false]], read from llama.cpp's source (`tools/server/server-task.cpp`
+`params_from_json_cmpl`: a `false` bias is -INFINITY, ids outside the vocabulary are dropped;
+`common/sampling.cpp` puts the logit-bias sampler first in the chain, before `top_k` and
+`temperature`) and checked against the pinned build (xllamacpp 2026.10.11549: llama.cpp
+b11549) in tests/engines/test_remote_llamacpp_ban.py. So the banned id gets no mass at all and
+with no top-k the draw is exactly q(.) / (1 - q(ban)). The listing (`n_probs` without
+`post_sampling_probs`) is the softmax of the raw logits (`get_token_probabilities`), untouched
+by the bias, so the drawn token keeps the unrestricted log-probs the exclusion term reads. With
+a top-k proposal the ban acts before the cut and the (k+1)-th token enters: the engine draws
+from the listed top k itself (engine.py `_banned_step`), as on vLLM.
 """
 
 from __future__ import annotations
