@@ -186,3 +186,48 @@ def test_fix_keeps_or_replaces_the_docstring(tmp_path: Path, docstring: str) -> 
     # a cut in the body is placed at its line in the file (10 when kept: below the 4 lines)
     assert summary.where(tree, turn, position) == ("meter.py:10" if not docstring
                                                    else "meter.py:7")
+
+
+TWO = {
+    "conf.py": '''def parse(line):
+    """Key and value of one `key=value` line."""
+    key, value = line.split("=")
+    return key, value
+
+
+def load(text):
+    """The settings in `text`.
+
+    One a line.
+    """
+    return dict(parse(line) for line in text.splitlines())
+''',
+    "test_conf.py": 'from conf import load\n\n\ndef test_load():\n'
+                    '    assert load("a = 1\\n\\nb=2\\n") == {"a": "1", "b": "2"}\n',
+}
+
+
+def test_one_reply_rewriting_two_functions_keeps_both_docstrings(tmp_path: Path) -> None:
+    reply = ["def", " parse", "(line):\n", '    key, value = line.split("=")\n',
+             "    return", " key.strip(), value.strip()", "\n\n\n", "def", " load", "(text):\n",
+             "    return", " dict(parse(line) for line in text.splitlines()",
+             " if line.strip())", "\n```"]
+    cfg = FixConfig(test_cmd="python -m pytest -q -p no:cacheprovider", seed=0,
+                    budget_tokens=200, max_attempts=1, retry=RetryConfig(strategy="restart"))
+    with TraceStore(tmp_path / "home" / "traces.db") as store:
+        res = fix(make_repo(tmp_path / "repo", TWO), cfg, lm=scripted_lm(reply), store=store)
+        tree = store.load(res.run_id)
+    assert res.fixed
+    assert summary.changed_lines(res.diff) == [
+        "-    return key, value", "+    return key.strip(), value.strip()",
+        "-    return dict(parse(line) for line in text.splitlines())",
+        "+    return dict(parse(line) for line in text.splitlines() if line.strip())"]
+    (call,) = [c for c in tree.tool_calls if c.action == "apply_patch"]
+    assert call.arguments["kept_docstrings"] == [
+        {"function": "parse", "reply_line": 0, "lines": 1},
+        {"function": "load", "reply_line": 5, "lines": 4}]
+    (turn,) = tree.turns
+    texts = [t.text for t in turn.tokens]
+    # each body line is placed at its line in the file: 4 and 12, below 1 and 4 kept lines
+    assert summary.where(tree, turn, texts.index(" key.strip(), value.strip()")) == "conf.py:4"
+    assert summary.where(tree, turn, texts.index(" if line.strip())")) == "conf.py:12"
