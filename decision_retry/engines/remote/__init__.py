@@ -19,8 +19,10 @@ A server that stops answering mid-run past its retries raises `EngineLost`: `fix
 as `engine-lost` and `fix --resume RUN` continues it once the server is back.
 
 Modules: `http` (timeouts, retries, the key), `llamacpp_server` and `vllm` (the two APIs),
-`bounds` (entropy and log Z from the top-k), `engine` (the contract), `serve` (a llama.cpp
-server from the xllamacpp wheel).
+`wire` (what they hand the engine), `engine` (the contract: requests and statistics), `rows`
+(a request's events read into tokens), `bounds` (entropy and log Z from the top-k), `banned`
+(excluding draws), `pieces` (token text from byte pieces), `serve` (a llama.cpp server from
+the xllamacpp wheel).
 """
 
 from __future__ import annotations

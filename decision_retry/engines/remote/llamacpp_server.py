@@ -18,7 +18,7 @@ with no top-k the draw is exactly q(.) / (1 - q(ban)). The listing (`n_probs` wi
 `post_sampling_probs`) is the softmax of the raw logits (`get_token_probabilities`), untouched
 by the bias, so the drawn token keeps the unrestricted log-probs the exclusion term reads. With
 a top-k proposal the ban acts before the cut and the (k+1)-th token enters: the engine draws
-from the listed top k itself (engine.py `_banned_step`), as on vLLM.
+from the listed top k itself (banned.py `first`), as on vLLM.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ for T <= 1 (2e-16 at T = 2): the draw is q(.) / (1 - q(x)) far below fp32 resolu
 reported log-probs stay the unrestricted ones the exclusion term reads. `allowed_token_ids` (all V ids but one, a ~1 MB
 request) is exact but no better in fp32; `bad_words` bans strings, not ids. A bias moves the
 banned id out of the top-k before the cut, so with a top-k proposal the engine draws from the
-listed top-k itself (engine.py `_banned_step`) instead.
+listed top-k itself (banned.py `first`) instead.
 """
 
 from __future__ import annotations
