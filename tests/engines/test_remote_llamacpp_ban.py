@@ -1,5 +1,5 @@
 """Excluding draws through a real llama.cpp server on 127.0.0.1 (the xllamacpp wheel, SmolLM2):
-no null moves there (engines/remote/llamacpp_server.py `bans`, engine.py `_banned_step`).
+no null moves there (engines/remote/llamacpp_server.py `bans`, banned.py `first`).
 
 The server bans an id with `logit_bias` [[id, false]] (-INFINITY, applied before its top-k and
 temperature), and lists raw log-probs, so a banned draw follows q(.) / (1 - q(ban)) and keeps

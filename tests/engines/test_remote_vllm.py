@@ -236,7 +236,7 @@ def test_fix_a_fixture_through_vllm(server, tmp_path):
 
 
 def test_an_excluding_draw_bans_the_token_and_keeps_raw_logprobs(engine):
-    """`extend(..., exclude=id)`: vLLM's logit_bias -100 on the id (engine.py `_banned_step`);
+    """`extend(..., exclude=id)`: vLLM's logit_bias -100 on the id (banned.py `first`);
     the listing is taken before the bias (raw_logprobs), so the drawn token's log-probs are the
     unrestricted ones that the exclusion term reads."""
     state = engine.prefill(PROMPT)

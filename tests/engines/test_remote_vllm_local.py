@@ -1,5 +1,5 @@
 """Local moves and excluding draws through vLLM (engines/remote/engine.py `extend_until`,
-`_extend_banned`; samplers/local.py), against a loopback server: `make test`.
+banned.py `extend`; samplers/local.py), against a loopback server: `make test`.
 
 The server answers `/v1/completions` as vLLM 0.32 does, streamed or not, over a tiny real Llama
 (decision_retry.testing.tiny_llama): raw log-probs listed per token (`--logprobs-mode
