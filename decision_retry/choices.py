@@ -44,6 +44,10 @@ DEF_HEADER = r"(?ms)^[ \t]*(?:async[ \t]+)?(?:def|class)\b.*?:[ \t]*(?:#[^\n]*)?
 # and moves (local or suffix) are chosen per run where they apply, a def-line cut a suffix move
 DEFAULT_RUN = {"strategy": "rewind", "move": "auto", "cut_weights": "auto",
                "span": {"opening": DEF_HEADER}}
+# ... and, in `fix` and `bench`, which stop at the first pass, a new chain from a fresh reply once
+# 4 proposals in a row left an attempt as it was (docs/results.md "Per second"); the LangGraph
+# and LangChain integrations keep one chain
+FIX_RUN = {**DEFAULT_RUN, "new_chain_after": 4}
 BENCH_STRATEGIES = ("default", "rewind+uniform", "egps", "rewind+argmax", "from-end", "restart")
 
 
@@ -73,7 +77,8 @@ def upgrade(data: Mapping) -> dict:
 def describe(retry: Mapping) -> str:
     """What a run does, in words (the progress line, the trace, `logs`), from RetryConfig's
     values: the strategy, then where it cuts and which moves run. `fix`'s default reads
-    "rewind (surprise cuts, local moves, def-line suffix moves)" once resolved."""
+    "rewind (surprise cuts, local moves, def-line suffix moves, no null moves, a new chain after
+    4 unmoved proposals)" once resolved."""
     retry = upgrade(retry)
     s = retry.get("strategy", "rewind")
     if s == "from-end":
@@ -97,6 +102,8 @@ def describe(retry: Mapping) -> str:
         parts.append("no-body cut token")
     if retry.get("exclude") and s in SINGLE_TRY_CUTS:
         parts.append("no null moves")
+    if retry.get("new_chain_after"):
+        parts.append(f"a new chain after {retry['new_chain_after']} unmoved proposals")
     return f"{s} ({', '.join(parts)})"
 
 
@@ -158,11 +165,11 @@ VARIANT_OPTIONS = ("local", "mixed", "uniform", "argmax", "defline", "code", "su
 
 def parse_variant(spec: str) -> dict:
     """`rewind+local+code`, `default+restart_share=0.2` -> RetryConfig keyword arguments (the
-    strategy included); `default` is `fix`'s run (DEFAULT_RUN); former names are read as
+    strategy included); `default` is `fix`'s run (FIX_RUN); former names are read as
     `upgrade` reads them. ValueError naming the bad part; the values are the model's to check."""
     base, *options = spec.split("+")
     if base == "default":
-        kw: dict = dict(DEFAULT_RUN)
+        kw: dict = dict(FIX_RUN)
     elif base in STRATEGIES or base in FORMER:
         kw = {"strategy": base}
     else:

@@ -472,6 +472,7 @@ class FixAgent:
         if next_cut is not None and next_cut.kernel.starts_chain:
             self._event("new-chain", note=f"  new chain  {len(d.tried)} proposals in a row left "
                         "the attempt as it was: a fresh reply starts a new chain")
+            out["tried"] = ()  # the new chain's (argmax keeps a list per chain, not per run)
         if next_cut is not None and next_cut.kernel.fresh and (
                 self.rc.strategy == "restart" or next_cut.kernel.starts_chain):
             next_cut = None  # a fresh attempt that is a new root: no parent, no cut to show

@@ -11,8 +11,10 @@ from rich.text import Text
 
 from decision_retry.choices import (
     BUDGET_TOKENS,
+    CUT_STRATEGIES,
     CUT_WEIGHTS,
     DEFAULT_RUN,
+    FIX_RUN,
     FLAG_KEYS,
     FORMER,
     STRATEGIES,
@@ -228,7 +230,8 @@ def fix(path, model, strategy, cut_weights, options, budget_tokens, max_attempts
         raise BadInput("give a repository PATH, or --resume RUN (and no PATH)")
     if resume_ref is not None and options:
         raise BadInput("--resume runs with the run's own config: give no -o")
-    retry = retry_config({**DEFAULT_RUN, "strategy": strategy, "cut_weights": cut_weights,
+    run = FIX_RUN if strategy in CUT_STRATEGIES else DEFAULT_RUN  # new chains cut attempts
+    retry = retry_config({**run, "strategy": strategy, "cut_weights": cut_weights,
                           "proposal_temperature": proposal_temperature}, options,
                          flags=FLAG_KEYS)
     try:

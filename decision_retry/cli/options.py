@@ -57,10 +57,10 @@ def option_keys() -> list[tuple[str, object, str]]:
     """(key, `fix`'s default, what it does) of every listed -o key, read from RetryConfig."""
     from pydantic import BaseModel
 
-    from decision_retry.choices import DEFAULT_RUN, FLAG_KEYS
+    from decision_retry.choices import FIX_RUN, FLAG_KEYS
     from decision_retry.samplers.chain import RetryConfig
 
-    default = RetryConfig(**DEFAULT_RUN)
+    default = RetryConfig(**FIX_RUN)
     rows: list[tuple[str, object, str]] = []
     for name, field in RetryConfig.model_fields.items():
         value = getattr(default, name)

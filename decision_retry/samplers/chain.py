@@ -105,8 +105,9 @@ class RetryConfig(BaseModel):
     restart_share: float = Field(0.0, ge=0, le=1, description="probability of a restart move")
     new_chain_after: int | None = Field(
         None, ge=1, description="after this many proposals in a row from one state did not move "
-        "the chain, the next attempt is a fresh one that starts a new chain (a restart schedule "
-        "for runs that stop at a pass; None: one chain)")
+        "the chain (argmax: this many cuts tried in the chain), the next attempt is a fresh one "
+        "that starts a new chain (a restart schedule for runs that stop at a pass; None: one "
+        "chain)")
     cut_weights: CutWeights = "entropy"
     argmax: bool = Field(False, description="cut at the highest-weight position not yet tried "
                          "instead of drawing one (a heuristic: no cut correction)")
@@ -141,9 +142,9 @@ class RetryConfig(BaseModel):
             raise ValueError("cut_token 'nobody' is a single-try cut move: use it with rewind")
         if self.argmax and self.strategy not in SINGLE_TRY_CUTS:
             raise ValueError("argmax is a rewind's cut rule: use it with rewind")
-        if self.new_chain_after is not None and (self.argmax or self.strategy not in CUT_STRATEGIES):
+        if self.new_chain_after is not None and self.strategy not in CUT_STRATEGIES:
             raise ValueError("new_chain_after counts the proposals tried from one state: use it "
-                             "with a rewind or egps that draws its cuts")
+                             "with rewind or egps (else new_chain_after=none)")
         if self.argmax and self.rule.kind == "uniform":
             raise ValueError("argmax ranks by the cut weights: uniform weights have no maximum")
         if self.nobody_scoring == "bulk" and self.cut_token == "nobody":

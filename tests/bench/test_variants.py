@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from decision_retry.bench.harness import BenchConfig
-from decision_retry.choices import BENCH_STRATEGIES, DEF_HEADER, DEFAULT_RUN, parse_variant
+from decision_retry.choices import BENCH_STRATEGIES, DEF_HEADER, FIX_RUN, parse_variant
 from decision_retry.cli.bench import parse_strategies
 from decision_retry.errors import BadInput
 from decision_retry.retry import RetryConfig
@@ -17,7 +17,7 @@ def run_of(spec: str) -> RetryConfig:
 
 
 def test_default_is_fix_run_and_the_default_list_builds():
-    assert parse_variant("default") == DEFAULT_RUN
+    assert parse_variant("default") == FIX_RUN
     assert BenchConfig(suite="fixtures").strategies == BENCH_STRATEGIES
     assert BENCH_STRATEGIES[0] == "default"
     assert parse_strategies(",".join(BENCH_STRATEGIES)) == BENCH_STRATEGIES
@@ -44,7 +44,7 @@ def test_old_specs_build_the_runs_they_built(old, new):
 
 def test_options_reach_the_cells_config():
     cfg = BenchConfig(suite="fixtures", alpha=3.0, strategies=("default", "default+alpha=2"))
-    assert cfg.fix_config("default", 0).retry == RetryConfig(**DEFAULT_RUN, alpha=3.0)
+    assert cfg.fix_config("default", 0).retry == RetryConfig(**FIX_RUN, alpha=3.0)
     tuned = cfg.fix_config("default+alpha=2+cut.eps=0.2", 0).retry
     assert (tuned.alpha, tuned.cut.eps, tuned.span.opening) == (2.0, 0.2, DEF_HEADER)
     assert cfg.fix_config("uniform-cut", 1).retry.rule.kind == "uniform"

@@ -67,11 +67,21 @@ def test_a_new_chain_starts_after_n_proposals_in_a_row_left_the_state():
     assert chain.next_cut(WORSE, g, d.tried).move == "suffix"  # the new chain cuts as usual
 
 
-@pytest.mark.parametrize("bad", [{"strategy": "restart"}, {"strategy": "from-end"},
-                                 {"argmax": True}])
-def test_new_chains_need_a_chain_that_draws_its_cuts(bad):
+@pytest.mark.parametrize("bad", ["restart", "from-end"])
+def test_new_chains_need_a_strategy_that_cuts(bad):
     with pytest.raises(ValueError, match="new_chain_after"):
-        RetryConfig(new_chain_after=3, **bad)
+        RetryConfig(new_chain_after=3, strategy=bad)
+
+
+def test_argmax_starts_a_new_chain_after_n_cuts_tried_in_its_chain():
+    chain = Chain(RetryConfig(argmax=True, new_chain_after=2))
+    g = torch.Generator().manual_seed(0)
+    tried: tuple[int, ...] = ()
+    for _ in range(2):
+        cut = chain.next_cut(X, g, tried)
+        tried = chain.decide(X, [BETTER], cut, tried=tried, generator=g, decode_tokens=1).tried
+    assert tried == (2, 3)  # moved each time, yet the list is the chain's
+    assert chain.next_cut(X, g, tried).move == "new-chain"
 
 
 def test_argmax_cut_keeps_its_tried_cuts_for_the_whole_run():
@@ -104,17 +114,18 @@ def test_r_is_the_fraction_passing_and_one_only_when_the_run_passed():
 
 def test_the_names_say_what_runs():
     """`fix`'s default run is a rewind that cuts by surprise with local and def-line suffix moves
-    (once resolved), and `bench`'s "default" strategy is that run."""
-    from decision_retry.choices import DEFAULT_RUN, parse_variant
+    (once resolved) and new chains, and `bench`'s "default" strategy is that run."""
+    from decision_retry.choices import FIX_RUN, parse_variant
     from decision_retry.samplers.chain import describe
 
     kw = parse_variant("default")
     default = RetryConfig(**kw)
-    assert kw == DEFAULT_RUN and default.strategy == "rewind"
+    assert kw == FIX_RUN and default.strategy == "rewind"
     resolved = default.resolved(patch=True, teacher_forcing=True)
-    assert describe(resolved) == "rewind (surprise cuts, local moves, def-line suffix moves)"
+    assert describe(resolved) == ("rewind (surprise cuts, local moves, def-line suffix moves, "
+                                  "a new chain after 4 unmoved proposals)")
     assert describe(default.resolved(patch=False, teacher_forcing=True)) == \
-        "rewind (entropy cuts, suffix moves)"
+        "rewind (entropy cuts, suffix moves, a new chain after 4 unmoved proposals)"
     assert describe(RetryConfig(cut_weights="uniform", restart_share=0.2)) == \
         "rewind (uniform cuts, suffix moves, restart 0.2)"
     assert describe(RetryConfig(argmax=True, cut_weights="surprise")) == \
