@@ -18,6 +18,9 @@ rest of the turn, rescored under the new prefix (samplers/local.py, patch protoc
 picks local with probability `local_share`. With `restart_share` > 0 a move is, with that
 probability, a fresh attempt from the prompt, accepted by the same MH rule with no cut correction
 (a way out of a wrong start). Kernels are drawn with fixed probabilities: a valid mixture.
+With `new_chain_after` = N (`fix`'s run: 4), once N proposals in a row left the state where it
+was, the next attempt is a fresh reply that starts a new chain, taken without an MH decision: a
+run that stops at the first pass is then a sequence of exact chains (design.md §2).
 `auto` (`fix`'s default) becomes local where local moves apply, suffix elsewhere
 (`RetryConfig.resolved`, before a run starts). With `span.opening` (`fix -o def_line=suffix`), a
 local move cut in the reply's opening (imports, the def line) is a suffix move instead
