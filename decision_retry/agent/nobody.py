@@ -35,9 +35,7 @@ def stub(source: str) -> str:
         return "\n".join(lines[:1] + ["    ..."])
     first = fn.body[0]
     indent = " " * first.col_offset
-    is_doc = isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant) \
-        and isinstance(first.value.value, str)
-    if is_doc:
+    if patch.docstring_of(fn) is not None:
         return "\n".join(lines[: first.end_lineno] + [indent + "..."])
     line = lines[first.lineno - 1]
     if line[: first.col_offset].strip():  # `def f(x): return x`: the body shares the def's line

@@ -180,7 +180,7 @@ def _function_node(tree: ast.Module, name: str):
     return None
 
 
-def _docstring(node) -> ast.Expr | None:
+def docstring_of(node) -> ast.Expr | None:
     """The function's docstring statement, if its body opens with one."""
     first = node.body[0] if node.body else None
     if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
@@ -209,7 +209,7 @@ def original_docstring(source: str) -> list[str] | None:
         except SyntaxError:
             return None
     fns = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
-    doc = _docstring(fns[0]) if fns else None
+    doc = docstring_of(fns[0]) if fns else None
     if doc is None:
         return None
     first, last = doc.lineno - 1 - shift, doc.end_lineno - 1 - shift
@@ -243,7 +243,7 @@ def kept_docstring(code: str, suspect: Suspect) -> Kept | None:
         tokens = list(tokenize.generate_tokens(io.StringIO(code).readline))
     except (SyntaxError, tokenize.TokenError):
         return None
-    if node is None or not node.body or _docstring(node) is not None:
+    if node is None or not node.body or docstring_of(node) is not None:
         return None
     end = next(t.start[0] for t in tokens
                if t.type == tokenize.NEWLINE and t.start[0] >= node.lineno)
