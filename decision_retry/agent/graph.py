@@ -117,6 +117,7 @@ class FixState(TypedDict, total=False):
     rejected: tuple[StepRecord, str] | None  # a local draw outside the support, and why
     attempts: int
     solved: Attempt | None
+    wide: dict | None  # the latest run of FixAgent.wide_cmd: command, ok, passed, failed, errors
     steps: Annotated[list[StepRecord], operator.add]
     stop: str | None
 
@@ -165,6 +166,7 @@ class FixAgent:
     base_sha: str
     generator: torch.Generator
     on_event: Any = None
+    wide_cmd: str | None = None  # FixConfig.narrow: the whole test command, run on a narrow pass
     _prompt_cache: dict = field(default_factory=dict)
     _alt: surprise.AltContext | None = None
     _completed: dict = field(default_factory=dict)  # branch id -> (attempt scored, positions)
@@ -404,16 +406,22 @@ class FixAgent:
         return {"pending": done}
 
     def verify(self, state: FixState) -> dict:
-        checked, solved = [], None
+        """Test each finished attempt. With `wide_cmd` (FixConfig.narrow) the search's command is
+        the failing tests only, and an attempt that passes them runs `wide_cmd` once: that result
+        is the attempt's, so a narrow pass that breaks other tests is a failing state (r its
+        fraction passing under `wide_cmd`, a function of the code as r must be) and the chain goes
+        on from it."""
+        checked, solved, wide = [], None, state.get("wide")
         for a in state["pending"]:
             self.ws.restore(a.final_sha)
-            r = self.ws.run_tests(self.config.test_cmd, self.config.test_timeout,
-                                  branch=a.branch.id)  # --resume replays a recorded result
-            r = r.judged(self.protocol.task.result.required_tests)  # SANDBOX: evidence
-            self.recorder.record_test_run(
-                a.branch, command=self.config.test_cmd, exit_code=-1 if r.exit_code is None else r.exit_code,
-                passed=r.passed, failed=r.failed, errors=r.errors, output_tail=r.output_tail,
-                duration_s=r.duration_s, cached=r.cached)  # COST: cached
+            r = self._tested(a, self.config.test_cmd)
+            if r.ok and self.wide_cmd:
+                r = self._tested(a, self.wide_cmd)
+                wide = {"command": self.wide_cmd, "ok": r.ok, "passed": r.passed,
+                        "failed": r.failed, "errors": r.errors}
+                if not r.ok:
+                    self._event("wide", note=f"  wide check  the failing tests pass, "
+                                f"`{self.wide_cmd}` does not ({r.failed + r.errors} failed)")
             a = replace(a, test=r)
             checked.append(a)
             self._event("test", passed=r.passed, failed=r.failed + r.errors, ok=r.ok)
@@ -422,7 +430,18 @@ class FixAgent:
                 solved = a
         if solved is not None:
             self.ws.restore(solved.final_sha)
-        return {"pending": checked, "solved": solved}
+        return {"pending": checked, "solved": solved, "wide": wide}
+
+    def _tested(self, a: Attempt, cmd: str):
+        """`cmd` on the working tree (`a`'s code), judged and recorded on `a`'s branch."""
+        r = self.ws.run_tests(cmd, self.config.test_timeout,
+                              branch=a.branch.id)  # --resume replays a recorded result
+        r = r.judged(self.protocol.task.result.required_tests)  # SANDBOX: evidence
+        self.recorder.record_test_run(
+            a.branch, command=cmd, exit_code=-1 if r.exit_code is None else r.exit_code,
+            passed=r.passed, failed=r.failed, errors=r.errors, output_tail=r.output_tail,
+            duration_s=r.duration_s, cached=r.cached)  # COST: cached
+        return r
 
     def _finish(self, a: Attempt, outcome: str) -> None:
         diff = self.ws.diff(self.base_sha, a.final_sha) if a.final_sha else ""

@@ -55,8 +55,9 @@ class FixConfig(BaseModel):
     spike: SpikeRule = SpikeRule(threshold=SPIKE_THRESHOLD)  # recorded as decision points
     sandbox: Literal["auto", "bwrap", "none"] = "auto"  # where tests and model code run
     pass_env: tuple[str, ...] = ()  # variables let through the sandbox's allow-list
-    # search with the failing tests' node ids only (a pytest test_cmd), then run test_cmd once
-    # on the fix: it counts only if nothing else broke (FixResult.wide_check)
+    # search with the failing tests' node ids only (a pytest test_cmd); a candidate that passes
+    # them runs test_cmd too, and is a fix only if that passes (else the search goes on; the
+    # graph's verify step, FixResult.wide_check)
     narrow: bool = False
     python: str | None = None  # --python: the project's interpreter; None: found (pyenv.py)
     test_cache: bool = True  # an identical tree is tested once per run (exact for deterministic tests)
@@ -100,7 +101,9 @@ class FixResult(BaseModel):
     rewinds: list[Rewind] = []
     steps: list[StepRecord] = []
     narrow_cmd: str | None = None  # the command the search ran (FixConfig.narrow)
-    wide_check: dict | None = None  # test_cmd on the fix: command, ok, passed, failed, errors
+    # test_cmd on the fix, or on the latest narrow pass that failed it: command, ok, passed,
+    # failed, errors
+    wide_check: dict | None = None
     costs: dict | None = None  # where the run's seconds went (costs.py: Meter.summary)
 
 
@@ -314,23 +317,11 @@ def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandb
         # 3) the graph
         agent = FixAgent(lm=lm, ws=ws, recorder=recorder, protocol=protocol, config=cfg,
                          base_sha=ws.base_sha, generator=torch.Generator().manual_seed(cfg.seed),
-                         on_event=on_event)
+                         on_event=on_event, wide_cmd=wide_cmd if narrow_cmd else None)
         final = build_graph(agent).invoke({"spent": 0, "attempts": 0, "steps": []},
                                           {"recursion_limit": 10_000})
-        solved: Attempt | None = final.get("solved")
-        wide = None
-        if solved and narrow_cmd:  # the whole command, once, on the fix
-            ws.restore(solved.final_sha)
-            w = ws.run_tests(wide_cmd, cfg.test_timeout, branch=solved.branch.id)  # or replayed
-            w = w.judged(result.required_tests)  # SANDBOX: the first run's failing tests pass
-            recorder.record_test_run(  # the fix's branch: its second test run, the whole command
-                solved.branch, command=wide_cmd, exit_code=-1 if w.exit_code is None
-                else w.exit_code, passed=w.passed, failed=w.failed, errors=w.errors,
-                output_tail=w.output_tail, duration_s=w.duration_s, cached=w.cached)
-            wide = {"command": wide_cmd, "ok": w.ok, "passed": w.passed, "failed": w.failed,
-                    "errors": w.errors}
-            if not w.ok:  # the fix broke other tests: not a fix
-                solved = None
+        solved: Attempt | None = final.get("solved")  # with narrow: the whole command passed
+        wide = final.get("wide")
         tests_changed = ws.changed(task.is_test, solved.final_sha) if solved else []
         stop = None
         if tests_changed and not cfg.allow_test_edits:  # code the tests ran wrote them
@@ -345,8 +336,7 @@ def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandb
         return FixResult(
             run_id=run.id, fixed=solved is not None, attempts=final.get("attempts", 0),
             decode_tokens=final.get("spent", 0), prefill_positions=final.get("prefilled", 0),
-            stop="fixed" if solved else (stop or ("broke other tests" if wide
-                                                  else final.get("stop"))),
+            stop="fixed" if solved else (stop or final.get("stop")),
             diff=diff, branch=ws.branch if ws.fix_sha else None, left_out=ws.left_out,
             unseparated=ws.unseparated, tests_changed=tests_changed if solved else [],
             narrow_cmd=narrow_cmd, wide_check=wide,

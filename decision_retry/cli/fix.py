@@ -64,7 +64,7 @@ class Progress:
             self.note = visible_text(f"rewind to {data['file']}:{data['line']} token "
                                      f"{cut.token!r} ({_scores(cut.entropy, cut.surprise)})").plain
             self.console.print(Text(f"  rewind  {self.note[10:]}", style="dim"))  # escaped
-        elif kind == "new-chain":
+        elif kind in ("new-chain", "wide"):  # a new chain; a narrow pass that failed test_cmd
             self.console.print(Text(data["note"], style="dim"))
         elif kind in ("carried", "python", "verdict", "protocol", "localisation"):  # gitignored modules carried; the project's Python
             self.console.print(Text(data["note"]), soft_wrap=True)  # whole: paths, no markup
@@ -160,8 +160,8 @@ class StrategyType(click.Choice):
 @click.option("--test-timeout", type=finite(min=0, min_open=True), default=60.0,
               show_default=True, help="Seconds before a test run is killed.")
 @click.option("--narrow/--no-narrow", default=False, show_default=True,
-              help="Search with the failing tests' node ids only (pytest), then run the whole "
-              "--test-cmd once on a fix: it counts only if nothing else broke.")
+              help="Search with the failing tests' node ids only (pytest); a candidate that "
+              "passes them runs the whole --test-cmd and is a fix only if that passes too.")
 @click.option("--test-cache/--no-test-cache", default=True, show_default=True,
               help="Test an identical tree once per run (exact for deterministic tests; off "
               "for a flaky suite).")

@@ -1,5 +1,6 @@
 """`fix --narrow` through the CLI on a real repository with two test files: the search runs the
-failing node ids only, and the whole test command runs once on the fix (fixed, or broke others)."""
+failing node ids only, and the whole test command runs on each candidate that passes them (a fix,
+or a failing state the search goes on from)."""
 
 from __future__ import annotations
 
@@ -60,19 +61,42 @@ def test_narrow_searches_the_failing_ids_then_checks_the_whole_command(tmp_path,
             "(fixed)") in proc.stderr
     run_id = proc.stderr.rsplit("run ", 1)[1].split(":", 1)[0]
     assert test_runs(home, run_id) == [(NARROW, 1, 0), ("python -m pytest -x -q", 2, 0)]
-    # 2) a "fix" that makes the narrow test pass and breaks the other file's test: not a fix
+    # 2) a "fix" that makes the narrow test pass and breaks the other file's test: not a fix,
+    # and not the end of the search either: the next attempt runs (the same reply: cached)
     before = repo_state(repo)
     proc = run_cli("fix", repo, "--model", script(tmp_path, "constant", "    return 32.0\n"),
-                   "--narrow",
+                   "--narrow", "--no-test-cache",
                    "--max-attempts", "2", "--json", home=home)
     assert proc.returncode == 1, proc.stderr
     result = json.loads(proc.stdout)
-    assert not result["fixed"] and result["stop"] == "broke other tests"
+    assert not result["fixed"] and result["stop"] == "attempts" and result["attempts"] == 2
     assert result["narrow_cmd"] == NARROW and result["branch"] is None
     assert result["wide_check"] == {"command": "python -m pytest -x -q", "ok": False,
                                     "passed": 0, "failed": 1, "errors": 0}
-    assert test_runs(home, result["run_id"])[-1] == ("python -m pytest -x -q", 0, 1)
+    wide_fail = ("python -m pytest -x -q", 0, 1)
+    assert test_runs(home, result["run_id"]) == [(NARROW, 1, 0), wide_fail] * 2
     assert repo_state(repo) == before  # no branch for a fix that broke other tests
+
+
+def test_a_narrow_pass_that_breaks_others_does_not_end_the_search(tmp_path, monkeypatch):
+    """The first reply passes the failing test and breaks the other file's; the search goes on
+    (it stopped there before) and the second reply, drawn afresh (restart, seed 2), is the fix."""
+    monkeypatch.setenv("COLUMNS", "400")
+    repo = two_file_repo(tmp_path / "repo")
+    home = tmp_path / "home"
+    p = tmp_path / "two.json"
+    p.write_text(json.dumps({"segments": [
+        "def celsius_to_fahrenheit(celsius: float) -> float:\n" + DOC + "    return ",
+        {"choice": {"32.0": 0.5, "celsius * 9 / 5 + 32": 0.5}}, "\n```"]}))
+    proc = run_cli("fix", repo, "--model", f"scripted:{p}", "--narrow", "--strategy", "restart", "--seed", "2",
+                   "--max-attempts", "3", "--json", home=home)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["fixed"] and result["attempts"] == 2
+    assert result["wide_check"]["ok"] and "celsius * 9 / 5 + 32" in result["diff"]
+    assert test_runs(home, result["run_id"]) == [
+        (NARROW, 1, 0), ("python -m pytest -x -q", 0, 1),
+        (NARROW, 1, 0), ("python -m pytest -x -q", 2, 0)]
 
 
 def test_without_narrow_the_search_runs_the_whole_command(tmp_path, monkeypatch):
