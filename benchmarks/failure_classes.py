@@ -158,12 +158,12 @@ def classify(kinds: list[str], shown: str) -> str:
 def analyse(out: Path, *, every: bool = False) -> list[dict]:
     wanted_by_case = developer_functions(out)
     cells = [json.loads(line) for line in (out / "cells.jsonl").read_text().splitlines() if line]
-    first_fixed = {c["repo"] for c in cells if c["fixed"] and c["attempts"] == 1}
+    first_fixed = {(c["repo"], c["seed"]) for c in cells if c["fixed"] and c["attempts"] == 1}
     con = sqlite3.connect(f"file:{out / 'traces' / 'traces.db'}?mode=ro", uri=True)
     rows = []
     try:
         for c in cells:
-            if c["repo"] in first_fixed and not every:
+            if (c["repo"], c["seed"]) in first_fixed and not every:
                 continue  # not deciding: the first attempt, shared by every rule, fixed it
             wanted = wanted_by_case.get(c["repo"], set())
             cell = read_cell(con, c["run_id"], wanted)
