@@ -95,6 +95,8 @@ def attempt_kind(text: str, finish: str | None, call: dict | None, tests: list[t
         return "unparsed"
     obs, args = call["observation"], call["arguments"]
     if obs.startswith("not applied"):
+        if "reached the token cap" in obs:  # not applied since ffe7b53: cut at the cap
+            return "truncated"
         if "does not parse" in obs:
             if finish == "length":
                 return "truncated"

@@ -11,6 +11,7 @@ Unparseable output becomes an observation (tools) or a failed attempt (patch), n
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -87,6 +88,14 @@ class PatchProtocol:
 
     def first_messages(self) -> list[dict]:
         return patch.messages(self.defn, self.shown, self.task.test_src, self.task.result)
+
+    def reply_cap(self, encode) -> int:
+        """The tokens a reply may take: `max_new_tokens`, raised to `fit_shown` times the longest
+        function shown (in `encode`'s tokens), so that a long function can be rewritten whole: a
+        reply cut at the cap is not applied. One number for the run (the MH target's lengths)."""
+        longest = max(len(encode(patch.code(s))) for s in self.shown)
+        return max(self.defn.limits["max_new_tokens"],
+                   math.ceil(self.defn.limits.get("fit_shown", 0) * longest))
 
     def retry_messages(self, history: list[dict], result: TestResult) -> list[dict]:
         err = patch.error_lines(result, self.defn.limits["error_lines"])
@@ -174,6 +183,10 @@ class ToolsProtocol:
     def __init__(self, defn: AgentDefinition, task: Task) -> None:
         self.defn, self.task = defn, task
         self.tools = {t["name"]: t for t in defn.format["tools"]}
+
+    def reply_cap(self, encode) -> int:
+        """The tokens a turn may take (`max_new_tokens`)."""
+        return self.defn.limits["max_new_tokens"]
 
     def first_messages(self) -> list[dict]:
         err = patch.error_lines(self.task.result, self.defn.limits["error_lines"])

@@ -20,7 +20,7 @@ class AgentDefinition(BaseModel):
 
     name: str
     description: str
-    limits: dict[str, int]
+    limits: dict[str, int | float]  # counts; fit_shown is a ratio
     format: dict[str, Any]
     prompt: dict[str, str]
 

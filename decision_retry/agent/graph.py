@@ -21,6 +21,7 @@ Routers are pure functions of the state. One loop serves every strategy.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import sys
@@ -198,6 +199,11 @@ class FixAgent:
     def chain(self) -> Chain:
         return Chain(self.rc)
 
+    @functools.cached_property
+    def reply_cap(self) -> int:
+        """The tokens one reply may take, fixed for the run (the protocol's `reply_cap`)."""
+        return self.protocol.reply_cap(self.lm.encode_text)
+
     def _event(self, kind: str, **data) -> None:
         if self.on_event:
             self.on_event(kind, data)
@@ -277,7 +283,7 @@ class FixAgent:
 
     def _sampling(self, spent: int, tries: int = 1) -> Sampling:
         left = (self.config.budget_tokens - spent) // tries  # K tries share what is left
-        cap = min(self.protocol.defn.limits["max_new_tokens"], max(1, left))
+        cap = min(self.reply_cap, max(1, left))
         defn = self.protocol.defn
         return Sampling(temperature=self.rc.q_temperature, max_new_tokens=cap, stop=defn.stop,
                         stop_regex=defn.stop_regex)
@@ -350,7 +356,7 @@ class FixAgent:
         q = self._sampling(spent)
         first = self._first_token(current, cut, q)
         p = cut.kernel.propose(self.lm, base.state, cut.position, q, self.generator,
-                               cap=self.protocol.defn.limits["max_new_tokens"],
+                               cap=self.reply_cap,
                                budget=self.config.budget_tokens - spent, first=first,
                                exclude=cut.ban, defer=bool(self.rc.delayed))
         spent += p.decode_tokens
@@ -378,7 +384,7 @@ class FixAgent:
     def _with_turn(self, att: Attempt, turn: AgentTurn) -> Attempt:
         params = {"model": self.lm.name, "temperature": self.rc.q_temperature,
                   "input_tokens": len(turn.state.prompt_ids), "finish_reason": turn.state.finish,
-                  "max_new_tokens": self.protocol.defn.limits["max_new_tokens"]}
+                  "max_new_tokens": self.reply_cap}
         if att.branch.index == 0 and not att.turns and self.protocol.task.localisation:
             # the run's first turn keeps what its prompt was built from: resume replays it
             params["localisation"] = self.protocol.task.localisation

@@ -4,11 +4,14 @@ on real-bugs both cut every reply of two projects short). Real git, real pytest,
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 
 from decision_retry.agent import definitions, patch
 from decision_retry.agent.runner import FixConfig, fix
+from decision_retry.engines.scripted import PROMPT, ScriptedBackend
+from decision_retry.lm import LM
 from decision_retry.retry import RetryConfig
 from decision_retry.testing import scripted_lm
 from decision_retry.trace.store import TraceStore
@@ -91,3 +94,32 @@ def test_a_reply_cut_at_the_token_cap_is_not_applied(tmp_path: Path) -> None:
     (call,) = tree.tool_calls_of(turn.id)
     assert call.observation.startswith("not applied: the reply reached the token cap")
     assert not res.diff
+
+
+class WordTokens(ScriptedBackend):
+    """The scripted model, with text counted as one token a word (as a real tokenizer would
+    count it, roughly): what the reply cap is computed in."""
+
+    def encode_text(self, text: str) -> list[int]:
+        return [PROMPT] * len(text.split())
+
+
+def test_a_long_function_gets_a_reply_cap_that_fits_it(tmp_path: Path) -> None:
+    """A function of about 400 tokens (its docstring copied, as the model does) is past the
+    definition's 320-token cap: the cap rises to 1.5x the function shown, so the whole rewrite
+    arrives and is applied (it was cut at 320, and not applied, before)."""
+    doc = " ".join(f"word{i}" for i in range(390))
+    files = {"scale.py": f'def scale(x, k=2):\n    """{doc}"""\n    return x + k\n',
+             "test_scale.py": FILES["test_scale.py"]}
+    reply = ["def", " scale", "(x", ", k", "=2", "):\n", '    """',
+             *(f"word{i}" if i == 0 else f" word{i}" for i in range(390)),
+             '"""\n', "    return", " x", " *", " k", "\n", "```"]
+    assert len(reply) > definitions.load("patch").limits["max_new_tokens"]
+    cfg = FixConfig(test_cmd="python -m pytest -q -p no:cacheprovider", seed=0,
+                    budget_tokens=1000, max_attempts=1, retry=RetryConfig(strategy="restart"))
+    lm = LM(WordTokens(reply), name="scripted")
+    with TraceStore(tmp_path / "home" / "traces.db") as store:
+        res = fix(make_repo(tmp_path / "repo", files), cfg, lm=lm, store=store)
+        (turn,) = store.load(res.run_id).turns
+    assert turn.params["max_new_tokens"] == math.ceil(1.5 * len(files["scale.py"].split()))
+    assert res.fixed and "+    return x * k" in res.diff
