@@ -20,12 +20,12 @@ FILES = {
 }
 
 
-def bench_out(tmp_path: Path, reply: list[str]) -> Path:
+def bench_out(tmp_path: Path, reply: list[str], budget: int = 100) -> Path:
     """A bench-shaped output directory: one run of `fix`, and three cases that read it, each
     with another record of what the developer changed."""
     out = tmp_path / "out"
     cfg = FixConfig(test_cmd="python -m pytest -q -p no:cacheprovider", seed=0,
-                    budget_tokens=100, max_attempts=1, retry=RetryConfig(strategy="restart"))
+                    budget_tokens=budget, max_attempts=1, retry=RetryConfig(strategy="restart"))
     with TraceStore(out / "traces" / "traces.db") as store:
         res = fix(make_repo(tmp_path / "repo", FILES), cfg, lm=scripted_lm(reply), store=store)
     assert not res.fixed
@@ -67,3 +67,10 @@ def test_a_wrong_edit_a_cut_reply_and_a_reply_that_does_not_parse(tmp_path):
     cut = classes(bench_out(tmp_path / "c", ["def double(\n    x,\n)", "<|endoftext|>"]))
     assert cut["here"]["kinds"] == {"stoprule": 1} and cut["here"]["class"] == "stop rule"
 
+
+
+def test_a_reply_cut_at_the_token_cap_is_out_of_budget(tmp_path):
+    """Not applied since ffe7b53 ("reached the token cap"): truncated, not "does not parse"."""
+    reply = ["def double(x):\n", "    y = x\n", "    return y * 2\n", "```"]
+    rows = classes(bench_out(tmp_path, reply, budget=2))  # cut after `y = x`: it would parse
+    assert rows["here"]["kinds"] == {"truncated": 1} and rows["here"]["class"] == "out of budget"
