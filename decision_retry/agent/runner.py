@@ -293,8 +293,8 @@ def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandb
         else:  # resume: the ranking the run recorded, not a new (maybe different) measurement
             loc = replayed(ws.root, localisation, failing_test(ws.root, result))
         suspect, test_src = loc.suspect, loc.test.source if loc.test else ""
-        wide_cmd = cfg.test_cmd
         narrow_cmd = narrow_command(cfg.test_cmd, result) if cfg.narrow else None
+        wide_cmd = cfg.test_cmd if narrow_cmd else None  # run on each candidate that passes narrow
         if narrow_cmd:
             cfg = cfg.model_copy(update={"test_cmd": narrow_cmd})
         summary = {**loc.summary(), **({"carried": ws.carried.paths} if ws.carried.files else {})}
@@ -317,7 +317,7 @@ def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandb
         # 3) the graph
         agent = FixAgent(lm=lm, ws=ws, recorder=recorder, protocol=protocol, config=cfg,
                          base_sha=ws.base_sha, generator=torch.Generator().manual_seed(cfg.seed),
-                         on_event=on_event, wide_cmd=wide_cmd if narrow_cmd else None)
+                         on_event=on_event, wide_cmd=wide_cmd)
         final = build_graph(agent).invoke({"spent": 0, "attempts": 0, "steps": []},
                                           {"recursion_limit": 10_000})
         solved: Attempt | None = final.get("solved")  # with narrow: the whole command passed
