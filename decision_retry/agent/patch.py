@@ -84,12 +84,12 @@ def _clip(line: str) -> str:
 
 
 def shown(suspects: list[Suspect], limit: int, chars: int) -> list[Suspect]:
-    """The suspects the model sees: the best always, then others while `limit` and `chars` allow."""
+    """The suspects the model sees, of the first `limit`: the best always, then each whose source
+    fits in `chars` with those before it (one that does not fit is left out, not the rest)."""
     out: list[Suspect] = []
     for s in suspects[: max(1, limit)]:
-        if out and sum(len(x.source) for x in out) + len(s.source) > chars:
-            break
-        out.append(s)
+        if not out or sum(len(x.source) for x in out) + len(s.source) <= chars:
+            out.append(s)
     return out
 
 

@@ -24,9 +24,20 @@ from pathlib import Path
 from decision_retry.agent import definitions, patch
 from decision_retry.bench import real_bugs, real_repos
 from decision_retry.bench.cases import Case
-from decision_retry.localise.locate import localise
+from decision_retry.localise.locate import Suspect, localise
 from decision_retry.repo import pyenv
 from decision_retry.repo.testrun import run_tests
+
+
+def _plain(qualname: str) -> str:
+    """A qualified name as the recipes write it: `outer.inner`, not `outer.<locals>.inner`."""
+    return qualname.replace(".<locals>.", ".")
+
+
+def _holds(shown: Suspect, want: tuple[str, str]) -> bool:
+    """Whether the prompt shows function `want` (file, name): it is `shown` or nested in it."""
+    name = _plain(shown.qualname)
+    return shown.file == want[0] and (want[1] == name or want[1].startswith(name + "."))
 
 
 def evaluate_case(case: Case, meta: dict, *, spectrum: bool = True) -> dict:
@@ -42,15 +53,17 @@ def evaluate_case(case: Case, meta: dict, *, spectrum: bool = True) -> dict:
         loc = localise(root, result, test_cmd=meta["test_cmd"], timeout=600, spectrum=spectrum,
                        python=python)
         done = time.monotonic()
-    keys = [(c.suspect.file, c.suspect.qualname) for c in loc.candidates]
+    keys = [(c.suspect.file, _plain(c.suspect.qualname)) for c in loc.candidates]
     wants = [tuple(f.split(":", 1)) for f in meta.get("functions", [])] or \
         [(meta["bug_file"], meta["bug_function"])]
     ranks = [keys.index(w) + 1 for w in wants if w in keys]
     want, rank = (wants[0], None) if not ranks else (keys[min(ranks) - 1], min(ranks))
     shown = patch.shown([c.suspect for c in loc.candidates], defn.limits.get("suspects", 1),
                         defn.limits.get("suspect_chars", 4000))
+    seen = [w for w in wants if any(_holds(s, w) for s in shown)]
     return {"case": case.name, "bug": f"{want[0]}::{want[1]}", "rank": rank,
-            "shown": rank is not None and rank <= len(shown), "n_shown": len(shown),
+            "ranks": [keys.index(w) + 1 if w in keys else None for w in wants],
+            "shown": bool(seen), "n_shown": len(shown), "all_shown": len(seen) == len(wants),
             "top": [f"{f}::{q}" for f, q in keys[:5]], "failing": list(result.failing_tests[:3]),
             "ranking": [c.summary() for c in loc.candidates[:10]],
             "test_s": round(tested - start, 2), "localise_s": round(done - tested, 2),
@@ -66,11 +79,17 @@ def table(rows: list[dict]) -> str:
         return f"{hit}/{n} ({100 * hit / n:.0f}%)" if n else "0/0"
 
     shown = sum(1 for r in rows if r["shown"])
-    out = ["| bugs | top-1 | top-3 | top-5 | among the suspects shown |", "|---|---|---|---|---|",
-           f"| {n} | {at(1)} | {at(3)} | {at(5)} | {shown}/{n} ({100 * shown / max(1, n):.0f}%) |",
-           "", "| case | bug | rank | shown | localise s |", "|---|---|---|---|---|"]
+    many = [r for r in rows if len(r["ranks"]) > 1]
+    whole = sum(1 for r in many if r["all_shown"])
+    out = ["| bugs | top-1 | top-3 | top-5 | among the suspects shown | "
+           "fixes of several functions: all shown |", "|---|---|---|---|---|---|",
+           f"| {n} | {at(1)} | {at(3)} | {at(5)} | {shown}/{n} ({100 * shown / max(1, n):.0f}%) "
+           f"| {whole}/{len(many)} |",
+           "", "| case | bug | rank | ranks of every changed function | shown | localise s |",
+           "|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['case']} | `{r['bug']}` | {r['rank'] or '-'} | "
+        ranks = ", ".join(str(k or "-") for k in r["ranks"])
+        out.append(f"| {r['case']} | `{r['bug']}` | {r['rank'] or '-'} | {ranks} | "
                    f"{'yes' if r['shown'] else 'no'} ({r['n_shown']}) | {r['localise_s']} |")
     return "\n".join(out)
 

@@ -190,3 +190,13 @@ def test_output_with_no_pytest_failure_keeps_its_last_lines():
                       output_tail="___ test_x ___\n>   assert f()\nE   assert " + "x" * 500)
     assert patch.error_lines(long, 6).splitlines()[1].endswith("x…")
     assert len(patch.error_lines(long, 6).splitlines()[1]) == patch.LINE_CHARS
+
+
+def test_a_suspect_too_long_to_show_leaves_room_for_the_next():
+    short = "def f{k}(x):\n    return x\n"
+    long = "def g(x):\n" + "    x += 1\n" * 100 + "    return x\n"
+    found = functions_in(short.format(k=1) + "\n\n" + long + "\n\n" + short.format(k=2), "m.py")
+    first, big, last = sorted(found, key=lambda s: s.start)
+    assert [s.name for s in patch.shown([first, big, last], 3, 200)] == ["f1", "f2"]
+    assert [s.name for s in patch.shown([big, first, last], 3, 200)] == ["g"]  # the best always
+    assert [s.name for s in patch.shown([first, last, big], 2, 10_000)] == ["f1", "f2"]
