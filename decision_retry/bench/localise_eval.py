@@ -30,7 +30,8 @@ from decision_retry.repo.testrun import run_tests
 
 
 def _plain(qualname: str) -> str:
-    """A qualified name as the recipes write it: `outer.inner`, not `outer.<locals>.inner`."""
+    """A qualified name as real-bugs' recipes write it: `outer.inner`, not `outer.<locals>.inner`
+    (real-repos' index writes the latter)."""
     return qualname.replace(".<locals>.", ".")
 
 
@@ -54,8 +55,8 @@ def evaluate_case(case: Case, meta: dict, *, spectrum: bool = True) -> dict:
                        python=python)
         done = time.monotonic()
     keys = [(c.suspect.file, _plain(c.suspect.qualname)) for c in loc.candidates]
-    wants = [tuple(f.split(":", 1)) for f in meta.get("functions", [])] or \
-        [(meta["bug_file"], meta["bug_function"])]
+    wants = [(f, _plain(q)) for f, q in (w.split(":", 1) for w in meta.get("functions", []))] \
+        or [(meta["bug_file"], _plain(meta["bug_function"]))]
     ranks = [keys.index(w) + 1 for w in wants if w in keys]
     want, rank = (wants[0], None) if not ranks else (keys[min(ranks) - 1], min(ranks))
     shown = patch.shown([c.suspect for c in loc.candidates], defn.limits.get("suspects", 1),
