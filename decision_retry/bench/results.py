@@ -295,14 +295,35 @@ def engine_counts(cells: Sequence[Cell]) -> str:
         f"{COUNTERS.get(k, k)} {v}" for k, v in totals.items()) + "."
 
 
+def cpu_model() -> str:
+    """The processor's name (`model name` in /proc/cpuinfo; the platform's where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def decode_speed(cells: Sequence[Cell]) -> float | None:
+    """CPU seconds of decode per decode token over the cells that record both (None: none do).
+    A CPU-seconds budget buys a machine-dependent amount of work: this is that machine's rate."""
+    timed = [(c.costs["decode"]["cpu_s"], c.decode_tokens) for c in cells
+             if c.costs and "decode" in c.costs and c.decode_tokens]
+    tokens = sum(n for _, n in timed)
+    return round(sum(s for s, _ in timed) / tokens, 4) if tokens else None
+
+
 def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
                  command: str = "") -> list[StrategySummary]:
     """Write cells.json, results.md and fix_rate.png under `out`; return the summary rows."""
     out = Path(out)
     rows = summarize(cells, cfg.strategies)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version(),
-               "load_avg": [round(x, 2) for x in os.getloadavg()], "commit": git_commit()}
+    machine = {"cpus": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(),
+               "load_avg": [round(x, 2) for x in os.getloadavg()], "commit": git_commit(),
+               "decode_cpu_s_per_token": decode_speed(cells)}
     (out / "cells.json").write_text(json.dumps({
         "command": command, "written": when, "machine": machine,
         "config": cfg.model_dump(mode="json"), "summary": [r.model_dump() for r in rows],
@@ -314,8 +335,11 @@ def write_report(out: str | Path, cells: Sequence[Cell], cfg: BenchConfig, *,
 
     setup = (f"{when}; model {cfg.model or default_model()}; budget {cfg.budget_tokens} decode tokens "
              f"per cell; alpha {cfg.alpha:g}, proposal temperature {q:g}; seeds "
-             f"{', '.join(map(str, cfg.seeds))}; {machine['cpus']} CPUs, load average "
-             f"{machine['load_avg'][0]} at the end; commit {machine['commit'] or 'unknown'}.")
+             f"{', '.join(map(str, cfg.seeds))}; {machine['cpus']} CPUs ({machine['cpu']}), load "
+             f"average {machine['load_avg'][0]} at the end; commit {machine['commit'] or 'unknown'}."
+             + (f" Decode cost {machine['decode_cpu_s_per_token']:.3f} CPU s a token: what a CPU "
+                "second buys on this machine (compare CPU-second budgets across runs only at "
+                "one such speed)." if machine["decode_cpu_s_per_token"] else ""))
     legend = ("*fix rate*: cells whose tests all pass, with a 95% Wilson interval. *fixed by a "
               "retry*: of the cells whose first attempt failed (that attempt is the same for every "
               "strategy at one seed), those a retry fixed. *changed "

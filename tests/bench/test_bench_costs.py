@@ -36,6 +36,11 @@ def test_cells_record_compute_and_the_table_shows_it(tmp_path, units):
     write_report(tmp_path / "out", cells, cfg, command="decision-retry bench ...")
     md = (tmp_path / "out" / "results.md").read_text()
     assert "CPU s / cell" in md and "test runs (cached)" in md
+    # what a CPU second buys here: decode CPU s per decode token, beside the processor's name
+    machine = json.loads((tmp_path / "out" / "cells.json").read_text())["machine"]
+    rate = cell.costs["decode"]["cpu_s"] / cell.decode_tokens
+    assert machine["decode_cpu_s_per_token"] == pytest.approx(rate, abs=1e-4) and machine["cpu"]
+    assert f"Decode cost {rate:.3f} CPU s a token" in md and f"({machine['cpu']})" in md
     row = next(line for line in md.splitlines() if line.startswith("| restart |"))
     assert f"| 4.0 ({cell.cached_runs:.1f}) |" in row
     [summary] = summarize(cells, ["restart"])
