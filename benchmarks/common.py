@@ -83,16 +83,6 @@ def git_sha() -> str | None:
     return sha + ("-dirty" if dirty else "")
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def load() -> list[float] | None:
     """1, 5 and 15 minute load averages (None where the OS has none)."""
     try:
@@ -103,8 +93,10 @@ def load() -> list[float] | None:
 
 def machine_info() -> dict[str, Any]:
     """CPU, cores, memory, OS, Python and the versions of the libraries a benchmark cares about."""
+    from decision_retry.bench.results import cpu_model  # the one reading of the processor's name
+
     info: dict[str, Any] = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -82,10 +82,10 @@ def table(rows: list[dict]) -> str:
     shown = sum(1 for r in rows if r["shown"])
     many = [r for r in rows if len(r["ranks"]) > 1]
     whole = sum(1 for r in many if r["all_shown"])
-    out = ["| bugs | top-1 | top-3 | top-5 | among the suspects shown | "
-           "fixes of several functions: all shown |", "|---|---|---|---|---|---|",
-           f"| {n} | {at(1)} | {at(3)} | {at(5)} | {shown}/{n} ({100 * shown / max(1, n):.0f}%) "
-           f"| {whole}/{len(many)} |",
+    out = [("| bugs | top-1 | top-3 | top-5 | among the suspects shown | "
+            "fixes of several functions: all shown |"), "|---|---|---|---|---|---|",
+           (f"| {n} | {at(1)} | {at(3)} | {at(5)} | {shown}/{n} ({100 * shown / max(1, n):.0f}%) "
+            f"| {whole}/{len(many)} |"),
            "", "| case | bug | rank | ranks of every changed function | shown | localise s |",
            "|---|---|---|---|---|---|"]
     for r in rows:
