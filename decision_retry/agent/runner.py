@@ -30,6 +30,7 @@ from decision_retry.repo.testcache import TestCache
 from decision_retry.repo.testrun import TestResult
 from decision_retry.repo.userrepo import UserRepo
 from decision_retry.repo.workspace import Workspace, repo_root
+from decision_retry.samplers import lineweights
 from decision_retry.samplers.chain import RetryConfig, describe
 from decision_retry.samplers.mh import StepRecord
 from decision_retry.trace.decisions import SpikeRule
@@ -314,6 +315,11 @@ def _drive(root: Path, cfg: FixConfig, *, lm, recorder: Recorder, sandbox: sandb
             raise BadInput(no_suspect_reason(result, ws.carried))
         else:
             protocol = PatchProtocol(defn, task)
+            if cfg.retry.line_weight != 1:  # the spectrum's best lines of the functions shown
+                lines = lineweights.suspicious(protocol.shown, {c.suspect.key: c.evidence
+                                                                for c in task.candidates})
+                cfg = cfg.model_copy(update={"retry": cfg.retry.model_copy(
+                    update={"suspicious_lines": lines})})
         # 3) the graph
         agent = FixAgent(lm=lm, ws=ws, recorder=recorder, protocol=protocol, config=cfg,
                          base_sha=ws.base_sha, generator=torch.Generator().manual_seed(cfg.seed),

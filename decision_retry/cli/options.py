@@ -42,7 +42,7 @@ def finite(min: float | None = None, max: float | None = None, *, min_open: bool
 
 # -- -o KEY=VALUE: the rarely changed knobs of a run, validated by RetryConfig ------------------
 # the keys `-o help` leaves out (a regex, a tuple: `def_line` names span.opening's useful values)
-UNLISTED = {"span.opening", "span.ends"}
+UNLISTED = {"span.opening", "span.ends", "suspicious_lines"}  # the last: filled by the agent
 # what a nested field without a description of its own does
 NOTES = {"move": "what a rewind regenerates: auto (local where it applies, else suffix), "
          "suffix, local (to the end of the cut line), mixed",
@@ -64,7 +64,7 @@ def option_keys() -> list[tuple[str, object, str]]:
     rows: list[tuple[str, object, str]] = []
     for name, field in RetryConfig.model_fields.items():
         value = getattr(default, name)
-        if name in FLAG_KEYS:
+        if name in FLAG_KEYS or name in UNLISTED:
             continue
         if not isinstance(value, BaseModel):
             rows.append((name, value, field.description or NOTES.get(name, "")))

@@ -74,7 +74,8 @@ def rank(root: Path, *, spectrum: Spectrum | None, traceback: str, test: TestSou
 
     lines: dict[str, int] = {}
     for fs in spectrum.scores if spectrum else ():
-        add(fs.suspect, fs.ochiai, ochiai=round(fs.ochiai, 4), ef=fs.ef, ep=fs.ep, lines=fs.lines)
+        add(fs.suspect, fs.ochiai, ochiai=round(fs.ochiai, 4), ef=fs.ef, ep=fs.ep, lines=fs.lines,
+            best_lines=list(fs.best_lines), failing_lines=fs.failing_lines)
         lines[fs.suspect.key] = fs.lines
     for depth, s in enumerate(traceback_frames(root, traceback)):
         add(s, TRACEBACK_BONUS if depth == 0 else TRACEBACK_BONUS / 2, traceback=depth)

@@ -35,14 +35,25 @@ CAP_FACTOR = 3.0  # the coverage run's wall-time cap, in units of the selection'
 
 @dataclass(frozen=True)
 class FunctionScore:
-    """A function's spectrum: its best line's Ochiai score and that line's ef / ep counts."""
+    """A function's spectrum: its best line's Ochiai score and that line's ef / ep counts, the
+    lines at that score and how many of its lines the failing tests ran."""
 
     suspect: Suspect
     ochiai: float
     ef: int
     ep: int
-    line: int  # the best-scoring line
-    lines: int = 1  # lines at that best score (more: more places for the bug; breaks ties)
+    best_lines: tuple[int, ...]  # the lines at the best score, in file order
+    failing_lines: int = 1  # lines the failing tests ran (Ochiai > 0)
+
+    @property
+    def line(self) -> int:
+        """The first best-scoring line."""
+        return self.best_lines[0]
+
+    @property
+    def lines(self) -> int:
+        """Lines at the best score (more: more places for the bug; breaks ties)."""
+        return len(self.best_lines)
 
 
 @dataclass(frozen=True)
@@ -211,9 +222,13 @@ def score(root: Path, data: dict) -> Spectrum:
             if s <= 0:
                 continue
             if cur is not None and s == cur.ochiai:
-                best[fn.key] = FunctionScore(fn, s, cur.ef, cur.ep, cur.line, cur.lines + 1)
+                best[fn.key] = replace(cur, best_lines=(*cur.best_lines, line),
+                                       failing_lines=cur.failing_lines + 1)
             elif cur is None or s > cur.ochiai:
-                best[fn.key] = FunctionScore(fn, s, ef, ep, line)
+                best[fn.key] = FunctionScore(fn, s, ef, ep, (line,),
+                                             1 + (cur.failing_lines if cur else 0))
+            else:
+                best[fn.key] = replace(cur, failing_lines=cur.failing_lines + 1)
     ranked = sorted(best.values(), key=lambda f: (-f.ochiai, -f.lines, f.suspect.key))
     return Spectrum(tuple(tests[i] for i in sorted(failed)),
                     tuple(tests[i] for i in sorted(passed)), tuple(ranked))

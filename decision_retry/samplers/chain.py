@@ -83,7 +83,7 @@ from decision_retry.choices import (
     upgrade,
 )
 from decision_retry.choices import describe as describe_values
-from decision_retry.samplers import codeweights, cuts, mh, moves, surprise
+from decision_retry.samplers import codeweights, cuts, lineweights, mh, moves, surprise
 from decision_retry.samplers.cuts import CutRule
 from decision_retry.samplers.local import SpanRule
 from decision_retry.samplers.mh import StepRecord
@@ -116,6 +116,12 @@ class RetryConfig(BaseModel):
                          "instead of drawing one (a heuristic: no cut correction)")
     prose_weight: float = Field(0.1, ge=0, description="code weights: strings and comments")
     name_weight: float = Field(4.0, ge=0, description="code weights: the name a def defines")
+    line_weight: float = Field(1.0, gt=0, description="the cut weight of a token on a line the "
+                               "coverage spectrum finds most suspicious in its function (1: off; "
+                               "samplers/lineweights.py)")
+    suspicious_lines: tuple[str, ...] = Field(
+        (), description="those lines' stripped texts, fixed for the run (the agent fills them "
+        "from the localisation where line_weight is not 1)")
     cut_token: Literal["patch", "nobody"] = Field(
         "patch", description="where the cut's first new token is drawn from")
     exclude: bool | None = Field(None, description="cut moves ban the current cut token (no "
@@ -283,13 +289,20 @@ def cut_entropies(
 
 
 def cut_scale(turns: Sequence[Sequence[Token]], config: RetryConfig) -> list[float] | None:
-    """Per-token multipliers of the cut weight (None without code weights)."""
-    if "code" not in config.cut_weights.split("+"):
+    """Per-token multipliers of the cut weight: code weights, suspicious lines (None: neither)."""
+    code = "code" in config.cut_weights.split("+")
+    lines = config.line_weight != 1 and bool(config.suspicious_lines)
+    if not code and not lines:
         return None
     out: list[float] = []
     for tokens in turns:
-        out += codeweights.scale([t.text for t in tokens], prose=config.prose_weight,
-                                 name=config.name_weight)
+        texts = [t.text for t in tokens]
+        scale = codeweights.scale(texts, prose=config.prose_weight, name=config.name_weight) \
+            if code else [1.0] * len(texts)
+        if lines:
+            by_line = lineweights.scale(texts, config.suspicious_lines, config.line_weight)
+            scale = [a * b for a, b in zip(scale, by_line)]
+        out += scale
     return out
 
 

@@ -180,7 +180,8 @@ def kernel_residuals(lm, target: dict, cfg: retry.RetryConfig,
     for x, px in target.items():
         tx = toks[x]
         allowed = retry.movable([tx], cfg)
-        logc = cuts.log_probs(retry.cut_entropies([tx], cfg), cfg.rule, None, allowed)
+        logc = cuts.log_probs(retry.cut_entropies([tx], cfg), cfg.rule,
+                              retry.cut_scale([tx], cfg), allowed)
         drawn = retry.choose_cut([tx], cfg, torch.Generator().manual_seed(0))  # its move kind
         assert not drawn.kernel.fresh  # the toy always has a movable position
         stay = [1.0, 1.0]
@@ -241,6 +242,48 @@ def test_the_excluding_kernel_leaves_p_alpha_invariant(toy, target, move, cut_we
     exact, without = kernel_residuals(toy, target, cfg)
     assert exact < 1e-12
     assert without > 1e-5
+
+
+@pytest.fixture(scope="module")
+def lined():
+    """The toy with token c written as a newline, so that its replies have lines (the same
+    logits: a token's text does not enter them)."""
+    lm = table_lm(vocab=4, seed=35, sharpness=1.5, spread=1.0)
+    lm.backend.names[3] = "\n"
+    return lm
+
+
+LINES = {"line_weight": 4.0, "suspicious_lines": ("a",)}  # a line that reads `a`: cut weight x4
+
+
+@pytest.mark.parametrize("move,cut_weights,cut_token", [
+    ("suffix", "entropy", "patch"), ("local", "surprise", "nobody"),
+])
+def test_suspicious_line_weights_keep_p_alpha(lined, target, move, cut_weights, cut_token):
+    """Suspicious-line cut weights (samplers/lineweights.py) are a function of the reply's text,
+    computed for x and the proposal alike: the kernel, every proposal enumerated, with one and
+    two stages, leaves pi invariant up to float; and the weights do move the cut distribution."""
+    cfg = config(move=move, span=ONE_TOKEN, cut_weights=cut_weights, cut_token=cut_token,
+                 **LINES)
+    assert kernel_residuals(lined, target, cfg)[0] < 1e-12
+    assert kernel_residuals(lined, target, cfg, delayed=True)[0] < 1e-12
+    chain = ToyChain(lined, cfg)
+    moved = 0
+    for x in target:
+        tx = chain.state(x)[0].tokens
+        ent, allowed = retry.cut_entropies([tx], cfg), retry.movable([tx], cfg)
+        plain = cuts.log_probs(ent, cfg.rule, None, allowed)
+        weighted = cuts.log_probs(ent, cfg.rule, retry.cut_scale([tx], cfg), allowed)
+        moved += any(abs(a - b) > 1e-9 for a, b in zip(plain, weighted) if a > -math.inf)
+    assert moved >= 15  # of 121 sequences (measured: 21 and 25, those with a line `a`)
+
+
+def test_chains_with_suspicious_line_weights_stay_at_p_alpha(lined, target):
+    """Chain.next_cut and Chain.decide, as `fix` runs them, with the line weights on."""
+    cfg = config(move="local", span=DECISION_SPANS, cut_weights="surprise", cut_token="nobody",
+                 delayed=True, **LINES)
+    emp = stationary(lined, target, ToyChain(lined, cfg), chains=500)
+    assert tv(emp, target) < BOUND
 
 
 # -- 2) chains that run the code `fix` runs -------------------------------------------------------
