@@ -48,13 +48,13 @@ def test_the_spectrum_names_the_best_lines_and_they_hold_the_bug(tmp_path: Path)
     assert lines == ("label = 'B' if score > 70 else 'C'", "return label")
 
 
-def test_a_function_whose_lines_all_tie_has_no_suspicious_line() -> None:
-    [fn] = functions_in("def f(x):\n    y = x + 1\n    return y\n", "m.py")
-    tie = {fn.key: {"best_lines": [2, 3], "failing_lines": 2}}
-    assert lineweights.suspicious([fn], tie) == ()
-    assert lineweights.suspicious([fn], {fn.key: {"best_lines": [3], "failing_lines": 2}}) \
-        == ("return y",)
-    assert lineweights.suspicious([fn], {}) == ()  # a recorded ranking from before: nothing
+def test_the_best_lines_of_each_shown_function_are_suspicious() -> None:
+    [f, g] = functions_in("def f(x):\n    y = x + 1\n    return y\n\n"
+                          "def g():\n    pass\n", "m.py")
+    ranked = {f.key: {"best_lines": [3], "failing_lines": 2}, g.key: {"best_lines": [6]}}
+    assert lineweights.suspicious([f, g], ranked) == ("pass", "return y")
+    assert lineweights.suspicious([f], ranked) == ("return y",)  # shown functions only
+    assert lineweights.suspicious([f], {}) == ()  # a recorded ranking from before: nothing
 
 
 def test_a_token_counts_for_the_line_of_its_first_character_that_is_not_blank() -> None:

@@ -1,0 +1,74 @@
+"""Where did the rewinds cut? The share of cuts on the planted bug's line, per strategy.
+
+    .venv/bin/python benchmarks/cut_lines.py OUT [--json FILE]
+
+OUT: a `decision-retry bench real-repos` output directory (`cells.jsonl`, `traces/traces.db`,
+`suites/real-repos/index.json`, which names each case's bug file and line); opened read only.
+Every attempt that began with a cut is placed as `logs show` places it (trace/summary.where:
+the shown function's line in the file plus the reply's newlines before the token), and counted
+as *on the bug line* when that is the bug's file and line. Per strategy: cuts, cuts on the bug
+line, and the cells with at least one. The mechanism `-o line_weight` is meant to move.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from decision_retry.trace.store import TraceStore
+from decision_retry.trace.summary import _token_at, where
+
+
+def cell_cuts(store: TraceStore, run_id: str, bug: str) -> tuple[int, int]:
+    """(cuts, cuts on `bug` = "file:line") of one run."""
+    tree = store.load(run_id)
+    cuts = hits = 0
+    for b in tree.branches:
+        if b.parent_id is None or b.cut is None or b.cut.position == 0:
+            continue
+        found = _token_at(tree.trajectory(b.parent_id), b.cut.turn, b.cut.position)
+        if found is None:
+            continue
+        cuts += 1
+        hits += where(tree, found[0], b.cut.position) == bug
+    return cuts, hits
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    index = json.loads((args.out / "suites" / "real-repos" / "index.json").read_text())["cases"]
+    cells = [json.loads(x) for x in (args.out / "cells.jsonl").read_text().splitlines() if x]
+    store = TraceStore(args.out / "traces" / "traces.db")
+    rows, totals = [], collections.defaultdict(lambda: [0, 0, 0, 0])
+    for c in cells:
+        meta = index.get(c["repo"])
+        if meta is None or not c.get("run_id"):
+            continue
+        cuts, hits = cell_cuts(store, c["run_id"], f"{meta['bug_file']}:{meta['bug_line']}")
+        rows.append({"case": c["repo"], "strategy": c["strategy"], "seed": c["seed"],
+                     "cuts": cuts, "on_bug_line": hits})
+        t = totals[c["strategy"]]
+        t[0] += cuts
+        t[1] += hits
+        t[2] += hits > 0
+        t[3] += 1
+    print("| strategy | cuts | on the bug line | share | cells with one |")
+    print("|---|---|---|---|---|")
+    for s, (cuts, hits, cells_hit, n) in totals.items():
+        print(f"| {s} | {cuts} | {hits} | {hits / cuts if cuts else 0:.3f} | {cells_hit} of {n} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
