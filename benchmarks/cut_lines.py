@@ -8,6 +8,10 @@ Every attempt that began with a cut is placed as `logs show` places it (trace/su
 the shown function's line in the file plus the reply's newlines before the token), and counted
 as *on the bug line* when that is the bug's file and line. Per strategy: cuts, cuts on the bug
 line, and the cells with at least one. The mechanism `-o line_weight` is meant to move.
+
+Also per strategy, what repeats cost: attempts whose tree was tested before in the same run (the
+test cache answered: the same code again), and the decode tokens spent on them (a proposal's
+`mh_steps.decode_tokens`, a fresh reply's own tokens).
 """
 
 from __future__ import annotations
@@ -25,19 +29,29 @@ from decision_retry.trace.store import TraceStore
 from decision_retry.trace.summary import _token_at, where
 
 
-def cell_cuts(store: TraceStore, run_id: str, bug: str) -> tuple[int, int]:
-    """(cuts, cuts on `bug` = "file:line") of one run."""
+def cell_cuts(store: TraceStore, run_id: str, bug: str) -> dict:
+    """Cuts, cuts on `bug` ("file:line"), attempts, repeated attempts and their decode tokens,
+    decode tokens in all, of one run."""
     tree = store.load(run_id)
-    cuts = hits = 0
+    decoded = {s.proposal_branch_id: s.decode_tokens for s in tree.mh_steps}
+    out = dict.fromkeys(("cuts", "on_bug_line", "attempts", "repeats", "repeat_tokens",
+                         "tokens"), 0)
     for b in tree.branches:
+        runs = tree.test_runs_of(b.id)
+        tokens = decoded.get(b.id, sum(len(t.tokens) for t in tree.own_turns(b.id)))
+        out["attempts"] += 1
+        out["tokens"] += tokens
+        if runs and runs[0].cached:
+            out["repeats"] += 1
+            out["repeat_tokens"] += tokens
         if b.parent_id is None or b.cut is None or b.cut.position == 0:
             continue
         found = _token_at(tree.trajectory(b.parent_id), b.cut.turn, b.cut.position)
         if found is None:
             continue
-        cuts += 1
-        hits += where(tree, found[0], b.cut.position) == bug
-    return cuts, hits
+        out["cuts"] += 1
+        out["on_bug_line"] += where(tree, found[0], b.cut.position) == bug
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,23 +62,22 @@ def main(argv: list[str] | None = None) -> int:
     index = json.loads((args.out / "suites" / "real-repos" / "index.json").read_text())["cases"]
     cells = [json.loads(x) for x in (args.out / "cells.jsonl").read_text().splitlines() if x]
     store = TraceStore(args.out / "traces" / "traces.db")
-    rows, totals = [], collections.defaultdict(lambda: [0, 0, 0, 0])
+    rows, totals = [], collections.defaultdict(collections.Counter)
     for c in cells:
         meta = index.get(c["repo"])
         if meta is None or not c.get("run_id"):
             continue
-        cuts, hits = cell_cuts(store, c["run_id"], f"{meta['bug_file']}:{meta['bug_line']}")
-        rows.append({"case": c["repo"], "strategy": c["strategy"], "seed": c["seed"],
-                     "cuts": cuts, "on_bug_line": hits})
-        t = totals[c["strategy"]]
-        t[0] += cuts
-        t[1] += hits
-        t[2] += hits > 0
-        t[3] += 1
-    print("| strategy | cuts | on the bug line | share | cells with one |")
-    print("|---|---|---|---|---|")
-    for s, (cuts, hits, cells_hit, n) in totals.items():
-        print(f"| {s} | {cuts} | {hits} | {hits / cuts if cuts else 0:.3f} | {cells_hit} of {n} |")
+        got = cell_cuts(store, c["run_id"], f"{meta['bug_file']}:{meta['bug_line']}")
+        rows.append({"case": c["repo"], "strategy": c["strategy"], "seed": c["seed"], **got})
+        totals[c["strategy"]].update({**got, "cells": 1, "cells_hit": got["on_bug_line"] > 0})
+    print("| strategy | cuts | on the bug line | share | cells with one | attempts | repeated "
+          "(same code) | their decode tokens |")
+    print("|---|---|---|---|---|---|---|---|")
+    for s, t in totals.items():
+        print(f"| {s} | {t['cuts']} | {t['on_bug_line']} | "
+              f"{t['on_bug_line'] / t['cuts'] if t['cuts'] else 0:.3f} | "
+              f"{t['cells_hit']} of {t['cells']} | {t['attempts']} | {t['repeats']} | "
+              f"{t['repeat_tokens']} of {t['tokens']} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return 0

@@ -145,8 +145,8 @@ class TimedEngine:
     everything else passes through to `engine`."""
 
     _CATEGORY: ClassVar[dict[str, str]] = {"extend": "decode", "extend_many": "decode",
-                                           "fork": "decode", "prefill": "prefill",
-                                           "score": "prefill"}
+                                           "extend_along": "decode", "fork": "decode",
+                                           "prefill": "prefill", "score": "prefill"}
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine

@@ -102,25 +102,75 @@ class LM:
     ) -> list[DecodeState]:
         """K continuations of one prefix, one batched forward per step, one generator per row;
         `exclude` bans one id at the first drawn position of every row."""
+        return self._extend(state, sampling_, generators, exclude=exclude)[0]
+
+    def extend_along(
+        self, state: DecodeState, along: DecodeState, sampling_: Sampling,
+        generator: torch.Generator,
+    ) -> tuple[DecodeState, int]:
+        """`extend`, walking `along` (an earlier continuation of `state`, drawn with the same
+        proposal) without decoding while the draw follows it; (the state, positions decoded).
+
+        At each position on the path its token x is kept with probability q(x) (its recorded
+        logq); otherwise the draw leaves the path there, y ~ q(.) / (1 - q(x)) over y != x, and
+        decoding goes on from the path's cache at that position. So y = x with probability q(x)
+        and any other y with (1 - q(x)) q(y) / (1 - q(x)) = q(y): extend's law, token by token,
+        for the cost of the positions after the path is left (a reply the model writes again is
+        free). The tokens kept are the path's own records: they depend on the prefix only."""
+        states, decoded = self._extend(state, sampling_, [generator], along=along)
+        return states[0], decoded
+
+    def _extend(
+        self, state: DecodeState, sampling_: Sampling, generators: Sequence[torch.Generator],
+        *, exclude: int | None = None, along: DecodeState | None = None,
+    ) -> tuple[list[DecodeState], int]:
         if state.finish in ("eos", "stop"):
-            return [state for _ in generators]  # "length" only paused: it may grow again
-        k = len(generators)
-        n = len(state.prompt_ids) + len(state.tokens) - 1
-        cache = self.backend.slice(state.cache, n)  # own copy; `state` is never mutated
-        if k > 1:
-            cache = self.backend.repeat(cache, k)
+            return [state for _ in generators], 0  # "length" only paused: it may grow again
+        k, start = len(generators), len(state.tokens)
+        shared = along is not None and k == 1 and exclude is None \
+            and along.prompt_ids == state.prompt_ids and along.tokens[:start] == state.tokens
+        path = along.tokens[start:] if shared else ()
         rows = [_Row(list(state.ids), []) for _ in range(k)]
         live = list(range(k))  # rows still decoding, in cache batch order
+        cache = None if path else self._cache(state, k)
         pending = torch.tensor([state.ids[-1]] * k)  # (B,)
         ban = None if exclude is None else [exclude] * k
+        decoded, leaving = 0, False
         for _ in range(sampling_.max_new_tokens):
+            row = rows[0]
+            if len(row.tokens) < len(path):  # on the path: keep its token with probability q
+                tok = path[len(row.tokens)]
+                keep_p = torch.rand((), generator=generators[0], dtype=torch.float64)
+                if float(keep_p) < float(torch.tensor(tok.logq, dtype=torch.float64).exp()):
+                    row.ids.append(tok.id)
+                    row.tokens.append(tok)
+                    row.finish = self._finish(row, sampling_)
+                    if row.finish is not None:
+                        row.cache = self._cache(DecodeState(along.prompt_ids, along.tokens[
+                            : start + len(row.tokens)], None, along.cache), 1)
+                        break
+                    continue
+                ban, path, leaving = [tok.id], (), True  # leave the path: any token but its own
+            if cache is None:  # leaving the path, or at its end: its cache up to here
+                cache = self._cache(DecodeState(along.prompt_ids, along.tokens[
+                    : start + len(row.tokens)], None, along.cache), 1)
+                pending = torch.tensor([row.ids[-1]])
             logits = self.backend.forward(cache, pending)  # (B, V)
+            decoded += 1
             base = sampling.base_logprobs(logits)  # (B, V), shared by the draw and the alternatives
-            ids, logp, logq, h = sampling.select(
-                logits, [generators[i] for i in live], sampling_.temperature, sampling_.top_k,
-                logp=base, exclude=ban,
-            )
-            ban = None  # the first drawn position only
+            try:
+                ids, logp, logq, h = sampling.select(
+                    logits, [generators[i] for i in live], sampling_.temperature,
+                    sampling_.top_k, logp=base, exclude=ban,
+                )
+            except ValueError:  # leaving where q has no other token: it stays (q(x) = 1)
+                if not leaving:
+                    raise
+                ids, logp, logq, h = sampling.select(
+                    logits, [generators[i] for i in live], sampling_.temperature,
+                    sampling_.top_k, logp=base,
+                )
+            ban, leaving = None, False  # the first drawn position only
             alt_ids, alt_p = sampling.top_alternatives(logits, sampling_.alternatives, logp=base)
             keep = []
             for b, r in enumerate(live):
@@ -144,7 +194,13 @@ class LM:
         return [
             DecodeState(state.prompt_ids, state.tokens + tuple(row.tokens), row.finish, row.cache)
             for row in rows
-        ]
+        ], decoded
+
+    def _cache(self, state: DecodeState, k: int):
+        """An own copy of `state`'s cache (every position but the last), K times."""
+        n = len(state.prompt_ids) + len(state.tokens) - 1
+        cache = self.backend.slice(state.cache, n)
+        return self.backend.repeat(cache, k) if k > 1 else cache
 
     def score(self, state: DecodeState, ids: Sequence[int], sampling_: Sampling, *,
               exact: bool = True) -> DecodeState:

@@ -66,6 +66,22 @@ def test_every_strategy_fixes_with_the_scripted_model(tmp_path, store, strategy)
         assert True in kinds
 
 
+def test_a_fresh_reply_walks_the_last_one_and_decodes_only_where_it_leaves_it(tmp_path, store):
+    """restart: every attempt is a fresh reply from one prompt. The scripted model writes the
+    same text up to its choice, so a reply after the first decodes nothing there, and from the
+    choice on only where it draws the other token (LM.extend_along; its law is extend's:
+    tests/test_lm_along.py)."""
+    repo = fixture_repo(tmp_path, "units")
+    lm = scripted_lm(UNITS_SCRIPT)
+    result = fix(repo, fix_config("restart", seed=first_failing_seed(lm)), lm=lm, store=store)
+    tree = store.load(result.run_id)
+    written = sum(len(t.tokens) for t in tree.turns)
+    assert result.fixed and result.attempts >= 2
+    assert len(UNITS_SCRIPT) <= result.decode_tokens < written
+    # the fix (the other token at the choice) was decoded from the choice on: 3 of its 4 tokens
+    assert result.decode_tokens - len(UNITS_SCRIPT) >= 3
+
+
 def test_budget_is_respected_and_unfixable_output_is_not_a_crash(tmp_path, store):
     repo = fixture_repo(tmp_path, "units")
     lm = scripted_lm(["this is not python at all ", {"choice": {"(": 0.5, "[": 0.5}}, "```"])
