@@ -11,7 +11,9 @@ line, and the cells with at least one. The mechanism `-o line_weight` is meant t
 
 Also per strategy, what repeats cost: attempts whose tree was tested before in the same run (the
 test cache answered: the same code again), and the decode tokens spent on them (a proposal's
-`mh_steps.decode_tokens`, a fresh reply's own tokens).
+`mh_steps.decode_tokens`, a fresh reply's own tokens); and the fresh replies' tokens (roots of
+the trace) against the decode tokens they cost (the cell's decode tokens less its proposals'):
+since `LM.extend_along` a fresh reply walks the last one and decodes only where it leaves it.
 """
 
 from __future__ import annotations
@@ -29,18 +31,21 @@ from decision_retry.trace.store import TraceStore
 from decision_retry.trace.summary import _token_at, where
 
 
-def cell_cuts(store: TraceStore, run_id: str, bug: str) -> dict:
+def cell_cuts(store: TraceStore, run_id: str, bug: str, decode_tokens: int) -> dict:
     """Cuts, cuts on `bug` ("file:line"), attempts, repeated attempts and their decode tokens,
-    decode tokens in all, of one run."""
+    decode tokens in all, fresh replies' tokens and the decode tokens they cost, of one run."""
     tree = store.load(run_id)
     decoded = {s.proposal_branch_id: s.decode_tokens for s in tree.mh_steps}
     out = dict.fromkeys(("cuts", "on_bug_line", "attempts", "repeats", "repeat_tokens",
-                         "tokens"), 0)
+                         "tokens", "fresh_tokens"), 0)
+    out["fresh_decoded"] = decode_tokens - sum(decoded.values())
     for b in tree.branches:
         runs = tree.test_runs_of(b.id)
-        tokens = decoded.get(b.id, sum(len(t.tokens) for t in tree.own_turns(b.id)))
+        written = sum(len(t.tokens) for t in tree.own_turns(b.id))
+        tokens = decoded.get(b.id, written)
         out["attempts"] += 1
         out["tokens"] += tokens
+        out["fresh_tokens"] += written if b.parent_id is None else 0
         if runs and runs[0].cached:
             out["repeats"] += 1
             out["repeat_tokens"] += tokens
@@ -67,17 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         meta = index.get(c["repo"])
         if meta is None or not c.get("run_id"):
             continue
-        got = cell_cuts(store, c["run_id"], f"{meta['bug_file']}:{meta['bug_line']}")
+        got = cell_cuts(store, c["run_id"], f"{meta['bug_file']}:{meta['bug_line']}",
+                        c["decode_tokens"])
         rows.append({"case": c["repo"], "strategy": c["strategy"], "seed": c["seed"], **got})
         totals[c["strategy"]].update({**got, "cells": 1, "cells_hit": got["on_bug_line"] > 0})
     print("| strategy | cuts | on the bug line | share | cells with one | attempts | repeated "
-          "(same code) | their decode tokens |")
-    print("|---|---|---|---|---|---|---|---|")
+          "(same code) | their decode tokens | fresh replies: tokens / decoded |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for s, t in totals.items():
         print(f"| {s} | {t['cuts']} | {t['on_bug_line']} | "
               f"{t['on_bug_line'] / t['cuts'] if t['cuts'] else 0:.3f} | "
               f"{t['cells_hit']} of {t['cells']} | {t['attempts']} | {t['repeats']} | "
-              f"{t['repeat_tokens']} of {t['tokens']} |")
+              f"{t['repeat_tokens']} of {t['tokens']} | {t['fresh_tokens']} / "
+              f"{t['fresh_decoded']} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return 0

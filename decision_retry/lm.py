@@ -12,7 +12,9 @@ covers every position except the last one (that last id is fed on the next step)
   (`exact=False`: in whatever batches are cheapest, for numbers that need only be a function of
   the sequence, such as cut weights; decoding's own numbers otherwise);
 * `extend(..., exclude=id)` bans one id at the first drawn position (an MH move that must change
-  the cut token, samplers/mh.py `exclusion_term`); every token keeps its unrestricted logq.
+  the cut token, samplers/mh.py `exclusion_term`); every token keeps its unrestricted logq;
+* `extend_along` draws like `extend` but walks earlier continuations of the same state while the
+  draw follows them, and decodes only where it leaves them.
 
 Sampling happens here, on the full-vocabulary logits the backend returns, so logp, logq and the
 entropy are exact whichever backend runs (decision_retry.engines: transformers, llama.cpp, toys).
@@ -20,6 +22,7 @@ entropy are exact whichever backend runs (decision_retry.engines: transformers, 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,56 +108,65 @@ class LM:
         return self._extend(state, sampling_, generators, exclude=exclude)[0]
 
     def extend_along(
-        self, state: DecodeState, along: DecodeState, sampling_: Sampling,
+        self, state: DecodeState, along: Sequence[DecodeState], sampling_: Sampling,
         generator: torch.Generator,
     ) -> tuple[DecodeState, int]:
-        """`extend`, walking `along` (an earlier continuation of `state`, drawn with the same
-        proposal) without decoding while the draw follows it; (the state, positions decoded).
+        """`extend`, walking `along` (earlier continuations of `state`, drawn with the same
+        proposal) without decoding while the draw follows one of them; (the state, positions
+        decoded).
 
-        At each position on the path its token x is kept with probability q(x) (its recorded
-        logq); otherwise the draw leaves the path there, y ~ q(.) / (1 - q(x)) over y != x, and
-        decoding goes on from the path's cache at that position. So y = x with probability q(x)
-        and any other y with (1 - q(x)) q(y) / (1 - q(x)) = q(y): extend's law, token by token,
-        for the cost of the positions after the path is left (a reply the model writes again is
-        free). The tokens kept are the path's own records: they depend on the prefix only."""
+        At each position, S is the set of tokens the continuations that agree with the draw so
+        far have there, each with the q recorded when it was drawn: the draw is s in S with
+        probability q(s); otherwise it leaves them there, y ~ q(.) / (1 - q(S)) over y not in S,
+        and decoding goes on from their KV cache at that position (a fork). So every token has
+        probability q(y): extend's law, token by token, for the cost of the positions after the
+        draw leaves them (a reply the model writes again is free). The tokens kept are the
+        continuations' own records: they depend on the prefix only."""
         states, decoded = self._extend(state, sampling_, [generator], along=along)
         return states[0], decoded
 
     def _extend(
         self, state: DecodeState, sampling_: Sampling, generators: Sequence[torch.Generator],
-        *, exclude: int | None = None, along: DecodeState | None = None,
+        *, exclude: int | None = None, along: Sequence[DecodeState] = (),
     ) -> tuple[list[DecodeState], int]:
         if state.finish in ("eos", "stop"):
             return [state for _ in generators], 0  # "length" only paused: it may grow again
         k, start = len(generators), len(state.tokens)
-        shared = along is not None and k == 1 and exclude is None \
-            and along.prompt_ids == state.prompt_ids and along.tokens[:start] == state.tokens
-        path = along.tokens[start:] if shared else ()
+        walk = [a for a in along if k == 1 and exclude is None and a.prompt_ids == state.prompt_ids
+                and len(a.tokens) > start and a.tokens[:start] == state.tokens]
         rows = [_Row(list(state.ids), []) for _ in range(k)]
         live = list(range(k))  # rows still decoding, in cache batch order
-        cache = None if path else self._cache(state, k)
+        cache = None if walk else self._cache(state, k)
         pending = torch.tensor([state.ids[-1]] * k)  # (B,)
         ban = None if exclude is None else [exclude] * k
         decoded, leaving = 0, False
         for _ in range(sampling_.max_new_tokens):
             row = rows[0]
-            if len(row.tokens) < len(path):  # on the path: keep its token with probability q
-                tok = path[len(row.tokens)]
-                keep_p = torch.rand((), generator=generators[0], dtype=torch.float64)
-                if float(keep_p) < float(torch.tensor(tok.logq, dtype=torch.float64).exp()):
-                    row.ids.append(tok.id)
-                    row.tokens.append(tok)
-                    row.finish = self._finish(row, sampling_)
-                    if row.finish is not None:
-                        row.cache = self._cache(DecodeState(along.prompt_ids, along.tokens[
-                            : start + len(row.tokens)], None, along.cache), 1)
-                        break
-                    continue
-                ban, path, leaving = [tok.id], (), True  # leave the path: any token but its own
-            if cache is None:  # leaving the path, or at its end: its cache up to here
-                cache = self._cache(DecodeState(along.prompt_ids, along.tokens[
-                    : start + len(row.tokens)], None, along.cache), 1)
-                pending = torch.tensor([row.ids[-1]])
+            if walk:  # on the walked continuations: keep one of their tokens with its q
+                j = len(row.tokens)
+                nexts = {a.tokens[start + j].id: a.tokens[start + j] for a in reversed(walk)
+                         if len(a.tokens) > start + j}
+                if nexts:
+                    u, mass, tok = float(torch.rand((), generator=generators[0],
+                                                    dtype=torch.float64)), 0.0, None
+                    for t in nexts.values():
+                        mass += math.exp(t.logq)
+                        if u < mass:
+                            tok = t
+                            break
+                    if tok is not None:
+                        row.ids.append(tok.id)
+                        row.tokens.append(tok)
+                        walk = [a for a in walk if len(a.tokens) > start + j
+                                and a.tokens[start + j].id == tok.id]
+                        row.finish = self._finish(row, sampling_)
+                        if row.finish is not None:
+                            row.cache = self._cache(_head(walk[0], start + j + 1), 1)
+                            break
+                        continue
+                    ban, leaving = [tuple(nexts)], True  # leave: any token but theirs
+                cache = self._cache(_head(walk[0], start + j), 1)  # their cache up to here
+                pending, walk = torch.tensor([row.ids[-1]]), []
             logits = self.backend.forward(cache, pending)  # (B, V)
             decoded += 1
             base = sampling.base_logprobs(logits)  # (B, V), shared by the draw and the alternatives
@@ -261,6 +273,11 @@ class LM:
         if len(row.tokens) >= sampling_.max_new_tokens:
             return "length"
         return None
+
+
+def _head(state: DecodeState, n: int) -> DecodeState:
+    """`state`'s first n tokens over its cache (which covers them: a slice of it is theirs)."""
+    return DecodeState(state.prompt_ids, state.tokens[:n], None, state.cache)
 
 
 @dataclass

@@ -7,7 +7,7 @@ depend on which other rows share the batch (K batched tries equal K single ones)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 
@@ -61,13 +61,13 @@ def select(
     top_k: int | None,
     *,
     logp: torch.Tensor | None = None,
-    exclude: Sequence[int | None] | None = None,
+    exclude: Sequence[int | Collection[int] | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pick the next token of each row (`logp` = base_logprobs(logits) if the caller has it).
 
     Returns (ids, logp of ids, logq of ids, entropy of p), each (B,).
     Temperature 0 is argmax, and then q puts all its mass on the argmax (logq = 0).
-    `exclude`: per row, an id the draw may not return (None: no ban), drawn then from
+    `exclude`: per row, an id (or ids) the draw may not return (None: no ban), drawn then from
     q(.) / (1 - q(id)); the returned logq is still the unrestricted q's (samplers/mh.py adds the
     exclusion term to the ratio). Banning the only id q can draw is a ValueError.
     """
@@ -76,7 +76,7 @@ def select(
     h = entropy(logp, p)  # (B,)
     if temperature == 0:
         ids = logp.argmax(dim=-1)  # (B,)
-        if exclude is not None and any(e == i for e, i in zip(exclude, ids.tolist())):
+        if exclude is not None and any(i in _banned(e) for e, i in zip(exclude, ids.tolist())):
             raise ValueError("cannot exclude the argmax at temperature 0: q has no other token")
         logq_ids = torch.zeros_like(h)
     else:
@@ -93,13 +93,18 @@ def select(
     return ids, logp_ids, logq_ids, h
 
 
-def without(logq: torch.Tensor, exclude: Sequence[int | None]) -> torch.Tensor:
-    """log of q(.) / (1 - q(e)) off e, -inf at e, for each row's banned id e (None: the row as
-    it is). A new tensor; renormalised in log space, so nothing underflows when q(e) is near 1."""
+def _banned(e: int | Collection[int] | None) -> tuple[int, ...]:
+    return () if e is None else (e,) if isinstance(e, int) else tuple(e)
+
+
+def without(logq: torch.Tensor, exclude: Sequence[int | Collection[int] | None]) -> torch.Tensor:
+    """log of q(.) / (1 - q(e)) off e, -inf at e, for each row's banned id e or ids (None: the
+    row as it is). A new tensor; renormalised in log space, so nothing underflows when q(e) is
+    near 1."""
     out = logq.clone()  # (B, V)
     for b, e in enumerate(exclude):
-        if e is not None:
-            out[b, e] = float("-inf")
+        if _banned(e):
+            out[b, list(_banned(e))] = float("-inf")
     out = torch.log_softmax(out, dim=-1)  # (B, V)
     empty = torch.isnan(out).any(dim=-1) | torch.isneginf(out).all(dim=-1)  # (B,)
     if bool(empty.any()):

@@ -155,6 +155,9 @@ def build_graph(agent: FixAgent):
     return g.compile()
 
 
+WALKED = 8  # fresh replies a new one may walk (each keeps its KV cells alive)
+
+
 @dataclass
 class FixAgent:
     """The nodes, over one model, one workspace, one recorder."""
@@ -171,7 +174,7 @@ class FixAgent:
     _prompt_cache: dict = field(default_factory=dict)
     _alt: surprise.AltContext | None = None
     _completed: dict = field(default_factory=dict)  # branch id -> (attempt scored, positions)
-    _fresh: DecodeState | None = None  # the last fresh reply (`_along`)
+    _fresh: list[DecodeState] = field(default_factory=list)  # the last fresh replies (`_along`)
 
     def __post_init__(self) -> None:
         tools = hasattr(self.protocol, "observation_message")
@@ -209,15 +212,13 @@ class FixAgent:
         if self.on_event:
             self.on_event(kind, data)
 
-    def _along(self, prompt: DecodeState) -> DecodeState | None:
-        """The last fresh reply from `prompt`, for the next fresh one to walk while it draws
-        the same tokens (`extend_along`: extend's law, no decode there); None where the engine
-        cannot (a server) or there is none."""
-        last = self._fresh
-        if last is None or last.prompt_ids != prompt.prompt_ids \
-                or not hasattr(self.lm, "extend_along"):
-            return None
-        return last
+    def _along(self, prompt: DecodeState) -> list[DecodeState]:
+        """The last fresh replies from `prompt` (at most WALKED), for the next fresh one to walk
+        while it draws their tokens (`extend_along`: extend's law, no decode there); none where
+        the engine cannot (a server)."""
+        if not hasattr(self.lm, "extend_along"):
+            return []
+        return [r for r in self._fresh if r.prompt_ids == prompt.prompt_ids]
 
     def _prefill(self, messages: tuple[dict, ...]) -> DecodeState:
         key = repr(messages)
@@ -344,14 +345,14 @@ class FixAgent:
             out, more = surprise.first_then_extend(self.lm, first(prefix), cut.position, q,
                                                    self.generator)
             outs, decoded, prefilled = [out], 1 + more, prefilled + 1
-        elif (along := self._along(prefix) if c is None and k == 1 else None) is not None:
+        elif along := self._along(prefix) if c is None and k == 1 else ():
             out, decoded = self.lm.extend_along(prefix, along, q, self.generator)
             outs = [out]
         else:
             ban = {} if cut is None or cut.ban is None else {"exclude": cut.ban}  # no null move
             outs, decoded = self.lm.extend_many(prefix, q, gens, **ban), None
-        if c is None:  # a fresh reply: the path the next one walks
-            self._fresh = outs[-1]
+        if c is None:  # a fresh reply: one the next ones walk
+            self._fresh = [*self._fresh[1 - WALKED:], outs[-1]]
         new = []
         for out in outs:
             spent += decoded if decoded is not None else len(out.tokens) - len(prefix.tokens)
