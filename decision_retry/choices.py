@@ -96,6 +96,8 @@ def describe(retry: Mapping) -> str:
         parts.insert(0, f"{retry.get('tries', 4)} tries a cut")
     if move in ("local", "mixed", "auto") and (retry.get("span") or {}).get("opening"):
         parts.append("def-line suffix moves")
+    if retry.get("walk_fresh") is False:
+        parts.append("fresh replies decoded in full")
     if retry.get("line_weight", 1) != 1:
         parts.append(f"suspicious lines x{retry['line_weight']:g}")
     if retry.get("restart_share"):

@@ -216,7 +216,7 @@ class FixAgent:
         """The last fresh replies from `prompt` (at most WALKED), for the next fresh one to walk
         while it draws their tokens (`extend_along`: extend's law, no decode there); none where
         the engine cannot (a server)."""
-        if not hasattr(self.lm, "extend_along"):
+        if not self.rc.walk_fresh or not hasattr(self.lm, "extend_along"):
             return []
         return [r for r in self._fresh if r.prompt_ids == prompt.prompt_ids]
 

@@ -116,6 +116,10 @@ class RetryConfig(BaseModel):
                          "instead of drawing one (a heuristic: no cut correction)")
     prose_weight: float = Field(0.1, ge=0, description="code weights: strings and comments")
     name_weight: float = Field(4.0, ge=0, description="code weights: the name a def defines")
+    walk_fresh: bool = Field(True, description="a fresh reply walks the run's earlier fresh "
+                             "replies while it draws their tokens, decoding only where it leaves "
+                             "them (LM.extend_along: the same law, fewer decode tokens; false: "
+                             "decode every token, to measure what it saves)")
     line_weight: float = Field(1.0, gt=0, description="the cut weight of a token on a line the "
                                "coverage spectrum finds most suspicious in its function (1: off; "
                                "samplers/lineweights.py)")

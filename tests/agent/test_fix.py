@@ -80,6 +80,11 @@ def test_a_fresh_reply_walks_the_last_one_and_decodes_only_where_it_leaves_it(tm
     assert len(UNITS_SCRIPT) <= result.decode_tokens < written
     # the fix (the other token at the choice) was decoded from the choice on: 3 of its 4 tokens
     assert result.decode_tokens - len(UNITS_SCRIPT) >= 3
+    # -o walk_fresh=false: the same run, every token decoded
+    cfg = fix_config("restart", seed=first_failing_seed(lm))
+    cfg = cfg.model_copy(update={"retry": cfg.retry.model_copy(update={"walk_fresh": False})})
+    full = fix(fixture_repo(tmp_path / "again", "units"), cfg, lm=lm, store=store)
+    assert full.decode_tokens == sum(len(t.tokens) for t in store.load(full.run_id).turns)
 
 
 def test_budget_is_respected_and_unfixable_output_is_not_a_crash(tmp_path, store):
