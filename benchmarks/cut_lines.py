@@ -13,7 +13,10 @@ Also per strategy, what repeats cost: attempts whose tree was tested before in t
 test cache answered: the same code again), and the decode tokens spent on them (a proposal's
 `mh_steps.decode_tokens`, a fresh reply's own tokens); and the fresh replies' tokens (roots of
 the trace) against the decode tokens they cost (the cell's decode tokens less its proposals'):
-since `LM.extend_along` a fresh reply walks the last one and decodes only where it leaves it.
+since `LM.extend_along` a fresh reply walks earlier ones and decodes only where it leaves them.
+What the walk saves follows from the replies alone (the same law either way): a reply walks the
+longest prefix it shares with the last fresh reply (`last`), or with any of the last 8 (`trie`,
+what `fix` runs since 2135c0a); in a run that walked, tokens less decoded equals the walk it ran.
 """
 
 from __future__ import annotations
@@ -27,8 +30,14 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from decision_retry.agent.graph import WALKED
 from decision_retry.trace.store import TraceStore
 from decision_retry.trace.summary import _token_at, where
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def cell_cuts(store: TraceStore, run_id: str, bug: str, decode_tokens: int) -> dict:
@@ -39,6 +48,16 @@ def cell_cuts(store: TraceStore, run_id: str, bug: str, decode_tokens: int) -> d
     out = dict.fromkeys(("cuts", "on_bug_line", "attempts", "repeats", "repeat_tokens",
                          "tokens", "fresh_tokens"), 0)
     out["fresh_decoded"] = decode_tokens - sum(decoded.values())
+    out["walk_last"] = out["walk_trie"] = 0
+    fresh: list[list[int]] = []
+    for b in sorted(tree.branches, key=lambda b: b.index):
+        turns = tree.own_turns(b.id) if b.parent_id is None else []
+        if turns:
+            ids = [t.id for t in turns[0].tokens]
+            shared = [_common(ids, f) for f in fresh[-WALKED:]]
+            out["walk_last"] += shared[-1] if shared else 0
+            out["walk_trie"] += max(shared, default=0)
+            fresh.append(ids)
     for b in tree.branches:
         runs = tree.test_runs_of(b.id)
         written = sum(len(t.tokens) for t in tree.own_turns(b.id))
@@ -77,14 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"case": c["repo"], "strategy": c["strategy"], "seed": c["seed"], **got})
         totals[c["strategy"]].update({**got, "cells": 1, "cells_hit": got["on_bug_line"] > 0})
     print("| strategy | cuts | on the bug line | share | cells with one | attempts | repeated "
-          "(same code) | their decode tokens | fresh replies: tokens / decoded |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "(same code) | their decode tokens | fresh replies: tokens / decoded | walkable: "
+          "last / trie |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for s, t in totals.items():
         print(f"| {s} | {t['cuts']} | {t['on_bug_line']} | "
               f"{t['on_bug_line'] / t['cuts'] if t['cuts'] else 0:.3f} | "
               f"{t['cells_hit']} of {t['cells']} | {t['attempts']} | {t['repeats']} | "
               f"{t['repeat_tokens']} of {t['tokens']} | {t['fresh_tokens']} / "
-              f"{t['fresh_decoded']} |")
+              f"{t['fresh_decoded']} | {t['walk_last']} / {t['walk_trie']} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return 0
