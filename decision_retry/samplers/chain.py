@@ -116,10 +116,11 @@ class RetryConfig(BaseModel):
                          "instead of drawing one (a heuristic: no cut correction)")
     prose_weight: float = Field(0.1, ge=0, description="code weights: strings and comments")
     name_weight: float = Field(4.0, ge=0, description="code weights: the name a def defines")
-    walk_fresh: bool = Field(True, description="a fresh reply walks the run's earlier fresh "
-                             "replies while it draws their tokens, decoding only where it leaves "
-                             "them (LM.extend_along: the same law, fewer decode tokens; false: "
-                             "decode every token, to measure what it saves)")
+    walk_fresh: bool | None = Field(
+        None, description="a fresh reply walks the run's earlier fresh replies while it draws "
+        "their tokens, decoding only where it leaves them (LM.extend_along: the same law, fewer "
+        "decode tokens; false: decode every token, to measure what it saves); None: `resolved` "
+        "turns it on for new runs, unresolved it reads as off (stored runs resume as run)")
     line_weight: float = Field(1.0, gt=0, description="the cut weight of a token on a line the "
                                "coverage spectrum finds most suspicious in its function (1: off; "
                                "samplers/lineweights.py)")
@@ -173,13 +174,15 @@ class RetryConfig(BaseModel):
         surprise where the no-body context exists and can be scored (the patch protocol, an
         engine that scores, a cut strategy), entropy elsewhere. Exclusion: on where the engine
         can ban a token (`excludes`) and the strategy makes single-try cut moves. Delayed
-        acceptance: on (`Chain.decide`). No-body scoring: bulk (cut weights need only a
+        acceptance: on (`Chain.decide`). Walking earlier fresh replies: on. No-body scoring: bulk (cut weights need only a
         function of the sequence) unless the cut token is drawn from it. Other values are kept."""
         update: dict = {}
         if self.exclude is None:
             update["exclude"] = excludes and self.strategy in SINGLE_TRY_CUTS
         if self.delayed is None:
             update["delayed"] = True
+        if self.walk_fresh is None:
+            update["walk_fresh"] = True
         if self.nobody_scoring is None:
             update["nobody_scoring"] = "exact" if self.cut_token == "nobody" else "bulk"
         if self.move == "auto":

@@ -209,8 +209,12 @@ def test_auto_cut_weights_are_surprise_only_where_replies_can_be_scored():
     for s in ("from-end", "restart"):
         assert RetryConfig(strategy=s, cut_weights="auto").resolved(
             patch=True, teacher_forcing=True).cut_weights == "entropy"
-    code = RetryConfig(cut_weights="code", exclude=False, delayed=True, nobody_scoring="exact")
+    code = RetryConfig(cut_weights="code", exclude=False, delayed=True, nobody_scoring="exact",
+                       walk_fresh=True)
     assert code.resolved(patch=True, teacher_forcing=True) is code
+    # a new run walks earlier fresh replies; a stored run without the field resumes as it ran
+    assert RetryConfig().resolved(patch=True, teacher_forcing=True).walk_fresh is True
+    assert not RetryConfig().walk_fresh
     both = RetryConfig(move="auto", cut_weights="auto").resolved(patch=True, teacher_forcing=True)
     assert (both.move, both.cut_weights) == ("local", "surprise")
     assert not auto.surprise and not auto.scored
