@@ -32,7 +32,7 @@ if __package__ in (None, ""):
 
 from decision_retry.agent.graph import WALKED
 from decision_retry.trace.store import TraceStore
-from decision_retry.trace.summary import _token_at, where
+from decision_retry.trace.summary import token_at, where
 
 
 def _common(a: list[int], b: list[int]) -> int:
@@ -70,7 +70,7 @@ def cell_cuts(store: TraceStore, run_id: str, bug: str, decode_tokens: int) -> d
             out["repeat_tokens"] += tokens
         if b.parent_id is None or b.cut is None or b.cut.position == 0:
             continue
-        found = _token_at(tree.trajectory(b.parent_id), b.cut.turn, b.cut.position)
+        found = token_at(tree.trajectory(b.parent_id), b.cut.turn, b.cut.position)
         if found is None:
             continue
         out["cuts"] += 1

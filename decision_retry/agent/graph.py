@@ -341,11 +341,12 @@ class FixAgent:
         gens = sampling.child_generators(self.generator, k) if k > 1 else [self.generator]
         q, prefilled = self._sampling(spent, k), state.get("prefilled", 0)
         first = self._first_token(current, cut, q) if cut is not None else None
+        along = self._along(prefix) if c is None and k == 1 else []  # a fresh reply
         if first is not None:  # y_t from the no-body context, the rest as usual
             out, more = surprise.first_then_extend(self.lm, first(prefix), cut.position, q,
                                                    self.generator)
             outs, decoded, prefilled = [out], 1 + more, prefilled + 1
-        elif along := self._along(prefix) if c is None and k == 1 else ():
+        elif along:
             out, decoded = self.lm.extend_along(prefix, along, q, self.generator)
             outs = [out]
         else:

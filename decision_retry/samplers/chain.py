@@ -174,8 +174,9 @@ class RetryConfig(BaseModel):
         surprise where the no-body context exists and can be scored (the patch protocol, an
         engine that scores, a cut strategy), entropy elsewhere. Exclusion: on where the engine
         can ban a token (`excludes`) and the strategy makes single-try cut moves. Delayed
-        acceptance: on (`Chain.decide`). Walking earlier fresh replies: on. No-body scoring: bulk (cut weights need only a
-        function of the sequence) unless the cut token is drawn from it. Other values are kept."""
+        acceptance: on (`Chain.decide`). Walking earlier fresh replies: on (`LM.extend_along`).
+        No-body scoring: bulk (cut weights need only a function of the sequence) unless the cut
+        token is drawn from it. Other values are kept."""
         update: dict = {}
         if self.exclude is None:
             update["exclude"] = excludes and self.strategy in SINGLE_TRY_CUTS

@@ -51,7 +51,8 @@ def signal_value(token: Token, signal: str) -> float | None:
     return surprise(token) if signal == "surprise" else token.entropy
 
 
-def _token_at(turns: list[Turn], turn_index: int, position: int) -> tuple[Turn, Token] | None:
+def token_at(turns: list[Turn], turn_index: int, position: int) -> tuple[Turn, Token] | None:
+    """The turn with index `turn_index` among `turns` and its token at `position`, if recorded."""
     for turn in turns:
         if turn.index == turn_index and 0 <= position < len(turn.tokens):
             return turn, turn.tokens[position]
@@ -206,12 +207,12 @@ def began(tree: RunTree, branch: Branch, signal: str) -> str:
     parent_turns = tree.trajectory(branch.parent_id)
     if cut.position == 0 and all(t.index < cut.turn for t in parent_turns):
         return "from the end (failing output appended)"
-    found = _token_at(parent_turns, cut.turn, cut.position)
+    found = token_at(parent_turns, cut.turn, cut.position)
     if found is None:  # the parent's cut turn was not recorded (a killed run)
         return f"cut turn {cut.turn} token {cut.position} (H={cut.entropy:.2f})"
     turn, old = found
     text = f"cut {where(tree, turn, cut.position)} {visible(repr(old.text))}"
-    new = _token_at(tree.own_turns(branch.id), cut.turn, cut.position)
+    new = token_at(tree.own_turns(branch.id), cut.turn, cut.position)
     if new is not None:
         text += f"→{visible(repr(new[1].text))}"
     value = signal_value(old, signal)
